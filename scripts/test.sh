@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The one test command: installs what is missing from Debian's packages, configures a Release build
+# with tests, builds with every core and runs ctest. Exits non-zero on any failure.
+#
+#   scripts/test.sh              the normal suite (and the CUDA build when nvcc is present)
+#   scripts/test.sh --sanitize   the suite under AddressSanitizer + UndefinedBehaviorSanitizer
+#   scripts/test.sh --tsan       the suite under ThreadSanitizer
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=release
+case "${1:-}" in
+  --sanitize) mode=asan ;;
+  --tsan) mode=tsan ;;
+  "") ;;
+  *) echo "usage: scripts/test.sh [--sanitize|--tsan]" >&2; exit 2 ;;
+esac
+
+packages=(build-essential cmake libeigen3-dev catch2 libstb-dev libbenchmark-dev nlohmann-json3-dev
+          clang libclang-rt-14-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "== installing: ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+[ -d /usr/local/cuda/bin ] && export PATH="/usr/local/cuda/bin:$PATH"
+export OMP_WAIT_POLICY=PASSIVE
+jobs=$(nproc 2>/dev/null || echo 2)
+
+args=(-DCMAKE_BUILD_TYPE=Release -DHGAD_BUILD_TESTS=ON -DHGAD_BUILD_EXAMPLES=ON)
+case $mode in
+  release) build=build/release; args+=(-DHGAD_BUILD_BENCHMARKS=ON) ;;
+  asan) build=build/asan; args+=(-DHGAD_SANITIZE=ON -DHGAD_ENABLE_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo) ;;
+  tsan) build=build/tsan; args+=(-DHGAD_TSAN=ON -DHGAD_ENABLE_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo) ;;
+esac
+
+echo "== configure ($mode) in $build"
+cmake -S . -B "$build" "${args[@]}"
+echo "== build"
+cmake --build "$build" -j "$jobs"
+echo "== test"
+if [ "$mode" = tsan ]; then
+  export TSAN_OPTIONS="halt_on_error=1 ${TSAN_OPTIONS:-}"
+fi
+if [ "$mode" = asan ]; then
+  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1 ${ASAN_OPTIONS:-}"
+  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1 ${UBSAN_OPTIONS:-}"
+fi
+ctest --test-dir "$build" --output-on-failure -j "$jobs"
