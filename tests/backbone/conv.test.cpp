@@ -1,0 +1,147 @@
+#include <catch2/catch.hpp>
+
+#include <hgad/backbone/conv.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace {
+
+using hgad::Index;
+
+/// The textbook 7-loop convolution, NCHW / OIHW, zero padding, plus bias, residual and ReLU.
+template <class T>
+hgad::Tensor<T> naive_conv2d(const hgad::Tensor<T>& x, const hgad::Tensor<T>& w, const hgad::Tensor<T>& b,
+                             Index stride, Index pad, bool relu, const hgad::Tensor<T>* residual) {
+  const Index N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
+  const Index O = w.dim(0), KH = w.dim(2), KW = w.dim(3);
+  const Index OH = (H + 2 * pad - KH) / stride + 1, OW = (W + 2 * pad - KW) / stride + 1;
+  hgad::Tensor<T> y({N, O, OH, OW});
+  for (Index n = 0; n < N; ++n)
+    for (Index o = 0; o < O; ++o)
+      for (Index i = 0; i < OH; ++i)
+        for (Index j = 0; j < OW; ++j) {
+          double acc = b.numel() ? double(b(o)) : 0.0;
+          for (Index c = 0; c < C; ++c)
+            for (Index u = 0; u < KH; ++u)
+              for (Index v = 0; v < KW; ++v) {
+                const Index yy = i * stride - pad + u, xx = j * stride - pad + v;
+                if (yy < 0 || yy >= H || xx < 0 || xx >= W) continue;
+                acc += double(w(o, c, u, v)) * double(x(n, c, yy, xx));
+              }
+          if (residual) acc += double((*residual)(n, o, i, j));
+          if (relu) acc = std::max(acc, 0.0);
+          y(n, o, i, j) = T(acc);
+        }
+  return y;
+}
+
+template <class T>
+double max_abs_diff(const hgad::Tensor<T>& a, const hgad::Tensor<T>& b) {
+  REQUIRE(a.shape() == b.shape());
+  double m = 0;
+  for (Index i = 0; i < a.numel(); ++i) {
+    REQUIRE(std::isfinite(double(a.data()[i])));
+    REQUIRE(std::isfinite(double(b.data()[i])));
+    m = std::max(m, std::abs(double(a.data()[i]) - double(b.data()[i])));
+  }
+  return m;
+}
+
+template <class T>
+double tolerance() {
+  return std::is_same<T, float>::value ? 2e-5 : 1e-12;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("conv2d matches a naive 7-loop convolution", "[backbone]", float, double) {
+  struct Case {
+    Index n, c, h, w, o, k, stride, pad;
+  };
+  // Odd sizes, 1x1 / 3x3 / 7x7 kernels, stride 1 and 2, padding 0 to 3, one image and several.
+  const Case cases[] = {{2, 3, 13, 11, 5, 7, 2, 3}, {3, 4, 9, 10, 6, 3, 1, 1}, {2, 5, 11, 9, 7, 3, 2, 1},
+                        {2, 6, 7, 9, 5, 1, 1, 0},   {3, 6, 9, 7, 4, 1, 2, 0},  {1, 2, 5, 5, 3, 3, 1, 0},
+                        {1, 3, 4, 6, 2, 5, 3, 2},   {2, 17, 6, 5, 9, 3, 1, 2}};
+  hgad::Rng rng(11);
+  for (const Case& t : cases) {
+    CAPTURE(t.n, t.c, t.h, t.w, t.o, t.k, t.stride, t.pad);
+    auto x = hgad::Tensor<TestType>::randn({t.n, t.c, t.h, t.w}, rng);
+    auto w = hgad::Tensor<TestType>::randn({t.o, t.c, t.k, t.k}, rng, 0, 0.3);
+    auto b = hgad::Tensor<TestType>::randn({t.o}, rng);
+    for (bool relu : {false, true}) {
+      const hgad::Conv2dOptions opt{t.stride, t.pad, relu};
+      auto y = hgad::conv2d(x, w, b, opt);
+      auto ref = naive_conv2d(x, w, b, t.stride, t.pad, relu, static_cast<hgad::Tensor<TestType>*>(nullptr));
+      CHECK(max_abs_diff(y, ref) <= tolerance<TestType>());
+      auto r = hgad::Tensor<TestType>::randn(y.shape(), rng);
+      auto y_res = hgad::conv2d(x, w, b, opt, &r);
+      auto ref_res = naive_conv2d(x, w, b, t.stride, t.pad, relu, &r);
+      CHECK(max_abs_diff(y_res, ref_res) <= tolerance<TestType>());
+    }
+    auto no_bias = hgad::conv2d(x, w, hgad::Tensor<TestType>({0}), {t.stride, t.pad, false});
+    CHECK(max_abs_diff(no_bias, naive_conv2d(x, w, hgad::Tensor<TestType>({0}), t.stride, t.pad, false,
+                                             static_cast<hgad::Tensor<TestType>*>(nullptr))) <=
+          tolerance<TestType>());
+  }
+}
+
+TEST_CASE("conv2d splits large outputs over several blocks and threads correctly", "[backbone]") {
+  // 3x3 over 64 channels at 40x44: the im2col block holds fewer positions than one image.
+  hgad::Rng rng(5);
+  const Index n = 2, c = 64, h = 40, w = 44, o = 8;
+  auto x = hgad::Tensor<float>::randn({n, c, h, w}, rng);
+  auto k = hgad::Tensor<float>::randn({o, c, 3, 3}, rng, 0, 0.1);
+  auto b = hgad::Tensor<float>::randn({o}, rng);
+  for (int threads : {1, 2, 3}) {
+    hgad::set_num_threads(threads);
+    auto y = hgad::conv2d(x, k, b, {2, 1, true});
+    CHECK(max_abs_diff(y, naive_conv2d(x, k, b, 2, 1, true, static_cast<hgad::Tensor<float>*>(nullptr))) <=
+          1e-4);
+  }
+  hgad::set_num_threads(2);
+}
+
+TEMPLATE_TEST_CASE("max_pool2d matches naive loops with -inf padding", "[backbone]", float, double) {
+  hgad::Rng rng(7);
+  struct Case {
+    Index h, w, k, s, p;
+  };
+  for (const Case& t : {Case{9, 11, 3, 2, 1}, Case{8, 8, 3, 2, 1}, Case{7, 5, 2, 2, 0}, Case{6, 9, 3, 1, 1}}) {
+    CAPTURE(t.h, t.w, t.k, t.s, t.p);
+    // All inputs negative: a zero-padded pool would return 0 at the borders.
+    auto x = hgad::Tensor<TestType>::uniform({2, 3, t.h, t.w}, rng, -5, -0.1);
+    auto y = hgad::max_pool2d(x, t.k, t.s, t.p);
+    const Index oh = (t.h + 2 * t.p - t.k) / t.s + 1, ow = (t.w + 2 * t.p - t.k) / t.s + 1;
+    REQUIRE(y.shape() == hgad::Shape{2, 3, oh, ow});
+    for (Index n = 0; n < 2; ++n)
+      for (Index c = 0; c < 3; ++c)
+        for (Index i = 0; i < oh; ++i)
+          for (Index j = 0; j < ow; ++j) {
+            TestType m = -std::numeric_limits<TestType>::infinity();
+            for (Index u = 0; u < t.k; ++u)
+              for (Index v = 0; v < t.k; ++v) {
+                const Index yy = i * t.s - t.p + u, xx = j * t.s - t.p + v;
+                if (yy >= 0 && yy < t.h && xx >= 0 && xx < t.w) m = std::max(m, x(n, c, yy, xx));
+              }
+            REQUIRE(std::isfinite(double(y(n, c, i, j))));
+            REQUIRE(y(n, c, i, j) == m);
+          }
+  }
+}
+
+TEST_CASE("conv2d and max_pool2d reject mismatched shapes", "[backbone]") {
+  hgad::Tensor<float> x({1, 3, 8, 8});
+  CHECK_THROWS_AS(hgad::conv2d(x, hgad::Tensor<float>({4, 2, 3, 3}), hgad::Tensor<float>({4})), hgad::Error);
+  CHECK_THROWS_AS(hgad::conv2d(x, hgad::Tensor<float>({4, 3, 3, 3}), hgad::Tensor<float>({5})), hgad::Error);
+  CHECK_THROWS_AS(hgad::conv2d(x, hgad::Tensor<float>({4, 3, 11, 11}), hgad::Tensor<float>({4})), hgad::Error);
+  CHECK_THROWS_AS(hgad::conv2d(hgad::Tensor<float>({3, 8, 8}), hgad::Tensor<float>({4, 3, 3, 3}),
+                               hgad::Tensor<float>({4})),
+                  hgad::Error);
+  hgad::Tensor<float> wrong_residual({1, 4, 7, 8});
+  CHECK_THROWS_AS(hgad::conv2d(x, hgad::Tensor<float>({4, 3, 3, 3}), hgad::Tensor<float>({4}), {1, 1, false},
+                               &wrong_residual),
+                  hgad::Error);
+  CHECK_THROWS_AS(hgad::max_pool2d(x, 3, 2, 2), hgad::Error);
+}
