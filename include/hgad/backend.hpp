@@ -77,7 +77,8 @@ class Backend {
   virtual void copy_from_host(const Scalar* host, Scalar* dst, Index n) = 0;
   virtual void copy_to_host(const Scalar* src, Scalar* host, Index n) = 0;
   virtual void copy(const Scalar* src, Scalar* dst, Index n) = 0;
-  /// dst[i, j] (+)= src[i, j] for a rows x cols block of two strided matrices.
+  /// dst[i, j] (+)= src[i, j] for a rows x cols block of two strided matrices. src_ld may be 0:
+  /// every row of dst then receives the same source row (a row broadcast, used to seed a bias).
   virtual void copy2d(Index rows, Index cols, const Scalar* src, Index src_ld, Scalar* dst,
                       Index dst_ld, bool accumulate) = 0;
   virtual void fill(Scalar* x, Index n, Scalar value) = 0;

@@ -4,6 +4,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -32,13 +33,27 @@ class CpuBackend final : public Backend<Scalar> {
 
   Scalar* allocate(Index n) override {
     if (n <= 0) return nullptr;
-    std::size_t bytes = static_cast<std::size_t>(n) * sizeof(Scalar);
-    bytes = (bytes + tensor_alignment - 1) / tensor_alignment * tensor_alignment;
+    const std::size_t bytes = padded_bytes(n);
     void* p = std::aligned_alloc(tensor_alignment, bytes);
     if (p == nullptr) throw std::bad_alloc();
+    const Index in_use = m_bytes_in_use.fetch_add(static_cast<Index>(bytes)) + static_cast<Index>(bytes);
+    Index peak = m_peak_bytes.load();
+    while (in_use > peak && !m_peak_bytes.compare_exchange_weak(peak, in_use)) {
+    }
     return static_cast<Scalar*>(p);
   }
-  void deallocate(Scalar* data, Index) override { std::free(data); }
+  void deallocate(Scalar* data, Index n) override {
+    if (data == nullptr) return;
+    m_bytes_in_use.fetch_sub(static_cast<Index>(padded_bytes(n)));
+    std::free(data);
+  }
+
+  /// Bytes of tensor storage this backend holds now (allocations padded to tensor_alignment).
+  Index bytes_in_use() const { return m_bytes_in_use.load(); }
+  /// The largest bytes_in_use() since construction or the last reset_peak_bytes().
+  Index peak_bytes() const { return m_peak_bytes.load(); }
+  /// Restarts the peak measurement from the current bytes_in_use().
+  void reset_peak_bytes() { m_peak_bytes.store(m_bytes_in_use.load()); }
 
   void copy_from_host(const Scalar* host, Scalar* dst, Index n) override { copy(host, dst, n); }
   void copy_to_host(const Scalar* src, Scalar* host, Index n) override { copy(src, host, n); }
@@ -213,6 +228,11 @@ class CpuBackend final : public Backend<Scalar> {
     return a;
   }
 
+  static std::size_t padded_bytes(Index n) {
+    const std::size_t bytes = static_cast<std::size_t>(n) * sizeof(Scalar);
+    return (bytes + tensor_alignment - 1) / tensor_alignment * tensor_alignment;
+  }
+
   static Scalar reduce(Reduce op, Index n, const Scalar* x) {
     switch (op) {
       case Reduce::sum: {
@@ -229,6 +249,10 @@ class CpuBackend final : public Backend<Scalar> {
     }
     return Scalar(0);
   }
+
+ private:
+  std::atomic<Index> m_bytes_in_use{0};
+  std::atomic<Index> m_peak_bytes{0};
 };
 
 /// The process-wide CPU backend for `Scalar`.

@@ -124,6 +124,12 @@ class Tensor {
     m_storage->backend->fill(m_storage->data, shape.numel(), Scalar(0));
   }
 
+  /// A tensor of `shape` whose elements are left uninitialised, for outputs a kernel overwrites
+  /// entirely (saves the zero-fill of the constructor).
+  static Tensor empty(Shape shape, BackendPtr<Scalar> backend = cpu_backend<Scalar>()) {
+    return Tensor(shape, std::move(backend), Uninitialized{});
+  }
+
   static Tensor zeros(Shape shape) { return Tensor(shape); }
   static Tensor ones(Shape shape) { return full(shape, Scalar(1)); }
   static Tensor full(Shape shape, Scalar value) {
@@ -278,6 +284,11 @@ class Tensor {
   }
 
  private:
+  struct Uninitialized {};
+  Tensor(Shape shape, BackendPtr<Scalar> backend, Uninitialized)
+      : m_storage(std::make_shared<detail::Storage<Scalar>>(std::move(backend), shape.numel())),
+        m_shape(shape) {}
+
   void require_cpu(const char* what) const {
     check(device() == Device::cpu, "Tensor::", what, ": the tensor lives on ", hgad::to_string(device()),
           "; copy it with .cpu() first");
