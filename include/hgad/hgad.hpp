@@ -6,6 +6,7 @@
 /// The umbrella header of the CPU library. Image and dataset I/O (hgad/io/, which needs stb) and the
 /// CUDA backend (hgad/cuda/, included only from .cu files) are included separately.
 
+#include "autograd.hpp"
 #include "backend.hpp"
 #include "cpu_backend.hpp"
 #include "rng.hpp"
