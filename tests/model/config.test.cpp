@@ -1,0 +1,159 @@
+#include <catch2/catch.hpp>
+
+#include <hgad/model/config.hpp>
+#include <string>
+
+namespace {
+
+hgad::ModelConfig small_config() {
+  hgad::ModelConfig c;
+  c.levels = {{128, 32, 32}, {256, 16, 16}};
+  c.class_names = {"kolektor", "magnetic_tile", "pcb1"};
+  c.pos_dim = 128;
+  c.n_blocks = 4;
+  c.lr = 2e-4;
+  c.seed = 12345678901234ull;
+  c.calibration_images = 16;
+  return c;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const hgad::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("ModelConfig defaults are HGAD's hyper-parameters", "[model]") {
+  const hgad::ModelConfig c;
+  CHECK(c.objective == hgad::Objective::hgad);
+  CHECK(c.pos_dim == 256);
+  CHECK(c.n_blocks == 12);
+  CHECK(c.clamp == 1.9);
+  CHECK(c.clamp_variant == hgad::ClampVariant::pinned);
+  CHECK(c.n_centers == 10);
+  CHECK(c.lambda1 == 1.0);
+  CHECK(c.lambda2 == 100.0);
+  CHECK(c.label_smoothing == 0.02);
+  CHECK(c.meta_epochs == 25);
+  CHECK(c.sub_epochs == 8);
+  CHECK(c.warmup_meta_epochs == 2);
+  CHECK(c.stage1_meta_epochs == 2);
+  CHECK(c.lr == 2e-4);
+  CHECK(c.beta1 == 0.95);
+  CHECK(c.beta2 == 0.99);
+  CHECK(c.weight_decay == 1e-4);
+  CHECK(c.batch_size == 8);
+  CHECK(c.total_epochs() == 200);
+  CHECK_NOTHROW(c.validate(false));
+  CHECK_THROWS_AS(c.validate(true), hgad::Error);
+}
+
+TEST_CASE("ModelConfig text form round-trips every field exactly", "[model]") {
+  hgad::ModelConfig c = small_config();
+  c.objective = hgad::Objective::nf;
+  c.clamp = 1.0 / 3.0;
+  c.clamp_variant = hgad::ClampVariant::head;
+  c.label_smoothing = 0.1;
+  c.lr_decay_rate = 0.3;
+  c.features.resize_mode = hgad::ResizeMode::shorter_crop;
+  c.features.layers = {"layer3"};
+  c.features.pyramid_levels = 2;
+  c.features.image_size = 320;
+  c.features.mask_size = 128;
+  const std::string text = c.to_text();
+  const hgad::ModelConfig back = hgad::ModelConfig::from_text(text, "roundtrip");
+  CHECK(back.to_text() == text);
+  CHECK(back.clamp == c.clamp);  // shortest exact representation, not rounded
+  CHECK(back.seed == c.seed);
+  CHECK(back.levels == c.levels);
+  CHECK(back.class_names == c.class_names);
+  CHECK(back.features == c.features);
+  CHECK(back.objective == hgad::Objective::nf);
+  CHECK(back == c);
+}
+
+TEST_CASE("ModelConfig parser accepts comments, blank lines and partial files", "[model]") {
+  const std::string text =
+      "# a user file\n"
+      "\n"
+      "  n_blocks = 6   # fewer blocks\n"
+      "levels = 64x8x8\r\n"
+      "classes = a, b\n"
+      "backbone = none\n";
+  const hgad::ModelConfig c = hgad::ModelConfig::from_text(text, "user.cfg");
+  CHECK(c.n_blocks == 6);
+  REQUIRE(c.levels.size() == 1);
+  CHECK(c.levels[0] == hgad::LevelSpec{64, 8, 8});
+  CHECK(c.class_names == std::vector<std::string>{"a", "b"});
+  CHECK(c.lr == 2e-4);  // untouched default
+  CHECK_NOTHROW(c.validate());
+}
+
+TEST_CASE("ModelConfig parse errors name the source, the line, the key and the value", "[model]") {
+  auto parse = [](const std::string& text) { return error_of([&] { hgad::ModelConfig::from_text(text, "x.cfg"); }); };
+  std::string e = parse("n_blocks = 4\nlr = abc\n");
+  CHECK(e.find("x.cfg") != std::string::npos);
+  CHECK(e.find("line 2") != std::string::npos);
+  CHECK(e.find("'lr'") != std::string::npos);
+  CHECK(e.find("'abc'") != std::string::npos);
+
+  e = parse("colour = blue\n");
+  CHECK(e.find("line 1") != std::string::npos);
+  CHECK(e.find("unknown key 'colour'") != std::string::npos);
+
+  e = parse("n_blocks = 4\nn_blocks = 5\n");
+  CHECK(e.find("line 2") != std::string::npos);
+  CHECK(e.find("twice") != std::string::npos);
+
+  CHECK(parse("just words\n").find("expected 'key = value'") != std::string::npos);
+  CHECK(parse("n_blocks = 4.5\n").find("'4.5' is not an integer") != std::string::npos);
+  CHECK(parse("lr = nan\n").find("'nan'") != std::string::npos);
+  CHECK(parse("lr = 1e-3x\n").find("'1e-3x'") != std::string::npos);
+  CHECK(parse("objective = cflow\n").find("hgad or nf") != std::string::npos);
+  CHECK(parse("levels = 128x32\n").find("dim x height x width") != std::string::npos);
+  CHECK(parse("seed = -1\n").find("non-negative") != std::string::npos);
+  CHECK(parse("resize_mode = crop\n").find("stretch or shorter_crop") != std::string::npos);
+}
+
+TEST_CASE("ModelConfig validation names the key and the offending value", "[model]") {
+  auto validate = [](const std::function<void(hgad::ModelConfig&)>& edit) {
+    hgad::ModelConfig c = small_config();
+    edit(c);
+    return error_of([&] { c.validate(); });
+  };
+  CHECK(validate([](hgad::ModelConfig&) {}).empty());
+  CHECK(validate([](hgad::ModelConfig& c) { c.n_blocks = 0; }).find("n_blocks = 0") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.pos_dim = 6; }).find("pos_dim = 6") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.pos_dim = 0; }).empty());
+  CHECK(validate([](hgad::ModelConfig& c) { c.lr = -1; }).find("lr = -1") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.label_smoothing = 1; }).find("label_smoothing = 1") !=
+        std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.beta2 = 1; }).find("beta2 = 1") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.batch_size = 0; }).find("batch_size = 0") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.levels[1].dim = 1; }).find("levels = 1x16x16") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.class_names[2] = "a,b"; }).find("classes = a,b") !=
+        std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.class_names[2] = "pcb1"; c.class_names[1] = "pcb1"; })
+            .find("twice") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.levels.pop_back(); }).find("feature settings give 2 levels") !=
+        std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.features.pyramid_levels = 3; }).find("exactly one layer") !=
+        std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.levels.clear(); }).find("levels") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) {
+          c.levels = {{2, 1, 1}};
+          c.features.backbone = "none";
+          c.class_names = {"a", "b", "c", "d", "e"};
+        }).find("K <= 2 D") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) {
+          c.levels = {{2, 1, 1}};
+          c.features.backbone = "none";
+          c.class_names = {"a", "b", "c", "d", "e"};
+          c.objective = hgad::Objective::nf;
+        }).empty());
+}
