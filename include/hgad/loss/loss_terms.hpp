@@ -1,0 +1,80 @@
+#pragma once
+/// \file
+/// What the training objective is made of: the switch between HGAD and the single-Gaussian NF
+/// baseline, the weights and the two-stage schedule of ALGORITHM.md §3.4, and the record of every
+/// loss term.
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../detail/check.hpp"
+
+namespace hgad {
+
+/// c0 = ln(1 / sqrt(2 pi)), the per-dimension log-normaliser of a unit Gaussian (ALGORITHM.md §3.3).
+inline constexpr double log_normal_constant = -0.9189385332046727;
+
+/// Which latent prior and loss a level trains with.
+enum class Objective {
+  hgad,  ///< the hierarchical Gaussian mixture and its five terms (ALGORITHM.md §3)
+  nf,    ///< the unified NF baseline: one N(0, I) prior and CFlow's loss -log sigmoid(logp / D)
+};
+
+inline std::string to_string(Objective objective) { return objective == Objective::hgad ? "hgad" : "nf"; }
+
+/// Weights and schedule of the objective (ALGORITHM.md §3.4, §11).
+struct LossOptions {
+  Objective objective = Objective::hgad;
+  double lambda1 = 1.0;            ///< weight of L_g (`lambda1`, §3.4)
+  double lambda2 = 100.0;          ///< weight of -L_mi (`lambda2`, §3.4)
+  double label_smoothing = 0.02;   ///< epsilon of the smoothed one-hot q (`label_smoothing`, §3.2)
+  int stage1_meta_epochs = 2;      ///< meta-epochs trained with the stage-1 loss (§3.4, §9.8)
+};
+
+/// The stage of a meta-epoch: 1 while meta_epoch < stage1_meta_epochs, 2 afterwards (§3.4).
+inline int training_stage(int meta_epoch, const LossOptions& options = {}) {
+  check(meta_epoch >= 0, "training_stage: meta_epoch must be >= 0, got ", meta_epoch);
+  return meta_epoch < options.stage1_meta_epochs ? 1 : 2;
+}
+
+namespace detail {
+
+inline void check_stage(int stage, const char* where) {
+  check(stage == 1 || stage == 2, where, ": stage must be 1 or 2, got ", stage);
+}
+
+}  // namespace detail
+
+/// The value of every term of one evaluation of the objective, each a mean over the N vectors.
+///
+/// HGAD (ALGORITHM.md §3.4):
+///   stage 1: total = lambda1 L_g - lambda2 L_mi + L_e
+///   stage 2: total = lambda1 L_g - lambda2 L_mi + L_e + L_g_intra + L_z
+/// Terms a stage does not use are 0. For Objective::nf only l_z (CFlow's loss) is set and
+/// total = l_z.
+template <class Scalar>
+struct LossTerms {
+  Scalar l_g = 0;        ///< L_g, inter-class mixture NLL per dimension (Eq. 6)
+  Scalar l_mi = 0;       ///< L_mi, label-smoothed class log-posterior (Eq. 8), maximised
+  Scalar l_e = 0;        ///< L_e, entropy of the inter-class posterior without pi (Eq. 9)
+  Scalar l_g_intra = 0;  ///< L_g_intra, intra-class mixture NLL per dimension (§3.3.4)
+  Scalar l_z = 0;        ///< L_z = softplus(-logp / D) (§3.3.5)
+  Scalar total = 0;      ///< the weighted sum that is minimised
+  int stage = 1;
+  Objective objective = Objective::hgad;
+
+  /// (name, value) of every term the objective and stage use, then "total".
+  std::vector<std::pair<std::string, Scalar>> named() const {
+    if (objective == Objective::nf) return {{"L_z", l_z}, {"total", total}};
+    std::vector<std::pair<std::string, Scalar>> out{{"L_g", l_g}, {"L_mi", l_mi}, {"L_e", l_e}};
+    if (stage == 2) {
+      out.emplace_back("L_g_intra", l_g_intra);
+      out.emplace_back("L_z", l_z);
+    }
+    out.emplace_back("total", total);
+    return out;
+  }
+};
+
+}  // namespace hgad

@@ -1,0 +1,258 @@
+#pragma once
+/// \file
+/// The hierarchical Gaussian-mixture prior of HGAD (ALGORITHM.md §3.1, §3.2): K unit-variance class
+/// Gaussians N(mu_y, I) weighted by pi = softmax(phi_inter), and inside class y a mixture of M
+/// unit-variance Gaussians with centres sg(mu_y), sg(mu_y) + delta_{y,1..M-1}, weighted by
+/// w_y = softmax(phi_intra[y]).
+///
+///     hgad::Rng rng(0);
+///     hgad::GaussianMixturePrior<float> prior(15, 10, 200, rng);   // K = 15, M = 10, D = 200
+///     auto d = hgad::inter_class_sqdist(z, prior.mu());            // (N, K) with autograd
+///
+/// The autograd compositions below (distances, log-weights) are the reference path of the losses;
+/// the fused CPU path is in loss/fused_loss.hpp.
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "../autograd/ops.hpp"
+#include "../autograd/var.hpp"
+#include "../detail/check.hpp"
+#include "../detail/scalar_math.hpp"
+#include "../rng.hpp"
+#include "../tensor.hpp"
+
+namespace hgad {
+
+/// The scale of the identity blocks of the class-centre initialisation (ALGORITHM.md §3.1):
+/// init_scale = 5 / sqrt(floor(2 D / K)), so that |mu_y|^2 is about 12.5 and the centres are 5 apart.
+///   requires: 1 <= n_classes <= 2 dim.
+inline double class_center_init_scale(Index n_classes, Index dim) {
+  check(n_classes >= 1 && dim >= 1, "class_center_init_scale: need n_classes >= 1 and dim >= 1, got K = ",
+        n_classes, ", D = ", dim);
+  check(n_classes <= 2 * dim, "class_center_init_scale: floor(2 D / K) is 0 for K = ", n_classes,
+        " > 2 D = ", 2 * dim, "; the scaled-identity initialisation needs K <= 2 D");
+  // 5 / sqrt(floor(2 D / K)): HGAD's class-centre initialisation (ALGORITHM.md §3.1).
+  return 5.0 / std::sqrt(static_cast<double>((2 * dim) / n_classes));
+}
+
+/// The initial class centres mu (K, D) of ALGORITHM.md §3.1: zero, then for b = 0 .. floor(D/K) - 1
+/// the columns [b K, (b + 1) K) hold init_scale * I_K; leftover columns stay zero. The centres are
+/// mutually orthogonal with |mu_y|^2 = floor(D/K) init_scale^2.
+///   requires: 1 <= n_classes <= 2 dim.
+template <class Scalar>
+Tensor<Scalar> class_center_init(Index n_classes, Index dim) {
+  const double scale = class_center_init_scale(n_classes, dim);
+  Tensor<Scalar> mu({n_classes, dim});
+  for (Index block = 0; block < dim / n_classes; ++block) {
+    for (Index y = 0; y < n_classes; ++y) mu(y, block * n_classes + y) = Scalar(scale);
+  }
+  return mu;
+}
+
+/// The learnable prior of one feature level: mu (K, D), delta (K, M-1, D), phi_intra (K, M),
+/// phi_inter (K,), all `Var::parameter` leaves.
+template <class Scalar>
+class GaussianMixturePrior {
+ public:
+  /// The initialisation of ALGORITHM.md §3.1: mu from class_center_init, delta i.i.d. N(0, 1) drawn
+  /// from `rng` in row-major order, phi_intra = 0 and phi_inter = 0 (uniform weights).
+  ///   requires: n_classes >= 1, n_centers >= 1 (M, the intra-class centres including sg(mu_y)),
+  ///             1 <= n_classes <= 2 dim.
+  GaussianMixturePrior(Index n_classes, Index n_centers, Index dim, Rng& rng)
+      : GaussianMixturePrior(class_center_init<Scalar>(n_classes, dim),
+                             Tensor<Scalar>::randn({n_classes, check_centers(n_centers) - 1, dim}, rng),
+                             Tensor<Scalar>({n_classes, n_centers}), Tensor<Scalar>({n_classes})) {}
+
+  /// A prior holding the given values (for example loaded from a checkpoint).
+  ///   requires: mu (K, D), delta (K, M-1, D), phi_intra (K, M), phi_inter (K,), on one device.
+  GaussianMixturePrior(Tensor<Scalar> mu, Tensor<Scalar> delta, Tensor<Scalar> phi_intra,
+                       Tensor<Scalar> phi_inter) {
+    check(mu.rank() == 2 && mu.dim(0) >= 1 && mu.dim(1) >= 1,
+          "GaussianMixturePrior: mu must be (K, D) with K, D >= 1, got ", mu.shape().to_string());
+    const Index K = mu.dim(0), D = mu.dim(1);
+    check(phi_intra.rank() == 2 && phi_intra.dim(0) == K && phi_intra.dim(1) >= 1,
+          "GaussianMixturePrior: phi_intra must be (K, M) = (", K, ", M >= 1), got ",
+          phi_intra.shape().to_string());
+    const Index M = phi_intra.dim(1);
+    check(delta.shape() == Shape{K, M - 1, D}, "GaussianMixturePrior: delta must be (K, M-1, D) = (", K,
+          ", ", M - 1, ", ", D, "), got ", delta.shape().to_string());
+    check(phi_inter.shape() == Shape{K}, "GaussianMixturePrior: phi_inter must be (K,) = (", K,
+          ",), got ", phi_inter.shape().to_string());
+    m_mu = Var<Scalar>::parameter(std::move(mu));
+    m_delta = Var<Scalar>::parameter(std::move(delta));
+    m_phi_intra = Var<Scalar>::parameter(std::move(phi_intra));
+    m_phi_inter = Var<Scalar>::parameter(std::move(phi_inter));
+  }
+
+  /// K, the number of classes.
+  Index n_classes() const { return m_mu.value().dim(0); }
+  /// M, the intra-class centres per class (sg(mu_y) and the M-1 deltas).
+  Index n_centers() const { return m_phi_intra.value().dim(1); }
+  /// D, the latent dimension.
+  Index dim() const { return m_mu.value().dim(1); }
+
+  /// Class centres mu (K, D).
+  Var<Scalar>& mu() { return m_mu; }
+  const Var<Scalar>& mu() const { return m_mu; }
+  /// Intra-class offsets delta (K, M-1, D); centre k >= 1 of class y is sg(mu_y) + delta[y][k-1].
+  Var<Scalar>& delta() { return m_delta; }
+  const Var<Scalar>& delta() const { return m_delta; }
+  /// Intra-class weight logits phi_intra (K, M); w_y = softmax(phi_intra[y]).
+  Var<Scalar>& phi_intra() { return m_phi_intra; }
+  const Var<Scalar>& phi_intra() const { return m_phi_intra; }
+  /// Inter-class weight logits phi_inter (K,); pi = softmax(phi_inter).
+  Var<Scalar>& phi_inter() { return m_phi_inter; }
+  const Var<Scalar>& phi_inter() const { return m_phi_inter; }
+
+  /// The learnable leaves, in the order of parameter_names().
+  std::vector<Var<Scalar>> parameters() const { return {m_mu, m_delta, m_phi_intra, m_phi_inter}; }
+  /// "mu", "delta", "phi_intra", "phi_inter" (the names of the golden files).
+  static std::vector<std::string> parameter_names() { return {"mu", "delta", "phi_intra", "phi_inter"}; }
+
+  /// Drops every gradient (has_grad() becomes false).
+  void zero_grad() {
+    for (auto& p : parameters()) p.zero_grad();
+  }
+
+  /// log pi = log_softmax(phi_inter), (K,), the current values (no graph); CPU only.
+  Tensor<Scalar> log_pi_values() const {
+    require_cpu("log_pi_values");
+    Tensor<Scalar> out({n_classes()});
+    log_softmax_row(m_phi_inter.value().data(), out.data(), n_classes());
+    return out;
+  }
+  /// log w_y = log_softmax(phi_intra[y]) for every class, (K, M), the current values; CPU only.
+  Tensor<Scalar> log_w_values() const {
+    require_cpu("log_w_values");
+    const Index K = n_classes(), M = n_centers();
+    Tensor<Scalar> out({K, M});
+    for (Index y = 0; y < K; ++y) log_softmax_row(m_phi_intra.value().data() + y * M, out.data() + y * M, M);
+    return out;
+  }
+  /// The intra-class centres (K, M, D): m_{y,0} = mu_y and m_{y,k} = mu_y + delta_{y,k-1}
+  /// (ALGORITHM.md §3.1), the current values; CPU only.
+  Tensor<Scalar> intra_center_values() const {
+    const Index K = n_classes(), M = n_centers(), D = dim();
+    const Tensor<Scalar>& mu = m_mu.value();
+    const Tensor<Scalar>& delta = m_delta.value();
+    require_cpu("intra_center_values");
+    Tensor<Scalar> out({K, M, D});
+    for (Index y = 0; y < K; ++y) {
+      const Scalar* mu_y = mu.data() + y * D;
+      for (Index k = 0; k < M; ++k) {
+        Scalar* m = out.data() + (y * M + k) * D;
+        if (k == 0) {
+          for (Index j = 0; j < D; ++j) m[j] = mu_y[j];
+        } else {
+          const Scalar* delta_yk = delta.data() + (y * (M - 1) + k - 1) * D;
+          for (Index j = 0; j < D; ++j) m[j] = mu_y[j] + delta_yk[j];
+        }
+      }
+    }
+    return out;
+  }
+
+ private:
+  void require_cpu(const char* where) const {
+    for (const auto& p : parameters()) {
+      check(p.value().device() == Device::cpu, "GaussianMixturePrior::", where,
+            ": the parameters live on ", to_string(p.value().device()), ", not the CPU");
+    }
+  }
+
+  /// out = x - LSE(x) over n contiguous values.
+  static void log_softmax_row(const Scalar* x, Scalar* out, Index n) {
+    const Scalar lse = detail::logsumexp(x, static_cast<long>(n));
+    for (Index j = 0; j < n; ++j) out[j] = x[j] - lse;
+  }
+
+  static Index check_centers(Index n_centers) {
+    check(n_centers >= 1, "GaussianMixturePrior: n_centers (M) must be >= 1, got ", n_centers);
+    return n_centers;
+  }
+
+  Var<Scalar> m_mu;         // (K, D)
+  Var<Scalar> m_delta;      // (K, M-1, D)
+  Var<Scalar> m_phi_intra;  // (K, M)
+  Var<Scalar> m_phi_inter;  // (K,)
+};
+
+namespace detail {
+
+inline void check_labels(const std::vector<std::int64_t>& labels, Index n_rows, Index n_classes,
+                         const char* where) {
+  check(static_cast<Index>(labels.size()) == n_rows, where, ": ", labels.size(), " labels for ", n_rows,
+        " rows");
+  for (std::size_t n = 0; n < labels.size(); ++n) {
+    check(labels[n] >= 0 && labels[n] < n_classes, where, ": label ", labels[n], " of row ", n,
+          " is outside [0, ", n_classes, ")");
+  }
+}
+
+}  // namespace detail
+
+/// Squared distances to the class centres, d_{n,y} = |z_n - mu_y|^2 (ALGORITHM.md §3.2), computed
+/// by direct differences (not |z|^2 - 2 z.mu + |mu|^2, which cancels badly when z is near mu_y).
+///   requires: z (N, D), mu (K, D).   ensures: (N, K).
+template <class Scalar>
+Var<Scalar> inter_class_sqdist(const Var<Scalar>& z, const Var<Scalar>& mu) {
+  check(z.value().rank() == 2 && mu.value().rank() == 2 && z.cols() == mu.cols(),
+        "inter_class_sqdist: z must be (N, D) and mu (K, D), got ", z.shape().to_string(), " and ",
+        mu.shape().to_string());
+  std::vector<Var<Scalar>> columns;
+  columns.reserve(static_cast<std::size_t>(mu.rows()));
+  for (Index y = 0; y < mu.rows(); ++y) {
+    const Var<Scalar> mu_y = gather_rows(mu, std::vector<std::int64_t>{y});  // (1, D)
+    columns.push_back(reshape(sum_rows(square(sub(z, mu_y))), Shape{z.rows(), 1}));
+  }
+  return concat_cols(columns);
+}
+
+/// Squared distances to the intra-class centres of each row's class (ALGORITHM.md §3.1, §3.2):
+/// e_{n,0} = |z_n - sg(mu_{c_n})|^2 and e_{n,k} = |z_n - (sg(mu_{c_n}) + delta_{c_n,k})|^2.
+/// mu is detached, so it gets no gradient from here.
+///   requires: z (N, D), mu (K, D), delta (K, M-1, D), classes[n] in [0, K).   ensures: (N, M).
+template <class Scalar>
+Var<Scalar> intra_class_sqdist(const Var<Scalar>& z, const Var<Scalar>& mu, const Var<Scalar>& delta,
+                               const std::vector<std::int64_t>& classes) {
+  check(z.value().rank() == 2 && mu.value().rank() == 2 && delta.value().rank() == 3 &&
+            z.cols() == mu.cols() && delta.value().dim(0) == mu.rows() && delta.value().dim(2) == mu.cols(),
+        "intra_class_sqdist: need z (N, D), mu (K, D), delta (K, M-1, D), got ", z.shape().to_string(), ", ",
+        mu.shape().to_string(), ", ", delta.shape().to_string());
+  detail::check_labels(classes, z.rows(), mu.rows(), "intra_class_sqdist");
+  const Index D = z.cols(), n_deltas = delta.value().dim(1);
+  const Var<Scalar> center0 = gather_rows(detach(mu), classes);  // (N, D) sg(mu_{c_n})
+  std::vector<Var<Scalar>> columns;
+  columns.push_back(reshape(sum_rows(square(sub(z, center0))), Shape{z.rows(), 1}));
+  if (n_deltas > 0) {
+    const Var<Scalar> delta_rows =
+        gather_rows(reshape(delta, Shape{mu.rows(), n_deltas * D}), classes);  // (N, (M-1) D)
+    for (Index k = 0; k < n_deltas; ++k) {
+      const Var<Scalar> center = add(center0, slice_cols(delta_rows, k * D, (k + 1) * D));  // (N, D)
+      columns.push_back(reshape(sum_rows(square(sub(z, center))), Shape{z.rows(), 1}));
+    }
+  }
+  return concat_cols(columns);
+}
+
+/// log pi = log_softmax(phi_inter), as a (1, K) row that broadcasts over the rows of an (N, K) matrix.
+template <class Scalar>
+Var<Scalar> log_class_weights(const Var<Scalar>& phi_inter) {
+  check(phi_inter.value().rank() == 1, "log_class_weights: phi_inter must be (K,), got ",
+        phi_inter.shape().to_string());
+  return log_softmax_rows(reshape(phi_inter, Shape{1, phi_inter.value().dim(0)}));
+}
+
+/// log w_{c_n,k} = log_softmax_k(phi_intra[c_n]) for each row's class.   ensures: (N, M).
+template <class Scalar>
+Var<Scalar> log_intra_weights(const Var<Scalar>& phi_intra, const std::vector<std::int64_t>& classes) {
+  check(phi_intra.value().rank() == 2, "log_intra_weights: phi_intra must be (K, M), got ",
+        phi_intra.shape().to_string());
+  detail::check_labels(classes, static_cast<Index>(classes.size()), phi_intra.rows(), "log_intra_weights");
+  return gather_rows(log_softmax_rows(phi_intra), classes);
+}
+
+}  // namespace hgad
