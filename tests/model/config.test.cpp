@@ -34,7 +34,7 @@ TEST_CASE("ModelConfig defaults are HGAD's hyper-parameters", "[model]") {
   CHECK(c.pos_dim == 256);
   CHECK(c.n_blocks == 12);
   CHECK(c.clamp == 1.9);
-  CHECK(c.clamp_variant == hgad::ClampVariant::pinned);
+  CHECK(c.clamp_variant == hgad::SoftClamp::pinned);
   CHECK(c.n_centers == 10);
   CHECK(c.lambda1 == 1.0);
   CHECK(c.lambda2 == 100.0);
@@ -57,7 +57,7 @@ TEST_CASE("ModelConfig text form round-trips every field exactly", "[model]") {
   hgad::ModelConfig c = small_config();
   c.objective = hgad::Objective::nf;
   c.clamp = 1.0 / 3.0;
-  c.clamp_variant = hgad::ClampVariant::head;
+  c.clamp_variant = hgad::SoftClamp::head;
   c.label_smoothing = 0.1;
   c.lr_decay_rate = 0.3;
   c.features.resize_mode = hgad::ResizeMode::shorter_crop;

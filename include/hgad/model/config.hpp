@@ -33,17 +33,11 @@
 #include <vector>
 
 #include "../detail/check.hpp"
+#include "../flow/all_in_one_options.hpp"
+#include "../loss/loss_terms.hpp"
 #include "../tensor.hpp"
 
 namespace hgad {
-
-/// The training objective: HGAD's hierarchical Gaussian mixture (ALGORITHM.md §3), or the
-/// single-Gaussian N(0, I) prior with CFlow's loss, the unified NF baseline the paper improves on.
-enum class Objective { hgad, nf };
-
-/// FrEIA's soft clamp of the coupling scale: `pinned` s = α·tanh(0.1·a) (the commit HGAD pins),
-/// `head` s = α·tanh(0.1·a/α) (FrEIA since 2023-08; ALGORITHM.md §2.3).
-enum class ClampVariant { pinned, head };
 
 /// How an image is brought to the network's input size: `stretch` resizes both sides to
 /// image_size (aspect ignored, industrial-mini's BASELINES.md protocol), `shorter_crop` resizes
@@ -95,7 +89,7 @@ struct ModelConfig {
   Index pos_dim = 256;    ///< P, the positional-encoding dimension (0: unconditional flows)
   Index n_blocks = 12;    ///< AllInOneBlocks per flow
   double clamp = 1.9;     ///< affine_clamping α
-  ClampVariant clamp_variant = ClampVariant::pinned;
+  SoftClamp clamp_variant = SoftClamp::pinned;  ///< FrEIA soft clamp (ALGORITHM.md §2.3)
 
   // Prior and objective (ALGORITHM.md §3).
   Index n_centers = 10;          ///< M, intra-class centres per class including sg(μ_y)
@@ -148,8 +142,6 @@ struct ModelConfig {
   friend bool operator!=(const ModelConfig& a, const ModelConfig& b) { return !(a == b); }
 };
 
-inline const char* to_string(Objective objective) { return objective == Objective::hgad ? "hgad" : "nf"; }
-inline const char* to_string(ClampVariant variant) { return variant == ClampVariant::pinned ? "pinned" : "head"; }
 inline const char* to_string(ResizeMode mode) { return mode == ResizeMode::stretch ? "stretch" : "shorter_crop"; }
 
 /// "hgad" or "nf"; anything else throws hgad::Error.
@@ -315,7 +307,7 @@ inline std::string ModelConfig::to_text() const {
   line("pos_dim", std::to_string(pos_dim));
   line("n_blocks", std::to_string(n_blocks));
   line("clamp", d2s(clamp));
-  line("clamp_variant", to_string(clamp_variant));
+  line("clamp_variant", clamp_variant == SoftClamp::pinned ? "pinned" : "head");
   line("n_centers", std::to_string(n_centers));
   line("lambda1", d2s(lambda1));
   line("lambda2", d2s(lambda2));
@@ -402,8 +394,8 @@ inline ModelConfig ModelConfig::from_text(const std::string& text, const std::st
     } else if (key == "clamp") {
       as_double(c.clamp);
     } else if (key == "clamp_variant") {
-      if (value == "pinned") c.clamp_variant = ClampVariant::pinned;
-      else if (value == "head") c.clamp_variant = ClampVariant::head;
+      if (value == "pinned") c.clamp_variant = SoftClamp::pinned;
+      else if (value == "head") c.clamp_variant = SoftClamp::head;
       else bad("pinned or head");
     } else if (key == "n_centers") {
       as_index(c.n_centers);
