@@ -1,0 +1,289 @@
+#pragma once
+/// \file
+/// Multi-level CNN features for the flows: the FeatureExtractor interface, its ResNet
+/// implementation, the image-pyramid wrapper, and the flattening of feature maps into rows.
+///
+/// Two multi-level schemes are covered by one configuration (ALGORITHM.md §1.2):
+/// - HGAD: one stage of an image pyramid. x_s = bilinear resize (align_corners=True) of the
+///   normalised image to size / 2^s, F_s = backbone(x_s)[stage], s = 0 .. n_scales - 1.
+/// - CFlow: several stages (e.g. layer1, layer2, layer3) of the one image.
+/// Both at once (several stages on several scales) is allowed too.
+///
+///     auto fx = hgad::make_feature_extractor<float>(
+///         hgad::FeatureConfig::pyramid(hgad::ResNetArch::resnet18, hgad::ResNetStage::layer3, 3), dir);
+///     auto maps = fx->extract(images);                 // images (B, 3, 256, 256), normalised
+///     // maps[s] is (B, 256, 16 / 2^s, 16 / 2^s); fx->levels()[s].name == "layer3@scale" + s
+///     auto rows = hgad::flatten_features(maps[0]);     // (B * 16 * 16, 256), row n = b h w + i w + j
+///
+/// A user backbone (or a source of precomputed features) plugs in by deriving from
+/// FeatureExtractor<Scalar> and implementing levels(), feature_shape() and extract().
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../detail/check.hpp"
+#include "../detail/parallel.hpp"
+#include "../tensor.hpp"
+#include "resnet.hpp"
+
+namespace hgad {
+
+/// One output of a feature extractor.
+struct FeatureLevel {
+  std::string name;    ///< e.g. "layer3" or, in a pyramid, "layer3@scale1"
+  Index channels = 0;  ///< C of the (B, C, h, w) maps
+  Index stride = 1;    ///< down-sampling factor relative to the input image (h ~ H / stride)
+};
+
+/// A frozen feature extractor: normalised images in, one feature map per level out.
+template <class Scalar>
+class FeatureExtractor {
+ public:
+  virtual ~FeatureExtractor() = default;
+
+  /// The levels extract() returns, in that order.
+  virtual std::vector<FeatureLevel> levels() const = 0;
+
+  /// The (C, h, w) of level `level` for input images of height x width.
+  virtual Shape feature_shape(std::size_t level, Index height, Index width) const = 0;
+
+  /// requires: images (B, 3, H, W), normalised as the backbone expects (ImageNet mean and std).
+  /// ensures:  out.size() == levels().size(); out[l] is (B, feature_shape(l, H, W)...).
+  virtual std::vector<Tensor<Scalar>> extract(const Tensor<Scalar>& images) const = 0;
+
+  std::size_t n_levels() const { return levels().size(); }
+};
+
+/// Bilinear resize of an NCHW batch to out_h x out_w, PyTorch's F.interpolate(mode='bilinear',
+/// antialias=False). Source coordinate of output pixel i along an axis of n_in -> n_out pixels:
+///   align_corners = true:  u = i (n_in - 1) / (n_out - 1)   (0 when n_out == 1)
+///   align_corners = false: u = max(0, (i + 0.5) n_in / n_out - 0.5)
+/// then out = (1 - t) x[floor u] + t x[min(floor u + 1, n_in - 1)], t = u - floor u, per axis.
+template <class Scalar>
+Tensor<Scalar> resize_bilinear_batch(const Tensor<Scalar>& x, Index out_h, Index out_w, bool align_corners) {
+  check(x.rank() == 4, "resize_bilinear_batch: input must be (N, C, H, W), got ", x.shape().to_string());
+  check(out_h >= 1 && out_w >= 1, "resize_bilinear_batch: output size ", out_h, "x", out_w, " is empty");
+  const Index planes = x.dim(0) * x.dim(1), in_h = x.dim(2), in_w = x.dim(3);
+  check(in_h >= 1 && in_w >= 1, "resize_bilinear_batch: input ", x.shape().to_string(), " is empty");
+  struct Tap {
+    Index i0, i1;
+    Scalar t;
+  };
+  auto taps = [align_corners](Index n_in, Index n_out) {
+    std::vector<Tap> out(static_cast<std::size_t>(n_out));
+    for (Index i = 0; i < n_out; ++i) {
+      double u;
+      if (align_corners) {
+        u = n_out > 1 ? double(i) * double(n_in - 1) / double(n_out - 1) : 0.0;
+      } else {
+        u = std::max(0.0, (double(i) + 0.5) * double(n_in) / double(n_out) - 0.5);
+      }
+      const Index i0 = std::min(static_cast<Index>(u), n_in - 1);
+      out[static_cast<std::size_t>(i)] = {i0, std::min(i0 + 1, n_in - 1), Scalar(u - double(i0))};
+    }
+    return out;
+  };
+  const std::vector<Tap> ty = taps(in_h, out_h), tx = taps(in_w, out_w);
+  Tensor<Scalar> y({x.dim(0), x.dim(1), out_h, out_w});
+  const Scalar* src = x.data();
+  Scalar* dst = y.data();
+  detail::parallel_for(planes, planes * out_h * out_w * 8, [&](Index p) {
+    const Scalar* plane = src + p * in_h * in_w;
+    Scalar* out = dst + p * out_h * out_w;
+    for (Index i = 0; i < out_h; ++i) {
+      const Tap& a = ty[static_cast<std::size_t>(i)];
+      const Scalar* r0 = plane + a.i0 * in_w;
+      const Scalar* r1 = plane + a.i1 * in_w;
+      for (Index j = 0; j < out_w; ++j) {
+        const Tap& b = tx[static_cast<std::size_t>(j)];
+        const Scalar top = r0[b.i0] + b.t * (r0[b.i1] - r0[b.i0]);
+        const Scalar bottom = r1[b.i0] + b.t * (r1[b.i1] - r1[b.i0]);
+        out[i * out_w + j] = top + a.t * (bottom - top);
+      }
+    }
+  });
+  return y;
+}
+
+/// (B, C, h, w) -> (B h w, C): row n = b h w + i w + j holds the C-vector at (b, i, j)
+/// (ALGORITHM.md §1.3: permute to (B, h, w, C), reshape).
+template <class Scalar>
+Tensor<Scalar> flatten_features(const Tensor<Scalar>& maps) {
+  check(maps.rank() == 4, "flatten_features: maps must be (B, C, h, w), got ", maps.shape().to_string());
+  const Index b = maps.dim(0), c = maps.dim(1), hw = maps.dim(2) * maps.dim(3);
+  Tensor<Scalar> rows({b * hw, c});
+  const Scalar* src = maps.data();
+  Scalar* dst = rows.data();
+  detail::parallel_for(b, b * c * hw, [&](Index n) {
+    Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> in(src + n * c * hw, c, hw);
+    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> out(dst + n * hw * c, hw, c);
+    out = in.transpose();
+  });
+  return rows;
+}
+
+/// The inverse of flatten_features: (B h w, C) -> (B, C, h, w).
+template <class Scalar>
+Tensor<Scalar> unflatten_features(const Tensor<Scalar>& rows, Index batch, Index height, Index width) {
+  check(rows.rank() == 2 && rows.dim(0) == batch * height * width, "unflatten_features: rows ",
+        rows.shape().to_string(), " do not hold ", batch, " x ", height, " x ", width, " positions");
+  const Index c = rows.dim(1), hw = height * width;
+  Tensor<Scalar> maps({batch, c, height, width});
+  const Scalar* src = rows.data();
+  Scalar* dst = maps.data();
+  detail::parallel_for(batch, batch * c * hw, [&](Index n) {
+    Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> in(src + n * hw * c, hw, c);
+    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> out(dst + n * c * hw, c, hw);
+    out = in.transpose();
+  });
+  return maps;
+}
+
+/// Stages of a frozen ResNet as feature levels (CFlow: layer1, layer2, layer3 of one image).
+template <class Scalar>
+class ResNetFeatureExtractor : public FeatureExtractor<Scalar> {
+ public:
+  /// Uses `net` (shared, never modified) and returns `stages` in that order.
+  ResNetFeatureExtractor(std::shared_ptr<const ResNet<Scalar>> net, std::vector<ResNetStage> stages)
+      : m_net(std::move(net)), m_stages(std::move(stages)) {
+    check(m_net != nullptr, "ResNetFeatureExtractor: null network");
+    check(!m_stages.empty(), "ResNetFeatureExtractor: no stage given");
+    for (ResNetStage s : m_stages) {
+      check(static_cast<int>(s) <= static_cast<int>(m_net->last_stage()), "ResNetFeatureExtractor: stage ",
+            to_string(s), " is beyond the loaded stage ", to_string(m_net->last_stage()));
+    }
+  }
+  /// Loads `arch` from `weights_dir` up to the deepest of `stages`.
+  ResNetFeatureExtractor(ResNetArch arch, const std::string& weights_dir, std::vector<ResNetStage> stages)
+      : ResNetFeatureExtractor(std::make_shared<const ResNet<Scalar>>(arch, weights_dir, deepest(stages)),
+                               std::move(stages)) {}
+
+  std::vector<FeatureLevel> levels() const override {
+    std::vector<FeatureLevel> out;
+    for (ResNetStage s : m_stages) out.push_back({to_string(s), m_net->channels(s), m_net->stride(s)});
+    return out;
+  }
+  Shape feature_shape(std::size_t level, Index height, Index width) const override {
+    check(level < m_stages.size(), "ResNetFeatureExtractor::feature_shape: level ", level, " of ",
+          m_stages.size());
+    const ResNetStage s = m_stages[level];
+    return {m_net->channels(s), ResNet<Scalar>::output_size(height, s), ResNet<Scalar>::output_size(width, s)};
+  }
+  std::vector<Tensor<Scalar>> extract(const Tensor<Scalar>& images) const override {
+    return m_net->forward(images, m_stages);
+  }
+
+  const ResNet<Scalar>& network() const { return *m_net; }
+  const std::vector<ResNetStage>& stages() const { return m_stages; }
+
+ private:
+  static ResNetStage deepest(const std::vector<ResNetStage>& stages) {
+    check(!stages.empty(), "ResNetFeatureExtractor: no stage given");
+    return *std::max_element(stages.begin(), stages.end(),
+                             [](ResNetStage a, ResNetStage b) { return static_cast<int>(a) < static_cast<int>(b); });
+  }
+
+  std::shared_ptr<const ResNet<Scalar>> m_net;
+  std::vector<ResNetStage> m_stages;
+};
+
+/// Runs a base extractor on an image pyramid (HGAD, ALGORITHM.md §1.2): for s = 0 .. n_scales - 1,
+/// x_s = bilinear resize (align_corners=True, no antialiasing) of the normalised images to
+/// (floor(H / 2^s), floor(W / 2^s)), x_0 = the images themselves, and the levels are the base
+/// levels of x_0, then those of x_1, and so on (scale-major), named "<base name>@scale<s>".
+template <class Scalar>
+class PyramidFeatureExtractor : public FeatureExtractor<Scalar> {
+ public:
+  PyramidFeatureExtractor(std::shared_ptr<const FeatureExtractor<Scalar>> base, int n_scales)
+      : m_base(std::move(base)), m_n_scales(n_scales) {
+    check(m_base != nullptr, "PyramidFeatureExtractor: null base extractor");
+    check(n_scales >= 1 && n_scales <= 16, "PyramidFeatureExtractor: n_scales ", n_scales,
+          " must be in [1, 16]");
+  }
+
+  int n_scales() const { return m_n_scales; }
+
+  std::vector<FeatureLevel> levels() const override {
+    const std::vector<FeatureLevel> base = m_base->levels();
+    std::vector<FeatureLevel> out;
+    for (int s = 0; s < m_n_scales; ++s) {
+      for (const FeatureLevel& l : base) {
+        out.push_back({l.name + "@scale" + std::to_string(s), l.channels, l.stride << s});
+      }
+    }
+    return out;
+  }
+  Shape feature_shape(std::size_t level, Index height, Index width) const override {
+    const std::size_t n_base = m_base->n_levels();
+    check(level < n_base * std::size_t(m_n_scales), "PyramidFeatureExtractor::feature_shape: level ",
+          level, " of ", n_base * std::size_t(m_n_scales));
+    const int s = static_cast<int>(level / n_base);
+    return m_base->feature_shape(level % n_base, scaled(height, s), scaled(width, s));
+  }
+  std::vector<Tensor<Scalar>> extract(const Tensor<Scalar>& images) const override {
+    check(images.rank() == 4, "PyramidFeatureExtractor::extract: images must be (B, 3, H, W), got ",
+          images.shape().to_string());
+    std::vector<Tensor<Scalar>> out;
+    for (int s = 0; s < m_n_scales; ++s) {
+      const Index h = scaled(images.dim(2), s), w = scaled(images.dim(3), s);
+      const Tensor<Scalar> x = s == 0 ? images : resize_bilinear_batch(images, h, w, true);
+      for (Tensor<Scalar>& f : m_base->extract(x)) out.push_back(std::move(f));
+    }
+    return out;
+  }
+
+  /// floor(size / 2^s), the pyramid size along one axis; an error when it reaches 0.
+  static Index scaled(Index size, int s) {
+    const Index v = size >> s;
+    check(v >= 1, "PyramidFeatureExtractor: size ", size, " is too small for scale ", s);
+    return v;
+  }
+
+ private:
+  std::shared_ptr<const FeatureExtractor<Scalar>> m_base;
+  int m_n_scales;
+};
+
+/// Which backbone features feed the flows: `stages` of `arch` on `n_scales` pyramid scales.
+struct FeatureConfig {
+  ResNetArch arch = ResNetArch::resnet18;
+  std::vector<ResNetStage> stages{ResNetStage::layer3};
+  int n_scales = 1;
+
+  /// HGAD's scheme: one stage of an image pyramid of n_scales (ALGORITHM.md §1.2 uses 3).
+  static FeatureConfig pyramid(ResNetArch arch, ResNetStage stage = ResNetStage::layer3, int n_scales = 3) {
+    return {arch, {stage}, n_scales};
+  }
+  /// CFlow's scheme: several stages of one image.
+  static FeatureConfig multi_stage(ResNetArch arch, std::vector<ResNetStage> stages = {
+                                                        ResNetStage::layer1, ResNetStage::layer2, ResNetStage::layer3}) {
+    return {arch, std::move(stages), 1};
+  }
+};
+
+/// The extractor a FeatureConfig describes, with the weights loaded from `weights_dir`.
+template <class Scalar>
+std::shared_ptr<FeatureExtractor<Scalar>> make_feature_extractor(const FeatureConfig& config,
+                                                                 const std::string& weights_dir) {
+  auto base = std::make_shared<ResNetFeatureExtractor<Scalar>>(config.arch, weights_dir, config.stages);
+  if (config.n_scales == 1) return base;
+  return std::make_shared<PyramidFeatureExtractor<Scalar>>(base, config.n_scales);
+}
+
+/// The extractor a FeatureConfig describes, on an already loaded network of architecture
+/// config.arch (e.g. one built from in-memory weights).
+template <class Scalar>
+std::shared_ptr<FeatureExtractor<Scalar>> make_feature_extractor(const FeatureConfig& config,
+                                                                 std::shared_ptr<const ResNet<Scalar>> net) {
+  check(net != nullptr && net->arch() == config.arch, "make_feature_extractor: the network is not a ",
+        to_string(config.arch));
+  auto base = std::make_shared<ResNetFeatureExtractor<Scalar>>(std::move(net), config.stages);
+  if (config.n_scales == 1) return base;
+  return std::make_shared<PyramidFeatureExtractor<Scalar>>(base, config.n_scales);
+}
+
+}  // namespace hgad
