@@ -1,0 +1,158 @@
+#pragma once
+/// \file
+/// Adam with parameter groups, in the exact form of torch.optim.Adam 1.13 (single-tensor path,
+/// amsgrad off), with coupled L2 weight decay and per-tensor step counts (ALGORITHM.md §4).
+///
+///     hgad::Adam<float> adam;
+///     adam.add_param_group(flow_parameters, {2e-4, 0.95, 0.99, 1e-8, 1e-4});
+///     adam.add_param_group(prior.parameters(), {2e-4, 0.95, 0.99, 1e-8, 0.0});
+///     adam.zero_grad();   // every gradient back to "none"
+///     /* forward, backward */
+///     adam.step();        // parameters without a gradient are skipped
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "../autograd/var.hpp"
+#include "../detail/check.hpp"
+#include "../detail/parallel.hpp"
+#include "../tensor.hpp"
+
+namespace hgad {
+
+/// Hyper-parameters of one parameter group (torch's defaults).
+struct AdamOptions {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;  ///< coupled L2: g' = g + weight_decay p (torch.optim.Adam, not AdamW)
+};
+
+/// The optimiser state of one parameter tensor.
+template <class Scalar>
+struct AdamState {
+  Tensor<Scalar> exp_avg;     ///< m, the first moment (empty until the first update)
+  Tensor<Scalar> exp_avg_sq;  ///< v, the second moment
+  std::int64_t step = 0;      ///< updates this tensor has received
+};
+
+/// Adam (Kingma & Ba) as torch.optim.Adam 1.13 computes it, per parameter tensor p with gradient g:
+///   g' = g + weight_decay p
+///   m  = beta1 m + (1 - beta1) g'
+///   v  = beta2 v + (1 - beta2) g'^2
+///   t  = t + 1
+///   p  = p - (lr / (1 - beta1^t)) m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+/// A parameter whose has_grad() is false in a step is skipped entirely: no moment update, no step
+/// increment, no weight decay (the semantics of gradients reset to None, ALGORITHM.md §4).
+/// CPU parameters only.
+template <class Scalar>
+class Adam {
+ public:
+  /// One group: its parameters (Var handles sharing the model's leaves), options and optional names.
+  struct ParamGroup {
+    std::vector<Var<Scalar>> params;
+    AdamOptions options;
+    std::vector<std::string> names;
+    std::vector<AdamState<Scalar>> state;
+  };
+
+  Adam() = default;
+
+  /// Appends a group. `names`, if given, has one entry per parameter and names it in messages.
+  ///   requires: every parameter requires_grad(); options.lr >= 0, 0 <= beta < 1, eps >= 0.
+  void add_param_group(std::vector<Var<Scalar>> params, AdamOptions options,
+                       std::vector<std::string> names = {}) {
+    check(options.lr >= 0 && options.beta1 >= 0 && options.beta1 < 1 && options.beta2 >= 0 &&
+              options.beta2 < 1 && options.eps >= 0 && options.weight_decay >= 0,
+          "Adam::add_param_group: invalid options lr = ", options.lr, ", betas = (", options.beta1, ", ",
+          options.beta2, "), eps = ", options.eps, ", weight_decay = ", options.weight_decay);
+    check(names.empty() || names.size() == params.size(), "Adam::add_param_group: ", names.size(),
+          " names for ", params.size(), " parameters");
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      check(params[i].requires_grad(), "Adam::add_param_group: parameter ", i, " of group ", m_groups.size(),
+            " does not require a gradient");
+      if (names.size() < params.size()) names.resize(params.size());
+      if (names[i].empty()) names[i] = "group" + std::to_string(m_groups.size()) + ".param" + std::to_string(i);
+    }
+    ParamGroup group;
+    group.state.resize(params.size());
+    group.params = std::move(params);
+    group.options = options;
+    group.names = std::move(names);
+    m_groups.push_back(std::move(group));
+  }
+
+  std::size_t n_groups() const { return m_groups.size(); }
+  ParamGroup& param_group(std::size_t i) {
+    check(i < m_groups.size(), "Adam::param_group: index ", i, " of ", m_groups.size(), " groups");
+    return m_groups[i];
+  }
+  const ParamGroup& param_group(std::size_t i) const {
+    check(i < m_groups.size(), "Adam::param_group: index ", i, " of ", m_groups.size(), " groups");
+    return m_groups[i];
+  }
+
+  /// Sets the learning rate of every group (HGAD's schedule overwrites all groups, ALGORITHM.md §4).
+  void set_lr(double lr) {
+    check(lr >= 0, "Adam::set_lr: lr must be >= 0, got ", lr);
+    for (auto& g : m_groups) g.options.lr = lr;
+  }
+
+  /// Resets every gradient to none (has_grad() false), as zero_grad(set_to_none=True).
+  void zero_grad() {
+    for (auto& g : m_groups) {
+      for (auto& p : g.params) p.zero_grad();
+    }
+  }
+
+  /// One update of every parameter that has a gradient.
+  void step() {
+    for (auto& group : m_groups) {
+      for (std::size_t i = 0; i < group.params.size(); ++i) {
+        Var<Scalar>& p = group.params[i];
+        if (!p.has_grad()) continue;
+        update(p.value(), p.grad(), group.state[i], group.options, group.names[i]);
+      }
+    }
+  }
+
+ private:
+  static void update(Tensor<Scalar>& param, const Tensor<Scalar>& grad, AdamState<Scalar>& state,
+                     const AdamOptions& o, const std::string& name) {
+    check(param.device() == Device::cpu && grad.device() == Device::cpu, "Adam::step: parameter ", name,
+          " is not on the CPU");
+    check(grad.shape() == param.shape(), "Adam::step: gradient of ", name, " has shape ",
+          grad.shape().to_string(), ", the parameter ", param.shape().to_string());
+    if (state.step == 0) {
+      state.exp_avg = Tensor<Scalar>(param.shape());
+      state.exp_avg_sq = Tensor<Scalar>(param.shape());
+    }
+    ++state.step;
+    const double t = double(state.step);
+    const double bias_correction1 = 1.0 - std::pow(o.beta1, t);
+    const double bias_correction2_sqrt = std::sqrt(1.0 - std::pow(o.beta2, t));
+    const Scalar step_size = Scalar(o.lr / bias_correction1);
+    const Scalar beta1 = Scalar(o.beta1), beta2 = Scalar(o.beta2);
+    const Scalar one_minus_beta1 = Scalar(1.0 - o.beta1), one_minus_beta2 = Scalar(1.0 - o.beta2);
+    const Scalar wd = Scalar(o.weight_decay), eps = Scalar(o.eps);
+    const Scalar bc2_sqrt = Scalar(bias_correction2_sqrt);
+    Scalar* p = param.data();
+    const Scalar* g = grad.data();
+    Scalar* m = state.exp_avg.data();
+    Scalar* v = state.exp_avg_sq.data();
+    const bool decay = o.weight_decay != 0.0;
+    detail::parallel_for(param.numel(), param.numel() * 8, [&](Index i) {
+      const Scalar gi = decay ? g[i] + wd * p[i] : g[i];
+      m[i] = m[i] * beta1 + gi * one_minus_beta1;
+      v[i] = v[i] * beta2 + gi * gi * one_minus_beta2;
+      p[i] -= step_size * (m[i] / (std::sqrt(v[i]) / bc2_sqrt + eps));
+    });
+  }
+
+  std::vector<ParamGroup> m_groups;
+};
+
+}  // namespace hgad
