@@ -60,7 +60,7 @@ TEST_CASE("ModelConfig text form round-trips every field exactly", "[model]") {
   c.clamp_variant = hgad::SoftClamp::head;
   c.label_smoothing = 0.1;
   c.lr_decay_rate = 0.3;
-  c.features.resize_mode = hgad::ResizeMode::shorter_crop;
+  c.features.resize_mode = "shorter_side_crop";
   c.features.layers = {"layer3"};
   c.features.pyramid_levels = 2;
   c.features.image_size = 320;
@@ -117,7 +117,7 @@ TEST_CASE("ModelConfig parse errors name the source, the line, the key and the v
   CHECK(parse("objective = cflow\n").find("hgad or nf") != std::string::npos);
   CHECK(parse("levels = 128x32\n").find("dim x height x width") != std::string::npos);
   CHECK(parse("seed = -1\n").find("non-negative") != std::string::npos);
-  CHECK(parse("resize_mode = crop\n").find("stretch or shorter_crop") != std::string::npos);
+  CHECK(parse("resize_mode = crop\n").find("stretch or shorter_side_crop") != std::string::npos);
 }
 
 TEST_CASE("ModelConfig validation names the key and the offending value", "[model]") {

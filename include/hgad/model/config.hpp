@@ -39,12 +39,6 @@
 
 namespace hgad {
 
-/// How an image is brought to the network's input size: `stretch` resizes both sides to
-/// image_size (aspect ignored, industrial-mini's BASELINES.md protocol), `shorter_crop` resizes
-/// the shorter side to image_size and centre-crops (torchvision Resize(int) + CenterCrop, HGAD's
-/// protocol, ALGORITHM.md §1.1).
-enum class ResizeMode { stretch, shorter_crop };
-
 /// One feature level: the feature dimension D and the spatial size of its map.
 struct LevelSpec {
   Index dim = 0;
@@ -58,7 +52,7 @@ struct LevelSpec {
 
 /// The preprocessing and backbone settings that turn an image into the model's feature levels, so
 /// that `predict` reproduces exactly what `train` saw.
-struct FeatureConfig {
+struct FeatureSettings {
   std::string backbone = "resnet18";  ///< architecture name; "none" for precomputed features
   /// CFlow's scheme: several stages of one image, one level each (pyramid_levels = 0); HGAD's
   /// scheme: one stage (layers[0]) on an image pyramid of pyramid_levels resolutions, each half the
@@ -66,14 +60,17 @@ struct FeatureConfig {
   std::vector<std::string> layers = {"layer2", "layer3"};
   Index pyramid_levels = 0;
   Index image_size = 256;  ///< network input side (ALGORITHM.md §1.1 uses 1024)
-  ResizeMode resize_mode = ResizeMode::stretch;
+  /// How an image reaches image_size: "stretch" resizes both sides (aspect ignored, industrial-mini's
+  /// BASELINES.md protocol); "shorter_side_crop" resizes the shorter side and centre-crops
+  /// (torchvision Resize(int) + CenterCrop, HGAD's protocol, ALGORITHM.md §1.1).
+  std::string resize_mode = "stretch";
   Index mask_size = 256;  ///< side of ground-truth masks and anomaly maps (ALGORITHM.md §1.1)
 
-  friend bool operator==(const FeatureConfig& a, const FeatureConfig& b) {
+  friend bool operator==(const FeatureSettings& a, const FeatureSettings& b) {
     return a.backbone == b.backbone && a.layers == b.layers && a.pyramid_levels == b.pyramid_levels &&
            a.image_size == b.image_size && a.resize_mode == b.resize_mode && a.mask_size == b.mask_size;
   }
-  friend bool operator!=(const FeatureConfig& a, const FeatureConfig& b) { return !(a == b); }
+  friend bool operator!=(const FeatureSettings& a, const FeatureSettings& b) { return !(a == b); }
 };
 
 /// Every setting of an HgadModel. A default-constructed config has HGAD's hyper-parameters and
@@ -116,7 +113,7 @@ struct ModelConfig {
   /// transductive normalisation); the constants are maxima, so a subset is a cheap estimate.
   Index calibration_images = 0;
 
-  FeatureConfig features;
+  FeatureSettings features;
 
   Index n_levels() const { return static_cast<Index>(levels.size()); }
   Index n_classes() const { return static_cast<Index>(class_names.size()); }
@@ -142,7 +139,6 @@ struct ModelConfig {
   friend bool operator!=(const ModelConfig& a, const ModelConfig& b) { return !(a == b); }
 };
 
-inline const char* to_string(ResizeMode mode) { return mode == ResizeMode::stretch ? "stretch" : "shorter_crop"; }
 
 /// "hgad" or "nf"; anything else throws hgad::Error.
 inline Objective parse_objective(const std::string& text) {
@@ -268,7 +264,7 @@ inline void ModelConfig::validate(bool require_data) const {
   if (batch_size < 1) fail("batch_size", i2s(batch_size), "must be at least 1");
   if (calibration_images < 0) fail("calibration_images", i2s(calibration_images), "must be >= 0 (0: all)");
 
-  const FeatureConfig& f = features;
+  const FeatureSettings& f = features;
   if (!detail::is_plain_name(f.backbone))
     fail("backbone", f.backbone, "must be a name such as resnet18, or none for precomputed features");
   for (const std::string& layer : f.layers)
@@ -283,6 +279,8 @@ inline void ModelConfig::validate(bool require_data) const {
       fail("levels", std::to_string(levels.size()) + " levels",
            "the feature settings give " + std::to_string(expected) + " levels");
   }
+  if (f.resize_mode != "stretch" && f.resize_mode != "shorter_side_crop")
+    fail("resize_mode", f.resize_mode, "must be stretch or shorter_side_crop");
   if (f.image_size < 1) fail("image_size", i2s(f.image_size), "must be at least 1");
   if (f.mask_size < 1) fail("mask_size", i2s(f.mask_size), "must be at least 1");
 }
@@ -329,7 +327,7 @@ inline std::string ModelConfig::to_text() const {
   line("layers", join(features.layers));
   line("pyramid_levels", std::to_string(features.pyramid_levels));
   line("image_size", std::to_string(features.image_size));
-  line("resize_mode", to_string(features.resize_mode));
+  line("resize_mode", features.resize_mode);
   line("mask_size", std::to_string(features.mask_size));
   return out.str();
 }
@@ -440,9 +438,8 @@ inline ModelConfig ModelConfig::from_text(const std::string& text, const std::st
     } else if (key == "image_size") {
       as_index(c.features.image_size);
     } else if (key == "resize_mode") {
-      if (value == "stretch") c.features.resize_mode = ResizeMode::stretch;
-      else if (value == "shorter_crop") c.features.resize_mode = ResizeMode::shorter_crop;
-      else bad("stretch or shorter_crop");
+      if (value != "stretch" && value != "shorter_side_crop") bad("stretch or shorter_side_crop");
+      c.features.resize_mode = value;
     } else if (key == "mask_size") {
       as_index(c.features.mask_size);
     } else {
