@@ -9,5 +9,6 @@
 #include "autograd.hpp"
 #include "backend.hpp"
 #include "cpu_backend.hpp"
+#include "metrics.hpp"
 #include "rng.hpp"
 #include "tensor.hpp"
