@@ -216,28 +216,32 @@ TEST_CASE("CUDA entropy and log-softmax row bodies match naive loops and finite 
       xm[j] -= 1e-6;
       CHECK(gphi[j] == Approx((loss(xp) - loss(xm)) / 2e-6).margin(1e-8));
     }
+    std::vector<double> gacc(static_cast<std::size_t>(n), 1.5);
+    hgad::cuda::log_softmax_row_backward(x.data(), n, g.data(), gacc.data(), true);
+    for (int j = 0; j < n; ++j) CHECK(gacc[j] == Approx(1.5 + gphi[j]).margin(1e-14));
   }
 }
 
 TEST_CASE("CUDA coupling bodies match ALGORITHM.md 2.2 and their derivatives", "[cuda_host]") {
-  using hgad::cuda::ClampMode;
+  using hgad::SoftClamp;
   const double alpha = 1.9;  // affine_clamping (ALGORITHM.md §2.1)
   hgad::Rng rng(5);
-  for (ClampMode mode : {ClampMode::pinned, ClampMode::head}) {
+  for (SoftClamp mode : {SoftClamp::pinned, SoftClamp::head}) {
     for (int trial = 0; trial < 20; ++trial) {
       const double x2 = rng.normal(), r_s = 4 * rng.normal(), b_s = rng.normal(),
                    r_t = 3 * rng.normal(), b_t = rng.normal();
       const auto forward = [&](double x2_, double r_s_, double r_t_, double* s_out) {
         const double a = 0.1 * (r_s_ + b_s);
-        const double s = mode == ClampMode::pinned ? alpha * std::tanh(a) : alpha * std::tanh(a / alpha);
+        const double s = mode == SoftClamp::pinned ? alpha * std::tanh(a) : alpha * std::tanh(a / alpha);
         *s_out = s;
         return x2_ * std::exp(s) + 0.1 * (r_t_ + b_t);
       };
-      double v2 = 0, s_ref = 0;
-      const double s = hgad::cuda::coupling_active_forward(x2, r_s, b_s, r_t, b_t, alpha, mode, &v2);
+      double s = 0, t = 0, s_ref = 0;
+      const double v2 = hgad::cuda::coupling_active_forward(x2, r_s, b_s, r_t, b_t, alpha, mode, &s, &t);
       const double v2_ref = forward(x2, r_s, r_t, &s_ref);
       REQUIRE(std::isfinite(v2));
       CHECK(s == Approx(s_ref).margin(1e-14));
+      CHECK(t == Approx(0.1 * (r_t + b_t)).margin(1e-14));
       CHECK(v2 == Approx(v2_ref).margin(1e-13));
       // L = gu v2' + g_ld s: the backward gives dL/dx2, dL/dr_s, dL/dr_t.
       const double gu = rng.normal(), g_ld = rng.normal();
@@ -255,15 +259,26 @@ TEST_CASE("CUDA coupling bodies match ALGORITHM.md 2.2 and their derivatives", "
     }
   }
   // The global affine: g(gamma0) = 1 at gamma0 = 2 ln(e^5 - 1) (ALGORITHM.md §2.2 step 7).
+  using hgad::GlobalAffineType;
   const double gamma0 = 2.0 * std::log(std::exp(5.0) - 1.0);
-  CHECK(hgad::cuda::global_affine_scale(gamma0) == Approx(1.0).margin(1e-14));
-  CHECK(hgad::cuda::global_affine_scale(9.986478501f) == Approx(1.0f).margin(1e-6));
-  for (double gamma : {-3.0, 0.0, 2.5, 9.98, 45.0}) {
-    const double h = 1e-6;
-    const double fd = (hgad::cuda::global_affine_scale(gamma + h) -
-                       hgad::cuda::global_affine_scale(gamma - h)) / (2 * h);
-    CHECK(hgad::cuda::global_affine_scale_derivative(gamma) == Approx(fd).margin(1e-8));
+  CHECK(hgad::cuda::global_affine_scale(gamma0, GlobalAffineType::softplus) == Approx(1.0).margin(1e-14));
+  CHECK(hgad::cuda::global_affine_scale(9.986478501f, GlobalAffineType::softplus) ==
+        Approx(1.0f).margin(1e-6));
+  for (auto type : {GlobalAffineType::softplus, GlobalAffineType::sigmoid, GlobalAffineType::exp}) {
+    for (double gamma : {-3.0, 0.0, 2.5, 9.98, 45.0}) {
+      if (type == GlobalAffineType::exp && gamma > 10) continue;
+      INFO("type " << static_cast<int>(type) << " gamma " << gamma);
+      const double ref = hgad::detail::global_affine_scale(gamma, type);
+      CHECK(hgad::cuda::global_affine_scale(gamma, type) == Approx(ref).epsilon(1e-14));
+      const double h = 1e-6;
+      const double fd = (hgad::cuda::global_affine_scale(gamma + h, type) -
+                         hgad::cuda::global_affine_scale(gamma - h, type)) / (2 * h);
+      CHECK(hgad::cuda::global_affine_scale_derivative(gamma, type) ==
+            Approx(fd).epsilon(1e-6).margin(1e-8));
+    }
   }
+  for (double v : {-2.0, 0.0, 0.5})
+    CHECK(hgad::cuda::hidden_element(v, 0.25, -0.5) == std::max(0.0, v + 0.25 - 0.5));
 }
 
 namespace {

@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "../backend.hpp"
+#include "../flow/all_in_one_options.hpp"
 
 #if defined(__CUDACC__)
 #define HGAD_HD __host__ __device__
@@ -264,53 +265,71 @@ HGAD_HD void entropy_row_backward(const Scalar* x, int n, Scalar g, Scalar* gx) 
 
 /// The subnet pre-scale 0.1 of FrEIA's AllInOneBlock (ALGORITHM.md §2.2 step 3).
 inline constexpr double coupling_prescale = 0.1;
-/// The global-affine scale g = 0.1 softplus_0.5(gamma) (ALGORITHM.md §2.2 step 7, FrEIA SOFTPLUS).
-inline constexpr double global_affine_factor = 0.1;
-inline constexpr double global_affine_beta = 0.5;
 
-/// The two soft clamps of FrEIA's AllInOneBlock (ALGORITHM.md §2.3).
-enum class ClampMode : int {
-  pinned,  ///< s = alpha tanh(a)           (FrEIA 4e0c6ab, the HGAD pin; the default)
-  head,    ///< s = alpha tanh(a / alpha)   (FrEIA >= ae74fd4, 2023-08)
-};
-
-/// s = clamp(a) for the already 0.1-scaled a.
+/// s = clamp(a) for the already 0.1-scaled a (SoftClamp of all_in_one_options.hpp).
 template <class Scalar>
-HGAD_HD Scalar coupling_clamp(Scalar a, Scalar alpha, ClampMode mode) {
-  return mode == ClampMode::pinned ? alpha * hd_tanh(a) : alpha * hd_tanh(a / alpha);
+HGAD_HD Scalar coupling_clamp(Scalar a, Scalar alpha, SoftClamp mode) {
+  return mode == SoftClamp::pinned ? alpha * hd_tanh(a) : alpha * hd_tanh(a / alpha);
 }
 
 /// ds/da of coupling_clamp, from s itself (tanh = s / alpha):
 /// pinned: d/da alpha tanh(a) = alpha (1 - tanh^2 a);  head: d/da alpha tanh(a/alpha) = 1 - tanh^2.
 template <class Scalar>
-HGAD_HD Scalar coupling_clamp_derivative(Scalar s, Scalar alpha, ClampMode mode) {
+HGAD_HD Scalar coupling_clamp_derivative(Scalar s, Scalar alpha, SoftClamp mode) {
   const Scalar th = s / alpha;
   const Scalar d = Scalar(1) - th * th;
-  return mode == ClampMode::pinned ? alpha * d : d;
+  return mode == SoftClamp::pinned ? alpha * d : d;
 }
 
-/// g = 0.1 softplus_0.5(gamma) = 0.2 ln(1 + e^(0.5 gamma)).
+/// The global-affine scale g = f(gamma) of FrEIA's AllInOneBlock (ALGORITHM.md §2.2 step 7):
+/// SOFTPLUS 0.1 softplus_0.5(gamma) (HGAD), SIGMOID 10 sigmoid(gamma - 2), EXP e^gamma.
 template <class Scalar>
-HGAD_HD Scalar global_affine_scale(Scalar gamma) {
-  return Scalar(global_affine_factor) * hd_softplus(gamma, Scalar(global_affine_beta));
+HGAD_HD Scalar global_affine_scale(Scalar gamma, GlobalAffineType type) {
+  switch (type) {
+    // 0.1 factor and beta = 0.5 of FrEIA's SOFTPLUS global affine.
+    case GlobalAffineType::softplus: return Scalar(0.1) * hd_softplus(gamma, Scalar(0.5));
+    // 10 sigmoid(gamma - 2): FrEIA's SIGMOID global affine.
+    case GlobalAffineType::sigmoid: return Scalar(10) * hd_sigmoid(gamma - Scalar(2));
+    case GlobalAffineType::exp: return hd_exp(gamma);
+  }
+  return gamma;
 }
 
-/// dg/dgamma = 0.1 sigmoid(0.5 gamma).
+/// dg/dgamma: SOFTPLUS 0.1 sigmoid(0.5 gamma) (0.1 where softplus is linear); SIGMOID
+/// 10 s (1 - s) with s = sigmoid(gamma - 2); EXP e^gamma.
 template <class Scalar>
-HGAD_HD Scalar global_affine_scale_derivative(Scalar gamma) {
-  return Scalar(global_affine_factor) * hd_softplus_derivative(gamma, Scalar(global_affine_beta));
+HGAD_HD Scalar global_affine_scale_derivative(Scalar gamma, GlobalAffineType type) {
+  switch (type) {
+    case GlobalAffineType::softplus: return Scalar(0.1) * hd_softplus_derivative(gamma, Scalar(0.5));
+    case GlobalAffineType::sigmoid: {
+      const Scalar sg = hd_sigmoid(gamma - Scalar(2));
+      return Scalar(10) * sg * (Scalar(1) - sg);
+    }
+    case GlobalAffineType::exp: return hd_exp(gamma);
+  }
+  return Scalar(0);
+}
+
+/// One element of the subnet's hidden layer: ReLU(x1 W1x^T + c W1c^T + b1) from the two GEMM
+/// parts and the bias.
+template <class Scalar>
+HGAD_HD Scalar hidden_element(Scalar from_x, Scalar from_cond, Scalar bias) {
+  const Scalar v = from_x + from_cond + bias;
+  return v > Scalar(0) ? v : Scalar(0);
 }
 
 /// The forward of one active coordinate k: from x2_k and the raw subnet outputs r_s = r_k and
-/// r_t = r_{n2+k} with their biases, returns s_k (for the log-det) and writes v2'_k.
+/// r_t = r_{n2+k} with their biases, writes s_k (for the log-det) and t_k, and returns v2'_k.
 template <class Scalar>
 HGAD_HD Scalar coupling_active_forward(Scalar x2, Scalar r_s, Scalar b_s, Scalar r_t, Scalar b_t,
-                                       Scalar alpha, ClampMode mode, Scalar* v2_out) {
+                                       Scalar alpha, SoftClamp mode, Scalar* s_out,
+                                       Scalar* t_out) {
   const Scalar a_s = Scalar(coupling_prescale) * (r_s + b_s);
   const Scalar t = Scalar(coupling_prescale) * (r_t + b_t);
   const Scalar s = coupling_clamp(a_s, alpha, mode);
-  *v2_out = x2 * hd_exp(s) + t;
-  return s;
+  *s_out = s;
+  *t_out = t;
+  return x2 * hd_exp(s) + t;
 }
 
 /// The backward of one active coordinate k. In: x2_k, s_k, the gradient gu_k = dL/du (already
@@ -320,7 +339,7 @@ HGAD_HD Scalar coupling_active_forward(Scalar x2, Scalar r_s, Scalar b_s, Scalar
 ///   ds/dr = 0.1 clamp'(a);  dt/dr = 0.1.
 template <class Scalar>
 HGAD_HD void coupling_active_backward(Scalar x2, Scalar s, Scalar gu, Scalar g_log_jac_det,
-                                      Scalar alpha, ClampMode mode, Scalar* gx2, Scalar* ga_s,
+                                      Scalar alpha, SoftClamp mode, Scalar* gx2, Scalar* ga_s,
                                       Scalar* ga_t) {
   const Scalar es = hd_exp(s);
   *gx2 = gu * es;
@@ -459,14 +478,19 @@ HGAD_HD void score_row(int n_classes, int n_centers, Scalar dim, const Scalar* d
 
 /// The gradient through a log-softmax of a short row (the prior's log pi and log w):
 /// y = phi - LSE(phi), dL/dphi_j = g_j - softmax(phi)_j sum_k g_k.
+/// g_phi is set, or added to when `accumulate`.
 template <class Scalar>
-HGAD_HD void log_softmax_row_backward(const Scalar* phi, int n, const Scalar* g, Scalar* g_phi) {
+HGAD_HD void log_softmax_row_backward(const Scalar* phi, int n, const Scalar* g, Scalar* g_phi,
+                                      bool accumulate = false) {
   LogSumExpAccumulator<Scalar> acc;
   for (int j = 0; j < n; ++j) acc.push(phi[j]);
   const Scalar lse = acc.result();
   Scalar total = 0;
   for (int j = 0; j < n; ++j) total += g[j];
-  for (int j = 0; j < n; ++j) g_phi[j] = g[j] - hd_exp(phi[j] - lse) * total;
+  for (int j = 0; j < n; ++j) {
+    const Scalar v = g[j] - hd_exp(phi[j] - lse) * total;
+    g_phi[j] = accumulate ? g_phi[j] + v : v;
+  }
 }
 
 // ------------------------------------------------------------------------------------------------
