@@ -35,14 +35,14 @@ namespace detail {
 ///   align_corners = true:  src = out (in - 1) / (size - 1)   (0 when size == 1)
 ///   align_corners = false: src = max(0, (out + 0.5) in / size - 0.5)
 /// returns the two neighbours i0 <= i1 (clamped to the last index) and the weight of i1.
-struct LinearTap {
+struct MapLinearTap {
   Index i0;
   Index i1;
   double lambda1;
 };
 
-inline std::vector<LinearTap> linear_taps(Index in_size, Index out_size, bool align_corners) {
-  std::vector<LinearTap> taps(static_cast<std::size_t>(out_size));
+inline std::vector<MapLinearTap> map_linear_taps(Index in_size, Index out_size, bool align_corners) {
+  std::vector<MapLinearTap> taps(static_cast<std::size_t>(out_size));
   for (Index o = 0; o < out_size; ++o) {
     double src;
     if (align_corners) {
@@ -52,7 +52,7 @@ inline std::vector<LinearTap> linear_taps(Index in_size, Index out_size, bool al
       const double scale = double(in_size) / double(out_size);
       src = std::max(0.0, scale * (double(o) + 0.5) - 0.5);
     }
-    LinearTap& t = taps[static_cast<std::size_t>(o)];
+    MapLinearTap& t = taps[static_cast<std::size_t>(o)];
     t.i0 = std::min(static_cast<Index>(src), in_size - 1);
     t.i1 = t.i0 < in_size - 1 ? t.i0 + 1 : t.i0;
     t.lambda1 = src - double(t.i0);
@@ -63,16 +63,16 @@ inline std::vector<LinearTap> linear_taps(Index in_size, Index out_size, bool al
 /// out[y, x] = (1 - ly) [(1 - lx) in[y0, x0] + lx in[y0, x1]] + ly [(1 - lx) in[y1, x0] + lx in[y1,
 /// x1]] for one plane; accumulates into `out` when `accumulate` (the §5.4 sum over levels).
 template <class In, class Out>
-void upsample_bilinear_plane(const In* in, Index in_width, const std::vector<LinearTap>& rows,
-                             const std::vector<LinearTap>& cols, Out* out, bool accumulate) {
+void upsample_bilinear_plane(const In* in, Index in_width, const std::vector<MapLinearTap>& rows,
+                             const std::vector<MapLinearTap>& cols, Out* out, bool accumulate) {
   const auto out_width = static_cast<Index>(cols.size());
   for (std::size_t y = 0; y < rows.size(); ++y) {
-    const LinearTap& r = rows[y];
+    const MapLinearTap& r = rows[y];
     const In* row0 = in + r.i0 * in_width;
     const In* row1 = in + r.i1 * in_width;
     Out* dst = out + static_cast<Index>(y) * out_width;
     for (Index x = 0; x < out_width; ++x) {
-      const LinearTap& c = cols[static_cast<std::size_t>(x)];
+      const MapLinearTap& c = cols[static_cast<std::size_t>(x)];
       const double top = (1.0 - c.lambda1) * double(row0[c.i0]) + c.lambda1 * double(row0[c.i1]);
       const double bottom = (1.0 - c.lambda1) * double(row1[c.i0]) + c.lambda1 * double(row1[c.i1]);
       const double v = (1.0 - r.lambda1) * top + r.lambda1 * bottom;
@@ -166,8 +166,8 @@ Tensor<Scalar> upsample_bilinear(const Tensor<Scalar>& input, Index out_height, 
   dims[dims.size() - 1] = out_width;
   const Tensor<Scalar> host = input.cpu();
   Tensor<Scalar> out{Shape(dims)};
-  const auto rows = detail::linear_taps(height, out_height, align_corners);
-  const auto cols = detail::linear_taps(width, out_width, align_corners);
+  const auto rows = detail::map_linear_taps(height, out_height, align_corners);
+  const auto cols = detail::map_linear_taps(width, out_width, align_corners);
   const Index n_planes = height * width > 0 ? host.numel() / (height * width) : 0;
   const Scalar* src = host.data();
   Scalar* dst = out.data();
@@ -253,8 +253,8 @@ namespace detail {
 /// S for image n: Σ_l up(exp(X_l[n] - level_max[l])) into sum (height * width doubles).
 template <class Scalar>
 void level_sum(const std::vector<Tensor<Scalar>>& levels, const std::vector<double>& level_max,
-               const std::vector<std::vector<LinearTap>>& rows,
-               const std::vector<std::vector<LinearTap>>& cols, Index n, std::vector<double>& q,
+               const std::vector<std::vector<MapLinearTap>>& rows,
+               const std::vector<std::vector<MapLinearTap>>& cols, Index n, std::vector<double>& q,
                std::vector<double>& sum) {
   std::fill(sum.begin(), sum.end(), 0.0);
   for (std::size_t l = 0; l < levels.size(); ++l) {
@@ -307,12 +307,12 @@ AnomalyMapConstants anomaly_map_constants(const std::vector<Tensor<Scalar>>& lev
   const Index n_images = host[0].dim(0);
   check(n_images > 0, "anomaly_map_constants: no images");
   AnomalyMapConstants constants;
-  std::vector<std::vector<detail::LinearTap>> rows, cols;
+  std::vector<std::vector<detail::MapLinearTap>> rows, cols;
   for (const auto& level : host) {
     const Scalar* x = level.data();
     constants.level_max.push_back(double(*std::max_element(x, x + level.numel())));
-    rows.push_back(detail::linear_taps(level.dim(1), options.height, options.align_corners));
-    cols.push_back(detail::linear_taps(level.dim(2), options.width, options.align_corners));
+    rows.push_back(detail::map_linear_taps(level.dim(1), options.height, options.align_corners));
+    cols.push_back(detail::map_linear_taps(level.dim(2), options.width, options.align_corners));
   }
   std::vector<double> image_max(static_cast<std::size_t>(n_images));
   const Index n_out = options.height * options.width;
@@ -350,10 +350,10 @@ Tensor<Scalar> calibrated_anomaly_map(const std::vector<Tensor<Scalar>>& levels,
   check(std::isfinite(constants.sum_max), "calibrated_anomaly_map: non-finite sum_max ",
         constants.sum_max);
   const Index n_images = host[0].dim(0);
-  std::vector<std::vector<detail::LinearTap>> rows, cols;
+  std::vector<std::vector<detail::MapLinearTap>> rows, cols;
   for (const auto& level : host) {
-    rows.push_back(detail::linear_taps(level.dim(1), options.height, options.align_corners));
-    cols.push_back(detail::linear_taps(level.dim(2), options.width, options.align_corners));
+    rows.push_back(detail::map_linear_taps(level.dim(1), options.height, options.align_corners));
+    cols.push_back(detail::map_linear_taps(level.dim(2), options.width, options.align_corners));
   }
   const std::vector<double> kernel = options.sigma > 0
                                          ? gaussian_kernel1d(options.sigma, options.truncate)
