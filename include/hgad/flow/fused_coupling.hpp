@@ -1,0 +1,480 @@
+#pragma once
+/// \file
+/// The fused CPU kernels of the AllInOne coupling block (ALGORITHM.md §2.2): inference forward and
+/// inverse without a graph, and a training forward that keeps only what its hand-written backward
+/// needs. They work on contiguous row-major CPU buffers and do not use the autograd; AllInOneBlock
+/// and SequenceFlow call them, and a test checks them against the autograd composition.
+///
+/// One block, for a row v = [v1 ; v2] (n1 = D − ⌊D/2⌋ passive, n2 = ⌊D/2⌋ active channels) and the
+/// condition c (P channels), with W1 = [W1x | W1c] split by columns so [v1 ; c] is never built:
+///
+///     h  = ReLU(W1x v1 + W1c c + b1)                       (H = 2 (n1 + P))
+///     a  = 0.1 (W2 h + b2),  a = [a_s ; t]                  (2 n2)
+///     s  = α tanh(a_s)  (pinned)  or  α tanh(a_s / α)  (head)
+///     u  = [v1 ; v2 ⊙ e^s + t],   u' = g ⊙ u + b,   y = R u'
+///     log|det J| = Σ s + Σ log g
+///
+/// Rows are processed in tiles of at most `fused_tile_rows` rows, each tile by one thread from its
+/// GEMMs to its element-wise pass, so a tile's intermediates stay in cache. The GEMMs are Eigen's
+/// (single-threaded inside the tile loop); the element-wise work is Eigen array expressions, which
+/// vectorise exp and tanh.
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../detail/check.hpp"
+#include "../detail/parallel.hpp"
+#include "../tensor.hpp"
+#include "all_in_one_options.hpp"
+
+namespace hgad {
+
+/// The sizes of one coupling block.
+struct CouplingDims {
+  Index D = 0;   ///< channels of v
+  Index P = 0;   ///< channels of the condition (0: unconditional)
+  Index n1 = 0;  ///< passive channels, D − ⌊D/2⌋ (first)
+  Index n2 = 0;  ///< active channels, ⌊D/2⌋ (second)
+  Index H = 0;   ///< hidden width of the subnet, 2 (n1 + P)
+
+  static CouplingDims make(Index D, Index P) {
+    check(D >= 2, "AllInOneBlock: dimension D = ", D, " must be >= 2 (one passive and one active channel)");
+    check(P >= 0, "AllInOneBlock: negative condition dimension ", P);
+    CouplingDims d;
+    d.D = D;
+    d.P = P;
+    d.n2 = D / 2;
+    d.n1 = D - d.n2;
+    d.H = 2 * (d.n1 + P);  // hidden width = 2 x input width (HGAD's subnet_fc, ALGORITHM.md §2.2)
+    return d;
+  }
+};
+
+/// Read-only views of one block's parameters for the fused kernels (the tensors share storage
+/// with the block's parameters).
+template <class Scalar>
+struct CouplingWeights {
+  Tensor<Scalar> fc1_weight;          ///< (H, n1 + P), PyTorch (out, in) layout
+  Tensor<Scalar> fc1_bias;            ///< (H,)
+  Tensor<Scalar> fc2_weight;          ///< (2 n2, H)
+  Tensor<Scalar> fc2_bias;            ///< (2 n2,)
+  Tensor<Scalar> gamma;               ///< (D,) global-scale pre-activation γ
+  Tensor<Scalar> offset;              ///< (D,) global offset b
+  Tensor<Scalar> rotation;            ///< (D, D) fixed R; y = R u'
+  std::vector<Index> permutation;     ///< p with R[i][p[i]] = 1 when R is a permutation, else empty
+};
+
+/// Where the fused backward adds (+=) the parameter gradients; a null pointer skips that parameter.
+template <class Scalar>
+struct CouplingGradients {
+  Tensor<Scalar>* fc1_weight = nullptr;
+  Tensor<Scalar>* fc1_bias = nullptr;
+  Tensor<Scalar>* fc2_weight = nullptr;
+  Tensor<Scalar>* fc2_bias = nullptr;
+  Tensor<Scalar>* gamma = nullptr;
+  Tensor<Scalar>* offset = nullptr;
+};
+
+/// The activations one block's fused backward needs, written by its training forward:
+/// the block input x (a reference to the caller's tensor, not a copy), the condition (a
+/// reference), the hidden layer ReLU(fc1([x1 ; c])) (N, H) and [s | t] (N, 2 n2).
+/// Memory owned: N (H + 2 n2) scalars; x is owned by the caller (or the SequenceFlow cache).
+template <class Scalar>
+struct CouplingCache {
+  Tensor<Scalar> x;       ///< (N, D) block input (shared storage)
+  Tensor<Scalar> cond;    ///< (N, P) condition (shared storage)
+  Tensor<Scalar> hidden;  ///< (N, H) ReLU(W1x x1 + W1c c + b1)
+  Tensor<Scalar> s_t;     ///< (N, 2 n2) the log-scale s and the shift t
+  Index rows = 0;
+
+  /// Bytes of the activations this cache owns (hidden and s_t).
+  Index owned_bytes() const {
+    return static_cast<Index>(sizeof(Scalar)) * (hidden.numel() + s_t.numel());
+  }
+};
+
+/// The largest tile of rows one thread processes at a time in the fused kernels.
+inline constexpr Index fused_tile_rows = 256;
+
+namespace detail {
+
+/// Tile height for N rows on n_threads threads: about four tiles per thread so the static split
+/// balances, a multiple of 8 rows, at most fused_tile_rows.
+inline Index fused_tile_height(Index N, int n_threads) {
+  const Index per = (N + 4 * n_threads - 1) / (4 * static_cast<Index>(n_threads));
+  const Index rounded = std::max<Index>(8, (per + 7) / 8 * 8);
+  return std::min(fused_tile_rows, rounded);
+}
+
+/// Calls body(thread, r0, r1) for consecutive row tiles [r0, r1) of [0, N), the tiles split
+/// statically over the threads (each thread a contiguous range of tiles), and init(thread) once on
+/// each thread before its first tile.
+template <class Init, class Body>
+void for_each_tile(Index N, Index tile, int n_threads, Init&& init, Body&& body) {
+  const Index n_tiles = (N + tile - 1) / tile;
+  const auto run = [&](int thread, int threads) {
+    const Index first = n_tiles * thread / threads, last = n_tiles * (thread + 1) / threads;
+    if (first >= last) return;
+    init(thread);
+    for (Index t = first; t < last; ++t) body(thread, t * tile, std::min(N, (t + 1) * tile));
+  };
+#ifdef _OPENMP
+  if (n_threads > 1) {
+#pragma omp parallel num_threads(n_threads)
+    run(omp_get_thread_num(), omp_get_num_threads());
+    return;
+  }
+#endif
+  run(0, 1);
+}
+
+/// Threads for a fused pass: all of hgad's threads when there is more than one tile and the
+/// caller is not already inside a parallel region.
+inline int fused_threads(Index N) {
+#ifdef _OPENMP
+  if (omp_in_parallel()) return 1;
+#endif
+  const int n = max_threads();
+  return static_cast<int>(std::max<Index>(1, std::min<Index>(n, (N + 7) / 8)));
+}
+
+/// The fused coupling kernels for one block with fixed parameters.
+template <class Scalar>
+class FusedCoupling {
+ public:
+  using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using RowVector = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
+  using Stride = Eigen::OuterStride<>;
+  using Map = Eigen::Map<RowMatrix, Eigen::Unaligned, Stride>;
+  using ConstMap = Eigen::Map<const RowMatrix, Eigen::Unaligned, Stride>;
+  using ConstRow = Eigen::Map<const RowVector>;
+
+  FusedCoupling(const CouplingDims& dims, Scalar alpha, SoftClamp clamp, GlobalAffineType affine_type,
+                const CouplingWeights<Scalar>& w)
+      : m_dims(dims), m_alpha(alpha), m_clamp(clamp), m_w(w) {
+    const Index D = dims.D;
+    m_g.resize(D);
+    m_g_derivative.resize(D);
+    m_sum_log_g = 0;
+    for (Index j = 0; j < D; ++j) {
+      const Scalar gamma = w.gamma.data()[j];
+      m_g[j] = global_affine_scale(gamma, affine_type);
+      m_g_derivative[j] = global_affine_scale_derivative(gamma, affine_type);
+      m_sum_log_g += std::log(m_g[j]);
+    }
+  }
+
+  /// Inference or training forward of rows [0, N).
+  /// x (N, D), cond (N, P) or null when P = 0; out (N, D), which may be x itself (each tile reads
+  /// its rows of x before it writes them); log_jac_det (N,) is set, or added to when `accumulate`.
+  /// With `hidden` (N, H) and `s_t` (N, 2 n2) non-null the activations are kept there (training).
+  void forward(Index N, const Scalar* x, const Scalar* cond, Scalar* out, Scalar* log_jac_det, bool accumulate,
+               Scalar* hidden, Scalar* s_t) const {
+    const CouplingDims& d = m_dims;
+    const int n_threads = fused_threads(N);
+    const Index tile = fused_tile_height(N, n_threads);
+    const bool keep = hidden != nullptr;
+    std::vector<Workspace> ws(static_cast<std::size_t>(n_threads));
+    for_each_tile(
+        N, tile, n_threads,
+        [&](int t) { ws[static_cast<std::size_t>(t)].forward(d, tile, keep); },
+        [&](int t, Index r0, Index r1) {
+          Workspace& w = ws[static_cast<std::size_t>(t)];
+          const Index T = r1 - r0;
+          Scalar* h = keep ? hidden + r0 * d.H : w.hidden.data();
+          Scalar* a = keep ? s_t + r0 * 2 * d.n2 : w.a.data();
+          forward_tile(T, x + r0 * d.D, cond ? cond + r0 * d.P : nullptr, h, a, w.u.data(), out + r0 * d.D,
+                       log_jac_det + r0, accumulate);
+        });
+  }
+
+  /// Inverse of rows [0, N): x = f⁻¹(z); out (N, D) may be z itself; log_jac_det (N,) receives
+  /// −(Σ s + Σ log g), set or added when `accumulate`.
+  void inverse(Index N, const Scalar* z, const Scalar* cond, Scalar* out, Scalar* log_jac_det,
+               bool accumulate) const {
+    const CouplingDims& d = m_dims;
+    const int n_threads = fused_threads(N);
+    const Index tile = fused_tile_height(N, n_threads);
+    std::vector<Workspace> ws(static_cast<std::size_t>(n_threads));
+    for_each_tile(
+        N, tile, n_threads, [&](int t) { ws[static_cast<std::size_t>(t)].forward(d, tile, false); },
+        [&](int t, Index r0, Index r1) {
+          Workspace& w = ws[static_cast<std::size_t>(t)];
+          inverse_tile(r1 - r0, z + r0 * d.D, cond ? cond + r0 * d.P : nullptr, w.hidden.data(), w.a.data(),
+                       w.u.data(), out + r0 * d.D, log_jac_det + r0, accumulate);
+        });
+  }
+
+  /// Backward of rows [0, N) from the activations of the training forward.
+  /// grad_out = dL/dy (N, D); grad_log_jac_det = dL/d log|det J| (N,) or null (zero);
+  /// grad_x (N, D) receives dL/dx (set, not added) and may be grad_out itself; grad_cond (N, P),
+  /// when non-null, receives dL/dc added (+=). Parameter gradients are added into `grads`.
+  void backward(Index N, const Scalar* x, const Scalar* cond, const Scalar* hidden, const Scalar* s_t,
+                const Scalar* grad_out, const Scalar* grad_log_jac_det, Scalar* grad_x, Scalar* grad_cond,
+                const CouplingGradients<Scalar>& grads) const {
+    const CouplingDims& d = m_dims;
+    const int n_threads = fused_threads(N);
+    const Index tile = fused_tile_height(N, n_threads);
+    std::vector<Workspace> ws(static_cast<std::size_t>(n_threads));
+    for_each_tile(
+        N, tile, n_threads, [&](int t) { ws[static_cast<std::size_t>(t)].backward(d, tile); },
+        [&](int t, Index r0, Index r1) {
+          Workspace& w = ws[static_cast<std::size_t>(t)];
+          backward_tile(r1 - r0, x + r0 * d.D, cond ? cond + r0 * d.P : nullptr, hidden + r0 * d.H,
+                        s_t + r0 * 2 * d.n2, grad_out + r0 * d.D,
+                        grad_log_jac_det ? grad_log_jac_det + r0 : nullptr, grad_x + r0 * d.D,
+                        grad_cond ? grad_cond + r0 * d.P : nullptr, w);
+        });
+
+    // Reduce the per-thread partial sums in a fixed order.
+    const Index in1 = d.n1 + d.P;
+    RowMatrix dW1 = RowMatrix::Zero(d.H, in1), dW2 = RowMatrix::Zero(2 * d.n2, d.H);
+    RowVector db1 = RowVector::Zero(d.H), db2 = RowVector::Zero(2 * d.n2);
+    RowVector du_u = RowVector::Zero(d.D), du_sum = RowVector::Zero(d.D);
+    Scalar sum_grad_ld = 0;
+    for (const Workspace& w : ws) {
+      if (w.dW1.size() == 0) continue;
+      dW1 += w.dW1;
+      dW2 += w.dW2;
+      db1 += w.db1;
+      db2 += w.db2;
+      du_u += w.du_u;
+      du_sum += w.du_sum;
+    }
+    if (grad_log_jac_det) {
+      for (Index r = 0; r < N; ++r) sum_grad_ld += grad_log_jac_det[r];
+    }
+    add_into(grads.fc1_weight, dW1.data(), dW1.size());
+    add_into(grads.fc1_bias, db1.data(), db1.size());
+    add_into(grads.fc2_weight, dW2.data(), dW2.size());
+    add_into(grads.fc2_bias, db2.data(), db2.size());
+    add_into(grads.offset, du_sum.data(), du_sum.size());
+    if (grads.gamma) {
+      // dL/dg_j = Σ_n dL/du'_nj u_nj + Σ_n dL/dld_n / g_j   (u' = g u + b, ld ∋ Σ log g);
+      // dL/dγ_j = dL/dg_j · dg/dγ_j.
+      Scalar* gg = grads.gamma->data();
+      for (Index j = 0; j < d.D; ++j) gg[j] += (du_u[j] + sum_grad_ld / m_g[j]) * m_g_derivative[j];
+    }
+  }
+
+  const CouplingDims& dims() const { return m_dims; }
+  Scalar sum_log_g() const { return m_sum_log_g; }
+
+ private:
+  /// Per-thread scratch, sized for one tile; the backward's gradient partial sums live here too.
+  struct Workspace {
+    RowMatrix hidden, a, u, du, e, dout, dhidden;
+    RowMatrix dW1, dW2;
+    RowVector db1, db2, du_u, du_sum;
+
+    void forward(const CouplingDims& d, Index tile, bool keep) {
+      if (!keep) {
+        hidden.resize(tile, d.H);
+        a.resize(tile, 2 * d.n2);
+      }
+      u.resize(tile, d.D);
+    }
+    void backward(const CouplingDims& d, Index tile) {
+      du.resize(tile, d.D);
+      e.resize(tile, d.n2);
+      dout.resize(tile, 2 * d.n2);
+      dhidden.resize(tile, d.H);
+      dW1 = RowMatrix::Zero(d.H, d.n1 + d.P);
+      dW2 = RowMatrix::Zero(2 * d.n2, d.H);
+      db1 = RowVector::Zero(d.H);
+      db2 = RowVector::Zero(2 * d.n2);
+      du_u = RowVector::Zero(d.D);
+      du_sum = RowVector::Zero(d.D);
+    }
+  };
+
+  static void add_into(Tensor<Scalar>* target, const Scalar* values, Index n) {
+    if (!target) return;
+    check(target->numel() == n, "FusedCoupling::backward: gradient buffer of shape ", target->shape().to_string(),
+          " for ", n, " values");
+    Scalar* p = target->data();
+    for (Index i = 0; i < n; ++i) p[i] += values[i];
+  }
+
+  ConstMap w1x() const {
+    const Index in1 = m_dims.n1 + m_dims.P;
+    return ConstMap(m_w.fc1_weight.data(), m_dims.H, m_dims.n1, Stride(in1));
+  }
+  ConstMap w1c() const {
+    const Index in1 = m_dims.n1 + m_dims.P;
+    return ConstMap(m_w.fc1_weight.data() + m_dims.n1, m_dims.H, m_dims.P, Stride(in1));
+  }
+  ConstMap w2() const { return ConstMap(m_w.fc2_weight.data(), 2 * m_dims.n2, m_dims.H, Stride(m_dims.H)); }
+  ConstMap rot() const { return ConstMap(m_w.rotation.data(), m_dims.D, m_dims.D, Stride(m_dims.D)); }
+
+  /// h (T, H) = ReLU(x1 W1xᵀ + c W1cᵀ + b1) and the raw subnet output a (T, 2 n2) = h W2ᵀ.
+  void subnet_tile(Index T, const Scalar* x1, Index x1_stride, const Scalar* c, Scalar* h, Scalar* a) const {
+    const CouplingDims& d = m_dims;
+    Map H(h, T, d.H, Stride(d.H));
+    H.noalias() = ConstMap(x1, T, d.n1, Stride(x1_stride)) * w1x().transpose();
+    if (d.P > 0) H.noalias() += ConstMap(c, T, d.P, Stride(d.P)) * w1c().transpose();
+    H.array() = (H.array().rowwise() + ConstRow(m_w.fc1_bias.data(), d.H).array()).cwiseMax(Scalar(0));
+    Map(a, T, 2 * d.n2, Stride(2 * d.n2)).noalias() = H * w2().transpose();
+  }
+
+  /// In place on a (T, 2 n2): a_s ← s = clamp(0.1 (a_s + b2_s)), a_t ← t = 0.1 (a_t + b2_t).
+  /// 0.1: FrEIA's down-scaling of the whole subnet output ("a *= 0.1", ALGORITHM.md §2.2 step 3).
+  void clamp_tile(Index T, Scalar* a) const {
+    const CouplingDims& d = m_dims;
+    Map A(a, T, 2 * d.n2, Stride(2 * d.n2));
+    auto as = A.leftCols(d.n2).array();
+    auto at = A.rightCols(d.n2).array();
+    const auto b2s = ConstRow(m_w.fc2_bias.data(), d.n2).array();
+    const auto b2t = ConstRow(m_w.fc2_bias.data() + d.n2, d.n2).array();
+    at = (at.rowwise() + b2t) * Scalar(0.1);
+    if (m_clamp == SoftClamp::pinned) {
+      as = ((as.rowwise() + b2s) * Scalar(0.1)).tanh() * m_alpha;
+    } else {
+      as = ((as.rowwise() + b2s) * (Scalar(0.1) / m_alpha)).tanh() * m_alpha;
+    }
+  }
+
+  void forward_tile(Index T, const Scalar* x, const Scalar* c, Scalar* h, Scalar* a, Scalar* u, Scalar* y,
+                    Scalar* ld, bool accumulate) const {
+    const CouplingDims& d = m_dims;
+    subnet_tile(T, x, d.D, c, h, a);
+    clamp_tile(T, a);
+    Map A(a, T, 2 * d.n2, Stride(2 * d.n2));
+    const auto S = A.leftCols(d.n2).array();
+    const auto Tt = A.rightCols(d.n2).array();
+    ConstMap X(x, T, d.D, Stride(d.D));
+    Map U(u, T, d.D, Stride(d.D));
+    const auto g = m_g.array();
+    const auto b = ConstRow(m_w.offset.data(), d.D).array();
+    // u' = g ⊙ [x1 ; x2 ⊙ e^s + t] + b
+    U.leftCols(d.n1).array() =
+        (X.leftCols(d.n1).array().rowwise() * g.head(d.n1)).rowwise() + b.head(d.n1);
+    U.rightCols(d.n2).array() =
+        ((X.rightCols(d.n2).array() * S.exp() + Tt).rowwise() * g.tail(d.n2)).rowwise() + b.tail(d.n2);
+    // log|det J| = Σ_k s_k + Σ_k log g_k
+    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, 1>> LD(ld, T);
+    if (accumulate) {
+      LD.array() += S.rowwise().sum() + m_sum_log_g;
+    } else {
+      LD.array() = S.rowwise().sum() + m_sum_log_g;
+    }
+    rotate_tile(T, u, y);
+  }
+
+  /// y = R u' per row: Y = U' Rᵀ, or y_i = u'_{p[i]} for a permutation.
+  void rotate_tile(Index T, const Scalar* u, Scalar* y) const {
+    const Index D = m_dims.D;
+    if (!m_w.permutation.empty()) {
+      const Index* p = m_w.permutation.data();
+      for (Index r = 0; r < T; ++r) {
+        for (Index i = 0; i < D; ++i) y[r * D + i] = u[r * D + p[i]];
+      }
+      return;
+    }
+    Map(y, T, D, Stride(D)).noalias() = ConstMap(u, T, D, Stride(D)) * rot().transpose();
+  }
+
+  /// u' = Rᵀ y per row: U' = Y R, or u'_{p[i]} = y_i for a permutation.
+  void unrotate_tile(Index T, const Scalar* y, Scalar* u) const {
+    const Index D = m_dims.D;
+    if (!m_w.permutation.empty()) {
+      const Index* p = m_w.permutation.data();
+      for (Index r = 0; r < T; ++r) {
+        for (Index i = 0; i < D; ++i) u[r * D + p[i]] = y[r * D + i];
+      }
+      return;
+    }
+    Map(u, T, D, Stride(D)).noalias() = ConstMap(y, T, D, Stride(D)) * rot();
+  }
+
+  void inverse_tile(Index T, const Scalar* z, const Scalar* c, Scalar* h, Scalar* a, Scalar* u, Scalar* x, Scalar* ld,
+                    bool accumulate) const {
+    const CouplingDims& d = m_dims;
+    unrotate_tile(T, z, u);
+    Map U(u, T, d.D, Stride(d.D));
+    Map X(x, T, d.D, Stride(d.D));
+    const auto g = m_g.array();
+    const auto b = ConstRow(m_w.offset.data(), d.D).array();
+    // u = (u' − b) / g; x1 = u1, then the subnet on [x1 ; c] gives s and t, x2 = (u2 − t) e^{−s}.
+    U.array() = (U.array().rowwise() - b).rowwise() / g;
+    X.leftCols(d.n1) = U.leftCols(d.n1);
+    subnet_tile(T, x, d.D, c, h, a);
+    clamp_tile(T, a);
+    Map A(a, T, 2 * d.n2, Stride(2 * d.n2));
+    const auto S = A.leftCols(d.n2).array();
+    X.rightCols(d.n2).array() = (U.rightCols(d.n2).array() - A.rightCols(d.n2).array()) * (-S).exp();
+    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, 1>> LD(ld, T);
+    if (accumulate) {
+      LD.array() -= S.rowwise().sum() + m_sum_log_g;
+    } else {
+      LD.array() = -(S.rowwise().sum() + m_sum_log_g);
+    }
+  }
+
+  void backward_tile(Index T, const Scalar* x, const Scalar* c, const Scalar* h, const Scalar* st, const Scalar* gy,
+                     const Scalar* gld, Scalar* gx, Scalar* gc, Workspace& w) const {
+    const CouplingDims& d = m_dims;
+    const Index n1 = d.n1, n2 = d.n2;
+    // du' (T, D) = dL/dy R: y = R u' per row.
+    unrotate_tile(T, gy, w.du.data());
+    auto DU = w.du.topRows(T);
+    ConstMap X(x, T, d.D, Stride(d.D));
+    ConstMap ST(st, T, 2 * n2, Stride(2 * n2));
+    const auto S = ST.leftCols(n2).array();
+    Map Em(w.e.data(), T, n2, Stride(n2));
+    Em.array() = S.exp();
+    const auto E = Em.array();
+    const auto g = m_g.array();
+    // dL/dg_j partial sums Σ_n du'_nj u_nj with u = [x1 ; x2 e^s + t]; dL/db_j = Σ_n du'_nj.
+    w.du_u.head(n1).array() += (DU.leftCols(n1).array() * X.leftCols(n1).array()).colwise().sum();
+    w.du_u.tail(n2).array() +=
+        (DU.rightCols(n2).array() * (X.rightCols(n2).array() * E + ST.rightCols(n2).array())).colwise().sum();
+    w.du_sum += DU.colwise().sum();
+    // du = g ⊙ du'
+    DU.array().rowwise() *= g;
+    Map GX(gx, T, d.D, Stride(d.D));
+    Map DO(w.dout.data(), T, 2 * n2, Stride(2 * n2));
+    // v2' = x2 e^s + t:  dL/dx2 = dv2' e^s,  dL/dt = dv2',  dL/ds = dv2' x2 e^s + dL/dld.
+    // a = 0.1 raw, so dL/draw = 0.1 dL/da; ds/da from s (soft_clamp_derivative_from_s).
+    const auto DV = DU.rightCols(n2).array();
+    const Scalar inv_alpha = Scalar(1) / m_alpha;
+    const Scalar clamp_scale = m_clamp == SoftClamp::pinned ? m_alpha : Scalar(1);
+    const auto dsda = (Scalar(1) - (S * inv_alpha).square()) * clamp_scale;
+    if (gld) {
+      const Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>> GLD(gld, T);
+      DO.leftCols(n2).array() = (((DV * X.rightCols(n2).array() * E).colwise() + GLD) * dsda) * Scalar(0.1);
+    } else {
+      DO.leftCols(n2).array() = (DV * X.rightCols(n2).array() * E * dsda) * Scalar(0.1);
+    }
+    DO.rightCols(n2).array() = DV * Scalar(0.1);
+    // gy was consumed by the first GEMM of this tile, so gx may be gy.
+    GX.rightCols(n2).array() = DV * E;
+    GX.leftCols(n1) = DU.leftCols(n1);
+    // raw = W2 h + b2:  dW2 += draw^T h, db2 += Σ draw, dh = draw W2, then through the ReLU.
+    ConstMap Hm(h, T, d.H, Stride(d.H));
+    w.db2 += DO.colwise().sum();
+    w.dW2.noalias() += DO.transpose() * Hm;
+    auto DH = w.dhidden.topRows(T);
+    DH.noalias() = DO * w2();
+    // d/dh_pre ReLU = [h_pre > 0] = [h > 0]
+    DH = (Hm.array() > Scalar(0)).select(DH, Scalar(0));
+    // h_pre = W1x x1 + W1c c + b1.
+    w.db1 += DH.colwise().sum();
+    w.dW1.leftCols(n1).noalias() += DH.transpose() * X.leftCols(n1);
+    if (d.P > 0) w.dW1.rightCols(d.P).noalias() += DH.transpose() * ConstMap(c, T, d.P, Stride(d.P));
+    GX.leftCols(n1).noalias() += DH * w1x();
+    if (gc && d.P > 0) Map(gc, T, d.P, Stride(d.P)).noalias() += DH * w1c();
+  }
+
+  CouplingDims m_dims;
+  Scalar m_alpha;
+  SoftClamp m_clamp;
+  const CouplingWeights<Scalar>& m_w;
+  RowVector m_g, m_g_derivative;
+  Scalar m_sum_log_g = 0;
+};
+
+}  // namespace detail
+}  // namespace hgad
