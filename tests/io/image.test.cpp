@@ -43,13 +43,13 @@ Bytes encode(const char* format, int width, int height, int channels,
   int ok = 0;
   const std::string f = format;
   if (f == "png")
-    ok = stbi_write_png_to_func(hgad::detail::append_bytes, &out, width, height, channels,
+    ok = stbi_write_png_to_func(hgad::detail::image::append_bytes, &out, width, height, channels,
                                 pixels.data(), width * channels);
   if (f == "bmp")
-    ok = stbi_write_bmp_to_func(hgad::detail::append_bytes, &out, width, height, channels,
+    ok = stbi_write_bmp_to_func(hgad::detail::image::append_bytes, &out, width, height, channels,
                                 pixels.data());
   if (f == "jpg")
-    ok = stbi_write_jpg_to_func(hgad::detail::append_bytes, &out, width, height, channels,
+    ok = stbi_write_jpg_to_func(hgad::detail::image::append_bytes, &out, width, height, channels,
                                 pixels.data(), 100);
   REQUIRE(ok != 0);
   return out;

@@ -112,7 +112,7 @@ enum class Interpolation {
   area,                ///< resize_area (PyTorch 'area', adaptive average pooling)
 };
 
-namespace detail {
+namespace detail::image {
 
 inline void check_decodable_size(std::size_t size, const std::string& name) {
   check(size <= static_cast<std::size_t>(std::numeric_limits<int>::max()), "image: '", name,
@@ -298,13 +298,13 @@ inline void append_bytes(void* context, void* data, int size) {
   out->insert(out->end(), bytes, bytes + size);
 }
 
-}  // namespace detail
+}  // namespace detail::image
 
 /// Width, height and stored channel count of the PNG/JPEG/BMP image in `bytes[0, size)`, from its
 /// header. Throws hgad::Error naming `name` and stb_image's reason when it is not such an image.
 inline ImageInfo image_info_from_memory(const std::uint8_t* bytes, std::size_t size,
                                         const std::string& name) {
-  detail::check_decodable_size(size, name);
+  detail::image::check_decodable_size(size, name);
   ImageInfo info;
   const int ok = stbi_info_from_memory(bytes, static_cast<int>(size), &info.width, &info.height,
                                        &info.channels);
@@ -315,7 +315,7 @@ inline ImageInfo image_info_from_memory(const std::uint8_t* bytes, std::size_t s
 
 /// Width, height and stored channel count of the image file at `path`.
 inline ImageInfo read_image_info(const std::string& path) {
-  const std::vector<std::uint8_t> bytes = detail::read_file_bytes(path, "image");
+  const std::vector<std::uint8_t> bytes = detail::io::read_file_bytes(path, "image");
   return image_info_from_memory(bytes.data(), bytes.size(), path);
 }
 
@@ -365,7 +365,7 @@ Tensor<Scalar> decode_image(const std::uint8_t* bytes, std::size_t size, const s
 template <class Scalar = float>
 Tensor<Scalar> load_image(const std::string& path, int n_channels = 3,
                           std::int64_t max_pixels = default_max_image_pixels) {
-  const std::vector<std::uint8_t> bytes = detail::read_file_bytes(path, "image");
+  const std::vector<std::uint8_t> bytes = detail::io::read_file_bytes(path, "image");
   return decode_image<Scalar>(bytes.data(), bytes.size(), path, n_channels, max_pixels);
 }
 
@@ -380,13 +380,13 @@ Tensor<Scalar> load_image(const std::string& path, int n_channels = 3,
 template <class Scalar>
 Tensor<Scalar> resize_bilinear(const Tensor<Scalar>& x, Index out_h, Index out_w,
                                bool align_corners) {
-  const detail::Planes p = detail::planes_of(x, "resize_bilinear");
-  detail::check_output_size(out_h, out_w, "resize_bilinear");
-  detail::check_nonempty_input<Scalar>(p, "resize_bilinear");
-  const auto rows = detail::linear_taps<Scalar>(p.height, out_h, align_corners);
-  const auto cols = detail::linear_taps<Scalar>(p.width, out_w, align_corners);
+  const detail::image::Planes p = detail::image::planes_of(x, "resize_bilinear");
+  detail::image::check_output_size(out_h, out_w, "resize_bilinear");
+  detail::image::check_nonempty_input<Scalar>(p, "resize_bilinear");
+  const auto rows = detail::image::linear_taps<Scalar>(p.height, out_h, align_corners);
+  const auto cols = detail::image::linear_taps<Scalar>(p.width, out_w, align_corners);
   Tensor<Scalar> out =
-      Tensor<Scalar>::empty(detail::with_plane_size<Scalar>(x.shape(), out_h, out_w));
+      Tensor<Scalar>::empty(detail::image::with_plane_size<Scalar>(x.shape(), out_h, out_w));
   const Scalar* in = x.data();
   Scalar* dst = out.data();
   detail::parallel_for(p.n_planes, p.n_planes * out_h * out_w * 8, [&](Index plane) {
@@ -410,18 +410,18 @@ Tensor<Scalar> resize_bilinear(const Tensor<Scalar>& x, Index out_h, Index out_w
 /// Antialiased bilinear resampling of the last two axes with Pillow's `Image.resize(size,
 /// BILINEAR)` filter (and torchvision's `resize(antialias=True)`, which reproduces it): a triangle
 /// filter whose support widens by in / out when downscaling, so every input pixel contributes (see
-/// detail::antialias_taps); when upscaling it is plain bilinear with half-pixel centres and edge
-/// weights renormalised. Computed in double from float input, so it agrees with Pillow's 8-bit
+/// detail::image::antialias_taps); when upscaling it is plain bilinear with half-pixel centres and
+/// edge weights renormalised. Computed in double from float input, so it agrees with Pillow's 8-bit
 /// fixed-point result to about one grey level (Pillow rounds to 8 bits between its two passes).
 /// This is the BASELINES.md protocol's "PIL bilinear resize to 256x256".
 template <class Scalar>
 Tensor<Scalar> resize_bilinear_antialias(const Tensor<Scalar>& x, Index out_h, Index out_w) {
-  const detail::Planes p = detail::planes_of(x, "resize_bilinear_antialias");
-  detail::check_output_size(out_h, out_w, "resize_bilinear_antialias");
-  detail::check_nonempty_input<Scalar>(p, "resize_bilinear_antialias");
-  return detail::separable_resize(x, out_h, out_w, detail::antialias_taps(p.height, out_h),
-                                  detail::antialias_taps(p.width, out_w),
-                                  "resize_bilinear_antialias");
+  const detail::image::Planes p = detail::image::planes_of(x, "resize_bilinear_antialias");
+  detail::image::check_output_size(out_h, out_w, "resize_bilinear_antialias");
+  detail::image::check_nonempty_input<Scalar>(p, "resize_bilinear_antialias");
+  return detail::image::separable_resize(
+      x, out_h, out_w, detail::image::antialias_taps(p.height, out_h),
+      detail::image::antialias_taps(p.width, out_w), "resize_bilinear_antialias");
 }
 
 /// Area resampling of the last two axes: PyTorch's `F.interpolate(mode='area')`, i.e.
@@ -429,11 +429,11 @@ Tensor<Scalar> resize_bilinear_antialias(const Tensor<Scalar>& x, Index out_h, I
 /// For integer factors this is the exact box average.
 template <class Scalar>
 Tensor<Scalar> resize_area(const Tensor<Scalar>& x, Index out_h, Index out_w) {
-  const detail::Planes p = detail::planes_of(x, "resize_area");
-  detail::check_output_size(out_h, out_w, "resize_area");
-  detail::check_nonempty_input<Scalar>(p, "resize_area");
-  return detail::separable_resize(x, out_h, out_w, detail::area_taps(p.height, out_h),
-                                  detail::area_taps(p.width, out_w), "resize_area");
+  const detail::image::Planes p = detail::image::planes_of(x, "resize_area");
+  detail::image::check_output_size(out_h, out_w, "resize_area");
+  detail::image::check_nonempty_input<Scalar>(p, "resize_area");
+  return detail::image::separable_resize(x, out_h, out_w, detail::image::area_taps(p.height, out_h),
+                                         detail::image::area_taps(p.width, out_w), "resize_area");
 }
 
 /// Nearest-neighbour resampling of the last two axes (for masks).
@@ -444,9 +444,9 @@ Tensor<Scalar> resize_area(const Tensor<Scalar>& x, Index out_h, Index out_w) {
 template <class Scalar>
 Tensor<Scalar> resize_nearest(const Tensor<Scalar>& x, Index out_h, Index out_w,
                               bool half_pixel = true) {
-  const detail::Planes p = detail::planes_of(x, "resize_nearest");
-  detail::check_output_size(out_h, out_w, "resize_nearest");
-  detail::check_nonempty_input<Scalar>(p, "resize_nearest");
+  const detail::image::Planes p = detail::image::planes_of(x, "resize_nearest");
+  detail::image::check_output_size(out_h, out_w, "resize_nearest");
+  detail::image::check_nonempty_input<Scalar>(p, "resize_nearest");
   const auto source = [half_pixel](Index o, Index n_in, Index n_out) {
     const Index s = half_pixel ? ((2 * o + 1) * n_in) / (2 * n_out) : (o * n_in) / n_out;
     return std::min(s, n_in - 1);
@@ -456,7 +456,7 @@ Tensor<Scalar> resize_nearest(const Tensor<Scalar>& x, Index out_h, Index out_w,
   for (Index xo = 0; xo < out_w; ++xo)
     cols[static_cast<std::size_t>(xo)] = source(xo, p.width, out_w);
   Tensor<Scalar> out =
-      Tensor<Scalar>::empty(detail::with_plane_size<Scalar>(x.shape(), out_h, out_w));
+      Tensor<Scalar>::empty(detail::image::with_plane_size<Scalar>(x.shape(), out_h, out_w));
   const Scalar* in = x.data();
   Scalar* dst = out.data();
   detail::parallel_for(p.n_planes, p.n_planes * out_h * out_w, [&](Index plane) {
@@ -499,7 +499,7 @@ inline std::array<Index, 2> shorter_side_size(Index height, Index width, Index s
 /// Resizes the last two axes so that the shorter side is `size` (torchvision `Resize(int)`).
 template <class Scalar>
 Tensor<Scalar> resize_shorter_side(const Tensor<Scalar>& x, Index size, Interpolation filter) {
-  const detail::Planes p = detail::planes_of(x, "resize_shorter_side");
+  const detail::image::Planes p = detail::image::planes_of(x, "resize_shorter_side");
   const auto hw = shorter_side_size(p.height, p.width, size);
   return resize(x, hw[0], hw[1], filter);
 }
@@ -507,13 +507,13 @@ Tensor<Scalar> resize_shorter_side(const Tensor<Scalar>& x, Index size, Interpol
 /// The window rows [top, top + height) and columns [left, left + width) of the last two axes.
 template <class Scalar>
 Tensor<Scalar> crop(const Tensor<Scalar>& x, Index top, Index left, Index height, Index width) {
-  const detail::Planes p = detail::planes_of(x, "crop");
+  const detail::image::Planes p = detail::image::planes_of(x, "crop");
   check(top >= 0 && left >= 0 && height >= 0 && width >= 0 && top + height <= p.height &&
             left + width <= p.width,
         "crop: window top=", top, " left=", left, " ", height, "x", width,
         " does not fit an image of ", p.height, "x", p.width);
   Tensor<Scalar> out =
-      Tensor<Scalar>::empty(detail::with_plane_size<Scalar>(x.shape(), height, width));
+      Tensor<Scalar>::empty(detail::image::with_plane_size<Scalar>(x.shape(), height, width));
   const Scalar* in = x.data();
   Scalar* dst = out.data();
   for (Index plane = 0; plane < p.n_planes; ++plane)
@@ -528,11 +528,11 @@ Tensor<Scalar> crop(const Tensor<Scalar>& x, Index top, Index left, Index height
 /// would pad; this throws).
 template <class Scalar>
 Tensor<Scalar> center_crop(const Tensor<Scalar>& x, Index height, Index width) {
-  const detail::Planes p = detail::planes_of(x, "center_crop");
+  const detail::image::Planes p = detail::image::planes_of(x, "center_crop");
   check(height > 0 && width > 0 && height <= p.height && width <= p.width, "center_crop: ", height,
         "x", width, " does not fit an image of ", p.height, "x", p.width);
-  return crop(x, detail::half_round_even(p.height - height),
-              detail::half_round_even(p.width - width), height, width);
+  return crop(x, detail::image::half_round_even(p.height - height),
+              detail::image::half_round_even(p.width - width), height, width);
 }
 
 /// Per-channel normalisation (x - mean[c]) / std[c] of a (C, H, W) or (N, C, H, W) tensor.
@@ -540,7 +540,7 @@ Tensor<Scalar> center_crop(const Tensor<Scalar>& x, Index height, Index width) {
 template <class Scalar>
 Tensor<Scalar> normalize(const Tensor<Scalar>& x, const std::vector<double>& mean,
                          const std::vector<double>& stddev) {
-  const detail::Planes p = detail::planes_of(x, "normalize");
+  const detail::image::Planes p = detail::image::planes_of(x, "normalize");
   check(x.rank() == 3 || x.rank() == 4, "normalize: expected (C, H, W) or (N, C, H, W), got ",
         x.shape().to_string());
   const Index c = x.dim(x.rank() - 3);
@@ -590,9 +590,9 @@ std::vector<std::uint8_t> encode_png(const Tensor<Scalar>& image) {
           static_cast<std::uint8_t>(std::floor(clamped * 255.0 + 0.5));
     }
   std::vector<std::uint8_t> out;
-  const int ok =
-      stbi_write_png_to_func(detail::append_bytes, &out, static_cast<int>(w), static_cast<int>(h),
-                             static_cast<int>(c), pixels.data(), static_cast<int>(w * c));
+  const int ok = stbi_write_png_to_func(detail::image::append_bytes, &out, static_cast<int>(w),
+                                        static_cast<int>(h), static_cast<int>(c), pixels.data(),
+                                        static_cast<int>(w * c));
   check(ok != 0, "encode_png: stb_image_write failed on an image of ", h, "x", w);
   return out;
 }
@@ -601,7 +601,7 @@ std::vector<std::uint8_t> encode_png(const Tensor<Scalar>& image) {
 /// place, so that readers never see a partial file.
 template <class Scalar>
 void save_png(const std::string& path, const Tensor<Scalar>& image) {
-  detail::write_bytes_atomically(path, "save_png", encode_png(image));
+  detail::io::write_bytes_atomically(path, "save_png", encode_png(image));
 }
 
 /// A jet-coloured (3, H, W) picture of a (H, W) or (1, H, W) heat map: t = (v - lo) / (hi - lo)
@@ -619,7 +619,7 @@ Tensor<Scalar> colormap_jet(const Tensor<Scalar>& heat, Scalar lo, Scalar hi) {
     const double v = double(x.data()[i]);
     double t = range > 0 ? (v - double(lo)) / range : 0.0;
     t = t > 0 ? (t < 1 ? t : 1.0) : 0.0;  // NaN compares false and maps to 0
-    const auto rgb = detail::jet(t);
+    const auto rgb = detail::image::jet(t);
     for (Index k = 0; k < 3; ++k)
       out.data()[k * h * w + i] = Scalar(rgb[static_cast<std::size_t>(k)]);
   }

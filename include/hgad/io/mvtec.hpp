@@ -128,7 +128,7 @@ struct LoadedBatch {
   std::vector<Index> class_indices;
 };
 
-namespace detail {
+namespace detail::mvtec {
 
 inline bool is_hidden(const std::filesystem::path& p) {
   const std::string name = p.filename().string();
@@ -204,7 +204,7 @@ Tensor<Scalar> fit(const Tensor<Scalar>& x, Index size, Index resize_size, Resiz
   return center_crop(resize_shorter_side(x, shorter, filter), size, size);
 }
 
-}  // namespace detail
+}  // namespace detail::mvtec
 
 /// Decodes and preprocesses one sample: the image through `pre` (resize or resize + centre crop,
 /// optional ImageNet normalisation), the mask binarised (8-bit value > pre.mask_threshold) and
@@ -224,7 +224,8 @@ LoadedSample<Scalar> load_sample(const MvtecSample& sample, const Preprocess& pr
   const Tensor<Scalar> image = load_image<Scalar>(sample.image_path, 3);
   out.original_height = image.dim(1);
   out.original_width = image.dim(2);
-  out.image = detail::fit(image, pre.image_size, pre.resize_size, pre.mode, pre.image_filter);
+  out.image =
+      detail::mvtec::fit(image, pre.image_size, pre.resize_size, pre.mode, pre.image_filter);
   if (pre.normalize) out.image = normalize_imagenet(out.image);
 
   if (sample.label == 0) {
@@ -240,9 +241,10 @@ LoadedSample<Scalar> load_sample(const MvtecSample& sample, const Preprocess& pr
           " (width x height) but its image '", sample.image_path, "' is ", out.original_width, "x",
           out.original_height);
     for (Index i = 0; i < mask.numel(); ++i)
-      mask.data()[i] = detail::to_byte(mask.data()[i]) > pre.mask_threshold ? Scalar(1) : Scalar(0);
-    out.mask =
-        detail::fit(mask, pre.mask_size, pre.mask_resize_size, pre.mode, Interpolation::nearest);
+      mask.data()[i] =
+          detail::mvtec::to_byte(mask.data()[i]) > pre.mask_threshold ? Scalar(1) : Scalar(0);
+    out.mask = detail::mvtec::fit(mask, pre.mask_size, pre.mask_resize_size, pre.mode,
+                                  Interpolation::nearest);
     out.has_mask = true;
   }
   return out;
@@ -262,11 +264,13 @@ class MvtecDataset {
       : m_root(root), m_split(split), m_options(std::move(options)) {
     namespace fs = std::filesystem;
     const fs::path base(root);
-    check(detail::path_is_directory(base), "mvtec: dataset root '", root, "' is not a directory");
+    check(detail::mvtec::path_is_directory(base), "mvtec: dataset root '", root,
+          "' is not a directory");
     check(!m_options.mask_suffix.empty(), "mvtec: mask_suffix must not be empty");
     if (m_options.classes.empty()) {
-      for (const fs::path& dir : detail::list_directories(base))
-        if (detail::path_is_directory(dir / "train") || detail::path_is_directory(dir / "test"))
+      for (const fs::path& dir : detail::mvtec::list_directories(base))
+        if (detail::mvtec::path_is_directory(dir / "train") ||
+            detail::mvtec::path_is_directory(dir / "test"))
           m_class_names.push_back(dir.filename().string());
       check(!m_class_names.empty(), "mvtec: '", root,
             "' holds no class folder (a folder with train/ or test/)");
@@ -279,13 +283,13 @@ class MvtecDataset {
             "' is listed twice");
       for (const std::string& name : m_class_names) {
         if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos ||
-            !detail::path_is_directory(base / name)) {
+            !detail::mvtec::path_is_directory(base / name)) {
           std::vector<std::string> available;
-          for (const fs::path& dir : detail::list_directories(base))
+          for (const fs::path& dir : detail::mvtec::list_directories(base))
             available.push_back(dir.filename().string());
           throw Error(detail::concat("mvtec: unknown class '", name, "': no folder '",
                                      (base / name).string(),
-                                     "' (available: ", detail::join_names(available), ")"));
+                                     "' (available: ", detail::mvtec::join_names(available), ")"));
         }
       }
     }
@@ -303,7 +307,7 @@ class MvtecDataset {
   Index class_index(const std::string& name) const {
     const auto it = std::find(m_class_names.begin(), m_class_names.end(), name);
     check(it != m_class_names.end(), "mvtec: unknown class '", name,
-          "' (classes: ", detail::join_names(m_class_names), ")");
+          "' (classes: ", detail::mvtec::join_names(m_class_names), ")");
     return static_cast<Index>(it - m_class_names.begin());
   }
 
@@ -419,7 +423,7 @@ class MvtecDataset {
   void add_folder(const std::filesystem::path& dir, Index class_index,
                   const std::string& defect_type, int label,
                   const std::filesystem::path& mask_dir) {
-    const std::vector<std::filesystem::path> images = detail::list_images(dir);
+    const std::vector<std::filesystem::path> images = detail::mvtec::list_images(dir);
     check(!images.empty(), "mvtec: '", dir.string(),
           "' holds no image (.png, .jpg, .jpeg or .bmp)");
     std::vector<std::string> stems;
@@ -438,7 +442,7 @@ class MvtecDataset {
       if (label == 1 && m_options.mask_mode == MaskMode::required) {
         const std::filesystem::path mask =
             mask_dir / (path.stem().string() + m_options.mask_suffix);
-        check(detail::path_is_file(mask), "mvtec: anomalous image '", s.image_path,
+        check(detail::mvtec::path_is_file(mask), "mvtec: anomalous image '", s.image_path,
               "' has no mask '", mask.string(),
               "' (set MaskMode::image_level_only to use image-level labels only)");
         s.mask_path = mask.string();
@@ -453,18 +457,18 @@ class MvtecDataset {
     const fs::path class_dir = base / name;
     if (m_split == Split::train) {
       const fs::path train = class_dir / "train";
-      check(detail::path_is_directory(train / "good"), "mvtec: class '", name, "' has no folder '",
-            (train / "good").string(), "'");
-      for (const fs::path& dir : detail::list_directories(train))
+      check(detail::mvtec::path_is_directory(train / "good"), "mvtec: class '", name,
+            "' has no folder '", (train / "good").string(), "'");
+      for (const fs::path& dir : detail::mvtec::list_directories(train))
         check(dir.filename() == "good", "mvtec: unexpected folder '", dir.string(),
               "': the train split holds only normal images in train/good");
       add_folder(train / "good", class_index, "good", 0, {});
       return;
     }
     const fs::path test = class_dir / "test";
-    check(detail::path_is_directory(test), "mvtec: class '", name, "' has no folder '",
+    check(detail::mvtec::path_is_directory(test), "mvtec: class '", name, "' has no folder '",
           test.string(), "'");
-    const std::vector<fs::path> defect_dirs = detail::list_directories(test);
+    const std::vector<fs::path> defect_dirs = detail::mvtec::list_directories(test);
     check(!defect_dirs.empty(), "mvtec: '", test.string(),
           "' holds no folder (expected good/ and <defect>/ folders)");
     const fs::path truth = class_dir / "ground_truth";
@@ -472,7 +476,7 @@ class MvtecDataset {
       const std::string defect = dir.filename().string();
       add_folder(dir, class_index, defect, defect == "good" ? 0 : 1, truth / defect);
     }
-    if (m_options.mask_mode == MaskMode::required && detail::path_is_directory(truth))
+    if (m_options.mask_mode == MaskMode::required && detail::mvtec::path_is_directory(truth))
       check_orphan_masks(truth, test);
   }
 
@@ -482,16 +486,16 @@ class MvtecDataset {
                           const std::filesystem::path& test) const {
     namespace fs = std::filesystem;
     const std::string& suffix = m_options.mask_suffix;
-    for (const fs::path& dir : detail::list_directories(truth)) {
+    for (const fs::path& dir : detail::mvtec::list_directories(truth)) {
       const std::string defect = dir.filename().string();
       if (defect == "good") continue;
       std::vector<std::string> stems;
-      if (detail::path_is_directory(test / defect))
-        for (const fs::path& image : detail::list_images(test / defect))
+      if (detail::mvtec::path_is_directory(test / defect))
+        for (const fs::path& image : detail::mvtec::list_images(test / defect))
           stems.push_back(image.stem().string());
       std::sort(stems.begin(), stems.end());
-      for (const fs::path& mask :
-           detail::list_sorted(dir, [](const fs::path& p) { return detail::path_is_file(p); })) {
+      for (const fs::path& mask : detail::mvtec::list_sorted(
+               dir, [](const fs::path& p) { return detail::mvtec::path_is_file(p); })) {
         const std::string file = mask.filename().string();
         if (file.size() <= suffix.size() ||
             file.compare(file.size() - suffix.size(), suffix.size(), suffix) != 0)

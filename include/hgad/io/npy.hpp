@@ -85,7 +85,7 @@ struct NpyHeader {
   }
 };
 
-namespace detail {
+namespace detail::npy {
 
 /// The six magic bytes every .npy file starts with.
 inline constexpr unsigned char npy_magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
@@ -371,7 +371,7 @@ inline std::vector<std::uint8_t> npy_prefix_and_header(NpyDtype dtype,
   return out;
 }
 
-}  // namespace detail
+}  // namespace detail::npy
 
 /// Parses and validates the `.npy` file held in `bytes[0, size)`; `name` labels error messages.
 ///
@@ -381,7 +381,7 @@ inline std::vector<std::uint8_t> npy_prefix_and_header(NpyDtype dtype,
 /// `bytes[0, size)`.
 inline NpyHeader parse_npy(const std::uint8_t* bytes, std::size_t size, const std::string& name) {
   check(bytes != nullptr || size == 0, "npy: '", name, "': null buffer");
-  return detail::parse_npy_header(bytes, size, size, name);
+  return detail::npy::parse_npy_header(bytes, size, size, name);
 }
 
 /// Reads and validates only the header of the `.npy` file at `path` (the data is not read, but its
@@ -397,8 +397,8 @@ inline NpyHeader read_npy_header(const std::string& path) {
   std::vector<std::uint8_t> bytes(std::min<std::size_t>(file_size, 12));
   in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
   check(static_cast<bool>(in), "npy: read error on '", path, "'");
-  if (bytes.size() >= 10 && std::memcmp(bytes.data(), detail::npy_magic, 6) == 0 && bytes[6] >= 1 &&
-      bytes[6] <= 3) {
+  if (bytes.size() >= 10 && std::memcmp(bytes.data(), detail::npy::npy_magic, 6) == 0 &&
+      bytes[6] >= 1 && bytes[6] <= 3) {
     std::size_t header_length = std::size_t(bytes[8]) | (std::size_t(bytes[9]) << 8);
     if (bytes[6] > 1 && bytes.size() >= 12)
       header_length |= (std::size_t(bytes[10]) << 16) | (std::size_t(bytes[11]) << 24);
@@ -411,7 +411,7 @@ inline NpyHeader read_npy_header(const std::string& path) {
       check(static_cast<bool>(in), "npy: read error on '", path, "'");
     }
   }
-  return detail::parse_npy_header(bytes.data(), bytes.size(), file_size, path);
+  return detail::npy::parse_npy_header(bytes.data(), bytes.size(), file_size, path);
 }
 
 /// Decodes an in-memory `.npy` file of dtype '<f4' or '<f8' into a CPU Tensor<Scalar>, converting
@@ -432,10 +432,10 @@ Tensor<Scalar> decode_npy(const std::uint8_t* bytes, std::size_t size, const std
   const Index n = header.numel();
   if (header.dtype == NpyDtype::float32) {
     for (Index i = 0; i < n; ++i)
-      out[i] = static_cast<Scalar>(detail::read_little_endian<float>(in + 4 * i));
+      out[i] = static_cast<Scalar>(detail::npy::read_little_endian<float>(in + 4 * i));
   } else {
     for (Index i = 0; i < n; ++i)
-      out[i] = static_cast<Scalar>(detail::read_little_endian<double>(in + 8 * i));
+      out[i] = static_cast<Scalar>(detail::npy::read_little_endian<double>(in + 8 * i));
   }
   return tensor;
 }
@@ -451,7 +451,7 @@ inline std::vector<std::int64_t> decode_npy_int64(const std::uint8_t* bytes, std
   std::vector<std::int64_t> values(static_cast<std::size_t>(header.numel()));
   const std::uint8_t* in = bytes + header.data_offset;
   for (std::size_t i = 0; i < values.size(); ++i)
-    values[i] = detail::read_little_endian<std::int64_t>(in + 8 * i);
+    values[i] = detail::npy::read_little_endian<std::int64_t>(in + 8 * i);
   if (shape) *shape = header.shape;
   return values;
 }
@@ -462,14 +462,14 @@ inline std::vector<std::int64_t> decode_npy_int64(const std::uint8_t* bytes, std
 ///     auto w = hgad::load_npy<float>(dir + "/conv1.weight.npy");   // (64, 3, 7, 7)
 template <class Scalar>
 Tensor<Scalar> load_npy(const std::string& path) {
-  const std::vector<std::uint8_t> bytes = detail::read_file_bytes(path, "npy");
+  const std::vector<std::uint8_t> bytes = detail::io::read_file_bytes(path, "npy");
   return decode_npy<Scalar>(bytes.data(), bytes.size(), path);
 }
 
 /// Loads a `.npy` file of dtype '<i8' (e.g. labels) as its elements in C order.
 inline std::vector<std::int64_t> load_npy_int64(const std::string& path,
                                                 std::vector<Index>* shape = nullptr) {
-  const std::vector<std::uint8_t> bytes = detail::read_file_bytes(path, "npy");
+  const std::vector<std::uint8_t> bytes = detail::io::read_file_bytes(path, "npy");
   return decode_npy_int64(bytes.data(), bytes.size(), path, shape);
 }
 
@@ -477,10 +477,10 @@ inline std::vector<std::int64_t> load_npy_int64(const std::string& path,
 template <class Scalar>
 std::vector<std::uint8_t> encode_npy(const Tensor<Scalar>& tensor) {
   const NpyDtype dtype = std::is_same_v<Scalar, float> ? NpyDtype::float32 : NpyDtype::float64;
-  std::vector<std::uint8_t> out = detail::npy_prefix_and_header(dtype, tensor.shape().dims());
+  std::vector<std::uint8_t> out = detail::npy::npy_prefix_and_header(dtype, tensor.shape().dims());
   const std::vector<Scalar> values = tensor.to_vector();
   out.reserve(out.size() + values.size() * sizeof(Scalar));
-  for (Scalar v : values) detail::append_little_endian(out, v);
+  for (Scalar v : values) detail::npy::append_little_endian(out, v);
   return out;
 }
 
@@ -493,8 +493,8 @@ inline std::vector<std::uint8_t> encode_npy_int64(const std::vector<std::int64_t
   for (Index d : shape) n *= d;
   check(n == static_cast<Index>(values.size()), "save_npy_int64: ", values.size(),
         " values for a shape of ", n, " elements");
-  std::vector<std::uint8_t> out = detail::npy_prefix_and_header(NpyDtype::int64, shape);
-  for (std::int64_t v : values) detail::append_little_endian(out, v);
+  std::vector<std::uint8_t> out = detail::npy::npy_prefix_and_header(NpyDtype::int64, shape);
+  for (std::int64_t v : values) detail::npy::append_little_endian(out, v);
   return out;
 }
 
@@ -503,14 +503,14 @@ inline std::vector<std::uint8_t> encode_npy_int64(const std::vector<std::int64_t
 /// file.
 template <class Scalar>
 void save_npy(const std::string& path, const Tensor<Scalar>& tensor) {
-  detail::write_bytes_atomically(path, "save_npy", encode_npy(tensor));
+  detail::io::write_bytes_atomically(path, "save_npy", encode_npy(tensor));
 }
 
 /// Writes integer `values` with `shape` (default: 1-D) to `path` as a version 1.0 '<i8' `.npy`
 /// file, atomically.
 inline void save_npy_int64(const std::string& path, const std::vector<std::int64_t>& values,
                            const std::vector<Index>& shape = {}) {
-  detail::write_bytes_atomically(path, "save_npy_int64", encode_npy_int64(values, shape));
+  detail::io::write_bytes_atomically(path, "save_npy_int64", encode_npy_int64(values, shape));
 }
 
 }  // namespace hgad
