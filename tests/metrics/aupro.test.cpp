@@ -251,6 +251,40 @@ TEST_CASE("AUPRO equals a direct 200-pass implementation on random tied maps", "
   }
 }
 
+TEST_CASE("AUPRO bins scores that equal a threshold exactly as map > threshold", "[metrics]") {
+  // Integer scores 0..200 make every threshold 0, 1, ..., 199 a score; the second case draws
+  // scores from the 201 thresholds of np.arange(0.836, 1.702, (1.702 - 0.836) / 200).
+  hgad::Rng rng(29);
+  const int height = 9, width = 10;
+  const auto arange201 = hgad::numpy_arange_thresholds(0.836, 1.702, 200);
+  for (int trial = 0; trial < 6; ++trial) {
+    std::vector<std::vector<double>> masks(3), maps(3);
+    for (std::size_t i = 0; i < 3; ++i) {
+      masks[i].assign(std::size_t(height * width), 0.0);
+      maps[i].assign(std::size_t(height * width), 0.0);
+      for (std::size_t p = 0; p < masks[i].size(); ++p) {
+        masks[i][p] = (p % 7 < 2 && i != 1) ? 1 : 0;
+        maps[i][p] =
+            trial < 3 ? double(rng.uniform_int(201)) : arange201[std::size_t(rng.uniform_int(201))];
+      }
+    }
+    maps[0][0] = trial < 3 ? 0.0 : 0.836;
+    maps[0][1] = trial < 3 ? 200.0 : 1.702;
+    std::vector<std::vector<int>> int_masks;
+    for (const auto& m : masks) int_masks.emplace_back(m.begin(), m.end());
+    for (double max_fpr : {0.3, 1.0}) {
+      const double expected = direct_aupro(int_masks, maps, height, width, max_fpr);
+      const double got = hgad::aupro(stack<double>(masks, height, width),
+                                     stack<double>(maps, height, width), max_fpr);
+      REQUIRE(std::isfinite(got));
+      REQUIRE_THAT(got, WithinAbs(expected, 1e-12));
+    }
+    const auto curve =
+        hgad::pro_curve(stack<double>(masks, height, width), stack<double>(maps, height, width));
+    REQUIRE(curve.thresholds.size() == (trial < 3 ? 200u : 201u));
+  }
+}
+
 TEST_CASE("AUPRO reports bad inputs and degenerate maps", "[metrics]") {
   // Negatives at 0.1 ... 0.5 give FPR 1, 0.8, 0.6, 0.4, 0.2, 0: two points below 0.3.
   const auto masks = hgad::Tensor<float>::from_vector({1, 2, 3}, {1, 0, 0, 0, 0, 0});

@@ -25,9 +25,10 @@
 /// A defective image whose mask is empty contributes negative pixels and no region.
 ///
 /// Cost: instead of 200 full passes, each pixel is placed once in the bin of thresholds below its
-/// score (binary search over the ~200 thresholds); per-region and negative histograms over those
-/// bins, summed from the top, give every PRO_i and FPR_i. O(n log T) for n pixels and T thresholds,
-/// parallel over images, O(T) memory per region; the masks and maps are not copied on the CPU.
+/// score (computed from the even spacing, checked against the thresholds); per-region and negative
+/// histograms over those bins, summed from the top, give every PRO_i and FPR_i. O(n + T * regions)
+/// for n pixels and T thresholds, parallel over images, O(T) memory per region; the masks and maps
+/// are not copied on the CPU.
 ///
 /// Errors (hgad::Error): shape mismatches, masks other than 0/1, non-finite scores, a class without
 /// any defect region (PRO undefined) or without any mask == 0 pixel (FPR undefined).
@@ -131,7 +132,18 @@ ProCurve pro_curve(const Tensor<MaskScalar>& masks, const Tensor<Scalar>& maps,
   const std::vector<double>& thresholds = curve.thresholds;
 
   // Bin b of a pixel = number of thresholds strictly below its score: it is positive at th_i
-  // exactly when i < b.
+  // exactly when i < b. The evenly spaced thresholds give a first guess, corrected against the
+  // stored (rounded) thresholds, which are non-decreasing.
+  const Index n_th = static_cast<Index>(thresholds.size());
+  const double first = n_th > 0 ? thresholds.front() : 0.0;
+  const double spacing = n_th > 1 ? thresholds[1] - thresholds[0] : 1.0;
+  const auto bin_of = [&thresholds, n_th, first, spacing](double s) {
+    const double guess = std::floor((s - first) / spacing) + 1.0;
+    Index b = guess <= 0 ? 0 : guess >= double(n_th) ? n_th : static_cast<Index>(guess);
+    while (b > 0 && thresholds[std::size_t(b - 1)] >= s) --b;
+    while (b < n_th && thresholds[std::size_t(b)] < s) ++b;
+    return static_cast<std::size_t>(b);
+  };
   std::vector<detail::ImageProHistograms> per_image(static_cast<std::size_t>(n_images));
   detail::parallel_for(n_images, n_images * n_pixels * 8, [&](std::int64_t image) {
     const MaskScalar* mask = mask_data + image * n_pixels;
@@ -144,9 +156,7 @@ ProCurve pro_curve(const Tensor<MaskScalar>& masks, const Tensor<Scalar>& maps,
                     std::vector<Index>(n_bins, 0));
     h.region_size = components.sizes;
     for (Index p = 0; p < n_pixels; ++p) {
-      const auto bin = static_cast<std::size_t>(
-          std::lower_bound(thresholds.begin(), thresholds.end(), double(map[p])) -
-          thresholds.begin());
+      const std::size_t bin = bin_of(double(map[p]));
       const std::int32_t label = components.labels[static_cast<std::size_t>(p)];
       if (label == 0) {
         ++h.negative[bin];

@@ -41,7 +41,8 @@ struct MapLinearTap {
   double lambda1;
 };
 
-inline std::vector<MapLinearTap> map_linear_taps(Index in_size, Index out_size, bool align_corners) {
+inline std::vector<MapLinearTap> map_linear_taps(Index in_size, Index out_size,
+                                                 bool align_corners) {
   std::vector<MapLinearTap> taps(static_cast<std::size_t>(out_size));
   for (Index o = 0; o < out_size; ++o) {
     double src;
@@ -61,22 +62,36 @@ inline std::vector<MapLinearTap> map_linear_taps(Index in_size, Index out_size, 
 }
 
 /// out[y, x] = (1 - ly) [(1 - lx) in[y0, x0] + lx in[y0, x1]] + ly [(1 - lx) in[y1, x0] + lx in[y1,
-/// x1]] for one plane; accumulates into `out` when `accumulate` (the §5.4 sum over levels).
+/// x1]] for one plane of in_height x in_width, computed separably (each input row is interpolated
+/// along x once into `rows_x`, in_height x out_width doubles; the same products as the formula);
+/// adds to `out` when `accumulate` (the §5.4 sum over levels).
 template <class In, class Out>
-void upsample_bilinear_plane(const In* in, Index in_width, const std::vector<MapLinearTap>& rows,
-                             const std::vector<MapLinearTap>& cols, Out* out, bool accumulate) {
+void upsample_bilinear_plane(const In* in, Index in_height, Index in_width,
+                             const std::vector<MapLinearTap>& rows,
+                             const std::vector<MapLinearTap>& cols, Out* out, bool accumulate,
+                             std::vector<double>& rows_x) {
   const auto out_width = static_cast<Index>(cols.size());
-  for (std::size_t y = 0; y < rows.size(); ++y) {
-    const MapLinearTap& r = rows[y];
-    const In* row0 = in + r.i0 * in_width;
-    const In* row1 = in + r.i1 * in_width;
-    Out* dst = out + static_cast<Index>(y) * out_width;
+  rows_x.resize(static_cast<std::size_t>(in_height * out_width));
+  for (Index r = 0; r < in_height; ++r) {
+    const In* src = in + r * in_width;
+    double* dst = rows_x.data() + r * out_width;
     for (Index x = 0; x < out_width; ++x) {
       const MapLinearTap& c = cols[static_cast<std::size_t>(x)];
-      const double top = (1.0 - c.lambda1) * double(row0[c.i0]) + c.lambda1 * double(row0[c.i1]);
-      const double bottom = (1.0 - c.lambda1) * double(row1[c.i0]) + c.lambda1 * double(row1[c.i1]);
-      const double v = (1.0 - r.lambda1) * top + r.lambda1 * bottom;
-      dst[x] = accumulate ? Out(double(dst[x]) + v) : Out(v);
+      dst[x] = (1.0 - c.lambda1) * double(src[c.i0]) + c.lambda1 * double(src[c.i1]);
+    }
+  }
+  for (std::size_t y = 0; y < rows.size(); ++y) {
+    const MapLinearTap& r = rows[y];
+    const double* top = rows_x.data() + r.i0 * out_width;
+    const double* bottom = rows_x.data() + r.i1 * out_width;
+    const double l0 = 1.0 - r.lambda1;
+    const double l1 = r.lambda1;
+    Out* dst = out + static_cast<Index>(y) * out_width;
+    if (accumulate) {
+      for (Index x = 0; x < out_width; ++x)
+        dst[x] = Out(double(dst[x]) + (l0 * top[x] + l1 * bottom[x]));
+    } else {
+      for (Index x = 0; x < out_width; ++x) dst[x] = Out(l0 * top[x] + l1 * bottom[x]);
     }
   }
 }
@@ -116,12 +131,14 @@ void gaussian_filter_plane(T* data, Index height, Index width, const std::vector
     for (Index i = 0; i < width + 2 * radius; ++i) {
       line[std::size_t(i)] = double(src[reflect_index(i - radius, width)]);
     }
-    T* dst = data + y * width;
-    for (Index x = 0; x < width; ++x) {
-      double acc = 0;
-      for (std::size_t k = 0; k < kernel.size(); ++k) acc += kernel[k] * line[std::size_t(x) + k];
-      dst[x] = T(acc);
+    std::fill(row_sum.begin(), row_sum.end(), 0.0);
+    for (std::size_t k = 0; k < kernel.size(); ++k) {
+      const double w = kernel[k];
+      const double* shifted = line.data() + k;
+      for (Index x = 0; x < width; ++x) row_sum[std::size_t(x)] += w * shifted[x];
     }
+    T* dst = data + y * width;
+    for (Index x = 0; x < width; ++x) dst[x] = T(row_sum[std::size_t(x)]);
   }
 }
 
@@ -172,8 +189,9 @@ Tensor<Scalar> upsample_bilinear(const Tensor<Scalar>& input, Index out_height, 
   const Scalar* src = host.data();
   Scalar* dst = out.data();
   detail::parallel_for(n_planes, n_planes * out_height * out_width * 6, [&](std::int64_t p) {
-    detail::upsample_bilinear_plane(src + p * height * width, width, rows, cols,
-                                    dst + p * out_height * out_width, false);
+    std::vector<double> rows_x;
+    detail::upsample_bilinear_plane(src + p * height * width, height, width, rows, cols,
+                                    dst + p * out_height * out_width, false, rows_x);
   });
   return out;
 }
@@ -255,7 +273,7 @@ template <class Scalar>
 void level_sum(const std::vector<Tensor<Scalar>>& levels, const std::vector<double>& level_max,
                const std::vector<std::vector<MapLinearTap>>& rows,
                const std::vector<std::vector<MapLinearTap>>& cols, Index n, std::vector<double>& q,
-               std::vector<double>& sum) {
+               std::vector<double>& rows_x, std::vector<double>& sum) {
   std::fill(sum.begin(), sum.end(), 0.0);
   for (std::size_t l = 0; l < levels.size(); ++l) {
     const Index h = levels[l].dim(1);
@@ -263,7 +281,7 @@ void level_sum(const std::vector<Tensor<Scalar>>& levels, const std::vector<doub
     const Scalar* x = levels[l].data() + n * h * w;
     q.resize(static_cast<std::size_t>(h * w));
     for (Index i = 0; i < h * w; ++i) q[std::size_t(i)] = std::exp(double(x[i]) - level_max[l]);
-    upsample_bilinear_plane(q.data(), w, rows[l], cols[l], sum.data(), true);
+    upsample_bilinear_plane(q.data(), h, w, rows[l], cols[l], sum.data(), true, rows_x);
   }
 }
 
@@ -317,8 +335,8 @@ AnomalyMapConstants anomaly_map_constants(const std::vector<Tensor<Scalar>>& lev
   std::vector<double> image_max(static_cast<std::size_t>(n_images));
   const Index n_out = options.height * options.width;
   detail::parallel_for(n_images, n_images * n_out * Index(host.size()) * 6, [&](std::int64_t n) {
-    std::vector<double> q, sum(static_cast<std::size_t>(n_out));
-    detail::level_sum(host, constants.level_max, rows, cols, n, q, sum);
+    std::vector<double> q, rows_x, sum(static_cast<std::size_t>(n_out));
+    detail::level_sum(host, constants.level_max, rows, cols, n, q, rows_x, sum);
     image_max[std::size_t(n)] = *std::max_element(sum.begin(), sum.end());
   });
   constants.sum_max = *std::max_element(image_max.begin(), image_max.end());
@@ -364,8 +382,8 @@ Tensor<Scalar> calibrated_anomaly_map(const std::vector<Tensor<Scalar>>& levels,
   detail::parallel_for(
       n_images, n_images * n_out * (Index(host.size()) * 6 + 2 * Index(kernel.size())),
       [&](std::int64_t n) {
-        std::vector<double> q, a(static_cast<std::size_t>(n_out)), scratch, line;
-        detail::level_sum(host, constants.level_max, rows, cols, n, q, a);
+        std::vector<double> q, rows_x, a(static_cast<std::size_t>(n_out)), scratch, line;
+        detail::level_sum(host, constants.level_max, rows, cols, n, q, rows_x, a);
         for (double& v : a) v = constants.sum_max - v;
         if (!kernel.empty()) {
           detail::gaussian_filter_plane(a.data(), options.height, options.width, kernel, scratch,
