@@ -157,6 +157,15 @@ class AllInOneBlock {
     m_permutation = permutation_of_matrix(m_rotation);
   }
 
+  /// The scaled subnet output a = 0.1 (W2 ReLU(W1 [x1 ; c] + b1) + b2), (N, 2 n2), of the input x:
+  /// s = clamp(a[:, 0:n2]) and t = a[:, n2:2 n2]. For inspection and tests; computes no graph.
+  Tensor<Scalar> subnet_output(const Tensor<Scalar>& x, const Tensor<Scalar>& cond = Tensor<Scalar>()) const {
+    check_input("subnet_output", x, cond, true);
+    NoGradGuard no_grad;
+    const Var<Scalar> c = m_dims.P > 0 ? Var<Scalar>(cond) : Var<Scalar>();
+    return scaled_subnet(slice_cols(Var<Scalar>(x), 0, m_dims.n1), c).value();
+  }
+
   /// The global scale g = f(γ), (D,).
   Tensor<Scalar> global_scale() const {
     Tensor<Scalar> g({m_dims.D});
@@ -363,13 +372,17 @@ class AllInOneBlock {
           ": condition of shape ", cond.shape().to_string(), ", expected (", x.dim(0), ", ", m_dims.P, ")");
   }
 
+  /// a = 0.1 (W2 ReLU(W1 [x1 ; c] + b1) + b2) from the passive half x1 and the condition.
+  Var<Scalar> scaled_subnet(const Var<Scalar>& x1, const Var<Scalar>& cond) const {
+    const Var<Scalar> in = m_dims.P > 0 ? concat_cols<Scalar>({x1, cond}) : x1;
+    const Var<Scalar> h = relu(matmul(in, m_fc1_weight, Transpose::no, Transpose::yes) + m_fc1_bias);
+    // 0.1: FrEIA scales the whole subnet output down ("a *= 0.1", ALGORITHM.md §2.2 step 3).
+    return (matmul(h, m_fc2_weight, Transpose::no, Transpose::yes) + m_fc2_bias) * Scalar(0.1);
+  }
+
   /// s and t from the passive half x1 and the condition (autograd ops).
   std::pair<Var<Scalar>, Var<Scalar>> coupling_coefficients(const Var<Scalar>& x1, const Var<Scalar>& cond) const {
-    const Var<Scalar> in = m_dims.P > 0 ? concat_cols<Scalar>({x1, cond}) : x1;
-    const Var<Scalar> h =
-        relu(matmul(in, m_fc1_weight, Transpose::no, Transpose::yes) + m_fc1_bias);
-    // 0.1: FrEIA scales the whole subnet output down ("a *= 0.1", ALGORITHM.md §2.2 step 3).
-    const Var<Scalar> a = (matmul(h, m_fc2_weight, Transpose::no, Transpose::yes) + m_fc2_bias) * Scalar(0.1);
+    const Var<Scalar> a = scaled_subnet(x1, cond);
     const Var<Scalar> a_s = slice_cols(a, 0, m_dims.n2);
     const Var<Scalar> t = slice_cols(a, m_dims.n2, 2 * m_dims.n2);
     const Scalar alpha = static_cast<Scalar>(m_options.affine_clamping);
