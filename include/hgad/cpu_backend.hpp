@@ -7,9 +7,11 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <new>
+#include <type_traits>
 
 #include "backend.hpp"
 #include "detail/check.hpp"
@@ -31,11 +33,19 @@ class CpuBackend final : public Backend<Scalar> {
 
   Device device() const override { return Device::cpu; }
 
+  /// Aligned by hand on top of malloc: glibc's aligned_alloc returns large blocks to the kernel
+  /// on free, so every tensor of a training step paid fresh page faults (about 3x the cost of
+  /// writing the block); malloc keeps freed blocks for reuse. The malloc'ed address is stored
+  /// just below the aligned block (malloc aligns to 16, so at least 16 bytes precede it).
   Scalar* allocate(Index n) override {
     if (n <= 0) return nullptr;
     const std::size_t bytes = padded_bytes(n);
-    void* p = std::aligned_alloc(tensor_alignment, bytes);
-    if (p == nullptr) throw std::bad_alloc();
+    void* raw = std::malloc(bytes + tensor_alignment);
+    if (raw == nullptr) throw std::bad_alloc();
+    const std::uintptr_t aligned =
+        (reinterpret_cast<std::uintptr_t>(raw) + tensor_alignment) & ~std::uintptr_t(tensor_alignment - 1);
+    void* p = reinterpret_cast<void*>(aligned);
+    static_cast<void**>(p)[-1] = raw;
     const Index in_use = m_bytes_in_use.fetch_add(static_cast<Index>(bytes)) + static_cast<Index>(bytes);
     Index peak = m_peak_bytes.load();
     while (in_use > peak && !m_peak_bytes.compare_exchange_weak(peak, in_use)) {
@@ -45,7 +55,7 @@ class CpuBackend final : public Backend<Scalar> {
   void deallocate(Scalar* data, Index n) override {
     if (data == nullptr) return;
     m_bytes_in_use.fetch_sub(static_cast<Index>(padded_bytes(n)));
-    std::free(data);
+    std::free(reinterpret_cast<void**>(data)[-1]);
   }
 
   /// Bytes of tensor storage this backend holds now (allocations padded to tensor_alignment).
@@ -101,23 +111,40 @@ class CpuBackend final : public Backend<Scalar> {
     }
   }
 
+  // The op is dispatched once per call (with_op), so each loop below is compiled for one known op
+  // and vectorises; a switch inside the loop made relu run at a quarter of memory bandwidth.
   void unary(UnaryOp op, Index n, const Scalar* x, Scalar* y, Scalar param) override {
-    detail::parallel_for(n, 8 * n, [&](Index i) { y[i] = apply(op, x[i], param); });
+    with_op(op, [&](auto known) {
+      const Index chunk = 4096;
+      detail::parallel_for((n + chunk - 1) / chunk, 8 * n, [&](Index c) {
+        const Index end = std::min(n, (c + 1) * chunk);
+        for (Index i = c * chunk; i < end; ++i) y[i] = apply(known.value, x[i], param);
+      });
+    });
   }
   void binary(BinaryOp op, Index n, const Scalar* a, const Scalar* b, Scalar* y,
               Scalar param) override {
-    detail::parallel_for(n, 4 * n, [&](Index i) { y[i] = apply(op, a[i], b[i], param); });
+    with_op(op, [&](auto known) {
+      const Index chunk = 4096;
+      detail::parallel_for((n + chunk - 1) / chunk, 4 * n, [&](Index c) {
+        const Index end = std::min(n, (c + 1) * chunk);
+        for (Index i = c * chunk; i < end; ++i) y[i] = apply(known.value, a[i], b[i], param);
+      });
+    });
   }
   void binary_broadcast(BinaryOp op, Broadcast how, Index rows, Index cols, const Scalar* a,
                         const Scalar* b, Scalar* y, Scalar param) override {
-    detail::parallel_for(rows, 4 * rows * cols, [&](Index i) {
-      const Scalar* ai = a + i * cols;
-      Scalar* yi = y + i * cols;
-      if (how == Broadcast::row) {
-        for (Index j = 0; j < cols; ++j) yi[j] = apply(op, ai[j], b[j], param);
-      } else {
-        for (Index j = 0; j < cols; ++j) yi[j] = apply(op, ai[j], b[i], param);
-      }
+    with_op(op, [&](auto known) {
+      detail::parallel_for(rows, 4 * rows * cols, [&](Index i) {
+        const Scalar* ai = a + i * cols;
+        Scalar* yi = y + i * cols;
+        if (how == Broadcast::row) {
+          for (Index j = 0; j < cols; ++j) yi[j] = apply(known.value, ai[j], b[j], param);
+        } else {
+          const Scalar bi = b[i];
+          for (Index j = 0; j < cols; ++j) yi[j] = apply(known.value, ai[j], bi, param);
+        }
+      });
     });
   }
 
@@ -226,6 +253,41 @@ class CpuBackend final : public Backend<Scalar> {
       case BinaryOp::softplus_backward: return b * detail::softplus_derivative(a, param);
     }
     return a;
+  }
+
+  /// Calls f(std::integral_constant<UnaryOp, op>{}): the op as a compile-time constant.
+  template <class F>
+  static void with_op(UnaryOp op, F&& f) {
+    using U = UnaryOp;
+    switch (op) {
+      case U::identity: return f(std::integral_constant<U, U::identity>{});
+      case U::neg: return f(std::integral_constant<U, U::neg>{});
+      case U::exp: return f(std::integral_constant<U, U::exp>{});
+      case U::log: return f(std::integral_constant<U, U::log>{});
+      case U::tanh: return f(std::integral_constant<U, U::tanh>{});
+      case U::sigmoid: return f(std::integral_constant<U, U::sigmoid>{});
+      case U::softplus: return f(std::integral_constant<U, U::softplus>{});
+      case U::relu: return f(std::integral_constant<U, U::relu>{});
+      case U::square: return f(std::integral_constant<U, U::square>{});
+      case U::scale: return f(std::integral_constant<U, U::scale>{});
+      case U::add_scalar: return f(std::integral_constant<U, U::add_scalar>{});
+      case U::reciprocal: return f(std::integral_constant<U, U::reciprocal>{});
+    }
+  }
+  /// Calls f(std::integral_constant<BinaryOp, op>{}).
+  template <class F>
+  static void with_op(BinaryOp op, F&& f) {
+    using B = BinaryOp;
+    switch (op) {
+      case B::add: return f(std::integral_constant<B, B::add>{});
+      case B::sub: return f(std::integral_constant<B, B::sub>{});
+      case B::mul: return f(std::integral_constant<B, B::mul>{});
+      case B::div: return f(std::integral_constant<B, B::div>{});
+      case B::relu_backward: return f(std::integral_constant<B, B::relu_backward>{});
+      case B::tanh_backward: return f(std::integral_constant<B, B::tanh_backward>{});
+      case B::sigmoid_backward: return f(std::integral_constant<B, B::sigmoid_backward>{});
+      case B::softplus_backward: return f(std::integral_constant<B, B::softplus_backward>{});
+    }
   }
 
   static std::size_t padded_bytes(Index n) {
