@@ -283,6 +283,32 @@ TEST_CASE("load_image reports unreadable and non-image files with the path and s
   }
 }
 
+TEST_CASE("JPEGs with an oversized Huffman table are rejected before stb_image reads them",
+          "[io]") {
+  // DHT segment: class 0, id 0, sixteen code counts of 17 (272 codes; at most 256 are valid).
+  Bytes dht = {0xff, 0xc4, 0x01, 0x23, 0x00};  // length 2 + 17 + 272 = 291 = 0x0123
+  for (int i = 0; i < 16; ++i) dht.push_back(17);
+  dht.insert(dht.end(), 272, 0);
+  const Bytes sof = {0xff, 0xc0, 0x00, 0x0b, 8, 0, 1, 0, 1, 1, 1, 0x11, 0};
+  Bytes before = {0xff, 0xd8};
+  before.insert(before.end(), dht.begin(), dht.end());
+  Bytes after = {0xff, 0xd8};
+  after.insert(after.end(), sof.begin(), sof.end());
+  after.insert(after.end(), dht.begin(), dht.end());
+  for (const Bytes& jpeg : {before, after}) {
+    REQUIRE_THROWS_WITH(
+        hgad::image_info_from_memory(jpeg.data(), jpeg.size(), "bad.jpg"),
+        Catch::Contains("bad.jpg") && Catch::Contains("Huffman table declares 272"));
+    REQUIRE_THROWS_WITH(hgad::decode_image<float>(jpeg.data(), jpeg.size(), "bad.jpg"),
+                        Catch::Contains("Huffman"));
+  }
+  // The same table inside an APP1 payload is data stb_image skips, not a table.
+  Bytes app = {0xff, 0xd8, 0xff, 0xe1, 0x01, 0x25};  // length 2 + 291
+  app.insert(app.end(), dht.begin(), dht.end());
+  REQUIRE(hgad::detail::image::oversized_jpeg_huffman_table(app.data(), app.size()) == 0);
+  REQUIRE(hgad::detail::image::oversized_jpeg_huffman_table(before.data(), before.size()) == 272);
+}
+
 TEST_CASE("save_png writes 8-bit gray and RGB PNGs atomically that load back to the rounded values",
           "[io]") {
   hgad_test::TempDir dir("save_png");

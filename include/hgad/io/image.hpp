@@ -298,6 +298,106 @@ inline void append_bytes(void* context, void* data, int size) {
   out->insert(out->end(), bytes, bytes + size);
 }
 
+/// A byte reader with stb_image's semantics: reads past the end yield 0, skips clamp at the end.
+struct StbByteReader {
+  const std::uint8_t* bytes;
+  std::size_t size;
+  std::size_t pos = 0;
+
+  int get8() { return pos < size ? bytes[pos++] : 0; }
+  int get16() {
+    const int high = get8();
+    return (high << 8) + get8();
+  }
+  bool at_end() const { return pos >= size; }
+  void skip(long n) { pos = n < 0 ? size : std::min(size, pos + static_cast<std::size_t>(n)); }
+  /// stb_image's stbi__get_marker: 0xff ("no marker") unless the next byte is 0xff, then the byte
+  /// after any run of 0xff fill bytes.
+  int marker() {
+    int x = get8();
+    if (x != 0xff) return 0xff;
+    while (x == 0xff) x = get8();
+    return x;
+  }
+};
+
+/// Reads a DHT segment body the way stb_image's stbi__process_marker does. Returns the code count
+/// of the first table with more than 256 codes (0 if none) and the segment length left over
+/// (stb_image accepts the segment only when it is 0).
+inline std::array<long, 2> jpeg_dht_overflow(StbByteReader& r) {
+  long left = r.get16() - 2;
+  while (left > 0) {
+    const int q = r.get8();
+    if ((q >> 4) > 1 || (q & 15) > 3) return {0, -1};  // stb_image rejects the table class or id
+    long n = 0;
+    for (int i = 0; i < 16; ++i) n += r.get8();
+    if (n > 256) return {n, left};
+    r.skip(n);
+    left -= 17 + n;
+  }
+  return {0, left};
+}
+
+/// Debian's stb_image (libstb-dev 0.0~git20220908) builds a JPEG Huffman table without checking
+/// that its 16 code counts sum to at most 256 (ITU-T T.81, B.2.4.2), and then writes past the
+/// table's arrays. This walks the marker segments before the frame header exactly as stb_image's
+/// stbi__decode_jpeg_header does, and after it (where stb_image's position depends on entropy
+/// decoding) checks every 0xFF 0xC4 pair, which cannot occur inside valid entropy-coded data.
+/// Returns the code count of the first oversized table, or 0 when stb_image can safely see the
+/// bytes.
+inline long oversized_jpeg_huffman_table(const std::uint8_t* bytes, std::size_t size) {
+  StbByteReader r{bytes, size};
+  if (r.marker() != 0xd8) return 0;  // not a JPEG to stb_image
+  int m = r.marker();
+  bool header_ok = true;
+  while (header_ok && !(m == 0xc0 || m == 0xc1 || m == 0xc2)) {
+    if (m == 0xc4) {
+      const auto dht = jpeg_dht_overflow(r);
+      if (dht[0] != 0) return dht[0];
+      header_ok = dht[1] == 0;
+    } else if (m == 0xdd) {
+      header_ok = r.get16() == 4;
+      r.get16();
+    } else if (m == 0xdb) {
+      long left = r.get16() - 2;
+      while (header_ok && left > 0) {
+        const int q = r.get8();
+        header_ok = ((q >> 4) == 0 || (q >> 4) == 1) && (q & 15) <= 3;
+        r.skip((q >> 4) ? 128 : 64);
+        left -= (q >> 4) ? 129 : 65;
+      }
+      header_ok = header_ok && left == 0;
+    } else if ((m >= 0xe0 && m <= 0xef) || m == 0xfe) {
+      const long length = r.get16();
+      header_ok = length >= 2;
+      r.skip(length - 2);
+    } else {
+      header_ok = false;  // stb_image stops at an unknown or missing marker
+    }
+    if (!header_ok) return 0;
+    m = r.marker();
+    while (m == 0xff) {
+      if (r.at_end()) return 0;
+      m = r.marker();
+    }
+  }
+  for (std::size_t i = r.pos; i + 1 < size; ++i)
+    if (bytes[i] == 0xff && bytes[i + 1] == 0xc4) {
+      StbByteReader tail{bytes, size, i + 2};
+      const long n = jpeg_dht_overflow(tail)[0];
+      if (n != 0) return n;
+    }
+  return 0;
+}
+
+/// Throws hgad::Error when `bytes` must not reach stb_image (see oversized_jpeg_huffman_table).
+inline void check_safe_for_stb(const std::uint8_t* bytes, std::size_t size,
+                               const std::string& name) {
+  const long n = oversized_jpeg_huffman_table(bytes, size);
+  check(n == 0, "image: '", name, "': corrupt JPEG: a Huffman table declares ", n,
+        " codes (at most 256)");
+}
+
 }  // namespace detail::image
 
 /// Width, height and stored channel count of the PNG/JPEG/BMP image in `bytes[0, size)`, from its
@@ -305,6 +405,7 @@ inline void append_bytes(void* context, void* data, int size) {
 inline ImageInfo image_info_from_memory(const std::uint8_t* bytes, std::size_t size,
                                         const std::string& name) {
   detail::image::check_decodable_size(size, name);
+  detail::image::check_safe_for_stb(bytes, size, name);
   ImageInfo info;
   const int ok = stbi_info_from_memory(bytes, static_cast<int>(size), &info.width, &info.height,
                                        &info.channels);

@@ -103,6 +103,8 @@ struct Preprocess {
   Interpolation image_filter = Interpolation::bilinear_antialias;
   bool normalize = true;     ///< apply ImageNet normalisation (imagenet_mean, imagenet_std)
   int mask_threshold = 127;  ///< a mask pixel with 8-bit value > mask_threshold is anomalous
+  /// Largest image (width x height) decoded; larger files are errors (see hgad::decode_image).
+  std::int64_t max_image_pixels = default_max_image_pixels;
 };
 
 /// A decoded and preprocessed sample.
@@ -221,7 +223,7 @@ LoadedSample<Scalar> load_sample(const MvtecSample& sample, const Preprocess& pr
   LoadedSample<Scalar> out;
   out.label = sample.label;
   out.class_index = sample.class_index;
-  const Tensor<Scalar> image = load_image<Scalar>(sample.image_path, 3);
+  const Tensor<Scalar> image = load_image<Scalar>(sample.image_path, 3, pre.max_image_pixels);
   out.original_height = image.dim(1);
   out.original_width = image.dim(2);
   out.image =
@@ -235,7 +237,7 @@ LoadedSample<Scalar> load_sample(const MvtecSample& sample, const Preprocess& pr
     out.mask = Tensor<Scalar>(Shape{0});
     out.has_mask = false;
   } else {
-    Tensor<Scalar> mask = load_image<Scalar>(sample.mask_path, 1);
+    Tensor<Scalar> mask = load_image<Scalar>(sample.mask_path, 1, pre.max_image_pixels);
     check(mask.dim(1) == out.original_height && mask.dim(2) == out.original_width, "mvtec: mask '",
           sample.mask_path, "' is ", mask.dim(2), "x", mask.dim(1),
           " (width x height) but its image '", sample.image_path, "' is ", out.original_width, "x",

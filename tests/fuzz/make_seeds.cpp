@@ -1,0 +1,84 @@
+// Writes the seed corpora of the fuzz targets into <dir>/{npy,image,mvtec}: small valid files made
+// here by hgad's own writers and stb_image_write, never copied data.
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <hgad/io/image.hpp>
+#include <hgad/io/npy.hpp>
+#include <iostream>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+using Bytes = std::vector<std::uint8_t>;
+
+namespace {
+
+void write(const fs::path& path, const Bytes& bytes) {
+  fs::create_directories(path.parent_path());
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
+}
+
+// The same array with a version 2.0 or 3.0 prefix (4-byte header length).
+Bytes to_version(const Bytes& v1, int major) {
+  const std::size_t header_length = v1[8] | (v1[9] << 8);
+  Bytes out(v1.begin(), v1.begin() + 6);
+  out.push_back(static_cast<std::uint8_t>(major));
+  out.push_back(0);
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<std::uint8_t>(header_length >> (8 * i)));
+  out.insert(out.end(), v1.begin() + 10, v1.end());
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::cerr << "usage: make_seeds <dir>\n";
+    return 2;
+  }
+  const fs::path dir = argv[1];
+  hgad::Rng rng(1);
+  int n = 0;
+  for (const hgad::Shape& shape : {hgad::Shape{}, hgad::Shape{3}, hgad::Shape{2, 3},
+                                   hgad::Shape{2, 1, 2}, hgad::Shape{1, 2, 1, 2}}) {
+    const Bytes f4 = hgad::encode_npy(hgad::Tensor<float>::randn(shape, rng));
+    const Bytes f8 = hgad::encode_npy(hgad::Tensor<double>::randn(shape, rng));
+    for (const Bytes& b : {f4, f8}) {
+      write(dir / "npy" / ("v1_" + std::to_string(n++) + ".npy"), b);
+      write(dir / "npy" / ("v2_" + std::to_string(n++) + ".npy"), to_version(b, 2));
+      write(dir / "npy" / ("v3_" + std::to_string(n++) + ".npy"), to_version(b, 3));
+    }
+  }
+  write(dir / "npy/i8.npy", hgad::encode_npy_int64({0, 1, 2, -5}));
+
+  n = 0;
+  for (int channels = 1; channels <= 4; ++channels) {
+    const int width = 3 + channels, height = 4;
+    std::vector<std::uint8_t> pixels(static_cast<std::size_t>(width * height * channels));
+    for (std::size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<std::uint8_t>(i * 37);
+    Bytes png, bmp, jpg;
+    stbi_write_png_to_func(hgad::detail::image::append_bytes, &png, width, height, channels,
+                           pixels.data(), width * channels);
+    stbi_write_bmp_to_func(hgad::detail::image::append_bytes, &bmp, width, height, channels,
+                           pixels.data());
+    stbi_write_jpg_to_func(hgad::detail::image::append_bytes, &jpg, width, height, channels,
+                           pixels.data(), 90);
+    write(dir / "image" / ("c" + std::to_string(channels) + ".png"), png);
+    write(dir / "image" / ("c" + std::to_string(channels) + ".bmp"), bmp);
+    write(dir / "image" / ("c" + std::to_string(channels) + ".jpg"), jpg);
+  }
+
+  for (int s = 0; s < 6; ++s) {
+    Bytes b(256);
+    for (std::size_t i = 0; i < b.size(); ++i)
+      b[i] = static_cast<std::uint8_t>((i * (2 * s + 1) + 17 * s) & 0xff);
+    write(dir / "mvtec" / ("pattern" + std::to_string(s)), b);
+  }
+  write(dir / "mvtec/zeros", Bytes(128, 0));
+  write(dir / "mvtec/ones", Bytes(512, 0xff));
+  return 0;
+}
