@@ -371,3 +371,29 @@ TEST_CASE("The objectives reject bad shapes, labels and stages with clear messag
                                        hgad::Var<double>(p.ldj), p.labels, 1),
                   hgad::Error);
 }
+
+TEMPLATE_TEST_CASE("Far centres whose responsibilities underflow give the same values and gradients on both paths",
+                   "[loss]", float, double) {
+  Problem p = make_problem(20);
+  // Two of the three deltas of every class, and class 2's centre, far away: e - e_min ~ 10^4.
+  for (hgad::Index y = 0; y < K; ++y) {
+    for (hgad::Index k = 1; k < M - 1; ++k) {
+      for (hgad::Index j = 0; j < D; ++j) p.delta(y, k, j) *= 60.0;
+    }
+  }
+  for (hgad::Index j = 0; j < D; ++j) p.mu(2, j) += 50.0;
+  auto reference = make_prior<TestType>(p);
+  auto fused = make_prior<TestType>(p);
+  auto z = hgad::Var<TestType>::parameter(cast<TestType>(p.z));
+  auto ldj = hgad::Var<TestType>::parameter(cast<TestType>(p.ldj));
+  auto vars = hgad::objective_loss(reference, z, ldj, p.labels, 2);
+  vars.total.backward();
+  const auto got = hgad::hgad_loss_fused(fused, z.value(), ldj.value(), p.labels, 2);
+  const double tol = std::is_same_v<TestType, float> ? 2e-4 : 1e-11;
+  CHECK(close(got.terms.total, vars.values().total, tol));
+  CHECK(hgad::test::max_rel_error(got.grad_z, z.grad()) < tol);
+  CHECK(hgad::test::max_rel_error(fused.mu().grad(), reference.mu().grad()) < tol);
+  CHECK(hgad::test::max_rel_error(fused.delta().grad(), reference.delta().grad()) < tol);
+  CHECK(hgad::test::max_rel_error(fused.phi_intra().grad(), reference.phi_intra().grad()) < tol);
+  for (TestType v : got.grad_z.to_vector()) REQUIRE(std::isfinite(double(v)));
+}

@@ -6,8 +6,10 @@
 /// into their ensure_grad(), so the optimiser sees the same leaves as on the autograd path
 /// (hgad_loss.hpp), against which it is tested.
 ///
-/// Results do not depend on the thread count: rows are independent, and every reduction over rows
-/// (loss means, parameter gradients) runs in row order inside one task.
+/// Results do not depend on the thread count: the rows are cut into fixed chunks (a function of N),
+/// each chunk sums its rows' contributions in row order, and the chunks' sums are added in chunk
+/// order. Each row's differences z - mu_y and z - m_k are formed once and reused for the distances,
+/// dL/dz and the centres' gradients, so the whole objective reads z once.
 ///
 ///     auto result = hgad::objective_loss_fused(prior, z, log_jac_det, labels, /*stage=*/2);
 ///     // result.terms.total, result.grad_z (N, D), result.grad_log_jac_det (N,)
@@ -43,19 +45,6 @@ using RowVectorMap = Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>;
 template <class Scalar>
 using ConstRowVectorMap = Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>;
 
-/// |x - c|^2 by direct differences over n values (ALGORITHM.md §3.2).
-template <class Scalar>
-Scalar squared_distance(const Scalar* x, const Scalar* c, Index n) {
-  return (ConstRowVectorMap<Scalar>(x, n) - ConstRowVectorMap<Scalar>(c, n)).squaredNorm();
-}
-
-/// g += alpha (x - c) over n values.
-template <class Scalar>
-void add_scaled_difference(Scalar alpha, const Scalar* x, const Scalar* c, Scalar* g, Index n) {
-  RowVectorMap<Scalar>(g, n).noalias() +=
-      alpha * (ConstRowVectorMap<Scalar>(x, n) - ConstRowVectorMap<Scalar>(c, n));
-}
-
 template <class Scalar>
 void check_fused_inputs(const Tensor<Scalar>& z, const Tensor<Scalar>& log_jac_det, const char* where) {
   check(z.device() == Device::cpu && log_jac_det.device() == Device::cpu, where,
@@ -66,20 +55,17 @@ void check_fused_inputs(const Tensor<Scalar>& z, const Tensor<Scalar>& log_jac_d
         ",), got ", log_jac_det.shape().to_string());
 }
 
-/// Rows of each class in increasing order.
-inline std::vector<std::vector<Index>> rows_by_class(const std::vector<std::int64_t>& labels, Index n_classes) {
-  std::vector<std::vector<Index>> rows(static_cast<std::size_t>(n_classes));
-  for (std::size_t n = 0; n < labels.size(); ++n) rows[static_cast<std::size_t>(labels[n])].push_back(Index(n));
-  return rows;
-}
-
-/// Sum over rows of a (rows, cols) buffer column `col`, in row order, in double.
-template <class Scalar>
-double column_sum(const std::vector<Scalar>& buffer, Index rows, Index cols, Index col) {
-  double s = 0;
-  for (Index n = 0; n < rows; ++n) s += double(buffer[static_cast<std::size_t>(n * cols + col)]);
-  return s;
-}
+/// The fixed row chunks of the fused objective: about 64 chunks of at least 128 rows, a function
+/// of N only, so sums over rows are added in the same order on any number of threads.
+struct FusedChunks {
+  explicit FusedChunks(Index n_rows) : rows(n_rows) {
+    size = std::max<Index>(128, (n_rows + 63) / 64);
+    count = (n_rows + size - 1) / size;
+  }
+  Index begin(Index chunk) const { return chunk * size; }
+  Index end(Index chunk) const { return std::min(rows, (chunk + 1) * size); }
+  Index rows, size, count;
+};
 
 }  // namespace detail
 
@@ -114,10 +100,10 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
   detail::check_labels(labels, N, K, "hgad_loss_fused");
   const bool intra = stage == 2;
 
-  const Tensor<Scalar> log_pi = prior.log_pi_values();                               // (K,)
-  const Tensor<Scalar> log_w = intra ? prior.log_w_values() : Tensor<Scalar>();      // (K, M)
+  const Tensor<Scalar> log_pi = prior.log_pi_values();                                    // (K,)
+  const Tensor<Scalar> log_w = intra ? prior.log_w_values() : Tensor<Scalar>();           // (K, M)
   const Tensor<Scalar> centers = intra ? prior.intra_center_values() : Tensor<Scalar>();  // (K, M, D)
-  const Scalar* mu = prior.mu().value().data();                                      // (K, D)
+  const Scalar* mu = prior.mu().value().data();                                           // (K, D)
 
   const Scalar inv_n = Scalar(1) / Scalar(N);
   const Scalar inv_d = Scalar(1) / Scalar(D);
@@ -126,100 +112,144 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
   const Scalar q_other = Scalar(options.label_smoothing / double(K));
   const Scalar q_true = Scalar((1.0 - options.label_smoothing) + options.label_smoothing / double(K));
   const Scalar c0 = Scalar(log_normal_constant);
+  // Contributions below min / epsilon are dropped (subnormal territory; see the intra loop).
+  const Scalar tiny = std::numeric_limits<Scalar>::min() / std::numeric_limits<Scalar>::epsilon();
+  const Scalar log_tiny = std::log(tiny);
 
   FusedLoss<Scalar> out;
-  out.grad_z = Tensor<Scalar>({N, D});
-  out.grad_log_jac_det = Tensor<Scalar>({N});
+  out.grad_z = Tensor<Scalar>::empty({N, D});
+  out.grad_log_jac_det = Tensor<Scalar>::empty({N});
+
+  // Rows are processed in fixed chunks, each by one thread in row order; every chunk adds its rows'
+  // contributions to its own partial sums, which are then added in chunk order. The chunking
+  // depends on N only, so the result does not depend on the thread count.
+  const detail::FusedChunks chunks(N);
+  const Index n_deltas = M - 1;
   enum { term_g, term_mi, term_e, term_g_intra, term_z, n_terms };
-  std::vector<Scalar> row_terms(static_cast<std::size_t>(N * n_terms), Scalar(0));
-  std::vector<Scalar> posterior(static_cast<std::size_t>(N * K));      // r (N, K)
-  std::vector<Scalar> grad_dist(static_cast<std::size_t>(N * K));      // dL/dd (N, K), holds d first
-  std::vector<Scalar> grad_intra(intra ? static_cast<std::size_t>(N * M) : 0);    // dL/de (N, M)
-  std::vector<Scalar> grad_log_w(intra ? static_cast<std::size_t>(N * M) : 0);    // dL/dlog w (N, M)
+  std::vector<double> chunk_terms(static_cast<std::size_t>(chunks.count * n_terms), 0.0);
+  std::vector<double> chunk_posterior(static_cast<std::size_t>(chunks.count * K), 0.0);        // sum_n r_{n,y}
+  std::vector<double> chunk_log_w_grad(intra ? std::size_t(chunks.count * K * M) : 0, 0.0);    // sum_n dL/dlog w
+  std::vector<Scalar> chunk_mu_grad(static_cast<std::size_t>(chunks.count * K * D));           // dL/dmu
+  std::vector<Scalar> chunk_delta_grad(intra ? std::size_t(chunks.count * K * n_deltas * D) : 0);  // dL/ddelta
+  std::vector<char> chunk_has_class(intra ? std::size_t(chunks.count * K) : 0, 0);
 
   const Scalar* z_data = z.data();
   const Scalar* ldj = log_jac_det.data();
   Scalar* gz_data = out.grad_z.data();
   Scalar* gldj = out.grad_log_jac_det.data();
 
-  detail::parallel_for(N, N * (K + (intra ? M : 0)) * D * 4, [&](Index n) {
-    const Scalar* zn = z_data + n * D;
-    Scalar* gz = gz_data + n * D;
-    Scalar* g = grad_dist.data() + n * K;
-    Scalar* r = posterior.data() + n * K;
-    Scalar* terms = row_terms.data() + n * n_terms;
-    const Index label = labels[static_cast<std::size_t>(n)];
+  detail::parallel_for(chunks.count, N * (K + (intra ? M : 0)) * D * 6, [&](Index chunk) {
+    // Per row: z - mu_y (K, D) and z - m_{y_n,k} (M, D), reused by the distances and the gradients.
+    std::vector<Scalar> diff(static_cast<std::size_t>((K + (intra ? M : 0)) * D));
+    std::vector<Scalar> g(static_cast<std::size_t>(K)), f(static_cast<std::size_t>(intra ? M : 0));
+    double* terms = chunk_terms.data() + chunk * n_terms;
+    double* posterior_sum = chunk_posterior.data() + chunk * K;
+    Scalar* mu_grad = chunk_mu_grad.data() + chunk * K * D;
+    std::fill(mu_grad, mu_grad + K * D, Scalar(0));
+    for (Index n = chunks.begin(chunk); n < chunks.end(chunk); ++n) {
+      const Scalar* zn = z_data + n * D;
+      Scalar* gz = gz_data + n * D;
+      const Index label = labels[static_cast<std::size_t>(n)];
 
-    // Inter-class level: g holds d first.
-    for (Index y = 0; y < K; ++y) g[y] = detail::squared_distance(zn, mu + y * D, D);
-    Scalar max_a = -std::numeric_limits<Scalar>::infinity(), max_c = max_a;
-    for (Index y = 0; y < K; ++y) {
-      max_a = std::max(max_a, -half * g[y] + log_pi.data()[y]);
-      max_c = std::max(max_c, -half * g[y]);
-    }
-    Scalar sum_a = 0, sum_c = 0;
-    for (Index y = 0; y < K; ++y) {
-      sum_a += std::exp(-half * g[y] + log_pi.data()[y] - max_a);
-      sum_c += std::exp(-half * g[y] - max_c);
-    }
-    const Scalar lse_a = max_a + std::log(sum_a), lse_c = max_c + std::log(sum_c);
-    Scalar entropy = 0, mi = 0, sum_q = 0;
-    for (Index y = 0; y < K; ++y) {
-      const Scalar a = -half * g[y] + log_pi.data()[y];
-      const Scalar log_pt = -half * g[y] - lse_c;
-      const Scalar q = y == label ? q_true : q_other;
-      r[y] = std::exp(a - lse_a);
-      entropy -= std::exp(log_pt) * log_pt;
-      mi += q * (a - lse_a - log_pi.data()[y]);
-      sum_q += q;
-    }
-    terms[term_g] = (-lse_a - ldj[n]) * inv_d;
-    terms[term_mi] = mi;
-    terms[term_e] = entropy;
-    for (Index y = 0; y < K; ++y) {
-      const Scalar log_pt = -half * g[y] - lse_c;
-      const Scalar q = y == label ? q_true : q_other;
-      // dL/dd_y of lambda1 L_g - lambda2 L_mi + L_e, per row, over N.
-      g[y] = (lambda1 * half * r[y] * inv_d + lambda2 * half * (q - r[y] * sum_q) +
-              half * std::exp(log_pt) * (log_pt + entropy)) * inv_n;
-    }
-    for (Index j = 0; j < D; ++j) gz[j] = Scalar(0);
-    for (Index y = 0; y < K; ++y) detail::add_scaled_difference(Scalar(2) * g[y], zn, mu + y * D, gz, D);
-    Scalar g_ldj = -lambda1 * inv_d;
+      // Inter-class level: g holds d_y = |z - mu_y|^2 first, then dL/dd_y.
+      for (Index y = 0; y < K; ++y) {
+        detail::RowVectorMap<Scalar> dy(diff.data() + y * D, D);
+        dy = detail::ConstRowVectorMap<Scalar>(zn, D) - detail::ConstRowVectorMap<Scalar>(mu + y * D, D);
+        g[y] = dy.squaredNorm();
+      }
+      Scalar max_a = -std::numeric_limits<Scalar>::infinity(), max_c = max_a;
+      for (Index y = 0; y < K; ++y) {
+        max_a = std::max(max_a, -half * g[y] + log_pi.data()[y]);
+        max_c = std::max(max_c, -half * g[y]);
+      }
+      Scalar sum_a = 0, sum_c = 0;
+      for (Index y = 0; y < K; ++y) {
+        sum_a += std::exp(-half * g[y] + log_pi.data()[y] - max_a);
+        sum_c += std::exp(-half * g[y] - max_c);
+      }
+      const Scalar lse_a = max_a + std::log(sum_a), lse_c = max_c + std::log(sum_c);
+      Scalar entropy = 0, mi = 0, sum_q = 0;
+      for (Index y = 0; y < K; ++y) {
+        const Scalar log_pt = -half * g[y] - lse_c;
+        const Scalar a = -half * g[y] + log_pi.data()[y];
+        const Scalar q = y == label ? q_true : q_other;
+        entropy -= std::exp(log_pt) * log_pt;
+        mi += q * (a - lse_a - log_pi.data()[y]);
+        sum_q += q;
+      }
+      terms[term_g] += double((-lse_a - ldj[n]) * inv_d);
+      terms[term_mi] += double(mi);
+      terms[term_e] += double(entropy);
+      for (Index y = 0; y < K; ++y) {
+        const Scalar log_pt = -half * g[y] - lse_c;
+        const Scalar r = std::exp(-half * g[y] + log_pi.data()[y] - lse_a);
+        const Scalar q = y == label ? q_true : q_other;
+        posterior_sum[y] += double(r);
+        // dL/dd_y of lambda1 L_g - lambda2 L_mi + L_e for this row, over N.
+        g[y] = (lambda1 * half * r * inv_d + lambda2 * half * (q - r * sum_q) +
+                half * std::exp(log_pt) * (log_pt + entropy)) * inv_n;
+      }
+      detail::RowVectorMap<Scalar> gz_row(gz, D);
+      gz_row.setZero();
+      for (Index y = 0; y < K; ++y) {
+        if (std::abs(g[y]) < tiny) continue;
+        const detail::ConstRowVectorMap<Scalar> dy(diff.data() + y * D, D);
+        gz_row.noalias() += (Scalar(2) * g[y]) * dy;                                        // dd_y/dz = 2 (z - mu_y)
+        detail::RowVectorMap<Scalar>(mu_grad + y * D, D).noalias() -= (Scalar(2) * g[y]) * dy;  // dd_y/dmu_y = -2 (z - mu_y)
+      }
+      Scalar g_ldj = -lambda1 * inv_d;
 
-    if (intra) {
-      const Scalar* m = centers.data() + label * M * D;
-      const Scalar* lw = log_w.data() + label * M;
-      Scalar* h = grad_intra.data() + n * M;
-      Scalar* gw = grad_log_w.data() + n * M;
-      Scalar max_f = -std::numeric_limits<Scalar>::infinity();
-      for (Index k = 0; k < M; ++k) {
-        h[k] = -half * detail::squared_distance(zn, m + k * D, D) + lw[k];  // f_k
-        max_f = std::max(max_f, h[k]);
+      if (intra) {
+        const Scalar* m = centers.data() + label * M * D;
+        const Scalar* lw = log_w.data() + label * M;
+        Scalar* diff_intra = diff.data() + K * D;
+        Scalar max_f = -std::numeric_limits<Scalar>::infinity();
+        for (Index k = 0; k < M; ++k) {
+          detail::RowVectorMap<Scalar> dk(diff_intra + k * D, D);
+          dk = detail::ConstRowVectorMap<Scalar>(zn, D) - detail::ConstRowVectorMap<Scalar>(m + k * D, D);
+          f[k] = -half * dk.squaredNorm() + lw[k];
+          max_f = std::max(max_f, f[k]);
+        }
+        Scalar sum_f = 0;
+        for (Index k = 0; k < M; ++k) sum_f += std::exp(f[k] - max_f);
+        const Scalar S = max_f + std::log(sum_f);
+        const Scalar logp = Scalar(D) * c0 + S + ldj[n];
+        terms[term_g_intra] += double((-S - ldj[n]) * inv_d);
+        terms[term_z] += double(detail::softplus(-logp * inv_d, Scalar(1)));
+        // d softplus(-logp/D)/dlogp = -sigmoid(-logp/D)/D; with L_g_intra: dL/dS = -(1 + sigma)/D.
+        const Scalar dS = -(Scalar(1) + detail::softplus_derivative(-logp * inv_d, Scalar(1))) * inv_d;
+        const std::size_t class_slot = static_cast<std::size_t>(chunk * K + label);
+        Scalar* delta_grad = chunk_delta_grad.data() + (chunk * K + label) * n_deltas * D;
+        if (!chunk_has_class[class_slot]) {
+          chunk_has_class[class_slot] = 1;
+          std::fill(delta_grad, delta_grad + n_deltas * D, Scalar(0));
+        }
+        double* log_w_grad = chunk_log_w_grad.data() + (chunk * K + label) * M;
+        for (Index k = 0; k < M; ++k) {
+          // A far centre's share underflows; its products would be subnormal, which costs ~100x
+          // per operation on x86, and add nothing representable next to the other terms.
+          if (f[k] - S < log_tiny) continue;
+          const Scalar rho = std::exp(f[k] - S);
+          const Scalar h = -half * rho * dS * inv_n;  // dL/de_k, dS/de_k = -rho_k / 2
+          if (std::abs(h) < tiny) continue;
+          log_w_grad[k] += double(rho * dS * inv_n);  // dS/dlog w_k = rho_k
+          const detail::ConstRowVectorMap<Scalar> dk(diff_intra + k * D, D);
+          gz_row.noalias() += (Scalar(2) * h) * dk;  // de_k/dz = 2 (z - m_k)
+          if (k > 0) {
+            // de_k/ddelta_k = -2 (z - m_k) for k >= 1; m_0 = sg(mu) has no parameter.
+            detail::RowVectorMap<Scalar>(delta_grad + (k - 1) * D, D).noalias() -= (Scalar(2) * h) * dk;
+          }
+        }
+        g_ldj += dS;
       }
-      Scalar sum_f = 0;
-      for (Index k = 0; k < M; ++k) sum_f += std::exp(h[k] - max_f);
-      const Scalar S = max_f + std::log(sum_f);
-      const Scalar logp = Scalar(D) * c0 + S + ldj[n];
-      terms[term_g_intra] = (-S - ldj[n]) * inv_d;
-      terms[term_z] = detail::softplus(-logp * inv_d, Scalar(1));
-      // d softplus(-logp/D)/dlogp = -sigmoid(-logp/D)/D; with L_g_intra: dL/dS = -(1 + sigma)/D.
-      const Scalar dS = -(Scalar(1) + detail::softplus_derivative(-logp * inv_d, Scalar(1))) * inv_d;
-      for (Index k = 0; k < M; ++k) {
-        const Scalar rho = std::exp(h[k] - S);
-        gw[k] = rho * dS * inv_n;      // dL/dlog w_k
-        h[k] = -half * rho * dS * inv_n;  // dL/de_k
-        detail::add_scaled_difference(Scalar(2) * h[k], zn, m + k * D, gz, D);
-      }
-      g_ldj += dS;
+      gldj[n] = g_ldj * inv_n;
     }
-    gldj[n] = g_ldj * inv_n;
   });
 
-  // Means of the terms, in row order.
+  // Means of the terms.
   double sums[n_terms] = {0, 0, 0, 0, 0};
-  for (Index n = 0; n < N; ++n) {
-    for (int t = 0; t < n_terms; ++t) sums[t] += double(row_terms[static_cast<std::size_t>(n * n_terms + t)]);
+  for (Index c = 0; c < chunks.count; ++c) {
+    for (int t = 0; t < n_terms; ++t) sums[t] += chunk_terms[static_cast<std::size_t>(c * n_terms + t)];
   }
   LossTerms<Scalar>& terms = out.terms;
   terms.stage = stage;
@@ -235,26 +265,26 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
   }
   terms.total = Scalar(total);
 
-  // mu: dL/dmu_y = sum_n dL/dd_{n,y} 2 (mu_y - z_n).
-  Scalar* grad_mu = prior.mu().ensure_grad().data();
-  detail::parallel_for(K, N * K * D * 2, [&](Index y) {
-    Eigen::Matrix<Scalar, 1, Eigen::Dynamic> acc = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>::Zero(D);
-    for (Index n = 0; n < N; ++n) {
-      detail::add_scaled_difference(grad_dist[static_cast<std::size_t>(n * K + y)], mu + y * D, z_data + n * D,
-                                    acc.data(), D);
+  // mu: the chunks' partial sums of dL/dmu.
+  {
+    detail::RowVectorMap<Scalar> grad_mu(prior.mu().ensure_grad().data(), K * D);
+    for (Index c = 0; c < chunks.count; ++c) {
+      grad_mu += detail::ConstRowVectorMap<Scalar>(chunk_mu_grad.data() + c * K * D, K * D);
     }
-    detail::RowVectorMap<Scalar>(grad_mu + y * D, D) += Scalar(2) * acc;
-  });
+  }
 
-  // phi_inter: only L_g sees log pi: dL/dlog pi_y = -lambda1 r_{n,y} / (D N) summed over n.
+  // phi_inter: only L_g sees log pi: dL/dlog pi_y = -lambda1 r_{n,y} / (D N) summed over n, then
+  // through log_softmax: dphi_j = g_j - pi_j sum_y g_y.
   {
     Scalar* grad_phi = prior.phi_inter().ensure_grad().data();
-    std::vector<double> g(static_cast<std::size_t>(K));
+    std::vector<double> g(static_cast<std::size_t>(K), 0.0);
+    for (Index c = 0; c < chunks.count; ++c) {
+      for (Index y = 0; y < K; ++y) g[static_cast<std::size_t>(y)] += chunk_posterior[static_cast<std::size_t>(c * K + y)];
+    }
     double g_sum = 0;
-    for (Index y = 0; y < K; ++y) {
-      g[static_cast<std::size_t>(y)] =
-          -options.lambda1 / (double(D) * double(N)) * detail::column_sum(posterior, N, K, y);
-      g_sum += g[static_cast<std::size_t>(y)];
+    for (double& v : g) {
+      v *= -options.lambda1 / (double(D) * double(N));
+      g_sum += v;
     }
     for (Index y = 0; y < K; ++y) {
       grad_phi[y] += Scalar(g[static_cast<std::size_t>(y)] - std::exp(double(log_pi.data()[y])) * g_sum);
@@ -262,25 +292,23 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
   }
 
   if (intra) {
-    const auto class_rows = detail::rows_by_class(labels, K);
-    // delta: dL/ddelta_{y,k} = sum_{n in y} dL/de_{n,k} 2 (m_{y,k} - z_n), k >= 1.
+    // delta: the chunks' partial sums, for the classes each chunk saw.
     Scalar* grad_delta = prior.delta().ensure_grad().data();
-    detail::parallel_for(K * (M - 1), N * M * D * 2, [&](Index task) {
-      const Index y = task / (M - 1), k = 1 + task % (M - 1);
-      const Scalar* m = centers.data() + (y * M + k) * D;
-      Eigen::Matrix<Scalar, 1, Eigen::Dynamic> acc = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>::Zero(D);
-      for (Index n : class_rows[static_cast<std::size_t>(y)]) {
-        detail::add_scaled_difference(grad_intra[static_cast<std::size_t>(n * M + k)], m, z_data + n * D,
-                                      acc.data(), D);
+    detail::parallel_for(K, K * chunks.count * n_deltas * D, [&](Index y) {
+      detail::RowVectorMap<Scalar> grad_y(grad_delta + y * n_deltas * D, n_deltas * D);
+      for (Index c = 0; c < chunks.count; ++c) {
+        if (!chunk_has_class[static_cast<std::size_t>(c * K + y)]) continue;
+        grad_y += detail::ConstRowVectorMap<Scalar>(chunk_delta_grad.data() + (c * K + y) * n_deltas * D, n_deltas * D);
       }
-      detail::RowVectorMap<Scalar>(grad_delta + (y * (M - 1) + k - 1) * D, D) += Scalar(2) * acc;
     });
     // phi_intra: dphi_{y,j} = sum_{n in y} (g_{n,j} - w_{y,j} sum_k g_{n,k}), g = dL/dlog w.
     Scalar* grad_phi = prior.phi_intra().ensure_grad().data();
     for (Index y = 0; y < K; ++y) {
       std::vector<double> g(static_cast<std::size_t>(M), 0.0);
-      for (Index n : class_rows[static_cast<std::size_t>(y)]) {
-        for (Index k = 0; k < M; ++k) g[static_cast<std::size_t>(k)] += double(grad_log_w[static_cast<std::size_t>(n * M + k)]);
+      for (Index c = 0; c < chunks.count; ++c) {
+        for (Index k = 0; k < M; ++k) {
+          g[static_cast<std::size_t>(k)] += chunk_log_w_grad[static_cast<std::size_t>((c * K + y) * M + k)];
+        }
       }
       double g_sum = 0;
       for (double v : g) g_sum += v;
