@@ -17,11 +17,9 @@
 ///     images pooled, each region one vote) of the fraction of the region's pixels that are
 ///     positive.
 ///  4. FPR_i = (positive pixels among all mask == 0 pixels of the class) / (mask == 0 pixels).
-///  5. Only the points with FPR_i < 0.3 (strict) are kept; their FPR is min-max normalised to [0,
-///  1]
-///     and the area under PRO over normalised FPR is taken by the trapezoid rule
-///     ("sklearn.metrics.auc", which accepts the decreasing FPR sequence and returns a positive
-///     area).
+///  5. Only the points with FPR_i < 0.3 (strict) are kept; their FPR is min-max normalised to
+///     [0, 1] and the area under PRO over normalised FPR is taken by the trapezoid rule, as
+///     "sklearn.metrics.auc" does for the decreasing FPR sequence (a positive area).
 /// A defective image whose mask is empty contributes negative pixels and no region.
 ///
 /// Cost: instead of 200 full passes, each pixel is placed once in the bin of thresholds below its
@@ -80,7 +78,7 @@ inline std::vector<double> numpy_arange_thresholds(double lo, double hi, Index n
   return thresholds;
 }
 
-namespace detail {
+namespace detail::metrics {
 
 struct ImageProHistograms {
   std::vector<Index> negative;             // (T + 1,) mask == 0 pixels per bin
@@ -88,7 +86,7 @@ struct ImageProHistograms {
   std::vector<Index> region_size;          // (regions,)
 };
 
-}  // namespace detail
+}  // namespace detail::metrics
 
 /// The PRO curve of one class at the numpy.arange thresholds between the smallest and largest
 /// score (see the file comment for the exact protocol).
@@ -144,13 +142,13 @@ ProCurve pro_curve(const Tensor<MaskScalar>& masks, const Tensor<Scalar>& maps,
     while (b < n_th && thresholds[std::size_t(b)] < s) ++b;
     return static_cast<std::size_t>(b);
   };
-  std::vector<detail::ImageProHistograms> per_image(static_cast<std::size_t>(n_images));
+  std::vector<detail::metrics::ImageProHistograms> per_image(static_cast<std::size_t>(n_images));
   detail::parallel_for(n_images, n_images * n_pixels * 8, [&](std::int64_t image) {
     const MaskScalar* mask = mask_data + image * n_pixels;
     const Scalar* map = map_data + image * n_pixels;
     const ComponentLabels components =
         label_connected_components(mask, height, width, Connectivity::eight);
-    detail::ImageProHistograms& h = per_image[static_cast<std::size_t>(image)];
+    detail::metrics::ImageProHistograms& h = per_image[static_cast<std::size_t>(image)];
     h.negative.assign(n_bins, 0);
     h.region.assign(static_cast<std::size_t>(components.n_components),
                     std::vector<Index>(n_bins, 0));

@@ -55,7 +55,7 @@ struct RankingMetrics {
   Index n_negative = 0;
 };
 
-namespace detail {
+namespace detail::metrics {
 
 template <class Scalar>
 struct SortedScores {
@@ -254,35 +254,39 @@ auto with_pointers(const Label* y_true, const Scalar* y_score, Index n, Compute&
       n, [y_true](Index i) { return y_true[i]; }, [y_score](Index i) { return y_score[i]; });
 }
 
-}  // namespace detail
+}  // namespace detail::metrics
 
 // ---------------------------------------------------------------------------------------------
 // ranking_metrics: AUROC, AP and F1-max together.
 
 /// AUROC, average precision and F1-max of `y_score` against the binary `y_true`, from one sort;
-/// the formulas are on detail::ranking_from_sorted. A metric that is undefined for these labels is
-/// NaN here instead of an error (AUROC with one class, AP and F1 without positives).
+/// the formulas are on detail::metrics::ranking_from_sorted. A metric that is undefined for these
+/// labels is NaN here instead of an error (AUROC with one class, AP and F1 without positives).
 /// requires: equal sizes, n > 0, labels 0 or 1, finite scores.
 template <class Label, class Scalar>
 RankingMetrics ranking_metrics(const Label* y_true, const Scalar* y_score, Index n) {
-  return detail::with_pointers(y_true, y_score, n, [](Index n_, auto label_at, auto score_at) {
-    return detail::ranking_metrics_impl<Scalar>("ranking_metrics", n_, label_at, score_at);
-  });
+  return detail::metrics::with_pointers(y_true, y_score, n,
+                                        [](Index n_, auto label_at, auto score_at) {
+                                          return detail::metrics::ranking_metrics_impl<Scalar>(
+                                              "ranking_metrics", n_, label_at, score_at);
+                                        });
 }
 template <class Label, class Scalar>
 RankingMetrics ranking_metrics(const std::vector<Label>& y_true,
                                const std::vector<Scalar>& y_score) {
-  return detail::with_vectors(
-      "ranking_metrics", y_true, y_score, [](Index n, auto label_at, auto score_at) {
-        return detail::ranking_metrics_impl<Scalar>("ranking_metrics", n, label_at, score_at);
-      });
+  return detail::metrics::with_vectors("ranking_metrics", y_true, y_score,
+                                       [](Index n, auto label_at, auto score_at) {
+                                         return detail::metrics::ranking_metrics_impl<Scalar>(
+                                             "ranking_metrics", n, label_at, score_at);
+                                       });
 }
 template <class LabelScalar, class Scalar>
 RankingMetrics ranking_metrics(const Tensor<LabelScalar>& y_true, const Tensor<Scalar>& y_score) {
-  return detail::with_tensors(
-      "ranking_metrics", y_true, y_score, [](Index n, auto label_at, auto score_at) {
-        return detail::ranking_metrics_impl<Scalar>("ranking_metrics", n, label_at, score_at);
-      });
+  return detail::metrics::with_tensors("ranking_metrics", y_true, y_score,
+                                       [](Index n, auto label_at, auto score_at) {
+                                         return detail::metrics::ranking_metrics_impl<Scalar>(
+                                             "ranking_metrics", n, label_at, score_at);
+                                       });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -295,19 +299,19 @@ RankingMetrics ranking_metrics(const Tensor<LabelScalar>& y_true, const Tensor<S
 template <class Label, class Scalar>
 double roc_auc_score(const Label* y_true, const Scalar* y_score, Index n) {
   const RankingMetrics m = ranking_metrics(y_true, y_score, n);
-  detail::require_both_classes("roc_auc_score", m);
+  detail::metrics::require_both_classes("roc_auc_score", m);
   return m.auroc;
 }
 template <class Label, class Scalar>
 double roc_auc_score(const std::vector<Label>& y_true, const std::vector<Scalar>& y_score) {
   const RankingMetrics m = ranking_metrics(y_true, y_score);
-  detail::require_both_classes("roc_auc_score", m);
+  detail::metrics::require_both_classes("roc_auc_score", m);
   return m.auroc;
 }
 template <class LabelScalar, class Scalar>
 double roc_auc_score(const Tensor<LabelScalar>& y_true, const Tensor<Scalar>& y_score) {
   const RankingMetrics m = ranking_metrics(y_true, y_score);
-  detail::require_both_classes("roc_auc_score", m);
+  detail::metrics::require_both_classes("roc_auc_score", m);
   return m.auroc;
 }
 
@@ -322,20 +326,20 @@ double roc_auc_score(const Tensor<LabelScalar>& y_true, const Tensor<Scalar>& y_
 template <class Label, class Scalar>
 double average_precision_score(const Label* y_true, const Scalar* y_score, Index n) {
   const RankingMetrics m = ranking_metrics(y_true, y_score, n);
-  detail::require_positive("average_precision_score", m);
+  detail::metrics::require_positive("average_precision_score", m);
   return m.average_precision;
 }
 template <class Label, class Scalar>
 double average_precision_score(const std::vector<Label>& y_true,
                                const std::vector<Scalar>& y_score) {
   const RankingMetrics m = ranking_metrics(y_true, y_score);
-  detail::require_positive("average_precision_score", m);
+  detail::metrics::require_positive("average_precision_score", m);
   return m.average_precision;
 }
 template <class LabelScalar, class Scalar>
 double average_precision_score(const Tensor<LabelScalar>& y_true, const Tensor<Scalar>& y_score) {
   const RankingMetrics m = ranking_metrics(y_true, y_score);
-  detail::require_positive("average_precision_score", m);
+  detail::metrics::require_positive("average_precision_score", m);
   return m.average_precision;
 }
 
@@ -349,19 +353,19 @@ double average_precision_score(const Tensor<LabelScalar>& y_true, const Tensor<S
 template <class Label, class Scalar>
 double f1_max(const Label* y_true, const Scalar* y_score, Index n) {
   const RankingMetrics m = ranking_metrics(y_true, y_score, n);
-  detail::require_positive("f1_max", m);
+  detail::metrics::require_positive("f1_max", m);
   return m.f1_max;
 }
 template <class Label, class Scalar>
 double f1_max(const std::vector<Label>& y_true, const std::vector<Scalar>& y_score) {
   const RankingMetrics m = ranking_metrics(y_true, y_score);
-  detail::require_positive("f1_max", m);
+  detail::metrics::require_positive("f1_max", m);
   return m.f1_max;
 }
 template <class LabelScalar, class Scalar>
 double f1_max(const Tensor<LabelScalar>& y_true, const Tensor<Scalar>& y_score) {
   const RankingMetrics m = ranking_metrics(y_true, y_score);
-  detail::require_positive("f1_max", m);
+  detail::metrics::require_positive("f1_max", m);
   return m.f1_max;
 }
 
@@ -374,10 +378,10 @@ double f1_max(const Tensor<LabelScalar>& y_true, const Tensor<Scalar>& y_score) 
 template <class Label, class Scalar>
 BinaryClfCurve<Scalar> binary_clf_curve(const std::vector<Label>& y_true,
                                         const std::vector<Scalar>& y_score) {
-  return detail::with_vectors("binary_clf_curve", y_true, y_score,
-                              [](Index n, auto label_at, auto score_at) {
-                                return detail::binary_clf_curve_impl<Scalar>(n, label_at, score_at);
-                              });
+  return detail::metrics::with_vectors(
+      "binary_clf_curve", y_true, y_score, [](Index n, auto label_at, auto score_at) {
+        return detail::metrics::binary_clf_curve_impl<Scalar>(n, label_at, score_at);
+      });
 }
 
 }  // namespace hgad

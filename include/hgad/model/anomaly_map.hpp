@@ -29,7 +29,7 @@
 
 namespace hgad {
 
-namespace detail {
+namespace detail::anomaly_map_impl {
 
 /// PyTorch's source coordinate of output index `out` for upsample_bilinear2d:
 ///   align_corners = true:  src = out (in - 1) / (size - 1)   (0 when size == 1)
@@ -155,7 +155,7 @@ void check_level_maps(const char* where, const std::vector<Tensor<Scalar>>& leve
   }
 }
 
-}  // namespace detail
+}  // namespace detail::anomaly_map_impl
 
 // ---------------------------------------------------------------------------------------------
 // Building blocks
@@ -183,15 +183,16 @@ Tensor<Scalar> upsample_bilinear(const Tensor<Scalar>& input, Index out_height, 
   dims[dims.size() - 1] = out_width;
   const Tensor<Scalar> host = input.cpu();
   Tensor<Scalar> out{Shape(dims)};
-  const auto rows = detail::map_linear_taps(height, out_height, align_corners);
-  const auto cols = detail::map_linear_taps(width, out_width, align_corners);
+  const auto rows = detail::anomaly_map_impl::map_linear_taps(height, out_height, align_corners);
+  const auto cols = detail::anomaly_map_impl::map_linear_taps(width, out_width, align_corners);
   const Index n_planes = height * width > 0 ? host.numel() / (height * width) : 0;
   const Scalar* src = host.data();
   Scalar* dst = out.data();
   detail::parallel_for(n_planes, n_planes * out_height * out_width * 6, [&](std::int64_t p) {
     std::vector<double> rows_x;
-    detail::upsample_bilinear_plane(src + p * height * width, height, width, rows, cols,
-                                    dst + p * out_height * out_width, false, rows_x);
+    detail::anomaly_map_impl::upsample_bilinear_plane(src + p * height * width, height, width, rows,
+                                                      cols, dst + p * out_height * out_width, false,
+                                                      rows_x);
   });
   return out;
 }
@@ -241,8 +242,8 @@ Tensor<Scalar> gaussian_filter(const Tensor<Scalar>& input, double sigma = 4.0,
                        [&](std::int64_t p) {
                          std::vector<Scalar> scratch;
                          std::vector<double> line;
-                         detail::gaussian_filter_plane(data + p * height * width, height, width,
-                                                       kernel, scratch, line);
+                         detail::anomaly_map_impl::gaussian_filter_plane(
+                             data + p * height * width, height, width, kernel, scratch, line);
                        });
   return out;
 }
@@ -266,7 +267,7 @@ struct AnomalyMapConstants {
   double sum_max = 0;             // max over images and pixels of S
 };
 
-namespace detail {
+namespace detail::anomaly_map_impl {
 
 /// S for image n: Σ_l up(exp(X_l[n] - level_max[l])) into sum (height * width doubles).
 template <class Scalar>
@@ -308,7 +309,7 @@ inline void check_options(const char* where, const AnomalyMapOptions& options) {
         options.sigma);
 }
 
-}  // namespace detail
+}  // namespace detail::anomaly_map_impl
 
 /// The §5.4 normalisation constants of a set of per-level maps: level_max[l] = max X_l over all
 /// images and positions, sum_max = max over all images and output pixels of
@@ -320,23 +321,25 @@ inline void check_options(const char* where, const AnomalyMapOptions& options) {
 template <class Scalar>
 AnomalyMapConstants anomaly_map_constants(const std::vector<Tensor<Scalar>>& levels,
                                           const AnomalyMapOptions& options = {}) {
-  const auto host = detail::host_levels("anomaly_map_constants", levels);
-  detail::check_options("anomaly_map_constants", options);
+  const auto host = detail::anomaly_map_impl::host_levels("anomaly_map_constants", levels);
+  detail::anomaly_map_impl::check_options("anomaly_map_constants", options);
   const Index n_images = host[0].dim(0);
   check(n_images > 0, "anomaly_map_constants: no images");
   AnomalyMapConstants constants;
-  std::vector<std::vector<detail::MapLinearTap>> rows, cols;
+  std::vector<std::vector<detail::anomaly_map_impl::MapLinearTap>> rows, cols;
   for (const auto& level : host) {
     const Scalar* x = level.data();
     constants.level_max.push_back(double(*std::max_element(x, x + level.numel())));
-    rows.push_back(detail::map_linear_taps(level.dim(1), options.height, options.align_corners));
-    cols.push_back(detail::map_linear_taps(level.dim(2), options.width, options.align_corners));
+    rows.push_back(detail::anomaly_map_impl::map_linear_taps(level.dim(1), options.height,
+                                                             options.align_corners));
+    cols.push_back(detail::anomaly_map_impl::map_linear_taps(level.dim(2), options.width,
+                                                             options.align_corners));
   }
   std::vector<double> image_max(static_cast<std::size_t>(n_images));
   const Index n_out = options.height * options.width;
   detail::parallel_for(n_images, n_images * n_out * Index(host.size()) * 6, [&](std::int64_t n) {
     std::vector<double> q, rows_x, sum(static_cast<std::size_t>(n_out));
-    detail::level_sum(host, constants.level_max, rows, cols, n, q, rows_x, sum);
+    detail::anomaly_map_impl::level_sum(host, constants.level_max, rows, cols, n, q, rows_x, sum);
     image_max[std::size_t(n)] = *std::max_element(sum.begin(), sum.end());
   });
   constants.sum_max = *std::max_element(image_max.begin(), image_max.end());
@@ -357,8 +360,8 @@ template <class Scalar>
 Tensor<Scalar> calibrated_anomaly_map(const std::vector<Tensor<Scalar>>& levels,
                                       const AnomalyMapConstants& constants,
                                       const AnomalyMapOptions& options = {}) {
-  const auto host = detail::host_levels("calibrated_anomaly_map", levels);
-  detail::check_options("calibrated_anomaly_map", options);
+  const auto host = detail::anomaly_map_impl::host_levels("calibrated_anomaly_map", levels);
+  detail::anomaly_map_impl::check_options("calibrated_anomaly_map", options);
   check(constants.level_max.size() == host.size(),
         "calibrated_anomaly_map: ", constants.level_max.size(), " level constants for ",
         host.size(), " levels");
@@ -368,10 +371,12 @@ Tensor<Scalar> calibrated_anomaly_map(const std::vector<Tensor<Scalar>>& levels,
   check(std::isfinite(constants.sum_max), "calibrated_anomaly_map: non-finite sum_max ",
         constants.sum_max);
   const Index n_images = host[0].dim(0);
-  std::vector<std::vector<detail::MapLinearTap>> rows, cols;
+  std::vector<std::vector<detail::anomaly_map_impl::MapLinearTap>> rows, cols;
   for (const auto& level : host) {
-    rows.push_back(detail::map_linear_taps(level.dim(1), options.height, options.align_corners));
-    cols.push_back(detail::map_linear_taps(level.dim(2), options.width, options.align_corners));
+    rows.push_back(detail::anomaly_map_impl::map_linear_taps(level.dim(1), options.height,
+                                                             options.align_corners));
+    cols.push_back(detail::anomaly_map_impl::map_linear_taps(level.dim(2), options.width,
+                                                             options.align_corners));
   }
   const std::vector<double> kernel = options.sigma > 0
                                          ? gaussian_kernel1d(options.sigma, options.truncate)
@@ -383,11 +388,11 @@ Tensor<Scalar> calibrated_anomaly_map(const std::vector<Tensor<Scalar>>& levels,
       n_images, n_images * n_out * (Index(host.size()) * 6 + 2 * Index(kernel.size())),
       [&](std::int64_t n) {
         std::vector<double> q, rows_x, a(static_cast<std::size_t>(n_out)), scratch, line;
-        detail::level_sum(host, constants.level_max, rows, cols, n, q, rows_x, a);
+        detail::anomaly_map_impl::level_sum(host, constants.level_max, rows, cols, n, q, rows_x, a);
         for (double& v : a) v = constants.sum_max - v;
         if (!kernel.empty()) {
-          detail::gaussian_filter_plane(a.data(), options.height, options.width, kernel, scratch,
-                                        line);
+          detail::anomaly_map_impl::gaussian_filter_plane(a.data(), options.height, options.width,
+                                                          kernel, scratch, line);
         }
         std::transform(a.begin(), a.end(), dst + n * n_out, [](double v) { return Scalar(v); });
       });
