@@ -202,6 +202,38 @@ TEMPLATE_TEST_CASE("The fused training step equals the autograd step over severa
   }
 }
 
+TEST_CASE("The NF objective trains the flow only, the same on both paths", "[model]") {
+  hgad::Rng rng(24);
+  const hgad::Index D = 8, P = 4, N = 30;
+  hgad::SequenceFlow<double> flow_a(D, P, 2, hgad::AllInOneOptions::hgad(), rng);
+  hgad::GaussianMixturePrior<double> prior_a(3, 4, D, rng);
+  hgad::Rng same(24);
+  hgad::SequenceFlow<double> flow_b(D, P, 2, hgad::AllInOneOptions::hgad(), same);
+  hgad::GaussianMixturePrior<double> prior_b(3, 4, D, same);
+  const auto x = hgad::Tensor<double>::randn({N, D}, rng);
+  const auto pos = hgad::Tensor<double>::randn({N, P}, rng);
+  const std::vector<std::int64_t> labels(N, 2);
+  hgad::LossOptions options;
+  options.objective = hgad::Objective::nf;
+  auto adam_a = hgad::make_hgad_adam(flow_a, prior_a, {1e-3});
+  auto adam_b = hgad::make_hgad_adam(flow_b, prior_b, {1e-3});
+  const auto mu0 = prior_a.mu().value().to_vector();
+  for (int step = 0; step < 3; ++step) {
+    const auto a = hgad::train_step(flow_a, prior_a, adam_a, x, pos, labels, 2, options, {0, step});
+    const auto b = hgad::train_step_reference(flow_b, prior_b, adam_b, x, pos, labels, 2, options, {0, step});
+    CHECK(a.objective == hgad::Objective::nf);
+    CHECK(rel(a.total, b.total) < 1e-12);
+    CHECK(a.total == a.l_z);
+  }
+  for (const auto& p : prior_a.parameters()) CHECK_FALSE(p.has_grad());
+  CHECK(prior_a.mu().value().to_vector() == mu0);
+  CHECK(hgad::test::max_rel_error(flow_a.block(1).fc2_weight().value(), flow_b.block(1).fc2_weight().value()) < 1e-10);
+  CHECK(adam_a.n_groups() == 3);
+  CHECK(adam_a.param_group(0).options.weight_decay == 1e-4);
+  CHECK(adam_a.param_group(1).options.weight_decay == 0.0);
+  CHECK(adam_a.param_group(1).names == std::vector<std::string>{"prior.mu", "prior.delta"});
+}
+
 TEMPLATE_TEST_CASE("A NaN feature stops the step with NonFiniteError and leaves every parameter unchanged", "[model]",
                    float, double) {
   hgad::Rng rng(22);
