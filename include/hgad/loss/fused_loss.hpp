@@ -87,6 +87,9 @@ struct FusedChunks {
 ///
 /// Gradients are added to prior.mu(), prior.phi_inter() and, in stage 2 only, prior.delta() and
 /// prior.phi_intra(); in stage 1 those two are not touched, so their has_grad() stays as it was.
+/// A per-row contribution smaller than min/epsilon of Scalar (the responsibility of a far centre
+/// after underflow: |dL/dd_y| or |dL/de_k| below 1e-31 in float, 1e-292 in double) is dropped
+/// rather than carried as subnormal numbers; NaN is never dropped.
 ///   requires: CPU tensors, z (N, D) with D = prior.dim(), log_jac_det (N,), labels (N,) in [0, K),
 ///             stage 1 or 2.
 template <class Scalar>
