@@ -160,7 +160,7 @@ class ResNetFeatureExtractor : public FeatureExtractor<Scalar> {
   /// Loads `arch` from `weights_dir` up to the deepest of `stages`.
   ResNetFeatureExtractor(ResNetArch arch, const std::string& weights_dir, std::vector<ResNetStage> stages)
       : ResNetFeatureExtractor(std::make_shared<const ResNet<Scalar>>(arch, weights_dir, deepest(stages)),
-                               std::move(stages)) {}
+                               stages) {}  // a copy: the first argument reads stages too (unspecified order)
 
   std::vector<FeatureLevel> levels() const override {
     std::vector<FeatureLevel> out;
