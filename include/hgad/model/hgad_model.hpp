@@ -1,0 +1,773 @@
+#pragma once
+/// \file
+/// HgadModel: one conditional flow and one hierarchical Gaussian-mixture prior per feature level,
+/// trained on the cached features of many classes at once (ALGORITHM.md §4) and scored per
+/// position (§5).
+///
+///     hgad::ModelConfig config;
+///     config.levels = {{128, 32, 32}, {256, 16, 16}};
+///     config.class_names = {"kolektor", "magnetic_tile", "pcb1"};
+///     hgad::HgadModel<float> model(config);               // valid, untrained
+///     model.fit(train_features, train_labels);            // features: per level (N, H, W, D)
+///     model.calibrate(train_features, train_labels);      // constants of the calibrated mode
+///     auto raw = model.raw_scores(model.image_view(test_features, i), class_index);
+///     model.save("model.hgad");
+///     auto again = hgad::HgadModel<float>::load("model.hgad");   // bit-identical scores
+///
+/// Features are channels-last: level l of a set of N images is a tensor (N, H_l, W_l, D_l), so
+/// that the rows of image i, position (r, c) are row i·H·W + r·W + c of its (N·H·W, D) view — the
+/// flattening of ALGORITHM.md §1.3.
+///
+/// Scoring is const and keeps no mutable state, so one trained model may be scored from several
+/// threads at once.
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <map>
+#include <numeric>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../autograd/var.hpp"
+#include "../detail/check.hpp"
+#include "../flow/all_in_one_options.hpp"
+#include "../flow/positional_encoding.hpp"
+#include "../flow/sequence_flow.hpp"
+#include "../io/checkpoint.hpp"
+#include "../loss/fused_loss.hpp"
+#include "../loss/loss_terms.hpp"
+#include "../nn/adam.hpp"
+#include "../nn/lr_schedule.hpp"
+#include "../prior/gaussian_mixture_prior.hpp"
+#include "../prior/scores.hpp"
+#include "../rng.hpp"
+#include "../tensor.hpp"
+#include "anomaly_map.hpp"
+#include "config.hpp"
+#include "train_step.hpp"
+
+namespace hgad {
+
+/// How test images are turned into anomaly maps (ALGORITHM.md §5 and §9.1, §9.2).
+enum class ScoreMode {
+  transductive,  ///< the paper's normalisation over the whole test set of a class (needs the class)
+  calibrated,    ///< constants frozen from training data; an image's score does not depend on others
+  label_free,    ///< calibrated, with the class predicted from the inter-class posterior
+};
+
+inline const char* to_string(ScoreMode mode) {
+  switch (mode) {
+    case ScoreMode::transductive: return "transductive";
+    case ScoreMode::calibrated: return "calibrated";
+    case ScoreMode::label_free: return "label-free";
+  }
+  return "?";
+}
+
+/// "transductive", "calibrated" or "label-free" (also "label_free").
+inline ScoreMode parse_score_mode(const std::string& text) {
+  if (text == "transductive") return ScoreMode::transductive;
+  if (text == "calibrated") return ScoreMode::calibrated;
+  if (text == "label-free" || text == "label_free") return ScoreMode::label_free;
+  throw Error("unknown scoring mode '" + text + "' (expected transductive, calibrated or label-free)");
+}
+
+/// Where fit() stands after a training step; passed to FitOptions::on_step.
+template <class Scalar>
+struct FitProgress {
+  Index epoch = 0;          ///< pass over the training data, 0-based (meta_epoch · sub_epochs + sub_epoch)
+  Index n_epochs = 0;
+  Index meta_epoch = 0;
+  Index sub_epoch = 0;
+  Index step = 0;           ///< batches done so far, over the whole run
+  Index n_steps = 0;
+  int stage = 1;            ///< 1 or 2 (ALGORITHM.md §3.4)
+  double lr = 0;
+  std::vector<LossTerms<Scalar>> level_terms;  ///< the loss terms of the last batch, per level
+  double images_per_second = 0;
+  double elapsed_seconds = 0;
+};
+
+template <class Scalar>
+class HgadModel;
+
+/// Callbacks of fit(). `on_epoch` runs after every pass and may evaluate the model (it receives it
+/// const); the model fit() leaves behind is always the one at the end of training.
+template <class Scalar>
+struct FitOptions {
+  std::function<void(const FitProgress<Scalar>&)> on_step;
+  std::function<void(const HgadModel<Scalar>&, Index epoch)> on_epoch;
+};
+
+/// What fit() did.
+template <class Scalar>
+struct FitReport {
+  Index steps = 0;
+  Index epochs = 0;
+  double seconds = 0;
+  std::vector<LossTerms<Scalar>> final_terms;  ///< per level, last batch
+};
+
+/// The raw per-position scores of one image (ALGORITHM.md §5 steps 2–3), before normalisation.
+template <class Scalar>
+struct RawScores {
+  std::vector<Tensor<Scalar>> log_likelihood;  ///< per level (H_l, W_l): logp_l
+  std::vector<Tensor<Scalar>> neg_entropy;     ///< per level (H_l, W_l): negH_l; empty for the NF objective
+  std::vector<double> class_posterior;         ///< (K,) p(y | z) averaged over positions and levels; empty for NF
+  std::int64_t predicted_class = -1;           ///< arg-max of class_posterior (-1 for NF)
+  std::int64_t scored_class = -1;              ///< the class whose intra mixture gave log_likelihood (-1 for NF)
+};
+
+/// One scored image: its anomaly map at mask size and the image score, the map's maximum.
+template <class Scalar>
+struct ScoredImage {
+  Tensor<Scalar> map;  ///< (mask_size, mask_size)
+  double score = 0;
+  std::int64_t predicted_class = -1;
+  std::int64_t scored_class = -1;
+};
+
+/// The calibrated-mode constants of one class (or of all classes): the §5.4 normalisation of both
+/// map types, frozen from training images.
+struct ClassCalibration {
+  AnomalyMapConstants log_likelihood;
+  AnomalyMapConstants neg_entropy;  ///< unused (empty) for the NF objective
+  /// The largest image score of the calibration images under these constants: the scale of a
+  /// normal image (heat-map colouring, thresholds).
+  double train_score_max = 0;
+};
+
+template <class Scalar>
+class HgadModel {
+ public:
+  /// A valid, untrained model: per level a SequenceFlow of n_blocks AllInOneBlocks (HGAD's
+  /// options: clamp, soft permutation) and, for the HGAD objective, a GaussianMixturePrior,
+  /// initialised from config.seed in ALGORITHM.md §2.4's order (all flows, then all priors).
+  ///   requires: config.validate() passes (it is called here).
+  explicit HgadModel(ModelConfig config) : m_config(std::move(config)) {
+    m_config.validate(true);
+    Rng rng(m_config.seed);
+    for (const LevelSpec& level : m_config.levels)
+      m_flows.emplace_back(level.dim, m_config.pos_dim, m_config.n_blocks, flow_options(), rng);
+    if (m_config.objective == Objective::hgad) {
+      for (const LevelSpec& level : m_config.levels)
+        m_priors.emplace_back(m_config.n_classes(), m_config.n_centers, level.dim, rng);
+    }
+  }
+
+  const ModelConfig& config() const { return m_config; }
+  Index n_levels() const { return m_config.n_levels(); }
+  Index n_classes() const { return m_config.n_classes(); }
+  const SequenceFlow<Scalar>& flow(Index level) const { return m_flows.at(static_cast<std::size_t>(level)); }
+  SequenceFlow<Scalar>& flow(Index level) { return m_flows.at(static_cast<std::size_t>(level)); }
+  /// The prior of a level (HGAD objective only).
+  const GaussianMixturePrior<Scalar>& prior(Index level) const {
+    check(m_config.objective == Objective::hgad, "HgadModel::prior: the NF objective has no mixture prior");
+    return m_priors.at(static_cast<std::size_t>(level));
+  }
+  GaussianMixturePrior<Scalar>& prior(Index level) {
+    check(m_config.objective == Objective::hgad, "HgadModel::prior: the NF objective has no mixture prior");
+    return m_priors.at(static_cast<std::size_t>(level));
+  }
+
+  /// Passes over the training data fit() has completed on this model (0: untrained).
+  Index epochs_trained() const { return m_epochs_trained; }
+  bool is_calibrated() const { return !m_calibration.empty(); }
+  /// Calibration of class c, or of all classes together for c = n_classes().
+  const ClassCalibration& calibration(Index c) const {
+    check(is_calibrated(), "HgadModel: the model is not calibrated; call calibrate() after fit()");
+    check(c >= 0 && c <= n_classes(), "HgadModel::calibration: class ", c, " out of range [0, ", n_classes(), "]");
+    return m_calibration[static_cast<std::size_t>(c)];
+  }
+
+  /// Free-form text saved with the model (for example the backbone weights folder).
+  void set_metadata(const std::string& key, const std::string& value) { m_metadata[key] = value; }
+  std::string metadata(const std::string& key, const std::string& fallback = "") const {
+    const auto it = m_metadata.find(key);
+    return it == m_metadata.end() ? fallback : it->second;
+  }
+
+  /// Trainable parameter count over all levels (flows and priors).
+  Index n_parameters() const {
+    Index n = 0;
+    for (const auto& f : m_flows)
+      for (const auto& p : f.parameters()) n += p.value().numel();
+    for (const auto& pr : m_priors)
+      for (const auto& p : pr.parameters()) n += p.value().numel();
+    return n;
+  }
+
+  /// Checks that a set of features matches the model's levels; throws hgad::Error naming the level,
+  /// the expected and the found shape. Returns the number of images.
+  Index check_features(const std::vector<Tensor<Scalar>>& features, const char* where) const {
+    check(static_cast<Index>(features.size()) == n_levels(), where, ": ", features.size(),
+          " feature levels for a model of ", n_levels());
+    Index n = -1;
+    for (Index l = 0; l < n_levels(); ++l) {
+      const Tensor<Scalar>& f = features[static_cast<std::size_t>(l)];
+      const LevelSpec& s = m_config.levels[static_cast<std::size_t>(l)];
+      check(f.rank() == 4 && f.dim(1) == s.height && f.dim(2) == s.width && f.dim(3) == s.dim, where, ": level ", l,
+            " features have shape ", f.shape().to_string(), ", the model expects (N, ", s.height, ", ", s.width, ", ",
+            s.dim, ") (channels last)");
+      check(f.device() == Device::cpu, where, ": level ", l, " features must be CPU tensors");
+      if (n < 0) n = f.dim(0);
+      check(f.dim(0) == n, where, ": level ", l, " holds ", f.dim(0), " images, level 0 holds ", n);
+    }
+    return n;
+  }
+
+  /// The features of image i of a set, as a one-image set (views, no copy).
+  static std::vector<Tensor<Scalar>> image_view(const std::vector<Tensor<Scalar>>& features, Index i) {
+    std::vector<Tensor<Scalar>> out;
+    for (const auto& f : features) out.push_back(f.slice(i, i + 1));
+    return out;
+  }
+
+  /// Trains on the features of every class at once (ALGORITHM.md §4): meta_epochs × sub_epochs
+  /// passes; each pass shuffles the images (seeded) and cuts them into batches of batch_size
+  /// images, dropping the incomplete last batch (DataLoader drop_last; one batch of all images
+  /// when there are fewer than batch_size). For each batch and each level separately: the flow
+  /// maps all B·H·W vectors with their positional encodings, the objective of the current stage
+  /// (stage 1 while meta_epoch < stage1_meta_epochs) gives the loss, and that level's Adam takes
+  /// one step — so L optimiser steps per batch, each touching one level's parameters only (the
+  /// "None" gradient semantics). Adam groups: the flow with coupled weight decay, μ and δ, and the
+  /// mixture logits φ; all share the schedule's learning rate (linear warm-up per iteration over
+  /// warmup_meta_epochs, then cosine per meta-epoch). A second fit() continues training from the
+  /// current parameters with fresh optimiser state.
+  ///   requires: features match the levels (check_features); labels (N,) in [0, K).
+  ///   throws: NonFiniteError naming the term, the level and the step when a loss or gradient is
+  ///           not finite; the parameters are then those after the last good step.
+  FitReport<Scalar> fit(const std::vector<Tensor<Scalar>>& features, const std::vector<std::int64_t>& labels,
+                        const FitOptions<Scalar>& options = {}) {
+    const Index N = check_features(features, "HgadModel::fit");
+    check(N >= 1, "HgadModel::fit: no training images");
+    check(static_cast<Index>(labels.size()) == N, "HgadModel::fit: ", labels.size(), " labels for ", N, " images");
+    for (std::size_t i = 0; i < labels.size(); ++i)
+      check(labels[i] >= 0 && labels[i] < n_classes(), "HgadModel::fit: label ", labels[i], " of image ", i,
+            " is outside [0, ", n_classes(), ")");
+
+    const ModelConfig& c = m_config;
+    const Index L = n_levels();
+    const Index B = std::min<Index>(c.batch_size, N);
+    const Index iterations = N / B;  // drop_last
+    const Index n_epochs = c.total_epochs();
+    const Index n_steps = n_epochs * iterations;
+
+    std::vector<Adam<Scalar>> optimisers;
+    for (Index l = 0; l < L; ++l) optimisers.push_back(make_optimiser(l));
+
+    LrSchedule schedule;
+    schedule.lr = c.lr;
+    schedule.meta_epochs = static_cast<int>(c.meta_epochs);
+    schedule.warm_up_meta_epochs = static_cast<int>(c.warmup_meta_epochs);
+    schedule.decay_rate = c.lr_decay_rate;
+    schedule.warm_up = c.warmup_meta_epochs > 0;
+
+    LossOptions loss_options;
+    loss_options.objective = c.objective;
+    loss_options.lambda1 = c.lambda1;
+    loss_options.lambda2 = c.lambda2;
+    loss_options.label_smoothing = c.label_smoothing;
+    loss_options.stage1_meta_epochs = static_cast<int>(c.stage1_meta_epochs);
+
+    // Per level: the positional encodings of one image tiled B times, (B·H·W, P).
+    std::vector<Tensor<Scalar>> conditions;
+    for (Index l = 0; l < L; ++l) conditions.push_back(tiled_encoding(l, B));
+
+    // The shuffling stream is separate from the initialisation stream, derived from the seed.
+    Rng shuffle_rng(c.seed ^ 0x5DEECE66DULL);
+    std::vector<Index> order(static_cast<std::size_t>(N));
+    std::vector<Tensor<Scalar>> batch(static_cast<std::size_t>(L));
+    std::vector<std::vector<std::int64_t>> batch_labels(static_cast<std::size_t>(L));
+    std::vector<SequenceFlowCache<Scalar>> caches(static_cast<std::size_t>(L));
+
+    FitReport<Scalar> report;
+    report.final_terms.resize(static_cast<std::size_t>(L));
+    const auto start = std::chrono::steady_clock::now();
+    Index step = 0;
+    for (Index meta = 0; meta < c.meta_epochs; ++meta) {
+      const int stage = c.objective == Objective::nf ? 2 : training_stage(static_cast<int>(meta), loss_options);
+      for (Index sub = 0; sub < c.sub_epochs; ++sub) {
+        std::iota(order.begin(), order.end(), Index(0));
+        for (Index i = N - 1; i > 0; --i)
+          std::swap(order[static_cast<std::size_t>(i)],
+                    order[static_cast<std::size_t>(shuffle_rng.uniform_int(static_cast<std::uint64_t>(i + 1)))]);
+        for (Index it = 0; it < iterations; ++it) {
+          const double lr = schedule.lr_at(static_cast<int>(meta), sub * iterations + it, c.sub_epochs * iterations);
+          for (Index l = 0; l < L; ++l) {
+            const auto li = static_cast<std::size_t>(l);
+            gather_batch(features[li], order, it * B, B, batch[li]);
+            batch_labels[li].resize(static_cast<std::size_t>(batch[li].rows()));
+            const Index hw = level_positions(l);
+            for (Index b = 0; b < B; ++b)
+              std::fill_n(batch_labels[li].begin() + b * hw, hw,
+                          labels[static_cast<std::size_t>(order[static_cast<std::size_t>(it * B + b)])]);
+            optimisers[li].set_lr(lr);
+            report.final_terms[li] =
+                train_level_step(l, batch[li], conditions[li], batch_labels[li], stage, loss_options, optimisers[li],
+                                 caches[li], step);
+          }
+          ++step;
+          if (options.on_step) {
+            FitProgress<Scalar> p;
+            p.epoch = meta * c.sub_epochs + sub;
+            p.n_epochs = n_epochs;
+            p.meta_epoch = meta;
+            p.sub_epoch = sub;
+            p.step = step;
+            p.n_steps = n_steps;
+            p.stage = stage;
+            p.lr = lr;
+            p.level_terms = report.final_terms;
+            p.elapsed_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            p.images_per_second = p.elapsed_seconds > 0 ? double(step * B) / p.elapsed_seconds : 0.0;
+            options.on_step(p);
+          }
+        }
+        ++m_epochs_trained;
+        if (options.on_epoch) options.on_epoch(*this, meta * c.sub_epochs + sub);
+      }
+    }
+    for (auto& cache : caches) cache.release();
+    m_calibration.clear();  // constants of earlier parameters no longer apply
+    report.steps = step;
+    report.epochs = n_epochs;
+    report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return report;
+  }
+
+  /// The raw scores of one image (features: a one-image set, see image_view): per level the flow
+  /// maps every position (ALGORITHM.md §5.1); logp_l is the per-dimension log-likelihood under the
+  /// intra-class mixture of `class_index` (§5.2), or under N(0, I) for the NF objective; negH_l the
+  /// negative entropy of the inter-class posterior without π (§5.3). The class posterior with π
+  /// (§9.1) is averaged over all positions of all levels and its arg-max is predicted_class; with
+  /// class_index = -1 that predicted class is the one scored (label-free, §9.1).
+  ///   requires: class_index in [-1, K); -1 needs the HGAD objective.
+  RawScores<Scalar> raw_scores(const std::vector<Tensor<Scalar>>& image, std::int64_t class_index) const {
+    const Index n = check_features(image, "HgadModel::raw_scores");
+    check(n == 1, "HgadModel::raw_scores: expected the features of one image, got ", n);
+    const bool hgad = m_config.objective == Objective::hgad;
+    check(class_index >= -1 && class_index < n_classes(), "HgadModel::raw_scores: class ", class_index,
+          " outside [-1, ", n_classes(), ")");
+    const Index L = n_levels(), K = n_classes();
+    RawScores<Scalar> out;
+    std::vector<FlowResult<Scalar>> latents;
+    for (Index l = 0; l < L; ++l) {
+      const LevelSpec& s = m_config.levels[static_cast<std::size_t>(l)];
+      const Tensor<Scalar> x = image[static_cast<std::size_t>(l)].reshape({s.height * s.width, s.dim});
+      latents.push_back(flow(l).forward(x, tiled_encoding(l, 1)));
+    }
+    if (hgad) {
+      out.class_posterior.assign(static_cast<std::size_t>(K), 0.0);
+      for (Index l = 0; l < L; ++l) {
+        const Tensor<Scalar> post = class_posterior(prior(l), latents[static_cast<std::size_t>(l)].out);
+        const Index rows = post.dim(0);
+        for (Index r = 0; r < rows; ++r)
+          for (Index y = 0; y < K; ++y)
+            out.class_posterior[static_cast<std::size_t>(y)] += double(post(r, y)) / double(rows * L);
+      }
+      out.predicted_class = static_cast<std::int64_t>(
+          std::max_element(out.class_posterior.begin(), out.class_posterior.end()) - out.class_posterior.begin());
+      out.scored_class = class_index >= 0 ? class_index : out.predicted_class;
+    } else {
+      out.scored_class = class_index;
+    }
+    for (Index l = 0; l < L; ++l) {
+      const LevelSpec& s = m_config.levels[static_cast<std::size_t>(l)];
+      const FlowResult<Scalar>& r = latents[static_cast<std::size_t>(l)];
+      Tensor<Scalar> logp = hgad ? score_log_likelihood(prior(l), r.out, r.log_jac_det, out.scored_class)
+                                 : score_log_likelihood_nf(r.out, r.log_jac_det);
+      out.log_likelihood.push_back(logp.reshape({s.height, s.width}));
+      if (hgad) out.neg_entropy.push_back(score_neg_entropy(prior(l), r.out).reshape({s.height, s.width}));
+    }
+    return out;
+  }
+
+  /// The anomaly map of one image from its raw scores and normalisation constants (ALGORITHM.md §5
+  /// steps 4–6, calibrated_anomaly_map): per map type A = blur(sum_max − Σ_l up(exp(x_l −
+  /// level_max_l))), clipped at 0 — a no-op with the image's own transductive constants, and with
+  /// frozen constants it keeps the product of two negative maps of a very normal image from turning
+  /// positive. The HGAD map is A_logp ⊙ A_ent, the NF map A_logp alone; the score is the maximum.
+  ScoredImage<Scalar> anomaly_map(const RawScores<Scalar>& raw, const ClassCalibration& constants) const {
+    ScoredImage<Scalar> out;
+    const AnomalyMapOptions options = map_options();
+    out.map = calibrated_anomaly_map(one_image_levels(raw.log_likelihood), constants.log_likelihood, options)
+                  .reshape({options.height, options.width});
+    Scalar* a = out.map.data();
+    const Index n = out.map.numel();
+    for (Index i = 0; i < n; ++i) a[i] = std::max(a[i], Scalar(0));
+    if (!raw.neg_entropy.empty()) {
+      const Tensor<Scalar> ent =
+          calibrated_anomaly_map(one_image_levels(raw.neg_entropy), constants.neg_entropy, options);
+      for (Index i = 0; i < n; ++i) a[i] *= std::max(ent.data()[i], Scalar(0));
+    }
+    out.score = double(*std::max_element(a, a + n));
+    out.predicted_class = raw.predicted_class;
+    out.scored_class = raw.scored_class;
+    return out;
+  }
+
+  /// The normalisation constants of a set of images' raw scores (anomaly_map_constants over all
+  /// images of the set: the transductive statistics of ALGORITHM.md §5 step 4).
+  ClassCalibration fit_constants(const std::vector<RawScores<Scalar>>& raws) const {
+    check(!raws.empty(), "HgadModel::fit_constants: no images");
+    ClassCalibration k;
+    k.log_likelihood = anomaly_map_constants(stacked_levels(raws, false), map_options());
+    if (!raws.front().neg_entropy.empty())
+      k.neg_entropy = anomaly_map_constants(stacked_levels(raws, true), map_options());
+    return k;
+  }
+
+  /// Scores one image on its own (calibrated or label-free mode): the same result whether the
+  /// image is scored alone or among others.
+  ///   requires: is_calibrated(); class_index in [0, K) for calibrated, ignored (-1) for label-free.
+  ScoredImage<Scalar> score(const std::vector<Tensor<Scalar>>& image, std::int64_t class_index, ScoreMode mode) const {
+    check(mode != ScoreMode::transductive, "HgadModel::score: the transductive mode scores a whole test set; use "
+          "score_set");
+    check(is_calibrated(), "HgadModel::score: the model is not calibrated; call calibrate() after fit()");
+    if (mode == ScoreMode::calibrated)
+      check(class_index >= 0 && class_index < n_classes(), "HgadModel::score: calibrated mode needs a class in [0, ",
+            n_classes(), "), got ", class_index);
+    const bool label_free = mode == ScoreMode::label_free;
+    const RawScores<Scalar> raw = raw_scores(image, label_free ? -1 : class_index);
+    const Index k = raw.scored_class >= 0 ? raw.scored_class : n_classes();
+    return anomaly_map(raw, calibration(k));
+  }
+
+  /// Scores every image of a set (features: per level (N, H, W, D)). Transductive: the constants
+  /// come from this very set and `classes` gives each image's class (the paper's protocol runs it
+  /// once per class); calibrated: each image alone with its class's frozen constants; label-free:
+  /// each image alone with its predicted class (`classes` is ignored and may be empty).
+  std::vector<ScoredImage<Scalar>> score_set(const std::vector<Tensor<Scalar>>& features,
+                                             const std::vector<std::int64_t>& classes, ScoreMode mode,
+                                             const std::function<void(Index)>& on_image = {}) const {
+    const Index N = check_features(features, "HgadModel::score_set");
+    if (mode != ScoreMode::label_free)
+      check(static_cast<Index>(classes.size()) == N, "HgadModel::score_set: ", classes.size(), " classes for ", N,
+            " images");
+    std::vector<ScoredImage<Scalar>> out;
+    if (mode == ScoreMode::transductive) {
+      std::vector<RawScores<Scalar>> raws;
+      for (Index i = 0; i < N; ++i) {
+        raws.push_back(raw_scores(image_view(features, i), classes[static_cast<std::size_t>(i)]));
+        if (on_image) on_image(i);
+      }
+      const ClassCalibration constants = fit_constants(raws);
+      for (const auto& raw : raws) out.push_back(anomaly_map(raw, constants));
+      return out;
+    }
+    for (Index i = 0; i < N; ++i) {
+      out.push_back(score(image_view(features, i), mode == ScoreMode::label_free ? -1 : classes[static_cast<std::size_t>(i)],
+                          mode));
+      if (on_image) on_image(i);
+    }
+    return out;
+  }
+
+  /// Computes and stores the calibrated-mode constants from training (normal) images: for each
+  /// class the constants of fit_constants over its training images (at most
+  /// config.calibration_images of them, the first in order, 0 meaning all), and over the union of
+  /// those images for the class-agnostic entry K (used by the NF objective in label-free mode).
+  void calibrate(const std::vector<Tensor<Scalar>>& features, const std::vector<std::int64_t>& labels,
+                 const std::function<void(Index, Index)>& on_image = {}) {
+    const Index N = check_features(features, "HgadModel::calibrate");
+    check(static_cast<Index>(labels.size()) == N, "HgadModel::calibrate: ", labels.size(), " labels for ", N,
+          " images");
+    const Index K = n_classes();
+    std::vector<std::vector<Index>> chosen(static_cast<std::size_t>(K));
+    for (Index i = 0; i < N; ++i) {
+      const std::int64_t y = labels[static_cast<std::size_t>(i)];
+      check(y >= 0 && y < K, "HgadModel::calibrate: label ", y, " of image ", i, " is outside [0, ", K, ")");
+      auto& list = chosen[static_cast<std::size_t>(y)];
+      if (m_config.calibration_images == 0 || static_cast<Index>(list.size()) < m_config.calibration_images)
+        list.push_back(i);
+    }
+    Index total = 0, done = 0;
+    for (const auto& list : chosen) total += static_cast<Index>(list.size());
+    std::vector<ClassCalibration> result(static_cast<std::size_t>(K + 1));
+    std::vector<RawScores<Scalar>> all;
+    for (Index y = 0; y < K; ++y) {
+      const auto& list = chosen[static_cast<std::size_t>(y)];
+      check(!list.empty(), "HgadModel::calibrate: class '", m_config.class_names[static_cast<std::size_t>(y)],
+            "' has no training images");
+      std::vector<RawScores<Scalar>> raws;
+      for (Index i : list) {
+        raws.push_back(raw_scores(image_view(features, i), y));
+        if (on_image) on_image(++done, total);
+      }
+      result[static_cast<std::size_t>(y)] = fit_constants(raws);
+      result[static_cast<std::size_t>(y)].train_score_max = max_score(raws, result[static_cast<std::size_t>(y)]);
+      for (auto& r : raws) all.push_back(std::move(r));
+    }
+    result[static_cast<std::size_t>(K)] = fit_constants(all);
+    result[static_cast<std::size_t>(K)].train_score_max = max_score(all, result[static_cast<std::size_t>(K)]);
+    m_calibration = std::move(result);
+  }
+
+  /// Writes config, every parameter (flows with their fixed rotations, priors), the calibration
+  /// constants and the metadata as one hgad::Checkpoint, atomically.
+  void save(const std::string& path) const { to_checkpoint().save(path); }
+
+  Checkpoint to_checkpoint() const {
+    Checkpoint ckpt;
+    ckpt.set_text("format", model_format);
+    ckpt.set_text("config", m_config.to_text());
+    ckpt.set_int64("training.epochs", {static_cast<std::int64_t>(m_epochs_trained)});
+    for (const auto& [key, value] : m_metadata) ckpt.set_text("meta." + key, value);
+    for (Index l = 0; l < n_levels(); ++l) {
+      const std::string prefix = "level" + std::to_string(l) + ".";
+      const SequenceFlow<Scalar>& f = flow(l);
+      for (const auto& [name, var] : f.named_parameters()) ckpt.set_tensor(prefix + "flow." + name, var.value());
+      for (Index k = 0; k < f.n_blocks(); ++k)
+        ckpt.set_tensor(prefix + "flow.block" + std::to_string(k) + ".rot", f.block(k).rotation());
+      if (m_config.objective == Objective::hgad) {
+        const auto& pr = prior(l);
+        const auto names = GaussianMixturePrior<Scalar>::parameter_names();
+        const auto params = pr.parameters();
+        for (std::size_t i = 0; i < names.size(); ++i) ckpt.set_tensor(prefix + "prior." + names[i], params[i].value());
+      }
+    }
+    if (is_calibrated()) {
+      const Index K = n_classes(), L = n_levels();
+      Tensor<double> level_max({2, K + 1, L}), sum_max({2, K + 1}), train_score_max({K + 1});
+      for (Index k = 0; k <= K; ++k) {
+        const ClassCalibration& cal = m_calibration[static_cast<std::size_t>(k)];
+        train_score_max(k) = cal.train_score_max;
+        const AnomalyMapConstants* parts[2] = {&cal.log_likelihood, &cal.neg_entropy};
+        for (Index t = 0; t < 2; ++t) {
+          const bool present = !parts[t]->level_max.empty();
+          for (Index l = 0; l < L; ++l)
+            level_max(t, k, l) = present ? parts[t]->level_max[static_cast<std::size_t>(l)]
+                                         : std::numeric_limits<double>::quiet_NaN();
+          sum_max(t, k) = present ? parts[t]->sum_max : std::numeric_limits<double>::quiet_NaN();
+        }
+      }
+      ckpt.set_tensor("calibration.level_max", level_max);
+      ckpt.set_tensor("calibration.sum_max", sum_max);
+      ckpt.set_tensor("calibration.train_score_max", train_score_max);
+    }
+    return ckpt;
+  }
+
+  /// Loads a model saved by save(). Every problem is an hgad::Error saying which: the container's
+  /// own checks (missing file, wrong magic, newer version, truncation, CRC), a file that is not an
+  /// hgad model, an invalid config, a missing parameter or one of the wrong shape.
+  static HgadModel load(const std::string& path) { return from_checkpoint(Checkpoint::load(path), path); }
+
+  static HgadModel from_checkpoint(const Checkpoint& ckpt, const std::string& name) {
+    check(ckpt.has("format") && ckpt.has("config"), "'", name, "' is an hgad checkpoint but not a model (no ",
+          ckpt.has("format") ? "config" : "format", " entry)");
+    check(ckpt.text("format") == model_format, "'", name, "' holds '", ckpt.text("format"), "', expected '",
+          model_format, "'");
+    ModelConfig config;
+    try {
+      config = ModelConfig::from_text(ckpt.text("config"), name);
+      config.validate(true);
+    } catch (const Error& e) {
+      throw Error("'" + name + "' has an invalid model configuration: " + e.what());
+    }
+    HgadModel model(config);
+    auto fetch = [&](const std::string& key, const Shape& shape) {
+      check(ckpt.has(key), "'", name, "' lacks the parameter '", key, "'");
+      Tensor<Scalar> t = ckpt.tensor<Scalar>(key);
+      check(t.shape() == shape, "'", name, "': parameter '", key, "' has shape ", t.shape().to_string(), ", expected ",
+            shape.to_string());
+      return t;
+    };
+    for (Index l = 0; l < model.n_levels(); ++l) {
+      const std::string prefix = "level" + std::to_string(l) + ".";
+      SequenceFlow<Scalar>& f = model.flow(l);
+      for (const auto& [pname, var] : f.named_parameters())
+        f.set_parameter(pname, fetch(prefix + "flow." + pname, var.value().shape()));
+      for (Index k = 0; k < f.n_blocks(); ++k) {
+        const std::string key = prefix + "flow.block" + std::to_string(k) + ".rot";
+        f.block(k).set_rotation(fetch(key, f.block(k).rotation().shape()));
+      }
+      if (config.objective == Objective::hgad) {
+        auto& pr = model.prior(l);
+        const auto names = GaussianMixturePrior<Scalar>::parameter_names();
+        auto params = pr.parameters();
+        for (std::size_t i = 0; i < names.size(); ++i) {
+          const Tensor<Scalar> value = fetch(prefix + "prior." + names[i], params[i].value().shape());
+          std::copy(value.data(), value.data() + value.numel(), params[i].value().data());
+        }
+      }
+    }
+    if (ckpt.has("training.epochs")) {
+      const auto epochs = ckpt.int64("training.epochs");
+      check(epochs.size() == 1 && epochs[0] >= 0, "'", name, "': malformed training.epochs entry");
+      model.m_epochs_trained = static_cast<Index>(epochs[0]);
+    }
+    const std::string meta = "meta.";
+    for (const std::string& key : ckpt.names())
+      if (key.compare(0, meta.size(), meta) == 0) model.m_metadata[key.substr(meta.size())] = ckpt.text(key);
+    if (ckpt.has("calibration.level_max")) {
+      const Index K = model.n_classes(), L = model.n_levels();
+      const Tensor<double> level_max = ckpt.tensor<double>("calibration.level_max");
+      check(ckpt.has("calibration.sum_max"), "'", name, "' lacks the entry 'calibration.sum_max'");
+      const Tensor<double> sum_max = ckpt.tensor<double>("calibration.sum_max");
+      check(ckpt.has("calibration.train_score_max"), "'", name, "' lacks the entry 'calibration.train_score_max'");
+      const Tensor<double> train_score_max = ckpt.tensor<double>("calibration.train_score_max");
+      check(train_score_max.shape() == Shape({K + 1}), "'", name, "': calibration.train_score_max has shape ",
+            train_score_max.shape().to_string(), ", expected (", K + 1, ")");
+      check(level_max.shape() == Shape({2, K + 1, L}) && sum_max.shape() == Shape({2, K + 1}), "'", name,
+            "': calibration constants of shape ", level_max.shape().to_string(), " and ", sum_max.shape().to_string(),
+            ", expected (2, ", K + 1, ", ", L, ") and (2, ", K + 1, ")");
+      model.m_calibration.resize(static_cast<std::size_t>(K + 1));
+      for (Index k = 0; k <= K; ++k) {
+        ClassCalibration& cal = model.m_calibration[static_cast<std::size_t>(k)];
+        cal.train_score_max = train_score_max(k);
+        AnomalyMapConstants* parts[2] = {&cal.log_likelihood, &cal.neg_entropy};
+        for (Index t = 0; t < 2; ++t) {
+          if (std::isnan(sum_max(t, k))) continue;
+          parts[t]->sum_max = sum_max(t, k);
+          for (Index l = 0; l < L; ++l) parts[t]->level_max.push_back(level_max(t, k, l));
+        }
+      }
+    }
+    return model;
+  }
+
+  /// The text of the checkpoint's "format" entry of a model file.
+  static constexpr const char* model_format = "hgad-model 1";
+
+ private:
+  AllInOneOptions flow_options() const {
+    AllInOneOptions o = AllInOneOptions::hgad();
+    o.affine_clamping = m_config.clamp;
+    o.clamp_variant = m_config.clamp_variant;
+    return o;
+  }
+
+  double max_score(const std::vector<RawScores<Scalar>>& raws, const ClassCalibration& constants) const {
+    double best = 0;
+    for (const auto& raw : raws) best = std::max(best, anomaly_map(raw, constants).score);
+    return best;
+  }
+
+  AnomalyMapOptions map_options() const {
+    AnomalyMapOptions o;
+    o.height = o.width = m_config.features.mask_size;
+    return o;
+  }
+
+  /// Per level (1, H, W) views of one image's maps.
+  static std::vector<Tensor<Scalar>> one_image_levels(const std::vector<Tensor<Scalar>>& maps) {
+    std::vector<Tensor<Scalar>> out;
+    for (const auto& m : maps) out.push_back(m.reshape({1, m.dim(0), m.dim(1)}));
+    return out;
+  }
+
+  /// Per level (N, H, W): the likelihood (or negative-entropy) maps of a set of images, stacked.
+  std::vector<Tensor<Scalar>> stacked_levels(const std::vector<RawScores<Scalar>>& raws, bool entropy) const {
+    std::vector<Tensor<Scalar>> out;
+    const Index N = static_cast<Index>(raws.size());
+    for (Index l = 0; l < n_levels(); ++l) {
+      const LevelSpec& s = m_config.levels[static_cast<std::size_t>(l)];
+      Tensor<Scalar> stack = Tensor<Scalar>::empty({N, s.height, s.width});
+      for (Index i = 0; i < N; ++i) {
+        const auto& maps = entropy ? raws[static_cast<std::size_t>(i)].neg_entropy : raws[static_cast<std::size_t>(i)].log_likelihood;
+        const Tensor<Scalar>& m = maps[static_cast<std::size_t>(l)];
+        std::copy(m.data(), m.data() + m.numel(), stack.data() + i * m.numel());
+      }
+      out.push_back(stack);
+    }
+    return out;
+  }
+
+  Index level_positions(Index l) const {
+    const LevelSpec& s = m_config.levels[static_cast<std::size_t>(l)];
+    return s.height * s.width;
+  }
+
+  /// The positional encoding of level l tiled for `copies` images, (copies·H·W, P); empty for P = 0.
+  Tensor<Scalar> tiled_encoding(Index l, Index copies) const {
+    if (m_config.pos_dim == 0) return Tensor<Scalar>();
+    const LevelSpec& s = m_config.levels[static_cast<std::size_t>(l)];
+    const Tensor<Scalar> one = positional_encoding_2d<Scalar>(m_config.pos_dim, s.height, s.width);
+    Tensor<Scalar> out = Tensor<Scalar>::empty({copies * one.rows(), one.cols()});
+    for (Index b = 0; b < copies; ++b) std::copy(one.data(), one.data() + one.numel(), out.data() + b * one.numel());
+    return out;
+  }
+
+  /// Rows of images order[first .. first + B) of one level, (B·H·W, D).
+  static void gather_batch(const Tensor<Scalar>& level, const std::vector<Index>& order, Index first, Index B,
+                           Tensor<Scalar>& out) {
+    const Index per_image = level.numel() / level.dim(0);
+    const Index D = level.dim(3);
+    if (out.shape() != Shape({B * per_image / D, D})) out = Tensor<Scalar>::empty({B * per_image / D, D});
+    for (Index b = 0; b < B; ++b) {
+      const Scalar* src = level.data() + order[static_cast<std::size_t>(first + b)] * per_image;
+      std::copy(src, src + per_image, out.data() + b * per_image);
+    }
+  }
+
+  /// Level l's Adam: HGAD's three groups (make_hgad_adam, ALGORITHM.md §4) for the HGAD
+  /// objective, the flow alone for the NF baseline.
+  Adam<Scalar> make_optimiser(Index l) const {
+    const ModelConfig& c = m_config;
+    if (c.objective == Objective::hgad) {
+      HgadAdamOptions o;
+      o.lr = c.lr;
+      o.beta1 = c.beta1;
+      o.beta2 = c.beta2;
+      o.eps = c.adam_eps;
+      o.flow_weight_decay = c.weight_decay;
+      return make_hgad_adam(flow(l), prior(l), o);
+    }
+    Adam<Scalar> adam;
+    std::vector<Var<Scalar>> params;
+    std::vector<std::string> names;
+    for (const auto& [name, var] : flow(l).named_parameters()) {
+      params.push_back(var);
+      names.push_back("flow." + name);
+    }
+    adam.add_param_group(params, {c.lr, c.beta1, c.beta2, c.adam_eps, c.weight_decay}, names);
+    return adam;
+  }
+
+  /// One optimiser step of level l on a batch: train_step (fused flow and objective, finiteness
+  /// checks, Adam) for HGAD; for the NF baseline the same sequence with nf_loss_fused.
+  LossTerms<Scalar> train_level_step(Index l, const Tensor<Scalar>& x, const Tensor<Scalar>& cond,
+                                     const std::vector<std::int64_t>& labels, int stage, const LossOptions& options,
+                                     Adam<Scalar>& adam, SequenceFlowCache<Scalar>& cache, Index step) {
+    const TrainStepContext context{l, static_cast<std::int64_t>(step)};
+    if (m_config.objective == Objective::hgad)
+      return train_step(flow(l), prior(l), adam, x, cond, labels, stage, options, context, cache);
+    adam.zero_grad();
+    SequenceFlow<Scalar>& f = flow(l);
+    const FlowResult<Scalar> r = f.forward_train(x, cond, cache);
+    const FusedLoss<Scalar> loss = nf_loss_fused(r.out, r.log_jac_det);
+    const std::string where = " at level " + std::to_string(l) + ", step " + std::to_string(step) +
+                              "; the parameters are those after the last good step";
+    if (!std::isfinite(double(loss.terms.total)))
+      throw NonFiniteError("HgadModel::fit: loss term L_z is " + std::to_string(double(loss.terms.total)) + where);
+    f.backward(cache, loss.grad_z, loss.grad_log_jac_det);
+    for (const auto& [name, var] : f.named_parameters()) {
+      if (!var.has_grad()) continue;
+      const Tensor<Scalar>& g = var.grad();
+      for (Index k = 0; k < g.numel(); ++k) {
+        if (!std::isfinite(g.data()[k])) {
+          adam.zero_grad();
+          throw NonFiniteError("HgadModel::fit: the gradient of flow." + name + " is not finite" + where);
+        }
+      }
+    }
+    adam.step();
+    return loss.terms;
+  }
+
+  ModelConfig m_config;
+  std::vector<SequenceFlow<Scalar>> m_flows;
+  std::vector<GaussianMixturePrior<Scalar>> m_priors;
+  std::vector<ClassCalibration> m_calibration;  // K + 1 entries once calibrated
+  std::map<std::string, std::string> m_metadata;
+  Index m_epochs_trained = 0;
+};
+
+}  // namespace hgad
