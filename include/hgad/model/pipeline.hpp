@@ -1,0 +1,319 @@
+#pragma once
+/// \file
+/// From a folder of images in MVTec layout to model-ready features, and from anomaly maps to the
+/// per-class metrics: the glue between io/, backbone/, model/ and metrics/ that the `hgad` program
+/// and user programs share. It needs stb (through io/mvtec.hpp), so it is not in the umbrella header.
+///
+///     hgad::ModelConfig config;                                   // config.features: resnet18, layer2+layer3, 256
+///     auto fx = hgad::make_extractor<float>(config.features, "weights/resnet18-imagenet");
+///     config.levels = hgad::feature_levels(*fx, config.features); // {128x32x32, 256x16x16}
+///     hgad::MvtecDataset train(root, hgad::Split::train);
+///     auto set = hgad::extract_images(train, hgad::all_indices(train), *fx, config.features, false);
+///     hgad::HgadModel<float> model(config);
+///     model.fit(set.features, set.classes);
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <numeric>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../backbone/feature_extractor.hpp"
+#include "../detail/atomic_file.hpp"
+#include "../detail/check.hpp"
+#include "../io/npy.hpp"
+#include "../io/mvtec.hpp"
+#include "../metrics/aupro.hpp"
+#include "../metrics/ranking.hpp"
+#include "../tensor.hpp"
+#include "config.hpp"
+#include "hgad_model.hpp"
+
+namespace hgad {
+
+/// The image and mask preprocessing of a model's feature settings (ImageNet-normalised images).
+inline Preprocess preprocess_for(const FeatureSettings& f, bool normalize = true) {
+  Preprocess pre;
+  pre.image_size = f.image_size;
+  pre.mask_size = f.mask_size;
+  pre.mode = f.resize_mode == "stretch" ? ResizeMode::stretch : ResizeMode::shorter_side_then_center_crop;
+  pre.normalize = normalize;
+  return pre;
+}
+
+/// The backbone configuration of a model's feature settings: the architecture named by
+/// f.backbone (torchvision's names, e.g. resnet18, wide_resnet50_2), the stages f.layers, and
+/// f.pyramid_levels scales of an image pyramid (0 or 1: the image alone).
+inline FeatureConfig backbone_config_for(const FeatureSettings& f) {
+  check(f.backbone != "none", "the model was trained on precomputed features (backbone = none); it cannot "
+        "read images");
+  FeatureConfig c;
+  c.arch = resnet_arch_from_string(f.backbone);
+  c.stages.clear();
+  for (const std::string& layer : f.layers) c.stages.push_back(resnet_stage_from_string(layer));
+  c.n_scales = f.pyramid_levels > 1 ? static_cast<int>(f.pyramid_levels) : 1;
+  return c;
+}
+
+/// The feature extractor of a model's settings with the weights in `weights_dir`.
+template <class Scalar>
+std::shared_ptr<FeatureExtractor<Scalar>> make_extractor(const FeatureSettings& f, const std::string& weights_dir) {
+  return make_feature_extractor<Scalar>(backbone_config_for(f), weights_dir);
+}
+
+/// The levels (dimension, height, width) an extractor gives for the settings' image size.
+template <class Scalar>
+std::vector<LevelSpec> feature_levels(const FeatureExtractor<Scalar>& fx, const FeatureSettings& f) {
+  std::vector<LevelSpec> out;
+  for (std::size_t l = 0; l < fx.n_levels(); ++l) {
+    const Shape s = fx.feature_shape(l, f.image_size, f.image_size);
+    out.push_back({s[0], s[1], s[2]});
+  }
+  return out;
+}
+
+/// Checks that a backbone gives the features a model was trained on; otherwise an hgad::Error
+/// naming the level, what the model expects and what the backbone gives.
+template <class Scalar>
+void check_backbone_matches(const ModelConfig& config, const FeatureExtractor<Scalar>& fx) {
+  const std::vector<LevelSpec> got = feature_levels(fx, config.features);
+  check(got.size() == config.levels.size(), "the model has ", config.levels.size(), " feature levels but the backbone ",
+        "gives ", got.size());
+  const auto names = fx.levels();
+  for (std::size_t l = 0; l < got.size(); ++l) {
+    const LevelSpec& want = config.levels[l];
+    check(got[l] == want, "the model was trained on other features than this backbone gives: level ", l, " (",
+          names[l].name, ") has ", got[l].dim, " channels on a ", got[l].height, "x", got[l].width,
+          " map, the model expects ", want.dim, " channels on ", want.height, "x", want.width);
+  }
+}
+
+/// (B, C, h, w) → (B, h, w, C), the channels-last layout HgadModel reads.
+template <class Scalar>
+Tensor<Scalar> channels_last(const Tensor<Scalar>& maps) {
+  check(maps.rank() == 4, "channels_last: expected (B, C, h, w), got ", maps.shape().to_string());
+  const Index B = maps.dim(0), C = maps.dim(1), h = maps.dim(2), w = maps.dim(3);
+  return flatten_features(maps).reshape({B, h, w, C});
+}
+
+/// Indices 0 .. size-1 of a dataset.
+inline std::vector<Index> all_indices(const MvtecDataset& data) {
+  std::vector<Index> out(static_cast<std::size_t>(data.size()));
+  std::iota(out.begin(), out.end(), Index(0));
+  return out;
+}
+
+/// Features, labels and (optionally) masks of a list of dataset images.
+template <class Scalar>
+struct ExtractedImages {
+  std::vector<Tensor<Scalar>> features;  ///< per level (N, h, w, D), channels last
+  std::vector<std::int64_t> classes;     ///< (N,) class indices
+  std::vector<int> labels;               ///< (N,) 0 normal, 1 anomalous
+  Tensor<float> masks;                   ///< (N, mask_size, mask_size) in {0, 1} when masks were asked for
+  bool has_masks = false;                ///< every image has a pixel mask
+  std::vector<std::string> paths;
+
+  Index size() const { return static_cast<Index>(classes.size()); }
+};
+
+/// Loads, preprocesses and runs the backbone on dataset images `indices`, `batch_size` at a time
+/// (images decoded in parallel). `on_progress(done, total)` after every batch.
+template <class Scalar>
+ExtractedImages<Scalar> extract_images(const MvtecDataset& data, const std::vector<Index>& indices,
+                                       const FeatureExtractor<Scalar>& fx, const FeatureSettings& settings,
+                                       bool with_masks, Index batch_size = 8,
+                                       const std::function<void(Index, Index)>& on_progress = {}) {
+  check(batch_size >= 1, "extract_images: batch_size must be >= 1");
+  const Index N = static_cast<Index>(indices.size());
+  const Preprocess pre = preprocess_for(settings);
+  const std::vector<LevelSpec> levels = feature_levels(fx, settings);
+  ExtractedImages<Scalar> out;
+  for (const LevelSpec& s : levels) out.features.push_back(Tensor<Scalar>::empty({N, s.height, s.width, s.dim}));
+  const Index S = settings.mask_size;
+  if (with_masks) out.masks = Tensor<float>({N, S, S});
+  out.has_masks = with_masks;
+  for (Index first = 0; first < N; first += batch_size) {
+    const Index count = std::min(batch_size, N - first);
+    const std::vector<Index> chunk(indices.begin() + first, indices.begin() + first + count);
+    const LoadedBatch<Scalar> batch = data.load_batch<Scalar>(chunk, pre);
+    const std::vector<Tensor<Scalar>> maps = fx.extract(batch.images);
+    check(maps.size() == levels.size(), "extract_images: the extractor returned ", maps.size(), " levels, expected ",
+          levels.size());
+    for (std::size_t l = 0; l < maps.size(); ++l) {
+      const Tensor<Scalar> last = channels_last(maps[l]);
+      std::copy(last.data(), last.data() + last.numel(), out.features[l].data() + first * last.numel() / count);
+    }
+    for (Index b = 0; b < count; ++b) {
+      const MvtecSample& s = data[chunk[static_cast<std::size_t>(b)]];
+      out.classes.push_back(s.class_index);
+      out.labels.push_back(s.label);
+      out.paths.push_back(s.image_path);
+      if (with_masks) {
+        if (!batch.has_mask[static_cast<std::size_t>(b)]) out.has_masks = false;
+        const Scalar* m = batch.masks.data() + b * S * S;
+        std::transform(m, m + S * S, out.masks.data() + (first + b) * S * S, [](Scalar v) { return float(v); });
+      }
+    }
+    if (on_progress) on_progress(first + count, N);
+  }
+  return out;
+}
+
+/// extract_images with a feature cache in `cache_dir` under the name `tag`: when the cache holds
+/// features made from the same images (paths and sizes), settings and weights folder, they are read
+/// back instead of running the backbone; otherwise they are computed and written (.npy files and a
+/// `<tag>.key` text that describes them, each written atomically). An empty cache_dir disables it.
+template <class Scalar>
+ExtractedImages<Scalar> extract_images_cached(const std::string& cache_dir, const std::string& tag,
+                                              const std::string& weights_dir, const MvtecDataset& data,
+                                              const std::vector<Index>& indices, const FeatureExtractor<Scalar>& fx,
+                                              const FeatureSettings& settings, bool with_masks, Index batch_size = 8,
+                                              const std::function<void(Index, Index)>& on_progress = {}) {
+  namespace fs = std::filesystem;
+  if (cache_dir.empty()) return extract_images(data, indices, fx, settings, with_masks, batch_size, on_progress);
+  std::ostringstream key;
+  key << "hgad feature cache 1\nweights " << fs::absolute(weights_dir).lexically_normal().string() << "\nscalar "
+      << sizeof(Scalar) << "\nmasks " << with_masks << "\n";
+  key << "backbone " << settings.backbone << "\nlayers";
+  for (const auto& l : settings.layers) key << " " << l;
+  key << "\npyramid " << settings.pyramid_levels << "\nimage_size " << settings.image_size << "\nresize "
+      << settings.resize_mode << "\nmask_size " << settings.mask_size << "\n";
+  for (Index i : indices) {
+    const MvtecSample& s = data[i];
+    std::error_code ec;
+    key << s.image_path << " " << fs::file_size(s.image_path, ec) << " " << s.mask_path << "\n";
+  }
+  const fs::path base = fs::path(cache_dir) / tag;
+  const std::string key_path = base.string() + ".key";
+  const std::string levels_prefix = base.string() + ".level";
+  const Index n_levels = static_cast<Index>(fx.n_levels());
+  {
+    std::ifstream in(key_path, std::ios::binary);
+    std::ostringstream stored;
+    if (in) stored << in.rdbuf();
+    if (in && stored.str() == key.str()) {
+      try {
+        ExtractedImages<Scalar> out;
+        for (Index l = 0; l < n_levels; ++l)
+          out.features.push_back(load_npy<Scalar>(levels_prefix + std::to_string(l) + ".npy"));
+        out.classes = load_npy_int64(base.string() + ".classes.npy");
+        for (std::int64_t y : load_npy_int64(base.string() + ".labels.npy")) out.labels.push_back(int(y));
+        out.has_masks = false;
+        if (with_masks) {
+          out.masks = load_npy<float>(base.string() + ".masks.npy");
+          out.has_masks = load_npy_int64(base.string() + ".has_masks.npy").at(0) != 0;
+        }
+        for (Index i : indices) out.paths.push_back(data[i].image_path);
+        const std::vector<LevelSpec> levels = feature_levels(fx, settings);
+        bool ok = out.size() == static_cast<Index>(indices.size());
+        for (Index l = 0; l < n_levels && ok; ++l) {
+          const LevelSpec& sp = levels[static_cast<std::size_t>(l)];
+          ok = out.features[static_cast<std::size_t>(l)].shape() == Shape({out.size(), sp.height, sp.width, sp.dim});
+        }
+        if (ok) {
+          if (on_progress) on_progress(out.size(), out.size());
+          return out;
+        }
+      } catch (const Error&) {
+        // An unreadable cache entry is recomputed below.
+      }
+    }
+  }
+  ExtractedImages<Scalar> out = extract_images(data, indices, fx, settings, with_masks, batch_size, on_progress);
+  fs::create_directories(cache_dir);
+  for (Index l = 0; l < n_levels; ++l)
+    save_npy(levels_prefix + std::to_string(l) + ".npy", out.features[static_cast<std::size_t>(l)]);
+  save_npy_int64(base.string() + ".classes.npy", out.classes);
+  save_npy_int64(base.string() + ".labels.npy", std::vector<std::int64_t>(out.labels.begin(), out.labels.end()));
+  if (with_masks) {
+    save_npy(base.string() + ".masks.npy", out.masks);
+    save_npy_int64(base.string() + ".has_masks.npy", {out.has_masks ? 1 : 0});
+  }
+  const std::string text = key.str();
+  detail::write_file_atomically(key_path, text.data(), text.size());
+  return out;
+}
+
+/// The metrics of one class (ALGORITHM.md §6). NaN marks a metric the data cannot define (no
+/// anomalous image, no pixel masks) or one the mode does not give (class accuracy outside the
+/// label-free mode).
+struct ClassMetrics {
+  std::string name;
+  Index n_images = 0;
+  Index n_anomalous = 0;
+  double image_auroc = std::numeric_limits<double>::quiet_NaN();
+  double image_ap = std::numeric_limits<double>::quiet_NaN();
+  double image_f1_max = std::numeric_limits<double>::quiet_NaN();
+  double pixel_auroc = std::numeric_limits<double>::quiet_NaN();
+  double pixel_ap = std::numeric_limits<double>::quiet_NaN();
+  double pixel_f1_max = std::numeric_limits<double>::quiet_NaN();
+  double aupro = std::numeric_limits<double>::quiet_NaN();
+  double class_accuracy = std::numeric_limits<double>::quiet_NaN();
+};
+
+/// Image metrics from scores and labels; pixel metrics and AUPRO from maps (N, S, S) and masks
+/// (N, S, S) when `masks` is non-empty (every pixel of every image counts, normal images included;
+/// an anomalous image with an empty mask adds only negative pixels and no AUPRO region).
+template <class Scalar>
+ClassMetrics evaluate_class(const std::string& name, const std::vector<double>& scores, const std::vector<int>& labels,
+                            const Tensor<Scalar>& maps, const Tensor<float>& masks) {
+  check(scores.size() == labels.size(), "evaluate_class: ", scores.size(), " scores for ", labels.size(), " labels");
+  ClassMetrics m;
+  m.name = name;
+  m.n_images = static_cast<Index>(scores.size());
+  for (int y : labels) m.n_anomalous += y;
+  if (m.n_anomalous > 0 && m.n_anomalous < m.n_images) {
+    const RankingMetrics r = ranking_metrics(labels, scores);
+    m.image_auroc = r.auroc;
+    m.image_ap = r.average_precision;
+    m.image_f1_max = r.f1_max;
+  }
+  if (masks.numel() > 0 && maps.numel() > 0) {
+    check(maps.numel() == masks.numel(), "evaluate_class: maps ", maps.shape().to_string(), " and masks ",
+          masks.shape().to_string(), " differ in size");
+    Index positives = 0;
+    for (Index i = 0; i < masks.numel(); ++i) positives += masks.data()[i] > 0.5f ? 1 : 0;
+    if (positives > 0 && positives < masks.numel()) {
+      const RankingMetrics r = ranking_metrics(masks, maps);
+      m.pixel_auroc = r.auroc;
+      m.pixel_ap = r.average_precision;
+      m.pixel_f1_max = r.f1_max;
+      m.aupro = aupro(masks.reshape(maps.shape()), maps);
+    }
+  }
+  return m;
+}
+
+/// The unweighted mean over classes of every metric, NaN entries skipped (NaN when all are).
+inline ClassMetrics mean_metrics(const std::vector<ClassMetrics>& classes) {
+  ClassMetrics mean;
+  mean.name = "mean";
+  auto avg = [&](double ClassMetrics::*field) {
+    double sum = 0;
+    int n = 0;
+    for (const auto& c : classes)
+      if (std::isfinite(c.*field)) {
+        sum += c.*field;
+        ++n;
+      }
+    return n ? sum / n : std::numeric_limits<double>::quiet_NaN();
+  };
+  for (const auto& c : classes) {
+    mean.n_images += c.n_images;
+    mean.n_anomalous += c.n_anomalous;
+  }
+  for (auto field : {&ClassMetrics::image_auroc, &ClassMetrics::image_ap, &ClassMetrics::image_f1_max,
+                     &ClassMetrics::pixel_auroc, &ClassMetrics::pixel_ap, &ClassMetrics::pixel_f1_max,
+                     &ClassMetrics::aupro, &ClassMetrics::class_accuracy})
+    mean.*field = avg(field);
+  return mean;
+}
+
+}  // namespace hgad
