@@ -150,6 +150,9 @@ class FusedCoupling {
   using Map = Eigen::Map<RowMatrix, Eigen::Unaligned, Stride>;
   using ConstMap = Eigen::Map<const RowMatrix, Eigen::Unaligned, Stride>;
   using ConstRow = Eigen::Map<const RowVector>;
+  using RowArray = Eigen::Array<Scalar, 1, Eigen::Dynamic>;
+  using RowArrayMap = Eigen::Map<RowArray>;
+  using ConstRowArrayMap = Eigen::Map<const RowArray>;
 
   FusedCoupling(const CouplingDims& dims, Scalar alpha, SoftClamp clamp, GlobalAffineType affine_type,
                 const CouplingWeights<Scalar>& w)
@@ -278,7 +281,7 @@ class FusedCoupling {
     }
     void backward(const CouplingDims& d, Index tile) {
       du.resize(tile, d.D);
-      e.resize(tile, d.n2);
+      e.resize(1, d.n2);
       dout.resize(tile, 2 * d.n2);
       dhidden.resize(tile, d.H);
       dW1 = RowMatrix::Zero(d.H, d.n1 + d.P);
@@ -309,56 +312,52 @@ class FusedCoupling {
   ConstMap w2() const { return ConstMap(m_w.fc2_weight.data(), 2 * m_dims.n2, m_dims.H, Stride(m_dims.H)); }
   ConstMap rot() const { return ConstMap(m_w.rotation.data(), m_dims.D, m_dims.D, Stride(m_dims.D)); }
 
-  /// h (T, H) = ReLU(x1 W1xᵀ + c W1cᵀ + b1) and the raw subnet output a (T, 2 n2) = h W2ᵀ.
+  /// h (T, H) = ReLU(x1 W1xᵀ + c W1cᵀ + b1) and the subnet output a (T, 2 n2) = h W2ᵀ + b2 (before
+  /// the 0.1 scale). The biases are written first and the GEMMs accumulate onto them.
   void subnet_tile(Index T, const Scalar* x1, Index x1_stride, const Scalar* c, Scalar* h, Scalar* a) const {
     const CouplingDims& d = m_dims;
     Map H(h, T, d.H, Stride(d.H));
-    H.noalias() = ConstMap(x1, T, d.n1, Stride(x1_stride)) * w1x().transpose();
+    Map A(a, T, 2 * d.n2, Stride(2 * d.n2));
+    H.rowwise() = ConstRow(m_w.fc1_bias.data(), d.H);
+    H.noalias() += ConstMap(x1, T, d.n1, Stride(x1_stride)) * w1x().transpose();
     if (d.P > 0) H.noalias() += ConstMap(c, T, d.P, Stride(d.P)) * w1c().transpose();
-    H.array() = (H.array().rowwise() + ConstRow(m_w.fc1_bias.data(), d.H).array()).cwiseMax(Scalar(0));
-    Map(a, T, 2 * d.n2, Stride(2 * d.n2)).noalias() = H * w2().transpose();
+    for (Index r = 0; r < T; ++r) RowArrayMap(h + r * d.H, d.H) = RowArrayMap(h + r * d.H, d.H).max(Scalar(0));
+    A.rowwise() = ConstRow(m_w.fc2_bias.data(), 2 * d.n2);
+    A.noalias() += H * w2().transpose();
   }
 
-  /// In place on a (T, 2 n2): a_s ← s = clamp(0.1 (a_s + b2_s)), a_t ← t = 0.1 (a_t + b2_t).
-  /// 0.1: FrEIA's down-scaling of the whole subnet output ("a *= 0.1", ALGORITHM.md §2.2 step 3).
-  void clamp_tile(Index T, Scalar* a) const {
-    const CouplingDims& d = m_dims;
-    Map A(a, T, 2 * d.n2, Stride(2 * d.n2));
-    auto as = A.leftCols(d.n2).array();
-    auto at = A.rightCols(d.n2).array();
-    const auto b2s = ConstRow(m_w.fc2_bias.data(), d.n2).array();
-    const auto b2t = ConstRow(m_w.fc2_bias.data() + d.n2, d.n2).array();
-    at = (at.rowwise() + b2t) * Scalar(0.1);
+  /// In place on one row a = [a_s | a_t] of the subnet output: a_s ← s = clamp(0.1 a_s),
+  /// a_t ← t = 0.1 a_t. 0.1: FrEIA's down-scaling of the whole subnet output ("a *= 0.1",
+  /// ALGORITHM.md §2.2 step 3).
+  void clamp_row(Scalar* a) const {
+    const Index n2 = m_dims.n2;
+    RowArrayMap as(a, n2), at(a + n2, n2);
+    at *= Scalar(0.1);
     if (m_clamp == SoftClamp::pinned) {
-      as = ((as.rowwise() + b2s) * Scalar(0.1)).tanh() * m_alpha;
+      as = (as * Scalar(0.1)).tanh() * m_alpha;
     } else {
-      as = ((as.rowwise() + b2s) * (Scalar(0.1) / m_alpha)).tanh() * m_alpha;
+      as = (as * (Scalar(0.1) / m_alpha)).tanh() * m_alpha;
     }
   }
 
   void forward_tile(Index T, const Scalar* x, const Scalar* c, Scalar* h, Scalar* a, Scalar* u, Scalar* y,
                     Scalar* ld, bool accumulate) const {
     const CouplingDims& d = m_dims;
-    subnet_tile(T, x, d.D, c, h, a);
-    clamp_tile(T, a);
-    Map A(a, T, 2 * d.n2, Stride(2 * d.n2));
-    const auto S = A.leftCols(d.n2).array();
-    const auto Tt = A.rightCols(d.n2).array();
-    ConstMap X(x, T, d.D, Stride(d.D));
-    Map U(u, T, d.D, Stride(d.D));
-    const auto g = m_g.array();
-    const auto b = ConstRow(m_w.offset.data(), d.D).array();
-    // u' = g ⊙ [x1 ; x2 ⊙ e^s + t] + b
-    U.leftCols(d.n1).array() =
-        (X.leftCols(d.n1).array().rowwise() * g.head(d.n1)).rowwise() + b.head(d.n1);
-    U.rightCols(d.n2).array() =
-        ((X.rightCols(d.n2).array() * S.exp() + Tt).rowwise() * g.tail(d.n2)).rowwise() + b.tail(d.n2);
-    // log|det J| = Σ_k s_k + Σ_k log g_k
-    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, 1>> LD(ld, T);
-    if (accumulate) {
-      LD.array() += S.rowwise().sum() + m_sum_log_g;
-    } else {
-      LD.array() = S.rowwise().sum() + m_sum_log_g;
+    const Index n1 = d.n1, n2 = d.n2, D = d.D;
+    subnet_tile(T, x, D, c, h, a);
+    const ConstRowArrayMap g1(m_g.data(), n1), g2(m_g.data() + n1, n2);
+    const ConstRowArrayMap b1(m_w.offset.data(), n1), b2(m_w.offset.data() + n1, n2);
+    for (Index r = 0; r < T; ++r) {
+      Scalar* ar = a + r * 2 * n2;
+      clamp_row(ar);
+      const ConstRowArrayMap s(ar, n2), t(ar + n2, n2);
+      const ConstRowArrayMap x1(x + r * D, n1), x2(x + r * D + n1, n2);
+      // u' = g ⊙ [x1 ; x2 ⊙ e^s + t] + b
+      RowArrayMap(u + r * D, n1) = x1 * g1 + b1;
+      RowArrayMap(u + r * D + n1, n2) = (x2 * s.exp() + t) * g2 + b2;
+      // log|det J| = Σ_k s_k + Σ_k log g_k
+      const Scalar value = s.sum() + m_sum_log_g;
+      ld[r] = accumulate ? ld[r] + value : value;
     }
     rotate_tile(T, u, y);
   }
@@ -392,79 +391,82 @@ class FusedCoupling {
   void inverse_tile(Index T, const Scalar* z, const Scalar* c, Scalar* h, Scalar* a, Scalar* u, Scalar* x, Scalar* ld,
                     bool accumulate) const {
     const CouplingDims& d = m_dims;
+    const Index n1 = d.n1, n2 = d.n2, D = d.D;
     unrotate_tile(T, z, u);
-    Map U(u, T, d.D, Stride(d.D));
-    Map X(x, T, d.D, Stride(d.D));
-    const auto g = m_g.array();
-    const auto b = ConstRow(m_w.offset.data(), d.D).array();
     // u = (u' − b) / g; x1 = u1, then the subnet on [x1 ; c] gives s and t, x2 = (u2 − t) e^{−s}.
-    U.array() = (U.array().rowwise() - b).rowwise() / g;
-    X.leftCols(d.n1) = U.leftCols(d.n1);
-    subnet_tile(T, x, d.D, c, h, a);
-    clamp_tile(T, a);
-    Map A(a, T, 2 * d.n2, Stride(2 * d.n2));
-    const auto S = A.leftCols(d.n2).array();
-    X.rightCols(d.n2).array() = (U.rightCols(d.n2).array() - A.rightCols(d.n2).array()) * (-S).exp();
-    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, 1>> LD(ld, T);
-    if (accumulate) {
-      LD.array() -= S.rowwise().sum() + m_sum_log_g;
-    } else {
-      LD.array() = -(S.rowwise().sum() + m_sum_log_g);
+    const ConstRowArrayMap g(m_g.data(), D), b(m_w.offset.data(), D);
+    for (Index r = 0; r < T; ++r) {
+      RowArrayMap ur(u + r * D, D);
+      ur = (ur - b) / g;
+      RowArrayMap(x + r * D, n1) = ur.head(n1);
+    }
+    subnet_tile(T, x, D, c, h, a);
+    for (Index r = 0; r < T; ++r) {
+      Scalar* ar = a + r * 2 * n2;
+      clamp_row(ar);
+      const ConstRowArrayMap s(ar, n2), t(ar + n2, n2);
+      RowArrayMap(x + r * D + n1, n2) = (ConstRowArrayMap(u + r * D + n1, n2) - t) * (-s).exp();
+      const Scalar value = -(s.sum() + m_sum_log_g);
+      ld[r] = accumulate ? ld[r] + value : value;
     }
   }
 
   void backward_tile(Index T, const Scalar* x, const Scalar* c, const Scalar* h, const Scalar* st, const Scalar* gy,
                      const Scalar* gld, Scalar* gx, Scalar* gc, Workspace& w) const {
     const CouplingDims& d = m_dims;
-    const Index n1 = d.n1, n2 = d.n2;
-    // du' (T, D) = dL/dy R: y = R u' per row.
+    const Index n1 = d.n1, n2 = d.n2, D = d.D, H = d.H;
+    // du' (T, D) = dL/dy R: y = R u' per row. gy is consumed here, so gx may be gy.
     unrotate_tile(T, gy, w.du.data());
-    auto DU = w.du.topRows(T);
-    ConstMap X(x, T, d.D, Stride(d.D));
-    ConstMap ST(st, T, 2 * n2, Stride(2 * n2));
-    const auto S = ST.leftCols(n2).array();
-    Map Em(w.e.data(), T, n2, Stride(n2));
-    Em.array() = S.exp();
-    const auto E = Em.array();
-    const auto g = m_g.array();
-    // dL/dg_j partial sums Σ_n du'_nj u_nj with u = [x1 ; x2 e^s + t]; dL/db_j = Σ_n du'_nj.
-    w.du_u.head(n1).array() += (DU.leftCols(n1).array() * X.leftCols(n1).array()).colwise().sum();
-    w.du_u.tail(n2).array() +=
-        (DU.rightCols(n2).array() * (X.rightCols(n2).array() * E + ST.rightCols(n2).array())).colwise().sum();
-    w.du_sum += DU.colwise().sum();
-    // du = g ⊙ du'
-    DU.array().rowwise() *= g;
-    Map GX(gx, T, d.D, Stride(d.D));
-    Map DO(w.dout.data(), T, 2 * n2, Stride(2 * n2));
-    // v2' = x2 e^s + t:  dL/dx2 = dv2' e^s,  dL/dt = dv2',  dL/ds = dv2' x2 e^s + dL/dld.
-    // a = 0.1 raw, so dL/draw = 0.1 dL/da; ds/da from s (soft_clamp_derivative_from_s).
-    const auto DV = DU.rightCols(n2).array();
+    const ConstRowArrayMap g1(m_g.data(), n1), g2(m_g.data() + n1, n2);
     const Scalar inv_alpha = Scalar(1) / m_alpha;
+    // ds/da from s: pinned α (1 − (s/α)²), head 1 − (s/α)² (soft_clamp_derivative_from_s).
     const Scalar clamp_scale = m_clamp == SoftClamp::pinned ? m_alpha : Scalar(1);
-    const auto dsda = (Scalar(1) - (S * inv_alpha).square()) * clamp_scale;
-    if (gld) {
-      const Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>> GLD(gld, T);
-      DO.leftCols(n2).array() = (((DV * X.rightCols(n2).array() * E).colwise() + GLD) * dsda) * Scalar(0.1);
-    } else {
-      DO.leftCols(n2).array() = (DV * X.rightCols(n2).array() * E * dsda) * Scalar(0.1);
+    auto du_u1 = w.du_u.head(n1).array();
+    auto du_u2 = w.du_u.tail(n2).array();
+    auto du_sum = w.du_sum.array();
+    auto db2 = w.db2.array();
+    Scalar* e = w.e.data();
+    for (Index r = 0; r < T; ++r) {
+      RowArrayMap du1(w.du.data() + r * D, n1), du2(w.du.data() + r * D + n1, n2);
+      const ConstRowArrayMap x1(x + r * D, n1), x2(x + r * D + n1, n2);
+      const ConstRowArrayMap s(st + r * 2 * n2, n2), t(st + r * 2 * n2 + n2, n2);
+      RowArrayMap es(e, n2);
+      es = s.exp();
+      // dL/dg_j partial sums Σ_n du'_nj u_nj with u = [x1 ; x2 e^s + t]; dL/db_j = Σ_n du'_nj.
+      du_u1 += du1 * x1;
+      du_u2 += du2 * (x2 * es + t);
+      du_sum.head(n1) += du1;
+      du_sum.tail(n2) += du2;
+      // du = g ⊙ du'. v2' = x2 e^s + t: dL/dx2 = dv2' e^s, dL/dt = dv2', dL/ds = dv2' x2 e^s + dL/dld;
+      // a = 0.1 raw, so dL/draw = 0.1 dL/da.
+      du1 *= g1;
+      du2 *= g2;
+      const Scalar grad_ld = gld ? gld[r] : Scalar(0);
+      RowArrayMap do_s(w.dout.data() + r * 2 * n2, n2), do_t(w.dout.data() + r * 2 * n2 + n2, n2);
+      do_s = ((du2 * x2 * es + grad_ld) * (Scalar(1) - (s * inv_alpha).square())) * (clamp_scale * Scalar(0.1));
+      do_t = du2 * Scalar(0.1);
+      db2.head(n2) += do_s;
+      db2.tail(n2) += do_t;
+      RowArrayMap(gx + r * D + n1, n2) = du2 * es;
+      RowArrayMap(gx + r * D, n1) = du1;
     }
-    DO.rightCols(n2).array() = DV * Scalar(0.1);
-    // gy was consumed by the first GEMM of this tile, so gx may be gy.
-    GX.rightCols(n2).array() = DV * E;
-    GX.leftCols(n1) = DU.leftCols(n1);
-    // raw = W2 h + b2:  dW2 += draw^T h, db2 += Σ draw, dh = draw W2, then through the ReLU.
-    ConstMap Hm(h, T, d.H, Stride(d.H));
-    w.db2 += DO.colwise().sum();
+    // raw = W2 h + b2:  dW2 += drawᵀ h, dh = draw W2, then through the ReLU: [h_pre > 0] = [h > 0].
+    ConstMap Hm(h, T, H, Stride(H));
+    ConstMap DO(w.dout.data(), T, 2 * n2, Stride(2 * n2));
     w.dW2.noalias() += DO.transpose() * Hm;
-    auto DH = w.dhidden.topRows(T);
+    Map DH(w.dhidden.data(), T, H, Stride(H));
     DH.noalias() = DO * w2();
-    // d/dh_pre ReLU = [h_pre > 0] = [h > 0]
-    DH = (Hm.array() > Scalar(0)).select(DH, Scalar(0));
-    // h_pre = W1x x1 + W1c c + b1.
-    w.db1 += DH.colwise().sum();
-    w.dW1.leftCols(n1).noalias() += DH.transpose() * X.leftCols(n1);
+    auto db1 = w.db1.array();
+    for (Index r = 0; r < T; ++r) {
+      RowArrayMap dh(w.dhidden.data() + r * H, H);
+      dh = (ConstRowArrayMap(h + r * H, H) > Scalar(0)).select(dh, Scalar(0));
+      db1 += dh;
+    }
+    // h_pre = W1x x1 + W1c c + b1:  dW1 += dhᵀ [x1 ; c], dx1 += dh W1x, dc += dh W1c.
+    ConstMap X1(x, T, n1, Stride(D));
+    w.dW1.leftCols(n1).noalias() += DH.transpose() * X1;
     if (d.P > 0) w.dW1.rightCols(d.P).noalias() += DH.transpose() * ConstMap(c, T, d.P, Stride(d.P));
-    GX.leftCols(n1).noalias() += DH * w1x();
+    Map(gx, T, n1, Stride(D)).noalias() += DH * w1x();
     if (gc && d.P > 0) Map(gc, T, d.P, Stride(d.P)).noalias() += DH * w1c();
   }
 

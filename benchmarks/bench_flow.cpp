@@ -1,0 +1,187 @@
+/// \file
+/// Throughput of the fused flow (SequenceFlow of AllInOne blocks) on the CPU, float:
+/// forward only (inference) and forward + backward of L = Σ z²/2 − Σ log|det J| (training), for
+///   (a) D = 256, P = 128,  8 blocks, N = 8192
+///   (b) D = 200, P = 256, 12 blocks, N = 8192 (the HGAD paper configuration),
+/// on 1 and 2 threads, against the raw Eigen SGEMM rate (8192 x 512 x 1024) measured in the same
+/// program. Counters: items_per_second = vectors/s; GFLOP/s counts the GEMM flops only; sgemm_ratio
+/// = that rate / the raw SGEMM rate on the same thread count (sgemm_GFLOP/s); activations_MB = what the backward keeps
+/// (SequenceFlowCache::activation_bytes); peak_MB = the tensor storage one pass needs beyond its
+/// inputs and the parameters: for forward + backward the activations plus the peak of what the pass
+/// allocates on top of them (z, log-det, the gradient buffer); Eigen's per-thread tile scratch and
+/// gradient partial sums (a few MB) are not counted;
+/// maxrss_MB = the process's peak resident set so far.
+///
+///     cmake -B build-flow -DHGAD_BUILD_BENCHMARKS=ON && cmake --build build-flow --target bench_flow
+///     OMP_WAIT_POLICY=PASSIVE build-flow/benchmarks/bench_flow --benchmark_min_time=2
+
+#include <benchmark/benchmark.h>
+#include <sys/resource.h>
+
+#include <Eigen/Core>
+#include <chrono>
+#include <map>
+
+#include "hgad/cpu_backend.hpp"
+#include "hgad/detail/parallel.hpp"
+#include "hgad/flow.hpp"
+
+namespace {
+
+using hgad::Index;
+using hgad::Tensor;
+
+struct FlowConfig {
+  Index D, P, n_blocks, N;
+};
+
+const FlowConfig configs[] = {{256, 128, 8, 8192}, {200, 256, 12, 8192}};
+
+/// GEMM flops per vector of one block: forward, and backward without dL/dcond.
+double forward_flops(const FlowConfig& c) {
+  const double n2 = double(c.D / 2), n1 = double(c.D) - n2, in = n1 + double(c.P), H = 2 * in;
+  return 2 * in * H + 2 * H * 2 * n2 + 2 * double(c.D) * double(c.D);
+}
+double backward_flops(const FlowConfig& c) {
+  const double n2 = double(c.D / 2), n1 = double(c.D) - n2, in = n1 + double(c.P), H = 2 * in;
+  // du' = dy R; dW2 and dh; dW1; dx1.
+  return 2 * double(c.D) * double(c.D) + 2 * (2 * 2 * n2 * H) + 2 * H * in + 2 * H * n1;
+}
+
+double max_rss_mb() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return double(usage.ru_maxrss) / 1024.0;
+}
+
+hgad::CpuBackend<float>& cpu() { return static_cast<hgad::CpuBackend<float>&>(*hgad::cpu_backend<float>()); }
+
+/// GFLOP/s of an 8192 x 512 x 1024 Eigen SGEMM on `threads` threads (best of a few runs), cached.
+double raw_sgemm_gflops(int threads) {
+  static std::map<int, double> cache;
+  if (cache.count(threads)) return cache[threads];
+  hgad::set_num_threads(threads);
+  using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const RowMatrix a = RowMatrix::Random(8192, 512), b = RowMatrix::Random(512, 1024);
+  RowMatrix c(8192, 1024);
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    c.noalias() = a * b;
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 2.0 * 8192 * 512 * 1024 / s * 1e-9);
+  }
+  benchmark::DoNotOptimize(c.data());
+  return cache[threads] = best;
+}
+
+void BM_RawSgemm(benchmark::State& state) {
+  const int threads = int(state.range(0));
+  hgad::set_num_threads(threads);
+  using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const RowMatrix a = RowMatrix::Random(8192, 512), b = RowMatrix::Random(512, 1024);
+  RowMatrix c(8192, 1024);
+  for (auto _ : state) {
+    c.noalias() = a * b;
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * 8192 * 512 * 1024 * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+struct FlowFixture {
+  explicit FlowFixture(const FlowConfig& c)
+      : rng(0), flow(c.D, c.P, c.n_blocks, hgad::AllInOneOptions::hgad(), rng),
+        x(Tensor<float>::randn({c.N, c.D}, rng)), cond({c.N, c.P}) {
+    // The positional encoding of 64 x 64 maps, repeated over the batch as HGAD flattens it (§1.3).
+    const Index per = 64 * 64;
+    const auto pe = hgad::positional_encoding_2d<float>(c.P, 64, 64);
+    for (Index n = 0; n < c.N; ++n) {
+      std::copy(pe.data() + (n % per) * c.P, pe.data() + (n % per + 1) * c.P, cond.data() + n * c.P);
+    }
+  }
+  hgad::Rng rng;
+  hgad::SequenceFlow<float> flow;
+  Tensor<float> x, cond;
+};
+
+void BM_FlowForward(benchmark::State& state) {
+  const FlowConfig& c = configs[state.range(0)];
+  const int threads = int(state.range(1));
+  const double sgemm = raw_sgemm_gflops(threads);
+  hgad::set_num_threads(threads);
+  FlowFixture f(c);
+  cpu().reset_peak_bytes();
+  const Index base = cpu().bytes_in_use();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto _ : state) {
+    auto r = f.flow.forward(f.x, f.cond);
+    benchmark::DoNotOptimize(r.out.data());
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double flops = forward_flops(c) * double(c.n_blocks) * double(c.N);
+  state.counters["sgemm_ratio"] = flops * double(state.iterations()) / seconds * 1e-9 / sgemm;
+  state.SetItemsProcessed(state.iterations() * c.N);
+  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["sgemm_GFLOP/s"] = sgemm;
+  state.counters["peak_MB"] = double(cpu().peak_bytes() - base) / 1e6;
+  state.counters["maxrss_MB"] = max_rss_mb();
+}
+
+void BM_FlowForwardBackward(benchmark::State& state) {
+  const FlowConfig& c = configs[state.range(0)];
+  const int threads = int(state.range(1));
+  const double sgemm = raw_sgemm_gflops(threads);
+  hgad::set_num_threads(threads);
+  FlowFixture f(c);
+  hgad::SequenceFlowCache<float> cache;
+  Tensor<float> grad_ld = Tensor<float>::full({c.N}, -1.0f);
+  // One untimed step so the cache buffers exist: the peak below is the steady state of training.
+  {
+    auto r = f.flow.forward_train(f.x, f.cond, cache);
+    f.flow.backward(cache, r.out, grad_ld);
+  }
+  cpu().reset_peak_bytes();
+  const Index base = cpu().bytes_in_use();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto _ : state) {
+    // L = Σ z²/2 − Σ log|det J|: dL/dz = z, dL/dlog|det J| = −1.
+    auto r = f.flow.forward_train(f.x, f.cond, cache);
+    auto grad_x = f.flow.backward(cache, r.out, grad_ld);
+    benchmark::DoNotOptimize(grad_x.data());
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double flops = (forward_flops(c) + backward_flops(c)) * double(c.n_blocks) * double(c.N);
+  state.counters["sgemm_ratio"] = flops * double(state.iterations()) / seconds * 1e-9 / sgemm;
+  state.SetItemsProcessed(state.iterations() * c.N);
+  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["sgemm_GFLOP/s"] = sgemm;
+  state.counters["activations_MB"] = double(cache.activation_bytes()) / 1e6;
+  // The memory of one training step beyond the inputs and parameters: the activations plus the
+  // peak of what the step allocates on top of them (outputs, gradient buffers).
+  state.counters["peak_MB"] = double(cpu().peak_bytes() - base + cache.activation_bytes()) / 1e6;
+  state.counters["maxrss_MB"] = max_rss_mb();
+}
+
+}  // namespace
+
+BENCHMARK(BM_RawSgemm)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_FlowForward)
+    ->ArgNames({"config", "threads"})
+    ->Args({0, 1})
+    ->Args({0, 2})
+    ->Args({1, 1})
+    ->Args({1, 2})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_FlowForwardBackward)
+    ->ArgNames({"config", "threads"})
+    ->Args({0, 1})
+    ->Args({0, 2})
+    ->Args({1, 1})
+    ->Args({1, 2})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+BENCHMARK_MAIN();
