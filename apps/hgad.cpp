@@ -1,0 +1,739 @@
+// hgad: train one HGAD model on many classes of images in MVTec layout, measure it, and score new
+// images with it. `hgad --help` lists the commands, `hgad <command> --help` their options.
+//
+// Exit status: 0 on success, 1 when the work fails (a missing or malformed file, a model that does
+// not fit the backbone, ...), 2 for a command line that cannot be acted on. Output files (the model,
+// the JSON report, heat maps) are written only once everything they hold has been computed, and each
+// through a temporary file renamed into place.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <hgad/detail/atomic_file.hpp>
+#include <hgad/detail/parallel.hpp>
+#include <hgad/io/embeddings.hpp>
+#include <hgad/io/image.hpp>
+#include <hgad/io/mvtec.hpp>
+#include <hgad/model/config.hpp>
+#include <hgad/model/hgad_model.hpp>
+#include <hgad/model/pipeline.hpp>
+
+#include "cli_support.hpp"
+
+namespace fs = std::filesystem;
+using hgad::Index;
+using hgad_cli::Args;
+using hgad_cli::Json;
+using hgad_cli::OptionSpec;
+using hgad_cli::Progress;
+using hgad_cli::UsageError;
+using Scalar = float;
+using Model = hgad::HgadModel<Scalar>;
+
+namespace {
+
+// ------------------------------------------------------------------------------------------------
+// Shared helpers
+
+std::string read_text_file(const std::string& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  hgad::check(static_cast<bool>(in) && !fs::is_directory(path), "cannot read the ", what, " '", path, "'");
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void require_directory(const std::string& path, const std::string& option) {
+  if (!fs::is_directory(path)) throw hgad::Error(option + " '" + path + "' is not a directory");
+}
+
+void require_file(const std::string& path, const std::string& what) {
+  if (!fs::exists(path)) throw hgad::Error(what + " '" + path + "' does not exist");
+  if (fs::is_directory(path)) throw hgad::Error(what + " '" + path + "' is a directory, expected a file");
+}
+
+/// An output file path whose folder exists and that is not a folder itself.
+void require_output_file(const std::string& path, const std::string& option) {
+  if (fs::is_directory(path)) throw hgad::Error(option + " '" + path + "' is a directory, expected a file name");
+  const fs::path parent = fs::path(path).parent_path();
+  if (!parent.empty() && !fs::is_directory(parent))
+    throw hgad::Error(option + " '" + path + "': the folder '" + parent.string() + "' does not exist");
+}
+
+void write_text_atomically(const std::string& path, const std::string& text) {
+  hgad::detail::write_file_atomically(path, text.data(), text.size());
+}
+
+std::vector<std::string> split_names(const std::string& text, const std::string& option) {
+  std::vector<std::string> names = hgad::detail::split_list(text);
+  std::set<std::string> seen;
+  for (const auto& n : names) {
+    if (!hgad::detail::is_plain_name(n)) throw UsageError(option + ": invalid class name '" + n + "'");
+    if (!seen.insert(n).second) throw UsageError(option + ": class '" + n + "' is given twice");
+  }
+  if (names.empty()) throw UsageError(option + " needs at least one class name");
+  return names;
+}
+
+void apply_threads(const Args& args) {
+  if (args.has("threads")) hgad::set_num_threads(static_cast<int>(args.get_int("threads", 1, 1, 1024)));
+}
+
+/// --epochs N: N passes over the training data (meta_epochs = N, sub_epochs = 1), with warm-up and
+/// stage 1 kept at HGAD's share of the schedule (2 of 25 meta-epochs, ALGORITHM.md §4), at least one
+/// epoch each when N >= 2.
+void apply_epochs(hgad::ModelConfig& config, Index epochs) {
+  config.meta_epochs = epochs;
+  config.sub_epochs = 1;
+  const Index share = epochs >= 2 ? std::max<Index>(1, static_cast<Index>(std::lround(epochs * 2.0 / 25.0))) : 0;
+  config.warmup_meta_epochs = share;
+  config.stage1_meta_epochs = share;
+}
+
+std::string format_metric(double v) {
+  if (!std::isfinite(v)) return "  -  ";
+  char buffer[16];
+  std::snprintf(buffer, sizeof(buffer), "%.3f", v);
+  return buffer;
+}
+
+std::string loss_status(const hgad::FitProgress<Scalar>& p) {
+  std::ostringstream s;
+  s << "epoch " << p.epoch + 1 << "/" << p.n_epochs << " stage " << p.stage;
+  char lr[32];
+  std::snprintf(lr, sizeof(lr), " lr %.2e", p.lr);
+  s << lr << " loss";
+  for (const auto& t : p.level_terms) {
+    char v[32];
+    std::snprintf(v, sizeof(v), " %.3f", double(t.total));
+    s << v;
+  }
+  return s.str();
+}
+
+Json metrics_json(const hgad::ClassMetrics& m) {
+  Json j = Json::object();
+  j.set("images", Json::integer(m.n_images));
+  j.set("anomalous", Json::integer(m.n_anomalous));
+  j.set("image_auroc", Json::number(m.image_auroc));
+  j.set("pixel_auroc", Json::number(m.pixel_auroc));
+  j.set("aupro", Json::number(m.aupro));
+  j.set("image_ap", Json::number(m.image_ap));
+  j.set("pixel_ap", Json::number(m.pixel_ap));
+  j.set("image_f1_max", Json::number(m.image_f1_max));
+  j.set("pixel_f1_max", Json::number(m.pixel_f1_max));
+  j.set("class_accuracy", Json::number(m.class_accuracy));
+  return j;
+}
+
+/// The backbone folder: --backbone, else the one recorded in the model at training time.
+std::string backbone_dir_for(const Args& args, const Model& model) {
+  std::string dir = args.get("backbone", model.metadata("backbone_dir"));
+  if (dir.empty())
+    throw hgad::Error("the model records no backbone folder; pass --backbone DIR (the weights it was trained with)");
+  require_directory(dir, args.has("backbone") ? "--backbone" : "the backbone folder recorded in the model,");
+  return dir;
+}
+
+Model load_model(const std::string& path) {
+  require_file(path, "model");
+  return Model::load(path);
+}
+
+// ------------------------------------------------------------------------------------------------
+// train
+
+const std::vector<OptionSpec> train_options = {
+    {"data", "DIR", "dataset root in MVTec layout (<class>/train/good/...)"},
+    {"classes", "A,B,...", "classes to train on (default: every class folder, sorted)"},
+    {"backbone", "DIR", "ResNet weights folder (.npy per tensor, batch-norm folded)"},
+    {"out", "MODEL", "model file to write"},
+    {"config", "FILE", "key = value settings over HGAD's defaults (see hgad info)"},
+    {"epochs", "N", "N passes over the training data (overrides the config's schedule)"},
+    {"objective", "hgad|nf", "HGAD's hierarchical prior, or the single-Gaussian NF baseline"},
+    {"cache", "DIR", "keep the backbone features in DIR and reuse them when nothing changed"},
+    {"threads", "N", "worker threads (default: all cores)"},
+};
+
+int cmd_train(const Args& args) {
+  if (args.help()) {
+    std::cout << "usage: hgad train --data DIR --backbone DIR --out MODEL [options]\n\n"
+                 "Trains one model on the train/good images of every class at once (HGAD's unified\n"
+                 "setting), computes the calibrated-mode constants from the same images and writes the\n"
+                 "model. Without --config the hyper-parameters are HGAD's (ALGORITHM.md), which are sized\n"
+                 "for a GPU; --epochs and a --config file shorten them.\n\noptions:\n"
+              << hgad_cli::describe_options(train_options);
+    return 0;
+  }
+  const std::string data = args.required("data");
+  const std::string backbone = args.required("backbone");
+  const std::string out = args.required("out");
+  apply_threads(args);
+  hgad::ModelConfig config;
+  if (args.has("config")) {
+    const std::string file = args.get("config", "");
+    require_file(file, "--config");
+    config = hgad::ModelConfig::from_text(read_text_file(file, "config file"), file);
+  }
+  if (args.has("objective")) {
+    try {
+      config.objective = hgad::parse_objective(args.get("objective", ""));
+    } catch (const hgad::Error& e) {
+      throw UsageError(std::string("--objective: ") + e.what());
+    }
+  }
+  if (args.has("epochs")) apply_epochs(config, args.get_int("epochs", 1, 1, 100000));
+  std::vector<std::string> classes;
+  if (args.has("classes")) classes = split_names(args.get("classes", ""), "--classes");
+  require_directory(data, "--data");
+  require_directory(backbone, "--backbone");
+  require_output_file(out, "--out");
+  config.validate(false);
+
+  hgad::MvtecOptions options;
+  options.classes = classes;
+  const hgad::MvtecDataset train(data, hgad::Split::train, options);
+  config.class_names = train.class_names();
+  auto fx = hgad::make_extractor<Scalar>(config.features, backbone);
+  config.levels = hgad::feature_levels(*fx, config.features);
+  config.validate(true);
+
+  std::fprintf(stderr, "hgad train: %lld images of %lld classes, %lld levels (", static_cast<long long>(train.size()),
+               static_cast<long long>(config.n_classes()), static_cast<long long>(config.n_levels()));
+  for (std::size_t l = 0; l < config.levels.size(); ++l)
+    std::fprintf(stderr, "%s%lldx%lldx%lld", l ? ", " : "", static_cast<long long>(config.levels[l].dim),
+                 static_cast<long long>(config.levels[l].height), static_cast<long long>(config.levels[l].width));
+  std::fprintf(stderr, "), %lld epochs, objective %s\n", static_cast<long long>(config.total_epochs()),
+               hgad::to_string(config.objective).c_str());
+
+  hgad::ExtractedImages<Scalar> set;
+  {
+    Progress bar("features", train.size(), "img");
+    set = hgad::extract_images_cached(args.get("cache", ""), "train", backbone, train, hgad::all_indices(train), *fx,
+                                      config.features, false, 8, [&](Index done, Index) { bar.update(done); });
+    bar.finish();
+  }
+  Model model(config);
+  {
+    const Index B = std::min<Index>(config.batch_size, set.size());
+    Progress bar("training", config.total_epochs() * (set.size() / B), "step");
+    hgad::FitOptions<Scalar> fit;
+    fit.on_step = [&](const hgad::FitProgress<Scalar>& p) { bar.update(p.step, loss_status(p)); };
+    model.fit(set.features, set.classes, fit);
+    bar.finish();
+  }
+  {
+    std::vector<Index> per_class(static_cast<std::size_t>(config.n_classes()), 0);
+    for (std::int64_t c : set.classes) ++per_class[static_cast<std::size_t>(c)];
+    Index used = 0;
+    for (Index n : per_class) used += config.calibration_images > 0 ? std::min(n, config.calibration_images) : n;
+    Progress bar("calibration", used, "img");
+    model.calibrate(set.features, set.classes, [&](Index done, Index) { bar.update(done); });
+    bar.finish();
+  }
+  model.set_metadata("backbone_dir", fs::absolute(backbone).lexically_normal().string());
+  model.set_metadata("train_data", fs::absolute(data).lexically_normal().string());
+  model.save(out);
+  std::printf("wrote %s: %lld classes, %lld levels, %lld parameters, %lld epochs\n", out.c_str(),
+              static_cast<long long>(model.n_classes()), static_cast<long long>(model.n_levels()),
+              static_cast<long long>(model.n_parameters()), static_cast<long long>(model.epochs_trained()));
+  return 0;
+}
+
+// ------------------------------------------------------------------------------------------------
+// test
+
+const std::vector<OptionSpec> test_options = {
+    {"model", "MODEL", "model written by hgad train"},
+    {"data", "DIR", "dataset root in MVTec layout (<class>/test/..., <class>/ground_truth/...)"},
+    {"mode", "MODE", "transductive | calibrated | label-free (default calibrated)"},
+    {"classes", "A,B,...", "test only these of the model's classes"},
+    {"json", "FILE", "also write every metric per class and the mean as JSON"},
+    {"backbone", "DIR", "ResNet weights folder (default: the one recorded at training)"},
+    {"cache", "DIR", "keep the backbone features in DIR and reuse them when nothing changed"},
+    {"threads", "N", "worker threads (default: all cores)"},
+};
+
+int cmd_test(const Args& args) {
+  if (args.help()) {
+    std::cout << "usage: hgad test --model MODEL --data DIR [options]\n\n"
+                 "Scores the test images of every class of the model and prints per class the image\n"
+                 "AUROC, pixel AUROC, AUPRO (FPR <= 0.3), image AP, and in label-free mode the accuracy\n"
+                 "of the predicted class, then the means.\n"
+                 "  transductive  normalisation over the whole test set of a class (the paper's protocol)\n"
+                 "  calibrated    constants frozen from the training images; images scored one by one\n"
+                 "  label-free    calibrated, with each image's class predicted by the model\n\noptions:\n"
+              << hgad_cli::describe_options(test_options);
+    return 0;
+  }
+  const std::string model_path = args.required("model");
+  const std::string data = args.required("data");
+  hgad::ScoreMode mode = hgad::ScoreMode::calibrated;
+  if (args.has("mode")) {
+    try {
+      mode = hgad::parse_score_mode(args.get("mode", ""));
+    } catch (const hgad::Error& e) {
+      throw UsageError(std::string("--mode: ") + e.what());
+    }
+  }
+  std::vector<std::string> only;
+  if (args.has("classes")) only = split_names(args.get("classes", ""), "--classes");
+  const std::string json_path = args.get("json", "");
+  if (!json_path.empty()) require_output_file(json_path, "--json");
+  apply_threads(args);
+  require_directory(data, "--data");
+
+  const Model model = load_model(model_path);
+  const hgad::ModelConfig& config = model.config();
+  if (mode != hgad::ScoreMode::transductive && !model.is_calibrated())
+    throw hgad::Error("the model '" + model_path + "' holds no calibration constants; use --mode transductive");
+  if (mode == hgad::ScoreMode::label_free && config.objective == hgad::Objective::nf)
+    std::fprintf(stderr, "hgad test: note: the NF baseline has no class model; label-free scoring uses the "
+                         "class-agnostic constants\n");
+  std::vector<std::string> classes = only.empty() ? config.class_names : only;
+  for (const auto& c : classes)
+    if (std::find(config.class_names.begin(), config.class_names.end(), c) == config.class_names.end())
+      throw UsageError("--classes: the model knows no class '" + c + "'");
+  const std::string backbone = backbone_dir_for(args, model);
+  auto fx = hgad::make_extractor<Scalar>(config.features, backbone);
+  hgad::check_backbone_matches(config, *fx);
+
+  hgad::MvtecOptions options;
+  options.classes = classes;
+  const hgad::MvtecDataset test(data, hgad::Split::test, options);
+
+  std::vector<hgad::ClassMetrics> results;
+  for (Index c = 0; c < test.n_classes(); ++c) {
+    const std::string& name = test.class_names()[static_cast<std::size_t>(c)];
+    const auto model_class = static_cast<std::int64_t>(
+        std::find(config.class_names.begin(), config.class_names.end(), name) - config.class_names.begin());
+    const std::vector<Index> indices = test.indices_of_class(c);
+    hgad::ExtractedImages<Scalar> set;
+    {
+      Progress bar(name + " features", static_cast<Index>(indices.size()), "img");
+      set = hgad::extract_images_cached(args.get("cache", ""), "test_" + name, backbone, test, indices, *fx,
+                                        config.features, true, 8, [&](Index done, Index) { bar.update(done); });
+      bar.finish();
+    }
+    std::vector<hgad::ScoredImage<Scalar>> scored;
+    {
+      Progress bar(name + " scoring", set.size(), "img");
+      scored = model.score_set(set.features, std::vector<std::int64_t>(static_cast<std::size_t>(set.size()), model_class),
+                               mode, [&](Index i) { bar.update(i + 1); });
+      bar.finish();
+    }
+    const Index S = config.features.mask_size;
+    hgad::Tensor<Scalar> maps = hgad::Tensor<Scalar>::empty({set.size(), S, S});
+    std::vector<double> scores;
+    Index correct = 0;
+    for (Index i = 0; i < set.size(); ++i) {
+      const auto& s = scored[static_cast<std::size_t>(i)];
+      std::copy(s.map.data(), s.map.data() + S * S, maps.data() + i * S * S);
+      scores.push_back(s.score);
+      if (s.predicted_class == model_class) ++correct;
+    }
+    hgad::ClassMetrics m =
+        hgad::evaluate_class(name, scores, set.labels, maps, set.has_masks ? set.masks : hgad::Tensor<float>());
+    if (mode == hgad::ScoreMode::label_free && config.objective == hgad::Objective::hgad)
+      m.class_accuracy = double(correct) / double(set.size());
+    results.push_back(m);
+  }
+  const hgad::ClassMetrics mean = hgad::mean_metrics(results);
+  const bool with_accuracy = mode == hgad::ScoreMode::label_free && config.objective == hgad::Objective::hgad;
+
+  std::printf("mode %s, objective %s, model %s\n", hgad::to_string(mode), hgad::to_string(config.objective).c_str(),
+              model_path.c_str());
+  std::printf("%-16s %7s %8s %8s %8s %8s%s\n", "class", "images", "img-AUC", "pix-AUC", "AUPRO", "img-AP",
+              with_accuracy ? "  cls-acc" : "");
+  auto row = [&](const hgad::ClassMetrics& m) {
+    std::printf("%-16s %7lld %8s %8s %8s %8s", m.name.c_str(), static_cast<long long>(m.n_images),
+                format_metric(m.image_auroc).c_str(), format_metric(m.pixel_auroc).c_str(),
+                format_metric(m.aupro).c_str(), format_metric(m.image_ap).c_str());
+    if (with_accuracy) std::printf(" %8s", format_metric(m.class_accuracy).c_str());
+    std::printf("\n");
+  };
+  for (const auto& m : results) row(m);
+  row(mean);
+
+  if (!json_path.empty()) {
+    Json j = Json::object();
+    j.set("mode", Json::string(hgad::to_string(mode)));
+    j.set("model", Json::string(model_path));
+    j.set("data", Json::string(data));
+    j.set("objective", Json::string(hgad::to_string(config.objective)));
+    Json per_class = Json::object();
+    for (const auto& m : results) per_class.set(m.name, metrics_json(m));
+    j.set("classes", per_class);
+    j.set("mean", metrics_json(mean));
+    j.set("config", Json::string(config.to_text()));
+    write_text_atomically(json_path, j.dump(2));
+  }
+  return 0;
+}
+
+// ------------------------------------------------------------------------------------------------
+// predict
+
+const std::vector<OptionSpec> predict_options = {
+    {"model", "MODEL", "model written by hgad train"},
+    {"out", "DIR", "folder for the heat maps and scores.csv (created if missing)"},
+    {"class", "NAME", "the images' class (default: predicted by the model, label-free)"},
+    {"backbone", "DIR", "ResNet weights folder (default: the one recorded at training)"},
+    {"threads", "N", "worker threads (default: all cores)"},
+};
+
+int cmd_predict(const Args& args) {
+  if (args.help()) {
+    std::cout << "usage: hgad predict --model MODEL --out DIR [options] IMAGE...\n\n"
+                 "Scores each image on its own (calibrated constants) and writes DIR/<name>_heatmap.png,\n"
+                 "the anomaly map in jet colours blended over the image, and DIR/scores.csv. Prints one\n"
+                 "line per image: score, class used, file. Heat maps of one call share one colour scale,\n"
+                 "from 0 to the largest of their maxima and the training images' largest score.\n\noptions:\n"
+              << hgad_cli::describe_options(predict_options);
+    return 0;
+  }
+  const std::string model_path = args.required("model");
+  const std::string out_dir = args.required("out");
+  const std::vector<std::string>& images = args.positionals();
+  if (images.empty()) throw UsageError("no IMAGE given");
+  apply_threads(args);
+  if (fs::exists(out_dir) && !fs::is_directory(out_dir))
+    throw hgad::Error("--out '" + out_dir + "' exists and is not a directory");
+  for (const auto& path : images) require_file(path, "image");
+
+  const Model model = load_model(model_path);
+  const hgad::ModelConfig& config = model.config();
+  if (!model.is_calibrated()) throw hgad::Error("the model '" + model_path + "' holds no calibration constants");
+  std::int64_t class_index = -1;
+  if (args.has("class")) {
+    const std::string name = args.get("class", "");
+    const auto it = std::find(config.class_names.begin(), config.class_names.end(), name);
+    if (it == config.class_names.end()) throw UsageError("--class: the model knows no class '" + name + "'");
+    class_index = it - config.class_names.begin();
+  }
+  const hgad::ScoreMode mode = class_index >= 0 ? hgad::ScoreMode::calibrated : hgad::ScoreMode::label_free;
+  auto fx = hgad::make_extractor<Scalar>(config.features, backbone_dir_for(args, model));
+  hgad::check_backbone_matches(config, *fx);
+
+  const hgad::Preprocess pre = hgad::preprocess_for(config.features);
+  hgad::Preprocess display = hgad::preprocess_for(config.features, false);
+  display.image_size = config.features.mask_size;
+  struct Result {
+    hgad::ScoredImage<Scalar> scored;
+    hgad::Tensor<Scalar> picture;
+  };
+  std::vector<Result> results;
+  {
+    Progress bar("scoring", static_cast<Index>(images.size()), "img");
+    for (const auto& path : images) {
+      hgad::MvtecSample sample;
+      sample.image_path = path;
+      const hgad::LoadedSample<Scalar> input = hgad::load_sample<Scalar>(sample, pre);
+      const hgad::Tensor<Scalar> batch = input.image.reshape({1, 3, config.features.image_size, config.features.image_size});
+      std::vector<hgad::Tensor<Scalar>> features;
+      for (const auto& map : fx->extract(batch)) features.push_back(hgad::channels_last(map));
+      Result r;
+      r.scored = model.score(features, class_index, mode);
+      r.picture = hgad::load_sample<Scalar>(sample, display).image;
+      results.push_back(std::move(r));
+      bar.advance();
+    }
+    bar.finish();
+  }
+  double hi = 0;
+  for (const auto& r : results) hi = std::max(hi, r.scored.score);
+  for (Index c = 0; c < model.n_classes(); ++c) hi = std::max(hi, model.calibration(c).train_score_max);
+  if (!(hi > 0)) hi = 1;
+
+  fs::create_directories(out_dir);
+  std::map<std::string, int> used;
+  std::ostringstream csv;
+  csv << "image,class,score,heatmap\n";
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    const Result& r = results[i];
+    std::string stem = fs::path(images[i]).stem().string();
+    if (used[stem]++) stem += "_" + std::to_string(used[stem] - 1);
+    const std::string heat_path = (fs::path(out_dir) / (stem + "_heatmap.png")).string();
+    const hgad::Tensor<Scalar> colours = hgad::colormap_jet(r.scored.map, Scalar(0), Scalar(hi));
+    hgad::save_png(heat_path, hgad::blend(r.picture, colours, Scalar(0.5)));
+    const std::string class_name =
+        r.scored.scored_class >= 0 ? config.class_names[static_cast<std::size_t>(r.scored.scored_class)] : "-";
+    char score[32];
+    std::snprintf(score, sizeof(score), "%.6g", r.scored.score);
+    std::printf("%s\t%s\t%s\n", score, class_name.c_str(), images[i].c_str());
+    csv << images[i] << "," << class_name << "," << score << "," << heat_path << "\n";
+  }
+  write_text_atomically((fs::path(out_dir) / "scores.csv").string(), csv.str());
+  return 0;
+}
+
+// ------------------------------------------------------------------------------------------------
+// info
+
+int cmd_info(const Args& args) {
+  if (args.help()) {
+    std::cout << "usage: hgad info MODEL\n\nPrints what the model file holds: its configuration (in the key = value\n"
+                 "form hgad train --config reads), training state and calibration.\n";
+    return 0;
+  }
+  if (args.positionals().size() != 1) throw UsageError("expected exactly one MODEL");
+  const std::string path = args.positionals()[0];
+  const Model model = load_model(path);
+  std::printf("# model %s\n# %lld parameters, %lld epochs trained, %s\n", path.c_str(),
+              static_cast<long long>(model.n_parameters()), static_cast<long long>(model.epochs_trained()),
+              model.is_calibrated() ? "calibrated" : "not calibrated");
+  for (const char* key : {"backbone_dir", "train_data"}) {
+    const std::string v = model.metadata(key);
+    if (!v.empty()) std::printf("# %s: %s\n", key, v.c_str());
+  }
+  std::printf("%s", model.config().to_text().c_str());
+  return 0;
+}
+
+// ------------------------------------------------------------------------------------------------
+// embeddings
+
+const std::vector<OptionSpec> embeddings_options = {
+    {"data", "DIR", "folder of <class>_X.npy, <class>_y.npy and unified_split_seed0.csv"},
+    {"objective", "hgad|nf", "HGAD's hierarchical prior, or the single-Gaussian NF baseline"},
+    {"json", "FILE", "also write every figure as JSON"},
+    {"out", "MODEL", "also save the trained model"},
+    {"config", "FILE", "key = value settings over this command's defaults"},
+    {"epochs", "N", "N passes over the training rows (overrides the config's schedule)"},
+    {"threads", "N", "worker threads (default: all cores)"},
+};
+
+/// The embeddings command's defaults: one level of D x 1 x 1, no positional encoding (P = 0),
+/// HGAD's prior and loss weights, and a schedule sized for a CPU: 4 blocks, 40 passes (2 warm-up,
+/// 4 in stage 1) with batches of 64 rows.
+hgad::ModelConfig embeddings_defaults() {
+  hgad::ModelConfig c;
+  c.pos_dim = 0;
+  c.n_blocks = 4;
+  c.meta_epochs = 40;
+  c.sub_epochs = 1;
+  c.warmup_meta_epochs = 2;
+  c.stage1_meta_epochs = 4;
+  c.batch_size = 64;
+  c.features.backbone = "none";
+  c.features.layers = {};
+  c.features.image_size = 1;
+  c.features.mask_size = 1;
+  return c;
+}
+
+int cmd_embeddings(const Args& args) {
+  if (args.help()) {
+    std::cout << "usage: hgad embeddings --data DIR [options]\n\n"
+                 "The image-level unified protocol on precomputed embeddings: trains one model (P = 0, one\n"
+                 "level of D x 1 x 1) on the training normals of every class of the split file, then\n"
+                 "reports per class the image AUROC with the given class (calibrated constants), without\n"
+                 "it (label-free, with the class-prediction accuracy) and with the paper's transductive\n"
+                 "normalisation, each for the §5 score and for the likelihood term alone, and their means.\n"
+                 "\noptions:\n"
+              << hgad_cli::describe_options(embeddings_options);
+    return 0;
+  }
+  const std::string data = args.required("data");
+  const std::string json_path = args.get("json", "");
+  if (!json_path.empty()) require_output_file(json_path, "--json");
+  const std::string out_path = args.get("out", "");
+  if (!out_path.empty()) require_output_file(out_path, "--out");
+  apply_threads(args);
+  hgad::ModelConfig config = embeddings_defaults();
+  if (args.has("config")) {
+    const std::string file = args.get("config", "");
+    require_file(file, "--config");
+    config = hgad::ModelConfig::from_text(read_text_file(file, "config file"), file, config);
+  }
+  if (args.has("objective")) {
+    try {
+      config.objective = hgad::parse_objective(args.get("objective", ""));
+    } catch (const hgad::Error& e) {
+      throw UsageError(std::string("--objective: ") + e.what());
+    }
+  }
+  if (args.has("epochs")) apply_epochs(config, args.get_int("epochs", 1, 1, 100000));
+  require_directory(data, "--data");
+
+  const auto dataset = hgad::load_embedding_dataset<Scalar>(data);
+  const Index D = dataset.dim;
+  config.class_names = dataset.class_names();
+  config.levels = {{D, 1, 1}};
+  config.pos_dim = 0;
+  config.features.backbone = "none";
+  config.validate(true);
+
+  Index n_train = 0;
+  for (const auto& c : dataset.classes) n_train += c.train.dim(0);
+  hgad::Tensor<Scalar> train = hgad::Tensor<Scalar>::empty({n_train, 1, 1, D});
+  std::vector<std::int64_t> labels;
+  Index row = 0;
+  for (const auto& c : dataset.classes) {
+    std::copy(c.train.data(), c.train.data() + c.train.numel(), train.data() + row * D);
+    row += c.train.dim(0);
+    labels.insert(labels.end(), static_cast<std::size_t>(c.train.dim(0)), c.class_index);
+  }
+  std::fprintf(stderr, "hgad embeddings: %lld training rows of %lld classes, D = %lld, objective %s\n",
+               static_cast<long long>(n_train), static_cast<long long>(config.n_classes()), static_cast<long long>(D),
+               hgad::to_string(config.objective).c_str());
+
+  Model model(config);
+  const std::vector<hgad::Tensor<Scalar>> features = {train};
+  {
+    const Index B = std::min<Index>(config.batch_size, n_train);
+    Progress bar("training", config.total_epochs() * (n_train / B), "step");
+    hgad::FitOptions<Scalar> fit;
+    fit.on_step = [&](const hgad::FitProgress<Scalar>& p) { bar.update(p.step, loss_status(p)); };
+    model.fit(features, labels, fit);
+    bar.finish();
+  }
+  model.calibrate(features, labels);
+
+  // Columns: image AUROC with the §5 score (calibrated constants) and with the likelihood alone
+  // (-logp, the per-dimension log-likelihood under the scored class's mixture, or N(0, I) for NF), each
+  // with the true class and label-free; the class accuracy; the §5 score with transductive constants.
+  const std::vector<std::string> columns = {"given",    "given_logp", "label_free", "label_free_logp",
+                                            "class_accuracy", "transductive"};
+  struct Row {
+    std::string name;
+    Index n_test = 0;
+    std::vector<double> values;
+  };
+  std::vector<Row> rows;
+  for (const auto& c : dataset.classes) {
+    const Index n = c.test.dim(0);
+    const std::vector<hgad::Tensor<Scalar>> test = {c.test.reshape({n, 1, 1, D})};
+    const std::vector<std::int64_t> classes(static_cast<std::size_t>(n), c.class_index);
+    std::vector<int> y(c.test_labels.begin(), c.test_labels.end());
+    auto auroc_of_mode = [&](hgad::ScoreMode mode) {
+      std::vector<double> scores;
+      for (const auto& s : model.score_set(test, classes, mode)) scores.push_back(s.score);
+      return hgad::roc_auc_score(y, scores);
+    };
+    auto logp_auroc = [&](bool label_free, double* accuracy) {
+      std::vector<double> scores;
+      Index correct = 0;
+      for (Index i = 0; i < n; ++i) {
+        const auto raw = model.raw_scores(Model::image_view(test, i), label_free ? -1 : c.class_index);
+        scores.push_back(-double(raw.log_likelihood[0].data()[0]));
+        correct += raw.predicted_class == c.class_index ? 1 : 0;
+      }
+      if (accuracy) *accuracy = double(correct) / double(n);
+      return hgad::roc_auc_score(y, scores);
+    };
+    Row r;
+    r.name = c.name;
+    r.n_test = n;
+    double accuracy = 0;
+    const bool hgad_objective = config.objective == hgad::Objective::hgad;
+    r.values = {auroc_of_mode(hgad::ScoreMode::calibrated),
+                logp_auroc(false, nullptr),
+                auroc_of_mode(hgad::ScoreMode::label_free),
+                hgad_objective ? logp_auroc(true, &accuracy) : logp_auroc(false, nullptr),
+                hgad_objective ? 0.0 : std::nan(""),
+                auroc_of_mode(hgad::ScoreMode::transductive)};
+    if (hgad_objective) r.values[4] = accuracy;
+    rows.push_back(r);
+  }
+  Row mean;
+  mean.name = "mean";
+  mean.values.assign(columns.size(), 0.0);
+  for (const auto& r : rows) {
+    mean.n_test += r.n_test;
+    for (std::size_t k = 0; k < columns.size(); ++k) mean.values[k] += r.values[k] / double(rows.size());
+  }
+  std::printf("objective %s, %lld blocks, %lld epochs: image AUROC per class (score: the §5 product of the\n"
+              "likelihood and entropy terms, or logp: the likelihood alone)\n",
+              hgad::to_string(config.objective).c_str(), static_cast<long long>(config.n_blocks),
+              static_cast<long long>(config.total_epochs()));
+  std::printf("%-12s %5s %7s %10s %10s %15s %7s %12s\n", "class", "test", "given", "given-logp", "label-free",
+              "label-free-logp", "cls-acc", "transductive");
+  for (const Row& r : rows) {
+    std::printf("%-12s %5lld", r.name.c_str(), static_cast<long long>(r.n_test));
+    const int widths[] = {7, 10, 10, 15, 7, 12};
+    for (std::size_t k = 0; k < columns.size(); ++k) std::printf(" %*s", widths[k], format_metric(r.values[k]).c_str());
+    std::printf("\n");
+  }
+  {
+    const Row& r = mean;
+    std::printf("%-12s %5lld", r.name.c_str(), static_cast<long long>(r.n_test));
+    const int widths[] = {7, 10, 10, 15, 7, 12};
+    for (std::size_t k = 0; k < columns.size(); ++k) std::printf(" %*s", widths[k], format_metric(r.values[k]).c_str());
+    std::printf("\n");
+  }
+
+  if (!json_path.empty()) {
+    Json j = Json::object();
+    j.set("data", Json::string(data));
+    j.set("objective", Json::string(hgad::to_string(config.objective)));
+    auto row_json = [&](const Row& r) {
+      Json c = Json::object();
+      c.set("test_rows", Json::integer(r.n_test));
+      for (std::size_t k = 0; k < columns.size(); ++k)
+        c.set(columns[k] == "class_accuracy" ? columns[k] : "image_auroc_" + columns[k], Json::number(r.values[k]));
+      return c;
+    };
+    Json per_class = Json::object();
+    for (const Row& r : rows) per_class.set(r.name, row_json(r));
+    j.set("classes", per_class);
+    j.set("mean", row_json(mean));
+    j.set("config", Json::string(config.to_text()));
+    write_text_atomically(json_path, j.dump(2));
+  }
+  if (!out_path.empty()) model.save(out_path);
+  return 0;
+}
+
+// ------------------------------------------------------------------------------------------------
+
+const char* const general_usage =
+    "usage: hgad <command> [options]\n\n"
+    "HGAD (hierarchical Gaussian-mixture normalizing flows, Yao et al., ECCV 2024): one anomaly\n"
+    "detector for many product classes.\n\n"
+    "commands:\n"
+    "  train       train one model on the classes of a folder in MVTec layout\n"
+    "  test        score the test images and print per-class metrics\n"
+    "  predict     score images and write heat maps\n"
+    "  info        print a model's configuration\n"
+    "  embeddings  the image-level unified protocol on precomputed embeddings\n\n"
+    "'hgad <command> --help' describes a command's options.\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fputs(general_usage, stderr);
+    return 2;
+  }
+  const std::string command = argv[1];
+  if (command == "--help" || command == "-h" || command == "help") {
+    std::fputs(general_usage, stdout);
+    return 0;
+  }
+  try {
+    if (command == "train") return cmd_train(Args(command, argc, argv, 2, train_options, false));
+    if (command == "test") return cmd_test(Args(command, argc, argv, 2, test_options, false));
+    if (command == "predict") return cmd_predict(Args(command, argc, argv, 2, predict_options, true));
+    if (command == "info") return cmd_info(Args(command, argc, argv, 2, {}, true));
+    if (command == "embeddings") return cmd_embeddings(Args(command, argc, argv, 2, embeddings_options, false));
+    std::fprintf(stderr, "hgad: unknown command '%s'\n\n%s", command.c_str(), general_usage);
+    return 2;
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "hgad %s: %s\n(see 'hgad %s --help')\n", command.c_str(), e.what(), command.c_str());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "hgad %s: error: %s\n", command.c_str(), e.what());
+    return 1;
+  }
+}

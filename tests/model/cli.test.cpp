@@ -1,0 +1,250 @@
+// The hgad command-line program on bad and good input. The program's path comes from the HGAD_CLI
+// environment variable, which the ctest entry cli.bad_input (apps/CMakeLists.txt) sets; without it
+// these cases skip.
+
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <hgad/io/image.hpp>
+#include <hgad/model/hgad_model.hpp>
+#include <sstream>
+#include <string>
+
+#include "io/temp_dir.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Run {
+  int status = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string cli_path() {
+  const char* path = std::getenv("HGAD_CLI");
+  return path ? path : "";
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+/// Runs `hgad <arguments>` with stdout and stderr captured in files of `dir`.
+Run run(const hgad_test::TempDir& dir, const std::string& arguments) {
+  const std::string out = dir.file("stdout.txt"), err = dir.file("stderr.txt");
+  const std::string command = "'" + cli_path() + "' " + arguments + " >'" + out + "' 2>'" + err + "'";
+  const int raw = std::system(command.c_str());
+  Run r;
+  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+std::string weights_dir() { return std::string(HGAD_SHARED_DIR) + "/weights/resnet18-imagenet"; }
+
+/// A gray 64x64 PNG with a bright square when `defect`.
+void write_image(const std::string& path, unsigned seed, bool defect) {
+  fs::create_directories(fs::path(path).parent_path());
+  hgad::Tensor<float> image({64, 64});
+  for (hgad::Index i = 0; i < 64; ++i)
+    for (hgad::Index j = 0; j < 64; ++j)
+      image(i, j) = float(0.4 + 0.2 * ((i / 8 + j / 8 + seed) % 2)) + (defect && i > 20 && i < 30 && j > 20 && j < 30 ? 0.4f : 0.0f);
+  hgad::save_png(path, image);
+}
+
+void write_mask(const std::string& path) {
+  fs::create_directories(fs::path(path).parent_path());
+  hgad::Tensor<float> mask({64, 64});
+  for (hgad::Index i = 21; i < 30; ++i)
+    for (hgad::Index j = 21; j < 30; ++j) mask(i, j) = 1.0f;
+  hgad::save_png(path, mask);
+}
+
+/// Two classes a and b: 4 training images each, 2 good and 2 defective test images with masks.
+void write_dataset(const fs::path& root) {
+  for (const std::string c : {"a", "b"}) {
+    for (unsigned i = 0; i < 4; ++i) write_image((root / c / "train/good" / ("t" + std::to_string(i) + ".png")).string(), i, false);
+    for (unsigned i = 0; i < 2; ++i) {
+      write_image((root / c / "test/good" / ("g" + std::to_string(i) + ".png")).string(), i, false);
+      write_image((root / c / "test/dent" / ("d" + std::to_string(i) + ".png")).string(), i, true);
+      write_mask((root / c / "ground_truth/dent" / ("d" + std::to_string(i) + "_mask.png")).string());
+    }
+  }
+}
+
+/// A small, fast configuration: 64x64 images, layer2 only (128 x 8 x 8), one block, two epochs.
+const char* const tiny_config =
+    "image_size = 64\nmask_size = 32\nlayers = layer2\npos_dim = 8\nn_blocks = 1\nn_centers = 2\n"
+    "meta_epochs = 2\nsub_epochs = 1\nwarmup_meta_epochs = 1\nstage1_meta_epochs = 1\nbatch_size = 4\n";
+
+#define REQUIRE_CLI()                                              \
+  do {                                                             \
+    if (cli_path().empty()) {                                      \
+      WARN("skipped: HGAD_CLI is not set (ctest sets it)");        \
+      return;                                                      \
+    }                                                              \
+  } while (0)
+
+}  // namespace
+
+TEST_CASE("hgad program answers --help on every command and rejects bad command lines", "[model][cli]") {
+  REQUIRE_CLI();
+  hgad_test::TempDir dir("cli_usage");
+  Run r = run(dir, "");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "usage: hgad <command>"));
+  CHECK(run(dir, "--help").status == 0);
+  r = run(dir, "frobnicate");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "unknown command 'frobnicate'"));
+  for (const std::string command : {"train", "test", "predict", "info", "embeddings"}) {
+    r = run(dir, command + " --help");
+    CHECK(r.status == 0);
+    CHECK(contains(r.out, "usage: hgad " + command));
+  }
+  r = run(dir, "train --data x --backbone y");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "missing required option --out"));
+  r = run(dir, "train --data x --backbone y --out m --colour red");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "unknown option '--colour'"));
+  r = run(dir, "train --data x --backbone y --out m --epochs many");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "--epochs must be an integer, got 'many'"));
+  r = run(dir, "train --data x --backbone y --out m --epochs 0");
+  CHECK(r.status == 2);
+  r = run(dir, "train --data x --backbone y --out m --objective cflow");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "hgad or nf"));
+  r = run(dir, "train --data x --data y --backbone y --out m");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "given twice"));
+  r = run(dir, "test --model m --data d --mode best");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "transductive, calibrated or label-free"));
+  r = run(dir, "predict --model m --out o");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "no IMAGE"));
+  r = run(dir, "info");
+  CHECK(r.status == 2);
+  r = run(dir, "train --out");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "needs a value"));
+}
+
+TEST_CASE("hgad program reports missing paths and bad files with one message and no output", "[model][cli]") {
+  REQUIRE_CLI();
+  hgad_test::TempDir dir("cli_paths");
+  const std::string model = dir.file("model.hgad");
+  Run r = run(dir, "train --data '" + dir.file("nowhere") + "' --backbone '" + dir.path().string() + "' --out '" +
+                       model + "'");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "is not a directory"));
+  CHECK_FALSE(fs::exists(model));
+
+  r = run(dir, "test --model '" + dir.file("missing.hgad") + "' --data '" + dir.path().string() + "'");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "does not exist"));
+
+  std::ofstream(dir.file("garbage.hgad")) << "not a model";
+  r = run(dir, "info '" + dir.file("garbage.hgad") + "'");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "wrong magic"));
+
+  const std::string out = dir.file("heatmaps");
+  r = run(dir, "predict --model '" + dir.file("garbage.hgad") + "' --out '" + out + "' '" + dir.file("no.png") + "'");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "no.png"));
+  CHECK_FALSE(fs::exists(out));
+
+  r = run(dir, "embeddings --data '" + dir.path().string() + "'");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "unified_split_seed0.csv"));
+
+  // A dataset whose class folder holds no training image.
+  fs::create_directories(dir.path() / "data/a/train/good");
+  if (fs::exists(weights_dir())) {
+    r = run(dir, "train --data '" + dir.file("data") + "' --backbone '" + weights_dir() + "' --out '" + model + "'");
+    CHECK(r.status == 1);
+    CHECK(contains(r.err, "good"));
+    CHECK_FALSE(fs::exists(model));
+  }
+}
+
+TEST_CASE("hgad program trains, tests, predicts and refuses a model of other feature dimensions", "[model][cli]") {
+  REQUIRE_CLI();
+  if (!fs::exists(weights_dir())) {
+    WARN("skipped: " << weights_dir() << " is absent");
+    return;
+  }
+  hgad_test::TempDir dir("cli_run");
+  write_dataset(dir.path() / "data");
+  std::ofstream(dir.file("tiny.cfg")) << tiny_config;
+  const std::string data = dir.file("data"), model = dir.file("model.hgad");
+  Run r = run(dir, "train --data '" + data + "' --backbone '" + weights_dir() + "' --out '" + model + "' --config '" +
+                       dir.file("tiny.cfg") + "' --threads 2");
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  REQUIRE(fs::exists(model));
+  CHECK(contains(r.err, "training"));
+
+  r = run(dir, "info '" + model + "'");
+  CHECK(r.status == 0);
+  CHECK(contains(r.out, "levels = 128x8x8"));
+  CHECK(contains(r.out, "classes = a, b"));
+  CHECK(contains(r.out, "calibrated"));
+
+  for (const std::string mode : {"transductive", "calibrated", "label-free"}) {
+    const std::string json = dir.file("metrics_" + mode + ".json");
+    r = run(dir, "test --model '" + model + "' --data '" + data + "' --mode " + mode + " --json '" + json + "'");
+    INFO(r.err);
+    CHECK(r.status == 0);
+    CHECK(contains(r.out, "mean"));
+    const std::string text = slurp(json);
+    CHECK(contains(text, "\"mode\": \"" + mode + "\""));
+    CHECK(contains(text, "\"image_auroc\""));
+    CHECK(contains(text, "\"aupro\""));
+    CHECK(contains(text, "\"config\""));
+    if (mode == "label-free") CHECK(contains(r.out, "cls-acc"));
+  }
+
+  const std::string out = dir.file("heat");
+  r = run(dir, "predict --model '" + model + "' --out '" + out + "' '" + data + "/a/test/dent/d0.png' '" + data +
+                   "/b/test/good/g0.png'");
+  INFO(r.err);
+  CHECK(r.status == 0);
+  CHECK(fs::exists(fs::path(out) / "d0_heatmap.png"));
+  CHECK(fs::exists(fs::path(out) / "g0_heatmap.png"));
+  CHECK(contains(slurp((fs::path(out) / "scores.csv").string()), "d0.png"));
+
+  // A model that expects 64 channels where the backbone gives 128.
+  hgad::HgadModel<float> trained = hgad::HgadModel<float>::load(model);
+  hgad::ModelConfig wrong = trained.config();
+  wrong.levels[0].dim = 64;
+  hgad::HgadModel<float> other(wrong);
+  other.set_metadata("backbone_dir", weights_dir());
+  other.save(dir.file("other.hgad"));
+  const std::string json = dir.file("never.json");
+  r = run(dir, "test --model '" + dir.file("other.hgad") + "' --data '" + data + "' --mode transductive --json '" +
+                   json + "'");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "other features"));
+  CHECK(contains(r.err, "128 channels"));
+  CHECK_FALSE(fs::exists(json));
+
+  r = run(dir, "test --model '" + model + "' --data '" + data + "' --classes a,zebra");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "zebra"));
+}
