@@ -62,6 +62,15 @@ int expected_rgb(const std::vector<std::uint8_t>& p, int width, int channels, in
   return p[static_cast<std::size_t>(base + k)];
 }
 
+// stb_image_write's JPEG encoder left-shifts negative ints, which UBSan reports, so sanitized
+// builds make no JPEGs here; JPEG decoding stays covered under the sanitizers by the
+// industrial-mini test (its JPEG classes) and by tests/fuzz/fuzz_image.cpp.
+#ifdef HGAD_SANITIZED
+const std::vector<const char*> formats = {"png", "bmp"};
+#else
+const std::vector<const char*> formats = {"png", "bmp", "jpg"};
+#endif
+
 }  // namespace
 
 TEMPLATE_TEST_CASE(
@@ -205,7 +214,7 @@ TEMPLATE_TEST_CASE(
 TEST_CASE("load_image decodes PNG, BMP and JPEG in gray, gray+alpha, RGB and RGBA", "[io]") {
   hgad_test::TempDir dir("images");
   const int width = 7, height = 5;
-  for (const char* format : {"png", "bmp", "jpg"}) {
+  for (const char* format : formats) {
     for (int channels = 1; channels <= 4; ++channels) {
       CAPTURE(format, channels);
       const auto pixels = test_pixels(width, height, channels);
@@ -265,7 +274,7 @@ TEST_CASE("load_image reports unreadable and non-image files with the path and s
                       Catch::Contains(dir.file("missing.png")) && Catch::Contains("cannot open"));
 
   const auto pixels = test_pixels(16, 16, 3);
-  for (const char* format : {"png", "bmp", "jpg"}) {
+  for (const char* format : formats) {
     CAPTURE(format);
     const Bytes valid = encode(format, 16, 16, 3, pixels);
     // Every truncation either decodes (stb tolerates some short JPEGs) or throws hgad::Error.
