@@ -4,8 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <type_traits>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -37,8 +37,10 @@ const std::vector<double> w_values{0.5, -1.25, 2.0, 0.75, -0.5, 1.5};
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("backward accumulates into leaf gradients until zero_grad", "[autograd]", float, double) {
-  auto w = V<TestType>::parameter(Tn<TestType>::from_vector({2, 3}, {0.5, -1.25, 2.0, 0.75, -0.5, 1.5}));
+TEMPLATE_TEST_CASE("backward accumulates into leaf gradients until zero_grad", "[autograd]", float,
+                   double) {
+  auto w =
+      V<TestType>::parameter(Tn<TestType>::from_vector({2, 3}, {0.5, -1.25, 2.0, 0.75, -0.5, 1.5}));
   REQUIRE(w.requires_grad());
   REQUIRE(w.is_leaf());
   REQUIRE_FALSE(w.has_grad());
@@ -63,8 +65,10 @@ TEMPLATE_TEST_CASE("backward accumulates into leaf gradients until zero_grad", "
   require_all(w.grad(), scaled(w_values, 2));
 }
 
-TEMPLATE_TEST_CASE("ensure_grad gives a zero gradient that backward adds to", "[autograd]", float, double) {
-  auto w = V<TestType>::parameter(Tn<TestType>::from_vector({2, 3}, {0.5, -1.25, 2.0, 0.75, -0.5, 1.5}));
+TEMPLATE_TEST_CASE("ensure_grad gives a zero gradient that backward adds to", "[autograd]", float,
+                   double) {
+  auto w =
+      V<TestType>::parameter(Tn<TestType>::from_vector({2, 3}, {0.5, -1.25, 2.0, 0.75, -0.5, 1.5}));
   Tn<TestType>& g = w.ensure_grad();
   REQUIRE(w.has_grad());
   REQUIRE(g.shape() == hgad::Shape{2, 3});
@@ -77,8 +81,8 @@ TEMPLATE_TEST_CASE("ensure_grad gives a zero gradient that backward adds to", "[
   REQUIRE_THROWS_WITH(data.ensure_grad(), Catch::Contains("does not require a gradient"));
 }
 
-TEMPLATE_TEST_CASE("Gradients of two leaves that received the same buffer stay independent", "[autograd]", float,
-                   double) {
+TEMPLATE_TEST_CASE("Gradients of two leaves that received the same buffer stay independent",
+                   "[autograd]", float, double) {
   auto a = V<TestType>::parameter(Tn<TestType>::zeros({3}));
   auto b = V<TestType>::parameter(Tn<TestType>::zeros({3}));
   auto y = a + b;
@@ -95,7 +99,8 @@ TEMPLATE_TEST_CASE("Gradients of two leaves that received the same buffer stay i
   require_all(a.grad(), {2, 2, 2});
 }
 
-TEMPLATE_TEST_CASE("A Var used twice receives the sum of both gradients", "[autograd]", float, double) {
+TEMPLATE_TEST_CASE("A Var used twice receives the sum of both gradients", "[autograd]", float,
+                   double) {
   auto x = V<TestType>::parameter(Tn<TestType>::from_vector({3}, {1, 2, 3}));
   // y = x + x + x x: dy/dx = 2 + 2 x.
   auto y = hgad::sum(x + x + x * x);
@@ -127,7 +132,9 @@ TEMPLATE_TEST_CASE("NoGradGuard builds no graph and nests", "[autograd]", float,
     REQUIRE_FALSE(hgad::grad_enabled());
     // The flag is per thread: another thread records as usual.
     bool other_thread_records = false;
-    std::thread([&] { other_thread_records = hgad::grad_enabled() && (w * w).requires_grad(); }).join();
+    std::thread([&] {
+      other_thread_records = hgad::grad_enabled() && (w * w).requires_grad();
+    }).join();
     REQUIRE(other_thread_records);
   }
   REQUIRE(hgad::grad_enabled());
@@ -160,7 +167,8 @@ TEST_CASE("Gradients flow only to inputs that require them", "[autograd]") {
   REQUIRE_FALSE(y.has_grad());
 }
 
-TEMPLATE_TEST_CASE("backward runs through a chain of 10,000 ops without recursion", "[autograd]", float, double) {
+TEMPLATE_TEST_CASE("backward runs through a chain of 10,000 ops without recursion", "[autograd]",
+                   float, double) {
   const int n_ops = 10000;
   auto x = V<TestType>::parameter(Tn<TestType>::from_vector({2}, {1, -1}));
   V<TestType> y = x;
@@ -198,7 +206,8 @@ TEST_CASE("backward checks its seed and its root", "[autograd]") {
   auto w = V<double>::parameter(Tn<double>::ones({2, 3}));
   auto y = w * 2.0;
   REQUIRE_THROWS_WITH(y.backward(), Catch::Contains("one-element") && Catch::Contains("(2, 3)"));
-  REQUIRE_THROWS_WITH(y.backward(Tn<double>::ones({3, 2})), Catch::Contains("(3, 2)") && Catch::Contains("(2, 3)"));
+  REQUIRE_THROWS_WITH(y.backward(Tn<double>::ones({3, 2})),
+                      Catch::Contains("(3, 2)") && Catch::Contains("(2, 3)"));
   y.backward(Tn<double>::ones({2, 3}));
   require_all(w.grad(), std::vector<double>(6, 2.0));
   // A leaf as the root receives the seed itself.
@@ -218,48 +227,64 @@ TEST_CASE("Op errors name the op and both shapes", "[autograd]") {
   REQUIRE_THROWS_WITH(hgad::matmul(a, V<float>(Tn<float>::ones({13}))), Catch::Contains("rank-2"));
   REQUIRE_THROWS_WITH(hgad::matmul(a, a, hgad::Transpose::no, hgad::Transpose::no),
                       Catch::Contains("(7, 13)") && Catch::Contains("inner"));
-  REQUIRE_THROWS_WITH(a + b, Catch::Contains("add") && Catch::Contains("(7, 13)") && Catch::Contains("(5, 3)"));
-  REQUIRE_THROWS_WITH(a - V<float>(Tn<float>::ones({7})), Catch::Contains("sub") && Catch::Contains("(7)"));
-  REQUIRE_THROWS_WITH(a * V<float>(Tn<float>::ones({13, 7})), Catch::Contains("mul") && Catch::Contains("(13, 7)"));
-  REQUIRE_THROWS_WITH(a / V<float>(Tn<float>::ones({1, 7})), Catch::Contains("div") && Catch::Contains("(1, 7)"));
+  REQUIRE_THROWS_WITH(
+      a + b, Catch::Contains("add") && Catch::Contains("(7, 13)") && Catch::Contains("(5, 3)"));
+  REQUIRE_THROWS_WITH(a - V<float>(Tn<float>::ones({7})),
+                      Catch::Contains("sub") && Catch::Contains("(7)"));
+  REQUIRE_THROWS_WITH(a * V<float>(Tn<float>::ones({13, 7})),
+                      Catch::Contains("mul") && Catch::Contains("(13, 7)"));
+  REQUIRE_THROWS_WITH(a / V<float>(Tn<float>::ones({1, 7})),
+                      Catch::Contains("div") && Catch::Contains("(1, 7)"));
   // sub and div do not broadcast their first operand.
-  REQUIRE_THROWS_WITH(V<float>(Tn<float>::ones({13})) - a, Catch::Contains("sub") && Catch::Contains("(13)"));
-  REQUIRE_THROWS_WITH(hgad::concat_cols(std::vector<V<float>>{a, b}),
-                      Catch::Contains("concat_cols") && Catch::Contains("(7, 13)") && Catch::Contains("(5, 3)"));
+  REQUIRE_THROWS_WITH(V<float>(Tn<float>::ones({13})) - a,
+                      Catch::Contains("sub") && Catch::Contains("(13)"));
+  REQUIRE_THROWS_WITH(
+      hgad::concat_cols(std::vector<V<float>>{a, b}),
+      Catch::Contains("concat_cols") && Catch::Contains("(7, 13)") && Catch::Contains("(5, 3)"));
   REQUIRE_THROWS_WITH(hgad::concat_cols(std::vector<V<float>>{}), Catch::Contains("concat_cols"));
-  REQUIRE_THROWS_WITH(hgad::slice_cols(a, 3, 14), Catch::Contains("slice_cols") && Catch::Contains("(7, 13)"));
-  REQUIRE_THROWS_WITH(hgad::split_cols(a, {3, 4}), Catch::Contains("split_cols") && Catch::Contains("(7, 13)"));
-  REQUIRE_THROWS_WITH(hgad::gather_rows(a, {0, 7}),
-                      Catch::Contains("gather_rows") && Catch::Contains("index 7") && Catch::Contains("(7, 13)"));
-  REQUIRE_THROWS_WITH(hgad::reshape(a, {5, 5}), Catch::Contains("reshape") && Catch::Contains("(5, 5)"));
-  REQUIRE_THROWS_WITH(hgad::sum_rows(V<float>(Tn<float>::ones({4}))), Catch::Contains("sum_rows") &&
-                                                                          Catch::Contains("(4)"));
-  REQUIRE_THROWS_WITH(hgad::softplus(a, 0.0f), Catch::Contains("softplus") && Catch::Contains("beta"));
-  REQUIRE_THROWS_WITH(hgad::linear(a, V<float>(Tn<float>::ones({13, 2})), V<float>(Tn<float>::ones({3}))),
-                      Catch::Contains("linear") && Catch::Contains("(3)"));
+  REQUIRE_THROWS_WITH(hgad::slice_cols(a, 3, 14),
+                      Catch::Contains("slice_cols") && Catch::Contains("(7, 13)"));
+  REQUIRE_THROWS_WITH(hgad::split_cols(a, {3, 4}),
+                      Catch::Contains("split_cols") && Catch::Contains("(7, 13)"));
+  REQUIRE_THROWS_WITH(hgad::gather_rows(a, {0, 7}), Catch::Contains("gather_rows") &&
+                                                        Catch::Contains("index 7") &&
+                                                        Catch::Contains("(7, 13)"));
+  REQUIRE_THROWS_WITH(hgad::reshape(a, {5, 5}),
+                      Catch::Contains("reshape") && Catch::Contains("(5, 5)"));
+  REQUIRE_THROWS_WITH(hgad::sum_rows(V<float>(Tn<float>::ones({4}))),
+                      Catch::Contains("sum_rows") && Catch::Contains("(4)"));
+  REQUIRE_THROWS_WITH(hgad::softplus(a, 0.0f),
+                      Catch::Contains("softplus") && Catch::Contains("beta"));
+  REQUIRE_THROWS_WITH(
+      hgad::linear(a, V<float>(Tn<float>::ones({13, 2})), V<float>(Tn<float>::ones({3}))),
+      Catch::Contains("linear") && Catch::Contains("(3)"));
 }
 
 TEST_CASE("gradcheck reports a wrong gradient with the worst entries", "[autograd]") {
   hgad::Rng rng(5);
   // x * detach(x) differentiates as x, while the finite difference sees 2 x.
-  const auto result = hgad::gradcheck([](const auto& in) { return in[0] * hgad::detach(in[0]); },
-                                      {hgad::Tensor<double>::randn({3, 4}, rng)}, {1e-6, 1e-7, 1e-5, 3});
+  const auto result =
+      hgad::gradcheck([](const auto& in) { return in[0] * hgad::detach(in[0]); },
+                      {hgad::Tensor<double>::randn({3, 4}, rng)}, {1e-6, 1e-7, 1e-5, 3});
   REQUIRE_FALSE(result.ok);
   REQUIRE(std::isfinite(result.max_abs_error));
   REQUIRE(result.max_abs_error > 0.1);
   INFO(result.log);
-  REQUIRE_THAT(result.log, Catch::Contains("FAILED") && Catch::Contains("input 0 (3, 4) element ["));
+  REQUIRE_THAT(result.log,
+               Catch::Contains("FAILED") && Catch::Contains("input 0 (3, 4) element ["));
   // Three entries are logged, one line each, after the summary line.
   REQUIRE(std::count(result.log.begin(), result.log.end(), '\n') == 4);
 
-  const auto good = hgad::gradcheck([](const auto& in) { return hgad::sum(hgad::exp(in[0]) * in[1]); },
-                                    {hgad::Tensor<double>::randn({3, 4}, rng), hgad::Tensor<double>::randn({4}, rng)});
+  const auto good = hgad::gradcheck(
+      [](const auto& in) { return hgad::sum(hgad::exp(in[0]) * in[1]); },
+      {hgad::Tensor<double>::randn({3, 4}, rng), hgad::Tensor<double>::randn({4}, rng)});
   INFO(good.log);
   REQUIRE(good.ok);
   REQUIRE(good.max_abs_error < 1e-7);
   REQUIRE_THAT(good.log, Catch::Contains("passed"));
   // An input the function ignores has a zero gradient on both sides.
-  REQUIRE(hgad::gradcheck([](const auto& in) { return in[0] * 2.0; },
-                          {hgad::Tensor<double>::randn({2}, rng), hgad::Tensor<double>::randn({2}, rng)})
+  REQUIRE(hgad::gradcheck(
+              [](const auto& in) { return in[0] * 2.0; },
+              {hgad::Tensor<double>::randn({2}, rng), hgad::Tensor<double>::randn({2}, rng)})
               .ok);
 }

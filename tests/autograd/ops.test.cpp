@@ -47,7 +47,8 @@ double tolerance() {
 
 /// Requires `got` to have `shape`, finite elements, and each within tolerance * (1 + |expected|).
 template <class T>
-void require_values(const Tn<T>& got, const Shape& shape, const Values& expected, double scale = 1) {
+void require_values(const Tn<T>& got, const Shape& shape, const Values& expected,
+                    double scale = 1) {
   REQUIRE(got.shape() == shape);
   const std::vector<T> g = got.to_vector();
   REQUIRE(g.size() == expected.size());
@@ -62,15 +63,16 @@ void require_values(const Tn<T>& got, const Shape& shape, const Values& expected
       worst_at = i;
     }
   }
-  INFO("worst relative error " << worst << " at element " << worst_at << ": got " << double(g[worst_at])
-                               << ", expected " << expected[worst_at]);
+  INFO("worst relative error " << worst << " at element " << worst_at << ": got "
+                               << double(g[worst_at]) << ", expected " << expected[worst_at]);
   REQUIRE(finite);
   REQUIRE(worst <= scale * tolerance<T>());
 }
 
 using Fn = std::function<V<double>(const std::vector<V<double>>&)>;
 
-void require_gradcheck(const Fn& f, std::vector<Tn<double>> inputs, hgad::GradcheckOptions options = {}) {
+void require_gradcheck(const Fn& f, std::vector<Tn<double>> inputs,
+                       hgad::GradcheckOptions options = {}) {
   const hgad::GradcheckResult result = hgad::gradcheck(f, std::move(inputs), options);
   INFO(result.log);
   REQUIRE(std::isfinite(result.max_abs_error));
@@ -89,8 +91,8 @@ constexpr Index R = 7, C = 13;
 // matmul and linear
 // ---------------------------------------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("matmul matches a naive triple loop for every transpose combination", "[autograd]", float,
-                   double) {
+TEMPLATE_TEST_CASE("matmul matches a naive triple loop for every transpose combination",
+                   "[autograd]", float, double) {
   const Index m = 7, k = 13, n = 5;
   for (Transpose ta : {Transpose::no, Transpose::yes}) {
     for (Transpose tb : {Transpose::no, Transpose::yes}) {
@@ -107,7 +109,8 @@ TEMPLATE_TEST_CASE("matmul matches a naive triple loop for every transpose combi
             expected[i * n + j] += aip * bpj;
           }
       INFO("transposes " << a_t << b_t);
-      require_values(hgad::matmul(V<TestType>(A), V<TestType>(B), ta, tb).value(), Shape{m, n}, expected, 4);
+      require_values(hgad::matmul(V<TestType>(A), V<TestType>(B), ta, tb).value(), Shape{m, n},
+                     expected, 4);
     }
   }
 }
@@ -123,12 +126,14 @@ TEST_CASE("matmul passes gradcheck for every transpose combination", "[autograd]
     }
   }
   // A product of a Var with itself sends two gradients to one node.
-  require_gradcheck([](const auto& in) { return hgad::matmul(in[0], in[0], Transpose::yes); }, {input({R, 5}, 5)});
+  require_gradcheck([](const auto& in) { return hgad::matmul(in[0], in[0], Transpose::yes); },
+                    {input({R, 5}, 5)});
 }
 
 TEMPLATE_TEST_CASE("linear matches a naive x W + b", "[autograd]", float, double) {
   const Index n = 9, d = 13, k = 5;
-  const auto X = tensor<TestType>({n, d}, draw(n * d, 6)), W = tensor<TestType>({d, k}, draw(d * k, 7));
+  const auto X = tensor<TestType>({n, d}, draw(n * d, 6)),
+             W = tensor<TestType>({d, k}, draw(d * k, 7));
   const auto B = tensor<TestType>({k}, draw(k, 8));
   const Values x = held(X), w = held(W), b = held(B);
   Values expected(static_cast<std::size_t>(n * k));
@@ -138,9 +143,11 @@ TEMPLATE_TEST_CASE("linear matches a naive x W + b", "[autograd]", float, double
       for (Index p = 0; p < d; ++p) s += x[i * d + p] * w[p * k + j];
       expected[i * k + j] = s;
     }
-  require_values(hgad::linear(V<TestType>(X), V<TestType>(W), V<TestType>(B)).value(), Shape{n, k}, expected, 4);
-  require_values(hgad::linear(V<TestType>(X), V<TestType>(W), V<TestType>(B.reshape({1, k}))).value(), Shape{n, k},
+  require_values(hgad::linear(V<TestType>(X), V<TestType>(W), V<TestType>(B)).value(), Shape{n, k},
                  expected, 4);
+  require_values(
+      hgad::linear(V<TestType>(X), V<TestType>(W), V<TestType>(B.reshape({1, k}))).value(),
+      Shape{n, k}, expected, 4);
 }
 
 TEST_CASE("linear passes gradcheck with a (K,) and a (1, K) bias", "[autograd]") {
@@ -192,8 +199,8 @@ const Layout layouts[] = {
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("add, sub, mul and div match naive loops with every broadcast layout", "[autograd]", float,
-                   double) {
+TEMPLATE_TEST_CASE("add, sub, mul and div match naive loops with every broadcast layout",
+                   "[autograd]", float, double) {
   const auto A = tensor<TestType>({R, C}, draw(R * C, 20));
   const Values a = held(A);
   for (const Layout& layout : layouts) {
@@ -203,12 +210,15 @@ TEMPLATE_TEST_CASE("add, sub, mul and div match naive loops with every broadcast
     for (const BinaryCase& op : binary_cases) {
       Values expected(static_cast<std::size_t>(R * C));
       for (Index i = 0; i < R; ++i)
-        for (Index j = 0; j < C; ++j) expected[i * C + j] = op.ref(a[i * C + j], b[layout.at(i, j)]);
+        for (Index j = 0; j < C; ++j)
+          expected[i * C + j] = op.ref(a[i * C + j], b[layout.at(i, j)]);
       INFO(op.name << " with b " << layout.name);
-      require_values(apply_binary(op.name, V<TestType>(A), V<TestType>(B)).value(), Shape{R, C}, expected);
+      require_values(apply_binary(op.name, V<TestType>(A), V<TestType>(B)).value(), Shape{R, C},
+                     expected);
       if (std::string(op.name) == "add" || std::string(op.name) == "mul") {
         INFO("broadcast operand first");
-        require_values(apply_binary(op.name, V<TestType>(B), V<TestType>(A)).value(), Shape{R, C}, expected);
+        require_values(apply_binary(op.name, V<TestType>(B), V<TestType>(A)).value(), Shape{R, C},
+                       expected);
       }
     }
   }
@@ -222,19 +232,22 @@ TEST_CASE("add, sub, mul and div pass gradcheck with every broadcast layout", "[
       require_gradcheck([name](const auto& in) { return apply_binary(name, in[0], in[1]); },
                         {input({R, C}, 22), input(layout.shape, 23, 0.5, 2)});
       // Only one operand requiring a gradient: the other is a constant.
-      require_gradcheck([name, b = input(layout.shape, 24, 0.5, 2)](const auto& in) {
-        return apply_binary(name, in[0], V<double>(b));
-      }, {input({R, C}, 25)});
-      require_gradcheck([name, a = input({R, C}, 26)](const auto& in) {
-        return apply_binary(name, V<double>(a), in[0]);
-      }, {input(layout.shape, 27, 0.5, 2)});
+      require_gradcheck([name, b = input(layout.shape, 24, 0.5, 2)](
+                            const auto& in) { return apply_binary(name, in[0], V<double>(b)); },
+                        {input({R, C}, 25)});
+      require_gradcheck([name, a = input({R, C}, 26)](
+                            const auto& in) { return apply_binary(name, V<double>(a), in[0]); },
+                        {input(layout.shape, 27, 0.5, 2)});
     }
-    require_gradcheck([](const auto& in) { return in[1] + in[0]; }, {input({R, C}, 28), input(layout.shape, 29)});
-    require_gradcheck([](const auto& in) { return in[1] * in[0]; }, {input({R, C}, 30), input(layout.shape, 31)});
+    require_gradcheck([](const auto& in) { return in[1] + in[0]; },
+                      {input({R, C}, 28), input(layout.shape, 29)});
+    require_gradcheck([](const auto& in) { return in[1] * in[0]; },
+                      {input({R, C}, 30), input(layout.shape, 31)});
   }
   // The same Var on both sides.
-  require_gradcheck([](const auto& in) { return in[0] * in[0] + in[0] - in[0] / (in[0] * in[0] + 3.0); },
-                    {input({R, C}, 32)});
+  require_gradcheck(
+      [](const auto& in) { return in[0] * in[0] + in[0] - in[0] / (in[0] * in[0] + 3.0); },
+      {input({R, C}, 32)});
 }
 
 TEMPLATE_TEST_CASE("Scalar ops and operators match naive loops", "[autograd]", float, double) {
@@ -273,10 +286,12 @@ TEMPLATE_TEST_CASE("Scalar ops and operators match naive loops", "[autograd]", f
 TEST_CASE("Scalar ops and operators pass gradcheck", "[autograd]") {
   require_gradcheck([](const auto& in) { return hgad::add(in[0], 0.3) * hgad::mul(in[0], -1.5); },
                     {input({R, C}, 41)});
-  require_gradcheck([](const auto& in) { return (2.0 - in[0]) * (in[0] - 0.5) + 3.0 * in[0] + in[0] * 0.25; },
-                    {input({R, C}, 42)});
-  require_gradcheck([](const auto& in) { return 1.5 / in[0] + in[0] / 4.0 + (1.0 + in[0]) + (-in[0]); },
-                    {input({R, C}, 43, 0.5, 2)});
+  require_gradcheck(
+      [](const auto& in) { return (2.0 - in[0]) * (in[0] - 0.5) + 3.0 * in[0] + in[0] * 0.25; },
+      {input({R, C}, 42)});
+  require_gradcheck(
+      [](const auto& in) { return 1.5 / in[0] + in[0] / 4.0 + (1.0 + in[0]) + (-in[0]); },
+      {input({R, C}, 43, 0.5, 2)});
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -300,8 +315,10 @@ const UnaryCase unary_cases[] = {
     {"sigmoid", -30, 30, [](double x) { return 1 / (1 + std::exp(-x)); }},
     // PyTorch's definition: ln(1 + e^{beta x}) / beta, and x itself where beta x > 20.
     {"softplus", -30, 30, [](double x) { return x > 20 ? x : std::log(1 + std::exp(x)); }},
-    {"softplus beta 0.5", -60, 60, [](double x) { return 0.5 * x > 20 ? x : std::log(1 + std::exp(0.5 * x)) / 0.5; }},
-    {"softplus beta 3", -10, 10, [](double x) { return 3 * x > 20 ? x : std::log(1 + std::exp(3 * x)) / 3; }},
+    {"softplus beta 0.5", -60, 60,
+     [](double x) { return 0.5 * x > 20 ? x : std::log(1 + std::exp(0.5 * x)) / 0.5; }},
+    {"softplus beta 3", -10, 10,
+     [](double x) { return 3 * x > 20 ? x : std::log(1 + std::exp(3 * x)) / 3; }},
     {"relu", -3, 3, [](double x) { return x > 0 ? x : 0.0; }},
     {"square", -3, 3, [](double x) { return x * x; }},
 };
@@ -340,15 +357,20 @@ TEST_CASE("Element-wise maps pass gradcheck", "[autograd]") {
     INFO(name);
     // Inputs narrowed to where the central difference is accurate (|x| <= 10 keeps e^x moderate).
     const double lo = std::max(op.lo, -8.0), hi = std::min(op.hi, 8.0);
-    require_gradcheck([name](const auto& in) { return apply_unary(name, in[0]); }, {input({R, C}, 51, lo, hi)});
+    require_gradcheck([name](const auto& in) { return apply_unary(name, in[0]); },
+                      {input({R, C}, 51, lo, hi)});
   }
   // Both sides of softplus' linear switch at beta x = 20, and rank 1 and rank 3 inputs.
-  require_gradcheck([](const auto& in) { return hgad::softplus(in[0], 2.0); }, {input({C}, 52, 5, 15)});
-  require_gradcheck([](const auto& in) { return hgad::sigmoid(hgad::tanh(in[0])); }, {input({3, 2, 5}, 53)});
+  require_gradcheck([](const auto& in) { return hgad::softplus(in[0], 2.0); },
+                    {input({C}, 52, 5, 15)});
+  require_gradcheck([](const auto& in) { return hgad::sigmoid(hgad::tanh(in[0])); },
+                    {input({3, 2, 5}, 53)});
 }
 
-TEMPLATE_TEST_CASE("softplus and sigmoid stay finite and exact for large inputs", "[autograd]", float, double) {
-  const auto A = Tn<TestType>::from_vector({4}, {TestType(-1e4), TestType(-100), TestType(100), TestType(1e4)});
+TEMPLATE_TEST_CASE("softplus and sigmoid stay finite and exact for large inputs", "[autograd]",
+                   float, double) {
+  const auto A = Tn<TestType>::from_vector(
+      {4}, {TestType(-1e4), TestType(-100), TestType(100), TestType(1e4)});
   auto x = V<TestType>::parameter(A);
   auto y = hgad::softplus(x, TestType(0.5));
   const std::vector<TestType> v = y.value().to_vector();
@@ -371,7 +393,8 @@ TEMPLATE_TEST_CASE("softplus and sigmoid stay finite and exact for large inputs"
 // Reductions and row-wise softmax
 // ---------------------------------------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("sum, mean, sum_rows and mean_rows match naive loops", "[autograd]", float, double) {
+TEMPLATE_TEST_CASE("sum, mean, sum_rows and mean_rows match naive loops", "[autograd]", float,
+                   double) {
   const auto A = tensor<TestType>({R, C}, draw(R * C, 60));
   const Values a = held(A);
   double total = 0;
@@ -392,15 +415,18 @@ TEMPLATE_TEST_CASE("sum, mean, sum_rows and mean_rows match naive loops", "[auto
 TEST_CASE("sum, mean, sum_rows and mean_rows pass gradcheck", "[autograd]") {
   require_gradcheck([](const auto& in) { return hgad::sum(in[0]); }, {input({R, C}, 61)});
   require_gradcheck([](const auto& in) { return hgad::mean(in[0]); }, {input({R, C}, 62)});
-  require_gradcheck([](const auto& in) { return hgad::sum(in[0]) * hgad::mean(in[0]); }, {input({C}, 63)});
+  require_gradcheck([](const auto& in) { return hgad::sum(in[0]) * hgad::mean(in[0]); },
+                    {input({C}, 63)});
   require_gradcheck([](const auto& in) { return hgad::sum_rows(in[0]); }, {input({R, C}, 64)});
   require_gradcheck([](const auto& in) { return hgad::mean_rows(in[0]); }, {input({R, C}, 65)});
-  require_gradcheck([](const auto& in) { return hgad::mean_rows(hgad::square(in[0])) * hgad::sum_rows(in[0]); },
-                    {input({R, C}, 66)});
+  require_gradcheck(
+      [](const auto& in) { return hgad::mean_rows(hgad::square(in[0])) * hgad::sum_rows(in[0]); },
+      {input({R, C}, 66)});
 }
 
-TEMPLATE_TEST_CASE("logsumexp_rows, log_softmax_rows and softmax_rows match naive long double loops", "[autograd]",
-                   float, double) {
+TEMPLATE_TEST_CASE(
+    "logsumexp_rows, log_softmax_rows and softmax_rows match naive long double loops", "[autograd]",
+    float, double) {
   // Rows near 1000 overflow e^x in double without the max shift; long double holds e^1000.
   for (double offset : {0.0, 1000.0, -1000.0}) {
     Values v = draw(R * C, 70, -3, 3);
@@ -414,7 +440,8 @@ TEMPLATE_TEST_CASE("logsumexp_rows, log_softmax_rows and softmax_rows match naiv
       lse[i] = static_cast<double>(std::log(s));
       for (Index j = 0; j < C; ++j) {
         log_softmax[i * C + j] = static_cast<double>(a[i * C + j] - std::log(s));
-        softmax[i * C + j] = static_cast<double>(std::exp(static_cast<long double>(a[i * C + j])) / s);
+        softmax[i * C + j] =
+            static_cast<double>(std::exp(static_cast<long double>(a[i * C + j])) / s);
       }
     }
     INFO("offset " << offset);
@@ -427,21 +454,27 @@ TEMPLATE_TEST_CASE("logsumexp_rows, log_softmax_rows and softmax_rows match naiv
 }
 
 TEST_CASE("logsumexp_rows, log_softmax_rows and softmax_rows pass gradcheck", "[autograd]") {
-  require_gradcheck([](const auto& in) { return hgad::logsumexp_rows(in[0]); }, {input({R, C}, 71)});
-  require_gradcheck([](const auto& in) { return hgad::logsumexp_rows(in[0]); }, {input({R, C}, 72, 995, 1000)});
-  require_gradcheck([](const auto& in) { return hgad::log_softmax_rows(in[0]); }, {input({R, C}, 73)});
+  require_gradcheck([](const auto& in) { return hgad::logsumexp_rows(in[0]); },
+                    {input({R, C}, 71)});
+  require_gradcheck([](const auto& in) { return hgad::logsumexp_rows(in[0]); },
+                    {input({R, C}, 72, 995, 1000)});
+  require_gradcheck([](const auto& in) { return hgad::log_softmax_rows(in[0]); },
+                    {input({R, C}, 73)});
   require_gradcheck([](const auto& in) { return hgad::softmax_rows(in[0]); }, {input({R, C}, 74)});
   // Two uses of one input: the second gradient accumulates into the first.
-  require_gradcheck([](const auto& in) { return hgad::softmax_rows(in[0]) * hgad::log_softmax_rows(in[0]); },
-                    {input({R, C}, 75)});
+  require_gradcheck(
+      [](const auto& in) { return hgad::softmax_rows(in[0]) * hgad::log_softmax_rows(in[0]); },
+      {input({R, C}, 75)});
 }
 
 // ---------------------------------------------------------------------------------------------
 // Columns, rows and shapes
 // ---------------------------------------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("concat_cols, slice_cols and split_cols match naive copies", "[autograd]", float, double) {
-  const auto A = tensor<TestType>({R, 3}, draw(R * 3, 80)), B = tensor<TestType>({R, 10}, draw(R * 10, 81));
+TEMPLATE_TEST_CASE("concat_cols, slice_cols and split_cols match naive copies", "[autograd]", float,
+                   double) {
+  const auto A = tensor<TestType>({R, 3}, draw(R * 3, 80)),
+             B = tensor<TestType>({R, 10}, draw(R * 10, 81));
   const Values a = held(A), b = held(B);
   Values expected;
   for (Index i = 0; i < R; ++i) {
@@ -464,20 +497,29 @@ TEMPLATE_TEST_CASE("concat_cols, slice_cols and split_cols match naive copies", 
 }
 
 TEST_CASE("concat_cols, slice_cols and split_cols pass gradcheck", "[autograd]") {
-  require_gradcheck([](const auto& in) { return hgad::concat_cols(std::vector<V<double>>{in[0], in[1], in[0]}); },
-                    {input({R, 3}, 82), input({R, 10}, 83)});
-  require_gradcheck([](const auto& in) { return hgad::slice_cols(in[0], 4, 9); }, {input({R, C}, 84)});
-  require_gradcheck([](const auto& in) {
-    const auto parts = hgad::split_cols(in[0], {5, 8});
-    return hgad::concat_cols(std::vector<V<double>>{parts[1] * parts[1], hgad::tanh(parts[0])});
-  }, {input({R, C}, 85)});
+  require_gradcheck(
+      [](const auto& in) {
+        return hgad::concat_cols(std::vector<V<double>>{in[0], in[1], in[0]});
+      },
+      {input({R, 3}, 82), input({R, 10}, 83)});
+  require_gradcheck([](const auto& in) { return hgad::slice_cols(in[0], 4, 9); },
+                    {input({R, C}, 84)});
+  require_gradcheck(
+      [](const auto& in) {
+        const auto parts = hgad::split_cols(in[0], {5, 8});
+        return hgad::concat_cols(std::vector<V<double>>{parts[1] * parts[1], hgad::tanh(parts[0])});
+      },
+      {input({R, C}, 85)});
   // A constant block in a concatenation gets no gradient and blocks none.
-  require_gradcheck([c = input({R, 2}, 86)](const auto& in) {
-    return hgad::concat_cols(std::vector<V<double>>{V<double>(c), in[0]});
-  }, {input({R, 4}, 87)});
+  require_gradcheck(
+      [c = input({R, 2}, 86)](const auto& in) {
+        return hgad::concat_cols(std::vector<V<double>>{V<double>(c), in[0]});
+      },
+      {input({R, 4}, 87)});
 }
 
-TEMPLATE_TEST_CASE("gather_rows picks rows by index, repeats included", "[autograd]", float, double) {
+TEMPLATE_TEST_CASE("gather_rows picks rows by index, repeats included", "[autograd]", float,
+                   double) {
   const auto A = tensor<TestType>({5, C}, draw(5 * C, 90));
   const Values a = held(A);
   const std::vector<std::int64_t> index{4, 0, 4, 2, 2, 2, 1};
@@ -488,9 +530,13 @@ TEMPLATE_TEST_CASE("gather_rows picks rows by index, repeats included", "[autogr
 }
 
 TEST_CASE("gather_rows passes gradcheck with repeated and missing indices", "[autograd]") {
-  require_gradcheck([](const auto& in) { return hgad::gather_rows(in[0], {4, 0, 4, 2, 2, 2, 1}); },
-                    {input({6, C}, 91)});
-  require_gradcheck([](const auto& in) { return hgad::gather_rows(in[0], {}); }, {input({3, 2}, 92)});
+  require_gradcheck(
+      [](const auto& in) {
+        return hgad::gather_rows(in[0], {4, 0, 4, 2, 2, 2, 1});
+      },
+      {input({6, C}, 91)});
+  require_gradcheck([](const auto& in) { return hgad::gather_rows(in[0], {}); },
+                    {input({3, 2}, 92)});
 }
 
 TEMPLATE_TEST_CASE("reshape and detach keep the values", "[autograd]", float, double) {
@@ -503,17 +549,23 @@ TEMPLATE_TEST_CASE("reshape and detach keep the values", "[autograd]", float, do
 }
 
 TEST_CASE("reshape passes gradcheck", "[autograd]") {
-  require_gradcheck([](const auto& in) { return hgad::matmul(hgad::reshape(in[0], {C, R}), in[0]); },
-                    {input({R, C}, 96)});
+  require_gradcheck(
+      [](const auto& in) {
+        return hgad::matmul(hgad::reshape(in[0], {C, R}), in[0]);
+      },
+      {input({R, C}, 96)});
 }
 
 TEST_CASE("A small network passes gradcheck end to end", "[autograd]") {
   // mean_i [ lse_k(tanh(x W1 + b1) W2)_ik - (tanh(x W1 + b1) W2)_{i, label_i} ]: a softmax
   // cross-entropy with labels picked by gather_rows on the transposed logits.
-  require_gradcheck([](const auto& in) {
-    const auto hidden = hgad::tanh(hgad::linear(in[0], in[1], in[2]));
-    const auto logits = hgad::matmul(hidden, in[3]);                               // (9, 3)
-    const auto picked = hgad::gather_rows(hgad::reshape(logits, {27, 1}), {0, 4, 8, 9, 13, 17, 18, 22, 26});
-    return hgad::mean(hgad::logsumexp_rows(logits) - hgad::reshape(picked, {9}));
-  }, {input({9, 5}, 97), input({5, 11}, 98), input({11}, 99), input({11, 3}, 100)});
+  require_gradcheck(
+      [](const auto& in) {
+        const auto hidden = hgad::tanh(hgad::linear(in[0], in[1], in[2]));
+        const auto logits = hgad::matmul(hidden, in[3]);  // (9, 3)
+        const auto picked =
+            hgad::gather_rows(hgad::reshape(logits, {27, 1}), {0, 4, 8, 9, 13, 17, 18, 22, 26});
+        return hgad::mean(hgad::logsumexp_rows(logits) - hgad::reshape(picked, {9}));
+      },
+      {input({9, 5}, 97), input({5, 11}, 98), input({11}, 99), input({11, 3}, 100)});
 }

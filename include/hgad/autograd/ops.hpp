@@ -32,7 +32,8 @@ template <class T>
 struct TypeIdentity {
   using type = T;
 };
-/// A Scalar parameter that does not take part in template deduction, so `x * 2` works for Var<float>.
+/// A Scalar parameter that does not take part in template deduction, so `x * 2` works for
+/// Var<float>.
 template <class T>
 using NonDeduced = typename TypeIdentity<T>::type;
 
@@ -52,13 +53,15 @@ const Tensor<Scalar>& checked_value(const char* op, const Var<Scalar>& a) {
 
 template <class Scalar>
 void require_same_device(const char* op, const Tensor<Scalar>& a, const Tensor<Scalar>& b) {
-  check(a.device() == b.device(), op, ": operands live on different devices (", to_string(a.device()),
-        " ", a.shape().to_string(), " and ", to_string(b.device()), " ", b.shape().to_string(), ")");
+  check(a.device() == b.device(), op, ": operands live on different devices (",
+        to_string(a.device()), " ", a.shape().to_string(), " and ", to_string(b.device()), " ",
+        b.shape().to_string(), ")");
 }
 
 template <class Scalar>
 void require_rank2(const char* op, const Tensor<Scalar>& a) {
-  check(a.rank() == 2, op, ": needs a rank-2 (rows, cols) input, got shape ", a.shape().to_string());
+  check(a.rank() == 2, op, ": needs a rank-2 (rows, cols) input, got shape ",
+        a.shape().to_string());
 }
 
 /// How the second operand of add/sub/mul/div lines up with the first.
@@ -67,7 +70,8 @@ enum class Layout { same, row, col, invalid };
 inline Layout broadcast_layout(const Shape& a, const Shape& b) {
   if (a == b) return Layout::same;
   if (a.rank() != 2) return Layout::invalid;
-  if ((b.rank() == 1 && b[0] == a[1]) || (b.rank() == 2 && b[0] == 1 && b[1] == a[1])) return Layout::row;
+  if ((b.rank() == 1 && b[0] == a[1]) || (b.rank() == 2 && b[0] == 1 && b[1] == a[1]))
+    return Layout::row;
   if (b.rank() == 2 && b[0] == a[0] && b[1] == 1) return Layout::col;
   return Layout::invalid;
 }
@@ -77,19 +81,21 @@ Layout checked_layout(const char* op, const Tensor<Scalar>& a, const Tensor<Scal
   require_same_device(op, a, b);
   const Layout layout = broadcast_layout(a.shape(), b.shape());
   check(layout != Layout::invalid, op, ": cannot broadcast shapes ", a.shape().to_string(), " and ",
-        b.shape().to_string(), "; b must have a's shape, or a must be (R, C) and b (C,), (1, C) or (R, 1)");
+        b.shape().to_string(),
+        "; b must have a's shape, or a must be (R, C) and b (C,), (1, C) or (R, 1)");
   return layout;
 }
 
 /// y = op(a, b) with b laid out as `layout` relative to a (a's shape).
 template <class Scalar>
-void binary_kernel(BinaryOp op, Layout layout, const Tensor<Scalar>& a, const Tensor<Scalar>& b, Tensor<Scalar>& y) {
+void binary_kernel(BinaryOp op, Layout layout, const Tensor<Scalar>& a, const Tensor<Scalar>& b,
+                   Tensor<Scalar>& y) {
   Backend<Scalar>& backend = a.backend();
   if (layout == Layout::same) {
     backend.binary(op, a.numel(), a.data(), b.data(), y.data(), Scalar(0));
   } else {
-    backend.binary_broadcast(op, layout == Layout::row ? Broadcast::row : Broadcast::col, a.rows(), a.cols(),
-                             a.data(), b.data(), y.data(), Scalar(0));
+    backend.binary_broadcast(op, layout == Layout::row ? Broadcast::row : Broadcast::col, a.rows(),
+                             a.cols(), a.data(), b.data(), y.data(), Scalar(0));
   }
 }
 
@@ -97,7 +103,8 @@ void binary_kernel(BinaryOp op, Layout layout, const Tensor<Scalar>& a, const Te
 /// shape of the broadcast operand: the sum over rows (row layout) or over columns (col layout).
 /// `owned` says `full` may be kept by the node (same layout only).
 template <class Scalar>
-void accumulate_reduced(Node<Scalar>& node, Layout layout, const Tensor<Scalar>& full, bool owned, Scalar alpha) {
+void accumulate_reduced(Node<Scalar>& node, Layout layout, const Tensor<Scalar>& full, bool owned,
+                        Scalar alpha) {
   Backend<Scalar>& backend = full.backend();
   if (layout == Layout::same) {
     node.accumulate(full, owned, alpha);
@@ -126,8 +133,8 @@ void accumulate_row_broadcast(Node<Scalar>& node, const Tensor<Scalar>& g, Scala
     backend.unary(UnaryOp::scale, g.numel(), g.data(), source.data(), scale);
   }
   Tensor<Scalar>& grad = node.zeroed_grad();
-  backend.binary_broadcast(BinaryOp::add, Broadcast::col, grad.rows(), grad.cols(), grad.data(), source.data(),
-                           grad.data(), Scalar(0));
+  backend.binary_broadcast(BinaryOp::add, Broadcast::col, grad.rows(), grad.cols(), grad.data(),
+                           source.data(), grad.data(), Scalar(0));
 }
 
 /// y = f(a) element-wise through the backend.
@@ -166,50 +173,53 @@ Var<Scalar> matmul(const Var<Scalar>& a, const Var<Scalar>& b, Transpose trans_a
                    Transpose trans_b = Transpose::no) {
   const Tensor<Scalar>& A = detail::checked_value("matmul", a);
   const Tensor<Scalar>& B = detail::checked_value("matmul", b);
-  check(A.rank() == 2 && B.rank() == 2, "matmul: needs rank-2 operands, got a ", A.shape().to_string(), " and b ",
-        B.shape().to_string());
+  check(A.rank() == 2 && B.rank() == 2, "matmul: needs rank-2 operands, got a ",
+        A.shape().to_string(), " and b ", B.shape().to_string());
   detail::require_same_device("matmul", A, B);
   const bool ta = trans_a == Transpose::yes, tb = trans_b == Transpose::yes;
   const Index m = ta ? A.dim(1) : A.dim(0), k = ta ? A.dim(0) : A.dim(1);
   const Index kb = tb ? B.dim(1) : B.dim(0), n = tb ? B.dim(0) : B.dim(1);
-  check(k == kb, "matmul: inner dimensions differ: a ", A.shape().to_string(), ta ? " transposed" : "", " and b ",
-        B.shape().to_string(), tb ? " transposed" : "");
+  check(k == kb, "matmul: inner dimensions differ: a ", A.shape().to_string(),
+        ta ? " transposed" : "", " and b ", B.shape().to_string(), tb ? " transposed" : "");
   Tensor<Scalar> C = Tensor<Scalar>::empty({m, n}, A.backend_ptr());
-  A.backend().gemm(trans_a, trans_b, m, n, k, Scalar(1), A.data(), A.dim(1), B.data(), B.dim(1), Scalar(0), C.data(),
-                   n);
-  return detail::Graph<Scalar>::make("matmul", C, {&a, &b}, [A, B, trans_a, trans_b, m, n, k](detail::Node<Scalar>& self) {
-    // C = op(A) op(B), G = dL/dC (m, n):
-    //   dL/dop(A) = G op(B)^T (m, k),  so dL/dA = G op(B)^T, or op(B) G^T when A enters transposed;
-    //   dL/dop(B) = op(A)^T G (k, n),  so dL/dB = op(A)^T G, or G^T op(A) when B enters transposed.
-    // The gradients are written with beta = 1 into an existing gradient, beta = 0 into a fresh one.
-    const auto flip = [](Transpose t) { return t == Transpose::no ? Transpose::yes : Transpose::no; };
-    Backend<Scalar>& backend = *self.backend;
-    const Tensor<Scalar>& G = self.grad;
-    if (auto* pa = self.parent(0)) {
-      bool accumulate = false;
-      Tensor<Scalar>& gA = pa->writable_grad(accumulate);
-      const Scalar beta = accumulate ? Scalar(1) : Scalar(0);
-      if (trans_a == Transpose::no) {
-        backend.gemm(Transpose::no, flip(trans_b), m, k, n, Scalar(1), G.data(), n, B.data(), B.dim(1), beta,
-                     gA.data(), k);
-      } else {
-        backend.gemm(trans_b, Transpose::yes, k, m, n, Scalar(1), B.data(), B.dim(1), G.data(), n, beta, gA.data(),
-                     m);
-      }
-    }
-    if (auto* pb = self.parent(1)) {
-      bool accumulate = false;
-      Tensor<Scalar>& gB = pb->writable_grad(accumulate);
-      const Scalar beta = accumulate ? Scalar(1) : Scalar(0);
-      if (trans_b == Transpose::no) {
-        backend.gemm(flip(trans_a), Transpose::no, k, n, m, Scalar(1), A.data(), A.dim(1), G.data(), n, beta,
-                     gB.data(), n);
-      } else {
-        backend.gemm(Transpose::yes, trans_a, n, k, m, Scalar(1), G.data(), n, A.data(), A.dim(1), beta, gB.data(),
-                     k);
-      }
-    }
-  });
+  A.backend().gemm(trans_a, trans_b, m, n, k, Scalar(1), A.data(), A.dim(1), B.data(), B.dim(1),
+                   Scalar(0), C.data(), n);
+  return detail::Graph<Scalar>::make(
+      "matmul", C, {&a, &b}, [A, B, trans_a, trans_b, m, n, k](detail::Node<Scalar>& self) {
+        // C = op(A) op(B), G = dL/dC (m, n): dL/dop(A) = G op(B)^T, dL/dop(B) = op(A)^T G, so
+        //   dL/dA = G op(B)^T (m, k), or op(B) G^T (k, m) when A enters transposed;
+        //   dL/dB = op(A)^T G (k, n), or G^T op(A) (n, k) when B enters transposed.
+        // GEMM with beta = 1 adds into an existing gradient; beta = 0 fills a fresh one.
+        const auto flip = [](Transpose t) {
+          return t == Transpose::no ? Transpose::yes : Transpose::no;
+        };
+        Backend<Scalar>& backend = *self.backend;
+        const Tensor<Scalar>& G = self.grad;
+        if (auto* pa = self.parent(0)) {
+          bool accumulate = false;
+          Tensor<Scalar>& gA = pa->writable_grad(accumulate);
+          const Scalar beta = accumulate ? Scalar(1) : Scalar(0);
+          if (trans_a == Transpose::no) {
+            backend.gemm(Transpose::no, flip(trans_b), m, k, n, Scalar(1), G.data(), n, B.data(),
+                         B.dim(1), beta, gA.data(), k);
+          } else {
+            backend.gemm(trans_b, Transpose::yes, k, m, n, Scalar(1), B.data(), B.dim(1), G.data(),
+                         n, beta, gA.data(), m);
+          }
+        }
+        if (auto* pb = self.parent(1)) {
+          bool accumulate = false;
+          Tensor<Scalar>& gB = pb->writable_grad(accumulate);
+          const Scalar beta = accumulate ? Scalar(1) : Scalar(0);
+          if (trans_b == Transpose::no) {
+            backend.gemm(flip(trans_a), Transpose::no, k, n, m, Scalar(1), A.data(), A.dim(1),
+                         G.data(), n, beta, gB.data(), n);
+          } else {
+            backend.gemm(Transpose::yes, trans_a, n, k, m, Scalar(1), G.data(), n, A.data(),
+                         A.dim(1), beta, gB.data(), k);
+          }
+        }
+      });
 }
 
 /// y = x W + b, a fully connected layer: matmul and a row-broadcast add fused, so the bias is
@@ -223,34 +233,36 @@ Var<Scalar> linear(const Var<Scalar>& x, const Var<Scalar>& w, const Var<Scalar>
   check(X.rank() == 2 && W.rank() == 2 && X.dim(1) == W.dim(0), "linear: x ", X.shape().to_string(),
         " and W ", W.shape().to_string(), " do not multiply");
   const Index n = X.dim(0), d = X.dim(1), k = W.dim(1);
-  check((B.rank() == 1 && B.dim(0) == k) || (B.rank() == 2 && B.dim(0) == 1 && B.dim(1) == k), "linear: bias ",
-        B.shape().to_string(), " does not match the output (", n, ", ", k, ")");
+  check((B.rank() == 1 && B.dim(0) == k) || (B.rank() == 2 && B.dim(0) == 1 && B.dim(1) == k),
+        "linear: bias ", B.shape().to_string(), " does not match the output (", n, ", ", k, ")");
   detail::require_same_device("linear", X, W);
   detail::require_same_device("linear", X, B);
   Backend<Scalar>& backend = X.backend();
   Tensor<Scalar> Y = Tensor<Scalar>::empty({n, k}, X.backend_ptr());
   backend.copy2d(n, k, B.data(), 0, Y.data(), k, false);
-  backend.gemm(Transpose::no, Transpose::no, n, k, d, Scalar(1), X.data(), d, W.data(), k, Scalar(1), Y.data(), k);
-  return detail::Graph<Scalar>::make("linear", Y, {&x, &w, &b}, [X, W, n, k, d](detail::Node<Scalar>& self) {
-    // y = x W + 1 b^T, G = dL/dy (N, K): dL/dx = G W^T, dL/dW = x^T G, dL/db = sum_rows G.
-    Backend<Scalar>& backend = *self.backend;
-    const Tensor<Scalar>& G = self.grad;
-    bool accumulate = false;
-    if (auto* pb = self.parent(2)) {
-      Tensor<Scalar>& gb = pb->writable_grad(accumulate);
-      backend.sum_cols(n, k, G.data(), gb.data(), accumulate);
-    }
-    if (auto* pw = self.parent(1)) {
-      Tensor<Scalar>& gW = pw->writable_grad(accumulate);
-      backend.gemm(Transpose::yes, Transpose::no, d, k, n, Scalar(1), X.data(), d, G.data(), k,
-                   accumulate ? Scalar(1) : Scalar(0), gW.data(), k);
-    }
-    if (auto* px = self.parent(0)) {
-      Tensor<Scalar>& gX = px->writable_grad(accumulate);
-      backend.gemm(Transpose::no, Transpose::yes, n, d, k, Scalar(1), G.data(), k, W.data(), k,
-                   accumulate ? Scalar(1) : Scalar(0), gX.data(), d);
-    }
-  });
+  backend.gemm(Transpose::no, Transpose::no, n, k, d, Scalar(1), X.data(), d, W.data(), k,
+               Scalar(1), Y.data(), k);
+  return detail::Graph<Scalar>::make(
+      "linear", Y, {&x, &w, &b}, [X, W, n, k, d](detail::Node<Scalar>& self) {
+        // y = x W + 1 b^T, G = dL/dy (N, K): dL/dx = G W^T, dL/dW = x^T G, dL/db = sum_rows G.
+        Backend<Scalar>& backend = *self.backend;
+        const Tensor<Scalar>& G = self.grad;
+        bool accumulate = false;
+        if (auto* pb = self.parent(2)) {
+          Tensor<Scalar>& gb = pb->writable_grad(accumulate);
+          backend.sum_cols(n, k, G.data(), gb.data(), accumulate);
+        }
+        if (auto* pw = self.parent(1)) {
+          Tensor<Scalar>& gW = pw->writable_grad(accumulate);
+          backend.gemm(Transpose::yes, Transpose::no, d, k, n, Scalar(1), X.data(), d, G.data(), k,
+                       accumulate ? Scalar(1) : Scalar(0), gW.data(), k);
+        }
+        if (auto* px = self.parent(0)) {
+          Tensor<Scalar>& gX = px->writable_grad(accumulate);
+          backend.gemm(Transpose::no, Transpose::yes, n, d, k, Scalar(1), G.data(), k, W.data(), k,
+                       accumulate ? Scalar(1) : Scalar(0), gX.data(), d);
+        }
+      });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -277,7 +289,8 @@ Var<Scalar> add(const Var<Scalar>& a, const Var<Scalar>& b) {
       if (self.parent(1)) self.send_grad(1, Scalar(1), !both);
       return;
     }
-    if (auto* pb = self.parent(1)) detail::accumulate_reduced(*pb, layout, self.grad, false, Scalar(1));
+    if (auto* pb = self.parent(1))
+      detail::accumulate_reduced(*pb, layout, self.grad, false, Scalar(1));
     if (self.parent(0)) self.send_grad(0);
   });
 }
@@ -298,7 +311,8 @@ Var<Scalar> sub(const Var<Scalar>& a, const Var<Scalar>& b) {
       if (self.parent(1)) self.send_grad(1, Scalar(-1), !both);
       return;
     }
-    if (auto* pb = self.parent(1)) detail::accumulate_reduced(*pb, layout, self.grad, false, Scalar(-1));
+    if (auto* pb = self.parent(1))
+      detail::accumulate_reduced(*pb, layout, self.grad, false, Scalar(-1));
     if (self.parent(0)) self.send_grad(0);
   });
 }
@@ -315,19 +329,21 @@ Var<Scalar> mul(const Var<Scalar>& a, const Var<Scalar>& b) {
   const detail::Layout layout = detail::checked_layout("mul", A, B);
   Tensor<Scalar> Y = detail::empty_like(A);
   detail::binary_kernel(BinaryOp::mul, layout, A, B, Y);
-  return detail::Graph<Scalar>::make("mul", Y, {&a, &b}, [A, B, layout](detail::Node<Scalar>& self) {
-    // d(a b)/da = b, d(a b)/db = a (summed over the broadcast axis).
-    if (auto* pb = self.parent(1)) {
-      Tensor<Scalar> gb = detail::empty_like(A);
-      self.backend->binary(BinaryOp::mul, A.numel(), self.grad.data(), A.data(), gb.data(), Scalar(0));
-      detail::accumulate_reduced(*pb, layout, gb, true, Scalar(1));
-    }
-    if (auto* pa = self.parent(0)) {
-      Tensor<Scalar> ga = self.scratch();
-      detail::binary_kernel(BinaryOp::mul, layout, self.grad, B, ga);
-      pa->accumulate(ga, true);
-    }
-  });
+  return detail::Graph<Scalar>::make(
+      "mul", Y, {&a, &b}, [A, B, layout](detail::Node<Scalar>& self) {
+        // d(a b)/da = b, d(a b)/db = a (summed over the broadcast axis).
+        if (auto* pb = self.parent(1)) {
+          Tensor<Scalar> gb = detail::empty_like(A);
+          self.backend->binary(BinaryOp::mul, A.numel(), self.grad.data(), A.data(), gb.data(),
+                               Scalar(0));
+          detail::accumulate_reduced(*pb, layout, gb, true, Scalar(1));
+        }
+        if (auto* pa = self.parent(0)) {
+          Tensor<Scalar> ga = self.scratch();
+          detail::binary_kernel(BinaryOp::mul, layout, self.grad, B, ga);
+          pa->accumulate(ga, true);
+        }
+      });
 }
 
 /// y = a / b element-wise, b broadcast as described in the file comment.
@@ -338,20 +354,22 @@ Var<Scalar> div(const Var<Scalar>& a, const Var<Scalar>& b) {
   const detail::Layout layout = detail::checked_layout("div", A, B);
   Tensor<Scalar> Y = detail::empty_like(A);
   detail::binary_kernel(BinaryOp::div, layout, A, B, Y);
-  return detail::Graph<Scalar>::make("div", Y, {&a, &b}, [Y, B, layout](detail::Node<Scalar>& self) {
-    // d(a / b)/da = 1 / b, d(a / b)/db = -a / b^2 = -y / b (summed over the broadcast axis).
-    if (auto* pb = self.parent(1)) {
-      Tensor<Scalar> gb = detail::empty_like(Y);
-      self.backend->binary(BinaryOp::mul, Y.numel(), self.grad.data(), Y.data(), gb.data(), Scalar(0));
-      detail::binary_kernel(BinaryOp::div, layout, gb, B, gb);
-      detail::accumulate_reduced(*pb, layout, gb, true, Scalar(-1));
-    }
-    if (auto* pa = self.parent(0)) {
-      Tensor<Scalar> ga = self.scratch();
-      detail::binary_kernel(BinaryOp::div, layout, self.grad, B, ga);
-      pa->accumulate(ga, true);
-    }
-  });
+  return detail::Graph<Scalar>::make(
+      "div", Y, {&a, &b}, [Y, B, layout](detail::Node<Scalar>& self) {
+        // d(a / b)/da = 1 / b, d(a / b)/db = -a / b^2 = -y / b (summed over the broadcast axis).
+        if (auto* pb = self.parent(1)) {
+          Tensor<Scalar> gb = detail::empty_like(Y);
+          self.backend->binary(BinaryOp::mul, Y.numel(), self.grad.data(), Y.data(), gb.data(),
+                               Scalar(0));
+          detail::binary_kernel(BinaryOp::div, layout, gb, B, gb);
+          detail::accumulate_reduced(*pb, layout, gb, true, Scalar(-1));
+        }
+        if (auto* pa = self.parent(0)) {
+          Tensor<Scalar> ga = self.scratch();
+          detail::binary_kernel(BinaryOp::div, layout, self.grad, B, ga);
+          pa->accumulate(ga, true);
+        }
+      });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -399,7 +417,8 @@ Var<Scalar> exp(const Var<Scalar>& a) {
   return detail::Graph<Scalar>::make("exp", Y, {&a}, [Y](detail::Node<Scalar>& self) {
     // d(e^a)/da = e^a = y.
     Tensor<Scalar> gx = self.scratch();
-    self.backend->binary(BinaryOp::mul, gx.numel(), self.grad.data(), Y.data(), gx.data(), Scalar(0));
+    self.backend->binary(BinaryOp::mul, gx.numel(), self.grad.data(), Y.data(), gx.data(),
+                         Scalar(0));
     self.parent(0)->accumulate(gx, true);
   });
 }
@@ -412,7 +431,8 @@ Var<Scalar> log(const Var<Scalar>& a) {
   return detail::Graph<Scalar>::make("log", Y, {&a}, [A](detail::Node<Scalar>& self) {
     // d(ln a)/da = 1 / a.
     Tensor<Scalar> gx = self.scratch();
-    self.backend->binary(BinaryOp::div, gx.numel(), self.grad.data(), A.data(), gx.data(), Scalar(0));
+    self.backend->binary(BinaryOp::div, gx.numel(), self.grad.data(), A.data(), gx.data(),
+                         Scalar(0));
     self.parent(0)->accumulate(gx, true);
   });
 }
@@ -424,7 +444,8 @@ Var<Scalar> reciprocal(const Var<Scalar>& a) {
   return detail::Graph<Scalar>::make("reciprocal", Y, {&a}, [Y](detail::Node<Scalar>& self) {
     // d(1/a)/da = -1 / a^2 = -y^2.
     Tensor<Scalar> gx = self.scratch();
-    self.backend->binary(BinaryOp::mul, gx.numel(), self.grad.data(), Y.data(), gx.data(), Scalar(0));
+    self.backend->binary(BinaryOp::mul, gx.numel(), self.grad.data(), Y.data(), gx.data(),
+                         Scalar(0));
     self.backend->binary(BinaryOp::mul, gx.numel(), gx.data(), Y.data(), gx.data(), Scalar(0));
     self.parent(0)->accumulate(gx, true, Scalar(-1));
   });
@@ -435,7 +456,8 @@ template <class Scalar>
 Var<Scalar> tanh(const Var<Scalar>& a) {
   Tensor<Scalar> Y = detail::map(UnaryOp::tanh, detail::checked_value("tanh", a));
   // d(tanh a)/da = 1 - tanh^2 a = 1 - y^2.
-  return detail::Graph<Scalar>::make("tanh", Y, {&a}, detail::binary_backward_rule(BinaryOp::tanh_backward, Y));
+  return detail::Graph<Scalar>::make("tanh", Y, {&a},
+                                     detail::binary_backward_rule(BinaryOp::tanh_backward, Y));
 }
 
 /// y = sigmoid a = 1 / (1 + e^-a), computed without overflow.
@@ -453,11 +475,13 @@ Var<Scalar> sigmoid(const Var<Scalar>& a) {
 template <class Scalar>
 Var<Scalar> softplus(const Var<Scalar>& a, detail::NonDeduced<Scalar> beta = Scalar(1)) {
   const Tensor<Scalar>& A = detail::checked_value("softplus", a);
-  check(beta > Scalar(0), "softplus: beta must be positive, got ", beta, " for input ", A.shape().to_string());
+  check(beta > Scalar(0), "softplus: beta must be positive, got ", beta, " for input ",
+        A.shape().to_string());
   Tensor<Scalar> Y = detail::map(UnaryOp::softplus, A, Scalar(beta));
   // d softplus_beta(a)/da = sigmoid(beta a), and 1 on the linear branch beta a > 20.
-  return detail::Graph<Scalar>::make("softplus", Y, {&a},
-                                     detail::binary_backward_rule(BinaryOp::softplus_backward, A, Scalar(beta)));
+  return detail::Graph<Scalar>::make(
+      "softplus", Y, {&a},
+      detail::binary_backward_rule(BinaryOp::softplus_backward, A, Scalar(beta)));
 }
 
 /// y = max(a, 0).
@@ -465,7 +489,8 @@ template <class Scalar>
 Var<Scalar> relu(const Var<Scalar>& a) {
   Tensor<Scalar> Y = detail::map(UnaryOp::relu, detail::checked_value("relu", a));
   // d max(a, 0)/da = [a > 0] = [y > 0]; the output is saved so the input can be freed.
-  return detail::Graph<Scalar>::make("relu", Y, {&a}, detail::binary_backward_rule(BinaryOp::relu_backward, Y));
+  return detail::Graph<Scalar>::make("relu", Y, {&a},
+                                     detail::binary_backward_rule(BinaryOp::relu_backward, Y));
 }
 
 /// y = a^2.
@@ -476,7 +501,8 @@ Var<Scalar> square(const Var<Scalar>& a) {
   return detail::Graph<Scalar>::make("square", Y, {&a}, [A](detail::Node<Scalar>& self) {
     // d(a^2)/da = 2 a.
     Tensor<Scalar> gx = self.scratch();
-    self.backend->binary(BinaryOp::mul, gx.numel(), self.grad.data(), A.data(), gx.data(), Scalar(0));
+    self.backend->binary(BinaryOp::mul, gx.numel(), self.grad.data(), A.data(), gx.data(),
+                         Scalar(0));
     self.parent(0)->accumulate(gx, true, Scalar(2));
   });
 }
@@ -564,11 +590,11 @@ Var<Scalar> logsumexp_rows(const Var<Scalar>& a) {
     // d lse(a_i)/da_ij = e^{a_ij - y_i} = softmax(a_i)_j, times g_i.
     Backend<Scalar>& backend = *self.backend;
     Tensor<Scalar> gx = detail::empty_like(A);
-    backend.binary_broadcast(BinaryOp::sub, Broadcast::col, A.rows(), A.cols(), A.data(), Y.data(), gx.data(),
-                             Scalar(0));
-    backend.unary(UnaryOp::exp, gx.numel(), gx.data(), gx.data(), Scalar(0));
-    backend.binary_broadcast(BinaryOp::mul, Broadcast::col, A.rows(), A.cols(), gx.data(), self.grad.data(),
+    backend.binary_broadcast(BinaryOp::sub, Broadcast::col, A.rows(), A.cols(), A.data(), Y.data(),
                              gx.data(), Scalar(0));
+    backend.unary(UnaryOp::exp, gx.numel(), gx.data(), gx.data(), Scalar(0));
+    backend.binary_broadcast(BinaryOp::mul, Broadcast::col, A.rows(), A.cols(), gx.data(),
+                             self.grad.data(), gx.data(), Scalar(0));
     self.parent(0)->accumulate(gx, true);
   });
 }
@@ -584,7 +610,8 @@ Var<Scalar> log_softmax_rows(const Var<Scalar>& a) {
     // dL/da_ij = g_ij - softmax(a_i)_j sum_k g_ik, softmax(a_i)_j = e^{y_ij}.
     bool accumulate = false;
     Tensor<Scalar>& gx = self.parent(0)->writable_grad(accumulate);
-    self.backend->softmax_rows_backward(Y.rows(), Y.cols(), Y.data(), self.grad.data(), gx.data(), true, accumulate);
+    self.backend->softmax_rows_backward(Y.rows(), Y.cols(), Y.data(), self.grad.data(), gx.data(),
+                                        true, accumulate);
   });
 }
 
@@ -599,8 +626,8 @@ Var<Scalar> softmax_rows(const Var<Scalar>& a) {
     // dL/da_ij = y_ij (g_ij - sum_k g_ik y_ik).
     bool accumulate = false;
     Tensor<Scalar>& gx = self.parent(0)->writable_grad(accumulate);
-    self.backend->softmax_rows_backward(Y.rows(), Y.cols(), Y.data(), self.grad.data(), gx.data(), false,
-                                        accumulate);
+    self.backend->softmax_rows_backward(Y.rows(), Y.cols(), Y.data(), self.grad.data(), gx.data(),
+                                        false, accumulate);
   });
 }
 
@@ -620,8 +647,9 @@ Var<Scalar> concat_cols(const std::vector<Var<Scalar>>& parts) {
   Index total_cols = 0;
   for (std::size_t i = 0; i < parts.size(); ++i) {
     const Tensor<Scalar>& part = detail::checked_value("concat_cols", parts[i]);
-    check(part.rank() == 2 && part.dim(0) == rows, "concat_cols: input ", i, " has shape ", part.shape().to_string(),
-          ", input 0 has shape ", first.shape().to_string(), "; all must be rank 2 with equal rows");
+    check(part.rank() == 2 && part.dim(0) == rows, "concat_cols: input ", i, " has shape ",
+          part.shape().to_string(), ", input 0 has shape ", first.shape().to_string(),
+          "; all must be rank 2 with equal rows");
     detail::require_same_device("concat_cols", first, part);
     widths.push_back(part.dim(1));
     inputs.push_back(&parts[i]);
@@ -630,21 +658,24 @@ Var<Scalar> concat_cols(const std::vector<Var<Scalar>>& parts) {
   Tensor<Scalar> Y = Tensor<Scalar>::empty({rows, total_cols}, first.backend_ptr());
   Index offset = 0;
   for (std::size_t i = 0; i < parts.size(); ++i) {
-    first.backend().copy2d(rows, widths[i], parts[i].value().data(), widths[i], Y.data() + offset, total_cols, false);
+    first.backend().copy2d(rows, widths[i], parts[i].value().data(), widths[i], Y.data() + offset,
+                           total_cols, false);
     offset += widths[i];
   }
-  return detail::Graph<Scalar>::make("concat_cols", Y, inputs, [widths, rows, total_cols](detail::Node<Scalar>& self) {
-    // dL/da_i is the block of columns of g that a_i filled.
-    Index begin = 0;
-    for (std::size_t i = 0; i < widths.size(); ++i) {
-      if (auto* p = self.parent(i)) {
-        bool accumulate = false;
-        Tensor<Scalar>& gx = p->writable_grad(accumulate);
-        self.backend->copy2d(rows, widths[i], self.grad.data() + begin, total_cols, gx.data(), widths[i], accumulate);
-      }
-      begin += widths[i];
-    }
-  });
+  return detail::Graph<Scalar>::make(
+      "concat_cols", Y, inputs, [widths, rows, total_cols](detail::Node<Scalar>& self) {
+        // dL/da_i is the block of columns of g that a_i filled.
+        Index begin = 0;
+        for (std::size_t i = 0; i < widths.size(); ++i) {
+          if (auto* p = self.parent(i)) {
+            bool accumulate = false;
+            Tensor<Scalar>& gx = p->writable_grad(accumulate);
+            self.backend->copy2d(rows, widths[i], self.grad.data() + begin, total_cols, gx.data(),
+                                 widths[i], accumulate);
+          }
+          begin += widths[i];
+        }
+      });
 }
 
 /// Columns [begin, end) of a rank-2 a, copied; y is (R, end - begin).
@@ -657,11 +688,12 @@ Var<Scalar> slice_cols(const Var<Scalar>& a, Index begin, Index end) {
         ") out of range for shape ", A.shape().to_string());
   Tensor<Scalar> Y = Tensor<Scalar>::empty({rows, width}, A.backend_ptr());
   A.backend().copy2d(rows, width, A.data() + begin, cols, Y.data(), width, false);
-  return detail::Graph<Scalar>::make("slice_cols", Y, {&a}, [rows, cols, width, begin](detail::Node<Scalar>& self) {
-    // dL/da is g in columns [begin, end) and zero elsewhere.
-    Tensor<Scalar>& gx = self.parent(0)->zeroed_grad();
-    self.backend->copy2d(rows, width, self.grad.data(), width, gx.data() + begin, cols, true);
-  });
+  return detail::Graph<Scalar>::make(
+      "slice_cols", Y, {&a}, [rows, cols, width, begin](detail::Node<Scalar>& self) {
+        // dL/da is g in columns [begin, end) and zero elsewhere.
+        Tensor<Scalar>& gx = self.parent(0)->zeroed_grad();
+        self.backend->copy2d(rows, width, self.grad.data(), width, gx.data() + begin, cols, true);
+      });
 }
 
 /// a split into consecutive column blocks of the given widths, which must add up to a's columns.
@@ -674,8 +706,8 @@ std::vector<Var<Scalar>> split_cols(const Var<Scalar>& a, const std::vector<Inde
     check(w >= 0, "split_cols: negative width ", w, " for shape ", A.shape().to_string());
     total_cols += w;
   }
-  check(total_cols == A.dim(1), "split_cols: widths add up to ", total_cols, " but the input has shape ",
-        A.shape().to_string());
+  check(total_cols == A.dim(1), "split_cols: widths add up to ", total_cols,
+        " but the input has shape ", A.shape().to_string());
   std::vector<Var<Scalar>> parts;
   Index begin = 0;
   for (Index w : widths) {
@@ -698,12 +730,13 @@ Var<Scalar> gather_rows(const Var<Scalar>& a, std::vector<std::int64_t> index) {
   const Index n_index = static_cast<Index>(index.size()), cols = A.dim(1);
   Tensor<Scalar> Y = Tensor<Scalar>::empty({n_index, cols}, A.backend_ptr());
   A.backend().gather_rows(index.data(), n_index, cols, A.data(), Y.data());
-  return detail::Graph<Scalar>::make("gather_rows", Y, {&a},
-                                     [index = std::move(index), n_index, cols](detail::Node<Scalar>& self) {
-    // dL/da_k = sum of g_r over the r with index[r] = k.
-    Tensor<Scalar>& gx = self.parent(0)->zeroed_grad();
-    self.backend->scatter_add_rows(index.data(), n_index, cols, self.grad.data(), gx.data());
-  });
+  return detail::Graph<Scalar>::make(
+      "gather_rows", Y, {&a},
+      [index = std::move(index), n_index, cols](detail::Node<Scalar>& self) {
+        // dL/da_k = sum of g_r over the r with index[r] = k.
+        Tensor<Scalar>& gx = self.parent(0)->zeroed_grad();
+        self.backend->scatter_add_rows(index.data(), n_index, cols, self.grad.data(), gx.data());
+      });
 }
 
 /// The same value as a leaf that requires no gradient: gradients stop here (stop-gradient).
@@ -717,11 +750,14 @@ Var<Scalar> detach(const Var<Scalar>& a) {
 template <class Scalar>
 Var<Scalar> reshape(const Var<Scalar>& a, Shape shape) {
   const Tensor<Scalar>& A = detail::checked_value("reshape", a);
-  check(A.numel() == shape.numel(), "reshape: cannot view shape ", A.shape().to_string(), " as ", shape.to_string());
-  return detail::Graph<Scalar>::make("reshape", A.reshape(shape), {&a}, [](detail::Node<Scalar>& self) {
-    // The identity on the elements: dL/da = g viewed with a's shape.
-    self.send_grad(0);
-  });
+  check(A.numel() == shape.numel(), "reshape: cannot view shape ", A.shape().to_string(), " as ",
+        shape.to_string());
+  return detail::Graph<Scalar>::make("reshape", A.reshape(shape), {&a},
+                                     [](detail::Node<Scalar>& self) {
+                                       // The identity on the elements: dL/da = g viewed with a's
+                                       // shape.
+                                       self.send_grad(0);
+                                     });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -729,31 +765,57 @@ Var<Scalar> reshape(const Var<Scalar>& a, Shape shape) {
 // ---------------------------------------------------------------------------------------------
 
 template <class Scalar>
-Var<Scalar> operator+(const Var<Scalar>& a, const Var<Scalar>& b) { return add(a, b); }
+Var<Scalar> operator+(const Var<Scalar>& a, const Var<Scalar>& b) {
+  return add(a, b);
+}
 template <class Scalar>
-Var<Scalar> operator-(const Var<Scalar>& a, const Var<Scalar>& b) { return sub(a, b); }
+Var<Scalar> operator-(const Var<Scalar>& a, const Var<Scalar>& b) {
+  return sub(a, b);
+}
 template <class Scalar>
-Var<Scalar> operator*(const Var<Scalar>& a, const Var<Scalar>& b) { return mul(a, b); }
+Var<Scalar> operator*(const Var<Scalar>& a, const Var<Scalar>& b) {
+  return mul(a, b);
+}
 template <class Scalar>
-Var<Scalar> operator/(const Var<Scalar>& a, const Var<Scalar>& b) { return div(a, b); }
+Var<Scalar> operator/(const Var<Scalar>& a, const Var<Scalar>& b) {
+  return div(a, b);
+}
 template <class Scalar>
-Var<Scalar> operator-(const Var<Scalar>& a) { return neg(a); }
+Var<Scalar> operator-(const Var<Scalar>& a) {
+  return neg(a);
+}
 
 template <class Scalar>
-Var<Scalar> operator+(const Var<Scalar>& a, detail::NonDeduced<Scalar> s) { return add(a, s); }
+Var<Scalar> operator+(const Var<Scalar>& a, detail::NonDeduced<Scalar> s) {
+  return add(a, s);
+}
 template <class Scalar>
-Var<Scalar> operator+(detail::NonDeduced<Scalar> s, const Var<Scalar>& a) { return add(a, s); }
+Var<Scalar> operator+(detail::NonDeduced<Scalar> s, const Var<Scalar>& a) {
+  return add(a, s);
+}
 template <class Scalar>
-Var<Scalar> operator-(const Var<Scalar>& a, detail::NonDeduced<Scalar> s) { return add(a, Scalar(-s)); }
+Var<Scalar> operator-(const Var<Scalar>& a, detail::NonDeduced<Scalar> s) {
+  return add(a, Scalar(-s));
+}
 template <class Scalar>
-Var<Scalar> operator-(detail::NonDeduced<Scalar> s, const Var<Scalar>& a) { return add(neg(a), s); }
+Var<Scalar> operator-(detail::NonDeduced<Scalar> s, const Var<Scalar>& a) {
+  return add(neg(a), s);
+}
 template <class Scalar>
-Var<Scalar> operator*(const Var<Scalar>& a, detail::NonDeduced<Scalar> s) { return mul(a, s); }
+Var<Scalar> operator*(const Var<Scalar>& a, detail::NonDeduced<Scalar> s) {
+  return mul(a, s);
+}
 template <class Scalar>
-Var<Scalar> operator*(detail::NonDeduced<Scalar> s, const Var<Scalar>& a) { return mul(a, s); }
+Var<Scalar> operator*(detail::NonDeduced<Scalar> s, const Var<Scalar>& a) {
+  return mul(a, s);
+}
 template <class Scalar>
-Var<Scalar> operator/(const Var<Scalar>& a, detail::NonDeduced<Scalar> s) { return mul(a, Scalar(1) / s); }
+Var<Scalar> operator/(const Var<Scalar>& a, detail::NonDeduced<Scalar> s) {
+  return mul(a, Scalar(1) / s);
+}
 template <class Scalar>
-Var<Scalar> operator/(detail::NonDeduced<Scalar> s, const Var<Scalar>& a) { return mul(reciprocal(a), s); }
+Var<Scalar> operator/(detail::NonDeduced<Scalar> s, const Var<Scalar>& a) {
+  return mul(reciprocal(a), s);
+}
 
 }  // namespace hgad

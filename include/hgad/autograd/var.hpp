@@ -209,7 +209,8 @@ class Var {
   explicit Var(Tensor<Scalar> value, bool requires_grad = false)
       : m_impl(std::make_shared<Impl>(std::move(value))) {
     if (requires_grad) {
-      m_impl->node = std::make_shared<Node>(m_impl->value.shape(), m_impl->value.backend_ptr(), "leaf");
+      m_impl->node =
+          std::make_shared<Node>(m_impl->value.shape(), m_impl->value.backend_ptr(), "leaf");
     }
   }
 
@@ -240,8 +241,9 @@ class Var {
     check(requires_grad(), "Var::ensure_grad: the Var of shape ", shape().to_string(),
           " does not require a gradient");
     Node& node = *m_impl->node;
-    check(node.shape == value().shape(), "Var::ensure_grad: the value's shape ", value().shape().to_string(),
-          " differs from the shape ", node.shape.to_string(), " the Var was created with");
+    check(node.shape == value().shape(), "Var::ensure_grad: the value's shape ",
+          value().shape().to_string(), " differs from the shape ", node.shape.to_string(),
+          " the Var was created with");
     node.zeroed_grad();
     return node.grad;
   }
@@ -253,7 +255,8 @@ class Var {
 
   /// Back-propagates from a one-element Var with seed 1.
   void backward() {
-    check(value().numel() == 1, "Var::backward: backward() without a seed needs a one-element Var, not shape ",
+    check(value().numel() == 1,
+          "Var::backward: backward() without a seed needs a one-element Var, not shape ",
           shape().to_string(), "; pass a seed of that shape");
     Tensor<Scalar> seed = Tensor<Scalar>::empty(value().shape(), value().backend_ptr());
     seed.fill(Scalar(1));
@@ -294,7 +297,8 @@ class Var {
   }
   Node& node_with_grad(const char* what) const {
     check(has_grad(), "Var::", what, ": the Var of shape ", impl(what).value.shape().to_string(),
-          requires_grad() ? " has no gradient yet (call backward() first)" : " does not require a gradient");
+          requires_grad() ? " has no gradient yet (call backward() first)"
+                          : " does not require a gradient");
     return *m_impl->node;
   }
 
@@ -345,14 +349,15 @@ struct GraphAccess {
   /// The Var of an op's result: a node with `rule` and the inputs as parents when grad mode is on
   /// and some input requires a gradient, else a plain leaf.
   template <class Rule>
-  static Var<Scalar> make(const char* op, Tensor<Scalar> value, const std::vector<const Var<Scalar>*>& inputs,
-                          Rule&& rule) {
+  static Var<Scalar> make(const char* op, Tensor<Scalar> value,
+                          const std::vector<const Var<Scalar>*>& inputs, Rule&& rule) {
     Var<Scalar> out(std::move(value));
     if (!grad_enabled()) return out;
     bool any = false;
     for (const Var<Scalar>* input : inputs) any = any || input->requires_grad();
     if (!any) return out;
-    auto node = std::make_shared<Node<Scalar>>(out.m_impl->value.shape(), out.m_impl->value.backend_ptr(), op);
+    auto node = std::make_shared<Node<Scalar>>(out.m_impl->value.shape(),
+                                               out.m_impl->value.backend_ptr(), op);
     node->parents.reserve(inputs.size());
     for (const Var<Scalar>* input : inputs) {
       node->parents.push_back(input->requires_grad() ? input->m_impl->node : nullptr);
