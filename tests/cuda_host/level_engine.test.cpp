@@ -44,8 +44,9 @@ TEST_CASE("HostLevel matches the fused CPU path over three training steps in dou
 }
 
 TEST_CASE("HostLevel matches the fused CPU path at the paper's level sizes in float", "[cuda_host]") {
-  hgad_test::LevelParityConfig c;  // D 200, P 256, 12 blocks, K 15, M 10
+  hgad_test::LevelParityConfig c;  // D 200, P 256, K 15, M 10
   c.resync = true;
+  c.n_blocks = 4;  // the [cuda] test runs all 12; here 4 keep the suite fast
   c.B = 2;
   c.h = 8;
   c.w = 8;
