@@ -51,6 +51,12 @@ struct FlowResult {
 /// from `rng` in the order fc1.weight, fc1.bias, fc2.weight, fc2.bias; γ = f⁻¹(global_affine_init);
 /// b = 0; then R from `rng` (random_rotation with permute_soft, else random_permutation).
 ///
+/// The condition is cond (N, P), one row per input row, or cond (M, P) with N a multiple of M,
+/// shared periodically: row n reads cond row n mod M. HGAD's batches (n = b·h·w + i·w + j,
+/// ALGORITHM.md §1.3) pass the (h·w, P) encoding once this way; the fused path then computes
+/// W1c c + b1 once per position instead of once per row, and dL/dcond has cond's shape (the sum over
+/// the repeats).
+///
 /// Two implementations of the same map:
 /// - `forward(Var, Var)` / `inverse(Var, Var)`: composed from autograd ops, the reference;
 /// - `forward(Tensor, Tensor)` / `inverse(Tensor, Tensor)` (inference) and `forward_train` +
@@ -162,7 +168,7 @@ class AllInOneBlock {
   Tensor<Scalar> subnet_output(const Tensor<Scalar>& x, const Tensor<Scalar>& cond = Tensor<Scalar>()) const {
     check_input("subnet_output", x, cond, true);
     NoGradGuard no_grad;
-    const Var<Scalar> c = m_dims.P > 0 ? Var<Scalar>(cond) : Var<Scalar>();
+    const Var<Scalar> c = m_dims.P > 0 ? full_condition(Var<Scalar>(cond), x.rows()) : Var<Scalar>();
     return scaled_subnet(slice_cols(Var<Scalar>(x), 0, m_dims.n1), c).value();
   }
 
@@ -180,13 +186,14 @@ class AllInOneBlock {
   // ----------------------------------------------------------------------------------------
 
   /// z = f(x; c) and log|det ∂z/∂x| per row, composed from autograd ops (gradients reach x, cond
-  /// and every parameter). requires: x (N, D); cond (N, P), or null/empty when P = 0.
+  /// and every parameter). requires: x (N, D); cond (N, P) or (M, P) with N % M = 0, or null/empty
+  /// when P = 0.
   FlowVarResult<Scalar> forward(const Var<Scalar>& x, const Var<Scalar>& cond = Var<Scalar>()) const {
     check_input("forward", x.defined() ? x.value() : Tensor<Scalar>(), cond, true);
     const Index N = x.rows();
     const Var<Scalar> x1 = slice_cols(x, 0, m_dims.n1);
     const Var<Scalar> x2 = slice_cols(x, m_dims.n1, m_dims.D);
-    const auto [s, t] = coupling_coefficients(x1, cond);
+    const auto [s, t] = coupling_coefficients(x1, m_dims.P > 0 ? full_condition(cond, N) : cond);
     const Var<Scalar> u = concat_cols<Scalar>({x1, x2 * exp(s) + t});
     const Var<Scalar> g = global_scale_var();
     const Var<Scalar> u_affine = u * g + m_offset;
@@ -204,7 +211,7 @@ class AllInOneBlock {
     const Var<Scalar> u = (matmul(z, Var<Scalar>(m_rotation)) - m_offset) / g;
     const Var<Scalar> x1 = slice_cols(u, 0, m_dims.n1);
     const Var<Scalar> u2 = slice_cols(u, m_dims.n1, m_dims.D);
-    const auto [s, t] = coupling_coefficients(x1, cond);
+    const auto [s, t] = coupling_coefficients(x1, m_dims.P > 0 ? full_condition(cond, N) : cond);
     const Var<Scalar> x = concat_cols<Scalar>({x1, (u2 - t) * exp(-s)});
     return {x, -log_det(s, g, N)};
   }
@@ -214,13 +221,13 @@ class AllInOneBlock {
   // ----------------------------------------------------------------------------------------
 
   /// The forward map without a graph (inference): the same values as forward(Var, Var).
-  /// requires: x (N, D), cond (N, P) or empty when P = 0, CPU tensors.
+  /// requires: x (N, D), cond (N, P) or (M, P) with N % M = 0, or empty when P = 0; CPU tensors.
   FlowResult<Scalar> forward(const Tensor<Scalar>& x, const Tensor<Scalar>& cond = Tensor<Scalar>()) const {
     check_input("forward", x, cond, false);
     const Index N = x.rows();
     FlowResult<Scalar> r{Tensor<Scalar>::empty({N, m_dims.D}), Tensor<Scalar>::empty({N})};
     const auto weights = fused_weights();
-    kernel(weights).forward(N, x.data(), cond_data(cond), r.out.data(), r.log_jac_det.data(), false, nullptr,
+    kernel(weights).forward(N, x.data(), cond_data(cond), cond_rows(cond, N), r.out.data(), r.log_jac_det.data(), false, nullptr,
                             nullptr);
     return r;
   }
@@ -231,7 +238,7 @@ class AllInOneBlock {
     const Index N = z.rows();
     FlowResult<Scalar> r{Tensor<Scalar>::empty({N, m_dims.D}), Tensor<Scalar>::empty({N})};
     const auto weights = fused_weights();
-    kernel(weights).inverse(N, z.data(), cond_data(cond), r.out.data(), r.log_jac_det.data(), false);
+    kernel(weights).inverse(N, z.data(), cond_data(cond), cond_rows(cond, N), r.out.data(), r.log_jac_det.data(), false);
     return r;
   }
 
@@ -250,12 +257,13 @@ class AllInOneBlock {
 
   /// The hand-written backward of forward_train: given dL/dz (N, D) and dL/dlog|det J| (N,) (or
   /// an empty tensor for zero), adds dL/dθ into every parameter's ensure_grad(), returns dL/dx
-  /// (N, D), and adds dL/dcond into *grad_cond (N, P) when grad_cond is non-null.
+  /// (N, D), and adds dL/dcond into *grad_cond (cond's shape) when grad_cond is non-null.
   ///
   ///     du' = R^T dz;  dL/db = Σ_n du';  dL/dg = Σ_n du' ⊙ u + Σ_n dL/dld / g;  du = g ⊙ du'
   ///     dx2 = du2 ⊙ e^s;  dt = du2;  ds = du2 ⊙ x2 ⊙ e^s + dL/dld;  da_s = ds · ds/da
   ///     draw = 0.1 [da_s ; dt];  dW2 += drawᵀ h;  db2 += Σ draw;  dh = draw W2 ⊙ [h > 0]
   ///     dW1 += dhᵀ [x1 ; c];  db1 += Σ dh;  dx1 = du1 + dh W1x;  dc += dh W1c
+  ///     (shared condition: S_m = Σ_{n ≡ m} dh_n;  dW1c += Sᵀ c;  dc_m += S_m W1c)
   ///     dL/dγ = dL/dg · dg/dγ
   Tensor<Scalar> backward(const CouplingCache<Scalar>& cache, const Tensor<Scalar>& grad_out,
                           const Tensor<Scalar>& grad_log_jac_det, Tensor<Scalar>* grad_cond = nullptr) {
@@ -280,7 +288,7 @@ class AllInOneBlock {
     if (cache.hidden.shape() != Shape({N, m_dims.H})) cache.hidden = Tensor<Scalar>::empty({N, m_dims.H});
     if (cache.s_t.shape() != Shape({N, 2 * m_dims.n2})) cache.s_t = Tensor<Scalar>::empty({N, 2 * m_dims.n2});
     const auto weights = fused_weights();
-    kernel(weights).forward(N, x.data(), cond_data(cond), out.data(), log_jac_det.data(), accumulate,
+    kernel(weights).forward(N, x.data(), cond_data(cond), cond_rows(cond, N), out.data(), log_jac_det.data(), accumulate,
                             cache.hidden.data(), cache.s_t.data());
   }
 
@@ -299,14 +307,14 @@ class AllInOneBlock {
     check(grad_x.shape() == Shape({N, m_dims.D}), "AllInOneBlock::backward: grad_x has shape ",
           grad_x.shape().to_string());
     if (grad_cond && m_dims.P > 0) {
-      check(grad_cond->shape() == Shape({N, m_dims.P}), "AllInOneBlock::backward: grad_cond has shape ",
-            grad_cond->shape().to_string(), ", expected (", N, ", ", m_dims.P, ")");
+      check(grad_cond->shape() == cache.cond.shape(), "AllInOneBlock::backward: grad_cond has shape ",
+            grad_cond->shape().to_string(), ", expected the condition's ", cache.cond.shape().to_string());
     }
     CouplingGradients<Scalar> grads{&m_fc1_weight.ensure_grad(), &m_fc1_bias.ensure_grad(),
                                     &m_fc2_weight.ensure_grad(), &m_fc2_bias.ensure_grad(),
                                     &m_gamma.ensure_grad(),      &m_offset.ensure_grad()};
     const auto weights = fused_weights();
-    kernel(weights).backward(N, cache.x.data(), cond_data(cache.cond), cache.hidden.data(), cache.s_t.data(),
+    kernel(weights).backward(N, cache.x.data(), cond_data(cache.cond), cond_rows(cache.cond, N), cache.hidden.data(), cache.s_t.data(),
                              grad_out.data(), grad_log_jac_det.numel() ? grad_log_jac_det.data() : nullptr,
                              grad_x.data(), grad_cond && m_dims.P > 0 ? grad_cond->data() : nullptr, grads);
   }
@@ -316,14 +324,14 @@ class AllInOneBlock {
                     Tensor<Scalar>& log_jac_det, bool accumulate) const {
     check_input("forward", x, cond, false);
     const auto weights = fused_weights();
-    kernel(weights).forward(x.rows(), x.data(), cond_data(cond), out.data(), log_jac_det.data(), accumulate,
+    kernel(weights).forward(x.rows(), x.data(), cond_data(cond), cond_rows(cond, x.rows()), out.data(), log_jac_det.data(), accumulate,
                             nullptr, nullptr);
   }
   void inverse_into(const Tensor<Scalar>& z, const Tensor<Scalar>& cond, Tensor<Scalar>& out,
                     Tensor<Scalar>& log_jac_det, bool accumulate) const {
     check_input("inverse", z, cond, false);
     const auto weights = fused_weights();
-    kernel(weights).inverse(z.rows(), z.data(), cond_data(cond), out.data(), log_jac_det.data(), accumulate);
+    kernel(weights).inverse(z.rows(), z.data(), cond_data(cond), cond_rows(cond, z.rows()), out.data(), log_jac_det.data(), accumulate);
   }
 
   /// Views of the parameters for the fused kernels.
@@ -339,6 +347,17 @@ class AllInOneBlock {
   }
 
   const Scalar* cond_data(const Tensor<Scalar>& cond) const { return m_dims.P > 0 ? cond.data() : nullptr; }
+  Index cond_rows(const Tensor<Scalar>& cond, Index N) const { return m_dims.P > 0 ? cond.rows() : N; }
+
+  /// The condition of every row: cond itself when it has N rows, else cond repeated (row n reads
+  /// cond row n mod M) by a gather, whose backward sums the gradients of the repeats.
+  Var<Scalar> full_condition(const Var<Scalar>& cond, Index N) const {
+    const Index M = cond.rows();
+    if (M == N) return cond;
+    std::vector<std::int64_t> index(static_cast<std::size_t>(N));
+    for (Index n = 0; n < N; ++n) index[static_cast<std::size_t>(n)] = n % M;
+    return gather_rows(cond, std::move(index));
+  }
 
   template <class CondT>
   void check_input(const char* what, const Tensor<Scalar>& x, const CondT& cond, bool autograd) const {
@@ -368,8 +387,9 @@ class AllInOneBlock {
     }
   }
   void check_cond(const char* what, const Tensor<Scalar>& x, const Tensor<Scalar>& cond) const {
-    check(cond.rank() == 2 && cond.dim(0) == x.dim(0) && cond.dim(1) == m_dims.P, "AllInOneBlock::", what,
-          ": condition of shape ", cond.shape().to_string(), ", expected (", x.dim(0), ", ", m_dims.P, ")");
+    check(cond.rank() == 2 && cond.dim(1) == m_dims.P && cond.dim(0) > 0 && x.dim(0) % cond.dim(0) == 0,
+          "AllInOneBlock::", what, ": condition of shape ", cond.shape().to_string(), ", expected (", x.dim(0), ", ",
+          m_dims.P, "), or (M, ", m_dims.P, ") with ", x.dim(0), " a multiple of M");
   }
 
   /// a = 0.1 (W2 ReLU(W1 [x1 ; c] + b1) + b2) from the passive half x1 and the condition.

@@ -14,6 +14,10 @@
 ///     u  = [v1 ; v2 ⊙ e^s + t],   u' = g ⊙ u + b,   y = R u'
 ///     log|det J| = Σ s + Σ log g
 ///
+/// A condition of M < N rows is shared periodically (row n reads c_{n mod M}): W1c c + b1 is then
+/// computed once per condition row before the tiles, and the backward gathers S_m = Σ_{n ≡ m} dh_n
+/// so that dW1c = Sᵀ c costs one (H, M, P) GEMM instead of an (H, N, P) one.
+///
 /// Rows are processed in tiles of at most `fused_tile_rows` rows, each tile by one thread from its
 /// GEMMs to its element-wise pass, so a tile's intermediates stay in cache. The GEMMs are Eigen's
 /// (single-threaded inside the tile loop); the element-wise work is Eigen array expressions, which
@@ -170,15 +174,18 @@ class FusedCoupling {
   }
 
   /// Inference or training forward of rows [0, N).
-  /// x (N, D), cond (N, P) or null when P = 0; out (N, D), which may be x itself (each tile reads
-  /// its rows of x before it writes them); log_jac_det (N,) is set, or added to when `accumulate`.
+  /// x (N, D); cond (M, P) with N a multiple of M (row n is conditioned on cond row n mod M; M = N
+  /// is the plain case), or null when P = 0; out (N, D), which may be x itself (each tile reads its
+  /// rows of x before it writes them); log_jac_det (N,) is set, or added to when `accumulate`.
   /// With `hidden` (N, H) and `s_t` (N, 2 n2) non-null the activations are kept there (training).
-  void forward(Index N, const Scalar* x, const Scalar* cond, Scalar* out, Scalar* log_jac_det, bool accumulate,
-               Scalar* hidden, Scalar* s_t) const {
+  void forward(Index N, const Scalar* x, const Scalar* cond, Index cond_rows, Scalar* out, Scalar* log_jac_det,
+               bool accumulate, Scalar* hidden, Scalar* s_t) const {
     const CouplingDims& d = m_dims;
     const int n_threads = fused_threads(N);
     const Index tile = fused_tile_height(N, n_threads);
     const bool keep = hidden != nullptr;
+    const RowMatrix cond_proj = project_condition(N, cond, cond_rows);
+    const Scalar* tile_cond = cond_proj.size() ? nullptr : cond;
     std::vector<Workspace> ws(static_cast<std::size_t>(n_threads));
     for_each_tile(
         N, tile, n_threads,
@@ -188,47 +195,52 @@ class FusedCoupling {
           const Index T = r1 - r0;
           Scalar* h = keep ? hidden + r0 * d.H : w.hidden.data();
           Scalar* a = keep ? s_t + r0 * 2 * d.n2 : w.a.data();
-          forward_tile(T, x + r0 * d.D, cond ? cond + r0 * d.P : nullptr, h, a, w.u.data(), out + r0 * d.D,
-                       log_jac_det + r0, accumulate);
+          forward_tile(T, r0, x + r0 * d.D, tile_cond ? tile_cond + r0 * d.P : nullptr, cond_proj, h, a, w.u.data(),
+                       out + r0 * d.D, log_jac_det + r0, accumulate);
         });
   }
 
   /// Inverse of rows [0, N): x = f⁻¹(z); out (N, D) may be z itself; log_jac_det (N,) receives
   /// −(Σ s + Σ log g), set or added when `accumulate`.
-  void inverse(Index N, const Scalar* z, const Scalar* cond, Scalar* out, Scalar* log_jac_det,
+  void inverse(Index N, const Scalar* z, const Scalar* cond, Index cond_rows, Scalar* out, Scalar* log_jac_det,
                bool accumulate) const {
     const CouplingDims& d = m_dims;
     const int n_threads = fused_threads(N);
     const Index tile = fused_tile_height(N, n_threads);
+    const RowMatrix cond_proj = project_condition(N, cond, cond_rows);
+    const Scalar* tile_cond = cond_proj.size() ? nullptr : cond;
     std::vector<Workspace> ws(static_cast<std::size_t>(n_threads));
     for_each_tile(
         N, tile, n_threads, [&](int t) { ws[static_cast<std::size_t>(t)].forward(d, tile, false); },
         [&](int t, Index r0, Index r1) {
           Workspace& w = ws[static_cast<std::size_t>(t)];
-          inverse_tile(r1 - r0, z + r0 * d.D, cond ? cond + r0 * d.P : nullptr, w.hidden.data(), w.a.data(),
-                       w.u.data(), out + r0 * d.D, log_jac_det + r0, accumulate);
+          inverse_tile(r1 - r0, r0, z + r0 * d.D, tile_cond ? tile_cond + r0 * d.P : nullptr, cond_proj,
+                       w.hidden.data(), w.a.data(), w.u.data(), out + r0 * d.D, log_jac_det + r0, accumulate);
         });
   }
 
   /// Backward of rows [0, N) from the activations of the training forward.
   /// grad_out = dL/dy (N, D); grad_log_jac_det = dL/d log|det J| (N,) or null (zero);
-  /// grad_x (N, D) receives dL/dx (set, not added) and may be grad_out itself; grad_cond (N, P),
-  /// when non-null, receives dL/dc added (+=). Parameter gradients are added into `grads`.
-  void backward(Index N, const Scalar* x, const Scalar* cond, const Scalar* hidden, const Scalar* s_t,
-                const Scalar* grad_out, const Scalar* grad_log_jac_det, Scalar* grad_x, Scalar* grad_cond,
-                const CouplingGradients<Scalar>& grads) const {
+  /// grad_x (N, D) receives dL/dx (set, not added) and may be grad_out itself; grad_cond (M, P),
+  /// when non-null, receives dL/dc added (+=), summed over the rows that share a condition row.
+  /// Parameter gradients are added into `grads`.
+  void backward(Index N, const Scalar* x, const Scalar* cond, Index cond_rows, const Scalar* hidden,
+                const Scalar* s_t, const Scalar* grad_out, const Scalar* grad_log_jac_det, Scalar* grad_x,
+                Scalar* grad_cond, const CouplingGradients<Scalar>& grads) const {
     const CouplingDims& d = m_dims;
     const int n_threads = fused_threads(N);
     const Index tile = fused_tile_height(N, n_threads);
+    const bool shared = shares_condition(N, cond, cond_rows);
     std::vector<Workspace> ws(static_cast<std::size_t>(n_threads));
     for_each_tile(
-        N, tile, n_threads, [&](int t) { ws[static_cast<std::size_t>(t)].backward(d, tile); },
+        N, tile, n_threads,
+        [&](int t) { ws[static_cast<std::size_t>(t)].backward(d, tile, shared ? cond_rows : 0); },
         [&](int t, Index r0, Index r1) {
           Workspace& w = ws[static_cast<std::size_t>(t)];
-          backward_tile(r1 - r0, x + r0 * d.D, cond ? cond + r0 * d.P : nullptr, hidden + r0 * d.H,
+          backward_tile(r1 - r0, r0, x + r0 * d.D, cond && !shared ? cond + r0 * d.P : nullptr, hidden + r0 * d.H,
                         s_t + r0 * 2 * d.n2, grad_out + r0 * d.D,
                         grad_log_jac_det ? grad_log_jac_det + r0 : nullptr, grad_x + r0 * d.D,
-                        grad_cond ? grad_cond + r0 * d.P : nullptr, w);
+                        grad_cond && !shared ? grad_cond + r0 * d.P : nullptr, w);
         });
 
     // Reduce the per-thread partial sums in a fixed order.
@@ -245,6 +257,17 @@ class FusedCoupling {
       db2 += w.db2;
       du_u += w.du_u;
       du_sum += w.du_sum;
+    }
+    if (shared) {
+      // Rows n ≡ m (mod M) share c_m: dW1c = Σ_n dh_nᵀ c_{n mod M} = Σ_m S_mᵀ c_m with
+      // S_m = Σ_{n ≡ m} dh_n, and dL/dc_m = S_m W1c.
+      RowMatrix S = RowMatrix::Zero(cond_rows, d.H);
+      for (const Workspace& w : ws) {
+        if (w.dcond_proj.size()) S += w.dcond_proj;
+      }
+      const ConstMap C(cond, cond_rows, d.P, Stride(d.P));
+      dW1.rightCols(d.P).noalias() += S.transpose() * C;
+      if (grad_cond) Map(grad_cond, cond_rows, d.P, Stride(d.P)).noalias() += S * w1c();
     }
     if (grad_log_jac_det) {
       for (Index r = 0; r < N; ++r) sum_grad_ld += grad_log_jac_det[r];
@@ -269,7 +292,7 @@ class FusedCoupling {
   /// Per-thread scratch, sized for one tile; the backward's gradient partial sums live here too.
   struct Workspace {
     RowMatrix hidden, a, u, du, e, dout, dhidden;
-    RowMatrix dW1, dW2;
+    RowMatrix dW1, dW2, dcond_proj;
     RowVector db1, db2, du_u, du_sum;
 
     void forward(const CouplingDims& d, Index tile, bool keep) {
@@ -279,7 +302,8 @@ class FusedCoupling {
       }
       u.resize(tile, d.D);
     }
-    void backward(const CouplingDims& d, Index tile) {
+    void backward(const CouplingDims& d, Index tile, Index shared_cond_rows) {
+      if (shared_cond_rows > 0) dcond_proj = RowMatrix::Zero(shared_cond_rows, d.H);
       du.resize(tile, d.D);
       e.resize(1, d.n2);
       dout.resize(tile, 2 * d.n2);
@@ -292,6 +316,23 @@ class FusedCoupling {
       du_sum = RowVector::Zero(d.D);
     }
   };
+
+  bool shares_condition(Index N, const Scalar* cond, Index cond_rows) const {
+    return m_dims.P > 0 && cond != nullptr && cond_rows < N;
+  }
+
+  /// W1c c_m + b1 for the M rows of a shared condition, (M, H); empty when the condition is not
+  /// shared (M = N), where the tiles multiply their own condition rows.
+  RowMatrix project_condition(Index N, const Scalar* cond, Index cond_rows) const {
+    RowMatrix cond_proj;
+    if (!shares_condition(N, cond, cond_rows)) return cond_proj;
+    check(cond_rows > 0 && N % cond_rows == 0, "FusedCoupling: ", N, " rows cannot share a condition of ",
+          cond_rows, " rows");
+    cond_proj.resize(cond_rows, m_dims.H);
+    cond_proj.rowwise() = ConstRow(m_w.fc1_bias.data(), m_dims.H);
+    cond_proj.noalias() += ConstMap(cond, cond_rows, m_dims.P, Stride(m_dims.P)) * w1c().transpose();
+    return cond_proj;
+  }
 
   static void add_into(Tensor<Scalar>* target, const Scalar* values, Index n) {
     if (!target) return;
@@ -314,13 +355,21 @@ class FusedCoupling {
 
   /// h (T, H) = ReLU(x1 W1xᵀ + c W1cᵀ + b1) and the subnet output a (T, 2 n2) = h W2ᵀ + b2 (before
   /// the 0.1 scale). The biases are written first and the GEMMs accumulate onto them.
-  void subnet_tile(Index T, const Scalar* x1, Index x1_stride, const Scalar* c, Scalar* h, Scalar* a) const {
+  /// With a shared condition (cond_proj non-empty), row r0 + r starts from the precomputed
+  /// cond_proj row (r0 + r) mod M = W1c c + b1 instead.
+  void subnet_tile(Index T, Index r0, const Scalar* x1, Index x1_stride, const Scalar* c,
+                   const RowMatrix& cond_proj, Scalar* h, Scalar* a) const {
     const CouplingDims& d = m_dims;
     Map H(h, T, d.H, Stride(d.H));
     Map A(a, T, 2 * d.n2, Stride(2 * d.n2));
-    H.rowwise() = ConstRow(m_w.fc1_bias.data(), d.H);
+    if (cond_proj.size()) {
+      const Index M = cond_proj.rows();
+      for (Index r = 0; r < T; ++r) H.row(r) = cond_proj.row((r0 + r) % M);
+    } else {
+      H.rowwise() = ConstRow(m_w.fc1_bias.data(), d.H);
+      if (c) H.noalias() += ConstMap(c, T, d.P, Stride(d.P)) * w1c().transpose();
+    }
     H.noalias() += ConstMap(x1, T, d.n1, Stride(x1_stride)) * w1x().transpose();
-    if (d.P > 0) H.noalias() += ConstMap(c, T, d.P, Stride(d.P)) * w1c().transpose();
     for (Index r = 0; r < T; ++r) RowArrayMap(h + r * d.H, d.H) = RowArrayMap(h + r * d.H, d.H).max(Scalar(0));
     A.rowwise() = ConstRow(m_w.fc2_bias.data(), 2 * d.n2);
     A.noalias() += H * w2().transpose();
@@ -340,11 +389,11 @@ class FusedCoupling {
     }
   }
 
-  void forward_tile(Index T, const Scalar* x, const Scalar* c, Scalar* h, Scalar* a, Scalar* u, Scalar* y,
-                    Scalar* ld, bool accumulate) const {
+  void forward_tile(Index T, Index r0, const Scalar* x, const Scalar* c, const RowMatrix& cond_proj, Scalar* h,
+                    Scalar* a, Scalar* u, Scalar* y, Scalar* ld, bool accumulate) const {
     const CouplingDims& d = m_dims;
     const Index n1 = d.n1, n2 = d.n2, D = d.D;
-    subnet_tile(T, x, D, c, h, a);
+    subnet_tile(T, r0, x, D, c, cond_proj, h, a);
     const ConstRowArrayMap g1(m_g.data(), n1), g2(m_g.data() + n1, n2);
     const ConstRowArrayMap b1(m_w.offset.data(), n1), b2(m_w.offset.data() + n1, n2);
     for (Index r = 0; r < T; ++r) {
@@ -388,8 +437,8 @@ class FusedCoupling {
     Map(u, T, D, Stride(D)).noalias() = ConstMap(y, T, D, Stride(D)) * rot();
   }
 
-  void inverse_tile(Index T, const Scalar* z, const Scalar* c, Scalar* h, Scalar* a, Scalar* u, Scalar* x, Scalar* ld,
-                    bool accumulate) const {
+  void inverse_tile(Index T, Index r0, const Scalar* z, const Scalar* c, const RowMatrix& cond_proj, Scalar* h,
+                    Scalar* a, Scalar* u, Scalar* x, Scalar* ld, bool accumulate) const {
     const CouplingDims& d = m_dims;
     const Index n1 = d.n1, n2 = d.n2, D = d.D;
     unrotate_tile(T, z, u);
@@ -400,7 +449,7 @@ class FusedCoupling {
       ur = (ur - b) / g;
       RowArrayMap(x + r * D, n1) = ur.head(n1);
     }
-    subnet_tile(T, x, D, c, h, a);
+    subnet_tile(T, r0, x, D, c, cond_proj, h, a);
     for (Index r = 0; r < T; ++r) {
       Scalar* ar = a + r * 2 * n2;
       clamp_row(ar);
@@ -411,8 +460,9 @@ class FusedCoupling {
     }
   }
 
-  void backward_tile(Index T, const Scalar* x, const Scalar* c, const Scalar* h, const Scalar* st, const Scalar* gy,
-                     const Scalar* gld, Scalar* gx, Scalar* gc, Workspace& w) const {
+  /// c and gc are null with a shared condition: its gradients are gathered in w.dcond_proj.
+  void backward_tile(Index T, Index r0, const Scalar* x, const Scalar* c, const Scalar* h, const Scalar* st,
+                     const Scalar* gy, const Scalar* gld, Scalar* gx, Scalar* gc, Workspace& w) const {
     const CouplingDims& d = m_dims;
     const Index n1 = d.n1, n2 = d.n2, D = d.D, H = d.H;
     // du' (T, D) = dL/dy R: y = R u' per row. gy is consumed here, so gx may be gy.
@@ -457,17 +507,19 @@ class FusedCoupling {
     Map DH(w.dhidden.data(), T, H, Stride(H));
     DH.noalias() = DO * w2();
     auto db1 = w.db1.array();
+    const Index M = w.dcond_proj.rows();
     for (Index r = 0; r < T; ++r) {
       RowArrayMap dh(w.dhidden.data() + r * H, H);
       dh = (ConstRowArrayMap(h + r * H, H) > Scalar(0)).select(dh, Scalar(0));
       db1 += dh;
+      if (M > 0) w.dcond_proj.row((r0 + r) % M).array() += dh;
     }
     // h_pre = W1x x1 + W1c c + b1:  dW1 += dhᵀ [x1 ; c], dx1 += dh W1x, dc += dh W1c.
     ConstMap X1(x, T, n1, Stride(D));
     w.dW1.leftCols(n1).noalias() += DH.transpose() * X1;
-    if (d.P > 0) w.dW1.rightCols(d.P).noalias() += DH.transpose() * ConstMap(c, T, d.P, Stride(d.P));
+    if (c) w.dW1.rightCols(d.P).noalias() += DH.transpose() * ConstMap(c, T, d.P, Stride(d.P));
     Map(gx, T, n1, Stride(D)).noalias() += DH * w1x();
-    if (gc && d.P > 0) Map(gc, T, d.P, Stride(d.P)).noalias() += DH * w1c();
+    if (gc) Map(gc, T, d.P, Stride(d.P)).noalias() += DH * w1c();
   }
 
   CouplingDims m_dims;

@@ -39,7 +39,8 @@ struct SequenceFlowCache {
 
 /// A sequence of AllInOne blocks z = f_K ∘ ... ∘ f_1 (x; c), every block conditioned on the same
 /// c, with log|det ∂z/∂x| = Σ_k log|det J_k| (ALGORITHM.md §2.2, "Total log|det J| = sum over the
-/// blocks"). Like AllInOneBlock it offers the autograd reference (forward/inverse on Vars) and the
+/// blocks"). The condition is (N, P) or shared, (M, P) with N % M = 0 (see AllInOneBlock). Like
+/// AllInOneBlock it offers the autograd reference (forward/inverse on Vars) and the
 /// fused CPU path (forward/inverse on Tensors, forward_train + backward).
 ///
 ///     hgad::Rng rng(0);
@@ -183,7 +184,8 @@ class SequenceFlow {
   /// The hand-written backward of forward_train over all blocks, last to first: given dL/dz
   /// (N, D) and dL/dlog|det J| (N,) (empty for zero; every block's log|det| enters the sum with
   /// weight 1, so each block receives the same dL/dlog|det J_k|), adds dL/dθ into every parameter's
-  /// ensure_grad(), returns dL/dx (N, D), and adds dL/dcond into *grad_cond (N, P) when non-null.
+  /// ensure_grad(), returns dL/dx (N, D), and adds dL/dcond into *grad_cond (cond's shape: (N, P),
+  /// or (M, P) for a shared condition, see AllInOneBlock) when non-null.
   /// Extra memory: one (N, D) gradient buffer, updated in place block by block.
   Tensor<Scalar> backward(const SequenceFlowCache<Scalar>& cache, const Tensor<Scalar>& grad_z,
                           const Tensor<Scalar>& grad_log_jac_det, Tensor<Scalar>* grad_cond = nullptr) {
