@@ -42,7 +42,8 @@ const hgad::ResNet<float>& resnet18() {
     hgad::Rng rng(0);
     return std::make_unique<hgad::ResNet<float>>(
         hgad::ResNetArch::resnet18,
-        hgad::ResNet<float>::random_weights(hgad::ResNetArch::resnet18, hgad::ResNetStage::layer3, rng));
+        hgad::ResNet<float>::random_weights(hgad::ResNetArch::resnet18, hgad::ResNetStage::layer3,
+                                            rng));
   }();
   return *net;
 }
@@ -77,9 +78,9 @@ void BM_EigenSgemm(benchmark::State& state) {
     c.noalias() = a * b;
     benchmark::DoNotOptimize(c.data());
   }
-  state.counters["GFLOP_per_s"] =
-      benchmark::Counter(2.0 * double(m) * double(n) * double(k), benchmark::Counter::kIsIterationInvariantRate,
-                         benchmark::Counter::kIs1000);
+  state.counters["GFLOP_per_s"] = benchmark::Counter(2.0 * double(m) * double(n) * double(k),
+                                                     benchmark::Counter::kIsIterationInvariantRate,
+                                                     benchmark::Counter::kIs1000);
 }
 BENCHMARK(BM_EigenSgemm)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 
@@ -104,7 +105,41 @@ void BM_ResNet18Layer3(benchmark::State& state) {
   state.counters["fraction_of_sgemm"] =
       benchmark::Counter(flops / 1e9 / sgemm, benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_ResNet18Layer3)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
+BENCHMARK(BM_ResNet18Layer3)
+    ->Arg(1)
+    ->Arg(2)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(2.0);
+
+/// One 3x3 convolution of layer3 (256 -> 256 channels, 16x16, batch 8, NCHW) through each
+/// algorithm: arg 0 = threads, arg 1 = 0 for im2col + Eigen, 1 for the packed kernel.
+void BM_Conv3x3Layer3(benchmark::State& state) {
+  const int threads = static_cast<int>(state.range(0));
+  const auto algorithm = state.range(1) ? hgad::ConvAlgorithm::packed : hgad::ConvAlgorithm::im2col;
+  if (algorithm == hgad::ConvAlgorithm::packed && !hgad::packed_conv_available()) {
+    state.SkipWithError("the packed kernel needs an AVX-512 or AVX2+FMA build");
+    return;
+  }
+  hgad::set_num_threads(threads);
+  hgad::Rng rng(2);
+  const auto x = hgad::Tensor<float>::randn({8, 256, 16, 16}, rng);
+  const auto w = hgad::Tensor<float>::randn({256, 256, 3, 3}, rng, 0, 0.02f);
+  const auto b = hgad::Tensor<float>::randn({256}, rng);
+  for (auto _ : state) {
+    auto y = hgad::conv2d(x, w, b, {1, 1, true, algorithm});
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["GFLOP_per_s"] = benchmark::Counter(2.0 * 256 * 256 * 9 * 256 * 8 / 1e9,
+                                                     benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_Conv3x3Layer3)
+    ->Args({1, 0})
+    ->Args({1, 1})
+    ->Args({2, 0})
+    ->Args({2, 1})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -14,6 +14,19 @@ using hgad::Index;
 using hgad_test::max_abs_diff;
 using hgad_test::naive_conv2d;
 
+/// (relu, algorithm) pairs to test: im2col always, the packed kernel for float when built in.
+template <class T>
+std::vector<std::pair<bool, hgad::ConvAlgorithm>> algorithms() {
+  std::vector<std::pair<bool, hgad::ConvAlgorithm>> out;
+  for (bool relu : {false, true}) {
+    out.emplace_back(relu, hgad::ConvAlgorithm::im2col);
+    if (std::is_same<T, float>::value && hgad::packed_conv_available()) {
+      out.emplace_back(relu, hgad::ConvAlgorithm::packed);
+    }
+  }
+  return out;
+}
+
 template <class T>
 double tolerance() {
   return std::is_same<T, float>::value ? 2e-5 : 1e-12;
@@ -26,17 +39,20 @@ TEMPLATE_TEST_CASE("conv2d matches a naive 7-loop convolution", "[backbone]", fl
     Index n, c, h, w, o, k, stride, pad;
   };
   // Odd sizes, 1x1 / 3x3 / 7x7 kernels, stride 1 and 2, padding 0 to 3, one image and several.
-  const Case cases[] = {{2, 3, 13, 11, 5, 7, 2, 3}, {3, 4, 9, 10, 6, 3, 1, 1}, {2, 5, 11, 9, 7, 3, 2, 1},
-                        {2, 6, 7, 9, 5, 1, 1, 0},   {3, 6, 9, 7, 4, 1, 2, 0},  {1, 2, 5, 5, 3, 3, 1, 0},
-                        {1, 3, 4, 6, 2, 5, 3, 2},   {2, 17, 6, 5, 9, 3, 1, 2}};
+  const Case cases[] = {
+      {2, 3, 13, 11, 5, 7, 2, 3}, {3, 4, 9, 10, 6, 3, 1, 1}, {2, 5, 11, 9, 7, 3, 2, 1},
+      {2, 6, 7, 9, 5, 1, 1, 0},   {3, 6, 9, 7, 4, 1, 2, 0},  {1, 2, 5, 5, 3, 3, 1, 0},
+      {1, 3, 4, 6, 2, 5, 3, 2},   {2, 17, 6, 5, 9, 3, 1, 2}, {1, 3, 37, 71, 8, 7, 2, 3},
+      {2, 5, 9, 67, 9, 3, 2, 1},  {1, 4, 6, 70, 3, 1, 2, 0}};
   hgad::Rng rng(11);
   for (const Case& t : cases) {
     CAPTURE(t.n, t.c, t.h, t.w, t.o, t.k, t.stride, t.pad);
     auto x = hgad::Tensor<TestType>::randn({t.n, t.c, t.h, t.w}, rng);
     auto w = hgad::Tensor<TestType>::randn({t.o, t.c, t.k, t.k}, rng, 0, 0.3);
     auto b = hgad::Tensor<TestType>::randn({t.o}, rng);
-    for (bool relu : {false, true}) {
-      const hgad::Conv2dOptions opt{t.stride, t.pad, relu};
+    for (auto [relu, algorithm] : algorithms<TestType>()) {
+      CAPTURE(relu, int(algorithm));
+      const hgad::Conv2dOptions opt{t.stride, t.pad, relu, algorithm};
       auto y = hgad::conv2d(x, w, b, opt);
       auto ref = naive_conv2d(x, w, b, t.stride, t.pad, relu, nullptr);
       CHECK(max_abs_diff(y, ref) <= tolerance<TestType>());
@@ -46,9 +62,8 @@ TEMPLATE_TEST_CASE("conv2d matches a naive 7-loop convolution", "[backbone]", fl
       CHECK(max_abs_diff(y_res, ref_res) <= tolerance<TestType>());
     }
     auto no_bias = hgad::conv2d(x, w, hgad::Tensor<TestType>({0}), {t.stride, t.pad, false});
-    CHECK(max_abs_diff(no_bias, naive_conv2d(x, w, hgad::Tensor<TestType>({0}), t.stride, t.pad, false,
-                                             nullptr)) <=
-          tolerance<TestType>());
+    CHECK(max_abs_diff(no_bias, naive_conv2d(x, w, hgad::Tensor<TestType>({0}), t.stride, t.pad,
+                                             false, nullptr)) <= tolerance<TestType>());
   }
 }
 
@@ -59,21 +74,34 @@ TEST_CASE("conv2d splits large outputs over several blocks and threads correctly
   auto x = hgad::Tensor<float>::randn({n, c, h, w}, rng);
   auto k = hgad::Tensor<float>::randn({o, c, 3, 3}, rng, 0, 0.1);
   auto b = hgad::Tensor<float>::randn({o}, rng);
+  const auto ref = naive_conv2d(x, k, b, 2, 1, true, nullptr);
+  // 8 output channels of 64 x 9 = 576 reductions: more than one reduction slice of the packed
+  // kernel is exercised by the 3x3 case below with 80 channels (720 > 512).
+  auto x80 = hgad::Tensor<float>::randn({1, 80, 13, 50}, rng);
+  auto k80 = hgad::Tensor<float>::randn({19, 80, 3, 3}, rng, 0, 0.1);
+  auto b80 = hgad::Tensor<float>::randn({19}, rng);
+  auto r80 = hgad::Tensor<float>::randn({1, 19, 13, 50}, rng);
+  const auto ref80 = naive_conv2d(x80, k80, b80, 1, 1, true, &r80);
   for (int threads : {1, 2, 3}) {
     hgad::set_num_threads(threads);
-    auto y = hgad::conv2d(x, k, b, {2, 1, true});
-    CHECK(max_abs_diff(y, naive_conv2d(x, k, b, 2, 1, true, nullptr)) <=
-          1e-4);
+    for (auto algorithm : {hgad::ConvAlgorithm::automatic, hgad::ConvAlgorithm::im2col}) {
+      CAPTURE(threads, int(algorithm));
+      CHECK(max_abs_diff(hgad::conv2d(x, k, b, {2, 1, true, algorithm}), ref) <= 1e-4);
+      CHECK(max_abs_diff(hgad::conv2d(x80, k80, b80, {1, 1, true, algorithm}, &r80), ref80) <=
+            1e-4);
+    }
   }
   hgad::set_num_threads(2);
 }
 
-TEMPLATE_TEST_CASE("max_pool2d matches naive loops with -inf padding", "[backbone]", float, double) {
+TEMPLATE_TEST_CASE("max_pool2d matches naive loops with -inf padding", "[backbone]", float,
+                   double) {
   hgad::Rng rng(7);
   struct Case {
     Index h, w, k, s, p;
   };
-  for (const Case& t : {Case{9, 11, 3, 2, 1}, Case{8, 8, 3, 2, 1}, Case{7, 5, 2, 2, 0}, Case{6, 9, 3, 1, 1}}) {
+  for (const Case& t :
+       {Case{9, 11, 3, 2, 1}, Case{8, 8, 3, 2, 1}, Case{7, 5, 2, 2, 0}, Case{6, 9, 3, 1, 1}}) {
     CAPTURE(t.h, t.w, t.k, t.s, t.p);
     // All inputs negative: a zero-padded pool would return 0 at the borders.
     auto x = hgad::Tensor<TestType>::uniform({2, 3, t.h, t.w}, rng, -5, -0.1);
@@ -87,15 +115,22 @@ TEMPLATE_TEST_CASE("max_pool2d matches naive loops with -inf padding", "[backbon
 
 TEST_CASE("conv2d and max_pool2d reject mismatched shapes", "[backbone]") {
   hgad::Tensor<float> x({1, 3, 8, 8});
-  CHECK_THROWS_AS(hgad::conv2d(x, hgad::Tensor<float>({4, 2, 3, 3}), hgad::Tensor<float>({4})), hgad::Error);
-  CHECK_THROWS_AS(hgad::conv2d(x, hgad::Tensor<float>({4, 3, 3, 3}), hgad::Tensor<float>({5})), hgad::Error);
-  CHECK_THROWS_AS(hgad::conv2d(x, hgad::Tensor<float>({4, 3, 11, 11}), hgad::Tensor<float>({4})), hgad::Error);
+  CHECK_THROWS_AS(hgad::conv2d(x, hgad::Tensor<float>({4, 2, 3, 3}), hgad::Tensor<float>({4})),
+                  hgad::Error);
+  CHECK_THROWS_AS(hgad::conv2d(x, hgad::Tensor<float>({4, 3, 3, 3}), hgad::Tensor<float>({5})),
+                  hgad::Error);
+  CHECK_THROWS_AS(hgad::conv2d(x, hgad::Tensor<float>({4, 3, 11, 11}), hgad::Tensor<float>({4})),
+                  hgad::Error);
   CHECK_THROWS_AS(hgad::conv2d(hgad::Tensor<float>({3, 8, 8}), hgad::Tensor<float>({4, 3, 3, 3}),
                                hgad::Tensor<float>({4})),
                   hgad::Error);
   hgad::Tensor<float> wrong_residual({1, 4, 7, 8});
-  CHECK_THROWS_AS(hgad::conv2d(x, hgad::Tensor<float>({4, 3, 3, 3}), hgad::Tensor<float>({4}), {1, 1, false},
-                               &wrong_residual),
+  CHECK_THROWS_AS(hgad::conv2d(x, hgad::Tensor<float>({4, 3, 3, 3}), hgad::Tensor<float>({4}),
+                               {1, 1, false}, &wrong_residual),
                   hgad::Error);
   CHECK_THROWS_AS(hgad::max_pool2d(x, 3, 2, 2), hgad::Error);
+  hgad::Tensor<double> xd({1, 3, 8, 8});
+  CHECK_THROWS_AS(hgad::conv2d(xd, hgad::Tensor<double>({4, 3, 3, 3}), hgad::Tensor<double>({4}),
+                               {1, 1, false, hgad::ConvAlgorithm::packed}),
+                  hgad::Error);
 }

@@ -38,7 +38,8 @@ TEST_CASE("FeatureCache stores and returns features in memory and in a mapped fi
     batches.push_back({hgad::Tensor<double>::randn({count, 4, 3, 5}, rng),
                        hgad::Tensor<double>::randn({count, 6, 2, 2}, rng)});
   }
-  for (hgad::FeatureStorage storage : {hgad::FeatureStorage::memory, hgad::FeatureStorage::mapped_file}) {
+  for (hgad::FeatureStorage storage :
+       {hgad::FeatureStorage::memory, hgad::FeatureStorage::mapped_file}) {
     hgad::FeatureCacheOptions options;
     options.storage = storage;
     options.spill_directory = dir.path().string();
@@ -70,10 +71,12 @@ TEST_CASE("FeatureCache stores and returns features in memory and in a mapped fi
     CHECK(moved.data(0, 4)[7] == batches[1][0].data()[60 + 7]);
     CHECK_THROWS_AS(moved.gather(0, {7}), hgad::Error);
     CHECK_THROWS_AS(moved.gather(2, {0}), hgad::Error);
-    CHECK_THROWS_AS(moved.store(6, {hgad::Tensor<double>({2, 4, 3, 5}), hgad::Tensor<double>({2, 6, 2, 2})}),
-                    hgad::Error);
-    CHECK_THROWS_AS(moved.store(0, {hgad::Tensor<double>({1, 4, 3, 4}), hgad::Tensor<double>({1, 6, 2, 2})}),
-                    hgad::Error);
+    CHECK_THROWS_AS(
+        moved.store(6, {hgad::Tensor<double>({2, 4, 3, 5}), hgad::Tensor<double>({2, 6, 2, 2})}),
+        hgad::Error);
+    CHECK_THROWS_AS(
+        moved.store(0, {hgad::Tensor<double>({1, 4, 3, 4}), hgad::Tensor<double>({1, 6, 2, 2})}),
+        hgad::Error);
   }
   // Above the budget, automatic storage maps a file.
   hgad::FeatureCacheOptions small_budget;
@@ -94,7 +97,9 @@ TEST_CASE("FeatureCache::build caches exactly what the extractor returns", "[bac
       hgad::ResNet<float>::random_weights(hgad::ResNetArch::resnet18, ResNetStage::layer2, rng),
       ResNetStage::layer2);
   auto fx = hgad::make_feature_extractor<float>(
-      hgad::FeatureConfig{hgad::ResNetArch::resnet18, {ResNetStage::layer1, ResNetStage::layer2}, 2}, net);
+      hgad::FeatureConfig{
+          hgad::ResNetArch::resnet18, {ResNetStage::layer1, ResNetStage::layer2}, 2},
+      net);
   const Index n = 5, h = 40, w = 48;
   Index calls = 0;
   hgad::FeatureCacheOptions mapped;
@@ -114,10 +119,12 @@ TEST_CASE("FeatureCache::build caches exactly what the extractor returns", "[bac
   // Batches of 2 and of 5 block the GEMMs differently, so float sums may differ in the last bits.
   for (std::size_t l = 0; l < 4; ++l) {
     double scale = 1;
-    for (Index i = 0; i < direct[l].numel(); ++i) scale = std::max(scale, double(std::abs(direct[l].data()[i])));
+    for (Index i = 0; i < direct[l].numel(); ++i)
+      scale = std::max(scale, double(std::abs(direct[l].data()[i])));
     CHECK(hgad_test::max_abs_diff(cache.get(l, 0, n), direct[l]) <= 1e-5 * scale);
   }
-  CHECK_THROWS_AS(hgad::FeatureCache<float>::build(*fx, n, h, w, 2,
-                                                  [&](Index, Index count) { return synthetic_images(0, count, h, h); }),
-                  hgad::Error);
+  CHECK_THROWS_AS(
+      hgad::FeatureCache<float>::build(
+          *fx, n, h, w, 2, [&](Index, Index count) { return synthetic_images(0, count, h, h); }),
+      hgad::Error);
 }

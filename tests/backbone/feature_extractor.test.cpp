@@ -16,7 +16,9 @@ using hgad::ResNetStage;
 template <class T>
 class IdentityExtractor : public hgad::FeatureExtractor<T> {
  public:
-  std::vector<hgad::FeatureLevel> levels() const override { return {{"pixels", 3, 1}, {"pool", 3, 2}}; }
+  std::vector<hgad::FeatureLevel> levels() const override {
+    return {{"pixels", 3, 1}, {"pool", 3, 2}};
+  }
   hgad::Shape feature_shape(std::size_t level, Index h, Index w) const override {
     return level == 0 ? hgad::Shape{3, h, w} : hgad::Shape{3, h / 2, w / 2};
   }
@@ -26,8 +28,8 @@ class IdentityExtractor : public hgad::FeatureExtractor<T> {
       for (Index c = 0; c < 3; ++c)
         for (Index i = 0; i < pool.dim(2); ++i)
           for (Index j = 0; j < pool.dim(3); ++j)
-            pool(b, c, i, j) = (x(b, c, 2 * i, 2 * j) + x(b, c, 2 * i + 1, 2 * j) + x(b, c, 2 * i, 2 * j + 1) +
-                                x(b, c, 2 * i + 1, 2 * j + 1)) /
+            pool(b, c, i, j) = (x(b, c, 2 * i, 2 * j) + x(b, c, 2 * i + 1, 2 * j) +
+                                x(b, c, 2 * i, 2 * j + 1) + x(b, c, 2 * i + 1, 2 * j + 1)) /
                                4;
     return {x.clone(), pool};
   }
@@ -35,7 +37,8 @@ class IdentityExtractor : public hgad::FeatureExtractor<T> {
 
 /// Bilinear resize with align_corners=True, written out per output pixel.
 template <class T>
-T naive_resize_ac(const hgad::Tensor<T>& x, Index b, Index c, Index i, Index j, Index oh, Index ow) {
+T naive_resize_ac(const hgad::Tensor<T>& x, Index b, Index c, Index i, Index j, Index oh,
+                  Index ow) {
   const Index H = x.dim(2), W = x.dim(3);
   const double u = oh > 1 ? double(i) * (H - 1) / (oh - 1) : 0.0;
   const double v = ow > 1 ? double(j) * (W - 1) / (ow - 1) : 0.0;
@@ -48,8 +51,8 @@ T naive_resize_ac(const hgad::Tensor<T>& x, Index b, Index c, Index i, Index j, 
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("resize_bilinear_batch matches hand-computed values both ways of align_corners", "[backbone]",
-                   float, double) {
+TEMPLATE_TEST_CASE("resize_bilinear_batch matches hand-computed values both ways of align_corners",
+                   "[backbone]", float, double) {
   const auto x = hgad::Tensor<TestType>::from_vector({1, 1, 2, 2}, {0, 1, 2, 3});
   // align_corners=True: the corners stay, the centre is the mean.
   const auto up = hgad::resize_bilinear_batch(x, 3, 3, true);
@@ -58,8 +61,10 @@ TEMPLATE_TEST_CASE("resize_bilinear_batch matches hand-computed values both ways
   const auto up4 = hgad::resize_bilinear_batch(x, 4, 4, false);
   const std::vector<TestType> expect_false = {0,   0.25, 0.75, 1,   0.5, 0.75, 1.25, 1.5,
                                               1.5, 1.75, 2.25, 2.5, 2,   2.25, 2.75, 3};
-  for (std::size_t i = 0; i < expect_true.size(); ++i) CHECK(up.data()[i] == Approx(expect_true[i]).margin(1e-6));
-  for (std::size_t i = 0; i < expect_false.size(); ++i) CHECK(up4.data()[i] == Approx(expect_false[i]).margin(1e-6));
+  for (std::size_t i = 0; i < expect_true.size(); ++i)
+    CHECK(up.data()[i] == Approx(expect_true[i]).margin(1e-6));
+  for (std::size_t i = 0; i < expect_false.size(); ++i)
+    CHECK(up4.data()[i] == Approx(expect_false[i]).margin(1e-6));
   // Halving 5 -> 2 with align_corners=True keeps the two end pixels exactly.
   const auto row = hgad::Tensor<TestType>::from_vector({1, 1, 1, 5}, {4, 7, 1, 8, 2});
   const auto half = hgad::resize_bilinear_batch(row, 1, 2, true);
@@ -72,8 +77,8 @@ TEMPLATE_TEST_CASE("resize_bilinear_batch matches hand-computed values both ways
   CHECK_THROWS_AS(hgad::resize_bilinear_batch(x, 0, 3, true), hgad::Error);
 }
 
-TEMPLATE_TEST_CASE("flatten_features orders rows as n = b h w + i w + j and unflatten inverts it", "[backbone]",
-                   float, double) {
+TEMPLATE_TEST_CASE("flatten_features orders rows as n = b h w + i w + j and unflatten inverts it",
+                   "[backbone]", float, double) {
   hgad::Rng rng(3);
   const auto maps = hgad::Tensor<TestType>::randn({3, 5, 4, 7}, rng);
   const auto rows = hgad::flatten_features(maps);
@@ -88,7 +93,8 @@ TEMPLATE_TEST_CASE("flatten_features orders rows as n = b h w + i w + j and unfl
   CHECK_THROWS_AS(hgad::flatten_features(rows), hgad::Error);
 }
 
-TEST_CASE("PyramidFeatureExtractor runs the base on align_corners resizes, scale-major", "[backbone]") {
+TEST_CASE("PyramidFeatureExtractor runs the base on align_corners resizes, scale-major",
+          "[backbone]") {
   auto base = std::make_shared<IdentityExtractor<double>>();
   hgad::PyramidFeatureExtractor<double> pyramid(base, 3);
   const auto levels = pyramid.levels();
@@ -126,7 +132,8 @@ TEST_CASE("PyramidFeatureExtractor runs the base on align_corners resizes, scale
   CHECK_THROWS_AS(deep.extract(hgad::Tensor<double>({1, 3, 8, 8})), hgad::Error);
 }
 
-TEST_CASE("FeatureConfig builds HGAD's pyramid and CFlow's multi-stage ResNet extractors", "[backbone]") {
+TEST_CASE("FeatureConfig builds HGAD's pyramid and CFlow's multi-stage ResNet extractors",
+          "[backbone]") {
   hgad::Rng rng(5);
   auto net = std::make_shared<const hgad::ResNet<float>>(
       hgad::ResNetArch::resnet18,
@@ -142,10 +149,12 @@ TEST_CASE("FeatureConfig builds HGAD's pyramid and CFlow's multi-stage ResNet ex
   CHECK(p[2].shape() == hgad::Shape{2, 256, 1, 1});
   CHECK(hgad_fx->levels()[2].stride == 64);
   // Level 1 is the network on the align_corners=True half-size image.
-  const auto half = net->forward(hgad::resize_bilinear_batch(images, 32, 32, true), {ResNetStage::layer3});
+  const auto half =
+      net->forward(hgad::resize_bilinear_batch(images, 32, 32, true), {ResNetStage::layer3});
   CHECK(hgad_test::max_abs_diff(p[1], half[0]) == 0.0);
 
-  auto cflow_fx = hgad::make_feature_extractor<float>(hgad::FeatureConfig::multi_stage(hgad::ResNetArch::resnet18), net);
+  auto cflow_fx = hgad::make_feature_extractor<float>(
+      hgad::FeatureConfig::multi_stage(hgad::ResNetArch::resnet18), net);
   const auto m = cflow_fx->extract(images);
   REQUIRE(m.size() == 3);
   const auto levels = cflow_fx->levels();
@@ -156,7 +165,8 @@ TEST_CASE("FeatureConfig builds HGAD's pyramid and CFlow's multi-stage ResNet ex
     const auto s = cflow_fx->feature_shape(l, 64, 64);
     CHECK(m[l].shape() == hgad::Shape{2, s[0], s[1], s[2]});
   }
-  CHECK_THROWS_AS(hgad::make_feature_extractor<float>(hgad::FeatureConfig::pyramid(hgad::ResNetArch::resnet50), net),
+  CHECK_THROWS_AS(hgad::make_feature_extractor<float>(
+                      hgad::FeatureConfig::pyramid(hgad::ResNetArch::resnet50), net),
                   hgad::Error);
   CHECK_THROWS_AS(hgad::ResNetFeatureExtractor<float>(net, {ResNetStage::layer4}), hgad::Error);
 }

@@ -4,7 +4,8 @@
 ///
 /// A convolution is one matrix product per block of output positions (im2col):
 ///
-///     out[o, p] = sum_{c, ky, kx} W[o, c, ky, kx] * x[c, y(p) s - pad + ky, x(p) s - pad + kx] + b[o]
+///     out[o, p] = sum_{c, ky, kx} W[o, c, ky, kx] * x[c, y(p) s - pad + ky, x(p) s - pad + kx] +
+///     b[o]
 ///               = (W_(O x C kh kw) * col_(C kh kw x P))[o, p] + b[o]
 ///
 /// where col holds, for each output position p, the input patch it sees (zero outside the image).
@@ -12,20 +13,37 @@
 /// and the blocks are spread over the OpenMP threads. Tensors are NCHW; the networks keep their
 /// activations channel-major (C, N, H, W) instead, so that the whole batch is one GEMM per block.
 ///
-///     auto y = hgad::conv2d(x, w, b, {/*stride=*/2, /*padding=*/3, /*relu=*/true});   // (N, O, H', W')
-///     auto z = hgad::max_pool2d(y, 3, 2, 1);
+///     auto y = hgad::conv2d(x, w, b, {/*stride=*/2, /*padding=*/3, /*relu=*/true});   // (N, O,
+///     H', W') auto z = hgad::max_pool2d(y, 3, 2, 1);
 
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../detail/check.hpp"
 #include "../detail/parallel.hpp"
 #include "../tensor.hpp"
+#include "conv_kernel.hpp"
 
 namespace hgad {
+
+/// How conv2d computes.
+enum class ConvAlgorithm {
+  automatic,  ///< `packed` for float in AVX-512 builds (packed_conv_preferred()), `im2col`
+              ///< otherwise
+  im2col,     ///< explicit im2col buffer + Eigen GEMM (any Scalar, any CPU)
+  packed,     ///< float only: the AVX-512 / AVX2 kernel of conv_kernel.hpp (implicit im2col)
+};
+
+/// True when this build has the packed float kernel (compiled with AVX-512F, or AVX2 and FMA).
+inline constexpr bool packed_conv_available() { return detail::packed_conv_available(); }
+
+/// True when ConvAlgorithm::automatic picks the packed kernel for float (AVX-512 builds).
+inline constexpr bool packed_conv_preferred() { return detail::packed_conv_preferred(); }
 
 /// Hyper-parameters of a 2-D convolution (zero padding on all four sides, no dilation, no groups).
 struct Conv2dOptions {
@@ -33,12 +51,13 @@ struct Conv2dOptions {
   Index padding = 0;
   /// Apply max(0, .) after the bias and the residual.
   bool relu = false;
+  ConvAlgorithm algorithm = ConvAlgorithm::automatic;
 };
 
 /// Output size of a convolution or pooling window along one axis: floor((n + 2 pad - k) / s) + 1.
 inline Index conv_output_size(Index size, Index kernel, Index stride, Index padding) {
-  check(stride >= 1 && padding >= 0 && kernel >= 1, "conv_output_size: kernel ", kernel, ", stride ",
-        stride, ", padding ", padding, " are invalid");
+  check(stride >= 1 && padding >= 0 && kernel >= 1, "conv_output_size: kernel ", kernel,
+        ", stride ", stride, ", padding ", padding, " are invalid");
   check(size + 2 * padding >= kernel, "conv_output_size: input size ", size, " with padding ",
         padding, " is smaller than the kernel ", kernel);
   return (size + 2 * padding - kernel) / stride + 1;
@@ -84,7 +103,8 @@ struct OutputRun {
 };
 
 /// The runs covering the output positions [p0, p0 + n_cols) (p = b H' W' + y W' + x).
-inline void output_runs(Index p0, Index n_cols, Index out_h, Index out_w, std::vector<OutputRun>& runs) {
+inline void output_runs(Index p0, Index n_cols, Index out_h, Index out_w,
+                        std::vector<OutputRun>& runs) {
   runs.clear();
   const Index out_hw = out_h * out_w;
   Index p = p0, q = 0;
@@ -144,13 +164,71 @@ Scalar* conv_scratch(std::size_t n) {
   return scratch.data();
 }
 
+/// The blocks of output positions of a convolution: `n_spans` spans of `span` positions (one
+/// per image, or one for the whole batch when every view keeps a channel's images in one run),
+/// each cut into `per_span` blocks; the total is a multiple of the thread count where possible,
+/// so that the static schedule is balanced. `unit` is the granularity of a block boundary.
+struct ConvBlocking {
+  Index span, n_spans, per_span, unit;
+  Index n_blocks() const { return n_spans * per_span; }
+  /// First flat position (b H' W' + y W' + x) and size of block `task`.
+  std::pair<Index, Index> block(Index task) const {
+    const Index s = task / per_span, k = task % per_span;
+    const Index n_units = (span + unit - 1) / unit;
+    const Index begin = std::min(span, k * n_units / per_span * unit);
+    const Index end = std::min(span, (k + 1) * n_units / per_span * unit);
+    return {s * span + begin, end - begin};
+  }
+};
+
+inline ConvBlocking conv_blocking(Index span, Index n_spans, Index target_block, Index unit) {
+  const Index n_units = (span + unit - 1) / unit;
+  const Index units_per_block = std::max<Index>(1, target_block / unit);
+  Index per_span = (n_units + units_per_block - 1) / units_per_block;
+  const Index threads = max_threads();
+  if (threads > 1) {
+    const Index wanted = (n_spans * per_span + threads - 1) / threads * threads;
+    per_span = (wanted + n_spans - 1) / n_spans;
+  }
+  per_span = std::max<Index>(1, std::min(per_span, n_units));
+  return {span, n_spans, per_span, unit};
+}
+
 /// out = act(conv(in, weight) + bias + residual) on strided views.
 /// weight: (O, C, kh, kw) contiguous; bias: O values or null; residual: a view shaped like out, or
-/// null. out must not alias in. Runs on all OpenMP threads, one block of positions per task.
+/// null; packed_weights: pack_conv_weights(weight) to use the packed float kernel, or null for
+/// im2col + Eigen. out must not alias in. Runs on all OpenMP threads, one block of positions per
+/// task (Eigen's own threading is off inside the parallel region).
 template <class Scalar>
 void conv2d_views(const PlaneView<const Scalar>& in, const Scalar* weight, const Scalar* bias,
                   Index kh, Index kw, Index stride, Index pad, bool relu,
-                  const PlaneView<const Scalar>* residual, const PlaneView<Scalar>& out) {
+                  const PlaneView<const Scalar>* residual, const PlaneView<Scalar>& out,
+                  const float* packed_weights = nullptr) {
+#ifdef HGAD_PACKED_CONV
+  if constexpr (std::is_same_v<Scalar, float>) {
+    if (packed_weights != nullptr) {
+      const bool contiguous = out.batch_contiguous() && in.batch_contiguous() &&
+                              (residual == nullptr || residual->batch_contiguous());
+      const Index out_hw = out.height * out.width;
+      const ConvBlocking blocks = conv_blocking(contiguous ? out.batch * out_hw : out_hw,
+                                                contiguous ? 1 : out.batch, packed_nc, packed_nr);
+      const PackedInput packed_in{in.data,  in.channels,       in.height,
+                                  in.width, in.channel_stride, in.batch_stride};
+      const Index flops = 2 * out.channels * in.channels * kh * kw * out.batch * out_hw;
+      parallel_for(blocks.n_blocks(), flops, [&](Index task) {
+        const auto [p0, n_cols] = blocks.block(task);
+        if (n_cols == 0) return;
+        const Index b0 = p0 / out_hw, rem = p0 % out_hw;
+        packed_conv_block(packed_in, packed_weights, bias, out.channels, kh, kw, stride, pad,
+                          out.height, out.width, p0, n_cols, out.plane(0, b0) + rem,
+                          out.channel_stride, residual ? residual->plane(0, b0) + rem : nullptr,
+                          residual ? residual->channel_stride : 0, relu);
+      });
+      return;
+    }
+  }
+#endif
+  (void)packed_weights;
   using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Stride = Eigen::OuterStride<>;
   const Index n_out = out.channels, K = in.channels * kh * kw;
@@ -160,33 +238,24 @@ void conv2d_views(const PlaneView<const Scalar>& in, const Scalar* weight, const
   // Blocks never straddle two images unless every view keeps a channel's images in one run.
   const bool contiguous = out.batch_contiguous() && (!direct || in.batch_contiguous()) &&
                           (residual == nullptr || residual->batch_contiguous());
-  const Index span = contiguous ? out.batch * out_hw : out_hw;  // positions one block may cover
-  const Index n_spans = contiguous ? 1 : out.batch;
-  Index block = std::max<Index>(64, Index(conv_block_bytes / sizeof(Scalar)) / std::max<Index>(K, 1));
-  block = std::min(block, span);
-  Index per_span = (span + block - 1) / block;
-  const Index threads = max_threads();
-  if (threads > 1) {  // a multiple of the thread count, so that the static schedule is balanced
-    const Index wanted = (n_spans * per_span + threads - 1) / threads * threads;
-    per_span = (wanted + n_spans - 1) / n_spans;
-  }
-  per_span = std::min(per_span, span);
-  const Index n_blocks = n_spans * per_span;
+  const Index block =
+      std::max<Index>(64, Index(conv_block_bytes / sizeof(Scalar)) / std::max<Index>(K, 1));
+  const ConvBlocking blocks = conv_blocking(contiguous ? out.batch * out_hw : out_hw,
+                                            contiguous ? 1 : out.batch, block, 16);
+  const Index n_blocks = blocks.n_blocks();
   const Index flops = 2 * n_out * K * out.batch * out_hw;
 
   Eigen::Map<const RowMatrix> w(weight, n_out, K);
   parallel_for(n_blocks, flops, [&](Index task) {
-    const Index s = task / per_span, k = task % per_span;
-    const Index begin = k * span / per_span, end = (k + 1) * span / per_span;
-    const Index n_cols = end - begin;
+    const auto [p0, n_cols] = blocks.block(task);
     if (n_cols == 0) return;
-    const Index p0 = s * span + begin;  // first flat position (b H' W' + y W' + x)
     const Index b0 = p0 / out_hw, rem = p0 % out_hw;
     Scalar* out_ptr = out.plane(0, b0) + rem;
-    Eigen::Map<RowMatrix, Eigen::Unaligned, Stride> y(out_ptr, n_out, n_cols, Stride(out.channel_stride));
+    Eigen::Map<RowMatrix, Eigen::Unaligned, Stride> y(out_ptr, n_out, n_cols,
+                                                      Stride(out.channel_stride));
     if (direct) {
       Eigen::Map<const RowMatrix, Eigen::Unaligned, Stride> x(in.plane(0, b0) + rem, K, n_cols,
-                                                               Stride(in.channel_stride));
+                                                              Stride(in.channel_stride));
       y.noalias() = w * x;
     } else {
       thread_local std::vector<OutputRun> runs;
@@ -246,7 +315,8 @@ void max_pool_views(const PlaneView<const Scalar>& in, Index kernel, Index strid
 
 /// Copies an NCHW batch into channel-major (C, N, H, W) order, or back (`to_nchw`).
 template <class Scalar>
-void transpose_batch_channels(const Scalar* src, Scalar* dst, Index n, Index c, Index hw, bool to_nchw) {
+void transpose_batch_channels(const Scalar* src, Scalar* dst, Index n, Index c, Index hw,
+                              bool to_nchw) {
   parallel_for(n * c, n * c * hw, [&](Index i) {
     const Index b = i / c, ch = i % c;
     const Scalar* s = to_nchw ? src + (ch * n + b) * hw : src + i * hw;
@@ -287,9 +357,19 @@ Tensor<Scalar> conv2d(const Tensor<Scalar>& input, const Tensor<Scalar>& weight,
   const auto out_view = detail::nchw_view(out.data(), n, o, oh, ow);
   detail::PlaneView<const Scalar> res_view;
   if (residual) res_view = detail::nchw_view(residual->data(), n, o, oh, ow);
+  const bool want_packed = options.algorithm == ConvAlgorithm::packed ||
+                           (options.algorithm == ConvAlgorithm::automatic &&
+                            std::is_same_v<Scalar, float> && packed_conv_preferred());
+  check(!want_packed || (std::is_same_v<Scalar, float> && packed_conv_available()),
+        "conv2d: ConvAlgorithm::packed needs float tensors and a build with AVX-512F or AVX2+FMA");
+  detail::AlignedFloats packed;
+  if constexpr (std::is_same_v<Scalar, float>) {
+    if (want_packed) packed = detail::pack_conv_weights(weight.data(), o, c * kh * kw);
+  }
   detail::conv2d_views(in_view, weight.data(), bias.numel() ? bias.data() : nullptr, kh, kw,
-                       options.stride, options.padding, options.relu, residual ? &res_view : nullptr,
-                       out_view);
+                       options.stride, options.padding, options.relu,
+                       residual ? &res_view : nullptr, out_view,
+                       want_packed ? packed.data() : nullptr);
   return out;
 }
 
@@ -299,7 +379,8 @@ Tensor<Scalar> conv2d(const Tensor<Scalar>& input, const Tensor<Scalar>& weight,
 /// ensures:  the result is (N, C, floor((H + 2 p - k) / s) + 1, floor((W + 2 p - k) / s) + 1).
 template <class Scalar>
 Tensor<Scalar> max_pool2d(const Tensor<Scalar>& input, Index kernel, Index stride, Index padding) {
-  check(input.rank() == 4, "max_pool2d: input must be (N, C, H, W), got ", input.shape().to_string());
+  check(input.rank() == 4, "max_pool2d: input must be (N, C, H, W), got ",
+        input.shape().to_string());
   check(padding >= 0 && 2 * padding <= kernel, "max_pool2d: padding ", padding,
         " must be at most half the kernel ", kernel);
   const Index n = input.dim(0), c = input.dim(1), h = input.dim(2), w = input.dim(3);

@@ -11,8 +11,8 @@
 ///     auto fx = hgad::make_feature_extractor<float>(config, weights_dir);
 ///     auto cache = hgad::FeatureCache<float>::build(*fx, n_train, H, W, /*batch_size=*/16,
 ///         [&](hgad::Index first, hgad::Index count) { return load_images(first, count); });
-///     std::printf("%zu MiB, %s\n", cache.bytes() >> 20, cache.is_mapped() ? "mapped" : "in memory");
-///     auto f = cache.gather(/*level=*/0, {17, 3, 250});   // (3, C, h, w) in that order
+///     std::printf("%zu MiB, %s\n", cache.bytes() >> 20, cache.is_mapped() ? "mapped" : "in
+///     memory"); auto f = cache.gather(/*level=*/0, {17, 3, 250});   // (3, C, h, w) in that order
 
 #include <algorithm>
 #include <cstdint>
@@ -24,10 +24,10 @@
 #include <vector>
 
 #if defined(__unix__) || defined(__APPLE__)
-#include <cerrno>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include <cerrno>
 #define HGAD_HAVE_MMAP 1
 #endif
 
@@ -58,12 +58,16 @@ class FeatureCache {
  public:
   /// An empty cache for `n_images` images whose level l has feature maps of shape level_shapes[l]
   /// = (C, h, w). Every image must be stored before it is read.
-  FeatureCache(Index n_images, std::vector<Shape> level_shapes, const FeatureCacheOptions& options = {})
-      : m_n_images(n_images), m_shapes(std::move(level_shapes)), m_stored(static_cast<std::size_t>(n_images), 0) {
+  FeatureCache(Index n_images, std::vector<Shape> level_shapes,
+               const FeatureCacheOptions& options = {})
+      : m_n_images(n_images),
+        m_shapes(std::move(level_shapes)),
+        m_stored(static_cast<std::size_t>(n_images), 0) {
     check(n_images >= 1, "FeatureCache: n_images must be >= 1, got ", n_images);
     check(!m_shapes.empty(), "FeatureCache: no level given");
     for (const Shape& s : m_shapes) {
-      check(s.rank() == 3 && s.numel() >= 1, "FeatureCache: a level shape must be (C, h, w), got ", s.to_string());
+      check(s.rank() == 3 && s.numel() >= 1, "FeatureCache: a level shape must be (C, h, w), got ",
+            s.to_string());
     }
     m_bytes = bytes_needed(n_images, m_shapes);
     Index offset = 0;
@@ -71,8 +75,9 @@ class FeatureCache {
       m_offsets.push_back(offset);
       offset += aligned(n_images * s.numel());
     }
-    const bool mapped = options.storage == FeatureStorage::mapped_file ||
-                        (options.storage == FeatureStorage::automatic && m_bytes > options.memory_budget_bytes);
+    const bool mapped =
+        options.storage == FeatureStorage::mapped_file ||
+        (options.storage == FeatureStorage::automatic && m_bytes > options.memory_budget_bytes);
     if (mapped) {
       map_file(options.spill_directory);
     } else {
@@ -95,18 +100,22 @@ class FeatureCache {
   /// time. `load(first, count)` returns images [first, first + count) as a (count, 3, height,
   /// width) tensor, normalised for the backbone.
   template <class LoadBatch>
-  static FeatureCache build(const FeatureExtractor<Scalar>& extractor, Index n_images, Index height, Index width,
-                            Index batch_size, LoadBatch&& load, const FeatureCacheOptions& options = {}) {
+  static FeatureCache build(const FeatureExtractor<Scalar>& extractor, Index n_images, Index height,
+                            Index width, Index batch_size, LoadBatch&& load,
+                            const FeatureCacheOptions& options = {}) {
     check(batch_size >= 1, "FeatureCache::build: batch_size must be >= 1, got ", batch_size);
     std::vector<Shape> shapes;
-    for (std::size_t l = 0; l < extractor.n_levels(); ++l) shapes.push_back(extractor.feature_shape(l, height, width));
+    for (std::size_t l = 0; l < extractor.n_levels(); ++l)
+      shapes.push_back(extractor.feature_shape(l, height, width));
     FeatureCache cache(n_images, shapes, options);
     for (Index first = 0; first < n_images; first += batch_size) {
       const Index count = std::min(batch_size, n_images - first);
       const Tensor<Scalar> images = load(first, count);
-      check(images.rank() == 4 && images.dim(0) == count && images.dim(2) == height && images.dim(3) == width,
-            "FeatureCache::build: the loader returned ", images.shape().to_string(), " for images [", first,
-            ", ", first + count, "), expected (", count, ", 3, ", height, ", ", width, ")");
+      check(images.rank() == 4 && images.dim(0) == count && images.dim(2) == height &&
+                images.dim(3) == width,
+            "FeatureCache::build: the loader returned ", images.shape().to_string(),
+            " for images [", first, ", ", first + count, "), expected (", count, ", 3, ", height,
+            ", ", width, ")");
       cache.store(first, extractor.extract(images));
     }
     return cache;
@@ -115,21 +124,23 @@ class FeatureCache {
   /// Bytes the features of `n_images` images take (the sum over levels of n_images C h w scalars).
   static std::size_t bytes_needed(Index n_images, const std::vector<Shape>& level_shapes) {
     std::size_t total = 0;
-    for (const Shape& s : level_shapes) total += std::size_t(n_images) * std::size_t(s.numel()) * sizeof(Scalar);
+    for (const Shape& s : level_shapes)
+      total += std::size_t(n_images) * std::size_t(s.numel()) * sizeof(Scalar);
     return total;
   }
 
   /// Stores the features of images [first, first + B): features[l] is (B, C_l, h_l, w_l).
   void store(Index first, const std::vector<Tensor<Scalar>>& features) {
-    check(features.size() == m_shapes.size(), "FeatureCache::store: ", features.size(), " levels given, ",
-          m_shapes.size(), " expected");
+    check(features.size() == m_shapes.size(), "FeatureCache::store: ", features.size(),
+          " levels given, ", m_shapes.size(), " expected");
     const Index count = features[0].rank() == 4 ? features[0].dim(0) : -1;
-    check(first >= 0 && count >= 0 && first + count <= m_n_images, "FeatureCache::store: images [", first, ", ",
-          first + count, ") outside [0, ", m_n_images, ")");
+    check(first >= 0 && count >= 0 && first + count <= m_n_images, "FeatureCache::store: images [",
+          first, ", ", first + count, ") outside [0, ", m_n_images, ")");
     for (std::size_t l = 0; l < m_shapes.size(); ++l) {
       const Shape& s = m_shapes[l];
-      check(features[l].shape() == Shape{count, s[0], s[1], s[2]}, "FeatureCache::store: level ", l, " has shape ",
-            features[l].shape().to_string(), ", expected (", count, ", ", s[0], ", ", s[1], ", ", s[2], ")");
+      check(features[l].shape() == Shape{count, s[0], s[1], s[2]}, "FeatureCache::store: level ", l,
+            " has shape ", features[l].shape().to_string(), ", expected (", count, ", ", s[0], ", ",
+            s[1], ", ", s[2], ")");
       const Tensor<Scalar> host = features[l].cpu();
       std::memcpy(image_data(l, first), host.data(), sizeof(Scalar) * std::size_t(host.numel()));
     }
@@ -138,8 +149,8 @@ class FeatureCache {
 
   /// The features of level `level` of images [first, first + count): (count, C, h, w).
   Tensor<Scalar> get(std::size_t level, Index first, Index count) const {
-    check(first >= 0 && count >= 0 && first + count <= m_n_images, "FeatureCache::get: images [", first, ", ",
-          first + count, ") outside [0, ", m_n_images, ")");
+    check(first >= 0 && count >= 0 && first + count <= m_n_images, "FeatureCache::get: images [",
+          first, ", ", first + count, ") outside [0, ", m_n_images, ")");
     std::vector<Index> images(static_cast<std::size_t>(count));
     for (Index i = 0; i < count; ++i) images[std::size_t(i)] = first + i;
     return gather(level, images);
@@ -164,8 +175,8 @@ class FeatureCache {
 
   /// The (C, h, w) features of one image, read in place (valid while the cache lives).
   const Scalar* data(std::size_t level, Index image) const {
-    check(level < m_shapes.size() && image >= 0 && image < m_n_images, "FeatureCache::data: level ", level,
-          ", image ", image, " out of range");
+    check(level < m_shapes.size() && image >= 0 && image < m_n_images, "FeatureCache::data: level ",
+          level, ", image ", image, " out of range");
     return m_data + m_offsets[level] + image * m_shapes[level].numel();
   }
 
@@ -180,7 +191,9 @@ class FeatureCache {
   /// True when the features live in a memory-mapped file.
   bool is_mapped() const { return m_mapped != nullptr; }
   /// True once every image has been stored.
-  bool complete() const { return std::all_of(m_stored.begin(), m_stored.end(), [](char c) { return c != 0; }); }
+  bool complete() const {
+    return std::all_of(m_stored.begin(), m_stored.end(), [](char c) { return c != 0; });
+  }
 
  private:
   /// Elements rounded up to a multiple of 64 bytes, so that every level starts on a cache line.
@@ -195,19 +208,21 @@ class FeatureCache {
 
   void map_file(const std::string& directory) {
 #ifdef HGAD_HAVE_MMAP
-    const std::string dir = directory.empty() ? std::filesystem::temp_directory_path().string() : directory;
+    const std::string dir =
+        directory.empty() ? std::filesystem::temp_directory_path().string() : directory;
     std::string pattern = dir + "/hgad_features_XXXXXX";
     std::vector<char> name(pattern.begin(), pattern.end());
     name.push_back('\0');
     const int fd = ::mkstemp(name.data());
     check(fd >= 0, "FeatureCache: cannot create a file in '", dir, "': ", std::strerror(errno));
     ::unlink(name.data());
-    m_mapped_bytes = std::size_t(m_offsets.back() + aligned(m_n_images * m_shapes.back().numel())) * sizeof(Scalar);
+    m_mapped_bytes = std::size_t(m_offsets.back() + aligned(m_n_images * m_shapes.back().numel())) *
+                     sizeof(Scalar);
     if (::ftruncate(fd, static_cast<off_t>(m_mapped_bytes)) != 0) {
       const int err = errno;
       ::close(fd);
-      throw Error(detail::concat("FeatureCache: cannot size the file in '", dir, "' to ", m_mapped_bytes,
-                                 " bytes: ", std::strerror(err)));
+      throw Error(detail::concat("FeatureCache: cannot size the file in '", dir, "' to ",
+                                 m_mapped_bytes, " bytes: ", std::strerror(err)));
     }
     void* p = ::mmap(nullptr, m_mapped_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     const int err = errno;

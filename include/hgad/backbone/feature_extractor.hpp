@@ -10,10 +10,12 @@
 /// Both at once (several stages on several scales) is allowed too.
 ///
 ///     auto fx = hgad::make_feature_extractor<float>(
-///         hgad::FeatureConfig::pyramid(hgad::ResNetArch::resnet18, hgad::ResNetStage::layer3, 3), dir);
+///         hgad::FeatureConfig::pyramid(hgad::ResNetArch::resnet18, hgad::ResNetStage::layer3, 3),
+///         dir);
 ///     auto maps = fx->extract(images);                 // images (B, 3, 256, 256), normalised
 ///     // maps[s] is (B, 256, 16 / 2^s, 16 / 2^s); fx->levels()[s].name == "layer3@scale" + s
-///     auto rows = hgad::flatten_features(maps[0]);     // (B * 16 * 16, 256), row n = b h w + i w + j
+///     auto rows = hgad::flatten_features(maps[0]);     // (B * 16 * 16, 256), row n = b h w + i w
+///     + j
 ///
 /// A user backbone (or a source of precomputed features) plugs in by deriving from
 /// FeatureExtractor<Scalar> and implementing levels(), feature_shape() and extract().
@@ -64,11 +66,15 @@ class FeatureExtractor {
 ///   align_corners = false: u = max(0, (i + 0.5) n_in / n_out - 0.5)
 /// then out = (1 - t) x[floor u] + t x[min(floor u + 1, n_in - 1)], t = u - floor u, per axis.
 template <class Scalar>
-Tensor<Scalar> resize_bilinear_batch(const Tensor<Scalar>& x, Index out_h, Index out_w, bool align_corners) {
-  check(x.rank() == 4, "resize_bilinear_batch: input must be (N, C, H, W), got ", x.shape().to_string());
-  check(out_h >= 1 && out_w >= 1, "resize_bilinear_batch: output size ", out_h, "x", out_w, " is empty");
+Tensor<Scalar> resize_bilinear_batch(const Tensor<Scalar>& x, Index out_h, Index out_w,
+                                     bool align_corners) {
+  check(x.rank() == 4, "resize_bilinear_batch: input must be (N, C, H, W), got ",
+        x.shape().to_string());
+  check(out_h >= 1 && out_w >= 1, "resize_bilinear_batch: output size ", out_h, "x", out_w,
+        " is empty");
   const Index planes = x.dim(0) * x.dim(1), in_h = x.dim(2), in_w = x.dim(3);
-  check(in_h >= 1 && in_w >= 1, "resize_bilinear_batch: input ", x.shape().to_string(), " is empty");
+  check(in_h >= 1 && in_w >= 1, "resize_bilinear_batch: input ", x.shape().to_string(),
+        " is empty");
   struct Tap {
     Index i0, i1;
     Scalar t;
@@ -113,14 +119,17 @@ Tensor<Scalar> resize_bilinear_batch(const Tensor<Scalar>& x, Index out_h, Index
 /// (ALGORITHM.md §1.3: permute to (B, h, w, C), reshape).
 template <class Scalar>
 Tensor<Scalar> flatten_features(const Tensor<Scalar>& maps) {
-  check(maps.rank() == 4, "flatten_features: maps must be (B, C, h, w), got ", maps.shape().to_string());
+  check(maps.rank() == 4, "flatten_features: maps must be (B, C, h, w), got ",
+        maps.shape().to_string());
   const Index b = maps.dim(0), c = maps.dim(1), hw = maps.dim(2) * maps.dim(3);
   Tensor<Scalar> rows({b * hw, c});
   const Scalar* src = maps.data();
   Scalar* dst = rows.data();
   detail::parallel_for(b, b * c * hw, [&](Index n) {
-    Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> in(src + n * c * hw, c, hw);
-    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> out(dst + n * hw * c, hw, c);
+    Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> in(
+        src + n * c * hw, c, hw);
+    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> out(
+        dst + n * hw * c, hw, c);
     out = in.transpose();
   });
   return rows;
@@ -128,16 +137,20 @@ Tensor<Scalar> flatten_features(const Tensor<Scalar>& maps) {
 
 /// The inverse of flatten_features: (B h w, C) -> (B, C, h, w).
 template <class Scalar>
-Tensor<Scalar> unflatten_features(const Tensor<Scalar>& rows, Index batch, Index height, Index width) {
+Tensor<Scalar> unflatten_features(const Tensor<Scalar>& rows, Index batch, Index height,
+                                  Index width) {
   check(rows.rank() == 2 && rows.dim(0) == batch * height * width, "unflatten_features: rows ",
-        rows.shape().to_string(), " do not hold ", batch, " x ", height, " x ", width, " positions");
+        rows.shape().to_string(), " do not hold ", batch, " x ", height, " x ", width,
+        " positions");
   const Index c = rows.dim(1), hw = height * width;
   Tensor<Scalar> maps({batch, c, height, width});
   const Scalar* src = rows.data();
   Scalar* dst = maps.data();
   detail::parallel_for(batch, batch * c * hw, [&](Index n) {
-    Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> in(src + n * hw * c, hw, c);
-    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> out(dst + n * c * hw, c, hw);
+    Eigen::Map<const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> in(
+        src + n * hw * c, hw, c);
+    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> out(
+        dst + n * c * hw, c, hw);
     out = in.transpose();
   });
   return maps;
@@ -153,25 +166,30 @@ class ResNetFeatureExtractor : public FeatureExtractor<Scalar> {
     check(m_net != nullptr, "ResNetFeatureExtractor: null network");
     check(!m_stages.empty(), "ResNetFeatureExtractor: no stage given");
     for (ResNetStage s : m_stages) {
-      check(static_cast<int>(s) <= static_cast<int>(m_net->last_stage()), "ResNetFeatureExtractor: stage ",
-            to_string(s), " is beyond the loaded stage ", to_string(m_net->last_stage()));
+      check(static_cast<int>(s) <= static_cast<int>(m_net->last_stage()),
+            "ResNetFeatureExtractor: stage ", to_string(s), " is beyond the loaded stage ",
+            to_string(m_net->last_stage()));
     }
   }
   /// Loads `arch` from `weights_dir` up to the deepest of `stages`.
-  ResNetFeatureExtractor(ResNetArch arch, const std::string& weights_dir, std::vector<ResNetStage> stages)
-      : ResNetFeatureExtractor(std::make_shared<const ResNet<Scalar>>(arch, weights_dir, deepest(stages)),
-                               stages) {}  // a copy: the first argument reads stages too (unspecified order)
+  ResNetFeatureExtractor(ResNetArch arch, const std::string& weights_dir,
+                         std::vector<ResNetStage> stages)
+      : ResNetFeatureExtractor(
+            std::make_shared<const ResNet<Scalar>>(arch, weights_dir, deepest(stages)), stages) {
+  }  // a copy: the first argument reads stages too (unspecified order)
 
   std::vector<FeatureLevel> levels() const override {
     std::vector<FeatureLevel> out;
-    for (ResNetStage s : m_stages) out.push_back({to_string(s), m_net->channels(s), m_net->stride(s)});
+    for (ResNetStage s : m_stages)
+      out.push_back({to_string(s), m_net->channels(s), m_net->stride(s)});
     return out;
   }
   Shape feature_shape(std::size_t level, Index height, Index width) const override {
     check(level < m_stages.size(), "ResNetFeatureExtractor::feature_shape: level ", level, " of ",
           m_stages.size());
     const ResNetStage s = m_stages[level];
-    return {m_net->channels(s), ResNet<Scalar>::output_size(height, s), ResNet<Scalar>::output_size(width, s)};
+    return {m_net->channels(s), ResNet<Scalar>::output_size(height, s),
+            ResNet<Scalar>::output_size(width, s)};
   }
   std::vector<Tensor<Scalar>> extract(const Tensor<Scalar>& images) const override {
     return m_net->forward(images, m_stages);
@@ -183,8 +201,9 @@ class ResNetFeatureExtractor : public FeatureExtractor<Scalar> {
  private:
   static ResNetStage deepest(const std::vector<ResNetStage>& stages) {
     check(!stages.empty(), "ResNetFeatureExtractor: no stage given");
-    return *std::max_element(stages.begin(), stages.end(),
-                             [](ResNetStage a, ResNetStage b) { return static_cast<int>(a) < static_cast<int>(b); });
+    return *std::max_element(stages.begin(), stages.end(), [](ResNetStage a, ResNetStage b) {
+      return static_cast<int>(a) < static_cast<int>(b);
+    });
   }
 
   std::shared_ptr<const ResNet<Scalar>> m_net;
@@ -219,8 +238,9 @@ class PyramidFeatureExtractor : public FeatureExtractor<Scalar> {
   }
   Shape feature_shape(std::size_t level, Index height, Index width) const override {
     const std::size_t n_base = m_base->n_levels();
-    check(level < n_base * std::size_t(m_n_scales), "PyramidFeatureExtractor::feature_shape: level ",
-          level, " of ", n_base * std::size_t(m_n_scales));
+    check(level < n_base * std::size_t(m_n_scales),
+          "PyramidFeatureExtractor::feature_shape: level ", level, " of ",
+          n_base * std::size_t(m_n_scales));
     const int s = static_cast<int>(level / n_base);
     return m_base->feature_shape(level % n_base, scaled(height, s), scaled(width, s));
   }
@@ -255,12 +275,14 @@ struct FeatureConfig {
   int n_scales = 1;
 
   /// HGAD's scheme: one stage of an image pyramid of n_scales (ALGORITHM.md §1.2 uses 3).
-  static FeatureConfig pyramid(ResNetArch arch, ResNetStage stage = ResNetStage::layer3, int n_scales = 3) {
+  static FeatureConfig pyramid(ResNetArch arch, ResNetStage stage = ResNetStage::layer3,
+                               int n_scales = 3) {
     return {arch, {stage}, n_scales};
   }
   /// CFlow's scheme: several stages of one image.
   static FeatureConfig multi_stage(ResNetArch arch, std::vector<ResNetStage> stages = {
-                                                        ResNetStage::layer1, ResNetStage::layer2, ResNetStage::layer3}) {
+                                                        ResNetStage::layer1, ResNetStage::layer2,
+                                                        ResNetStage::layer3}) {
     return {arch, std::move(stages), 1};
   }
 };
@@ -269,7 +291,8 @@ struct FeatureConfig {
 template <class Scalar>
 std::shared_ptr<FeatureExtractor<Scalar>> make_feature_extractor(const FeatureConfig& config,
                                                                  const std::string& weights_dir) {
-  auto base = std::make_shared<ResNetFeatureExtractor<Scalar>>(config.arch, weights_dir, config.stages);
+  auto base =
+      std::make_shared<ResNetFeatureExtractor<Scalar>>(config.arch, weights_dir, config.stages);
   if (config.n_scales == 1) return base;
   return std::make_shared<PyramidFeatureExtractor<Scalar>>(base, config.n_scales);
 }
@@ -277,10 +300,10 @@ std::shared_ptr<FeatureExtractor<Scalar>> make_feature_extractor(const FeatureCo
 /// The extractor a FeatureConfig describes, on an already loaded network of architecture
 /// config.arch (e.g. one built from in-memory weights).
 template <class Scalar>
-std::shared_ptr<FeatureExtractor<Scalar>> make_feature_extractor(const FeatureConfig& config,
-                                                                 std::shared_ptr<const ResNet<Scalar>> net) {
-  check(net != nullptr && net->arch() == config.arch, "make_feature_extractor: the network is not a ",
-        to_string(config.arch));
+std::shared_ptr<FeatureExtractor<Scalar>> make_feature_extractor(
+    const FeatureConfig& config, std::shared_ptr<const ResNet<Scalar>> net) {
+  check(net != nullptr && net->arch() == config.arch,
+        "make_feature_extractor: the network is not a ", to_string(config.arch));
   auto base = std::make_shared<ResNetFeatureExtractor<Scalar>>(std::move(net), config.stages);
   if (config.n_scales == 1) return base;
   return std::make_shared<PyramidFeatureExtractor<Scalar>>(base, config.n_scales);

@@ -17,8 +17,9 @@
 ///
 ///     stem   = maxpool3x3/2 pad 1 ( relu( conv1 7x7/2 pad 3 (x) ) )        64 ch, stride 4
 ///     basic(x)      = relu( conv2 3x3 ( relu( conv1 3x3/s (x) ) ) + shortcut(x) )
-///     bottleneck(x) = relu( conv3 1x1 ( relu( conv2 3x3/s ( relu( conv1 1x1 (x) ) ) ) ) + shortcut(x) )
-///     shortcut(x)   = downsample.0 1x1/s (x) for the first block of a layer whose stride or
+///     bottleneck(x) = relu( conv3 1x1 ( relu( conv2 3x3/s ( relu( conv1 1x1 (x) ) ) ) ) +
+///     shortcut(x) ) shortcut(x)   = downsample.0 1x1/s (x) for the first block of a layer whose
+///     stride or
 ///                     channel count changes, x otherwise
 ///     layer_l = blocks of planes 64 2^(l-1); the first block of layers 2-4 has stride 2.
 ///
@@ -31,6 +32,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -65,13 +67,20 @@ enum class ResNetStage {
 /// torchvision's names: "resnet18", ..., "wide_resnet50_2".
 inline std::string to_string(ResNetArch arch) {
   switch (arch) {
-    case ResNetArch::resnet18: return "resnet18";
-    case ResNetArch::resnet34: return "resnet34";
-    case ResNetArch::resnet50: return "resnet50";
-    case ResNetArch::resnet101: return "resnet101";
-    case ResNetArch::resnet152: return "resnet152";
-    case ResNetArch::wide_resnet50_2: return "wide_resnet50_2";
-    case ResNetArch::wide_resnet101_2: return "wide_resnet101_2";
+    case ResNetArch::resnet18:
+      return "resnet18";
+    case ResNetArch::resnet34:
+      return "resnet34";
+    case ResNetArch::resnet50:
+      return "resnet50";
+    case ResNetArch::resnet101:
+      return "resnet101";
+    case ResNetArch::resnet152:
+      return "resnet152";
+    case ResNetArch::wide_resnet50_2:
+      return "wide_resnet50_2";
+    case ResNetArch::wide_resnet101_2:
+      return "wide_resnet101_2";
   }
   return "unknown";
 }
@@ -83,9 +92,9 @@ inline std::string to_string(ResNetStage stage) {
 
 /// Parses a torchvision architecture name; throws hgad::Error listing the known names otherwise.
 inline ResNetArch resnet_arch_from_string(const std::string& name) {
-  for (ResNetArch a : {ResNetArch::resnet18, ResNetArch::resnet34, ResNetArch::resnet50,
-                       ResNetArch::resnet101, ResNetArch::resnet152, ResNetArch::wide_resnet50_2,
-                       ResNetArch::wide_resnet101_2}) {
+  for (ResNetArch a :
+       {ResNetArch::resnet18, ResNetArch::resnet34, ResNetArch::resnet50, ResNetArch::resnet101,
+        ResNetArch::resnet152, ResNetArch::wide_resnet50_2, ResNetArch::wide_resnet101_2}) {
     if (to_string(a) == name) return a;
   }
   throw Error("ResNet: unknown architecture '" + name +
@@ -103,19 +112,26 @@ inline ResNetStage resnet_stage_from_string(const std::string& name) {
 
 /// The shape of a ResNet variant (torchvision.models.resnet: `_resnet(block, layers, ...)`).
 struct ResNetSpec {
-  bool bottleneck = false;          ///< Bottleneck blocks (expansion 4) instead of BasicBlocks
-  std::array<int, 4> n_blocks{};    ///< blocks per layer
-  Index width_per_group = 64;       ///< 128 for the wide variants: Bottleneck width = planes * 2
+  bool bottleneck = false;        ///< Bottleneck blocks (expansion 4) instead of BasicBlocks
+  std::array<int, 4> n_blocks{};  ///< blocks per layer
+  Index width_per_group = 64;     ///< 128 for the wide variants: Bottleneck width = planes * 2
 
   static ResNetSpec of(ResNetArch arch) {
     switch (arch) {
-      case ResNetArch::resnet18: return {false, {2, 2, 2, 2}, 64};
-      case ResNetArch::resnet34: return {false, {3, 4, 6, 3}, 64};
-      case ResNetArch::resnet50: return {true, {3, 4, 6, 3}, 64};
-      case ResNetArch::resnet101: return {true, {3, 4, 23, 3}, 64};
-      case ResNetArch::resnet152: return {true, {3, 8, 36, 3}, 64};
-      case ResNetArch::wide_resnet50_2: return {true, {3, 4, 6, 3}, 128};
-      case ResNetArch::wide_resnet101_2: return {true, {3, 4, 23, 3}, 128};
+      case ResNetArch::resnet18:
+        return {false, {2, 2, 2, 2}, 64};
+      case ResNetArch::resnet34:
+        return {false, {3, 4, 6, 3}, 64};
+      case ResNetArch::resnet50:
+        return {true, {3, 4, 6, 3}, 64};
+      case ResNetArch::resnet101:
+        return {true, {3, 4, 23, 3}, 64};
+      case ResNetArch::resnet152:
+        return {true, {3, 8, 36, 3}, 64};
+      case ResNetArch::wide_resnet50_2:
+        return {true, {3, 4, 6, 3}, 128};
+      case ResNetArch::wide_resnet101_2:
+        return {true, {3, 4, 23, 3}, 128};
     }
     throw Error("ResNetSpec: unknown architecture");
   }
@@ -253,14 +269,14 @@ class ResNet {
   /// ensures:  out[i] is (B, channels(stages[i]), output_size(H, .), output_size(W, .)), NCHW.
   std::vector<Tensor<Scalar>> forward(const Tensor<Scalar>& images,
                                       const std::vector<ResNetStage>& stages) const {
-    check(images.rank() == 4 && images.dim(1) == 3, "ResNet::forward: images must be (B, 3, H, W), got ",
-          images.shape().to_string());
+    check(images.rank() == 4 && images.dim(1) == 3,
+          "ResNet::forward: images must be (B, 3, H, W), got ", images.shape().to_string());
     check(images.device() == Device::cpu, "ResNet::forward: images must be a CPU tensor");
     check(!stages.empty(), "ResNet::forward: no stage requested");
     int deepest = 0;
     for (ResNetStage s : stages) {
-      check(static_cast<int>(s) <= static_cast<int>(m_last), "ResNet::forward: stage ", to_string(s),
-            " requested but the weights were loaded only up to ", to_string(m_last));
+      check(static_cast<int>(s) <= static_cast<int>(m_last), "ResNet::forward: stage ",
+            to_string(s), " requested but the weights were loaded only up to ", to_string(m_last));
       deepest = std::max(deepest, static_cast<int>(s));
     }
     const Index n = images.dim(0), h = images.dim(2), w = images.dim(3);
@@ -270,7 +286,8 @@ class ResNet {
       for (std::size_t i = 0; i < stages.size(); ++i) {
         if (stages[i] != stage) continue;
         Tensor<Scalar> t({n, a.channels, a.height, a.width});
-        detail::transpose_batch_channels(a.data(), t.data(), n, a.channels, a.height * a.width, true);
+        detail::transpose_batch_channels(a.data(), t.data(), n, a.channels, a.height * a.width,
+                                         true);
         out[i] = t;
       }
     };
@@ -297,6 +314,8 @@ class ResNet {
     std::string name;
     Tensor<Scalar> weight, bias;
     Index out_channels = 0, in_channels = 0, kernel = 0, stride = 1, padding = 0;
+    detail::AlignedFloats
+        packed;  ///< weight in the packed kernel's panels (float builds with SIMD)
   };
   struct Block {
     Conv conv1, conv2, conv3, downsample;
@@ -307,9 +326,15 @@ class ResNet {
   struct Activation {
     Activation() = default;
     Activation(Index c, Index n_, Index h, Index w)
-        : storage(new Scalar[static_cast<std::size_t>(c * n_ * h * w)]), channels(c), batch(n_), height(h), width(w) {}
+        : storage(new Scalar[static_cast<std::size_t>(c * n_ * h * w)]),
+          channels(c),
+          batch(n_),
+          height(h),
+          width(w) {}
     Scalar* data() const { return storage.get(); }
-    detail::PlaneView<Scalar> view() const { return detail::cnhw_view(data(), channels, batch, height, width); }
+    detail::PlaneView<Scalar> view() const {
+      return detail::cnhw_view(data(), channels, batch, height, width);
+    }
     std::shared_ptr<Scalar[]> storage;
     Index channels = 0, batch = 0, height = 0, width = 0;
   };
@@ -329,6 +354,10 @@ class ResNet {
       c.kernel = k;
       c.stride = stride;
       c.padding = k / 2;
+      if constexpr (std::is_same_v<Scalar, float>) {
+        if (packed_conv_preferred())
+          c.packed = detail::pack_conv_weights(c.weight.data(), o, i * k * k);
+      }
       return c;
     };
     m_stem = take("conv1", 64, 3, 7, 2);
@@ -360,15 +389,16 @@ class ResNet {
     }
   }
 
-  static Tensor<Scalar> fetch(const TensorMap& tensors, const std::string& key, const Shape& expected,
-                              const std::string& dir) {
+  static Tensor<Scalar> fetch(const TensorMap& tensors, const std::string& key,
+                              const Shape& expected, const std::string& dir) {
     const std::string where = dir.empty() ? "" : " (file '" + dir + "/" + key + ".npy')";
     const auto it = tensors.find(key);
-    check(it != tensors.end(), "ResNet: missing weight tensor '", key, "'", where, ", expected shape ",
-          expected.to_string());
+    check(it != tensors.end(), "ResNet: missing weight tensor '", key, "'", where,
+          ", expected shape ", expected.to_string());
     check(it->second.shape() == expected, "ResNet: weight tensor '", key, "'", where, " has shape ",
           it->second.shape().to_string(), ", expected ", expected.to_string());
-    check(it->second.device() == Device::cpu, "ResNet: weight tensor '", key, "' must be a CPU tensor");
+    check(it->second.device() == Device::cpu, "ResNet: weight tensor '", key,
+          "' must be a CPU tensor");
     return it->second;
   }
 
@@ -376,21 +406,23 @@ class ResNet {
     TensorMap map;
     for (const auto& [name, shape] : resnet_weight_shapes(arch, last)) {
       const std::string path = dir + "/" + name + ".npy";
-      check(std::ifstream(path).good(), "ResNet: missing weight file '", path, "' for tensor '", name,
-            "', expected shape ", shape.to_string());
+      check(std::ifstream(path).good(), "ResNet: missing weight file '", path, "' for tensor '",
+            name, "', expected shape ", shape.to_string());
       map.emplace(name, load_npy<Scalar>(path));
     }
     return map;
   }
 
   /// act(conv(x) + bias + residual) into a new activation.
-  Activation apply(const Conv& c, const Activation& x, bool relu, const Activation* residual) const {
+  Activation apply(const Conv& c, const Activation& x, bool relu,
+                   const Activation* residual) const {
     Activation y(c.out_channels, x.batch, conv_output_size(x.height, c.kernel, c.stride, c.padding),
                  conv_output_size(x.width, c.kernel, c.stride, c.padding));
     detail::PlaneView<const Scalar> res;
     if (residual) res = as_view(*residual);
     detail::conv2d_views(as_view(x), c.weight.data(), c.bias.data(), c.kernel, c.kernel, c.stride,
-                         c.padding, relu, residual ? &res : nullptr, y.view());
+                         c.padding, relu, residual ? &res : nullptr, y.view(),
+                         c.packed.size() ? c.packed.data() : nullptr);
     return y;
   }
 
