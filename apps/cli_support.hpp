@@ -37,8 +37,8 @@ class Args {
   /// Parses argv[first..argc). `--name=value` and `--name value` are both accepted; an unknown
   /// option, a missing value, a repeated option or an unexpected positional argument is a
   /// UsageError. `--help` / `-h` sets help().
-  Args(const std::string& command, int argc, char** argv, int first, const std::vector<OptionSpec>& specs,
-       bool positionals_allowed)
+  Args(const std::string& command, int argc, char** argv, int first,
+       const std::vector<OptionSpec>& specs, bool positionals_allowed)
       : m_command(command) {
     for (int i = first; i < argc; ++i) {
       std::string arg = argv[i];
@@ -65,7 +65,8 @@ class Args {
           m_values[name] = "";
         } else {
           if (!inline_value) {
-            if (i + 1 >= argc) throw UsageError("option '--" + name + "' needs a value (" + spec->value + ")");
+            if (i + 1 >= argc)
+              throw UsageError("option '--" + name + "' needs a value (" + spec->value + ")");
             value = argv[++i];
           }
           if (value.empty()) throw UsageError("option '--" + name + "' has an empty value");
@@ -95,7 +96,8 @@ class Args {
     return it == m_values.end() ? fallback : it->second;
   }
   /// An integer option in [lo, hi]; a UsageError naming the option and the value otherwise.
-  std::int64_t get_int(const std::string& name, std::int64_t fallback, std::int64_t lo, std::int64_t hi) const {
+  std::int64_t get_int(const std::string& name, std::int64_t fallback, std::int64_t lo,
+                       std::int64_t hi) const {
     const auto it = m_values.find(name);
     if (it == m_values.end()) return fallback;
     std::int64_t v = 0;
@@ -108,8 +110,8 @@ class Args {
     if (used == 0 || used != it->second.size())
       throw UsageError("--" + name + " must be an integer, got '" + it->second + "'");
     if (v < lo || v > hi)
-      throw UsageError("--" + name + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
-                       it->second);
+      throw UsageError("--" + name + " must be in [" + std::to_string(lo) + ", " +
+                       std::to_string(hi) + "], got " + it->second);
     return v;
   }
 
@@ -129,7 +131,8 @@ inline std::string describe_options(const std::vector<OptionSpec>& specs) {
     if (left.size() >= 28) out << "\n" << std::string(28, ' ');
     out << s.help << "\n";
   }
-  out << std::left << std::setw(28) << "  --help" << "show this help\n";
+  out << std::left << std::setw(28) << "  --help"
+      << "show this help\n";
   return out.str();
 }
 
@@ -142,7 +145,8 @@ inline std::string format_duration(double seconds) {
     std::snprintf(buffer, sizeof(buffer), "%lld:%02lld:%02lld", static_cast<long long>(s / 3600),
                   static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
   else
-    std::snprintf(buffer, sizeof(buffer), "%lld:%02lld", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
+    std::snprintf(buffer, sizeof(buffer), "%lld:%02lld", static_cast<long long>(s / 60),
+                  static_cast<long long>(s % 60));
   return buffer;
 }
 
@@ -159,7 +163,9 @@ class Progress {
         m_plain_interval(plain_interval),
         m_start(Clock::now()),
         m_last_draw(m_start) {
-    if (!m_tty) std::fprintf(stderr, "%s: 0/%lld %s\n", m_label.c_str(), static_cast<long long>(m_total), m_unit.c_str());
+    if (!m_tty)
+      std::fprintf(stderr, "%s: 0/%lld %s\n", m_label.c_str(), static_cast<long long>(m_total),
+                   m_unit.c_str());
   }
   ~Progress() {
     if (!m_finished && m_tty && m_drawn) std::fprintf(stderr, "\n");
@@ -197,25 +203,29 @@ class Progress {
     const double t = elapsed();
     const double rate = t > 0 ? static_cast<double>(m_done) / t : 0.0;
     const double eta = rate > 0 ? static_cast<double>(m_total - m_done) / rate : -1.0;
-    const double fraction = m_total > 0 ? static_cast<double>(m_done) / static_cast<double>(m_total) : 1.0;
+    const double fraction =
+        m_total > 0 ? static_cast<double>(m_done) / static_cast<double>(m_total) : 1.0;
     char rate_text[64];
-    std::snprintf(rate_text, sizeof(rate_text), rate >= 100 ? "%.0f %s/s" : "%.2f %s/s", rate, m_unit.c_str());
+    std::snprintf(rate_text, sizeof(rate_text), rate >= 100 ? "%.0f %s/s" : "%.2f %s/s", rate,
+                  m_unit.c_str());
     if (m_tty) {
       constexpr int width = 28;
       const int filled = static_cast<int>(fraction * width);
       std::string bar(static_cast<std::size_t>(filled), '#');
       bar.resize(width, '.');
-      std::fprintf(stderr, "\r\033[K%s [%s] %3.0f%% %lld/%lld %s %s %s%s%s", m_label.c_str(), bar.c_str(),
-                   100 * fraction, static_cast<long long>(m_done), static_cast<long long>(m_total), rate_text,
-                   final ? "in" : "ETA", format_duration(final ? t : eta).c_str(), m_status.empty() ? "" : "  ",
+      std::fprintf(stderr, "\r\033[K%s [%s] %3.0f%% %lld/%lld %s %s %s%s%s", m_label.c_str(),
+                   bar.c_str(), 100 * fraction, static_cast<long long>(m_done),
+                   static_cast<long long>(m_total), rate_text, final ? "in" : "ETA",
+                   format_duration(final ? t : eta).c_str(), m_status.empty() ? "" : "  ",
                    m_status.c_str());
       if (final) std::fprintf(stderr, "\n");
       m_drawn = true;
     } else {
       std::fprintf(stderr, "%s: %lld/%lld %s (%.0f%%), %s, %s %s%s%s\n", m_label.c_str(),
-                   static_cast<long long>(m_done), static_cast<long long>(m_total), m_unit.c_str(), 100 * fraction,
-                   rate_text, final ? "took" : "ETA", format_duration(final ? t : eta).c_str(),
-                   m_status.empty() ? "" : ", ", m_status.c_str());
+                   static_cast<long long>(m_done), static_cast<long long>(m_total), m_unit.c_str(),
+                   100 * fraction, rate_text, final ? "took" : "ETA",
+                   format_duration(final ? t : eta).c_str(), m_status.empty() ? "" : ", ",
+                   m_status.c_str());
     }
     std::fflush(stderr);
   }
@@ -278,11 +288,21 @@ class Json {
     out << '"';
     for (unsigned char c : s) {
       switch (c) {
-        case '"': out << "\\\""; break;
-        case '\\': out << "\\\\"; break;
-        case '\n': out << "\\n"; break;
-        case '\r': out << "\\r"; break;
-        case '\t': out << "\\t"; break;
+        case '"':
+          out << "\\\"";
+          break;
+        case '\\':
+          out << "\\\\";
+          break;
+        case '\n':
+          out << "\\n";
+          break;
+        case '\r':
+          out << "\\r";
+          break;
+        case '\t':
+          out << "\\t";
+          break;
         default:
           if (c < 0x20) {
             char buffer[8];
@@ -310,9 +330,15 @@ class Json {
           out << "null";
         }
         break;
-      case Kind::integer: out << m_integer; break;
-      case Kind::boolean: out << (m_integer ? "true" : "false"); break;
-      case Kind::string: quote(out, m_string); break;
+      case Kind::integer:
+        out << m_integer;
+        break;
+      case Kind::boolean:
+        out << (m_integer ? "true" : "false");
+        break;
+      case Kind::string:
+        quote(out, m_string);
+        break;
       case Kind::object:
       case Kind::array: {
         const bool object = m_kind == Kind::object;

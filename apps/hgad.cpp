@@ -2,9 +2,9 @@
 // images with it. `hgad --help` lists the commands, `hgad <command> --help` their options.
 //
 // Exit status: 0 on success, 1 when the work fails (a missing or malformed file, a model that does
-// not fit the backbone, ...), 2 for a command line that cannot be acted on. Output files (the model,
-// the JSON report, heat maps) are written only once everything they hold has been computed, and each
-// through a temporary file renamed into place.
+// not fit the backbone, ...), 2 for a command line that cannot be acted on. Output files (the
+// model, the JSON report, heat maps) are written only once everything they hold has been computed,
+// and each through a temporary file renamed into place.
 
 #include <algorithm>
 #include <cmath>
@@ -47,7 +47,8 @@ namespace {
 
 std::string read_text_file(const std::string& path, const char* what) {
   std::ifstream in(path, std::ios::binary);
-  hgad::check(static_cast<bool>(in) && !fs::is_directory(path), "cannot read the ", what, " '", path, "'");
+  hgad::check(static_cast<bool>(in) && !fs::is_directory(path), "cannot read the ", what, " '",
+              path, "'");
   std::ostringstream s;
   s << in.rdbuf();
   return s.str();
@@ -59,15 +60,18 @@ void require_directory(const std::string& path, const std::string& option) {
 
 void require_file(const std::string& path, const std::string& what) {
   if (!fs::exists(path)) throw hgad::Error(what + " '" + path + "' does not exist");
-  if (fs::is_directory(path)) throw hgad::Error(what + " '" + path + "' is a directory, expected a file");
+  if (fs::is_directory(path))
+    throw hgad::Error(what + " '" + path + "' is a directory, expected a file");
 }
 
 /// An output file path whose folder exists and that is not a folder itself.
 void require_output_file(const std::string& path, const std::string& option) {
-  if (fs::is_directory(path)) throw hgad::Error(option + " '" + path + "' is a directory, expected a file name");
+  if (fs::is_directory(path))
+    throw hgad::Error(option + " '" + path + "' is a directory, expected a file name");
   const fs::path parent = fs::path(path).parent_path();
   if (!parent.empty() && !fs::is_directory(parent))
-    throw hgad::Error(option + " '" + path + "': the folder '" + parent.string() + "' does not exist");
+    throw hgad::Error(option + " '" + path + "': the folder '" + parent.string() +
+                      "' does not exist");
 }
 
 void write_text_atomically(const std::string& path, const std::string& text) {
@@ -78,7 +82,8 @@ std::vector<std::string> split_names(const std::string& text, const std::string&
   std::vector<std::string> names = hgad::detail::split_list(text);
   std::set<std::string> seen;
   for (const auto& n : names) {
-    if (!hgad::detail::is_plain_name(n)) throw UsageError(option + ": invalid class name '" + n + "'");
+    if (!hgad::detail::is_plain_name(n))
+      throw UsageError(option + ": invalid class name '" + n + "'");
     if (!seen.insert(n).second) throw UsageError(option + ": class '" + n + "' is given twice");
   }
   if (names.empty()) throw UsageError(option + " needs at least one class name");
@@ -86,16 +91,18 @@ std::vector<std::string> split_names(const std::string& text, const std::string&
 }
 
 void apply_threads(const Args& args) {
-  if (args.has("threads")) hgad::set_num_threads(static_cast<int>(args.get_int("threads", 1, 1, 1024)));
+  if (args.has("threads"))
+    hgad::set_num_threads(static_cast<int>(args.get_int("threads", 1, 1, 1024)));
 }
 
 /// --epochs N: N passes over the training data (meta_epochs = N, sub_epochs = 1), with warm-up and
-/// stage 1 kept at HGAD's share of the schedule (2 of 25 meta-epochs, ALGORITHM.md §4), at least one
-/// epoch each when N >= 2.
+/// stage 1 kept at HGAD's share of the schedule (2 of 25 meta-epochs, ALGORITHM.md §4), at least
+/// one epoch each when N >= 2.
 void apply_epochs(hgad::ModelConfig& config, Index epochs) {
   config.meta_epochs = epochs;
   config.sub_epochs = 1;
-  const Index share = epochs >= 2 ? std::max<Index>(1, static_cast<Index>(std::lround(epochs * 2.0 / 25.0))) : 0;
+  const Index share =
+      epochs >= 2 ? std::max<Index>(1, static_cast<Index>(std::lround(epochs * 2.0 / 25.0))) : 0;
   config.warmup_meta_epochs = share;
   config.stage1_meta_epochs = share;
 }
@@ -116,6 +123,17 @@ std::string loss_status(const hgad::FitProgress<Scalar>& p) {
   for (const auto& t : p.level_terms) {
     char v[32];
     std::snprintf(v, sizeof(v), " %.3f", double(t.total));
+    s << v;
+  }
+  // The per-dimension negative log-likelihood of the batch: L_g_intra in stage 2, L_g in stage 1
+  // (up to the omitted Gaussian constant), L_z for the NF baseline.
+  s << " nll";
+  for (const auto& t : p.level_terms) {
+    const double nll = t.objective == hgad::Objective::nf ? t.l_z
+                       : t.stage == 2                     ? t.l_g_intra
+                                                          : t.l_g;
+    char v[32];
+    std::snprintf(v, sizeof(v), " %.3f", nll);
     s << v;
   }
   return s.str();
@@ -140,8 +158,11 @@ Json metrics_json(const hgad::ClassMetrics& m) {
 std::string backbone_dir_for(const Args& args, const Model& model) {
   std::string dir = args.get("backbone", model.metadata("backbone_dir"));
   if (dir.empty())
-    throw hgad::Error("the model records no backbone folder; pass --backbone DIR (the weights it was trained with)");
-  require_directory(dir, args.has("backbone") ? "--backbone" : "the backbone folder recorded in the model,");
+    throw hgad::Error(
+        "the model records no backbone folder; pass --backbone DIR (the weights it was trained "
+        "with)");
+  require_directory(
+      dir, args.has("backbone") ? "--backbone" : "the backbone folder recorded in the model,");
   return dir;
 }
 
@@ -167,12 +188,14 @@ const std::vector<OptionSpec> train_options = {
 
 int cmd_train(const Args& args) {
   if (args.help()) {
-    std::cout << "usage: hgad train --data DIR --backbone DIR --out MODEL [options]\n\n"
-                 "Trains one model on the train/good images of every class at once (HGAD's unified\n"
-                 "setting), computes the calibrated-mode constants from the same images and writes the\n"
-                 "model. Without --config the hyper-parameters are HGAD's (ALGORITHM.md), which are sized\n"
-                 "for a GPU; --epochs and a --config file shorten them.\n\noptions:\n"
-              << hgad_cli::describe_options(train_options);
+    std::cout
+        << "usage: hgad train --data DIR --backbone DIR --out MODEL [options]\n\n"
+           "Trains one model on the train/good images of every class at once (HGAD's unified\n"
+           "setting), computes the calibrated-mode constants from the same images and writes the\n"
+           "model. Without --config the hyper-parameters are HGAD's (ALGORITHM.md), which are "
+           "sized\n"
+           "for a GPU; --epochs and a --config file shorten them.\n\noptions:\n"
+        << hgad_cli::describe_options(train_options);
     return 0;
   }
   const std::string data = args.required("data");
@@ -208,19 +231,24 @@ int cmd_train(const Args& args) {
   config.levels = hgad::feature_levels(*fx, config.features);
   config.validate(true);
 
-  std::fprintf(stderr, "hgad train: %lld images of %lld classes, %lld levels (", static_cast<long long>(train.size()),
-               static_cast<long long>(config.n_classes()), static_cast<long long>(config.n_levels()));
+  std::fprintf(stderr, "hgad train: %lld images of %lld classes, %lld levels (",
+               static_cast<long long>(train.size()), static_cast<long long>(config.n_classes()),
+               static_cast<long long>(config.n_levels()));
   for (std::size_t l = 0; l < config.levels.size(); ++l)
-    std::fprintf(stderr, "%s%lldx%lldx%lld", l ? ", " : "", static_cast<long long>(config.levels[l].dim),
-                 static_cast<long long>(config.levels[l].height), static_cast<long long>(config.levels[l].width));
-  std::fprintf(stderr, "), %lld epochs, objective %s\n", static_cast<long long>(config.total_epochs()),
+    std::fprintf(stderr, "%s%lldx%lldx%lld", l ? ", " : "",
+                 static_cast<long long>(config.levels[l].dim),
+                 static_cast<long long>(config.levels[l].height),
+                 static_cast<long long>(config.levels[l].width));
+  std::fprintf(stderr, "), %lld epochs, objective %s\n",
+               static_cast<long long>(config.total_epochs()),
                hgad::to_string(config.objective).c_str());
 
   hgad::ExtractedImages<Scalar> set;
   {
     Progress bar("features", train.size(), "img");
-    set = hgad::extract_images_cached(args.get("cache", ""), "train", backbone, train, hgad::all_indices(train), *fx,
-                                      config.features, false, 8, [&](Index done, Index) { bar.update(done); });
+    set = hgad::extract_images_cached(args.get("cache", ""), "train", backbone, train,
+                                      hgad::all_indices(train), *fx, config.features, false, 8,
+                                      [&](Index done, Index) { bar.update(done); });
     bar.finish();
   }
   Model model(config);
@@ -236,7 +264,8 @@ int cmd_train(const Args& args) {
     std::vector<Index> per_class(static_cast<std::size_t>(config.n_classes()), 0);
     for (std::int64_t c : set.classes) ++per_class[static_cast<std::size_t>(c)];
     Index used = 0;
-    for (Index n : per_class) used += config.calibration_images > 0 ? std::min(n, config.calibration_images) : n;
+    for (Index n : per_class)
+      used += config.calibration_images > 0 ? std::min(n, config.calibration_images) : n;
     Progress bar("calibration", used, "img");
     model.calibrate(set.features, set.classes, [&](Index done, Index) { bar.update(done); });
     bar.finish();
@@ -246,7 +275,8 @@ int cmd_train(const Args& args) {
   model.save(out);
   std::printf("wrote %s: %lld classes, %lld levels, %lld parameters, %lld epochs\n", out.c_str(),
               static_cast<long long>(model.n_classes()), static_cast<long long>(model.n_levels()),
-              static_cast<long long>(model.n_parameters()), static_cast<long long>(model.epochs_trained()));
+              static_cast<long long>(model.n_parameters()),
+              static_cast<long long>(model.epochs_trained()));
   return 0;
 }
 
@@ -266,14 +296,17 @@ const std::vector<OptionSpec> test_options = {
 
 int cmd_test(const Args& args) {
   if (args.help()) {
-    std::cout << "usage: hgad test --model MODEL --data DIR [options]\n\n"
-                 "Scores the test images of every class of the model and prints per class the image\n"
-                 "AUROC, pixel AUROC, AUPRO (FPR <= 0.3), image AP, and in label-free mode the accuracy\n"
-                 "of the predicted class, then the means.\n"
-                 "  transductive  normalisation over the whole test set of a class (the paper's protocol)\n"
-                 "  calibrated    constants frozen from the training images; images scored one by one\n"
-                 "  label-free    calibrated, with each image's class predicted by the model\n\noptions:\n"
-              << hgad_cli::describe_options(test_options);
+    std::cout
+        << "usage: hgad test --model MODEL --data DIR [options]\n\n"
+           "Scores the test images of every class of the model and prints per class the image\n"
+           "AUROC, pixel AUROC, AUPRO (FPR <= 0.3), image AP, and in label-free mode the accuracy\n"
+           "of the predicted class, then the means.\n"
+           "  transductive  normalisation over the whole test set of a class (the paper's "
+           "protocol)\n"
+           "  calibrated    constants frozen from the training images; images scored one by one\n"
+           "  label-free    calibrated, with each image's class predicted by the "
+           "model\n\noptions:\n"
+        << hgad_cli::describe_options(test_options);
     return 0;
   }
   const std::string model_path = args.required("model");
@@ -296,13 +329,16 @@ int cmd_test(const Args& args) {
   const Model model = load_model(model_path);
   const hgad::ModelConfig& config = model.config();
   if (mode != hgad::ScoreMode::transductive && !model.is_calibrated())
-    throw hgad::Error("the model '" + model_path + "' holds no calibration constants; use --mode transductive");
+    throw hgad::Error("the model '" + model_path +
+                      "' holds no calibration constants; use --mode transductive");
   if (mode == hgad::ScoreMode::label_free && config.objective == hgad::Objective::nf)
-    std::fprintf(stderr, "hgad test: note: the NF baseline has no class model; label-free scoring uses the "
-                         "class-agnostic constants\n");
+    std::fprintf(stderr,
+                 "hgad test: note: the NF baseline has no class model; label-free scoring uses the "
+                 "class-agnostic constants\n");
   std::vector<std::string> classes = only.empty() ? config.class_names : only;
   for (const auto& c : classes)
-    if (std::find(config.class_names.begin(), config.class_names.end(), c) == config.class_names.end())
+    if (std::find(config.class_names.begin(), config.class_names.end(), c) ==
+        config.class_names.end())
       throw UsageError("--classes: the model knows no class '" + c + "'");
   const std::string backbone = backbone_dir_for(args, model);
   auto fx = hgad::make_extractor<Scalar>(config.features, backbone);
@@ -316,20 +352,24 @@ int cmd_test(const Args& args) {
   for (Index c = 0; c < test.n_classes(); ++c) {
     const std::string& name = test.class_names()[static_cast<std::size_t>(c)];
     const auto model_class = static_cast<std::int64_t>(
-        std::find(config.class_names.begin(), config.class_names.end(), name) - config.class_names.begin());
+        std::find(config.class_names.begin(), config.class_names.end(), name) -
+        config.class_names.begin());
     const std::vector<Index> indices = test.indices_of_class(c);
     hgad::ExtractedImages<Scalar> set;
     {
       Progress bar(name + " features", static_cast<Index>(indices.size()), "img");
-      set = hgad::extract_images_cached(args.get("cache", ""), "test_" + name, backbone, test, indices, *fx,
-                                        config.features, true, 8, [&](Index done, Index) { bar.update(done); });
+      set = hgad::extract_images_cached(args.get("cache", ""), "test_" + name, backbone, test,
+                                        indices, *fx, config.features, true, 8,
+                                        [&](Index done, Index) { bar.update(done); });
       bar.finish();
     }
     std::vector<hgad::ScoredImage<Scalar>> scored;
     {
       Progress bar(name + " scoring", set.size(), "img");
-      scored = model.score_set(set.features, std::vector<std::int64_t>(static_cast<std::size_t>(set.size()), model_class),
-                               mode, [&](Index i) { bar.update(i + 1); });
+      scored = model.score_set(
+          set.features,
+          std::vector<std::int64_t>(static_cast<std::size_t>(set.size()), model_class), mode,
+          [&](Index i) { bar.update(i + 1); });
       bar.finish();
     }
     const Index S = config.features.mask_size;
@@ -342,19 +382,20 @@ int cmd_test(const Args& args) {
       scores.push_back(s.score);
       if (s.predicted_class == model_class) ++correct;
     }
-    hgad::ClassMetrics m =
-        hgad::evaluate_class(name, scores, set.labels, maps, set.has_masks ? set.masks : hgad::Tensor<float>());
+    hgad::ClassMetrics m = hgad::evaluate_class(name, scores, set.labels, maps,
+                                                set.has_masks ? set.masks : hgad::Tensor<float>());
     if (mode == hgad::ScoreMode::label_free && config.objective == hgad::Objective::hgad)
       m.class_accuracy = double(correct) / double(set.size());
     results.push_back(m);
   }
   const hgad::ClassMetrics mean = hgad::mean_metrics(results);
-  const bool with_accuracy = mode == hgad::ScoreMode::label_free && config.objective == hgad::Objective::hgad;
+  const bool with_accuracy =
+      mode == hgad::ScoreMode::label_free && config.objective == hgad::Objective::hgad;
 
-  std::printf("mode %s, objective %s, model %s\n", hgad::to_string(mode), hgad::to_string(config.objective).c_str(),
-              model_path.c_str());
-  std::printf("%-16s %7s %8s %8s %8s %8s%s\n", "class", "images", "img-AUC", "pix-AUC", "AUPRO", "img-AP",
-              with_accuracy ? "  cls-acc" : "");
+  std::printf("mode %s, objective %s, model %s\n", hgad::to_string(mode),
+              hgad::to_string(config.objective).c_str(), model_path.c_str());
+  std::printf("%-16s %7s %8s %8s %8s %8s%s\n", "class", "images", "img-AUC", "pix-AUC", "AUPRO",
+              "img-AP", with_accuracy ? "  cls-acc" : "");
   auto row = [&](const hgad::ClassMetrics& m) {
     std::printf("%-16s %7lld %8s %8s %8s %8s", m.name.c_str(), static_cast<long long>(m.n_images),
                 format_metric(m.image_auroc).c_str(), format_metric(m.pixel_auroc).c_str(),
@@ -394,12 +435,16 @@ const std::vector<OptionSpec> predict_options = {
 
 int cmd_predict(const Args& args) {
   if (args.help()) {
-    std::cout << "usage: hgad predict --model MODEL --out DIR [options] IMAGE...\n\n"
-                 "Scores each image on its own (calibrated constants) and writes DIR/<name>_heatmap.png,\n"
-                 "the anomaly map in jet colours blended over the image, and DIR/scores.csv. Prints one\n"
-                 "line per image: score, class used, file. Heat maps of one call share one colour scale,\n"
-                 "from 0 to the largest of their maxima and the training images' largest score.\n\noptions:\n"
-              << hgad_cli::describe_options(predict_options);
+    std::cout
+        << "usage: hgad predict --model MODEL --out DIR [options] IMAGE...\n\n"
+           "Scores each image on its own (calibrated constants) and writes "
+           "DIR/<name>_heatmap.png,\n"
+           "the anomaly map in jet colours blended over the image, and DIR/scores.csv. Prints one\n"
+           "line per image: score, class used, file. Heat maps of one call share one colour "
+           "scale,\n"
+           "from 0 to the largest of their maxima and the training images' largest "
+           "score.\n\noptions:\n"
+        << hgad_cli::describe_options(predict_options);
     return 0;
   }
   const std::string model_path = args.required("model");
@@ -413,15 +458,18 @@ int cmd_predict(const Args& args) {
 
   const Model model = load_model(model_path);
   const hgad::ModelConfig& config = model.config();
-  if (!model.is_calibrated()) throw hgad::Error("the model '" + model_path + "' holds no calibration constants");
+  if (!model.is_calibrated())
+    throw hgad::Error("the model '" + model_path + "' holds no calibration constants");
   std::int64_t class_index = -1;
   if (args.has("class")) {
     const std::string name = args.get("class", "");
     const auto it = std::find(config.class_names.begin(), config.class_names.end(), name);
-    if (it == config.class_names.end()) throw UsageError("--class: the model knows no class '" + name + "'");
+    if (it == config.class_names.end())
+      throw UsageError("--class: the model knows no class '" + name + "'");
     class_index = it - config.class_names.begin();
   }
-  const hgad::ScoreMode mode = class_index >= 0 ? hgad::ScoreMode::calibrated : hgad::ScoreMode::label_free;
+  const hgad::ScoreMode mode =
+      class_index >= 0 ? hgad::ScoreMode::calibrated : hgad::ScoreMode::label_free;
   auto fx = hgad::make_extractor<Scalar>(config.features, backbone_dir_for(args, model));
   hgad::check_backbone_matches(config, *fx);
 
@@ -439,7 +487,8 @@ int cmd_predict(const Args& args) {
       hgad::MvtecSample sample;
       sample.image_path = path;
       const hgad::LoadedSample<Scalar> input = hgad::load_sample<Scalar>(sample, pre);
-      const hgad::Tensor<Scalar> batch = input.image.reshape({1, 3, config.features.image_size, config.features.image_size});
+      const hgad::Tensor<Scalar> batch =
+          input.image.reshape({1, 3, config.features.image_size, config.features.image_size});
       std::vector<hgad::Tensor<Scalar>> features;
       for (const auto& map : fx->extract(batch)) features.push_back(hgad::channels_last(map));
       Result r;
@@ -452,7 +501,8 @@ int cmd_predict(const Args& args) {
   }
   double hi = 0;
   for (const auto& r : results) hi = std::max(hi, r.scored.score);
-  for (Index c = 0; c < model.n_classes(); ++c) hi = std::max(hi, model.calibration(c).train_score_max);
+  for (Index c = 0; c < model.n_classes(); ++c)
+    hi = std::max(hi, model.calibration(c).train_score_max);
   if (!(hi > 0)) hi = 1;
 
   fs::create_directories(out_dir);
@@ -467,7 +517,9 @@ int cmd_predict(const Args& args) {
     const hgad::Tensor<Scalar> colours = hgad::colormap_jet(r.scored.map, Scalar(0), Scalar(hi));
     hgad::save_png(heat_path, hgad::blend(r.picture, colours, Scalar(0.5)));
     const std::string class_name =
-        r.scored.scored_class >= 0 ? config.class_names[static_cast<std::size_t>(r.scored.scored_class)] : "-";
+        r.scored.scored_class >= 0
+            ? config.class_names[static_cast<std::size_t>(r.scored.scored_class)]
+            : "-";
     char score[32];
     std::snprintf(score, sizeof(score), "%.6g", r.scored.score);
     std::printf("%s\t%s\t%s\n", score, class_name.c_str(), images[i].c_str());
@@ -482,7 +534,8 @@ int cmd_predict(const Args& args) {
 
 int cmd_info(const Args& args) {
   if (args.help()) {
-    std::cout << "usage: hgad info MODEL\n\nPrints what the model file holds: its configuration (in the key = value\n"
+    std::cout << "usage: hgad info MODEL\n\nPrints what the model file holds: its configuration "
+                 "(in the key = value\n"
                  "form hgad train --config reads), training state and calibration.\n";
     return 0;
   }
@@ -490,7 +543,8 @@ int cmd_info(const Args& args) {
   const std::string path = args.positionals()[0];
   const Model model = load_model(path);
   std::printf("# model %s\n# %lld parameters, %lld epochs trained, %s\n", path.c_str(),
-              static_cast<long long>(model.n_parameters()), static_cast<long long>(model.epochs_trained()),
+              static_cast<long long>(model.n_parameters()),
+              static_cast<long long>(model.epochs_trained()),
               model.is_calibrated() ? "calibrated" : "not calibrated");
   for (const char* key : {"backbone_dir", "train_data"}) {
     const std::string v = model.metadata(key);
@@ -534,14 +588,18 @@ hgad::ModelConfig embeddings_defaults() {
 
 int cmd_embeddings(const Args& args) {
   if (args.help()) {
-    std::cout << "usage: hgad embeddings --data DIR [options]\n\n"
-                 "The image-level unified protocol on precomputed embeddings: trains one model (P = 0, one\n"
-                 "level of D x 1 x 1) on the training normals of every class of the split file, then\n"
-                 "reports per class the image AUROC with the given class (calibrated constants), without\n"
-                 "it (label-free, with the class-prediction accuracy) and with the paper's transductive\n"
-                 "normalisation, each for the §5 score and for the likelihood term alone, and their means.\n"
-                 "\noptions:\n"
-              << hgad_cli::describe_options(embeddings_options);
+    std::cout
+        << "usage: hgad embeddings --data DIR [options]\n\n"
+           "The image-level unified protocol on precomputed embeddings: trains one model (P = 0, "
+           "one\n"
+           "level of D x 1 x 1) on the training normals of every class of the split file, then\n"
+           "reports per class the image AUROC with the given class (calibrated constants), "
+           "without\n"
+           "it (label-free, with the class-prediction accuracy) and with the paper's transductive\n"
+           "normalisation, each for the §5 score and for the likelihood term alone, and their "
+           "means.\n"
+           "\noptions:\n"
+        << hgad_cli::describe_options(embeddings_options);
     return 0;
   }
   const std::string data = args.required("data");
@@ -584,9 +642,10 @@ int cmd_embeddings(const Args& args) {
     row += c.train.dim(0);
     labels.insert(labels.end(), static_cast<std::size_t>(c.train.dim(0)), c.class_index);
   }
-  std::fprintf(stderr, "hgad embeddings: %lld training rows of %lld classes, D = %lld, objective %s\n",
-               static_cast<long long>(n_train), static_cast<long long>(config.n_classes()), static_cast<long long>(D),
-               hgad::to_string(config.objective).c_str());
+  std::fprintf(stderr,
+               "hgad embeddings: %lld training rows of %lld classes, D = %lld, objective %s\n",
+               static_cast<long long>(n_train), static_cast<long long>(config.n_classes()),
+               static_cast<long long>(D), hgad::to_string(config.objective).c_str());
 
   Model model(config);
   const std::vector<hgad::Tensor<Scalar>> features = {train};
@@ -601,10 +660,11 @@ int cmd_embeddings(const Args& args) {
   model.calibrate(features, labels);
 
   // Columns: image AUROC with the §5 score (calibrated constants) and with the likelihood alone
-  // (-logp, the per-dimension log-likelihood under the scored class's mixture, or N(0, I) for NF), each
-  // with the true class and label-free; the class accuracy; the §5 score with transductive constants.
-  const std::vector<std::string> columns = {"given",    "given_logp", "label_free", "label_free_logp",
-                                            "class_accuracy", "transductive"};
+  // (-logp, the per-dimension log-likelihood under the scored class's mixture, or N(0, I) for NF),
+  // each with the true class and label-free; the class accuracy; the §5 score with transductive
+  // constants.
+  const std::vector<std::string> columns = {"given",           "given_logp",     "label_free",
+                                            "label_free_logp", "class_accuracy", "transductive"};
   struct Row {
     std::string name;
     Index n_test = 0;
@@ -625,7 +685,8 @@ int cmd_embeddings(const Args& args) {
       std::vector<double> scores;
       Index correct = 0;
       for (Index i = 0; i < n; ++i) {
-        const auto raw = model.raw_scores(Model::image_view(test, i), label_free ? -1 : c.class_index);
+        const auto raw =
+            model.raw_scores(Model::image_view(test, i), label_free ? -1 : c.class_index);
         scores.push_back(-double(raw.log_likelihood[0].data()[0]));
         correct += raw.predicted_class == c.class_index ? 1 : 0;
       }
@@ -651,25 +712,30 @@ int cmd_embeddings(const Args& args) {
   mean.values.assign(columns.size(), 0.0);
   for (const auto& r : rows) {
     mean.n_test += r.n_test;
-    for (std::size_t k = 0; k < columns.size(); ++k) mean.values[k] += r.values[k] / double(rows.size());
+    for (std::size_t k = 0; k < columns.size(); ++k)
+      mean.values[k] += r.values[k] / double(rows.size());
   }
-  std::printf("objective %s, %lld blocks, %lld epochs: image AUROC per class (score: the §5 product of the\n"
-              "likelihood and entropy terms, or logp: the likelihood alone)\n",
-              hgad::to_string(config.objective).c_str(), static_cast<long long>(config.n_blocks),
-              static_cast<long long>(config.total_epochs()));
-  std::printf("%-12s %5s %7s %10s %10s %15s %7s %12s\n", "class", "test", "given", "given-logp", "label-free",
-              "label-free-logp", "cls-acc", "transductive");
+  std::printf(
+      "objective %s, %lld blocks, %lld epochs: image AUROC per class (score: the §5 product of "
+      "the\n"
+      "likelihood and entropy terms, or logp: the likelihood alone)\n",
+      hgad::to_string(config.objective).c_str(), static_cast<long long>(config.n_blocks),
+      static_cast<long long>(config.total_epochs()));
+  std::printf("%-12s %5s %7s %10s %10s %15s %7s %12s\n", "class", "test", "given", "given-logp",
+              "label-free", "label-free-logp", "cls-acc", "transductive");
   for (const Row& r : rows) {
     std::printf("%-12s %5lld", r.name.c_str(), static_cast<long long>(r.n_test));
     const int widths[] = {7, 10, 10, 15, 7, 12};
-    for (std::size_t k = 0; k < columns.size(); ++k) std::printf(" %*s", widths[k], format_metric(r.values[k]).c_str());
+    for (std::size_t k = 0; k < columns.size(); ++k)
+      std::printf(" %*s", widths[k], format_metric(r.values[k]).c_str());
     std::printf("\n");
   }
   {
     const Row& r = mean;
     std::printf("%-12s %5lld", r.name.c_str(), static_cast<long long>(r.n_test));
     const int widths[] = {7, 10, 10, 15, 7, 12};
-    for (std::size_t k = 0; k < columns.size(); ++k) std::printf(" %*s", widths[k], format_metric(r.values[k]).c_str());
+    for (std::size_t k = 0; k < columns.size(); ++k)
+      std::printf(" %*s", widths[k], format_metric(r.values[k]).c_str());
     std::printf("\n");
   }
 
@@ -681,7 +747,8 @@ int cmd_embeddings(const Args& args) {
       Json c = Json::object();
       c.set("test_rows", Json::integer(r.n_test));
       for (std::size_t k = 0; k < columns.size(); ++k)
-        c.set(columns[k] == "class_accuracy" ? columns[k] : "image_auroc_" + columns[k], Json::number(r.values[k]));
+        c.set(columns[k] == "class_accuracy" ? columns[k] : "image_auroc_" + columns[k],
+              Json::number(r.values[k]));
       return c;
     };
     Json per_class = Json::object();
@@ -724,13 +791,16 @@ int main(int argc, char** argv) {
   try {
     if (command == "train") return cmd_train(Args(command, argc, argv, 2, train_options, false));
     if (command == "test") return cmd_test(Args(command, argc, argv, 2, test_options, false));
-    if (command == "predict") return cmd_predict(Args(command, argc, argv, 2, predict_options, true));
+    if (command == "predict")
+      return cmd_predict(Args(command, argc, argv, 2, predict_options, true));
     if (command == "info") return cmd_info(Args(command, argc, argv, 2, {}, true));
-    if (command == "embeddings") return cmd_embeddings(Args(command, argc, argv, 2, embeddings_options, false));
+    if (command == "embeddings")
+      return cmd_embeddings(Args(command, argc, argv, 2, embeddings_options, false));
     std::fprintf(stderr, "hgad: unknown command '%s'\n\n%s", command.c_str(), general_usage);
     return 2;
   } catch (const UsageError& e) {
-    std::fprintf(stderr, "hgad %s: %s\n(see 'hgad %s --help')\n", command.c_str(), e.what(), command.c_str());
+    std::fprintf(stderr, "hgad %s: %s\n(see 'hgad %s --help')\n", command.c_str(), e.what(),
+                 command.c_str());
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "hgad %s: error: %s\n", command.c_str(), e.what());

@@ -75,21 +75,25 @@ TEST_CASE("Embedding dataset reader rejects inconsistent folders with a clear me
   const std::string header = "class,class_index,row,y,split\n";
   const std::string b_rows = "b,1,0,0,train\nb,1,1,0,test\nb,1,2,1,test\n";
   CHECK(error_for("class,row\n" + b_rows).find("expected the header") != std::string::npos);
-  CHECK(error_for(header + "a,0,0,0,train\na,0,1,0,test\na,0,2,0,train\n" + b_rows).find("row 3 of class 'a'") !=
-        std::string::npos);
-  CHECK(error_for(header + "a,0,0,0,train\na,0,0,0,test\na,0,1,0,test\na,0,2,0,train\na,0,3,1,test\n" + b_rows)
+  CHECK(error_for(header + "a,0,0,0,train\na,0,1,0,test\na,0,2,0,train\n" + b_rows)
+            .find("row 3 of class 'a'") != std::string::npos);
+  CHECK(error_for(header +
+                  "a,0,0,0,train\na,0,0,0,test\na,0,1,0,test\na,0,2,0,train\na,0,3,1,test\n" +
+                  b_rows)
             .find("listed twice") != std::string::npos);
   CHECK(error_for(header + "a,0,0,0,train\na,0,1,0,test\na,0,2,0,train\na,0,3,1,train\n" + b_rows)
             .find("anomaly in the training split") != std::string::npos);
-  CHECK(error_for(header + "a,0,0,1,train\na,0,1,0,test\na,0,2,0,train\na,0,3,1,test\n" + b_rows).find("says 0") !=
-        std::string::npos);
+  CHECK(error_for(header + "a,0,0,1,train\na,0,1,0,test\na,0,2,0,train\na,0,3,1,test\n" + b_rows)
+            .find("says 0") != std::string::npos);
   CHECK(error_for(header + "a,0,0,0,train\na,0,1,0,test\na,0,2,0,train\na,0,9,1,test\n" + b_rows)
             .find("out of range") != std::string::npos);
-  CHECK(error_for(header + "a,0,0,0,train\na,0,1,0,test\na,0,2,0,train\na,0,3,1,test\nb,2,0,0,train\n")
+  CHECK(error_for(header +
+                  "a,0,0,0,train\na,0,1,0,test\na,0,2,0,train\na,0,3,1,test\nb,2,0,0,train\n")
             .find("0 .. K-1") != std::string::npos);
   CHECK(error_for(header + "a,0,0,0,train,x\n").find("line 2") != std::string::npos);
   CHECK(error_for(header + "a,0,0,0,valid\n").find("'train' or 'test'") != std::string::npos);
-  CHECK(error_for(header + "a,0,0,0,train\na,0,1,0,test\na,0,2,0,train\na,0,3,1,test\nc,1,0,0,train\n")
+  CHECK(error_for(header +
+                  "a,0,0,0,train\na,0,1,0,test\na,0,2,0,train\na,0,3,1,test\nc,1,0,0,train\n")
             .find("c_X.npy") != std::string::npos);
 
   hgad_test::TempDir empty("embeddings_none");

@@ -41,7 +41,8 @@ std::string slurp(const std::string& path) {
 /// Runs `hgad <arguments>` with stdout and stderr captured in files of `dir`.
 Run run(const hgad_test::TempDir& dir, const std::string& arguments) {
   const std::string out = dir.file("stdout.txt"), err = dir.file("stderr.txt");
-  const std::string command = "'" + cli_path() + "' " + arguments + " >'" + out + "' 2>'" + err + "'";
+  const std::string command =
+      "'" + cli_path() + "' " + arguments + " >'" + out + "' 2>'" + err + "'";
   const int raw = std::system(command.c_str());
   Run r;
   r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
@@ -50,7 +51,9 @@ Run run(const hgad_test::TempDir& dir, const std::string& arguments) {
   return r;
 }
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
 
 std::string weights_dir() { return std::string(HGAD_SHARED_DIR) + "/weights/resnet18-imagenet"; }
 
@@ -60,7 +63,8 @@ void write_image(const std::string& path, unsigned seed, bool defect) {
   hgad::Tensor<float> image({64, 64});
   for (hgad::Index i = 0; i < 64; ++i)
     for (hgad::Index j = 0; j < 64; ++j)
-      image(i, j) = float(0.4 + 0.2 * ((i / 8 + j / 8 + seed) % 2)) + (defect && i > 20 && i < 30 && j > 20 && j < 30 ? 0.4f : 0.0f);
+      image(i, j) = float(0.4 + 0.2 * ((i / 8 + j / 8 + seed) % 2)) +
+                    (defect && i > 20 && i < 30 && j > 20 && j < 30 ? 0.4f : 0.0f);
   hgad::save_png(path, image);
 }
 
@@ -75,11 +79,14 @@ void write_mask(const std::string& path) {
 /// Two classes a and b: 4 training images each, 2 good and 2 defective test images with masks.
 void write_dataset(const fs::path& root) {
   for (const std::string c : {"a", "b"}) {
-    for (unsigned i = 0; i < 4; ++i) write_image((root / c / "train/good" / ("t" + std::to_string(i) + ".png")).string(), i, false);
+    for (unsigned i = 0; i < 4; ++i)
+      write_image((root / c / "train/good" / ("t" + std::to_string(i) + ".png")).string(), i,
+                  false);
     for (unsigned i = 0; i < 2; ++i) {
       write_image((root / c / "test/good" / ("g" + std::to_string(i) + ".png")).string(), i, false);
       write_image((root / c / "test/dent" / ("d" + std::to_string(i) + ".png")).string(), i, true);
-      write_mask((root / c / "ground_truth/dent" / ("d" + std::to_string(i) + "_mask.png")).string());
+      write_mask(
+          (root / c / "ground_truth/dent" / ("d" + std::to_string(i) + "_mask.png")).string());
     }
   }
 }
@@ -87,19 +94,21 @@ void write_dataset(const fs::path& root) {
 /// A small, fast configuration: 64x64 images, layer2 only (128 x 8 x 8), one block, two epochs.
 const char* const tiny_config =
     "image_size = 64\nmask_size = 32\nlayers = layer2\npos_dim = 8\nn_blocks = 1\nn_centers = 2\n"
-    "meta_epochs = 2\nsub_epochs = 1\nwarmup_meta_epochs = 1\nstage1_meta_epochs = 1\nbatch_size = 4\n";
+    "meta_epochs = 2\nsub_epochs = 1\nwarmup_meta_epochs = 1\nstage1_meta_epochs = 1\nbatch_size = "
+    "4\n";
 
-#define REQUIRE_CLI()                                              \
-  do {                                                             \
-    if (cli_path().empty()) {                                      \
-      WARN("skipped: HGAD_CLI is not set (ctest sets it)");        \
-      return;                                                      \
-    }                                                              \
+#define REQUIRE_CLI()                                       \
+  do {                                                      \
+    if (cli_path().empty()) {                               \
+      WARN("skipped: HGAD_CLI is not set (ctest sets it)"); \
+      return;                                               \
+    }                                                       \
   } while (0)
 
 }  // namespace
 
-TEST_CASE("hgad program answers --help on every command and rejects bad command lines", "[model][cli]") {
+TEST_CASE("hgad program answers --help on every command and rejects bad command lines",
+          "[model][cli]") {
   REQUIRE_CLI();
   hgad_test::TempDir dir("cli_usage");
   Run r = run(dir, "");
@@ -144,17 +153,19 @@ TEST_CASE("hgad program answers --help on every command and rejects bad command 
   CHECK(contains(r.err, "needs a value"));
 }
 
-TEST_CASE("hgad program reports missing paths and bad files with one message and no output", "[model][cli]") {
+TEST_CASE("hgad program reports missing paths and bad files with one message and no output",
+          "[model][cli]") {
   REQUIRE_CLI();
   hgad_test::TempDir dir("cli_paths");
   const std::string model = dir.file("model.hgad");
-  Run r = run(dir, "train --data '" + dir.file("nowhere") + "' --backbone '" + dir.path().string() + "' --out '" +
-                       model + "'");
+  Run r = run(dir, "train --data '" + dir.file("nowhere") + "' --backbone '" + dir.path().string() +
+                       "' --out '" + model + "'");
   CHECK(r.status == 1);
   CHECK(contains(r.err, "is not a directory"));
   CHECK_FALSE(fs::exists(model));
 
-  r = run(dir, "test --model '" + dir.file("missing.hgad") + "' --data '" + dir.path().string() + "'");
+  r = run(dir,
+          "test --model '" + dir.file("missing.hgad") + "' --data '" + dir.path().string() + "'");
   CHECK(r.status == 1);
   CHECK(contains(r.err, "does not exist"));
 
@@ -164,7 +175,8 @@ TEST_CASE("hgad program reports missing paths and bad files with one message and
   CHECK(contains(r.err, "wrong magic"));
 
   const std::string out = dir.file("heatmaps");
-  r = run(dir, "predict --model '" + dir.file("garbage.hgad") + "' --out '" + out + "' '" + dir.file("no.png") + "'");
+  r = run(dir, "predict --model '" + dir.file("garbage.hgad") + "' --out '" + out + "' '" +
+                   dir.file("no.png") + "'");
   CHECK(r.status == 1);
   CHECK(contains(r.err, "no.png"));
   CHECK_FALSE(fs::exists(out));
@@ -176,14 +188,16 @@ TEST_CASE("hgad program reports missing paths and bad files with one message and
   // A dataset whose class folder holds no training image.
   fs::create_directories(dir.path() / "data/a/train/good");
   if (fs::exists(weights_dir())) {
-    r = run(dir, "train --data '" + dir.file("data") + "' --backbone '" + weights_dir() + "' --out '" + model + "'");
+    r = run(dir, "train --data '" + dir.file("data") + "' --backbone '" + weights_dir() +
+                     "' --out '" + model + "'");
     CHECK(r.status == 1);
     CHECK(contains(r.err, "good"));
     CHECK_FALSE(fs::exists(model));
   }
 }
 
-TEST_CASE("hgad program trains, tests, predicts and refuses a model of other feature dimensions", "[model][cli]") {
+TEST_CASE("hgad program trains, tests, predicts and refuses a model of other feature dimensions",
+          "[model][cli]") {
   REQUIRE_CLI();
   if (!fs::exists(weights_dir())) {
     WARN("skipped: " << weights_dir() << " is absent");
@@ -193,8 +207,8 @@ TEST_CASE("hgad program trains, tests, predicts and refuses a model of other fea
   write_dataset(dir.path() / "data");
   std::ofstream(dir.file("tiny.cfg")) << tiny_config;
   const std::string data = dir.file("data"), model = dir.file("model.hgad");
-  Run r = run(dir, "train --data '" + data + "' --backbone '" + weights_dir() + "' --out '" + model + "' --config '" +
-                       dir.file("tiny.cfg") + "' --threads 2");
+  Run r = run(dir, "train --data '" + data + "' --backbone '" + weights_dir() + "' --out '" +
+                       model + "' --config '" + dir.file("tiny.cfg") + "' --threads 2");
   INFO(r.err);
   REQUIRE(r.status == 0);
   REQUIRE(fs::exists(model));
@@ -208,7 +222,8 @@ TEST_CASE("hgad program trains, tests, predicts and refuses a model of other fea
 
   for (const std::string mode : {"transductive", "calibrated", "label-free"}) {
     const std::string json = dir.file("metrics_" + mode + ".json");
-    r = run(dir, "test --model '" + model + "' --data '" + data + "' --mode " + mode + " --json '" + json + "'");
+    r = run(dir, "test --model '" + model + "' --data '" + data + "' --mode " + mode + " --json '" +
+                     json + "'");
     INFO(r.err);
     CHECK(r.status == 0);
     CHECK(contains(r.out, "mean"));
@@ -221,8 +236,8 @@ TEST_CASE("hgad program trains, tests, predicts and refuses a model of other fea
   }
 
   const std::string out = dir.file("heat");
-  r = run(dir, "predict --model '" + model + "' --out '" + out + "' '" + data + "/a/test/dent/d0.png' '" + data +
-                   "/b/test/good/g0.png'");
+  r = run(dir, "predict --model '" + model + "' --out '" + out + "' '" + data +
+                   "/a/test/dent/d0.png' '" + data + "/b/test/good/g0.png'");
   INFO(r.err);
   CHECK(r.status == 0);
   CHECK(fs::exists(fs::path(out) / "d0_heatmap.png"));
@@ -237,8 +252,8 @@ TEST_CASE("hgad program trains, tests, predicts and refuses a model of other fea
   other.set_metadata("backbone_dir", weights_dir());
   other.save(dir.file("other.hgad"));
   const std::string json = dir.file("never.json");
-  r = run(dir, "test --model '" + dir.file("other.hgad") + "' --data '" + data + "' --mode transductive --json '" +
-                   json + "'");
+  r = run(dir, "test --model '" + dir.file("other.hgad") + "' --data '" + data +
+                   "' --mode transductive --json '" + json + "'");
   CHECK(r.status == 1);
   CHECK(contains(r.err, "other features"));
   CHECK(contains(r.err, "128 channels"));

@@ -95,7 +95,9 @@ TEST_CASE("ModelConfig parser accepts comments, blank lines and partial files", 
 }
 
 TEST_CASE("ModelConfig parse errors name the source, the line, the key and the value", "[model]") {
-  auto parse = [](const std::string& text) { return error_of([&] { hgad::ModelConfig::from_text(text, "x.cfg"); }); };
+  auto parse = [](const std::string& text) {
+    return error_of([&] { hgad::ModelConfig::from_text(text, "x.cfg"); });
+  };
   std::string e = parse("n_blocks = 4\nlr = abc\n");
   CHECK(e.find("x.cfg") != std::string::npos);
   CHECK(e.find("line 2") != std::string::npos);
@@ -127,24 +129,33 @@ TEST_CASE("ModelConfig validation names the key and the offending value", "[mode
     return error_of([&] { c.validate(); });
   };
   CHECK(validate([](hgad::ModelConfig&) {}).empty());
-  CHECK(validate([](hgad::ModelConfig& c) { c.n_blocks = 0; }).find("n_blocks = 0") != std::string::npos);
-  CHECK(validate([](hgad::ModelConfig& c) { c.pos_dim = 6; }).find("pos_dim = 6") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.n_blocks = 0; }).find("n_blocks = 0") !=
+        std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.pos_dim = 6; }).find("pos_dim = 6") !=
+        std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) { c.pos_dim = 0; }).empty());
   CHECK(validate([](hgad::ModelConfig& c) { c.lr = -1; }).find("lr = -1") != std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) { c.label_smoothing = 1; }).find("label_smoothing = 1") !=
         std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) { c.beta2 = 1; }).find("beta2 = 1") != std::string::npos);
-  CHECK(validate([](hgad::ModelConfig& c) { c.batch_size = 0; }).find("batch_size = 0") != std::string::npos);
-  CHECK(validate([](hgad::ModelConfig& c) { c.levels[1].dim = 1; }).find("levels = 1x16x16") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.batch_size = 0; }).find("batch_size = 0") !=
+        std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.levels[1].dim = 1; }).find("levels = 1x16x16") !=
+        std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) { c.class_names[2] = "a,b"; }).find("classes = a,b") !=
         std::string::npos);
-  CHECK(validate([](hgad::ModelConfig& c) { c.class_names[2] = "pcb1"; c.class_names[1] = "pcb1"; })
-            .find("twice") != std::string::npos);
-  CHECK(validate([](hgad::ModelConfig& c) { c.levels.pop_back(); }).find("feature settings give 2 levels") !=
+  CHECK(validate([](hgad::ModelConfig& c) {
+          c.class_names[2] = "pcb1";
+          c.class_names[1] = "pcb1";
+        }).find("twice") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) {
+          c.levels.pop_back();
+        }).find("feature settings give 2 levels") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) {
+          c.features.pyramid_levels = 3;
+        }).find("exactly one layer") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.levels.clear(); }).find("levels") !=
         std::string::npos);
-  CHECK(validate([](hgad::ModelConfig& c) { c.features.pyramid_levels = 3; }).find("exactly one layer") !=
-        std::string::npos);
-  CHECK(validate([](hgad::ModelConfig& c) { c.levels.clear(); }).find("levels") != std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) {
           c.levels = {{2, 1, 1}};
           c.features.backbone = "none";

@@ -26,7 +26,8 @@ struct Synthetic {
   std::vector<int> labels;
 };
 
-Synthetic make_synthetic(Index per_class_normal, Index per_class_anomalous, std::uint64_t seed, bool far = false) {
+Synthetic make_synthetic(Index per_class_normal, Index per_class_anomalous, std::uint64_t seed,
+                         bool far = false) {
   hgad::Rng rng(seed);
   const Index K = 3, N = K * (per_class_normal + per_class_anomalous);
   Synthetic s;
@@ -84,7 +85,8 @@ std::vector<hgad::Tensor<Scalar>> select(const std::vector<hgad::Tensor<Scalar>>
     const Index per = f.numel() / f.dim(0);
     hgad::Tensor<Scalar> t({static_cast<Index>(rows.size()), f.dim(1), f.dim(2), f.dim(3)});
     for (std::size_t i = 0; i < rows.size(); ++i)
-      std::copy(f.data() + rows[i] * per, f.data() + (rows[i] + 1) * per, t.data() + static_cast<Index>(i) * per);
+      std::copy(f.data() + rows[i] * per, f.data() + (rows[i] + 1) * per,
+                t.data() + static_cast<Index>(i) * per);
     out.push_back(t);
   }
   return out;
@@ -122,7 +124,8 @@ const Trained& trained(hgad::Objective objective = hgad::Objective::hgad) {
   return t;
 }
 
-double auroc_of(const std::vector<hgad::ScoredImage<float>>& scored, const std::vector<int>& labels) {
+double auroc_of(const std::vector<hgad::ScoredImage<float>>& scored,
+                const std::vector<int>& labels) {
   std::vector<double> scores;
   for (const auto& s : scored) {
     REQUIRE(std::isfinite(s.score));
@@ -176,8 +179,9 @@ std::vector<double> naive_upsample(const std::vector<double>& x, Index h, Index 
       const Index y1 = std::min<Index>(y0 + 1, h - 1), x1 = std::min<Index>(x0 + 1, w - 1);
       const double ly = sy - double(y0), lx = sx - double(x0);
       auto at = [&](Index y, Index xx) { return x[static_cast<std::size_t>(y * w + xx)]; };
-      out[static_cast<std::size_t>(i * S + j)] = (1 - ly) * ((1 - lx) * at(y0, x0) + lx * at(y0, x1)) +
-                                                 ly * ((1 - lx) * at(y1, x0) + lx * at(y1, x1));
+      out[static_cast<std::size_t>(i * S + j)] =
+          (1 - ly) * ((1 - lx) * at(y0, x0) + lx * at(y0, x1)) +
+          ly * ((1 - lx) * at(y1, x0) + lx * at(y1, x1));
     }
   return out;
 }
@@ -186,7 +190,8 @@ std::vector<double> naive_blur(const std::vector<double>& x, Index S, double sig
   const Index r = Index(4.0 * sigma + 0.5);
   std::vector<double> k(static_cast<std::size_t>(2 * r + 1));
   double total = 0;
-  for (Index t = -r; t <= r; ++t) total += k[static_cast<std::size_t>(t + r)] = std::exp(-0.5 * t * t / (sigma * sigma));
+  for (Index t = -r; t <= r; ++t)
+    total += k[static_cast<std::size_t>(t + r)] = std::exp(-0.5 * t * t / (sigma * sigma));
   for (double& v : k) v /= total;
   auto reflect = [S](Index i) {
     while (i < 0 || i >= S) i = i < 0 ? -i - 1 : 2 * S - i - 1;
@@ -196,30 +201,38 @@ std::vector<double> naive_blur(const std::vector<double>& x, Index S, double sig
   for (Index i = 0; i < S; ++i)
     for (Index j = 0; j < S; ++j) {
       double a = 0;
-      for (Index t = -r; t <= r; ++t) a += k[static_cast<std::size_t>(t + r)] * x[static_cast<std::size_t>(reflect(i + t) * S + j)];
+      for (Index t = -r; t <= r; ++t)
+        a += k[static_cast<std::size_t>(t + r)] *
+             x[static_cast<std::size_t>(reflect(i + t) * S + j)];
       tmp[static_cast<std::size_t>(i * S + j)] = a;
     }
   for (Index i = 0; i < S; ++i)
     for (Index j = 0; j < S; ++j) {
       double a = 0;
-      for (Index t = -r; t <= r; ++t) a += k[static_cast<std::size_t>(t + r)] * tmp[static_cast<std::size_t>(i * S + reflect(j + t))];
+      for (Index t = -r; t <= r; ++t)
+        a += k[static_cast<std::size_t>(t + r)] *
+             tmp[static_cast<std::size_t>(i * S + reflect(j + t))];
       out[static_cast<std::size_t>(i * S + j)] = a;
     }
   return out;
 }
 
 /// The paper's transductive map of every image of a set for one map type (raw[i][l] is (h, w)).
-std::vector<std::vector<double>> naive_transductive(const std::vector<std::vector<hgad::Tensor<float>>>& raw, Index S) {
+std::vector<std::vector<double>> naive_transductive(
+    const std::vector<std::vector<hgad::Tensor<float>>>& raw, Index S) {
   const std::size_t N = raw.size(), L = raw[0].size();
-  std::vector<std::vector<double>> sum(N, std::vector<double>(static_cast<std::size_t>(S * S), 0.0));
+  std::vector<std::vector<double>> sum(N,
+                                       std::vector<double>(static_cast<std::size_t>(S * S), 0.0));
   for (std::size_t l = 0; l < L; ++l) {
     double level_max = -1e300;
     for (std::size_t i = 0; i < N; ++i)
-      for (Index p = 0; p < raw[i][l].numel(); ++p) level_max = std::max(level_max, double(raw[i][l].data()[p]));
+      for (Index p = 0; p < raw[i][l].numel(); ++p)
+        level_max = std::max(level_max, double(raw[i][l].data()[p]));
     for (std::size_t i = 0; i < N; ++i) {
       const Index h = raw[i][l].dim(0), w = raw[i][l].dim(1);
       std::vector<double> q(static_cast<std::size_t>(h * w));
-      for (Index p = 0; p < h * w; ++p) q[static_cast<std::size_t>(p)] = std::exp(double(raw[i][l].data()[p]) - level_max);
+      for (Index p = 0; p < h * w; ++p)
+        q[static_cast<std::size_t>(p)] = std::exp(double(raw[i][l].data()[p]) - level_max);
       const auto up = naive_upsample(q, h, w, S);
       for (std::size_t p = 0; p < up.size(); ++p) sum[i][p] += up[p];
     }
@@ -251,15 +264,18 @@ TEST_CASE("HgadModel constructed from a config is valid and untrained", "[model]
   const Index K = 3, M = c.n_centers;
   Index expected = 0;
   for (const auto& s : c.levels)
-    expected += c.n_blocks * block_parameters(s.dim, c.pos_dim) + K * s.dim + K * (M - 1) * s.dim + K * M + K;
+    expected += c.n_blocks * block_parameters(s.dim, c.pos_dim) + K * s.dim + K * (M - 1) * s.dim +
+                K * M + K;
   CHECK(model.n_parameters() == expected);
   const Synthetic data = make_synthetic(1, 0, 3);
   const auto raw = model.raw_scores(hgad::HgadModel<float>::image_view(data.features, 0), 0);
   REQUIRE(raw.log_likelihood.size() == 2);
   CHECK(raw.log_likelihood[0].shape() == hgad::Shape{4, 4});
   CHECK(raw.neg_entropy[1].shape() == hgad::Shape{2, 2});
-  CHECK(error_of([&] { model.score(hgad::HgadModel<float>::image_view(data.features, 0), 0, hgad::ScoreMode::calibrated); })
-            .find("not calibrated") != std::string::npos);
+  CHECK(error_of([&] {
+          model.score(hgad::HgadModel<float>::image_view(data.features, 0), 0,
+                      hgad::ScoreMode::calibrated);
+        }).find("not calibrated") != std::string::npos);
 
   hgad::ModelConfig bad = c;
   bad.n_blocks = 0;
@@ -302,7 +318,8 @@ TEST_CASE("HgadModel fit reports progress and follows the two-stage schedule", "
   schedule.warm_up_meta_epochs = 1;
   const double target = schedule.cosine_lr(1);
   for (int it = 0; it < 4; ++it)
-    CHECK(seen[static_cast<std::size_t>(it)].lr == Approx(c.lr / 10 + it / 4.0 * (target - c.lr / 10)).epsilon(1e-12));
+    CHECK(seen[static_cast<std::size_t>(it)].lr ==
+          Approx(c.lr / 10 + it / 4.0 * (target - c.lr / 10)).epsilon(1e-12));
   CHECK(seen[4].lr == Approx(target).epsilon(1e-12));
   CHECK(seen[11].lr == Approx(schedule.cosine_lr(2)).epsilon(1e-12));
 }
@@ -360,13 +377,16 @@ TEST_CASE("HgadModel scores anomalies in the three modes", "[model]") {
     CHECK(double(correct) / double(scored.size()) >= 0.9);
     CHECK(mean_class_auroc(scored, t.test) >= 0.85);
   }
-  SECTION("transductive: the paper's normalisation over a class's test set, as written in ALGORITHM.md") {
+  SECTION(
+      "transductive: the paper's normalisation over a class's test set, as written in "
+      "ALGORITHM.md") {
     for (std::int64_t k = 0; k < 3; ++k) {
       std::vector<Index> rows;
       for (Index i = 0; i < static_cast<Index>(classes.size()); ++i)
         if (classes[static_cast<std::size_t>(i)] == k) rows.push_back(i);
       const auto set = select(t.test.features, rows);
-      const auto scored = model.score_set(set, std::vector<std::int64_t>(rows.size(), k), hgad::ScoreMode::transductive);
+      const auto scored = model.score_set(set, std::vector<std::int64_t>(rows.size(), k),
+                                          hgad::ScoreMode::transductive);
       std::vector<std::vector<hgad::Tensor<float>>> logp, negh;
       std::vector<int> labels;
       for (std::size_t i = 0; i < rows.size(); ++i) {
@@ -379,7 +399,8 @@ TEST_CASE("HgadModel scores anomalies in the three modes", "[model]") {
       for (std::size_t i = 0; i < rows.size(); ++i) {
         double best = 0;
         for (Index p = 0; p < 64; ++p) {
-          const double expected = a_logp[i][static_cast<std::size_t>(p)] * a_ent[i][static_cast<std::size_t>(p)];
+          const double expected =
+              a_logp[i][static_cast<std::size_t>(p)] * a_ent[i][static_cast<std::size_t>(p)];
           REQUIRE(std::isfinite(double(scored[i].map.data()[p])));
           REQUIRE(double(scored[i].map.data()[p]) == Approx(expected).margin(1e-6).epsilon(1e-4));
           best = std::max(best, expected);
@@ -398,12 +419,14 @@ TEST_CASE("HgadModel calibrated scores are the same alone and inside a batch", "
   const auto batch_free = model.score_set(t.test.features, {}, hgad::ScoreMode::label_free);
   std::vector<Index> reversed;
   for (Index i = t.test.features[0].dim(0); i-- > 0;) reversed.push_back(i);
-  const auto shuffled = model.score_set(select(t.test.features, reversed),
-                                        std::vector<std::int64_t>(t.test.classes.rbegin(), t.test.classes.rend()),
-                                        hgad::ScoreMode::calibrated);
+  const auto shuffled =
+      model.score_set(select(t.test.features, reversed),
+                      std::vector<std::int64_t>(t.test.classes.rbegin(), t.test.classes.rend()),
+                      hgad::ScoreMode::calibrated);
   for (Index i = 0; i < static_cast<Index>(batch.size()); ++i) {
     const auto image = hgad::HgadModel<float>::image_view(t.test.features, i);
-    const auto alone = model.score(image, t.test.classes[static_cast<std::size_t>(i)], hgad::ScoreMode::calibrated);
+    const auto alone = model.score(image, t.test.classes[static_cast<std::size_t>(i)],
+                                   hgad::ScoreMode::calibrated);
     CHECK(alone.score == batch[static_cast<std::size_t>(i)].score);
     CHECK(same_tensor(alone.map, batch[static_cast<std::size_t>(i)].map));
     CHECK(same_tensor(alone.map, shuffled[shuffled.size() - 1 - static_cast<std::size_t>(i)].map));
@@ -427,22 +450,27 @@ TEST_CASE("HgadModel scoring from four threads at once gives the sequential resu
     threads.emplace_back([&, k] {
       for (Index i = 0; i < N; ++i)
         parallel[static_cast<std::size_t>(k)].push_back(
-            model.score(hgad::HgadModel<float>::image_view(t.test.features, i), -1, hgad::ScoreMode::label_free));
+            model.score(hgad::HgadModel<float>::image_view(t.test.features, i), -1,
+                        hgad::ScoreMode::label_free));
     });
   for (auto& th : threads) th.join();
   for (const auto& run : parallel)
     for (Index i = 0; i < N; ++i) {
-      CHECK(run[static_cast<std::size_t>(i)].score == sequential[static_cast<std::size_t>(i)].score);
-      CHECK(same_tensor(run[static_cast<std::size_t>(i)].map, sequential[static_cast<std::size_t>(i)].map));
+      CHECK(run[static_cast<std::size_t>(i)].score ==
+            sequential[static_cast<std::size_t>(i)].score);
+      CHECK(same_tensor(run[static_cast<std::size_t>(i)].map,
+                        sequential[static_cast<std::size_t>(i)].map));
     }
 }
 
-TEMPLATE_TEST_CASE("HgadModel checkpoint round trip gives bit-identical scores", "[model]", float, double) {
+TEMPLATE_TEST_CASE("HgadModel checkpoint round trip gives bit-identical scores", "[model]", float,
+                   double) {
   hgad::ModelConfig c = synthetic_config();
   c.meta_epochs = 2;
   const Synthetic train = make_synthetic(4, 0, 6);
   const Synthetic test = make_synthetic(1, 1, 7);
-  const auto train_features = cast<TestType>(train.features), test_features = cast<TestType>(test.features);
+  const auto train_features = cast<TestType>(train.features),
+             test_features = cast<TestType>(test.features);
   hgad::HgadModel<TestType> model(c);
   model.fit(train_features, train.classes);
   model.calibrate(train_features, train.classes);
@@ -456,7 +484,8 @@ TEMPLATE_TEST_CASE("HgadModel checkpoint round trip gives bit-identical scores",
   CHECK(loaded.metadata("backbone_dir") == "/weights");
   REQUIRE(loaded.is_calibrated());
   for (Index k = 0; k <= 3; ++k) {
-    CHECK(loaded.calibration(k).log_likelihood.level_max == model.calibration(k).log_likelihood.level_max);
+    CHECK(loaded.calibration(k).log_likelihood.level_max ==
+          model.calibration(k).log_likelihood.level_max);
     CHECK(loaded.calibration(k).neg_entropy.sum_max == model.calibration(k).neg_entropy.sum_max);
     CHECK(loaded.calibration(k).train_score_max == model.calibration(k).train_score_max);
   }
@@ -485,21 +514,26 @@ TEST_CASE("HgadModel load and feature errors say what is wrong", "[model]") {
   model.save(path);
   const auto bytes = hgad_test::read_bytes(path);
 
-  hgad_test::write_bytes(dir.file("truncated.hgad"), std::vector<unsigned char>(bytes.begin(), bytes.begin() + 100));
-  CHECK(error_of([&] { hgad::HgadModel<float>::load(dir.file("truncated.hgad")); }).find("truncated") !=
-        std::string::npos);
+  hgad_test::write_bytes(dir.file("truncated.hgad"),
+                         std::vector<unsigned char>(bytes.begin(), bytes.begin() + 100));
+  CHECK(error_of([&] {
+          hgad::HgadModel<float>::load(dir.file("truncated.hgad"));
+        }).find("truncated") != std::string::npos);
   auto flipped = bytes;
   flipped[bytes.size() / 2] ^= 0x40;
   hgad_test::write_bytes(dir.file("corrupt.hgad"), flipped);
-  CHECK(error_of([&] { hgad::HgadModel<float>::load(dir.file("corrupt.hgad")); }).find("CRC32") != std::string::npos);
-  CHECK(error_of([&] { hgad::HgadModel<float>::load(dir.file("missing.hgad")); }).find("cannot open") !=
+  CHECK(error_of([&] { hgad::HgadModel<float>::load(dir.file("corrupt.hgad")); }).find("CRC32") !=
         std::string::npos);
+  CHECK(error_of([&] {
+          hgad::HgadModel<float>::load(dir.file("missing.hgad"));
+        }).find("cannot open") != std::string::npos);
 
   hgad::Checkpoint other;
   other.set_text("something", "else");
   other.save(dir.file("other.hgad"));
-  CHECK(error_of([&] { hgad::HgadModel<float>::load(dir.file("other.hgad")); }).find("not a model") !=
-        std::string::npos);
+  CHECK(error_of([&] {
+          hgad::HgadModel<float>::load(dir.file("other.hgad"));
+        }).find("not a model") != std::string::npos);
 
   hgad::Checkpoint wrong = hgad::Checkpoint::load(path);
   wrong.set_tensor("level1.flow.block0.fc1.weight", hgad::Tensor<float>({3, 3}));
@@ -511,20 +545,24 @@ TEST_CASE("HgadModel load and feature errors say what is wrong", "[model]") {
   hgad::Checkpoint bad_config = hgad::Checkpoint::load(path);
   bad_config.set_text("config", "n_blocks = zero\n");
   bad_config.save(dir.file("bad_config.hgad"));
-  CHECK(error_of([&] { hgad::HgadModel<float>::load(dir.file("bad_config.hgad")); }).find("'n_blocks'") !=
-        std::string::npos);
+  CHECK(error_of([&] {
+          hgad::HgadModel<float>::load(dir.file("bad_config.hgad"));
+        }).find("'n_blocks'") != std::string::npos);
 
   // Features of other dimensions than the model's levels.
-  std::vector<hgad::Tensor<float>> features = {hgad::Tensor<float>({2, 4, 4, 4}), hgad::Tensor<float>({2, 2, 2, 8})};
+  std::vector<hgad::Tensor<float>> features = {hgad::Tensor<float>({2, 4, 4, 4}),
+                                               hgad::Tensor<float>({2, 2, 2, 8})};
   const std::string f = error_of([&] { model.fit(features, {0, 1}); });
   CHECK(f.find("level 1") != std::string::npos);
   CHECK(f.find("(2, 2, 2, 8)") != std::string::npos);
   CHECK(f.find("(N, 2, 2, 6)") != std::string::npos);
-  CHECK(error_of([&] { model.fit(make_synthetic(1, 0, 1).features, {0, 1, 5}); }).find("label 5") !=
-        std::string::npos);
+  CHECK(error_of([&] {
+          model.fit(make_synthetic(1, 0, 1).features, {0, 1, 5});
+        }).find("label 5") != std::string::npos);
 }
 
-TEST_CASE("HgadModel fit stops on a non-finite loss and keeps the last good parameters", "[model]") {
+TEST_CASE("HgadModel fit stops on a non-finite loss and keeps the last good parameters",
+          "[model]") {
   hgad::ModelConfig c = synthetic_config();
   c.meta_epochs = 1;
   c.batch_size = 3;
@@ -550,7 +588,8 @@ TEST_CASE("HgadModel fit stops on a non-finite loss and keeps the last good para
     for (float v : p.value().to_vector()) REQUIRE(std::isfinite(v));
 }
 
-TEST_CASE("HgadModel with the NF objective trains and scores with the likelihood map only", "[model]") {
+TEST_CASE("HgadModel with the NF objective trains and scores with the likelihood map only",
+          "[model]") {
   const Trained& t = trained(hgad::Objective::nf);
   const auto& model = *t.model;
   CHECK_THROWS_AS(model.prior(0), hgad::Error);
@@ -566,18 +605,20 @@ TEST_CASE("HgadModel with the NF objective trains and scores with the likelihood
   CHECK(mean_class_auroc(free, far) >= 0.85);
 }
 
-TEST_CASE("HgadModel finds between-class anomalies that the single-Gaussian NF baseline misses", "[model]") {
+TEST_CASE("HgadModel finds between-class anomalies that the single-Gaussian NF baseline misses",
+          "[model]") {
   // The "homogeneous mapping" of the paper: one N(0, I) for all classes puts a vector between two
   // classes at high likelihood; the class-wise mixture does not.
   const Trained& hgad_model = trained(hgad::Objective::hgad);
   const Trained& nf_model = trained(hgad::Objective::nf);
-  const double hgad_auroc =
-      mean_class_auroc(hgad_model.model->score_set(hgad_model.test.features, hgad_model.test.classes,
-                                                   hgad::ScoreMode::calibrated),
-                       hgad_model.test);
-  const double nf_auroc = mean_class_auroc(
-      nf_model.model->score_set(nf_model.test.features, nf_model.test.classes, hgad::ScoreMode::calibrated),
-      nf_model.test);
+  const double hgad_auroc = mean_class_auroc(
+      hgad_model.model->score_set(hgad_model.test.features, hgad_model.test.classes,
+                                  hgad::ScoreMode::calibrated),
+      hgad_model.test);
+  const double nf_auroc =
+      mean_class_auroc(nf_model.model->score_set(nf_model.test.features, nf_model.test.classes,
+                                                 hgad::ScoreMode::calibrated),
+                       nf_model.test);
   CHECK(hgad_auroc >= 0.85);
   CHECK(hgad_auroc >= nf_auroc + 0.3);
 }

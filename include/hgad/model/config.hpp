@@ -60,15 +60,16 @@ struct FeatureSettings {
   std::vector<std::string> layers = {"layer2", "layer3"};
   Index pyramid_levels = 0;
   Index image_size = 256;  ///< network input side (ALGORITHM.md §1.1 uses 1024)
-  /// How an image reaches image_size: "stretch" resizes both sides (aspect ignored, industrial-mini's
-  /// BASELINES.md protocol); "shorter_side_crop" resizes the shorter side and centre-crops
-  /// (torchvision Resize(int) + CenterCrop, HGAD's protocol, ALGORITHM.md §1.1).
+  /// How an image reaches image_size: "stretch" resizes both sides (aspect ignored,
+  /// industrial-mini's BASELINES.md protocol); "shorter_side_crop" resizes the shorter side and
+  /// centre-crops (torchvision Resize(int) + CenterCrop, HGAD's protocol, ALGORITHM.md §1.1).
   std::string resize_mode = "stretch";
   Index mask_size = 256;  ///< side of ground-truth masks and anomaly maps (ALGORITHM.md §1.1)
 
   friend bool operator==(const FeatureSettings& a, const FeatureSettings& b) {
-    return a.backbone == b.backbone && a.layers == b.layers && a.pyramid_levels == b.pyramid_levels &&
-           a.image_size == b.image_size && a.resize_mode == b.resize_mode && a.mask_size == b.mask_size;
+    return a.backbone == b.backbone && a.layers == b.layers &&
+           a.pyramid_levels == b.pyramid_levels && a.image_size == b.image_size &&
+           a.resize_mode == b.resize_mode && a.mask_size == b.mask_size;
   }
   friend bool operator!=(const FeatureSettings& a, const FeatureSettings& b) { return !(a == b); }
 };
@@ -83,16 +84,16 @@ struct ModelConfig {
   std::vector<std::string> class_names;
 
   // Flow (ALGORITHM.md §2).
-  Index pos_dim = 256;    ///< P, the positional-encoding dimension (0: unconditional flows)
-  Index n_blocks = 12;    ///< AllInOneBlocks per flow
-  double clamp = 1.9;     ///< affine_clamping α
+  Index pos_dim = 256;  ///< P, the positional-encoding dimension (0: unconditional flows)
+  Index n_blocks = 12;  ///< AllInOneBlocks per flow
+  double clamp = 1.9;   ///< affine_clamping α
   SoftClamp clamp_variant = SoftClamp::pinned;  ///< FrEIA soft clamp (ALGORITHM.md §2.3)
 
   // Prior and objective (ALGORITHM.md §3).
-  Index n_centers = 10;          ///< M, intra-class centres per class including sg(μ_y)
-  double lambda1 = 1.0;          ///< weight of L_g
-  double lambda2 = 100.0;        ///< weight of L_mi
-  double label_smoothing = 0.02; ///< ε of the smoothed one-hot
+  Index n_centers = 10;           ///< M, intra-class centres per class including sg(μ_y)
+  double lambda1 = 1.0;           ///< weight of L_g
+  double lambda2 = 100.0;         ///< weight of L_mi
+  double label_smoothing = 0.02;  ///< ε of the smoothed one-hot
 
   // Schedule and optimiser (ALGORITHM.md §4).
   Index meta_epochs = 25;
@@ -100,12 +101,12 @@ struct ModelConfig {
   Index warmup_meta_epochs = 2;
   Index stage1_meta_epochs = 2;
   double lr = 2e-4;
-  double lr_decay_rate = 0.1;   ///< cosine floor η_min = lr · lr_decay_rate³
+  double lr_decay_rate = 0.1;  ///< cosine floor η_min = lr · lr_decay_rate³
   double beta1 = 0.95;
   double beta2 = 0.99;
   double adam_eps = 1e-8;
-  double weight_decay = 1e-4;   ///< coupled L2 on the flow parameters only
-  Index batch_size = 8;         ///< images per optimiser step
+  double weight_decay = 1e-4;  ///< coupled L2 on the flow parameters only
+  Index batch_size = 8;        ///< images per optimiser step
   std::uint64_t seed = 0;
 
   /// Training images per class used to compute the calibrated-mode normalisation constants after
@@ -133,12 +134,14 @@ struct ModelConfig {
   /// "config 'my.cfg' line 7: key 'lr': 'abc' is not a number". Unknown keys and repeated keys are
   /// errors. The result is not validated; call validate().
   static ModelConfig from_text(const std::string& text, const std::string& source = "config");
-  static ModelConfig from_text(const std::string& text, const std::string& source, ModelConfig base);
+  static ModelConfig from_text(const std::string& text, const std::string& source,
+                               ModelConfig base);
 
-  friend bool operator==(const ModelConfig& a, const ModelConfig& b) { return a.to_text() == b.to_text(); }
+  friend bool operator==(const ModelConfig& a, const ModelConfig& b) {
+    return a.to_text() == b.to_text();
+  }
   friend bool operator!=(const ModelConfig& a, const ModelConfig& b) { return !(a == b); }
 };
-
 
 /// "hgad" or "nf"; anything else throws hgad::Error.
 inline Objective parse_objective(const std::string& text) {
@@ -204,8 +207,8 @@ inline bool parse_double(const std::string& text, double& out) {
 inline bool is_plain_name(const std::string& name) {
   if (name.empty()) return false;
   for (char c : name) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-                    c == '-' || c == '.';
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '_' || c == '-' || c == '.';
     if (!ok) return false;
   }
   return true;
@@ -228,13 +231,16 @@ inline void ModelConfig::validate(bool require_data) const {
     const LevelSpec& s = levels[l];
     if (s.dim < 2 || s.height < 1 || s.width < 1)
       fail("levels", i2s(s.dim) + "x" + i2s(s.height) + "x" + i2s(s.width),
-           "level " + std::to_string(l) + " needs dim >= 2 (a coupling splits it in two) and a map of at least 1x1");
+           "level " + std::to_string(l) +
+               " needs dim >= 2 (a coupling splits it in two) and a map of at least 1x1");
   }
   for (std::size_t a = 0; a < class_names.size(); ++a) {
     if (!detail::is_plain_name(class_names[a]))
-      fail("classes", class_names[a], "a class name must be non-empty and use only letters, digits, '_', '-', '.'");
+      fail("classes", class_names[a],
+           "a class name must be non-empty and use only letters, digits, '_', '-', '.'");
     for (std::size_t b = 0; b < a; ++b)
-      if (class_names[a] == class_names[b]) fail("classes", class_names[a], "the class appears twice");
+      if (class_names[a] == class_names[b])
+        fail("classes", class_names[a], "the class appears twice");
   }
   if (objective == Objective::hgad) {
     for (const LevelSpec& s : levels)
@@ -256,25 +262,31 @@ inline void ModelConfig::validate(bool require_data) const {
   if (warmup_meta_epochs < 0) fail("warmup_meta_epochs", i2s(warmup_meta_epochs), "must be >= 0");
   if (stage1_meta_epochs < 0) fail("stage1_meta_epochs", i2s(stage1_meta_epochs), "must be >= 0");
   if (!(lr > 0)) fail("lr", d2s(lr), "must be positive");
-  if (!(lr_decay_rate > 0 && lr_decay_rate <= 1)) fail("lr_decay_rate", d2s(lr_decay_rate), "must be in (0, 1]");
+  if (!(lr_decay_rate > 0 && lr_decay_rate <= 1))
+    fail("lr_decay_rate", d2s(lr_decay_rate), "must be in (0, 1]");
   if (!(beta1 >= 0 && beta1 < 1)) fail("beta1", d2s(beta1), "must be in [0, 1)");
   if (!(beta2 >= 0 && beta2 < 1)) fail("beta2", d2s(beta2), "must be in [0, 1)");
   if (!(adam_eps > 0)) fail("adam_eps", d2s(adam_eps), "must be positive");
   if (!(weight_decay >= 0)) fail("weight_decay", d2s(weight_decay), "must be >= 0");
   if (batch_size < 1) fail("batch_size", i2s(batch_size), "must be at least 1");
-  if (calibration_images < 0) fail("calibration_images", i2s(calibration_images), "must be >= 0 (0: all)");
+  if (calibration_images < 0)
+    fail("calibration_images", i2s(calibration_images), "must be >= 0 (0: all)");
 
   const FeatureSettings& f = features;
   if (!detail::is_plain_name(f.backbone))
-    fail("backbone", f.backbone, "must be a name such as resnet18, or none for precomputed features");
+    fail("backbone", f.backbone,
+         "must be a name such as resnet18, or none for precomputed features");
   for (const std::string& layer : f.layers)
-    if (!detail::is_plain_name(layer)) fail("layers", layer, "a layer name must be non-empty and plain");
+    if (!detail::is_plain_name(layer))
+      fail("layers", layer, "a layer name must be non-empty and plain");
   if (f.pyramid_levels < 0) fail("pyramid_levels", i2s(f.pyramid_levels), "must be >= 0");
   if (f.backbone != "none") {
     if (f.layers.empty()) fail("layers", "", "at least one backbone layer is needed");
     if (f.pyramid_levels > 0 && f.layers.size() != 1)
-      fail("layers", std::to_string(f.layers.size()) + " layers", "an image pyramid uses exactly one layer");
-    const std::size_t expected = f.pyramid_levels > 0 ? static_cast<std::size_t>(f.pyramid_levels) : f.layers.size();
+      fail("layers", std::to_string(f.layers.size()) + " layers",
+           "an image pyramid uses exactly one layer");
+    const std::size_t expected =
+        f.pyramid_levels > 0 ? static_cast<std::size_t>(f.pyramid_levels) : f.layers.size();
     if (!levels.empty() && levels.size() != expected)
       fail("levels", std::to_string(levels.size()) + " levels",
            "the feature settings give " + std::to_string(expected) + " levels");
@@ -287,7 +299,9 @@ inline void ModelConfig::validate(bool require_data) const {
 
 inline std::string ModelConfig::to_text() const {
   std::ostringstream out;
-  auto line = [&out](const char* key, const std::string& value) { out << key << " = " << value << "\n"; };
+  auto line = [&out](const char* key, const std::string& value) {
+    out << key << " = " << value << "\n";
+  };
   auto join = [](const std::vector<std::string>& items) {
     std::string s;
     for (std::size_t i = 0; i < items.size(); ++i) s += (i ? ", " : "") + items[i];
@@ -296,7 +310,8 @@ inline std::string ModelConfig::to_text() const {
   auto d2s = [](double v) { return detail::format_double(v); };
   std::vector<std::string> level_text;
   for (const LevelSpec& s : levels)
-    level_text.push_back(std::to_string(s.dim) + "x" + std::to_string(s.height) + "x" + std::to_string(s.width));
+    level_text.push_back(std::to_string(s.dim) + "x" + std::to_string(s.height) + "x" +
+                         std::to_string(s.width));
 
   out << "# hgad model configuration (key = value; levels are dim x height x width)\n";
   line("objective", to_string(objective));
@@ -336,7 +351,8 @@ inline ModelConfig ModelConfig::from_text(const std::string& text, const std::st
   return from_text(text, source, ModelConfig{});
 }
 
-inline ModelConfig ModelConfig::from_text(const std::string& text, const std::string& source, ModelConfig base) {
+inline ModelConfig ModelConfig::from_text(const std::string& text, const std::string& source,
+                                          ModelConfig base) {
   ModelConfig c = std::move(base);
   std::vector<std::string> seen;
   std::istringstream in(text);
@@ -369,9 +385,12 @@ inline ModelConfig ModelConfig::from_text(const std::string& text, const std::st
     };
 
     if (key == "objective") {
-      if (value == "hgad") c.objective = Objective::hgad;
-      else if (value == "nf") c.objective = Objective::nf;
-      else bad("hgad or nf");
+      if (value == "hgad")
+        c.objective = Objective::hgad;
+      else if (value == "nf")
+        c.objective = Objective::nf;
+      else
+        bad("hgad or nf");
     } else if (key == "levels") {
       c.levels.clear();
       for (const std::string& item : detail::split_list(value)) {
@@ -379,7 +398,8 @@ inline ModelConfig ModelConfig::from_text(const std::string& text, const std::st
         const auto x2 = x1 == std::string::npos ? std::string::npos : item.find('x', x1 + 1);
         std::int64_t d = 0, h = 0, w = 0;
         if (x2 == std::string::npos || !detail::parse_int64(item.substr(0, x1), d) ||
-            !detail::parse_int64(item.substr(x1 + 1, x2 - x1 - 1), h) || !detail::parse_int64(item.substr(x2 + 1), w))
+            !detail::parse_int64(item.substr(x1 + 1, x2 - x1 - 1), h) ||
+            !detail::parse_int64(item.substr(x2 + 1), w))
           bad("a list of dim x height x width such as 128x32x32, 256x16x16");
         c.levels.push_back(LevelSpec{d, h, w});
       }
@@ -392,9 +412,12 @@ inline ModelConfig ModelConfig::from_text(const std::string& text, const std::st
     } else if (key == "clamp") {
       as_double(c.clamp);
     } else if (key == "clamp_variant") {
-      if (value == "pinned") c.clamp_variant = SoftClamp::pinned;
-      else if (value == "head") c.clamp_variant = SoftClamp::head;
-      else bad("pinned or head");
+      if (value == "pinned")
+        c.clamp_variant = SoftClamp::pinned;
+      else if (value == "head")
+        c.clamp_variant = SoftClamp::head;
+      else
+        bad("pinned or head");
     } else if (key == "n_centers") {
       as_index(c.n_centers);
     } else if (key == "lambda1") {

@@ -56,15 +56,18 @@ namespace hgad {
 /// How test images are turned into anomaly maps (ALGORITHM.md §5 and §9.1, §9.2).
 enum class ScoreMode {
   transductive,  ///< the paper's normalisation over the whole test set of a class (needs the class)
-  calibrated,    ///< constants frozen from training data; an image's score does not depend on others
-  label_free,    ///< calibrated, with the class predicted from the inter-class posterior
+  calibrated,  ///< constants frozen from training data; an image's score does not depend on others
+  label_free,  ///< calibrated, with the class predicted from the inter-class posterior
 };
 
 inline const char* to_string(ScoreMode mode) {
   switch (mode) {
-    case ScoreMode::transductive: return "transductive";
-    case ScoreMode::calibrated: return "calibrated";
-    case ScoreMode::label_free: return "label-free";
+    case ScoreMode::transductive:
+      return "transductive";
+    case ScoreMode::calibrated:
+      return "calibrated";
+    case ScoreMode::label_free:
+      return "label-free";
   }
   return "?";
 }
@@ -74,19 +77,20 @@ inline ScoreMode parse_score_mode(const std::string& text) {
   if (text == "transductive") return ScoreMode::transductive;
   if (text == "calibrated") return ScoreMode::calibrated;
   if (text == "label-free" || text == "label_free") return ScoreMode::label_free;
-  throw Error("unknown scoring mode '" + text + "' (expected transductive, calibrated or label-free)");
+  throw Error("unknown scoring mode '" + text +
+              "' (expected transductive, calibrated or label-free)");
 }
 
 /// Where fit() stands after a training step; passed to FitOptions::on_step.
 template <class Scalar>
 struct FitProgress {
-  Index epoch = 0;          ///< pass over the training data, 0-based (meta_epoch · sub_epochs + sub_epoch)
+  Index epoch = 0;  ///< pass over the training data, 0-based (meta_epoch · sub_epochs + sub_epoch)
   Index n_epochs = 0;
   Index meta_epoch = 0;
   Index sub_epoch = 0;
-  Index step = 0;           ///< batches done so far, over the whole run
+  Index step = 0;  ///< batches done so far, over the whole run
   Index n_steps = 0;
-  int stage = 1;            ///< 1 or 2 (ALGORITHM.md §3.4)
+  int stage = 1;  ///< 1 or 2 (ALGORITHM.md §3.4)
   double lr = 0;
   std::vector<LossTerms<Scalar>> level_terms;  ///< the loss terms of the last batch, per level
   double images_per_second = 0;
@@ -117,10 +121,13 @@ struct FitReport {
 template <class Scalar>
 struct RawScores {
   std::vector<Tensor<Scalar>> log_likelihood;  ///< per level (H_l, W_l): logp_l
-  std::vector<Tensor<Scalar>> neg_entropy;     ///< per level (H_l, W_l): negH_l; empty for the NF objective
-  std::vector<double> class_posterior;         ///< (K,) p(y | z) averaged over positions and levels; empty for NF
-  std::int64_t predicted_class = -1;           ///< arg-max of class_posterior (-1 for NF)
-  std::int64_t scored_class = -1;              ///< the class whose intra mixture gave log_likelihood (-1 for NF)
+  std::vector<Tensor<Scalar>>
+      neg_entropy;  ///< per level (H_l, W_l): negH_l; empty for the NF objective
+  std::vector<double>
+      class_posterior;  ///< (K,) p(y | z) averaged over positions and levels; empty for NF
+  std::int64_t predicted_class = -1;  ///< arg-max of class_posterior (-1 for NF)
+  std::int64_t scored_class =
+      -1;  ///< the class whose intra mixture gave log_likelihood (-1 for NF)
 };
 
 /// One scored image: its anomaly map at mask size and the image score, the map's maximum.
@@ -163,15 +170,19 @@ class HgadModel {
   const ModelConfig& config() const { return m_config; }
   Index n_levels() const { return m_config.n_levels(); }
   Index n_classes() const { return m_config.n_classes(); }
-  const SequenceFlow<Scalar>& flow(Index level) const { return m_flows.at(static_cast<std::size_t>(level)); }
+  const SequenceFlow<Scalar>& flow(Index level) const {
+    return m_flows.at(static_cast<std::size_t>(level));
+  }
   SequenceFlow<Scalar>& flow(Index level) { return m_flows.at(static_cast<std::size_t>(level)); }
   /// The prior of a level (HGAD objective only).
   const GaussianMixturePrior<Scalar>& prior(Index level) const {
-    check(m_config.objective == Objective::hgad, "HgadModel::prior: the NF objective has no mixture prior");
+    check(m_config.objective == Objective::hgad,
+          "HgadModel::prior: the NF objective has no mixture prior");
     return m_priors.at(static_cast<std::size_t>(level));
   }
   GaussianMixturePrior<Scalar>& prior(Index level) {
-    check(m_config.objective == Objective::hgad, "HgadModel::prior: the NF objective has no mixture prior");
+    check(m_config.objective == Objective::hgad,
+          "HgadModel::prior: the NF objective has no mixture prior");
     return m_priors.at(static_cast<std::size_t>(level));
   }
 
@@ -181,7 +192,8 @@ class HgadModel {
   /// Calibration of class c, or of all classes together for c = n_classes().
   const ClassCalibration& calibration(Index c) const {
     check(is_calibrated(), "HgadModel: the model is not calibrated; call calibrate() after fit()");
-    check(c >= 0 && c <= n_classes(), "HgadModel::calibration: class ", c, " out of range [0, ", n_classes(), "]");
+    check(c >= 0 && c <= n_classes(), "HgadModel::calibration: class ", c, " out of range [0, ",
+          n_classes(), "]");
     return m_calibration[static_cast<std::size_t>(c)];
   }
 
@@ -211,9 +223,9 @@ class HgadModel {
     for (Index l = 0; l < n_levels(); ++l) {
       const Tensor<Scalar>& f = features[static_cast<std::size_t>(l)];
       const LevelSpec& s = m_config.levels[static_cast<std::size_t>(l)];
-      check(f.rank() == 4 && f.dim(1) == s.height && f.dim(2) == s.width && f.dim(3) == s.dim, where, ": level ", l,
-            " features have shape ", f.shape().to_string(), ", the model expects (N, ", s.height, ", ", s.width, ", ",
-            s.dim, ") (channels last)");
+      check(f.rank() == 4 && f.dim(1) == s.height && f.dim(2) == s.width && f.dim(3) == s.dim,
+            where, ": level ", l, " features have shape ", f.shape().to_string(),
+            ", the model expects (N, ", s.height, ", ", s.width, ", ", s.dim, ") (channels last)");
       check(f.device() == Device::cpu, where, ": level ", l, " features must be CPU tensors");
       if (n < 0) n = f.dim(0);
       check(f.dim(0) == n, where, ": level ", l, " holds ", f.dim(0), " images, level 0 holds ", n);
@@ -222,7 +234,8 @@ class HgadModel {
   }
 
   /// The features of image i of a set, as a one-image set (views, no copy).
-  static std::vector<Tensor<Scalar>> image_view(const std::vector<Tensor<Scalar>>& features, Index i) {
+  static std::vector<Tensor<Scalar>> image_view(const std::vector<Tensor<Scalar>>& features,
+                                                Index i) {
     std::vector<Tensor<Scalar>> out;
     for (const auto& f : features) out.push_back(f.slice(i, i + 1));
     return out;
@@ -242,14 +255,16 @@ class HgadModel {
   ///   requires: features match the levels (check_features); labels (N,) in [0, K).
   ///   throws: NonFiniteError naming the term, the level and the step when a loss or gradient is
   ///           not finite; the parameters are then those after the last good step.
-  FitReport<Scalar> fit(const std::vector<Tensor<Scalar>>& features, const std::vector<std::int64_t>& labels,
+  FitReport<Scalar> fit(const std::vector<Tensor<Scalar>>& features,
+                        const std::vector<std::int64_t>& labels,
                         const FitOptions<Scalar>& options = {}) {
     const Index N = check_features(features, "HgadModel::fit");
     check(N >= 1, "HgadModel::fit: no training images");
-    check(static_cast<Index>(labels.size()) == N, "HgadModel::fit: ", labels.size(), " labels for ", N, " images");
+    check(static_cast<Index>(labels.size()) == N, "HgadModel::fit: ", labels.size(), " labels for ",
+          N, " images");
     for (std::size_t i = 0; i < labels.size(); ++i)
-      check(labels[i] >= 0 && labels[i] < n_classes(), "HgadModel::fit: label ", labels[i], " of image ", i,
-            " is outside [0, ", n_classes(), ")");
+      check(labels[i] >= 0 && labels[i] < n_classes(), "HgadModel::fit: label ", labels[i],
+            " of image ", i, " is outside [0, ", n_classes(), ")");
 
     const ModelConfig& c = m_config;
     const Index L = n_levels();
@@ -291,26 +306,30 @@ class HgadModel {
     const auto start = std::chrono::steady_clock::now();
     Index step = 0;
     for (Index meta = 0; meta < c.meta_epochs; ++meta) {
-      const int stage = c.objective == Objective::nf ? 2 : training_stage(static_cast<int>(meta), loss_options);
+      const int stage =
+          c.objective == Objective::nf ? 2 : training_stage(static_cast<int>(meta), loss_options);
       for (Index sub = 0; sub < c.sub_epochs; ++sub) {
         std::iota(order.begin(), order.end(), Index(0));
         for (Index i = N - 1; i > 0; --i)
           std::swap(order[static_cast<std::size_t>(i)],
-                    order[static_cast<std::size_t>(shuffle_rng.uniform_int(static_cast<std::uint64_t>(i + 1)))]);
+                    order[static_cast<std::size_t>(
+                        shuffle_rng.uniform_int(static_cast<std::uint64_t>(i + 1)))]);
         for (Index it = 0; it < iterations; ++it) {
-          const double lr = schedule.lr_at(static_cast<int>(meta), sub * iterations + it, c.sub_epochs * iterations);
+          const double lr = schedule.lr_at(static_cast<int>(meta), sub * iterations + it,
+                                           c.sub_epochs * iterations);
           for (Index l = 0; l < L; ++l) {
             const auto li = static_cast<std::size_t>(l);
             gather_batch(features[li], order, it * B, B, batch[li]);
             batch_labels[li].resize(static_cast<std::size_t>(batch[li].rows()));
             const Index hw = level_positions(l);
             for (Index b = 0; b < B; ++b)
-              std::fill_n(batch_labels[li].begin() + b * hw, hw,
-                          labels[static_cast<std::size_t>(order[static_cast<std::size_t>(it * B + b)])]);
+              std::fill_n(
+                  batch_labels[li].begin() + b * hw, hw,
+                  labels[static_cast<std::size_t>(order[static_cast<std::size_t>(it * B + b)])]);
             optimisers[li].set_lr(lr);
             report.final_terms[li] =
-                train_level_step(l, batch[li], conditions[li], batch_labels[li], stage, loss_options, optimisers[li],
-                                 caches[li], step);
+                train_level_step(l, batch[li], conditions[li], batch_labels[li], stage,
+                                 loss_options, optimisers[li], caches[li], step);
           }
           ++step;
           if (options.on_step) {
@@ -324,8 +343,10 @@ class HgadModel {
             p.stage = stage;
             p.lr = lr;
             p.level_terms = report.final_terms;
-            p.elapsed_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-            p.images_per_second = p.elapsed_seconds > 0 ? double(step * B) / p.elapsed_seconds : 0.0;
+            p.elapsed_seconds =
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            p.images_per_second =
+                p.elapsed_seconds > 0 ? double(step * B) / p.elapsed_seconds : 0.0;
             options.on_step(p);
           }
         }
@@ -337,7 +358,8 @@ class HgadModel {
     m_calibration.clear();  // constants of earlier parameters no longer apply
     report.steps = step;
     report.epochs = n_epochs;
-    report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    report.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return report;
   }
 
@@ -348,31 +370,36 @@ class HgadModel {
   /// (§9.1) is averaged over all positions of all levels and its arg-max is predicted_class; with
   /// class_index = -1 that predicted class is the one scored (label-free, §9.1).
   ///   requires: class_index in [-1, K); -1 needs the HGAD objective.
-  RawScores<Scalar> raw_scores(const std::vector<Tensor<Scalar>>& image, std::int64_t class_index) const {
+  RawScores<Scalar> raw_scores(const std::vector<Tensor<Scalar>>& image,
+                               std::int64_t class_index) const {
     const Index n = check_features(image, "HgadModel::raw_scores");
     check(n == 1, "HgadModel::raw_scores: expected the features of one image, got ", n);
     const bool hgad = m_config.objective == Objective::hgad;
-    check(class_index >= -1 && class_index < n_classes(), "HgadModel::raw_scores: class ", class_index,
-          " outside [-1, ", n_classes(), ")");
+    check(class_index >= -1 && class_index < n_classes(), "HgadModel::raw_scores: class ",
+          class_index, " outside [-1, ", n_classes(), ")");
     const Index L = n_levels(), K = n_classes();
     RawScores<Scalar> out;
     std::vector<FlowResult<Scalar>> latents;
     for (Index l = 0; l < L; ++l) {
       const LevelSpec& s = m_config.levels[static_cast<std::size_t>(l)];
-      const Tensor<Scalar> x = image[static_cast<std::size_t>(l)].reshape({s.height * s.width, s.dim});
+      const Tensor<Scalar> x =
+          image[static_cast<std::size_t>(l)].reshape({s.height * s.width, s.dim});
       latents.push_back(flow(l).forward(x, tiled_encoding(l, 1)));
     }
     if (hgad) {
       out.class_posterior.assign(static_cast<std::size_t>(K), 0.0);
       for (Index l = 0; l < L; ++l) {
-        const Tensor<Scalar> post = class_posterior(prior(l), latents[static_cast<std::size_t>(l)].out);
+        const Tensor<Scalar> post =
+            class_posterior(prior(l), latents[static_cast<std::size_t>(l)].out);
         const Index rows = post.dim(0);
         for (Index r = 0; r < rows; ++r)
           for (Index y = 0; y < K; ++y)
-            out.class_posterior[static_cast<std::size_t>(y)] += double(post(r, y)) / double(rows * L);
+            out.class_posterior[static_cast<std::size_t>(y)] +=
+                double(post(r, y)) / double(rows * L);
       }
       out.predicted_class = static_cast<std::int64_t>(
-          std::max_element(out.class_posterior.begin(), out.class_posterior.end()) - out.class_posterior.begin());
+          std::max_element(out.class_posterior.begin(), out.class_posterior.end()) -
+          out.class_posterior.begin());
       out.scored_class = class_index >= 0 ? class_index : out.predicted_class;
     } else {
       out.scored_class = class_index;
@@ -380,10 +407,12 @@ class HgadModel {
     for (Index l = 0; l < L; ++l) {
       const LevelSpec& s = m_config.levels[static_cast<std::size_t>(l)];
       const FlowResult<Scalar>& r = latents[static_cast<std::size_t>(l)];
-      Tensor<Scalar> logp = hgad ? score_log_likelihood(prior(l), r.out, r.log_jac_det, out.scored_class)
-                                 : score_log_likelihood_nf(r.out, r.log_jac_det);
+      Tensor<Scalar> logp =
+          hgad ? score_log_likelihood(prior(l), r.out, r.log_jac_det, out.scored_class)
+               : score_log_likelihood_nf(r.out, r.log_jac_det);
       out.log_likelihood.push_back(logp.reshape({s.height, s.width}));
-      if (hgad) out.neg_entropy.push_back(score_neg_entropy(prior(l), r.out).reshape({s.height, s.width}));
+      if (hgad)
+        out.neg_entropy.push_back(score_neg_entropy(prior(l), r.out).reshape({s.height, s.width}));
     }
     return out;
   }
@@ -393,10 +422,12 @@ class HgadModel {
   /// level_max_l))), clipped at 0 — a no-op with the image's own transductive constants, and with
   /// frozen constants it keeps the product of two negative maps of a very normal image from turning
   /// positive. The HGAD map is A_logp ⊙ A_ent, the NF map A_logp alone; the score is the maximum.
-  ScoredImage<Scalar> anomaly_map(const RawScores<Scalar>& raw, const ClassCalibration& constants) const {
+  ScoredImage<Scalar> anomaly_map(const RawScores<Scalar>& raw,
+                                  const ClassCalibration& constants) const {
     ScoredImage<Scalar> out;
     const AnomalyMapOptions options = map_options();
-    out.map = calibrated_anomaly_map(one_image_levels(raw.log_likelihood), constants.log_likelihood, options)
+    out.map = calibrated_anomaly_map(one_image_levels(raw.log_likelihood), constants.log_likelihood,
+                                     options)
                   .reshape({options.height, options.width});
     Scalar* a = out.map.data();
     const Index n = out.map.numel();
@@ -425,14 +456,19 @@ class HgadModel {
 
   /// Scores one image on its own (calibrated or label-free mode): the same result whether the
   /// image is scored alone or among others.
-  ///   requires: is_calibrated(); class_index in [0, K) for calibrated, ignored (-1) for label-free.
-  ScoredImage<Scalar> score(const std::vector<Tensor<Scalar>>& image, std::int64_t class_index, ScoreMode mode) const {
-    check(mode != ScoreMode::transductive, "HgadModel::score: the transductive mode scores a whole test set; use "
+  ///   requires: is_calibrated(); class_index in [0, K) for calibrated, ignored (-1) for
+  ///   label-free.
+  ScoredImage<Scalar> score(const std::vector<Tensor<Scalar>>& image, std::int64_t class_index,
+                            ScoreMode mode) const {
+    check(mode != ScoreMode::transductive,
+          "HgadModel::score: the transductive mode scores a whole test set; use "
           "score_set");
-    check(is_calibrated(), "HgadModel::score: the model is not calibrated; call calibrate() after fit()");
+    check(is_calibrated(),
+          "HgadModel::score: the model is not calibrated; call calibrate() after fit()");
     if (mode == ScoreMode::calibrated)
-      check(class_index >= 0 && class_index < n_classes(), "HgadModel::score: calibrated mode needs a class in [0, ",
-            n_classes(), "), got ", class_index);
+      check(class_index >= 0 && class_index < n_classes(),
+            "HgadModel::score: calibrated mode needs a class in [0, ", n_classes(), "), got ",
+            class_index);
     const bool label_free = mode == ScoreMode::label_free;
     const RawScores<Scalar> raw = raw_scores(image, label_free ? -1 : class_index);
     const Index k = raw.scored_class >= 0 ? raw.scored_class : n_classes();
@@ -443,13 +479,13 @@ class HgadModel {
   /// come from this very set and `classes` gives each image's class (the paper's protocol runs it
   /// once per class); calibrated: each image alone with its class's frozen constants; label-free:
   /// each image alone with its predicted class (`classes` is ignored and may be empty).
-  std::vector<ScoredImage<Scalar>> score_set(const std::vector<Tensor<Scalar>>& features,
-                                             const std::vector<std::int64_t>& classes, ScoreMode mode,
-                                             const std::function<void(Index)>& on_image = {}) const {
+  std::vector<ScoredImage<Scalar>> score_set(
+      const std::vector<Tensor<Scalar>>& features, const std::vector<std::int64_t>& classes,
+      ScoreMode mode, const std::function<void(Index)>& on_image = {}) const {
     const Index N = check_features(features, "HgadModel::score_set");
     if (mode != ScoreMode::label_free)
-      check(static_cast<Index>(classes.size()) == N, "HgadModel::score_set: ", classes.size(), " classes for ", N,
-            " images");
+      check(static_cast<Index>(classes.size()) == N, "HgadModel::score_set: ", classes.size(),
+            " classes for ", N, " images");
     std::vector<ScoredImage<Scalar>> out;
     if (mode == ScoreMode::transductive) {
       std::vector<RawScores<Scalar>> raws;
@@ -462,7 +498,8 @@ class HgadModel {
       return out;
     }
     for (Index i = 0; i < N; ++i) {
-      out.push_back(score(image_view(features, i), mode == ScoreMode::label_free ? -1 : classes[static_cast<std::size_t>(i)],
+      out.push_back(score(image_view(features, i),
+                          mode == ScoreMode::label_free ? -1 : classes[static_cast<std::size_t>(i)],
                           mode));
       if (on_image) on_image(i);
     }
@@ -473,18 +510,21 @@ class HgadModel {
   /// class the constants of fit_constants over its training images (at most
   /// config.calibration_images of them, the first in order, 0 meaning all), and over the union of
   /// those images for the class-agnostic entry K (used by the NF objective in label-free mode).
-  void calibrate(const std::vector<Tensor<Scalar>>& features, const std::vector<std::int64_t>& labels,
+  void calibrate(const std::vector<Tensor<Scalar>>& features,
+                 const std::vector<std::int64_t>& labels,
                  const std::function<void(Index, Index)>& on_image = {}) {
     const Index N = check_features(features, "HgadModel::calibrate");
-    check(static_cast<Index>(labels.size()) == N, "HgadModel::calibrate: ", labels.size(), " labels for ", N,
-          " images");
+    check(static_cast<Index>(labels.size()) == N, "HgadModel::calibrate: ", labels.size(),
+          " labels for ", N, " images");
     const Index K = n_classes();
     std::vector<std::vector<Index>> chosen(static_cast<std::size_t>(K));
     for (Index i = 0; i < N; ++i) {
       const std::int64_t y = labels[static_cast<std::size_t>(i)];
-      check(y >= 0 && y < K, "HgadModel::calibrate: label ", y, " of image ", i, " is outside [0, ", K, ")");
+      check(y >= 0 && y < K, "HgadModel::calibrate: label ", y, " of image ", i, " is outside [0, ",
+            K, ")");
       auto& list = chosen[static_cast<std::size_t>(y)];
-      if (m_config.calibration_images == 0 || static_cast<Index>(list.size()) < m_config.calibration_images)
+      if (m_config.calibration_images == 0 ||
+          static_cast<Index>(list.size()) < m_config.calibration_images)
         list.push_back(i);
     }
     Index total = 0, done = 0;
@@ -493,19 +533,21 @@ class HgadModel {
     std::vector<RawScores<Scalar>> all;
     for (Index y = 0; y < K; ++y) {
       const auto& list = chosen[static_cast<std::size_t>(y)];
-      check(!list.empty(), "HgadModel::calibrate: class '", m_config.class_names[static_cast<std::size_t>(y)],
-            "' has no training images");
+      check(!list.empty(), "HgadModel::calibrate: class '",
+            m_config.class_names[static_cast<std::size_t>(y)], "' has no training images");
       std::vector<RawScores<Scalar>> raws;
       for (Index i : list) {
         raws.push_back(raw_scores(image_view(features, i), y));
         if (on_image) on_image(++done, total);
       }
       result[static_cast<std::size_t>(y)] = fit_constants(raws);
-      result[static_cast<std::size_t>(y)].train_score_max = max_score(raws, result[static_cast<std::size_t>(y)]);
+      result[static_cast<std::size_t>(y)].train_score_max =
+          max_score(raws, result[static_cast<std::size_t>(y)]);
       for (auto& r : raws) all.push_back(std::move(r));
     }
     result[static_cast<std::size_t>(K)] = fit_constants(all);
-    result[static_cast<std::size_t>(K)].train_score_max = max_score(all, result[static_cast<std::size_t>(K)]);
+    result[static_cast<std::size_t>(K)].train_score_max =
+        max_score(all, result[static_cast<std::size_t>(K)]);
     m_calibration = std::move(result);
   }
 
@@ -522,14 +564,16 @@ class HgadModel {
     for (Index l = 0; l < n_levels(); ++l) {
       const std::string prefix = "level" + std::to_string(l) + ".";
       const SequenceFlow<Scalar>& f = flow(l);
-      for (const auto& [name, var] : f.named_parameters()) ckpt.set_tensor(prefix + "flow." + name, var.value());
+      for (const auto& [name, var] : f.named_parameters())
+        ckpt.set_tensor(prefix + "flow." + name, var.value());
       for (Index k = 0; k < f.n_blocks(); ++k)
         ckpt.set_tensor(prefix + "flow.block" + std::to_string(k) + ".rot", f.block(k).rotation());
       if (m_config.objective == Objective::hgad) {
         const auto& pr = prior(l);
         const auto names = GaussianMixturePrior<Scalar>::parameter_names();
         const auto params = pr.parameters();
-        for (std::size_t i = 0; i < names.size(); ++i) ckpt.set_tensor(prefix + "prior." + names[i], params[i].value());
+        for (std::size_t i = 0; i < names.size(); ++i)
+          ckpt.set_tensor(prefix + "prior." + names[i], params[i].value());
       }
     }
     if (is_calibrated()) {
@@ -557,13 +601,16 @@ class HgadModel {
   /// Loads a model saved by save(). Every problem is an hgad::Error saying which: the container's
   /// own checks (missing file, wrong magic, newer version, truncation, CRC), a file that is not an
   /// hgad model, an invalid config, a missing parameter or one of the wrong shape.
-  static HgadModel load(const std::string& path) { return from_checkpoint(Checkpoint::load(path), path); }
+  static HgadModel load(const std::string& path) {
+    return from_checkpoint(Checkpoint::load(path), path);
+  }
 
   static HgadModel from_checkpoint(const Checkpoint& ckpt, const std::string& name) {
-    check(ckpt.has("format") && ckpt.has("config"), "'", name, "' is an hgad checkpoint but not a model (no ",
-          ckpt.has("format") ? "config" : "format", " entry)");
-    check(ckpt.text("format") == model_format, "'", name, "' holds '", ckpt.text("format"), "', expected '",
-          model_format, "'");
+    check(ckpt.has("format") && ckpt.has("config"), "'", name,
+          "' is an hgad checkpoint but not a model (no ", ckpt.has("format") ? "config" : "format",
+          " entry)");
+    check(ckpt.text("format") == model_format, "'", name, "' holds '", ckpt.text("format"),
+          "', expected '", model_format, "'");
     ModelConfig config;
     try {
       config = ModelConfig::from_text(ckpt.text("config"), name);
@@ -575,8 +622,8 @@ class HgadModel {
     auto fetch = [&](const std::string& key, const Shape& shape) {
       check(ckpt.has(key), "'", name, "' lacks the parameter '", key, "'");
       Tensor<Scalar> t = ckpt.tensor<Scalar>(key);
-      check(t.shape() == shape, "'", name, "': parameter '", key, "' has shape ", t.shape().to_string(), ", expected ",
-            shape.to_string());
+      check(t.shape() == shape, "'", name, "': parameter '", key, "' has shape ",
+            t.shape().to_string(), ", expected ", shape.to_string());
       return t;
     };
     for (Index l = 0; l < model.n_levels(); ++l) {
@@ -593,7 +640,8 @@ class HgadModel {
         const auto names = GaussianMixturePrior<Scalar>::parameter_names();
         auto params = pr.parameters();
         for (std::size_t i = 0; i < names.size(); ++i) {
-          const Tensor<Scalar> value = fetch(prefix + "prior." + names[i], params[i].value().shape());
+          const Tensor<Scalar> value =
+              fetch(prefix + "prior." + names[i], params[i].value().shape());
           std::copy(value.data(), value.data() + value.numel(), params[i].value().data());
         }
       }
@@ -605,19 +653,23 @@ class HgadModel {
     }
     const std::string meta = "meta.";
     for (const std::string& key : ckpt.names())
-      if (key.compare(0, meta.size(), meta) == 0) model.m_metadata[key.substr(meta.size())] = ckpt.text(key);
+      if (key.compare(0, meta.size(), meta) == 0)
+        model.m_metadata[key.substr(meta.size())] = ckpt.text(key);
     if (ckpt.has("calibration.level_max")) {
       const Index K = model.n_classes(), L = model.n_levels();
       const Tensor<double> level_max = ckpt.tensor<double>("calibration.level_max");
       check(ckpt.has("calibration.sum_max"), "'", name, "' lacks the entry 'calibration.sum_max'");
       const Tensor<double> sum_max = ckpt.tensor<double>("calibration.sum_max");
-      check(ckpt.has("calibration.train_score_max"), "'", name, "' lacks the entry 'calibration.train_score_max'");
+      check(ckpt.has("calibration.train_score_max"), "'", name,
+            "' lacks the entry 'calibration.train_score_max'");
       const Tensor<double> train_score_max = ckpt.tensor<double>("calibration.train_score_max");
-      check(train_score_max.shape() == Shape({K + 1}), "'", name, "': calibration.train_score_max has shape ",
-            train_score_max.shape().to_string(), ", expected (", K + 1, ")");
-      check(level_max.shape() == Shape({2, K + 1, L}) && sum_max.shape() == Shape({2, K + 1}), "'", name,
-            "': calibration constants of shape ", level_max.shape().to_string(), " and ", sum_max.shape().to_string(),
-            ", expected (2, ", K + 1, ", ", L, ") and (2, ", K + 1, ")");
+      check(train_score_max.shape() == Shape({K + 1}), "'", name,
+            "': calibration.train_score_max has shape ", train_score_max.shape().to_string(),
+            ", expected (", K + 1, ")");
+      check(level_max.shape() == Shape({2, K + 1, L}) && sum_max.shape() == Shape({2, K + 1}), "'",
+            name, "': calibration constants of shape ", level_max.shape().to_string(), " and ",
+            sum_max.shape().to_string(), ", expected (2, ", K + 1, ", ", L, ") and (2, ", K + 1,
+            ")");
       model.m_calibration.resize(static_cast<std::size_t>(K + 1));
       for (Index k = 0; k <= K; ++k) {
         ClassCalibration& cal = model.m_calibration[static_cast<std::size_t>(k)];
@@ -644,7 +696,8 @@ class HgadModel {
     return o;
   }
 
-  double max_score(const std::vector<RawScores<Scalar>>& raws, const ClassCalibration& constants) const {
+  double max_score(const std::vector<RawScores<Scalar>>& raws,
+                   const ClassCalibration& constants) const {
     double best = 0;
     for (const auto& raw : raws) best = std::max(best, anomaly_map(raw, constants).score);
     return best;
@@ -664,14 +717,16 @@ class HgadModel {
   }
 
   /// Per level (N, H, W): the likelihood (or negative-entropy) maps of a set of images, stacked.
-  std::vector<Tensor<Scalar>> stacked_levels(const std::vector<RawScores<Scalar>>& raws, bool entropy) const {
+  std::vector<Tensor<Scalar>> stacked_levels(const std::vector<RawScores<Scalar>>& raws,
+                                             bool entropy) const {
     std::vector<Tensor<Scalar>> out;
     const Index N = static_cast<Index>(raws.size());
     for (Index l = 0; l < n_levels(); ++l) {
       const LevelSpec& s = m_config.levels[static_cast<std::size_t>(l)];
       Tensor<Scalar> stack = Tensor<Scalar>::empty({N, s.height, s.width});
       for (Index i = 0; i < N; ++i) {
-        const auto& maps = entropy ? raws[static_cast<std::size_t>(i)].neg_entropy : raws[static_cast<std::size_t>(i)].log_likelihood;
+        const auto& maps = entropy ? raws[static_cast<std::size_t>(i)].neg_entropy
+                                   : raws[static_cast<std::size_t>(i)].log_likelihood;
         const Tensor<Scalar>& m = maps[static_cast<std::size_t>(l)];
         std::copy(m.data(), m.data() + m.numel(), stack.data() + i * m.numel());
       }
@@ -685,22 +740,25 @@ class HgadModel {
     return s.height * s.width;
   }
 
-  /// The positional encoding of level l tiled for `copies` images, (copies·H·W, P); empty for P = 0.
+  /// The positional encoding of level l tiled for `copies` images, (copies·H·W, P); empty for P =
+  /// 0.
   Tensor<Scalar> tiled_encoding(Index l, Index copies) const {
     if (m_config.pos_dim == 0) return Tensor<Scalar>();
     const LevelSpec& s = m_config.levels[static_cast<std::size_t>(l)];
     const Tensor<Scalar> one = positional_encoding_2d<Scalar>(m_config.pos_dim, s.height, s.width);
     Tensor<Scalar> out = Tensor<Scalar>::empty({copies * one.rows(), one.cols()});
-    for (Index b = 0; b < copies; ++b) std::copy(one.data(), one.data() + one.numel(), out.data() + b * one.numel());
+    for (Index b = 0; b < copies; ++b)
+      std::copy(one.data(), one.data() + one.numel(), out.data() + b * one.numel());
     return out;
   }
 
   /// Rows of images order[first .. first + B) of one level, (B·H·W, D).
-  static void gather_batch(const Tensor<Scalar>& level, const std::vector<Index>& order, Index first, Index B,
-                           Tensor<Scalar>& out) {
+  static void gather_batch(const Tensor<Scalar>& level, const std::vector<Index>& order,
+                           Index first, Index B, Tensor<Scalar>& out) {
     const Index per_image = level.numel() / level.dim(0);
     const Index D = level.dim(3);
-    if (out.shape() != Shape({B * per_image / D, D})) out = Tensor<Scalar>::empty({B * per_image / D, D});
+    if (out.shape() != Shape({B * per_image / D, D}))
+      out = Tensor<Scalar>::empty({B * per_image / D, D});
     for (Index b = 0; b < B; ++b) {
       const Scalar* src = level.data() + order[static_cast<std::size_t>(first + b)] * per_image;
       std::copy(src, src + per_image, out.data() + b * per_image);
@@ -734,8 +792,9 @@ class HgadModel {
   /// One optimiser step of level l on a batch: train_step (fused flow and objective, finiteness
   /// checks, Adam) for HGAD; for the NF baseline the same sequence with nf_loss_fused.
   LossTerms<Scalar> train_level_step(Index l, const Tensor<Scalar>& x, const Tensor<Scalar>& cond,
-                                     const std::vector<std::int64_t>& labels, int stage, const LossOptions& options,
-                                     Adam<Scalar>& adam, SequenceFlowCache<Scalar>& cache, Index step) {
+                                     const std::vector<std::int64_t>& labels, int stage,
+                                     const LossOptions& options, Adam<Scalar>& adam,
+                                     SequenceFlowCache<Scalar>& cache, Index step) {
     const TrainStepContext context{l, static_cast<std::int64_t>(step)};
     if (m_config.objective == Objective::hgad)
       return train_step(flow(l), prior(l), adam, x, cond, labels, stage, options, context, cache);
@@ -746,7 +805,8 @@ class HgadModel {
     const std::string where = " at level " + std::to_string(l) + ", step " + std::to_string(step) +
                               "; the parameters are those after the last good step";
     if (!std::isfinite(double(loss.terms.total)))
-      throw NonFiniteError("HgadModel::fit: loss term L_z is " + std::to_string(double(loss.terms.total)) + where);
+      throw NonFiniteError("HgadModel::fit: loss term L_z is " +
+                           std::to_string(double(loss.terms.total)) + where);
     f.backward(cache, loss.grad_z, loss.grad_log_jac_det);
     for (const auto& [name, var] : f.named_parameters()) {
       if (!var.has_grad()) continue;
@@ -754,7 +814,8 @@ class HgadModel {
       for (Index k = 0; k < g.numel(); ++k) {
         if (!std::isfinite(g.data()[k])) {
           adam.zero_grad();
-          throw NonFiniteError("HgadModel::fit: the gradient of flow." + name + " is not finite" + where);
+          throw NonFiniteError("HgadModel::fit: the gradient of flow." + name + " is not finite" +
+                               where);
         }
       }
     }

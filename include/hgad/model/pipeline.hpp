@@ -2,13 +2,14 @@
 /// \file
 /// From a folder of images in MVTec layout to model-ready features, and from anomaly maps to the
 /// per-class metrics: the glue between io/, backbone/, model/ and metrics/ that the `hgad` program
-/// and user programs share. It needs stb (through io/mvtec.hpp), so it is not in the umbrella header.
+/// and user programs share. It needs stb (through io/mvtec.hpp), so it is not in the umbrella
+/// header.
 ///
-///     hgad::ModelConfig config;                                   // config.features: resnet18, layer2+layer3, 256
-///     auto fx = hgad::make_extractor<float>(config.features, "weights/resnet18-imagenet");
-///     config.levels = hgad::feature_levels(*fx, config.features); // {128x32x32, 256x16x16}
-///     hgad::MvtecDataset train(root, hgad::Split::train);
-///     auto set = hgad::extract_images(train, hgad::all_indices(train), *fx, config.features, false);
+///     hgad::ModelConfig config;                                   // config.features: resnet18,
+///     layer2+layer3, 256 auto fx = hgad::make_extractor<float>(config.features,
+///     "weights/resnet18-imagenet"); config.levels = hgad::feature_levels(*fx, config.features); //
+///     {128x32x32, 256x16x16} hgad::MvtecDataset train(root, hgad::Split::train); auto set =
+///     hgad::extract_images(train, hgad::all_indices(train), *fx, config.features, false);
 ///     hgad::HgadModel<float> model(config);
 ///     model.fit(set.features, set.classes);
 
@@ -28,8 +29,8 @@
 #include "../backbone/feature_extractor.hpp"
 #include "../detail/atomic_file.hpp"
 #include "../detail/check.hpp"
-#include "../io/npy.hpp"
 #include "../io/mvtec.hpp"
+#include "../io/npy.hpp"
 #include "../metrics/aupro.hpp"
 #include "../metrics/ranking.hpp"
 #include "../tensor.hpp"
@@ -43,7 +44,8 @@ inline Preprocess preprocess_for(const FeatureSettings& f, bool normalize = true
   Preprocess pre;
   pre.image_size = f.image_size;
   pre.mask_size = f.mask_size;
-  pre.mode = f.resize_mode == "stretch" ? ResizeMode::stretch : ResizeMode::shorter_side_then_center_crop;
+  pre.mode =
+      f.resize_mode == "stretch" ? ResizeMode::stretch : ResizeMode::shorter_side_then_center_crop;
   pre.normalize = normalize;
   return pre;
 }
@@ -52,7 +54,8 @@ inline Preprocess preprocess_for(const FeatureSettings& f, bool normalize = true
 /// f.backbone (torchvision's names, e.g. resnet18, wide_resnet50_2), the stages f.layers, and
 /// f.pyramid_levels scales of an image pyramid (0 or 1: the image alone).
 inline FeatureConfig backbone_config_for(const FeatureSettings& f) {
-  check(f.backbone != "none", "the model was trained on precomputed features (backbone = none); it cannot "
+  check(f.backbone != "none",
+        "the model was trained on precomputed features (backbone = none); it cannot "
         "read images");
   FeatureConfig c;
   c.arch = resnet_arch_from_string(f.backbone);
@@ -64,13 +67,15 @@ inline FeatureConfig backbone_config_for(const FeatureSettings& f) {
 
 /// The feature extractor of a model's settings with the weights in `weights_dir`.
 template <class Scalar>
-std::shared_ptr<FeatureExtractor<Scalar>> make_extractor(const FeatureSettings& f, const std::string& weights_dir) {
+std::shared_ptr<FeatureExtractor<Scalar>> make_extractor(const FeatureSettings& f,
+                                                         const std::string& weights_dir) {
   return make_feature_extractor<Scalar>(backbone_config_for(f), weights_dir);
 }
 
 /// The levels (dimension, height, width) an extractor gives for the settings' image size.
 template <class Scalar>
-std::vector<LevelSpec> feature_levels(const FeatureExtractor<Scalar>& fx, const FeatureSettings& f) {
+std::vector<LevelSpec> feature_levels(const FeatureExtractor<Scalar>& fx,
+                                      const FeatureSettings& f) {
   std::vector<LevelSpec> out;
   for (std::size_t l = 0; l < fx.n_levels(); ++l) {
     const Shape s = fx.feature_shape(l, f.image_size, f.image_size);
@@ -84,12 +89,13 @@ std::vector<LevelSpec> feature_levels(const FeatureExtractor<Scalar>& fx, const 
 template <class Scalar>
 void check_backbone_matches(const ModelConfig& config, const FeatureExtractor<Scalar>& fx) {
   const std::vector<LevelSpec> got = feature_levels(fx, config.features);
-  check(got.size() == config.levels.size(), "the model has ", config.levels.size(), " feature levels but the backbone ",
-        "gives ", got.size());
+  check(got.size() == config.levels.size(), "the model has ", config.levels.size(),
+        " feature levels but the backbone ", "gives ", got.size());
   const auto names = fx.levels();
   for (std::size_t l = 0; l < got.size(); ++l) {
     const LevelSpec& want = config.levels[l];
-    check(got[l] == want, "the model was trained on other features than this backbone gives: level ", l, " (",
+    check(got[l] == want,
+          "the model was trained on other features than this backbone gives: level ", l, " (",
           names[l].name, ") has ", got[l].dim, " channels on a ", got[l].height, "x", got[l].width,
           " map, the model expects ", want.dim, " channels on ", want.height, "x", want.width);
   }
@@ -116,8 +122,8 @@ struct ExtractedImages {
   std::vector<Tensor<Scalar>> features;  ///< per level (N, h, w, D), channels last
   std::vector<std::int64_t> classes;     ///< (N,) class indices
   std::vector<int> labels;               ///< (N,) 0 normal, 1 anomalous
-  Tensor<float> masks;                   ///< (N, mask_size, mask_size) in {0, 1} when masks were asked for
-  bool has_masks = false;                ///< every image has a pixel mask
+  Tensor<float> masks;     ///< (N, mask_size, mask_size) in {0, 1} when masks were asked for
+  bool has_masks = false;  ///< every image has a pixel mask
   std::vector<std::string> paths;
 
   Index size() const { return static_cast<Index>(classes.size()); }
@@ -127,15 +133,17 @@ struct ExtractedImages {
 /// (images decoded in parallel). `on_progress(done, total)` after every batch.
 template <class Scalar>
 ExtractedImages<Scalar> extract_images(const MvtecDataset& data, const std::vector<Index>& indices,
-                                       const FeatureExtractor<Scalar>& fx, const FeatureSettings& settings,
-                                       bool with_masks, Index batch_size = 8,
+                                       const FeatureExtractor<Scalar>& fx,
+                                       const FeatureSettings& settings, bool with_masks,
+                                       Index batch_size = 8,
                                        const std::function<void(Index, Index)>& on_progress = {}) {
   check(batch_size >= 1, "extract_images: batch_size must be >= 1");
   const Index N = static_cast<Index>(indices.size());
   const Preprocess pre = preprocess_for(settings);
   const std::vector<LevelSpec> levels = feature_levels(fx, settings);
   ExtractedImages<Scalar> out;
-  for (const LevelSpec& s : levels) out.features.push_back(Tensor<Scalar>::empty({N, s.height, s.width, s.dim}));
+  for (const LevelSpec& s : levels)
+    out.features.push_back(Tensor<Scalar>::empty({N, s.height, s.width, s.dim}));
   const Index S = settings.mask_size;
   if (with_masks) out.masks = Tensor<float>({N, S, S});
   out.has_masks = with_masks;
@@ -144,11 +152,12 @@ ExtractedImages<Scalar> extract_images(const MvtecDataset& data, const std::vect
     const std::vector<Index> chunk(indices.begin() + first, indices.begin() + first + count);
     const LoadedBatch<Scalar> batch = data.load_batch<Scalar>(chunk, pre);
     const std::vector<Tensor<Scalar>> maps = fx.extract(batch.images);
-    check(maps.size() == levels.size(), "extract_images: the extractor returned ", maps.size(), " levels, expected ",
-          levels.size());
+    check(maps.size() == levels.size(), "extract_images: the extractor returned ", maps.size(),
+          " levels, expected ", levels.size());
     for (std::size_t l = 0; l < maps.size(); ++l) {
       const Tensor<Scalar> last = channels_last(maps[l]);
-      std::copy(last.data(), last.data() + last.numel(), out.features[l].data() + first * last.numel() / count);
+      std::copy(last.data(), last.data() + last.numel(),
+                out.features[l].data() + first * last.numel() / count);
     }
     for (Index b = 0; b < count; ++b) {
       const MvtecSample& s = data[chunk[static_cast<std::size_t>(b)]];
@@ -158,7 +167,8 @@ ExtractedImages<Scalar> extract_images(const MvtecDataset& data, const std::vect
       if (with_masks) {
         if (!batch.has_mask[static_cast<std::size_t>(b)]) out.has_masks = false;
         const Scalar* m = batch.masks.data() + b * S * S;
-        std::transform(m, m + S * S, out.masks.data() + (first + b) * S * S, [](Scalar v) { return float(v); });
+        std::transform(m, m + S * S, out.masks.data() + (first + b) * S * S,
+                       [](Scalar v) { return float(v); });
       }
     }
     if (on_progress) on_progress(first + count, N);
@@ -171,20 +181,21 @@ ExtractedImages<Scalar> extract_images(const MvtecDataset& data, const std::vect
 /// back instead of running the backbone; otherwise they are computed and written (.npy files and a
 /// `<tag>.key` text that describes them, each written atomically). An empty cache_dir disables it.
 template <class Scalar>
-ExtractedImages<Scalar> extract_images_cached(const std::string& cache_dir, const std::string& tag,
-                                              const std::string& weights_dir, const MvtecDataset& data,
-                                              const std::vector<Index>& indices, const FeatureExtractor<Scalar>& fx,
-                                              const FeatureSettings& settings, bool with_masks, Index batch_size = 8,
-                                              const std::function<void(Index, Index)>& on_progress = {}) {
+ExtractedImages<Scalar> extract_images_cached(
+    const std::string& cache_dir, const std::string& tag, const std::string& weights_dir,
+    const MvtecDataset& data, const std::vector<Index>& indices, const FeatureExtractor<Scalar>& fx,
+    const FeatureSettings& settings, bool with_masks, Index batch_size = 8,
+    const std::function<void(Index, Index)>& on_progress = {}) {
   namespace fs = std::filesystem;
-  if (cache_dir.empty()) return extract_images(data, indices, fx, settings, with_masks, batch_size, on_progress);
+  if (cache_dir.empty())
+    return extract_images(data, indices, fx, settings, with_masks, batch_size, on_progress);
   std::ostringstream key;
-  key << "hgad feature cache 1\nweights " << fs::absolute(weights_dir).lexically_normal().string() << "\nscalar "
-      << sizeof(Scalar) << "\nmasks " << with_masks << "\n";
+  key << "hgad feature cache 1\nweights " << fs::absolute(weights_dir).lexically_normal().string()
+      << "\nscalar " << sizeof(Scalar) << "\nmasks " << with_masks << "\n";
   key << "backbone " << settings.backbone << "\nlayers";
   for (const auto& l : settings.layers) key << " " << l;
-  key << "\npyramid " << settings.pyramid_levels << "\nimage_size " << settings.image_size << "\nresize "
-      << settings.resize_mode << "\nmask_size " << settings.mask_size << "\n";
+  key << "\npyramid " << settings.pyramid_levels << "\nimage_size " << settings.image_size
+      << "\nresize " << settings.resize_mode << "\nmask_size " << settings.mask_size << "\n";
   for (Index i : indices) {
     const MvtecSample& s = data[i];
     std::error_code ec;
@@ -204,7 +215,8 @@ ExtractedImages<Scalar> extract_images_cached(const std::string& cache_dir, cons
         for (Index l = 0; l < n_levels; ++l)
           out.features.push_back(load_npy<Scalar>(levels_prefix + std::to_string(l) + ".npy"));
         out.classes = load_npy_int64(base.string() + ".classes.npy");
-        for (std::int64_t y : load_npy_int64(base.string() + ".labels.npy")) out.labels.push_back(int(y));
+        for (std::int64_t y : load_npy_int64(base.string() + ".labels.npy"))
+          out.labels.push_back(int(y));
         out.has_masks = false;
         if (with_masks) {
           out.masks = load_npy<float>(base.string() + ".masks.npy");
@@ -215,7 +227,8 @@ ExtractedImages<Scalar> extract_images_cached(const std::string& cache_dir, cons
         bool ok = out.size() == static_cast<Index>(indices.size());
         for (Index l = 0; l < n_levels && ok; ++l) {
           const LevelSpec& sp = levels[static_cast<std::size_t>(l)];
-          ok = out.features[static_cast<std::size_t>(l)].shape() == Shape({out.size(), sp.height, sp.width, sp.dim});
+          ok = out.features[static_cast<std::size_t>(l)].shape() ==
+               Shape({out.size(), sp.height, sp.width, sp.dim});
         }
         if (ok) {
           if (on_progress) on_progress(out.size(), out.size());
@@ -226,12 +239,14 @@ ExtractedImages<Scalar> extract_images_cached(const std::string& cache_dir, cons
       }
     }
   }
-  ExtractedImages<Scalar> out = extract_images(data, indices, fx, settings, with_masks, batch_size, on_progress);
+  ExtractedImages<Scalar> out =
+      extract_images(data, indices, fx, settings, with_masks, batch_size, on_progress);
   fs::create_directories(cache_dir);
   for (Index l = 0; l < n_levels; ++l)
     save_npy(levels_prefix + std::to_string(l) + ".npy", out.features[static_cast<std::size_t>(l)]);
   save_npy_int64(base.string() + ".classes.npy", out.classes);
-  save_npy_int64(base.string() + ".labels.npy", std::vector<std::int64_t>(out.labels.begin(), out.labels.end()));
+  save_npy_int64(base.string() + ".labels.npy",
+                 std::vector<std::int64_t>(out.labels.begin(), out.labels.end()));
   if (with_masks) {
     save_npy(base.string() + ".masks.npy", out.masks);
     save_npy_int64(base.string() + ".has_masks.npy", {out.has_masks ? 1 : 0});
@@ -262,9 +277,11 @@ struct ClassMetrics {
 /// (N, S, S) when `masks` is non-empty (every pixel of every image counts, normal images included;
 /// an anomalous image with an empty mask adds only negative pixels and no AUPRO region).
 template <class Scalar>
-ClassMetrics evaluate_class(const std::string& name, const std::vector<double>& scores, const std::vector<int>& labels,
-                            const Tensor<Scalar>& maps, const Tensor<float>& masks) {
-  check(scores.size() == labels.size(), "evaluate_class: ", scores.size(), " scores for ", labels.size(), " labels");
+ClassMetrics evaluate_class(const std::string& name, const std::vector<double>& scores,
+                            const std::vector<int>& labels, const Tensor<Scalar>& maps,
+                            const Tensor<float>& masks) {
+  check(scores.size() == labels.size(), "evaluate_class: ", scores.size(), " scores for ",
+        labels.size(), " labels");
   ClassMetrics m;
   m.name = name;
   m.n_images = static_cast<Index>(scores.size());
@@ -276,8 +293,8 @@ ClassMetrics evaluate_class(const std::string& name, const std::vector<double>& 
     m.image_f1_max = r.f1_max;
   }
   if (masks.numel() > 0 && maps.numel() > 0) {
-    check(maps.numel() == masks.numel(), "evaluate_class: maps ", maps.shape().to_string(), " and masks ",
-          masks.shape().to_string(), " differ in size");
+    check(maps.numel() == masks.numel(), "evaluate_class: maps ", maps.shape().to_string(),
+          " and masks ", masks.shape().to_string(), " differ in size");
     Index positives = 0;
     for (Index i = 0; i < masks.numel(); ++i) positives += masks.data()[i] > 0.5f ? 1 : 0;
     if (positives > 0 && positives < masks.numel()) {
@@ -309,9 +326,10 @@ inline ClassMetrics mean_metrics(const std::vector<ClassMetrics>& classes) {
     mean.n_images += c.n_images;
     mean.n_anomalous += c.n_anomalous;
   }
-  for (auto field : {&ClassMetrics::image_auroc, &ClassMetrics::image_ap, &ClassMetrics::image_f1_max,
-                     &ClassMetrics::pixel_auroc, &ClassMetrics::pixel_ap, &ClassMetrics::pixel_f1_max,
-                     &ClassMetrics::aupro, &ClassMetrics::class_accuracy})
+  for (auto field :
+       {&ClassMetrics::image_auroc, &ClassMetrics::image_ap, &ClassMetrics::image_f1_max,
+        &ClassMetrics::pixel_auroc, &ClassMetrics::pixel_ap, &ClassMetrics::pixel_f1_max,
+        &ClassMetrics::aupro, &ClassMetrics::class_accuracy})
     mean.*field = avg(field);
   return mean;
 }
