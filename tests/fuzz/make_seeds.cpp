@@ -70,6 +70,14 @@ int main(int argc, char** argv) {
     write(dir / "image" / ("c" + std::to_string(channels) + ".png"), png);
     write(dir / "image" / ("c" + std::to_string(channels) + ".bmp"), bmp);
     write(dir / "image" / ("c" + std::to_string(channels) + ".jpg"), jpg);
+    // The same PNG with an empty IDAT chunk before the real one (stb_image skips chunk CRCs).
+    const std::size_t idat =
+        8 + 25;  // signature, then the 25-byte IHDR chunk that stb writes first
+    const Bytes empty_idat = {0, 0, 0, 0, 'I', 'D', 'A', 'T', 0, 0, 0, 0};
+    Bytes split = png;
+    split.insert(split.begin() + static_cast<std::ptrdiff_t>(idat), empty_idat.begin(),
+                 empty_idat.end());
+    write(dir / "image" / ("c" + std::to_string(channels) + "_empty_idat.png"), split);
   }
 
   for (int s = 0; s < 6; ++s) {
