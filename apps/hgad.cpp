@@ -139,7 +139,7 @@ std::string loss_status(const hgad::FitProgress<Scalar>& p) {
   return s.str();
 }
 
-Json metrics_json(const hgad::ClassMetrics& m) {
+Json metrics_json(const hgad::ClassReport& m) {
   Json j = Json::object();
   j.set("images", Json::integer(m.n_images));
   j.set("anomalous", Json::integer(m.n_anomalous));
@@ -348,7 +348,7 @@ int cmd_test(const Args& args) {
   options.classes = classes;
   const hgad::MvtecDataset test(data, hgad::Split::test, options);
 
-  std::vector<hgad::ClassMetrics> results;
+  std::vector<hgad::ClassReport> results;
   for (Index c = 0; c < test.n_classes(); ++c) {
     const std::string& name = test.class_names()[static_cast<std::size_t>(c)];
     const auto model_class = static_cast<std::int64_t>(
@@ -382,13 +382,13 @@ int cmd_test(const Args& args) {
       scores.push_back(s.score);
       if (s.predicted_class == model_class) ++correct;
     }
-    hgad::ClassMetrics m = hgad::evaluate_class(name, scores, set.labels, maps,
+    hgad::ClassReport m = hgad::evaluate_class(name, scores, set.labels, maps,
                                                 set.has_masks ? set.masks : hgad::Tensor<float>());
     if (mode == hgad::ScoreMode::label_free && config.objective == hgad::Objective::hgad)
       m.class_accuracy = double(correct) / double(set.size());
     results.push_back(m);
   }
-  const hgad::ClassMetrics mean = hgad::mean_metrics(results);
+  const hgad::ClassReport mean = hgad::mean_metrics(results);
   const bool with_accuracy =
       mode == hgad::ScoreMode::label_free && config.objective == hgad::Objective::hgad;
 
@@ -396,7 +396,7 @@ int cmd_test(const Args& args) {
               hgad::to_string(config.objective).c_str(), model_path.c_str());
   std::printf("%-16s %7s %8s %8s %8s %8s%s\n", "class", "images", "img-AUC", "pix-AUC", "AUPRO",
               "img-AP", with_accuracy ? "  cls-acc" : "");
-  auto row = [&](const hgad::ClassMetrics& m) {
+  auto row = [&](const hgad::ClassReport& m) {
     std::printf("%-16s %7lld %8s %8s %8s %8s", m.name.c_str(), static_cast<long long>(m.n_images),
                 format_metric(m.image_auroc).c_str(), format_metric(m.pixel_auroc).c_str(),
                 format_metric(m.aupro).c_str(), format_metric(m.image_ap).c_str());

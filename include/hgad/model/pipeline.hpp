@@ -259,7 +259,7 @@ ExtractedImages<Scalar> extract_images_cached(
 /// The metrics of one class (ALGORITHM.md §6). NaN marks a metric the data cannot define (no
 /// anomalous image, no pixel masks) or one the mode does not give (class accuracy outside the
 /// label-free mode).
-struct ClassMetrics {
+struct ClassReport {
   std::string name;
   Index n_images = 0;
   Index n_anomalous = 0;
@@ -277,12 +277,12 @@ struct ClassMetrics {
 /// (N, S, S) when `masks` is non-empty (every pixel of every image counts, normal images included;
 /// an anomalous image with an empty mask adds only negative pixels and no AUPRO region).
 template <class Scalar>
-ClassMetrics evaluate_class(const std::string& name, const std::vector<double>& scores,
+ClassReport evaluate_class(const std::string& name, const std::vector<double>& scores,
                             const std::vector<int>& labels, const Tensor<Scalar>& maps,
                             const Tensor<float>& masks) {
   check(scores.size() == labels.size(), "evaluate_class: ", scores.size(), " scores for ",
         labels.size(), " labels");
-  ClassMetrics m;
+  ClassReport m;
   m.name = name;
   m.n_images = static_cast<Index>(scores.size());
   for (int y : labels) m.n_anomalous += y;
@@ -309,10 +309,10 @@ ClassMetrics evaluate_class(const std::string& name, const std::vector<double>& 
 }
 
 /// The unweighted mean over classes of every metric, NaN entries skipped (NaN when all are).
-inline ClassMetrics mean_metrics(const std::vector<ClassMetrics>& classes) {
-  ClassMetrics mean;
+inline ClassReport mean_metrics(const std::vector<ClassReport>& classes) {
+  ClassReport mean;
   mean.name = "mean";
-  auto avg = [&](double ClassMetrics::*field) {
+  auto avg = [&](double ClassReport::*field) {
     double sum = 0;
     int n = 0;
     for (const auto& c : classes)
@@ -327,9 +327,9 @@ inline ClassMetrics mean_metrics(const std::vector<ClassMetrics>& classes) {
     mean.n_anomalous += c.n_anomalous;
   }
   for (auto field :
-       {&ClassMetrics::image_auroc, &ClassMetrics::image_ap, &ClassMetrics::image_f1_max,
-        &ClassMetrics::pixel_auroc, &ClassMetrics::pixel_ap, &ClassMetrics::pixel_f1_max,
-        &ClassMetrics::aupro, &ClassMetrics::class_accuracy})
+       {&ClassReport::image_auroc, &ClassReport::image_ap, &ClassReport::image_f1_max,
+        &ClassReport::pixel_auroc, &ClassReport::pixel_ap, &ClassReport::pixel_f1_max,
+        &ClassReport::aupro, &ClassReport::class_accuracy})
     mean.*field = avg(field);
   return mean;
 }
