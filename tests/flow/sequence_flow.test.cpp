@@ -305,3 +305,20 @@ TEST_CASE("Gradients with a shared condition pass gradcheck", "[flow]") {
   INFO(result.log);
   CHECK(result.ok);
 }
+
+TEST_CASE("The fused flow accepts an empty batch", "[flow]") {
+  Rng rng(39);
+  SequenceFlow<float> flow(6, 4, 2, AllInOneOptions::hgad(), rng);
+  const Tensor<float> x({0, 6}), cond({0, 4});
+  const auto r = flow.forward(x, cond);
+  CHECK(r.out.shape() == Shape({0, 6}));
+  CHECK(r.log_jac_det.shape() == Shape({0}));
+  hgad::SequenceFlowCache<float> cache;
+  const auto t = flow.forward_train(x, cond, cache);
+  const auto g = flow.backward(cache, t.out, t.log_jac_det);
+  CHECK(g.shape() == Shape({0, 6}));
+  for (const auto& p : flow.parameters()) {
+    REQUIRE(p.has_grad());
+    CHECK(rel_diff(p.grad(), Tensor<float>::zeros(p.shape())) == 0);
+  }
+}

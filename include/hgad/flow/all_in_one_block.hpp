@@ -387,7 +387,8 @@ class AllInOneBlock {
     }
   }
   void check_cond(const char* what, const Tensor<Scalar>& x, const Tensor<Scalar>& cond) const {
-    check(cond.rank() == 2 && cond.dim(1) == m_dims.P && cond.dim(0) > 0 && x.dim(0) % cond.dim(0) == 0,
+    check(cond.rank() == 2 && cond.dim(1) == m_dims.P &&
+              (cond.dim(0) == x.dim(0) || (cond.dim(0) > 0 && x.dim(0) % cond.dim(0) == 0)),
           "AllInOneBlock::", what, ": condition of shape ", cond.shape().to_string(), ", expected (", x.dim(0), ", ",
           m_dims.P, "), or (M, ", m_dims.P, ") with ", x.dim(0), " a multiple of M");
   }

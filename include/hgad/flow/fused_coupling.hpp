@@ -88,7 +88,7 @@ struct CouplingGradients {
 template <class Scalar>
 struct CouplingCache {
   Tensor<Scalar> x;       ///< (N, D) block input (shared storage)
-  Tensor<Scalar> cond;    ///< (N, P) condition (shared storage)
+  Tensor<Scalar> cond;    ///< (N, P) or shared (M, P) condition (shared storage)
   Tensor<Scalar> hidden;  ///< (N, H) ReLU(W1x x1 + W1c c + b1)
   Tensor<Scalar> s_t;     ///< (N, 2 n2) the log-scale s and the shift t
   Index rows = 0;
@@ -130,6 +130,8 @@ void for_each_tile(Index N, Index tile, int n_threads, Init&& init, Body&& body)
     run(omp_get_thread_num(), omp_get_num_threads());
     return;
   }
+#else
+  (void)n_threads;
 #endif
   run(0, 1);
 }
