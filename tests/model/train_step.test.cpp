@@ -202,6 +202,35 @@ TEMPLATE_TEST_CASE("The fused training step equals the autograd step over severa
   }
 }
 
+TEST_CASE("A positional encoding shared by the maps of a batch trains as its tiled copy", "[model]") {
+  hgad::Rng rng(23);
+  const hgad::Index D = 10, P = 4, M = 10, N = 4 * M, K = 3;
+  hgad::SequenceFlow<double> flow_a(D, P, 2, hgad::AllInOneOptions::hgad(), rng);
+  hgad::GaussianMixturePrior<double> prior_a(K, 4, D, rng);
+  hgad::Rng same(23);
+  hgad::SequenceFlow<double> flow_b(D, P, 2, hgad::AllInOneOptions::hgad(), same);
+  hgad::GaussianMixturePrior<double> prior_b(K, 4, D, same);
+  const auto x = hgad::Tensor<double>::randn({N, D}, rng);
+  const auto shared = hgad::Tensor<double>::randn({M, P}, rng);
+  hgad::Tensor<double> tiled({N, P});
+  for (hgad::Index n = 0; n < N; ++n)
+    for (hgad::Index p = 0; p < P; ++p) tiled(n, p) = shared(n % M, p);
+  std::vector<std::int64_t> labels;
+  for (hgad::Index n = 0; n < N; ++n) labels.push_back(std::int64_t(n / M % K));
+  auto adam_a = hgad::make_hgad_adam(flow_a, prior_a, {1e-3});
+  auto adam_b = hgad::make_hgad_adam(flow_b, prior_b, {1e-3});
+  for (int step = 0; step < 3; ++step) {
+    const auto a = hgad::train_step(flow_a, prior_a, adam_a, x, shared, labels, 2, {}, {0, step});
+    const auto b = hgad::train_step(flow_b, prior_b, adam_b, x, tiled, labels, 2, {}, {0, step});
+    CHECK(rel(a.total, b.total) < 1e-12);
+  }
+  CHECK(hgad::test::max_rel_error(flow_a.block(1).fc1_weight().value(), flow_b.block(1).fc1_weight().value()) < 1e-10);
+  CHECK(hgad::test::max_rel_error(prior_a.mu().value(), prior_b.mu().value()) < 1e-10);
+  const auto bad = hgad::Tensor<double>::randn({7, P}, rng);  // 40 rows cannot share 7
+  CHECK_THROWS_WITH(hgad::train_step(flow_a, prior_a, adam_a, x, bad, labels, 2, {}, {0, 3}),
+                    Catch::Contains("N a multiple of M") && Catch::Contains("(7, 4)"));
+}
+
 TEST_CASE("The NF objective trains the flow only, the same on both paths", "[model]") {
   hgad::Rng rng(24);
   const hgad::Index D = 8, P = 4, N = 30;

@@ -81,6 +81,23 @@ inline ScoreMode parse_score_mode(const std::string& text) {
               "' (expected transductive, calibrated or label-free)");
 }
 
+/// Which terms make the anomaly map (ALGORITHM.md §5 step 5 and the "anomaly criterion" ablation
+/// of the paper, §9.7): HGAD's product of the likelihood and entropy maps, or either alone. The NF
+/// objective has no entropy term; its map is the likelihood map whatever the criterion.
+enum class ScoreCriterion { product, likelihood, entropy };
+
+inline const char* to_string(ScoreCriterion c) {
+  return c == ScoreCriterion::product ? "product" : c == ScoreCriterion::likelihood ? "likelihood" : "entropy";
+}
+
+/// "product", "likelihood" or "entropy".
+inline ScoreCriterion parse_score_criterion(const std::string& text) {
+  if (text == "product") return ScoreCriterion::product;
+  if (text == "likelihood") return ScoreCriterion::likelihood;
+  if (text == "entropy") return ScoreCriterion::entropy;
+  throw Error("unknown score criterion '" + text + "' (expected product, likelihood or entropy)");
+}
+
 /// Where fit() stands after a training step; passed to FitOptions::on_step.
 template <class Scalar>
 struct FitProgress {
@@ -290,9 +307,10 @@ class HgadModel {
     loss_options.label_smoothing = c.label_smoothing;
     loss_options.stage1_meta_epochs = static_cast<int>(c.stage1_meta_epochs);
 
-    // Per level: the positional encodings of one image tiled B times, (B·H·W, P).
+    // Per level: the positional encoding of one image, (H·W, P), shared by the B images of a batch
+    // (the flow projects it through W1c once per position rather than once per vector).
     std::vector<Tensor<Scalar>> conditions;
-    for (Index l = 0; l < L; ++l) conditions.push_back(tiled_encoding(l, B));
+    for (Index l = 0; l < L; ++l) conditions.push_back(level_encoding(l));
 
     // The shuffling stream is separate from the initialisation stream, derived from the seed.
     Rng shuffle_rng(c.seed ^ 0x5DEECE66DULL);
@@ -384,7 +402,7 @@ class HgadModel {
       const LevelSpec& s = m_config.levels[static_cast<std::size_t>(l)];
       const Tensor<Scalar> x =
           image[static_cast<std::size_t>(l)].reshape({s.height * s.width, s.dim});
-      latents.push_back(flow(l).forward(x, tiled_encoding(l, 1)));
+      latents.push_back(flow(l).forward(x, level_encoding(l)));
     }
     if (hgad) {
       out.class_posterior.assign(static_cast<std::size_t>(K), 0.0);
@@ -421,18 +439,23 @@ class HgadModel {
   /// steps 4–6, calibrated_anomaly_map): per map type A = blur(sum_max − Σ_l up(exp(x_l −
   /// level_max_l))), clipped at 0 — a no-op with the image's own transductive constants, and with
   /// frozen constants it keeps the product of two negative maps of a very normal image from turning
-  /// positive. The HGAD map is A_logp ⊙ A_ent, the NF map A_logp alone; the score is the maximum.
-  ScoredImage<Scalar> anomaly_map(const RawScores<Scalar>& raw,
-                                  const ClassCalibration& constants) const {
+  /// positive. The HGAD map is A_logp ⊙ A_ent (or one of them, by `criterion`), the NF map A_logp
+  /// alone; the score is the map's maximum.
+  ScoredImage<Scalar> anomaly_map(const RawScores<Scalar>& raw, const ClassCalibration& constants,
+                                  ScoreCriterion criterion = ScoreCriterion::product) const {
     ScoredImage<Scalar> out;
     const AnomalyMapOptions options = map_options();
-    out.map = calibrated_anomaly_map(one_image_levels(raw.log_likelihood), constants.log_likelihood,
-                                     options)
-                  .reshape({options.height, options.width});
+    const bool entropy = !raw.neg_entropy.empty() && criterion != ScoreCriterion::likelihood;
+    const bool likelihood = raw.neg_entropy.empty() || criterion != ScoreCriterion::entropy;
+    out.map = Tensor<Scalar>::full({options.height, options.width}, Scalar(1));
     Scalar* a = out.map.data();
     const Index n = out.map.numel();
-    for (Index i = 0; i < n; ++i) a[i] = std::max(a[i], Scalar(0));
-    if (!raw.neg_entropy.empty()) {
+    if (likelihood) {
+      const Tensor<Scalar> lik = calibrated_anomaly_map(one_image_levels(raw.log_likelihood),
+                                                        constants.log_likelihood, options);
+      for (Index i = 0; i < n; ++i) a[i] = std::max(lik.data()[i], Scalar(0));
+    }
+    if (entropy) {
       const Tensor<Scalar> ent =
           calibrated_anomaly_map(one_image_levels(raw.neg_entropy), constants.neg_entropy, options);
       for (Index i = 0; i < n; ++i) a[i] *= std::max(ent.data()[i], Scalar(0));
@@ -459,7 +482,8 @@ class HgadModel {
   ///   requires: is_calibrated(); class_index in [0, K) for calibrated, ignored (-1) for
   ///   label-free.
   ScoredImage<Scalar> score(const std::vector<Tensor<Scalar>>& image, std::int64_t class_index,
-                            ScoreMode mode) const {
+                            ScoreMode mode,
+                            ScoreCriterion criterion = ScoreCriterion::product) const {
     check(mode != ScoreMode::transductive,
           "HgadModel::score: the transductive mode scores a whole test set; use "
           "score_set");
@@ -472,7 +496,7 @@ class HgadModel {
     const bool label_free = mode == ScoreMode::label_free;
     const RawScores<Scalar> raw = raw_scores(image, label_free ? -1 : class_index);
     const Index k = raw.scored_class >= 0 ? raw.scored_class : n_classes();
-    return anomaly_map(raw, calibration(k));
+    return anomaly_map(raw, calibration(k), criterion);
   }
 
   /// Scores every image of a set (features: per level (N, H, W, D)). Transductive: the constants
@@ -481,7 +505,8 @@ class HgadModel {
   /// each image alone with its predicted class (`classes` is ignored and may be empty).
   std::vector<ScoredImage<Scalar>> score_set(
       const std::vector<Tensor<Scalar>>& features, const std::vector<std::int64_t>& classes,
-      ScoreMode mode, const std::function<void(Index)>& on_image = {}) const {
+      ScoreMode mode, const std::function<void(Index)>& on_image = {},
+      ScoreCriterion criterion = ScoreCriterion::product) const {
     const Index N = check_features(features, "HgadModel::score_set");
     if (mode != ScoreMode::label_free)
       check(static_cast<Index>(classes.size()) == N, "HgadModel::score_set: ", classes.size(),
@@ -494,13 +519,13 @@ class HgadModel {
         if (on_image) on_image(i);
       }
       const ClassCalibration constants = fit_constants(raws);
-      for (const auto& raw : raws) out.push_back(anomaly_map(raw, constants));
+      for (const auto& raw : raws) out.push_back(anomaly_map(raw, constants, criterion));
       return out;
     }
     for (Index i = 0; i < N; ++i) {
       out.push_back(score(image_view(features, i),
                           mode == ScoreMode::label_free ? -1 : classes[static_cast<std::size_t>(i)],
-                          mode));
+                          mode, criterion));
       if (on_image) on_image(i);
     }
     return out;
@@ -618,6 +643,14 @@ class HgadModel {
     } catch (const Error& e) {
       throw Error("'" + name + "' has an invalid model configuration: " + e.what());
     }
+    // Building the model allocates its parameters before any is read: refuse a configuration that
+    // needs far more parameter values than the file holds, so a small corrupt file cannot demand
+    // a huge model. (Within the slack of 2^20 values the per-parameter checks below name the
+    // missing or misshapen entry.)
+    const double needed = parameter_count(config);
+    check(needed <= double(ckpt.tensor_elements()) + double(1 << 20), "'", name,
+          "': its configuration needs ", needed, " parameter values but the file holds only ",
+          ckpt.tensor_elements());
     HgadModel model(config);
     auto fetch = [&](const std::string& key, const Shape& shape) {
       check(ckpt.has(key), "'", name, "' lacks the parameter '", key, "'");
@@ -735,21 +768,33 @@ class HgadModel {
     return out;
   }
 
+  /// The number of parameter values of a model of this configuration (flows with their
+  /// rotations, and the priors), in double so that absurd configurations do not overflow.
+  static double parameter_count(const ModelConfig& c) {
+    double n = 0;
+    for (const LevelSpec& s : c.levels) {
+      const double D = double(s.dim), n2 = std::floor(D / 2), n1 = D - n2, in = n1 + double(c.pos_dim);
+      const double block = D * D + D + in * 2 * in + 2 * in + 2 * in * 2 * n2 + 2 * n2;
+      n += double(c.n_blocks) * block;
+      if (c.objective == Objective::hgad) {
+        const double K = double(c.class_names.size()), M = double(c.n_centers);
+        n += K * D + K * (M - 1) * D + K * M + K;
+      }
+    }
+    return n;
+  }
+
   Index level_positions(Index l) const {
     const LevelSpec& s = m_config.levels[static_cast<std::size_t>(l)];
     return s.height * s.width;
   }
 
-  /// The positional encoding of level l tiled for `copies` images, (copies·H·W, P); empty for P =
-  /// 0.
-  Tensor<Scalar> tiled_encoding(Index l, Index copies) const {
+  /// The positional encoding of level l, (H·W, P), rows in the feature map's row-major order;
+  /// empty for P = 0.
+  Tensor<Scalar> level_encoding(Index l) const {
     if (m_config.pos_dim == 0) return Tensor<Scalar>();
     const LevelSpec& s = m_config.levels[static_cast<std::size_t>(l)];
-    const Tensor<Scalar> one = positional_encoding_2d<Scalar>(m_config.pos_dim, s.height, s.width);
-    Tensor<Scalar> out = Tensor<Scalar>::empty({copies * one.rows(), one.cols()});
-    for (Index b = 0; b < copies; ++b)
-      std::copy(one.data(), one.data() + one.numel(), out.data() + b * one.numel());
-    return out;
+    return positional_encoding_2d<Scalar>(m_config.pos_dim, s.height, s.width);
   }
 
   /// Rows of images order[first .. first + B) of one level, (B·H·W, D).
