@@ -287,6 +287,7 @@ const std::vector<OptionSpec> test_options = {
     {"model", "MODEL", "model written by hgad train"},
     {"data", "DIR", "dataset root in MVTec layout (<class>/test/..., <class>/ground_truth/...)"},
     {"mode", "MODE", "transductive | calibrated | label-free (default calibrated)"},
+    {"criterion", "C", "product (HGAD, default) | likelihood | entropy: the maps combined"},
     {"classes", "A,B,...", "test only these of the model's classes"},
     {"json", "FILE", "also write every metric per class and the mean as JSON"},
     {"backbone", "DIR", "ResNet weights folder (default: the one recorded at training)"},
@@ -317,6 +318,14 @@ int cmd_test(const Args& args) {
       mode = hgad::parse_score_mode(args.get("mode", ""));
     } catch (const hgad::Error& e) {
       throw UsageError(std::string("--mode: ") + e.what());
+    }
+  }
+  hgad::ScoreCriterion criterion = hgad::ScoreCriterion::product;
+  if (args.has("criterion")) {
+    try {
+      criterion = hgad::parse_score_criterion(args.get("criterion", ""));
+    } catch (const hgad::Error& e) {
+      throw UsageError(std::string("--criterion: ") + e.what());
     }
   }
   std::vector<std::string> only;
@@ -369,7 +378,7 @@ int cmd_test(const Args& args) {
       scored = model.score_set(
           set.features,
           std::vector<std::int64_t>(static_cast<std::size_t>(set.size()), model_class), mode,
-          [&](Index i) { bar.update(i + 1); });
+          [&](Index i) { bar.update(i + 1); }, criterion);
       bar.finish();
     }
     const Index S = config.features.mask_size;
@@ -392,8 +401,8 @@ int cmd_test(const Args& args) {
   const bool with_accuracy =
       mode == hgad::ScoreMode::label_free && config.objective == hgad::Objective::hgad;
 
-  std::printf("mode %s, objective %s, model %s\n", hgad::to_string(mode),
-              hgad::to_string(config.objective).c_str(), model_path.c_str());
+  std::printf("mode %s, criterion %s, objective %s, model %s\n", hgad::to_string(mode),
+              hgad::to_string(criterion), hgad::to_string(config.objective).c_str(), model_path.c_str());
   std::printf("%-16s %7s %8s %8s %8s %8s%s\n", "class", "images", "img-AUC", "pix-AUC", "AUPRO",
               "img-AP", with_accuracy ? "  cls-acc" : "");
   auto row = [&](const hgad::ClassReport& m) {
@@ -409,6 +418,7 @@ int cmd_test(const Args& args) {
   if (!json_path.empty()) {
     Json j = Json::object();
     j.set("mode", Json::string(hgad::to_string(mode)));
+    j.set("criterion", Json::string(hgad::to_string(criterion)));
     j.set("model", Json::string(model_path));
     j.set("data", Json::string(data));
     j.set("objective", Json::string(hgad::to_string(config.objective)));

@@ -396,6 +396,20 @@ TEST_CASE("HgadModel scores anomalies in the three modes", "[model]") {
         labels.push_back(t.test.labels[static_cast<std::size_t>(rows[i])]);
       }
       const auto a_logp = naive_transductive(logp, 8), a_ent = naive_transductive(negh, 8);
+      // The criterion ablation: either map alone instead of their product.
+      const auto likelihood_only =
+          model.score_set(set, std::vector<std::int64_t>(rows.size(), k), hgad::ScoreMode::transductive, {},
+                          hgad::ScoreCriterion::likelihood);
+      const auto entropy_only =
+          model.score_set(set, std::vector<std::int64_t>(rows.size(), k), hgad::ScoreMode::transductive, {},
+                          hgad::ScoreCriterion::entropy);
+      for (std::size_t i = 0; i < rows.size(); ++i) {
+        for (Index p = 0; p < 64; ++p) {
+          const auto q = static_cast<std::size_t>(p);
+          REQUIRE(double(likelihood_only[i].map.data()[p]) == Approx(a_logp[i][q]).margin(1e-6).epsilon(1e-4));
+          REQUIRE(double(entropy_only[i].map.data()[p]) == Approx(a_ent[i][q]).margin(1e-6).epsilon(1e-4));
+        }
+      }
       for (std::size_t i = 0; i < rows.size(); ++i) {
         double best = 0;
         for (Index p = 0; p < 64; ++p) {
@@ -461,6 +475,65 @@ TEST_CASE("HgadModel scoring from four threads at once gives the sequential resu
       CHECK(same_tensor(run[static_cast<std::size_t>(i)].map,
                         sequential[static_cast<std::size_t>(i)].map));
     }
+}
+
+TEST_CASE("HgadModel is deterministic: byte-identical checkpoints on one thread, scores to 1e-6 on two",
+          "[model]") {
+  // Large enough that the flow, the losses and the scores take their multi-threaded paths (a
+  // batch of 4 images is 1024 rows of D = 16, above the parallel grain).
+  hgad::ModelConfig c;
+  c.levels = {{16, 16, 16}};
+  c.class_names = {"a", "b"};
+  c.features.backbone = "none";
+  c.features.mask_size = 16;
+  c.pos_dim = 8;
+  c.n_blocks = 2;
+  c.n_centers = 3;
+  c.meta_epochs = 3;
+  c.sub_epochs = 1;
+  c.warmup_meta_epochs = 1;
+  c.stage1_meta_epochs = 1;
+  c.lr = 1e-3;
+  c.batch_size = 4;
+  hgad::Rng rng(3);
+  const Index N = 8;
+  std::vector<hgad::Tensor<float>> features = {hgad::Tensor<float>::randn({N, 16, 16, 16}, rng)};
+  std::vector<std::int64_t> classes;
+  for (Index i = 0; i < N; ++i) {
+    classes.push_back(i % 2);
+    for (Index r = 0; r < 256; ++r) features[0].data()[(i * 256 + r) * 16 + i % 2] += 2.0f;
+  }
+  const int threads_before = hgad::max_threads();
+  hgad_test::TempDir dir("model_determinism");
+  auto train = [&](int threads, std::uint64_t seed, const std::string& name) {
+    hgad::set_num_threads(threads);
+    c.seed = seed;
+    hgad::HgadModel<float> model(c);
+    model.fit(features, classes);
+    model.calibrate(features, classes);
+    model.save(dir.file(name));
+    std::vector<double> scores;
+    for (const auto& s : model.score_set(features, classes, hgad::ScoreMode::calibrated)) scores.push_back(s.score);
+    return scores;
+  };
+  const auto a = train(1, 5, "a.hgad");
+  const auto b = train(1, 5, "b.hgad");
+  const auto other = train(1, 6, "other.hgad");
+  const auto two_a = train(2, 5, "two_a.hgad");
+  const auto two_b = train(2, 5, "two_b.hgad");
+  hgad::set_num_threads(threads_before);
+
+  const auto bytes_a = hgad_test::read_bytes(dir.file("a.hgad"));
+  REQUIRE(bytes_a.size() > 1000);
+  CHECK(bytes_a == hgad_test::read_bytes(dir.file("b.hgad")));
+  CHECK(bytes_a != hgad_test::read_bytes(dir.file("other.hgad")));
+  CHECK(a == b);
+  CHECK(a != other);
+  REQUIRE(two_a.size() == two_b.size());
+  for (std::size_t i = 0; i < two_a.size(); ++i) {
+    REQUIRE(std::isfinite(two_a[i]));
+    CHECK(two_a[i] == Approx(two_b[i]).epsilon(1e-6).margin(0));
+  }
 }
 
 TEMPLATE_TEST_CASE("HgadModel checkpoint round trip gives bit-identical scores", "[model]", float,
@@ -541,6 +614,16 @@ TEST_CASE("HgadModel load and feature errors say what is wrong", "[model]") {
   const std::string e = error_of([&] { hgad::HgadModel<float>::load(dir.file("wrong.hgad")); });
   CHECK(e.find("level1.flow.block0.fc1.weight") != std::string::npos);
   CHECK(e.find("(3, 3)") != std::string::npos);
+
+  // A small file whose config asks for a huge model is refused before anything is allocated.
+  hgad::Checkpoint huge = hgad::Checkpoint::load(path);
+  hgad::ModelConfig huge_config = c;
+  huge_config.n_blocks = 100000000;
+  huge.set_text("config", huge_config.to_text());
+  huge.save(dir.file("huge.hgad"));
+  const std::string huge_error = error_of([&] { hgad::HgadModel<float>::load(dir.file("huge.hgad")); });
+  CHECK(huge_error.find("huge.hgad") != std::string::npos);
+  CHECK(huge_error.find("parameter values but the file holds only") != std::string::npos);
 
   hgad::Checkpoint bad_config = hgad::Checkpoint::load(path);
   bad_config.set_text("config", "n_blocks = zero\n");

@@ -146,6 +146,16 @@ class Checkpoint {
     return out;
   }
 
+  /// The number of values held by all tensor entries: what a loader can justify allocating.
+  std::uint64_t tensor_elements() const {
+    std::uint64_t n = 0;
+    for (const auto& [name, e] : m_entries) {
+      if (e.kind == Kind::float32) n += e.raw.size() / 4;
+      if (e.kind == Kind::float64) n += e.raw.size() / 8;
+    }
+    return n;
+  }
+
   const std::string& text(const std::string& name) const { return entry(name, Kind::text).text; }
   /// The tensor stored under `name`, converted to Scalar.
   template <class Scalar>
