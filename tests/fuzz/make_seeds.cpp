@@ -1,11 +1,12 @@
-// Writes the seed corpora of the fuzz targets into <dir>/{npy,image,mvtec}: small valid files made
-// here by hgad's own writers and stb_image_write, never copied data.
+// Writes the seed corpora of the fuzz targets into <dir>/{npy,image,mvtec,checkpoint,config}: small
+// valid files made here by hgad's own writers and stb_image_write, never copied data.
 
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <hgad/io/image.hpp>
 #include <hgad/io/npy.hpp>
+#include <hgad/model/hgad_model.hpp>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -88,5 +89,39 @@ int main(int argc, char** argv) {
   }
   write(dir / "mvtec/zeros", Bytes(128, 0));
   write(dir / "mvtec/ones", Bytes(512, 0xff));
+
+  // Checkpoints (their payloads: fuzz_checkpoint adds the header) and configs of small models: HGAD
+  // and NF, with and without positional encoding, untrained and calibrated.
+  n = 0;
+  for (const auto objective : {hgad::Objective::hgad, hgad::Objective::nf}) {
+    for (const hgad::Index pos_dim : {hgad::Index(0), hgad::Index(4)}) {
+      hgad::ModelConfig c;
+      c.objective = objective;
+      c.levels = {{4, 2, 2}, {6, 1, 1}};
+      c.class_names = {"a", "b"};
+      c.features.backbone = "none";
+      c.features.mask_size = 4;
+      c.pos_dim = pos_dim;
+      c.n_blocks = 1;
+      c.n_centers = 2;
+      c.meta_epochs = 1;
+      c.batch_size = 2;
+      hgad::HgadModel<float> model(c);
+      const auto untrained = model.to_checkpoint().serialize();
+      write(dir / "checkpoint" / ("model" + std::to_string(n++)), Bytes(untrained.begin() + 24, untrained.end()));
+      hgad::Rng data_rng(5);
+      const std::vector<hgad::Tensor<float>> features = {hgad::Tensor<float>::randn({4, 2, 2, 4}, data_rng),
+                                                         hgad::Tensor<float>::randn({4, 1, 1, 6}, data_rng)};
+      model.calibrate(features, {0, 1, 0, 1});
+      const auto calibrated = model.to_checkpoint().serialize();
+      write(dir / "checkpoint" / ("model" + std::to_string(n++)), Bytes(calibrated.begin() + 24, calibrated.end()));
+      const std::string text = c.to_text();
+      write(dir / "config" / ("config" + std::to_string(n)), Bytes(text.begin(), text.end()));
+    }
+  }
+  const std::string demo =
+      "# a comment\nimage_size = 256\nlayers = layer2, layer3\npos_dim = 64\nn_blocks = 4\nlr = 0.0005\n"
+      "classes = a, b, c\nlevels = 128x32x32, 256x16x16\nobjective = nf\nclamp_variant = head\n";
+  write(dir / "config/demo", Bytes(demo.begin(), demo.end()));
   return 0;
 }
