@@ -7,7 +7,12 @@
 ///   train/<config>/threads:<t>  one full train_step in stage 2: fused flow forward, all five loss
 ///                               terms, fused backward, the finiteness checks and Adam;
 ///   infer/<config>/threads:<t>  flow forward + score_log_likelihood (ground-truth class) +
-///                               score_neg_entropy.
+///                               score_neg_entropy;
+///   {train,infer}/<config>/shared_pos/threads:<t>
+///                               the same with the 32 x 32 positional encoding passed once, (1024, P),
+///                               and shared by the B maps, as HgadModel does: the condition's part of
+///                               each block's first layer is computed per position, not per vector.
+///                               The plain variants tile it to (N, P), as the peer does.
 /// items_per_second = vectors/s. Counters (train): flow_fwd_ms, loss_ms, flow_bwd_ms, adam_ms = the
 /// phases of one step (timed separately after the run); prior_adam_share = (loss + Adam) / step;
 /// non_gemm_share_est = 1 − (the step's GEMM flops at the raw SGEMM rate of the same thread count)
@@ -87,8 +92,8 @@ double raw_sgemm_gflops(int threads) {
   return cache[threads] = best;
 }
 
-/// One level with the peer's inputs: x ~ N(0, 1), the 32 x 32 positional encoding tiled over the B
-/// maps, one random class per map.
+/// One level with the peer's inputs: x ~ N(0, 1), the 32 x 32 positional encoding (pe) and tiled over
+/// the B maps (pos), one random class per map.
 struct Level {
   explicit Level(const Config& c)
       : rng(0),
@@ -96,8 +101,8 @@ struct Level {
         prior(c.K, c.M, c.D, rng),
         adam(hgad::make_hgad_adam(flow, prior)),
         x(Tensor<float>::randn({c.N(), c.D}, rng)),
+        pe(hgad::positional_encoding_2d<float>(c.P, c.h, c.w)),
         pos({c.N(), c.P}) {
-    const Tensor<float> pe = hgad::positional_encoding_2d<float>(c.P, c.h, c.w);
     const Index hw = c.h * c.w;
     for (Index b = 0; b < c.B; ++b) {
       std::copy(pe.data(), pe.data() + hw * c.P, pos.data() + b * hw * c.P);
@@ -109,7 +114,8 @@ struct Level {
   hgad::SequenceFlow<float> flow;
   hgad::GaussianMixturePrior<float> prior;
   hgad::Adam<float> adam;
-  Tensor<float> x, pos;
+  Tensor<float> x, pe, pos;
+  const Tensor<float>& condition(bool shared) const { return shared ? pe : pos; }
   std::vector<std::int64_t> labels;
   hgad::SequenceFlowCache<float> cache;
 };
@@ -118,7 +124,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-void train(benchmark::State& state, const Config& c, int threads) {
+void train(benchmark::State& state, const Config& c, int threads, bool shared_pos) {
   const double sgemm = raw_sgemm_gflops(threads);
   hgad::set_num_threads(threads);
   Level level(c);
@@ -126,13 +132,13 @@ void train(benchmark::State& state, const Config& c, int threads) {
   level.adam.set_lr(2e-4);
   std::int64_t step = 0;
   // One untimed step allocates the cache and Adam's moments: the timed steps are the steady state.
-  hgad::train_step(level.flow, level.prior, level.adam, level.x, level.pos, level.labels, 2, options, {0, step++},
+  hgad::train_step(level.flow, level.prior, level.adam, level.x, level.condition(shared_pos), level.labels, 2, options, {0, step++},
                    level.cache);
   cpu().reset_peak_bytes();
   double seconds = 0;
   for (auto _ : state) {
     const auto t0 = std::chrono::steady_clock::now();
-    auto terms = hgad::train_step(level.flow, level.prior, level.adam, level.x, level.pos, level.labels, 2, options,
+    auto terms = hgad::train_step(level.flow, level.prior, level.adam, level.x, level.condition(shared_pos), level.labels, 2, options,
                                   {0, step++}, level.cache);
     seconds += seconds_since(t0);
     benchmark::DoNotOptimize(terms.total);
@@ -145,7 +151,7 @@ void train(benchmark::State& state, const Config& c, int threads) {
   for (int rep = 0; rep < 3; ++rep) {
     level.adam.zero_grad();
     auto t0 = std::chrono::steady_clock::now();
-    const auto r = level.flow.forward_train(level.x, level.pos, level.cache);
+    const auto r = level.flow.forward_train(level.x, level.condition(shared_pos), level.cache);
     phase[0] = std::min(phase[0], seconds_since(t0));
     t0 = std::chrono::steady_clock::now();
     const auto loss = hgad::objective_loss_fused(level.prior, r.out, r.log_jac_det, level.labels, 2, options);
@@ -169,14 +175,14 @@ void train(benchmark::State& state, const Config& c, int threads) {
   state.counters["maxrss_MB"] = max_rss_mb();
 }
 
-void infer(benchmark::State& state, const Config& c, int threads) {
+void infer(benchmark::State& state, const Config& c, int threads, bool shared_pos) {
   const double sgemm = raw_sgemm_gflops(threads);
   hgad::set_num_threads(threads);
   Level level(c);
   double seconds = 0, score_seconds = 0;
   for (auto _ : state) {
     const auto t0 = std::chrono::steady_clock::now();
-    const auto r = level.flow.forward(level.x, level.pos);
+    const auto r = level.flow.forward(level.x, level.condition(shared_pos));
     const auto t1 = std::chrono::steady_clock::now();
     const auto logp = hgad::score_log_likelihood(level.prior, r.out, r.log_jac_det, level.labels);
     const auto neg_h = hgad::score_neg_entropy(level.prior, r.out);
@@ -194,14 +200,17 @@ void infer(benchmark::State& state, const Config& c, int threads) {
 
 const bool registered = [] {
   for (const Config& c : configs) {
-    for (int threads : {1, 2}) {
-      const std::string suffix = std::string(c.name) + "/threads:" + std::to_string(threads);
-      benchmark::RegisterBenchmark(("train/" + suffix).c_str(), train, c, threads)
-          ->Unit(benchmark::kMillisecond)
-          ->UseRealTime();
-      benchmark::RegisterBenchmark(("infer/" + suffix).c_str(), infer, c, threads)
-          ->Unit(benchmark::kMillisecond)
-          ->UseRealTime();
+    for (bool shared_pos : {false, true}) {
+      for (int threads : {1, 2}) {
+        const std::string suffix = std::string(c.name) + (shared_pos ? "/shared_pos" : "") +
+                                   "/threads:" + std::to_string(threads);
+        benchmark::RegisterBenchmark(("train/" + suffix).c_str(), train, c, threads, shared_pos)
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+        benchmark::RegisterBenchmark(("infer/" + suffix).c_str(), infer, c, threads, shared_pos)
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+      }
     }
   }
   return true;
