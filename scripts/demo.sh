@@ -4,7 +4,7 @@
 # prints the per-class table (calibrated mode: every image scored on its own) and writes heat maps of a
 # few test images per class under demo-out/.
 #
-#   scripts/demo.sh                 settings of scripts/demo.cfg (sized for ~15 minutes on 2 cores)
+#   scripts/demo.sh                 settings of scripts/demo.cfg (about 6.5 minutes on 2 cores)
 #   HGAD_DEMO_EPOCHS=8 scripts/demo.sh   more training passes
 #
 # Installs the Debian packages it needs when they are missing (like scripts/test.sh).
