@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <hgad/io/embeddings.hpp>
 #include <hgad/io/npy.hpp>
 #include <string>
@@ -95,6 +96,17 @@ TEST_CASE("Embedding dataset reader rejects inconsistent folders with a clear me
   CHECK(error_for(header +
                   "a,0,0,0,train\na,0,1,0,test\na,0,2,0,train\na,0,3,1,test\nc,1,0,0,train\n")
             .find("c_X.npy") != std::string::npos);
+
+  for (const float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    hgad_test::TempDir dir("embeddings_nan");
+    write_dataset(dir, good_csv);
+    hgad::Tensor<float> x = hgad::load_npy<float>(dir.file("b_X.npy"));
+    x(2, 1) = bad;
+    hgad::save_npy(dir.file("b_X.npy"), x);
+    const std::string e = load_error(dir);
+    CHECK(e.find("b_X.npy' row 2 column 1") != std::string::npos);
+    CHECK(e.find("finite") != std::string::npos);
+  }
 
   hgad_test::TempDir empty("embeddings_none");
   CHECK(load_error(empty).find("unified_split_seed0.csv") != std::string::npos);

@@ -10,7 +10,9 @@
 #include <filesystem>
 #include <fstream>
 #include <hgad/io/image.hpp>
+#include <hgad/io/npy.hpp>
 #include <hgad/model/hgad_model.hpp>
+#include <limits>
 #include <sstream>
 #include <string>
 
@@ -262,4 +264,71 @@ TEST_CASE("hgad program trains, tests, predicts and refuses a model of other fea
   r = run(dir, "test --model '" + model + "' --data '" + data + "' --classes a,zebra");
   CHECK(r.status == 2);
   CHECK(contains(r.err, "zebra"));
+
+  // Damaged model files: truncated, a flipped payload byte (CRC), a newer format version.
+  const auto bytes = hgad_test::read_bytes(model);
+  REQUIRE(bytes.size() > 100);
+  auto damaged = [&](const std::string& name, std::vector<unsigned char> b) {
+    hgad_test::write_bytes(dir.file(name), b);
+    const std::string never = dir.file(name + ".json");
+    Run d = run(dir, "test --model '" + dir.file(name) + "' --data '" + data + "' --json '" + never + "'");
+    CHECK(d.status == 1);
+    CHECK(contains(d.err, name));
+    CHECK_FALSE(fs::exists(never));
+    return d.err;
+  };
+  CHECK(contains(damaged("truncated.hgad", std::vector<unsigned char>(bytes.begin(), bytes.end() - 50)),
+                 "truncated"));
+  auto flipped = bytes;
+  flipped[bytes.size() / 2] ^= 0x40;
+  CHECK(contains(damaged("flipped.hgad", flipped), "CRC32"));
+  auto newer = bytes;
+  newer[8] = 99;  // the little-endian format version follows the 8 magic bytes
+  CHECK(contains(damaged("newer.hgad", newer), "format version 99"));
+
+  // A failed training leaves an existing model untouched.
+  const std::string empty_data = dir.file("empty_data");
+  fs::create_directories(fs::path(empty_data) / "a/train/good");
+  r = run(dir, "train --data '" + empty_data + "' --backbone '" + weights_dir() + "' --out '" + model + "'");
+  CHECK(r.status == 1);
+  CHECK(hgad_test::read_bytes(model) == bytes);
+
+  // Damaged test data: a truncated image, then a mask of the wrong size; each named, no output.
+  const fs::path image = fs::path(data) / "a/test/dent/d1.png";
+  const auto image_bytes = hgad_test::read_bytes(image.string());
+  hgad_test::write_bytes(image.string(), std::vector<unsigned char>(image_bytes.begin(), image_bytes.begin() + 60));
+  const std::string never = dir.file("never2.json");
+  r = run(dir, "test --model '" + model + "' --data '" + data + "' --json '" + never + "'");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "d1.png"));
+  CHECK_FALSE(fs::exists(never));
+  hgad_test::write_bytes(image.string(), image_bytes);
+  const fs::path mask = fs::path(data) / "b/ground_truth/dent/d0_mask.png";
+  hgad::save_png(mask.string(), hgad::Tensor<float>({16, 16}));
+  r = run(dir, "test --model '" + model + "' --data '" + data + "' --json '" + never + "'");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "d0_mask.png"));
+  CHECK_FALSE(fs::exists(never));
+}
+
+TEST_CASE("hgad embeddings names a non-finite feature value", "[model][cli]") {
+  REQUIRE_CLI();
+  hgad_test::TempDir dir("cli_embeddings");
+  std::string csv = "class,class_index,row,y,split\n";
+  for (const std::string c : {"a", "b"}) {
+    hgad::Tensor<float> x({4, 3});
+    for (hgad::Index i = 0; i < x.numel(); ++i) x.data()[i] = float(i % 5);
+    if (c == "b") x(1, 2) = std::numeric_limits<float>::quiet_NaN();
+    hgad::save_npy(dir.file(c + "_X.npy"), x);
+    hgad::save_npy_int64(dir.file(c + "_y.npy"), {0, 0, 0, 1});
+    const std::string index = c == "a" ? "0" : "1";
+    csv += c + "," + index + ",0,0,train\n" + c + "," + index + ",1,0,train\n" + c + "," + index + ",2,0,test\n" +
+           c + "," + index + ",3,1,test\n";
+  }
+  std::ofstream(dir.file("unified_split_seed0.csv")) << csv;
+  const std::string json = dir.file("out.json");
+  const Run r = run(dir, "embeddings --data '" + dir.path().string() + "' --json '" + json + "'");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "b_X.npy' row 1 column 2 is nan"));
+  CHECK_FALSE(fs::exists(json));
 }

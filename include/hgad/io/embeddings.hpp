@@ -20,6 +20,7 @@
 ///     data.classes[0].train;       // (183, 512)
 ///     data.classes[0].test_labels; // 46 zeros and 63 ones, in the CSV's order
 
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -161,6 +162,9 @@ EmbeddingDataset<Scalar> load_embedding_dataset(const std::string& directory) {
     if (data.dim == 0) data.dim = dim;
     check(dim == data.dim, "embeddings: '", x_path.string(), "' has dimension ", dim, " but earlier classes have ",
           data.dim);
+    for (Index i = 0; i < n * dim; ++i)
+      check(std::isfinite(x.data()[i]), "embeddings: '", x_path.string(), "' row ", i / dim, " column ", i % dim,
+            " is ", x.data()[i], " (every value must be finite)");
 
     const std::vector<Row>& class_rows = rows[name];
     std::vector<int> listed(static_cast<std::size_t>(n), 0);
