@@ -114,6 +114,18 @@ std::string format_metric(double v) {
   return buffer;
 }
 
+/// The value of option `name` read by `parse`, or `fallback` when the option is absent; a value
+/// `parse` rejects is a usage error naming the option.
+template <class T, class Parse>
+T parsed_option(const Args& args, const std::string& name, Parse parse, T fallback) {
+  if (!args.has(name)) return fallback;
+  try {
+    return parse(args.get(name, ""));
+  } catch (const hgad::Error& e) {
+    throw UsageError("--" + name + ": " + e.what());
+  }
+}
+
 std::string loss_status(const hgad::FitProgress<Scalar>& p) {
   std::ostringstream s;
   s << "epoch " << p.epoch + 1 << "/" << p.n_epochs << " stage " << p.stage;
@@ -208,13 +220,7 @@ int cmd_train(const Args& args) {
     require_file(file, "--config");
     config = hgad::ModelConfig::from_text(read_text_file(file, "config file"), file);
   }
-  if (args.has("objective")) {
-    try {
-      config.objective = hgad::parse_objective(args.get("objective", ""));
-    } catch (const hgad::Error& e) {
-      throw UsageError(std::string("--objective: ") + e.what());
-    }
-  }
+  config.objective = parsed_option(args, "objective", hgad::parse_objective, config.objective);
   if (args.has("epochs")) apply_epochs(config, args.get_int("epochs", 1, 1, 100000));
   std::vector<std::string> classes;
   if (args.has("classes")) classes = split_names(args.get("classes", ""), "--classes");
@@ -312,22 +318,10 @@ int cmd_test(const Args& args) {
   }
   const std::string model_path = args.required("model");
   const std::string data = args.required("data");
-  hgad::ScoreMode mode = hgad::ScoreMode::calibrated;
-  if (args.has("mode")) {
-    try {
-      mode = hgad::parse_score_mode(args.get("mode", ""));
-    } catch (const hgad::Error& e) {
-      throw UsageError(std::string("--mode: ") + e.what());
-    }
-  }
-  hgad::ScoreCriterion criterion = hgad::ScoreCriterion::product;
-  if (args.has("criterion")) {
-    try {
-      criterion = hgad::parse_score_criterion(args.get("criterion", ""));
-    } catch (const hgad::Error& e) {
-      throw UsageError(std::string("--criterion: ") + e.what());
-    }
-  }
+  const hgad::ScoreMode mode =
+      parsed_option(args, "mode", hgad::parse_score_mode, hgad::ScoreMode::calibrated);
+  const hgad::ScoreCriterion criterion =
+      parsed_option(args, "criterion", hgad::parse_score_criterion, hgad::ScoreCriterion::product);
   std::vector<std::string> only;
   if (args.has("classes")) only = split_names(args.get("classes", ""), "--classes");
   const std::string json_path = args.get("json", "");
@@ -624,13 +618,7 @@ int cmd_embeddings(const Args& args) {
     require_file(file, "--config");
     config = hgad::ModelConfig::from_text(read_text_file(file, "config file"), file, config);
   }
-  if (args.has("objective")) {
-    try {
-      config.objective = hgad::parse_objective(args.get("objective", ""));
-    } catch (const hgad::Error& e) {
-      throw UsageError(std::string("--objective: ") + e.what());
-    }
-  }
+  config.objective = parsed_option(args, "objective", hgad::parse_objective, config.objective);
   if (args.has("epochs")) apply_epochs(config, args.get_int("epochs", 1, 1, 100000));
   require_directory(data, "--data");
 

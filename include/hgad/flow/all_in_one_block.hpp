@@ -18,6 +18,13 @@
 
 namespace hgad {
 
+/// Whether `cond` can condition `rows` input rows of a block with condition size P: it is (rows, P),
+/// or (M, P) with rows a multiple of M, shared periodically (see AllInOneBlock).
+template <class Scalar>
+bool condition_fits(Index rows, const Tensor<Scalar>& cond, Index P) {
+  return cond.rank() == 2 && cond.dim(1) == P && (cond.dim(0) == rows || (cond.dim(0) > 0 && rows % cond.dim(0) == 0));
+}
+
 /// The output of a flow on the autograd path: `out` (z for forward, x for inverse) and the
 /// per-row log|det J| of the map that was applied, (N,).
 template <class Scalar>
@@ -387,10 +394,9 @@ class AllInOneBlock {
     }
   }
   void check_cond(const char* what, const Tensor<Scalar>& x, const Tensor<Scalar>& cond) const {
-    check(cond.rank() == 2 && cond.dim(1) == m_dims.P &&
-              (cond.dim(0) == x.dim(0) || (cond.dim(0) > 0 && x.dim(0) % cond.dim(0) == 0)),
-          "AllInOneBlock::", what, ": condition of shape ", cond.shape().to_string(), ", expected (", x.dim(0), ", ",
-          m_dims.P, "), or (M, ", m_dims.P, ") with ", x.dim(0), " a multiple of M");
+    check(condition_fits(x.dim(0), cond, m_dims.P), "AllInOneBlock::", what, ": condition of shape ",
+          cond.shape().to_string(), ", expected (", x.dim(0), ", ", m_dims.P, "), or (M, ", m_dims.P, ") with ",
+          x.dim(0), " a multiple of M");
   }
 
   /// a = 0.1 (W2 ReLU(W1 [x1 ; c] + b1) + b2) from the passive half x1 and the condition.

@@ -82,10 +82,8 @@ void check_step_inputs(const SequenceFlow<Scalar>& flow, const Tensor<Scalar>& f
   check(features.rank() == 2 && features.cols() == flow.dim() && features.rows() >= 1, where,
         ": features must be (N, D) with D = ", flow.dim(), ", got ", features.shape().to_string());
   // (N, P), or (M, P) shared by the N / M maps of the batch (row n reads row n mod M).
-  const bool cond_ok = flow.cond_dim() == 0
-                           ? cond.numel() == 0
-                           : cond.rank() == 2 && cond.cols() == flow.cond_dim() && cond.rows() >= 1 &&
-                                 features.rows() % cond.rows() == 0;
+  const bool cond_ok =
+      flow.cond_dim() == 0 ? cond.numel() == 0 : condition_fits(features.rows(), cond, flow.cond_dim());
   check(cond_ok, where, ": positional encodings must be (N, P) = (", features.rows(), ", ", flow.cond_dim(),
         ") or (M, P) with N a multiple of M, got ", cond.shape().to_string());
   check(static_cast<Index>(labels.size()) == features.rows(), where, ": ", labels.size(), " labels for ",
