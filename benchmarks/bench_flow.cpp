@@ -6,9 +6,10 @@
 /// each with an (N, P) condition (config 0, 1) and with the (h·w, P) = (1024, P) encoding shared
 /// over 8 maps of 32 x 32 (config 2, 3; the condition's GEMMs run on 1024 rows, so GFLOP/s counts
 /// the flops actually executed and vectors/s is the figure to compare),
-/// on 1 and 2 threads, against the raw Eigen SGEMM rate (8192 x 512 x 1024) measured in the same
-/// program. Counters: items_per_second = vectors/s; GFLOP/s counts the GEMM flops only; sgemm_ratio
-/// = that rate / the raw SGEMM rate on the same thread count (sgemm_GFLOP/s); activations_MB = what the backward keeps
+/// on 1 and 2 threads, against the raw Eigen SGEMM rate (8192 x 512 x 1024) on the same thread count,
+/// measured between the timed passes for as long as they ran (InterleavedSgemm). Counters:
+/// items_per_second = vectors/s; GFLOP/s counts the GEMM flops only; sgemm_GFLOP/s = the
+/// interleaved SGEMM rate; sgemm_ratio = GFLOP/s / sgemm_GFLOP/s; activations_MB = what the backward keeps
 /// (SequenceFlowCache::activation_bytes); peak_MB = the tensor storage one pass needs beyond its
 /// inputs and the parameters: for forward + backward the activations plus the peak of what the pass
 /// allocates on top of them (z, log-det, the gradient buffer); Eigen's per-thread tile scratch and
@@ -69,23 +70,58 @@ double max_rss_mb() {
 
 hgad::CpuBackend<float>& cpu() { return static_cast<hgad::CpuBackend<float>&>(*hgad::cpu_backend<float>()); }
 
-/// GFLOP/s of an 8192 x 512 x 1024 Eigen SGEMM on `threads` threads (best of a few runs), cached.
-double raw_sgemm_gflops(int threads) {
-  static std::map<int, double> cache;
-  if (cache.count(threads)) return cache[threads];
-  hgad::set_num_threads(threads);
+/// The raw Eigen SGEMM reference (8192 x 512 x 1024), run between the timed flow passes so that
+/// it sees the same machine conditions as the flow: on a shared machine a reference measured once,
+/// at another moment, can be off by 20% either way. After each flow pass it runs for about as
+/// long as that pass (at least one product), outside the benchmark's timed region.
+class InterleavedSgemm {
+ public:
   using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  const RowMatrix a = RowMatrix::Random(8192, 512), b = RowMatrix::Random(512, 1024);
-  RowMatrix c(8192, 1024);
-  double best = 0;
-  for (int rep = 0; rep < 5; ++rep) {
+
+  InterleavedSgemm() : m_a(RowMatrix::Random(8192, 512)), m_b(RowMatrix::Random(512, 1024)), m_c(8192, 1024) {}
+
+  /// Runs products for about `budget_seconds` (at least one) and adds them to the totals.
+  void run(double budget_seconds) {
     const auto t0 = std::chrono::steady_clock::now();
-    c.noalias() = a * b;
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    best = std::max(best, 2.0 * 8192 * 512 * 1024 / s * 1e-9);
+    double elapsed = 0;
+    do {
+      m_c.noalias() = m_a * m_b;
+      benchmark::DoNotOptimize(m_c.data());
+      benchmark::ClobberMemory();
+      ++m_products;
+      elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    } while (elapsed < budget_seconds);
+    m_seconds += elapsed;
   }
-  benchmark::DoNotOptimize(c.data());
-  return cache[threads] = best;
+
+  double gflops() const { return m_seconds > 0 ? 2.0 * 8192 * 512 * 1024 * double(m_products) / m_seconds * 1e-9 : 0; }
+
+ private:
+  RowMatrix m_a, m_b, m_c;
+  long m_products = 0;
+  double m_seconds = 0;
+};
+
+/// Times `pass` once per benchmark iteration and the SGEMM reference after it (untimed), and sets
+/// the counters that compare the two: GFLOP/s of the pass, sgemm_GFLOP/s of the interleaved
+/// reference and their ratio.
+template <class Pass>
+void time_against_sgemm(benchmark::State& state, double flops_per_pass, Pass&& pass) {
+  InterleavedSgemm sgemm;
+  double pass_seconds = 0;
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    pass();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    pass_seconds += s;
+    state.PauseTiming();
+    sgemm.run(s);
+    state.ResumeTiming();
+  }
+  const double rate = flops_per_pass * double(state.iterations()) / pass_seconds * 1e-9;
+  state.counters["GFLOP/s"] = rate;
+  state.counters["sgemm_GFLOP/s"] = sgemm.gflops();
+  state.counters["sgemm_ratio"] = rate / sgemm.gflops();
 }
 
 void BM_RawSgemm(benchmark::State& state) {
@@ -122,22 +158,16 @@ struct FlowFixture {
 void BM_FlowForward(benchmark::State& state) {
   const FlowConfig& c = configs[state.range(0)];
   const int threads = int(state.range(1));
-  const double sgemm = raw_sgemm_gflops(threads);
   hgad::set_num_threads(threads);
   FlowFixture f(c);
   cpu().reset_peak_bytes();
   const Index base = cpu().bytes_in_use();
-  const auto t0 = std::chrono::steady_clock::now();
-  for (auto _ : state) {
+  const double flops = forward_flops(c) * double(c.n_blocks) * double(c.N);
+  time_against_sgemm(state, flops, [&] {
     auto r = f.flow.forward(f.x, f.cond);
     benchmark::DoNotOptimize(r.out.data());
-  }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const double flops = forward_flops(c) * double(c.n_blocks) * double(c.N);
-  state.counters["sgemm_ratio"] = flops * double(state.iterations()) / seconds * 1e-9 / sgemm;
+  });
   state.SetItemsProcessed(state.iterations() * c.N);
-  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["sgemm_GFLOP/s"] = sgemm;
   state.counters["peak_MB"] = double(cpu().peak_bytes() - base) / 1e6;
   state.counters["maxrss_MB"] = max_rss_mb();
 }
@@ -145,7 +175,6 @@ void BM_FlowForward(benchmark::State& state) {
 void BM_FlowForwardBackward(benchmark::State& state) {
   const FlowConfig& c = configs[state.range(0)];
   const int threads = int(state.range(1));
-  const double sgemm = raw_sgemm_gflops(threads);
   hgad::set_num_threads(threads);
   FlowFixture f(c);
   hgad::SequenceFlowCache<float> cache;
@@ -157,19 +186,14 @@ void BM_FlowForwardBackward(benchmark::State& state) {
   }
   cpu().reset_peak_bytes();
   const Index base = cpu().bytes_in_use();
-  const auto t0 = std::chrono::steady_clock::now();
-  for (auto _ : state) {
+  const double flops = (forward_flops(c) + backward_flops(c)) * double(c.n_blocks) * double(c.N);
+  time_against_sgemm(state, flops, [&] {
     // L = Σ z²/2 − Σ log|det J|: dL/dz = z, dL/dlog|det J| = −1.
     auto r = f.flow.forward_train(f.x, f.cond, cache);
     auto grad_x = f.flow.backward(cache, r.out, grad_ld);
     benchmark::DoNotOptimize(grad_x.data());
-  }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const double flops = (forward_flops(c) + backward_flops(c)) * double(c.n_blocks) * double(c.N);
-  state.counters["sgemm_ratio"] = flops * double(state.iterations()) / seconds * 1e-9 / sgemm;
+  });
   state.SetItemsProcessed(state.iterations() * c.N);
-  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["sgemm_GFLOP/s"] = sgemm;
   state.counters["activations_MB"] = double(cache.activation_bytes()) / 1e6;
   // The memory of one training step beyond the inputs and parameters: the activations plus the
   // peak of what the step allocates on top of them (outputs, gradient buffers).
