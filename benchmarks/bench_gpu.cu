@@ -1,7 +1,10 @@
 // GPU throughput of HGAD at the paper's configuration (ALGORITHM.md §2.1, §4, §8): the training
 // step of level 0 (D = 200, P = 256, 12 blocks, K = 15, M = 10, N = 32768 = 8 images x 64 x 64)
 // and inference (flows + scores) of 1024^2 images through the three-level pyramid
-// (64^2 + 32^2 + 16^2 = 5376 vectors per image). Prints readable lines and one JSON line
+// (64^2 + 32^2 + 16^2 = 5376 vectors per image), and the backbone on the GPU: ResNet-18 to layer3
+// (stride 16) on the image pyramid 1024^2, 512^2, 256^2, which gives exactly those three maps (with
+// 256 channels where the paper's EfficientNet stage has 200; random weights, which do not change
+// the speed). Prints readable lines and one JSON line
 // ("BENCH_GPU_JSON {...}") for scripts/gpu_check.sh.
 //
 //   bench_gpu [--steps S] [--batches B] [--images-per-batch I] [--quick]
@@ -16,7 +19,9 @@
 #include <string>
 #include <vector>
 
+#include <hgad/backbone/resnet.hpp>
 #include <hgad/cuda/cuda_level.cuh>
+#include <hgad/cuda/cuda_resnet.cuh>
 #include <hgad/flow/positional_encoding.hpp>
 
 namespace {
@@ -171,7 +176,43 @@ int main(int argc, char** argv) {
               "%.3f ms per batch, %.1f images/s, %.0f vectors/s, %.1f TFLOP/s executed, allocator peak %.2f GiB\n",
               static_cast<long long>(vectors_per_image), static_cast<long long>(I), batch_s * 1e3, images_per_s,
               images_per_s * double(vectors_per_image), infer_flops / batch_s / 1e12, infer_peak_gib);
-  std::printf("backbone: not on the GPU in this build (images/s above count the flows and scores only)\n");
+  levels.clear();
+  features.clear();
+
+  // ---- Backbone: ResNet-18 to layer3 on the three-level image pyramid ------------------------
+  const hgad::ResNetArch arch = hgad::ResNetArch::resnet18;
+  const hgad::ResNetStage stage = hgad::ResNetStage::layer3;
+  hgad::Rng weight_rng(5);
+  const auto weights = hgad::ResNet<float>::random_weights(arch, stage, weight_rng);
+  const hgad::ResNet<float> flop_counter(arch, weights, stage);
+  hgad::cuda::CudaResNet<float> net(arch, weights, stage, hgad::cuda::CudaBackboneExec<float>(backend));
+  std::vector<hgad::Tensor<float>> pyramid;
+  double backbone_flops = 0;
+  for (Index size : {Index(1024), Index(512), Index(256)}) {
+    pyramid.push_back(hgad::Tensor<float>::randn({I, 3, size, size}, rng).to(backend));
+    backbone_flops += double(I) * double(flop_counter.flops(size, size, stage));
+  }
+  const auto backbone = [&]() {
+    for (const auto& images : pyramid) {
+      auto maps = net.forward(images, {stage});
+      (void)maps;
+    }
+    backend->synchronize();
+  };
+  backbone();
+  allocator.reset_peak();
+  t0 = Clock::now();
+  for (int i = 0; i < args.batches; ++i) backbone();
+  const double backbone_s = seconds_since(t0) / args.batches;
+  const double backbone_images_per_s = double(I) / backbone_s;
+  const double backbone_peak_gib = double(allocator.peak_bytes_in_use()) / double(1 << 30);
+  // Images in, maps out: the backbone and the flows + scores run one after the other per batch.
+  const double end_to_end_images_per_s = double(I) / (backbone_s + batch_s);
+  std::printf("backbone (ResNet-18 to layer3 on 1024^2, 512^2, 256^2, %lld images per batch): %.3f ms per batch, "
+              "%.1f images/s, %.1f TFLOP/s, allocator peak %.2f GiB\n",
+              static_cast<long long>(I), backbone_s * 1e3, backbone_images_per_s, backbone_flops / backbone_s / 1e12,
+              backbone_peak_gib);
+  std::printf("end to end (backbone + flows + scores): %.1f images/s\n", end_to_end_images_per_s);
 
   std::printf(
       "BENCH_GPU_JSON {\"device\": \"%s\", \"train_N\": %lld, \"train_ms\": %.4f, \"train_vectors_per_s\": %.1f, "
@@ -179,10 +220,12 @@ int main(int argc, char** argv) {
       "\"train_peak_gib\": %.3f, \"train_device_used_gib\": %.3f, \"train_mallocs_in_loop\": %zu, "
       "\"infer_images_per_batch\": %lld, \"infer_ms_per_batch\": %.4f, \"infer_images_per_s\": %.2f, "
       "\"infer_vectors_per_s\": %.1f, \"infer_tflops_executed\": %.3f, \"infer_peak_gib\": %.3f, "
-      "\"backbone\": false}\n",
+      "\"backbone\": true, \"backbone_ms_per_batch\": %.4f, \"backbone_images_per_s\": %.2f, "
+      "\"backbone_tflops\": %.3f, \"backbone_peak_gib\": %.3f, \"end_to_end_images_per_s\": %.2f}\n",
       device.c_str(), static_cast<long long>(N), step_s * 1e3, double(N) / step_s, gemm_flops / step_s / 1e12,
       dense_flops / step_s / 1e12, step_tf32_s * 1e3, train_peak_gib, train_used_gib, mallocs_in_loop,
       static_cast<long long>(I), batch_s * 1e3, images_per_s, images_per_s * double(vectors_per_image),
-      infer_flops / batch_s / 1e12, infer_peak_gib);
+      infer_flops / batch_s / 1e12, infer_peak_gib, backbone_s * 1e3, backbone_images_per_s,
+      backbone_flops / backbone_s / 1e12, backbone_peak_gib, end_to_end_images_per_s);
   return 0;
 }

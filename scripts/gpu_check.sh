@@ -80,7 +80,7 @@ if [ -z "$eigen" ] || [ -z "$catch" ]; then
 else
   echo "== build for sm_${cc} (timeout $(phase_time 300 150) s)"
   t0=$(date +%s)
-  sources=(tests/cuda/main.cu tests/cuda/backend.test.cu tests/cuda/level.test.cu benchmarks/bench_gpu.cu)
+  sources=(tests/cuda/main.cu tests/cuda/backend.test.cu tests/cuda/level.test.cu tests/cuda/backbone.test.cu benchmarks/bench_gpu.cu)
   pids=()
   for s in "${sources[@]}"; do
     obj="$build/$(basename "$s" .cu).o"
@@ -93,7 +93,7 @@ else
   done
   cat "$build"/*.log > "$logs/build.log" 2>/dev/null
   if [ "$ok" = 1 ]; then
-    nvcc $arch "$build/main.o" "$build/backend.test.o" "$build/level.test.o" -o "$tests_bin" -lcublas -Xcompiler=-fopenmp >> "$logs/build.log" 2>&1 || ok=0
+    nvcc $arch "$build/main.o" "$build/backend.test.o" "$build/level.test.o" "$build/backbone.test.o" -o "$tests_bin" -lcublas -Xcompiler=-fopenmp >> "$logs/build.log" 2>&1 || ok=0
     nvcc $arch "$build/bench_gpu.o" -o "$bench_bin" -lcublas -Xcompiler=-fopenmp >> "$logs/build.log" 2>&1 || ok=0
   fi
   if [ "$ok" = 1 ]; then
@@ -176,6 +176,10 @@ if b.get("device"):
           f"cudaMalloc calls in the timed loop {b.get('train_mallocs_in_loop')}; with TF32 GEMMs {f(b, 'train_tf32_ms')} ms")
     print(f"inference (3 levels, 1024^2 images, flows + scores, no backbone): hgad {f(b, 'infer_images_per_s', '.1f')} images/s "
           f"({f(b, 'infer_vectors_per_s', ',.0f')} vectors/s, {f(b, 'infer_tflops_executed', '.1f')} TFLOP/s, peak {f(b, 'infer_peak_gib')} GiB)")
+    if b.get("backbone"):
+        print(f"backbone on the GPU (ResNet-18 to layer3 on the 1024^2/512^2/256^2 pyramid): {f(b, 'backbone_images_per_s', '.1f')} images/s, "
+              f"{f(b, 'backbone_tflops', '.1f')} TFLOP/s, peak {f(b, 'backbone_peak_gib')} GiB; end to end (images in, scores out) "
+              f"{f(b, 'end_to_end_images_per_s', '.1f')} images/s")
 if t.get("device"):
     print(f"pytorch {t.get('torch')} eager float32: train {f(t, 'train_ms')} ms = {f(t, 'train_vectors_per_s', ',.0f')} vectors/s "
           f"(peak {f(t, 'train_peak_gib')} GiB); inference {f(t, 'infer_images_per_s', '.1f')} images/s (peak {f(t, 'infer_peak_gib')} GiB)")

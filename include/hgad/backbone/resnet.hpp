@@ -149,37 +149,117 @@ struct ResNetSpec {
   }
 };
 
-/// The names and shapes of every weight tensor of `arch` up to stage `last`, in forward order
-/// (torchvision `state_dict` keys; files are `<key>.npy`).
-inline std::vector<std::pair<std::string, Shape>> resnet_weight_shapes(ResNetArch arch,
-                                                                       ResNetStage last) {
+/// One convolution of a ResNet: its state_dict name (without ".weight" / ".bias"), channels,
+/// square kernel and stride; the padding is kernel / 2.
+struct ResNetConvShape {
+  std::string name;
+  Index out_channels = 0, in_channels = 0, kernel = 1, stride = 1;
+};
+
+/// One residual block: conv1 and conv2 (BasicBlock), plus conv3 (Bottleneck), and the 1×1
+/// shortcut convolution of the first block of a layer whose stride or channel count changes.
+struct ResNetBlockShape {
+  ResNetConvShape conv1, conv2, conv3, downsample;
+  bool has_downsample = false;
+  bool has_conv3() const { return !conv3.name.empty(); }
+};
+
+/// The convolutions of `arch` up to stage `last`: the stem and the blocks of each layer.
+struct ResNetLayout {
+  ResNetConvShape stem;
+  std::vector<std::vector<ResNetBlockShape>> layers;  ///< layers[l - 1]: the blocks of layer l
+};
+
+inline ResNetLayout resnet_layout(ResNetArch arch, ResNetStage last) {
   const ResNetSpec spec = ResNetSpec::of(arch);
-  std::vector<std::pair<std::string, Shape>> out;
-  auto conv = [&](const std::string& name, Index o, Index i, Index k) {
-    out.emplace_back(name + ".weight", Shape{o, i, k, k});
-    out.emplace_back(name + ".bias", Shape{o});
-  };
-  conv("conv1", 64, 3, 7);
+  ResNetLayout layout;
+  layout.stem = {"conv1", 64, 3, 7, 2};
   Index in = 64;
   for (int l = 1; l <= static_cast<int>(last); ++l) {
     const Index planes = Index(64) << (l - 1), out_ch = planes * spec.expansion();
     const Index width = planes * spec.width_per_group / 64;
+    std::vector<ResNetBlockShape> blocks;
     for (int i = 0; i < spec.n_blocks[static_cast<std::size_t>(l - 1)]; ++i) {
       const std::string p = "layer" + std::to_string(l) + "." + std::to_string(i) + ".";
-      const bool first_strided = i == 0 && l > 1;
+      const Index stride = (i == 0 && l > 1) ? 2 : 1;
+      ResNetBlockShape b;
       if (spec.bottleneck) {
-        conv(p + "conv1", width, in, 1);
-        conv(p + "conv2", width, width, 3);
-        conv(p + "conv3", out_ch, width, 1);
+        b.conv1 = {p + "conv1", width, in, 1, 1};
+        b.conv2 = {p + "conv2", width, width, 3, stride};
+        b.conv3 = {p + "conv3", out_ch, width, 1, 1};
       } else {
-        conv(p + "conv1", planes, in, 3);
-        conv(p + "conv2", planes, planes, 3);
+        b.conv1 = {p + "conv1", planes, in, 3, stride};
+        b.conv2 = {p + "conv2", planes, planes, 3, 1};
       }
-      if (i == 0 && (first_strided || in != out_ch)) conv(p + "downsample.0", out_ch, in, 1);
+      if (i == 0 && (stride != 1 || in != out_ch)) {
+        b.downsample = {p + "downsample.0", out_ch, in, 1, stride};
+        b.has_downsample = true;
+      }
+      blocks.push_back(std::move(b));
       in = out_ch;
+    }
+    layout.layers.push_back(std::move(blocks));
+  }
+  return layout;
+}
+
+/// The blocks of `layout` as `Block`s (members conv1, conv2, conv3, downsample, has_downsample),
+/// each convolution made by take(const ResNetConvShape&): one construction for the CPU ResNet and
+/// the GPU backbone.
+template <class Block, class Take>
+std::vector<std::vector<Block>> build_resnet_blocks(const ResNetLayout& layout, Take&& take) {
+  std::vector<std::vector<Block>> layers;
+  for (const auto& layer : layout.layers) {
+    std::vector<Block> blocks;
+    for (const ResNetBlockShape& shape : layer) {
+      Block b;
+      b.conv1 = take(shape.conv1);
+      b.conv2 = take(shape.conv2);
+      if (shape.has_conv3()) b.conv3 = take(shape.conv3);
+      if (shape.has_downsample) b.downsample = take(shape.downsample);
+      b.has_downsample = shape.has_downsample;
+      blocks.push_back(std::move(b));
+    }
+    layers.push_back(std::move(blocks));
+  }
+  return layers;
+}
+
+/// The names and shapes of every weight tensor of `arch` up to stage `last`, in forward order
+/// (torchvision `state_dict` keys; files are `<key>.npy`).
+inline std::vector<std::pair<std::string, Shape>> resnet_weight_shapes(ResNetArch arch,
+                                                                       ResNetStage last) {
+  std::vector<std::pair<std::string, Shape>> out;
+  auto conv = [&](const ResNetConvShape& c) {
+    out.emplace_back(c.name + ".weight", Shape{c.out_channels, c.in_channels, c.kernel, c.kernel});
+    out.emplace_back(c.name + ".bias", Shape{c.out_channels});
+  };
+  const ResNetLayout layout = resnet_layout(arch, last);
+  conv(layout.stem);
+  for (const auto& layer : layout.layers) {
+    for (const ResNetBlockShape& b : layer) {
+      conv(b.conv1);
+      conv(b.conv2);
+      if (b.has_conv3()) conv(b.conv3);
+      if (b.has_downsample) conv(b.downsample);
     }
   }
   return out;
+}
+
+/// The weight tensors of `arch` up to `last` from `dir`, one `<key>.npy` per tensor named as in
+/// resnet_weight_shapes; a missing file is an error naming the file and the expected shape.
+template <class Scalar>
+std::map<std::string, Tensor<Scalar>> load_resnet_weights(ResNetArch arch, const std::string& dir,
+                                                          ResNetStage last = ResNetStage::layer3) {
+  std::map<std::string, Tensor<Scalar>> map;
+  for (const auto& [name, shape] : resnet_weight_shapes(arch, last)) {
+    const std::string path = dir + "/" + name + ".npy";
+    check(std::ifstream(path).good(), "ResNet: missing weight file '", path, "' for tensor '", name,
+          "', expected shape ", shape.to_string());
+    map.emplace(name, load_npy<Scalar>(path));
+  }
+  return map;
 }
 
 /// A frozen torchvision ResNet up to a chosen stage, evaluated in inference mode.
@@ -192,7 +272,7 @@ class ResNet {
   /// Throws hgad::Error naming the file when one is missing or unreadable, and naming the tensor,
   /// the expected and the found shape when one has the wrong shape.
   ResNet(ResNetArch arch, const std::string& weights_dir, ResNetStage last = ResNetStage::layer3)
-      : ResNet(arch, load_weights(arch, weights_dir, last), last, weights_dir) {}
+      : ResNet(arch, load_resnet_weights<Scalar>(arch, weights_dir, last), last, weights_dir) {}
 
   /// Takes the weights from `tensors`, keyed by state_dict name ("conv1.weight", ...); entries
   /// beyond stage `last` are ignored.
@@ -344,15 +424,16 @@ class ResNet {
 
   ResNet(ResNetArch arch, const TensorMap& tensors, ResNetStage last, const std::string& dir)
       : m_arch(arch), m_spec(ResNetSpec::of(arch)), m_last(last) {
-    auto take = [&](const std::string& name, Index o, Index i, Index k, Index stride) {
+    auto take = [&](const ResNetConvShape& shape) {
       Conv c;
-      c.name = name;
-      c.weight = fetch(tensors, name + ".weight", Shape{o, i, k, k}, dir);
-      c.bias = fetch(tensors, name + ".bias", Shape{o}, dir);
+      c.name = shape.name;
+      const Index o = shape.out_channels, i = shape.in_channels, k = shape.kernel;
+      c.weight = fetch(tensors, shape.name + ".weight", Shape{o, i, k, k}, dir);
+      c.bias = fetch(tensors, shape.name + ".bias", Shape{o}, dir);
       c.out_channels = o;
       c.in_channels = i;
       c.kernel = k;
-      c.stride = stride;
+      c.stride = shape.stride;
       c.padding = k / 2;
       if constexpr (std::is_same_v<Scalar, float>) {
         if (packed_conv_preferred())
@@ -360,33 +441,9 @@ class ResNet {
       }
       return c;
     };
-    m_stem = take("conv1", 64, 3, 7, 2);
-    Index in = 64;
-    for (int l = 1; l <= static_cast<int>(last); ++l) {
-      const Index planes = Index(64) << (l - 1), out_ch = planes * m_spec.expansion();
-      const Index width = planes * m_spec.width_per_group / 64;
-      std::vector<Block> blocks;
-      for (int i = 0; i < m_spec.n_blocks[static_cast<std::size_t>(l - 1)]; ++i) {
-        const std::string p = "layer" + std::to_string(l) + "." + std::to_string(i) + ".";
-        const Index stride = (i == 0 && l > 1) ? 2 : 1;
-        Block b;
-        if (m_spec.bottleneck) {
-          b.conv1 = take(p + "conv1", width, in, 1, 1);
-          b.conv2 = take(p + "conv2", width, width, 3, stride);
-          b.conv3 = take(p + "conv3", out_ch, width, 1, 1);
-        } else {
-          b.conv1 = take(p + "conv1", planes, in, 3, stride);
-          b.conv2 = take(p + "conv2", planes, planes, 3, 1);
-        }
-        if (i == 0 && (stride != 1 || in != out_ch)) {
-          b.downsample = take(p + "downsample.0", out_ch, in, 1, stride);
-          b.has_downsample = true;
-        }
-        blocks.push_back(std::move(b));
-        in = out_ch;
-      }
-      m_layers.push_back(std::move(blocks));
-    }
+    const ResNetLayout layout = resnet_layout(arch, last);
+    m_stem = take(layout.stem);
+    m_layers = build_resnet_blocks<Block>(layout, take);
   }
 
   static Tensor<Scalar> fetch(const TensorMap& tensors, const std::string& key,
@@ -400,17 +457,6 @@ class ResNet {
     check(it->second.device() == Device::cpu, "ResNet: weight tensor '", key,
           "' must be a CPU tensor");
     return it->second;
-  }
-
-  static TensorMap load_weights(ResNetArch arch, const std::string& dir, ResNetStage last) {
-    TensorMap map;
-    for (const auto& [name, shape] : resnet_weight_shapes(arch, last)) {
-      const std::string path = dir + "/" + name + ".npy";
-      check(std::ifstream(path).good(), "ResNet: missing weight file '", path, "' for tensor '",
-            name, "', expected shape ", shape.to_string());
-      map.emplace(name, load_npy<Scalar>(path));
-    }
-    return map;
   }
 
   /// act(conv(x) + bias + residual) into a new activation.
