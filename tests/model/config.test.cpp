@@ -49,6 +49,7 @@ TEST_CASE("ModelConfig defaults are HGAD's hyper-parameters", "[model]") {
   CHECK(c.weight_decay == 1e-4);
   CHECK(c.batch_size == 8);
   CHECK(c.total_epochs() == 200);
+  CHECK(c.calibration_baseline == hgad::CalibrationBaseline::none);
   CHECK_NOTHROW(c.validate(false));
   CHECK_THROWS_AS(c.validate(true), hgad::Error);
 }
@@ -60,6 +61,7 @@ TEST_CASE("ModelConfig text form round-trips every field exactly", "[model]") {
   c.clamp_variant = hgad::SoftClamp::head;
   c.label_smoothing = 0.1;
   c.lr_decay_rate = 0.3;
+  c.calibration_baseline = hgad::CalibrationBaseline::position;
   c.features.resize_mode = "shorter_side_crop";
   c.features.layers = {"layer3"};
   c.features.pyramid_levels = 2;
@@ -74,6 +76,7 @@ TEST_CASE("ModelConfig text form round-trips every field exactly", "[model]") {
   CHECK(back.class_names == c.class_names);
   CHECK(back.features == c.features);
   CHECK(back.objective == hgad::Objective::nf);
+  CHECK(back.calibration_baseline == hgad::CalibrationBaseline::position);
   CHECK(back == c);
 }
 
@@ -120,6 +123,7 @@ TEST_CASE("ModelConfig parse errors name the source, the line, the key and the v
   CHECK(parse("levels = 128x32\n").find("dim x height x width") != std::string::npos);
   CHECK(parse("seed = -1\n").find("non-negative") != std::string::npos);
   CHECK(parse("resize_mode = crop\n").find("stretch or shorter_side_crop") != std::string::npos);
+  CHECK(parse("calibration_baseline = mean\n").find("none or position") != std::string::npos);
 }
 
 TEST_CASE("ModelConfig validation names the key and the offending value", "[model]") {

@@ -74,6 +74,12 @@ struct FeatureSettings {
   friend bool operator!=(const FeatureSettings& a, const FeatureSettings& b) { return !(a == b); }
 };
 
+/// What the calibrated maps are measured against (ModelConfig::calibration_baseline).
+enum class CalibrationBaseline {
+  none,      ///< the raw maps, normalised as ALGORITHM.md §5 step 4 with frozen constants
+  position,  ///< each raw map minus its per-position mean over the calibration images first
+};
+
 /// Every setting of an HgadModel. A default-constructed config has HGAD's hyper-parameters and
 /// no levels or classes; fill those from the data before constructing a model.
 struct ModelConfig {
@@ -113,6 +119,15 @@ struct ModelConfig {
   /// training (0: all of them). Not in the paper (ALGORITHM.md §9.2 asks for a replacement of the
   /// transductive normalisation); the constants are maxima, so a subset is a cheap estimate.
   Index calibration_images = 0;
+
+  /// Calibrated and label-free modes: subtract from each raw map, position by position, its mean
+  /// over the class's calibration images before the §5 normalisation (`position`), or not (`none`,
+  /// the paper's maps). Not in the paper: the flow's likelihood carries a positional bias (lowest
+  /// at the border of the feature map, where the backbone's zero padding acts, in normal and
+  /// defective images alike), and the image score, a maximum over positions, then often measures
+  /// that bias instead of the defect; the per-position mean of normal images removes it, as a
+  /// per-position Gaussian (PaDiM) does by construction. The transductive mode never uses it.
+  CalibrationBaseline calibration_baseline = CalibrationBaseline::none;
 
   FeatureSettings features;
 
@@ -338,6 +353,7 @@ inline std::string ModelConfig::to_text() const {
   line("batch_size", std::to_string(batch_size));
   line("seed", std::to_string(seed));
   line("calibration_images", std::to_string(calibration_images));
+  line("calibration_baseline", calibration_baseline == CalibrationBaseline::none ? "none" : "position");
   line("backbone", features.backbone);
   line("layers", join(features.layers));
   line("pyramid_levels", std::to_string(features.pyramid_levels));
@@ -452,6 +468,13 @@ inline ModelConfig ModelConfig::from_text(const std::string& text, const std::st
       if (!detail::parse_uint64(value, c.seed)) bad("a non-negative integer");
     } else if (key == "calibration_images") {
       as_index(c.calibration_images);
+    } else if (key == "calibration_baseline") {
+      if (value == "none")
+        c.calibration_baseline = CalibrationBaseline::none;
+      else if (value == "position")
+        c.calibration_baseline = CalibrationBaseline::position;
+      else
+        bad("none or position");
     } else if (key == "backbone") {
       c.features.backbone = value;
     } else if (key == "layers") {

@@ -164,6 +164,10 @@ struct ClassCalibration {
   /// The largest image score of the calibration images under these constants: the scale of a
   /// normal image (heat-map colouring, thresholds).
   double train_score_max = 0;
+  /// Per level (H_l · W_l, row-major): the mean raw map of the calibration images, subtracted from
+  /// an image's raw maps before the normalisation (ModelConfig::calibration_baseline = position);
+  /// empty otherwise, and empty for the negative entropy of the NF objective.
+  std::vector<std::vector<double>> log_likelihood_baseline, neg_entropy_baseline;
 };
 
 template <class Scalar>
@@ -441,6 +445,8 @@ class HgadModel {
   /// frozen constants it keeps the product of two negative maps of a very normal image from turning
   /// positive. The HGAD map is A_logp ⊙ A_ent (or one of them, by `criterion`), the NF map A_logp
   /// alone; the score is the map's maximum.
+  /// With per-position baselines in `constants`, each raw map is first taken relative to them
+  /// (ModelConfig::calibration_baseline).
   ScoredImage<Scalar> anomaly_map(const RawScores<Scalar>& raw, const ClassCalibration& constants,
                                   ScoreCriterion criterion = ScoreCriterion::product) const {
     ScoredImage<Scalar> out;
@@ -451,13 +457,15 @@ class HgadModel {
     Scalar* a = out.map.data();
     const Index n = out.map.numel();
     if (likelihood) {
-      const Tensor<Scalar> lik = calibrated_anomaly_map(one_image_levels(raw.log_likelihood),
-                                                        constants.log_likelihood, options);
+      const Tensor<Scalar> lik = calibrated_anomaly_map(
+          one_image_levels(relative_to_baseline(raw.log_likelihood, constants.log_likelihood_baseline)),
+          constants.log_likelihood, options);
       for (Index i = 0; i < n; ++i) a[i] = std::max(lik.data()[i], Scalar(0));
     }
     if (entropy) {
-      const Tensor<Scalar> ent =
-          calibrated_anomaly_map(one_image_levels(raw.neg_entropy), constants.neg_entropy, options);
+      const Tensor<Scalar> ent = calibrated_anomaly_map(
+          one_image_levels(relative_to_baseline(raw.neg_entropy, constants.neg_entropy_baseline)),
+          constants.neg_entropy, options);
       for (Index i = 0; i < n; ++i) a[i] *= std::max(ent.data()[i], Scalar(0));
     }
     out.score = double(*std::max_element(a, a + n));
@@ -532,7 +540,7 @@ class HgadModel {
   }
 
   /// Computes and stores the calibrated-mode constants from training (normal) images: for each
-  /// class the constants of fit_constants over its training images (at most
+  /// class the per-position baselines (when configured) and the constants of fit_constants over its training images (at most
   /// config.calibration_images of them, the first in order, 0 meaning all), and over the union of
   /// those images for the class-agnostic entry K (used by the NF objective in label-free mode).
   void calibrate(const std::vector<Tensor<Scalar>>& features,
@@ -565,14 +573,10 @@ class HgadModel {
         raws.push_back(raw_scores(image_view(features, i), y));
         if (on_image) on_image(++done, total);
       }
-      result[static_cast<std::size_t>(y)] = fit_constants(raws);
-      result[static_cast<std::size_t>(y)].train_score_max =
-          max_score(raws, result[static_cast<std::size_t>(y)]);
+      result[static_cast<std::size_t>(y)] = calibration_from(raws);
       for (auto& r : raws) all.push_back(std::move(r));
     }
-    result[static_cast<std::size_t>(K)] = fit_constants(all);
-    result[static_cast<std::size_t>(K)].train_score_max =
-        max_score(all, result[static_cast<std::size_t>(K)]);
+    result[static_cast<std::size_t>(K)] = calibration_from(all);
     m_calibration = std::move(result);
   }
 
@@ -619,6 +623,24 @@ class HgadModel {
       ckpt.set_tensor("calibration.level_max", level_max);
       ckpt.set_tensor("calibration.sum_max", sum_max);
       ckpt.set_tensor("calibration.train_score_max", train_score_max);
+      if (m_config.calibration_baseline == CalibrationBaseline::position) {
+        // Per level (2, K + 1, H W): likelihood and negative-entropy baselines, NaN where absent.
+        for (Index l = 0; l < L; ++l) {
+          const LevelSpec& s = m_config.levels[static_cast<std::size_t>(l)];
+          const Index hw = s.height * s.width;
+          Tensor<double> baseline({2, K + 1, hw});
+          for (Index k = 0; k <= K; ++k) {
+            const ClassCalibration& cal = m_calibration[static_cast<std::size_t>(k)];
+            const std::vector<std::vector<double>>* parts[2] = {&cal.log_likelihood_baseline,
+                                                                &cal.neg_entropy_baseline};
+            for (Index t = 0; t < 2; ++t)
+              for (Index j = 0; j < hw; ++j)
+                baseline(t, k, j) = parts[t]->empty() ? std::numeric_limits<double>::quiet_NaN()
+                                                      : (*parts[t])[static_cast<std::size_t>(l)][static_cast<std::size_t>(j)];
+          }
+          ckpt.set_tensor(baseline_key(l), baseline);
+        }
+      }
     }
     return ckpt;
   }
@@ -714,8 +736,39 @@ class HgadModel {
           for (Index l = 0; l < L; ++l) parts[t]->level_max.push_back(level_max(t, k, l));
         }
       }
+      if (config.calibration_baseline == CalibrationBaseline::position) {
+        for (Index l = 0; l < L; ++l) {
+          const LevelSpec& s = config.levels[static_cast<std::size_t>(l)];
+          const Index hw = s.height * s.width;
+          const std::string key = baseline_key(l);
+          check(ckpt.has(key), "'", name, "' lacks the entry '", key,
+                "' its configuration (calibration_baseline = position) needs");
+          const Tensor<double> baseline = ckpt.tensor<double>(key);
+          check(baseline.shape() == Shape({2, K + 1, hw}), "'", name, "': ", key, " has shape ",
+                baseline.shape().to_string(), ", expected (2, ", K + 1, ", ", hw, ")");
+          for (Index k = 0; k <= K; ++k) {
+            ClassCalibration& cal = model.m_calibration[static_cast<std::size_t>(k)];
+            std::vector<std::vector<double>>* parts[2] = {&cal.log_likelihood_baseline, &cal.neg_entropy_baseline};
+            for (Index t = 0; t < 2; ++t) {
+              if (std::isnan(sum_max(t, k))) continue;
+              std::vector<double> values(static_cast<std::size_t>(hw));
+              for (Index j = 0; j < hw; ++j) {
+                values[static_cast<std::size_t>(j)] = baseline(t, k, j);
+                check(std::isfinite(values[static_cast<std::size_t>(j)]), "'", name, "': ", key,
+                      " holds a non-finite value at (", t, ", ", k, ", ", j, ")");
+              }
+              parts[t]->push_back(std::move(values));
+            }
+          }
+        }
+      }
     }
     return model;
+  }
+
+  /// The checkpoint entry of level l's per-position calibration baselines.
+  static std::string baseline_key(Index l) {
+    return "calibration.position_baseline.level" + std::to_string(l);
   }
 
   /// The text of the checkpoint's "format" entry of a model file.
@@ -734,6 +787,69 @@ class HgadModel {
     double best = 0;
     for (const auto& raw : raws) best = std::max(best, anomaly_map(raw, constants).score);
     return best;
+  }
+
+  /// The calibration of one set of normal images: the per-position baselines (when configured),
+  /// the §5 constants of the maps relative to them, and the largest image score of the set.
+  ClassCalibration calibration_from(const std::vector<RawScores<Scalar>>& raws) const {
+    ClassCalibration k;
+    if (m_config.calibration_baseline == CalibrationBaseline::position) {
+      k.log_likelihood_baseline = position_means(raws, false);
+      if (!raws.front().neg_entropy.empty()) k.neg_entropy_baseline = position_means(raws, true);
+      std::vector<RawScores<Scalar>> relative;
+      for (const auto& raw : raws) {
+        RawScores<Scalar> r;
+        r.log_likelihood = relative_to_baseline(raw.log_likelihood, k.log_likelihood_baseline);
+        r.neg_entropy = relative_to_baseline(raw.neg_entropy, k.neg_entropy_baseline);
+        relative.push_back(std::move(r));
+      }
+      const ClassCalibration fitted = fit_constants(relative);
+      k.log_likelihood = fitted.log_likelihood;
+      k.neg_entropy = fitted.neg_entropy;
+    } else {
+      const ClassCalibration fitted = fit_constants(raws);
+      k.log_likelihood = fitted.log_likelihood;
+      k.neg_entropy = fitted.neg_entropy;
+    }
+    k.train_score_max = max_score(raws, k);
+    return k;
+  }
+
+  /// Per level, the mean over `raws` of each position of the likelihood (or negative-entropy) map.
+  std::vector<std::vector<double>> position_means(const std::vector<RawScores<Scalar>>& raws, bool entropy) const {
+    std::vector<std::vector<double>> means;
+    for (Index l = 0; l < n_levels(); ++l) {
+      const LevelSpec& s = m_config.levels[static_cast<std::size_t>(l)];
+      std::vector<double> sum(static_cast<std::size_t>(s.height * s.width), 0.0);
+      for (const auto& raw : raws) {
+        const Tensor<Scalar>& m = (entropy ? raw.neg_entropy : raw.log_likelihood)[static_cast<std::size_t>(l)];
+        for (std::size_t j = 0; j < sum.size(); ++j) sum[j] += double(m.data()[j]);
+      }
+      for (double& v : sum) v /= double(raws.size());
+      means.push_back(std::move(sum));
+    }
+    return means;
+  }
+
+  /// maps − baseline, position by position (new tensors); the maps themselves when `baseline` is
+  /// empty.
+  static std::vector<Tensor<Scalar>> relative_to_baseline(const std::vector<Tensor<Scalar>>& maps,
+                                                          const std::vector<std::vector<double>>& baseline) {
+    if (baseline.empty()) return maps;
+    check(baseline.size() == maps.size(), "HgadModel: ", baseline.size(), " baseline levels for ", maps.size(),
+          " maps");
+    std::vector<Tensor<Scalar>> out;
+    for (std::size_t l = 0; l < maps.size(); ++l) {
+      const Tensor<Scalar>& m = maps[l];
+      const std::vector<double>& b = baseline[l];
+      check(static_cast<Index>(b.size()) == m.numel(), "HgadModel: a baseline of ", b.size(),
+            " positions for a map of shape ", m.shape().to_string());
+      Tensor<Scalar> r = Tensor<Scalar>::empty(m.shape());
+      for (Index j = 0; j < m.numel(); ++j)
+        r.data()[j] = static_cast<Scalar>(double(m.data()[j]) - b[static_cast<std::size_t>(j)]);
+      out.push_back(std::move(r));
+    }
+    return out;
   }
 
   AnomalyMapOptions map_options() const {
