@@ -16,7 +16,7 @@
 ///
 ///     hgad::cuda::CudaResNet<float> net(hgad::ResNetArch::resnet18,
 ///                                       hgad::load_resnet_weights<float>(hgad::ResNetArch::resnet18, dir),
-///                                       hgad::ResNetStage::layer3, gpu);
+///                                       hgad::ResNetStage::layer3, hgad::cuda::CudaBackboneExec<float>(gpu));
 ///     auto feats = net.forward(images, {hgad::ResNetStage::layer3});  // on the GPU, (B, C, h, w)
 
 #include <algorithm>
