@@ -24,7 +24,6 @@
 
 #include <Eigen/Core>
 #include <chrono>
-#include <map>
 
 #include "hgad/cpu_backend.hpp"
 #include "hgad/detail/parallel.hpp"
@@ -70,31 +69,38 @@ double max_rss_mb() {
 
 hgad::CpuBackend<float>& cpu() { return static_cast<hgad::CpuBackend<float>&>(*hgad::cpu_backend<float>()); }
 
-/// The raw Eigen SGEMM reference (8192 x 512 x 1024), run between the timed flow passes so that
-/// it sees the same machine conditions as the flow: on a shared machine a reference measured once,
-/// at another moment, can be off by 20% either way. After each flow pass it runs for about as
-/// long as that pass (at least one product), outside the benchmark's timed region.
+/// The raw Eigen SGEMM reference, 8192 x 512 x 1024. BM_RawSgemm times it alone; the flow
+/// benchmarks run it between their timed passes (run()) so that it sees the same machine
+/// conditions as the flow: on a shared machine a reference measured once, at another moment, can
+/// be off by 20% either way. After each flow pass it runs for about as long as that pass (at least
+/// one product), outside the benchmark's timed region.
 class InterleavedSgemm {
  public:
   using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  static constexpr double flops = 2.0 * 8192 * 512 * 1024;  ///< of one product
 
   InterleavedSgemm() : m_a(RowMatrix::Random(8192, 512)), m_b(RowMatrix::Random(512, 1024)), m_c(8192, 1024) {}
+
+  /// One product.
+  void product() {
+    m_c.noalias() = m_a * m_b;
+    benchmark::DoNotOptimize(m_c.data());
+    benchmark::ClobberMemory();
+  }
 
   /// Runs products for about `budget_seconds` (at least one) and adds them to the totals.
   void run(double budget_seconds) {
     const auto t0 = std::chrono::steady_clock::now();
     double elapsed = 0;
     do {
-      m_c.noalias() = m_a * m_b;
-      benchmark::DoNotOptimize(m_c.data());
-      benchmark::ClobberMemory();
+      product();
       ++m_products;
       elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     } while (elapsed < budget_seconds);
     m_seconds += elapsed;
   }
 
-  double gflops() const { return m_seconds > 0 ? 2.0 * 8192 * 512 * 1024 * double(m_products) / m_seconds * 1e-9 : 0; }
+  double gflops() const { return m_seconds > 0 ? flops * double(m_products) / m_seconds * 1e-9 : 0; }
 
  private:
   RowMatrix m_a, m_b, m_c;
@@ -125,18 +131,11 @@ void time_against_sgemm(benchmark::State& state, double flops_per_pass, Pass&& p
 }
 
 void BM_RawSgemm(benchmark::State& state) {
-  const int threads = int(state.range(0));
-  hgad::set_num_threads(threads);
-  using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  const RowMatrix a = RowMatrix::Random(8192, 512), b = RowMatrix::Random(512, 1024);
-  RowMatrix c(8192, 1024);
-  for (auto _ : state) {
-    c.noalias() = a * b;
-    benchmark::DoNotOptimize(c.data());
-    benchmark::ClobberMemory();
-  }
+  hgad::set_num_threads(int(state.range(0)));
+  InterleavedSgemm sgemm;
+  for (auto _ : state) sgemm.product();
   state.counters["GFLOP/s"] =
-      benchmark::Counter(2.0 * 8192 * 512 * 1024 * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+      benchmark::Counter(InterleavedSgemm::flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 struct FlowFixture {

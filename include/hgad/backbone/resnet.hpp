@@ -247,6 +247,21 @@ inline std::vector<std::pair<std::string, Shape>> resnet_weight_shapes(ResNetArc
   return out;
 }
 
+/// Tensor `key` of `tensors`, which must be a CPU tensor of shape `expected`; errors name the key,
+/// the file it came from (when `dir` is not empty) and both shapes.
+template <class Scalar>
+const Tensor<Scalar>& resnet_weight(const std::map<std::string, Tensor<Scalar>>& tensors, const std::string& key,
+                                    const Shape& expected, const std::string& dir = "") {
+  const std::string where = dir.empty() ? "" : " (file '" + dir + "/" + key + ".npy')";
+  const auto it = tensors.find(key);
+  check(it != tensors.end(), "ResNet: missing weight tensor '", key, "'", where, ", expected shape ",
+        expected.to_string());
+  check(it->second.shape() == expected, "ResNet: weight tensor '", key, "'", where, " has shape ",
+        it->second.shape().to_string(), ", expected ", expected.to_string());
+  check(it->second.device() == Device::cpu, "ResNet: weight tensor '", key, "' must be a CPU tensor");
+  return it->second;
+}
+
 /// The weight tensors of `arch` up to `last` from `dir`, one `<key>.npy` per tensor named as in
 /// resnet_weight_shapes; a missing file is an error naming the file and the expected shape.
 template <class Scalar>
@@ -428,8 +443,8 @@ class ResNet {
       Conv c;
       c.name = shape.name;
       const Index o = shape.out_channels, i = shape.in_channels, k = shape.kernel;
-      c.weight = fetch(tensors, shape.name + ".weight", Shape{o, i, k, k}, dir);
-      c.bias = fetch(tensors, shape.name + ".bias", Shape{o}, dir);
+      c.weight = resnet_weight(tensors, shape.name + ".weight", Shape{o, i, k, k}, dir);
+      c.bias = resnet_weight(tensors, shape.name + ".bias", Shape{o}, dir);
       c.out_channels = o;
       c.in_channels = i;
       c.kernel = k;
@@ -444,19 +459,6 @@ class ResNet {
     const ResNetLayout layout = resnet_layout(arch, last);
     m_stem = take(layout.stem);
     m_layers = build_resnet_blocks<Block>(layout, take);
-  }
-
-  static Tensor<Scalar> fetch(const TensorMap& tensors, const std::string& key,
-                              const Shape& expected, const std::string& dir) {
-    const std::string where = dir.empty() ? "" : " (file '" + dir + "/" + key + ".npy')";
-    const auto it = tensors.find(key);
-    check(it != tensors.end(), "ResNet: missing weight tensor '", key, "'", where,
-          ", expected shape ", expected.to_string());
-    check(it->second.shape() == expected, "ResNet: weight tensor '", key, "'", where, " has shape ",
-          it->second.shape().to_string(), ", expected ", expected.to_string());
-    check(it->second.device() == Device::cpu, "ResNet: weight tensor '", key,
-          "' must be a CPU tensor");
-    return it->second;
   }
 
   /// act(conv(x) + bias + residual) into a new activation.

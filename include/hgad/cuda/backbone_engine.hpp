@@ -50,8 +50,8 @@ class BackboneEngine {
     auto take = [&](const ResNetConvShape& shape) {
       Conv c;
       const Index o = shape.out_channels, i = shape.in_channels, k = shape.kernel;
-      c.weight = fetch(weights, shape.name + ".weight", Shape{o, i, k, k});
-      c.bias = fetch(weights, shape.name + ".bias", Shape{o});
+      c.weight = resnet_weight(weights, shape.name + ".weight", Shape{o, i, k, k}).to(m_exec.backend_ptr());
+      c.bias = resnet_weight(weights, shape.name + ".bias", Shape{o}).to(m_exec.backend_ptr());
       c.out_channels = o;
       c.in_channels = i;
       c.kernel = k;
@@ -128,15 +128,6 @@ class BackboneEngine {
     Tensor<Scalar> data;
     Index channels = 0, batch = 0, height = 0, width = 0;
   };
-
-  Tensor<Scalar> fetch(const TensorMap& weights, const std::string& key, const Shape& expected) const {
-    const auto it = weights.find(key);
-    check(it != weights.end(), "BackboneEngine: missing weight tensor '", key, "', expected shape ",
-          expected.to_string());
-    check(it->second.shape() == expected, "BackboneEngine: weight tensor '", key, "' has shape ",
-          it->second.shape().to_string(), ", expected ", expected.to_string());
-    return it->second.to(m_exec.backend_ptr());
-  }
 
   /// act(conv(x) + bias + residual): im2col (or x itself for 1×1 / stride 1), one GEMM per group
   /// of images whose im2col fits in m_max_col elements, then the epilogue over the whole output.

@@ -796,24 +796,21 @@ class HgadModel {
     if (m_config.calibration_baseline == CalibrationBaseline::position) {
       k.log_likelihood_baseline = position_means(raws, false);
       if (!raws.front().neg_entropy.empty()) k.neg_entropy_baseline = position_means(raws, true);
-      std::vector<RawScores<Scalar>> relative;
-      for (const auto& raw : raws) {
-        RawScores<Scalar> r;
-        r.log_likelihood = relative_to_baseline(raw.log_likelihood, k.log_likelihood_baseline);
-        r.neg_entropy = relative_to_baseline(raw.neg_entropy, k.neg_entropy_baseline);
-        relative.push_back(std::move(r));
-      }
-      const ClassCalibration fitted = fit_constants(relative);
-      k.log_likelihood = fitted.log_likelihood;
-      k.neg_entropy = fitted.neg_entropy;
-    } else {
-      const ClassCalibration fitted = fit_constants(raws);
-      k.log_likelihood = fitted.log_likelihood;
-      k.neg_entropy = fitted.neg_entropy;
     }
+    std::vector<RawScores<Scalar>> relative;  // the raw maps themselves without baselines
+    for (const auto& raw : raws) {
+      RawScores<Scalar> r;
+      r.log_likelihood = relative_to_baseline(raw.log_likelihood, k.log_likelihood_baseline);
+      r.neg_entropy = relative_to_baseline(raw.neg_entropy, k.neg_entropy_baseline);
+      relative.push_back(std::move(r));
+    }
+    const ClassCalibration fitted = fit_constants(relative);
+    k.log_likelihood = fitted.log_likelihood;
+    k.neg_entropy = fitted.neg_entropy;
     k.train_score_max = max_score(raws, k);
     return k;
   }
+
 
   /// Per level, the mean over `raws` of each position of the likelihood (or negative-entropy) map.
   std::vector<std::vector<double>> position_means(const std::vector<RawScores<Scalar>>& raws, bool entropy) const {
