@@ -797,7 +797,7 @@ class HgadModel {
       k.log_likelihood_baseline = position_means(raws, false);
       if (!raws.front().neg_entropy.empty()) k.neg_entropy_baseline = position_means(raws, true);
     }
-    std::vector<RawScores<Scalar>> relative;  // the raw maps themselves without baselines
+    std::vector<RawScores<Scalar>> relative;  // the raw maps when there are no baselines
     for (const auto& raw : raws) {
       RawScores<Scalar> r;
       r.log_likelihood = relative_to_baseline(raw.log_likelihood, k.log_likelihood_baseline);
@@ -810,7 +810,6 @@ class HgadModel {
     k.train_score_max = max_score(raws, k);
     return k;
   }
-
 
   /// Per level, the mean over `raws` of each position of the likelihood (or negative-entropy) map.
   std::vector<std::vector<double>> position_means(const std::vector<RawScores<Scalar>>& raws, bool entropy) const {
