@@ -232,7 +232,7 @@ int cmd_train(const Args& args) {
   hgad::MvtecOptions options;
   options.classes = classes;
   const hgad::MvtecDataset train(data, hgad::Split::train, options);
-  config.class_names = train.class_names();
+  config.set_classes_from_folders(train.class_names());
   auto fx = hgad::make_extractor<Scalar>(config.features, backbone);
   config.levels = hgad::feature_levels(*fx, config.features);
   config.validate(true);
@@ -257,6 +257,8 @@ int cmd_train(const Args& args) {
                                       [&](Index done, Index) { bar.update(done); });
     bar.finish();
   }
+  for (std::int64_t& label : set.classes)  // folder index -> the model's class (its group's)
+    label = config.class_of(train.class_names()[static_cast<std::size_t>(label)]);
   Model model(config);
   {
     const Index B = std::min<Index>(config.batch_size, set.size());
@@ -294,7 +296,7 @@ const std::vector<OptionSpec> test_options = {
     {"data", "DIR", "dataset root in MVTec layout (<class>/test/..., <class>/ground_truth/...)"},
     {"mode", "MODE", "transductive | calibrated | label-free (default calibrated)"},
     {"criterion", "C", "product (HGAD, default) | likelihood | entropy: the maps combined"},
-    {"classes", "A,B,...", "test only these of the model's classes"},
+    {"classes", "A,B,...", "test only these of the model's classes (or of its groups' folders)"},
     {"json", "FILE", "also write every metric per class and the mean as JSON"},
     {"backbone", "DIR", "ResNet weights folder (default: the one recorded at training)"},
     {"cache", "DIR", "keep the backbone features in DIR and reuse them when nothing changed"},
@@ -338,11 +340,9 @@ int cmd_test(const Args& args) {
     std::fprintf(stderr,
                  "hgad test: note: the NF baseline has no class model; label-free scoring uses the "
                  "class-agnostic constants\n");
-  std::vector<std::string> classes = only.empty() ? config.class_names : only;
+  std::vector<std::string> classes = only.empty() ? config.folder_names() : only;
   for (const auto& c : classes)
-    if (std::find(config.class_names.begin(), config.class_names.end(), c) ==
-        config.class_names.end())
-      throw UsageError("--classes: the model knows no class '" + c + "'");
+    if (config.class_of(c) < 0) throw UsageError("--classes: the model knows no class '" + c + "'");
   const std::string backbone = backbone_dir_for(args, model);
   auto fx = hgad::make_extractor<Scalar>(config.features, backbone);
   hgad::check_backbone_matches(config, *fx);
@@ -354,9 +354,7 @@ int cmd_test(const Args& args) {
   std::vector<hgad::ClassReport> results;
   for (Index c = 0; c < test.n_classes(); ++c) {
     const std::string& name = test.class_names()[static_cast<std::size_t>(c)];
-    const auto model_class = static_cast<std::int64_t>(
-        std::find(config.class_names.begin(), config.class_names.end(), name) -
-        config.class_names.begin());
+    const std::int64_t model_class = config.class_of(name);
     const std::vector<Index> indices = test.indices_of_class(c);
     hgad::ExtractedImages<Scalar> set;
     {
@@ -467,10 +465,8 @@ int cmd_predict(const Args& args) {
   std::int64_t class_index = -1;
   if (args.has("class")) {
     const std::string name = args.get("class", "");
-    const auto it = std::find(config.class_names.begin(), config.class_names.end(), name);
-    if (it == config.class_names.end())
-      throw UsageError("--class: the model knows no class '" + name + "'");
-    class_index = it - config.class_names.begin();
+    class_index = config.class_of(name);
+    if (class_index < 0) throw UsageError("--class: the model knows no class '" + name + "'");
   }
   const hgad::ScoreMode mode =
       class_index >= 0 ? hgad::ScoreMode::calibrated : hgad::ScoreMode::label_free;
@@ -620,6 +616,9 @@ int cmd_embeddings(const Args& args) {
   }
   config.objective = parsed_option(args, "objective", hgad::parse_objective, config.objective);
   if (args.has("epochs")) apply_epochs(config, args.get_int("epochs", 1, 1, 100000));
+  if (!config.class_groups.empty())
+    throw UsageError("--config: hgad embeddings trains on each class of the embeddings; class "
+                     "groups (group." + config.class_groups[0].name + ") are for hgad train");
   require_directory(data, "--data");
 
   const auto dataset = hgad::load_embedding_dataset<Scalar>(data);

@@ -15,6 +15,7 @@
 #include <limits>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "io/temp_dir.hpp"
 
@@ -308,6 +309,58 @@ TEST_CASE("hgad program trains, tests, predicts and refuses a model of other fea
   r = run(dir, "test --model '" + model + "' --data '" + data + "' --json '" + never + "'");
   CHECK(r.status == 1);
   CHECK(contains(r.err, "d0_mask.png"));
+  CHECK_FALSE(fs::exists(never));
+}
+
+TEST_CASE("hgad program trains a class group as one class and reports its folders one by one",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  if (!fs::exists(weights_dir())) {
+    WARN("skipped: " << weights_dir() << " is absent");
+    return;
+  }
+  hgad_test::TempDir dir("cli_group");
+  write_dataset(dir.path() / "data");
+  fs::copy(dir.path() / "data/a", dir.path() / "data/c", fs::copy_options::recursive);
+  std::ofstream(dir.file("group.cfg")) << tiny_config << "group.ab = a, b\n";
+  const std::string data = dir.file("data"), model = dir.file("model.hgad");
+  Run r = run(dir, "train --data '" + data + "' --backbone '" + weights_dir() + "' --out '" +
+                       model + "' --config '" + dir.file("group.cfg") + "' --threads 2");
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  CHECK(contains(r.out, "2 classes"));
+
+  r = run(dir, "info '" + model + "'");
+  CHECK(contains(r.out, "classes = ab, c\n"));
+  CHECK(contains(r.out, "group.ab = a, b\n"));
+
+  r = run(dir, "test --model '" + model + "' --data '" + data + "' --mode label-free");
+  INFO(r.err);
+  CHECK(r.status == 0);
+  std::istringstream table(r.out);
+  std::vector<std::string> rows;
+  for (std::string line; std::getline(table, line);) rows.push_back(line.substr(0, line.find(' ')));
+  CHECK(rows == std::vector<std::string>{"mode", "class", "a", "b", "c", "mean"});
+  CHECK(contains(r.out, "cls-acc"));
+
+  r = run(dir, "test --model '" + model + "' --data '" + data + "' --classes b");
+  CHECK(r.status == 0);
+  CHECK(contains(r.out, "\nb "));
+  CHECK_FALSE(contains(r.out, "\na "));
+
+  r = run(dir, "predict --model '" + model + "' --class a --out '" + dir.file("heat") + "' '" +
+                   data + "/a/test/dent/d0.png'");
+  INFO(r.err);
+  CHECK(r.status == 0);
+  CHECK(contains(r.out, "\tab\t"));
+
+  // A group naming a folder that is not there: one message, no model.
+  std::ofstream(dir.file("bad.cfg")) << tiny_config << "group.ab = a, d\n";
+  const std::string never = dir.file("never.hgad");
+  r = run(dir, "train --data '" + data + "' --backbone '" + weights_dir() + "' --out '" + never +
+                   "' --config '" + dir.file("bad.cfg") + "'");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "group.ab = d"));
   CHECK_FALSE(fs::exists(never));
 }
 

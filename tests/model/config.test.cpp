@@ -172,3 +172,66 @@ TEST_CASE("ModelConfig validation names the key and the offending value", "[mode
           c.objective = hgad::Objective::nf;
         }).empty());
 }
+
+TEST_CASE("ModelConfig class groups: text form, folder lookup and training classes", "[model]") {
+  hgad::ModelConfig c = small_config();
+  c.class_groups = {{"pcb", {"pcb1", "pcb2", "pcb3"}}};
+  c.set_classes_from_folders({"kolektor", "magnetic_tile", "pcb1", "pcb2", "pcb3"});
+  CHECK(c.class_names == std::vector<std::string>{"kolektor", "magnetic_tile", "pcb"});
+  CHECK_NOTHROW(c.validate());
+  CHECK(c.class_of("kolektor") == 0);
+  CHECK(c.class_of("pcb1") == 2);
+  CHECK(c.class_of("pcb3") == 2);
+  CHECK(c.class_of("pcb") == 2);
+  CHECK(c.class_of("pcb4") == -1);
+  CHECK(c.folder_names() ==
+        std::vector<std::string>{"kolektor", "magnetic_tile", "pcb1", "pcb2", "pcb3"});
+
+  // Classes take the order of their first folder.
+  c.set_classes_from_folders({"pcb2", "kolektor", "pcb1", "pcb3", "magnetic_tile"});
+  CHECK(c.class_names == std::vector<std::string>{"pcb", "kolektor", "magnetic_tile"});
+
+  const std::string text = c.to_text();
+  CHECK(text.find("group.pcb = pcb1, pcb2, pcb3\n") != std::string::npos);
+  const hgad::ModelConfig back = hgad::ModelConfig::from_text(text, "roundtrip");
+  CHECK(back.class_groups == c.class_groups);
+  CHECK(back == c);
+
+  const hgad::ModelConfig user =
+      hgad::ModelConfig::from_text("group.boards = b1, b2\ngroup.tiles = t1\n", "user.cfg");
+  REQUIRE(user.class_groups.size() == 2);
+  CHECK(user.class_groups[0] == hgad::ClassGroup{"boards", {"b1", "b2"}});
+  CHECK(user.class_groups[1] == hgad::ClassGroup{"tiles", {"t1"}});
+  CHECK_NOTHROW(user.validate(false));
+
+  // A group member that is not among the training folders is named.
+  hgad::ModelConfig missing = user;
+  const std::string e = error_of([&] { missing.set_classes_from_folders({"b1", "t1"}); });
+  CHECK(e.find("group.boards = b2") != std::string::npos);
+  CHECK(e.find("no class folder") != std::string::npos);
+}
+
+TEST_CASE("ModelConfig class-group validation names the group and the folder", "[model]") {
+  auto validate = [](const std::vector<hgad::ClassGroup>& groups,
+                     std::vector<std::string> classes = {"a", "g", "h"}) {
+    hgad::ModelConfig c = small_config();
+    c.class_names = std::move(classes);
+    c.class_groups = groups;
+    return error_of([&] { c.validate(); });
+  };
+  CHECK(validate({{"g", {"x", "y"}}, {"h", {"z"}}}).empty());
+  CHECK(validate({{"g", {}}}).find("group.g") != std::string::npos);
+  CHECK(validate({{"g", {}}}).find("at least one class folder") != std::string::npos);
+  CHECK(validate({{"q", {"x"}}}).find("not among the classes") != std::string::npos);
+  CHECK(validate({{"g", {"x"}}, {"g", {"y"}}}).find("defined twice") != std::string::npos);
+  CHECK(validate({{"g", {"x,y"}}}).find("group.g = x,y") != std::string::npos);
+  CHECK(validate({{"g", {"a"}}}).find("group.g = a: the folder is a class of its own") !=
+        std::string::npos);
+  CHECK(validate({{"g", {"x", "x"}}}).find("listed twice") != std::string::npos);
+  CHECK(validate({{"g", {"x"}}, {"h", {"x"}}}).find("group.h = x") != std::string::npos);
+  CHECK(validate({{"g", {"x"}}, {"h", {"x"}}}).find("also in group.g") != std::string::npos);
+  CHECK(validate({{"g", {"h"}}, {"h", {"y"}}}).find("group.g = h") != std::string::npos);
+  CHECK(validate({{"", {"x"}}}).find("group name") != std::string::npos);
+  CHECK(error_of([] { hgad::ModelConfig::from_text("group.g = x\ngroup.g = y\n", "x.cfg"); })
+            .find("key 'group.g' is set twice") != std::string::npos);
+}

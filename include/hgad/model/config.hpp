@@ -23,7 +23,9 @@
 /// sub-epochs, 2 warm-up and 2 stage-1 meta-epochs, lr 2e-4, Adam betas (0.95, 0.99), coupled
 /// weight decay 1e-4 on the flows, batch size 8, seed 0, P = 256.
 
+#include <algorithm>
 #include <charconv>
+#include <cstddef>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -80,6 +82,22 @@ enum class CalibrationBaseline {
   position,  ///< each raw map minus its per-position mean over the calibration images first
 };
 
+/// Several class folders trained under one label: one class of the model (one centre μ, one
+/// intra-class mixture, one set of calibration constants) standing for all of them. HGAD pushes
+/// the centres of its classes apart (L_mi, ALGORITHM.md §3.3); classes whose normal images look
+/// alike position by position (three similar circuit boards, say) then cost the flow the density
+/// it should model, and one label for them avoids that. The method takes its classes as given;
+/// which folders to group is the user's choice. Tested folders are scored, and reported, one by
+/// one with their group's class.
+struct ClassGroup {
+  std::string name;                  ///< the model's class (an entry of class_names)
+  std::vector<std::string> members;  ///< the class folders it stands for
+
+  friend bool operator==(const ClassGroup& a, const ClassGroup& b) {
+    return a.name == b.name && a.members == b.members;
+  }
+};
+
 /// Every setting of an HgadModel. A default-constructed config has HGAD's hyper-parameters and
 /// no levels or classes; fill those from the data before constructing a model.
 struct ModelConfig {
@@ -88,6 +106,8 @@ struct ModelConfig {
   // Data: one flow and one prior per level; class names in class-index order.
   std::vector<LevelSpec> levels;
   std::vector<std::string> class_names;
+  /// Classes that stand for several folders (`group.NAME = folder, folder, ...` in the text form).
+  std::vector<ClassGroup> class_groups;
 
   // Flow (ALGORITHM.md §2).
   Index pos_dim = 256;  ///< P, the positional-encoding dimension (0: unconditional flows)
@@ -135,6 +155,48 @@ struct ModelConfig {
   Index n_classes() const { return static_cast<Index>(class_names.size()); }
   /// Passes over the training data: meta_epochs · sub_epochs.
   Index total_epochs() const { return meta_epochs * sub_epochs; }
+
+  /// The class of the model that scores folder (or class) `name`: its group's class when a group
+  /// lists it, else the class of that name; -1 when the model has neither.
+  Index class_of(const std::string& name) const {
+    std::string target = name;
+    for (const ClassGroup& g : class_groups)
+      if (std::find(g.members.begin(), g.members.end(), name) != g.members.end()) target = g.name;
+    const auto it = std::find(class_names.begin(), class_names.end(), target);
+    return it == class_names.end() ? -1 : static_cast<Index>(it - class_names.begin());
+  }
+
+  /// The folders the classes stand for, in class order: a group's members in its place.
+  std::vector<std::string> folder_names() const {
+    std::vector<std::string> out;
+    for (const std::string& c : class_names) {
+      const auto g = std::find_if(class_groups.begin(), class_groups.end(),
+                                  [&](const ClassGroup& x) { return x.name == c; });
+      if (g == class_groups.end())
+        out.push_back(c);
+      else
+        out.insert(out.end(), g->members.begin(), g->members.end());
+    }
+    return out;
+  }
+
+  /// Sets class_names from the folders of a training set: each folder's group's name, or the
+  /// folder's own, in the order of first appearance. Every member of every group must be among
+  /// `folders`; an absent one throws hgad::Error naming the group and the folder.
+  void set_classes_from_folders(const std::vector<std::string>& folders) {
+    for (const ClassGroup& g : class_groups)
+      for (const std::string& m : g.members)
+        check(std::find(folders.begin(), folders.end(), m) != folders.end(), "config: group.",
+              g.name, " = ", m, ": no class folder of that name is being trained on");
+    class_names.clear();
+    for (const std::string& f : folders) {
+      std::string name = f;
+      for (const ClassGroup& g : class_groups)
+        if (std::find(g.members.begin(), g.members.end(), f) != g.members.end()) name = g.name;
+      if (std::find(class_names.begin(), class_names.end(), name) == class_names.end())
+        class_names.push_back(name);
+    }
+  }
 
   /// Checks every value; throws hgad::Error naming the key and the offending value.
   /// `require_data` also demands at least one level and one class (a config a model can be built
@@ -257,6 +319,33 @@ inline void ModelConfig::validate(bool require_data) const {
       if (class_names[a] == class_names[b])
         fail("classes", class_names[a], "the class appears twice");
   }
+  for (std::size_t a = 0; a < class_groups.size(); ++a) {
+    const ClassGroup& g = class_groups[a];
+    const std::string key = "group." + g.name;
+    if (!detail::is_plain_name(g.name))
+      fail(key, "", "a group name must be non-empty and use only letters, digits, '_', '-', '.'");
+    if (g.members.empty()) fail(key, "", "a group needs at least one class folder");
+    if (!class_names.empty() &&
+        std::find(class_names.begin(), class_names.end(), g.name) == class_names.end())
+      fail(key, "", "the group is not among the classes");
+    for (std::size_t b = 0; b < a; ++b)
+      if (class_groups[b].name == g.name) fail(key, "", "the group is defined twice");
+    for (std::size_t i = 0; i < g.members.size(); ++i) {
+      const std::string& m = g.members[i];
+      if (!detail::is_plain_name(m))
+        fail(key, m, "a class folder name must be non-empty and use only letters, digits, '_', '-', '.'");
+      if (std::find(class_names.begin(), class_names.end(), m) != class_names.end())
+        fail(key, m, "the folder is a class of its own as well");
+      for (std::size_t b = 0; b <= a; ++b) {
+        const auto& other = class_groups[b].members;
+        const auto end = b == a ? other.begin() + static_cast<std::ptrdiff_t>(i) : other.end();
+        if (std::find(other.begin(), end, m) != end)
+          fail(key, m, "the folder is listed twice (also in group." + class_groups[b].name + ")");
+      }
+      for (const ClassGroup& h : class_groups)
+        if (h.name == m) fail(key, m, "the folder has the name of a group");
+    }
+  }
   if (objective == Objective::hgad) {
     for (const LevelSpec& s : levels)
       if (!class_names.empty() && n_classes() > 2 * s.dim)
@@ -314,7 +403,7 @@ inline void ModelConfig::validate(bool require_data) const {
 
 inline std::string ModelConfig::to_text() const {
   std::ostringstream out;
-  auto line = [&out](const char* key, const std::string& value) {
+  auto line = [&out](const std::string& key, const std::string& value) {
     out << key << " = " << value << "\n";
   };
   auto join = [](const std::vector<std::string>& items) {
@@ -332,6 +421,7 @@ inline std::string ModelConfig::to_text() const {
   line("objective", to_string(objective));
   line("levels", join(level_text));
   line("classes", join(class_names));
+  for (const ClassGroup& g : class_groups) line("group." + g.name, join(g.members));
   line("pos_dim", std::to_string(pos_dim));
   line("n_blocks", std::to_string(n_blocks));
   line("clamp", d2s(clamp));
@@ -421,6 +511,8 @@ inline ModelConfig ModelConfig::from_text(const std::string& text, const std::st
       }
     } else if (key == "classes") {
       c.class_names = detail::split_list(value);
+    } else if (key.rfind("group.", 0) == 0) {
+      c.class_groups.push_back(ClassGroup{key.substr(6), detail::split_list(value)});
     } else if (key == "pos_dim") {
       as_index(c.pos_dim);
     } else if (key == "n_blocks") {
