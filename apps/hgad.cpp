@@ -617,8 +617,8 @@ int cmd_embeddings(const Args& args) {
   config.objective = parsed_option(args, "objective", hgad::parse_objective, config.objective);
   if (args.has("epochs")) apply_epochs(config, args.get_int("epochs", 1, 1, 100000));
   if (!config.class_groups.empty())
-    throw UsageError("--config: hgad embeddings trains on each class of the embeddings; class "
-                     "groups (group." + config.class_groups[0].name + ") are for hgad train");
+    throw UsageError("--config: class groups (group." + config.class_groups[0].name +
+                     ") are for hgad train; hgad embeddings trains on each class on its own");
   require_directory(data, "--data");
 
   const auto dataset = hgad::load_embedding_dataset<Scalar>(data);

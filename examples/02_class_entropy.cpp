@@ -32,7 +32,8 @@ int main(int argc, char** argv) {
                    argv[1]);
       return 1;
     }
-    std::printf("mean class-posterior entropy of each class's normal training positions, per level\n");
+    std::printf(
+        "mean class-posterior entropy of each class's normal training positions, per level\n");
     std::printf("%-16s", "class");
     for (hgad::Index l = 0; l < model.n_levels(); ++l)
       std::printf("  level %lld: H (exp H)", static_cast<long long>(l));

@@ -209,6 +209,12 @@ TEST_CASE("ModelConfig class groups: text form, folder lookup and training class
   const std::string e = error_of([&] { missing.set_classes_from_folders({"b1", "t1"}); });
   CHECK(e.find("group.boards = b2") != std::string::npos);
   CHECK(e.find("no class folder") != std::string::npos);
+
+  // A folder that has a group's name would join the group unlisted.
+  hgad::ModelConfig clash = user;
+  CHECK(error_of([&] {
+          clash.set_classes_from_folders({"b1", "b2", "t1", "boards"});
+        }).find("group.boards: a class folder has the group's name") != std::string::npos);
 }
 
 TEST_CASE("ModelConfig class-group validation names the group and the folder", "[model]") {
@@ -232,6 +238,7 @@ TEST_CASE("ModelConfig class-group validation names the group and the folder", "
   CHECK(validate({{"g", {"x"}}, {"h", {"x"}}}).find("also in group.g") != std::string::npos);
   CHECK(validate({{"g", {"h"}}, {"h", {"y"}}}).find("group.g = h") != std::string::npos);
   CHECK(validate({{"", {"x"}}}).find("group name") != std::string::npos);
-  CHECK(error_of([] { hgad::ModelConfig::from_text("group.g = x\ngroup.g = y\n", "x.cfg"); })
-            .find("key 'group.g' is set twice") != std::string::npos);
+  CHECK(error_of([] {
+          hgad::ModelConfig::from_text("group.g = x\ngroup.g = y\n", "x.cfg");
+        }).find("key 'group.g' is set twice") != std::string::npos);
 }

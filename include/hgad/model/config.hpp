@@ -25,8 +25,8 @@
 
 #include <algorithm>
 #include <charconv>
-#include <cstddef>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <sstream>
@@ -188,6 +188,9 @@ struct ModelConfig {
       for (const std::string& m : g.members)
         check(std::find(folders.begin(), folders.end(), m) != folders.end(), "config: group.",
               g.name, " = ", m, ": no class folder of that name is being trained on");
+    for (const ClassGroup& g : class_groups)
+      check(std::find(folders.begin(), folders.end(), g.name) == folders.end(), "config: group.",
+            g.name, ": a class folder has the group's name; list it in the group or rename one");
     class_names.clear();
     for (const std::string& f : folders) {
       std::string name = f;
@@ -333,7 +336,8 @@ inline void ModelConfig::validate(bool require_data) const {
     for (std::size_t i = 0; i < g.members.size(); ++i) {
       const std::string& m = g.members[i];
       if (!detail::is_plain_name(m))
-        fail(key, m, "a class folder name must be non-empty and use only letters, digits, '_', '-', '.'");
+        fail(key, m,
+             "a class folder name must be non-empty and use only letters, digits, '_', '-', '.'");
       if (std::find(class_names.begin(), class_names.end(), m) != class_names.end())
         fail(key, m, "the folder is a class of its own as well");
       for (std::size_t b = 0; b <= a; ++b) {
