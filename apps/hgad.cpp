@@ -257,8 +257,10 @@ int cmd_train(const Args& args) {
                                       [&](Index done, Index) { bar.update(done); });
     bar.finish();
   }
-  for (std::int64_t& label : set.classes)  // folder index -> the model's class (its group's)
-    label = config.class_of(train.class_names()[static_cast<std::size_t>(label)]);
+  std::vector<std::int64_t> class_of_folder;  // folder index -> the model's class (its group's)
+  for (const std::string& folder : train.class_names())
+    class_of_folder.push_back(config.class_of(folder));
+  for (std::int64_t& label : set.classes) label = class_of_folder[static_cast<std::size_t>(label)];
   Model model(config);
   {
     const Index B = std::min<Index>(config.batch_size, set.size());

@@ -159,11 +159,15 @@ struct ModelConfig {
   /// The class of the model that scores folder (or class) `name`: its group's class when a group
   /// lists it, else the class of that name; -1 when the model has neither.
   Index class_of(const std::string& name) const {
-    std::string target = name;
-    for (const ClassGroup& g : class_groups)
-      if (std::find(g.members.begin(), g.members.end(), name) != g.members.end()) target = g.name;
-    const auto it = std::find(class_names.begin(), class_names.end(), target);
+    const auto it = std::find(class_names.begin(), class_names.end(), label_of(name));
     return it == class_names.end() ? -1 : static_cast<Index>(it - class_names.begin());
+  }
+
+  /// The label folder `name` trains under: the name of the group that lists it, else its own.
+  std::string label_of(const std::string& name) const {
+    for (const ClassGroup& g : class_groups)
+      if (std::find(g.members.begin(), g.members.end(), name) != g.members.end()) return g.name;
+    return name;
   }
 
   /// The folders the classes stand for, in class order: a group's members in its place.
@@ -193,9 +197,7 @@ struct ModelConfig {
             g.name, ": a class folder has the group's name; list it in the group or rename one");
     class_names.clear();
     for (const std::string& f : folders) {
-      std::string name = f;
-      for (const ClassGroup& g : class_groups)
-        if (std::find(g.members.begin(), g.members.end(), f) != g.members.end()) name = g.name;
+      const std::string name = label_of(f);
       if (std::find(class_names.begin(), class_names.end(), name) == class_names.end())
         class_names.push_back(name);
     }
