@@ -57,6 +57,14 @@ TEST_CASE("Checkpoint round trip keeps every entry bit for bit", "[io]") {
   std::filesystem::remove_all(dir);
 }
 
+TEST_CASE("Checkpoint erase removes one entry and leaves the others", "[io]") {
+  auto c = sample_checkpoint();
+  REQUIRE(c.erase("mu"));
+  CHECK_FALSE(c.has("mu"));
+  CHECK_FALSE(c.erase("mu"));
+  CHECK(c.names() == std::vector<std::string>{"config", "delta", "labels"});
+}
+
 TEST_CASE("Checkpoint loading says which check failed", "[io]") {
   const auto dir = scratch_dir("errors");
   const auto good = sample_checkpoint().serialize();

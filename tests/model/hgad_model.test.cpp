@@ -793,6 +793,78 @@ TEST_CASE("HgadModel per-position baselines are the calibration images' mean map
                         Catch::Contains("calibration_baseline = position"));
 }
 
+TEST_CASE("HgadModel class confusion is each class's mean posterior and survives a checkpoint",
+          "[model]") {
+  const Trained& t = trained();
+  const hgad::ModelConfig& c = t.config;
+  const Synthetic& train = t.train;
+  const hgad::HgadModel<float>& model = *t.model;
+  const auto confusion = model.class_confusion();
+
+  // Recomputed here in double from the flow's output and the prior's parameters: per position
+  // p(y | z) = softmax_y(log pi_y - |z - mu_y|^2 / 2), averaged over the positions of each level,
+  // then over the levels and over the class's training images (all twelve calibrate).
+  const std::size_t K = 3, per_class = 12;
+  const Index N = train.features[0].dim(0);
+  REQUIRE(N == Index(K * per_class));
+  std::vector<std::vector<double>> expected(K, std::vector<double>(K, 0.0));
+  for (Index i = 0; i < N; ++i) {
+    std::vector<double>& sum = expected[static_cast<std::size_t>(train.classes[i])];
+    for (Index l = 0; l < 2; ++l) {
+      const hgad::LevelSpec& s = c.levels[static_cast<std::size_t>(l)];
+      const hgad::Tensor<float> x =
+          hgad::HgadModel<float>::image_view(train.features, i)[l].reshape(
+              {s.height * s.width, s.dim});
+      const hgad::Tensor<float> z =
+          model.flow(l)
+              .forward(x, hgad::positional_encoding_2d<float>(c.pos_dim, s.height, s.width))
+              .out;
+      const auto& mu = model.prior(l).mu().value();
+      const auto& phi = model.prior(l).phi_inter().value();
+      double phi_norm = 0;
+      for (std::size_t y = 0; y < K; ++y) phi_norm += std::exp(double(phi(y)));
+      for (Index r = 0; r < z.dim(0); ++r) {
+        std::vector<double> weight(K);  // pi_y N(z; mu_y, I) up to a common factor
+        for (std::size_t y = 0; y < K; ++y) {
+          double d2 = 0;
+          for (Index d = 0; d < s.dim; ++d) d2 += std::pow(double(z(r, d)) - double(mu(y, d)), 2);
+          weight[y] = std::exp(double(phi(y))) / phi_norm * std::exp(-0.5 * d2);
+        }
+        const double total = weight[0] + weight[1] + weight[2];
+        for (std::size_t y = 0; y < K; ++y)
+          sum[y] += weight[y] / total / double(z.dim(0) * 2 * Index(per_class));
+      }
+    }
+  }
+  REQUIRE(confusion.size() == K);
+  for (std::size_t k = 0; k < K; ++k) {
+    const std::vector<double>& row = confusion[k];
+    REQUIRE(row.size() == K);
+    for (std::size_t y = 0; y < K; ++y) CHECK(row[y] == Approx(expected[k][y]).margin(1e-5));
+    CHECK(row[0] + row[1] + row[2] == Approx(1.0).epsilon(1e-6));
+    // Three separable classes: each keeps the largest share of its posterior.
+    CHECK(std::max_element(row.begin(), row.end()) - row.begin() == Index(k));
+  }
+
+  // The matrix survives a checkpoint bit for bit; a file without it (written before hgad stored
+  // it) loads and scores, and asking for the confusion says to calibrate again.
+  hgad::Checkpoint ckpt = model.to_checkpoint();
+  CHECK(hgad::HgadModel<float>::from_checkpoint(ckpt, "m.hgad").class_confusion() == confusion);
+  hgad::Checkpoint misshapen = ckpt;
+  misshapen.set_tensor("calibration.class_posterior", hgad::Tensor<double>({3, 3}));
+  CHECK_THROWS_WITH(
+      hgad::HgadModel<float>::from_checkpoint(misshapen, "m.hgad"),
+      Catch::Contains("calibration.class_posterior has shape (3, 3), expected (4, 3)"));
+  REQUIRE(ckpt.erase("calibration.class_posterior"));
+  const auto old = hgad::HgadModel<float>::from_checkpoint(ckpt, "old.hgad");
+  const auto image = hgad::HgadModel<float>::image_view(train.features, 0);
+  CHECK(old.score(image, 0, hgad::ScoreMode::calibrated).score ==
+        model.score(image, 0, hgad::ScoreMode::calibrated).score);
+  CHECK_THROWS_WITH(old.class_confusion(), Catch::Contains("calibrate it again"));
+  CHECK_THROWS_WITH(trained(hgad::Objective::nf).model->class_confusion(),
+                    Catch::Contains("NF objective"));
+}
+
 TEST_CASE("Per-position baselines take a positional bias out of the calibrated maps", "[model]") {
   // Hand-made raw likelihood maps (the NF form, no entropy): every image is 3 nats less likely in
   // the corner position of both levels, a defect makes one interior position 1 nat less likely.

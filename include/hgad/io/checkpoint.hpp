@@ -140,6 +140,8 @@ class Checkpoint {
   }
 
   bool has(const std::string& name) const { return m_entries.count(name) != 0; }
+  /// Removes the entry `name`; false when there is none.
+  bool erase(const std::string& name) { return m_entries.erase(name) != 0; }
   std::vector<std::string> names() const {
     std::vector<std::string> out;
     for (const auto& [name, entry] : m_entries) out.push_back(name);

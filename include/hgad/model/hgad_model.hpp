@@ -168,6 +168,10 @@ struct ClassCalibration {
   /// an image's raw maps before the normalisation (ModelConfig::calibration_baseline = position);
   /// empty otherwise, and empty for the negative entropy of the NF objective.
   std::vector<std::vector<double>> log_likelihood_baseline, neg_entropy_baseline;
+  /// (K,) the mean over the calibration images of RawScores::class_posterior: how the model's
+  /// inter-class posterior spreads over the classes on these normal images (HgadModel::
+  /// class_confusion); empty for the NF objective.
+  std::vector<double> class_posterior;
 };
 
 template <class Scalar>
@@ -216,6 +220,28 @@ class HgadModel {
     check(c >= 0 && c <= n_classes(), "HgadModel::calibration: class ", c, " out of range [0, ",
           n_classes(), "]");
     return m_calibration[static_cast<std::size_t>(c)];
+  }
+
+  /// (K × K) row a: the mean inter-class posterior p(b | z), with π, over the positions of class
+  /// a's calibration images (its normal training images). Each row sums to 1. A class the model
+  /// tells apart has nearly all of its row on the diagonal; classes whose normal images look
+  /// alike share theirs (suggest_class_groups reads this).
+  ///   requires: a calibrated model of the HGAD objective (a file saved before this matrix was
+  ///   stored holds none: calibrate again).
+  std::vector<std::vector<double>> class_confusion() const {
+    check(m_config.objective == Objective::hgad,
+          "HgadModel::class_confusion: the NF objective has no classes to confuse");
+    check(is_calibrated(),
+          "HgadModel::class_confusion: the model is not calibrated; call calibrate() after fit()");
+    std::vector<std::vector<double>> rows;
+    for (Index k = 0; k < n_classes(); ++k) {
+      const auto& row = m_calibration[static_cast<std::size_t>(k)].class_posterior;
+      check(!row.empty(),
+            "HgadModel::class_confusion: the calibration holds no class posterior "
+            "(a model saved by an older hgad); calibrate it again");
+      rows.push_back(row);
+    }
+    return rows;
   }
 
   /// Free-form text saved with the model (for example the backbone weights folder).
@@ -623,6 +649,17 @@ class HgadModel {
       ckpt.set_tensor("calibration.level_max", level_max);
       ckpt.set_tensor("calibration.sum_max", sum_max);
       ckpt.set_tensor("calibration.train_score_max", train_score_max);
+      const bool have_posterior = std::all_of(
+          m_calibration.begin(), m_calibration.end(),
+          [&](const ClassCalibration& c) { return Index(c.class_posterior.size()) == K; });
+      if (m_config.objective == Objective::hgad && have_posterior) {
+        Tensor<double> posterior({K + 1, K});
+        for (Index k = 0; k <= K; ++k)
+          for (Index y = 0; y < K; ++y)
+            posterior(k, y) = m_calibration[static_cast<std::size_t>(k)]
+                                  .class_posterior[static_cast<std::size_t>(y)];
+        ckpt.set_tensor("calibration.class_posterior", posterior);
+      }
       if (m_config.calibration_baseline == CalibrationBaseline::position) {
         // Per level (2, K + 1, H W): likelihood and negative-entropy baselines, NaN where absent.
         for (Index l = 0; l < L; ++l) {
@@ -736,6 +773,19 @@ class HgadModel {
           for (Index l = 0; l < L; ++l) parts[t]->level_max.push_back(level_max(t, k, l));
         }
       }
+      if (ckpt.has("calibration.class_posterior")) {  // absent in files of older versions
+        const Tensor<double> posterior = ckpt.tensor<double>("calibration.class_posterior");
+        check(posterior.shape() == Shape({K + 1, K}), "'", name,
+              "': calibration.class_posterior has shape ", posterior.shape().to_string(),
+              ", expected (", K + 1, ", ", K, ")");
+        for (Index k = 0; k <= K; ++k)
+          for (Index y = 0; y < K; ++y) {
+            check(std::isfinite(posterior(k, y)), "'", name,
+                  "': calibration.class_posterior holds a non-finite value at (", k, ", ", y, ")");
+            model.m_calibration[static_cast<std::size_t>(k)].class_posterior.push_back(
+                posterior(k, y));
+          }
+      }
       if (config.calibration_baseline == CalibrationBaseline::position) {
         for (Index l = 0; l < L; ++l) {
           const LevelSpec& s = config.levels[static_cast<std::size_t>(l)];
@@ -808,6 +858,12 @@ class HgadModel {
     k.log_likelihood = fitted.log_likelihood;
     k.neg_entropy = fitted.neg_entropy;
     k.train_score_max = max_score(raws, k);
+    if (!raws.front().class_posterior.empty()) {
+      k.class_posterior.assign(raws.front().class_posterior.size(), 0.0);
+      for (const auto& raw : raws)
+        for (std::size_t y = 0; y < k.class_posterior.size(); ++y)
+          k.class_posterior[y] += raw.class_posterior[y] / double(raws.size());
+    }
     return k;
   }
 
