@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iomanip>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -24,6 +25,7 @@
 #include <hgad/io/embeddings.hpp>
 #include <hgad/io/image.hpp>
 #include <hgad/io/mvtec.hpp>
+#include <hgad/model/class_groups.hpp>
 #include <hgad/model/config.hpp>
 #include <hgad/model/hgad_model.hpp>
 #include <hgad/model/pipeline.hpp>
@@ -195,8 +197,52 @@ const std::vector<OptionSpec> train_options = {
     {"epochs", "N", "N passes over the training data (overrides the config's schedule)"},
     {"objective", "hgad|nf", "HGAD's hierarchical prior, or the single-Gaussian NF baseline"},
     {"cache", "DIR", "keep the backbone features in DIR and reuse them when nothing changed"},
+    {"auto-group", "", "train again with the class groups the first model's confusion suggests"},
     {"threads", "N", "worker threads (default: all cores)"},
 };
+
+/// The class confusion of a calibrated HGAD model, one line per class (the share of its normal
+/// positions' posterior it keeps, then the classes it gives at least 0.01 to), and the class
+/// groups it suggests as config lines; every line starts with `prefix`. Empty for other models.
+std::string class_confusion_report(const Model& model, const std::string& prefix) {
+  const hgad::ModelConfig& config = model.config();
+  if (config.objective != hgad::Objective::hgad || !model.is_calibrated() ||
+      model.calibration(0).class_posterior.empty())
+    return "";
+  const auto confusion = model.class_confusion();
+  const auto& names = config.class_names;
+  std::size_t width = 0;
+  for (const auto& n : names) width = std::max(width, n.size());
+  std::ostringstream out;
+  out << prefix
+      << "class confusion on the training images (mean posterior share over each class's "
+         "positions):\n";
+  char buf[64];
+  for (std::size_t a = 0; a < names.size(); ++a) {
+    std::snprintf(buf, sizeof(buf), "%.2f", confusion[a][a]);
+    out << prefix << "  " << std::left << std::setw(int(width)) << names[a] << "  keeps " << buf;
+    std::vector<std::size_t> others;
+    for (std::size_t b = 0; b < names.size(); ++b)
+      if (b != a && confusion[a][b] >= 0.01) others.push_back(b);
+    std::sort(others.begin(), others.end(),
+              [&](std::size_t x, std::size_t y) { return confusion[a][x] > confusion[a][y]; });
+    for (std::size_t b : others) {
+      std::snprintf(buf, sizeof(buf), "%.2f", confusion[a][b]);
+      out << ", " << names[b] << " " << buf;
+    }
+    out << "\n";
+  }
+  const auto groups = hgad::suggest_class_groups(config, confusion);
+  std::snprintf(buf, sizeof(buf), "%.2f", hgad::default_group_threshold);
+  if (groups.empty())
+    out << prefix << "no two classes give each other " << buf
+        << " or more: no class group suggested\n";
+  else
+    out << prefix << "suggested class groups (two classes give each other " << buf
+        << " or more on average; hgad train --auto-group, or these config lines):\n";
+  for (const auto& g : groups) out << prefix << "  " << hgad::to_config_line(g) << "\n";
+  return out.str();
+}
 
 int cmd_train(const Args& args) {
   if (args.help()) {
@@ -222,6 +268,8 @@ int cmd_train(const Args& args) {
   }
   config.objective = parsed_option(args, "objective", hgad::parse_objective, config.objective);
   if (args.has("epochs")) apply_epochs(config, args.get_int("epochs", 1, 1, 100000));
+  if (args.has("auto-group") && config.objective != hgad::Objective::hgad)
+    throw UsageError("--auto-group regroups HGAD's classes; the NF objective has none");
   std::vector<std::string> classes;
   if (args.has("classes")) classes = split_names(args.get("classes", ""), "--classes");
   require_directory(data, "--data");
@@ -257,28 +305,42 @@ int cmd_train(const Args& args) {
                                       [&](Index done, Index) { bar.update(done); });
     bar.finish();
   }
-  std::vector<std::int64_t> class_of_folder;  // folder index -> the model's class (its group's)
-  for (const std::string& folder : train.class_names())
-    class_of_folder.push_back(config.class_of(folder));
-  for (std::int64_t& label : set.classes) label = class_of_folder[static_cast<std::size_t>(label)];
-  Model model(config);
-  {
-    const Index B = std::min<Index>(config.batch_size, set.size());
-    Progress bar("training", config.total_epochs() * (set.size() / B), "step");
-    hgad::FitOptions<Scalar> fit;
-    fit.on_step = [&](const hgad::FitProgress<Scalar>& p) { bar.update(p.step, loss_status(p)); };
-    model.fit(set.features, set.classes, fit);
-    bar.finish();
-  }
-  {
-    std::vector<Index> per_class(static_cast<std::size_t>(config.n_classes()), 0);
-    for (std::int64_t c : set.classes) ++per_class[static_cast<std::size_t>(c)];
+  // Trains and calibrates one model of `cfg` on the extracted images, each labelled with its
+  // folder's class in `cfg` (its group's, when a group lists the folder).
+  auto train_model = [&](const hgad::ModelConfig& cfg) {
+    std::vector<std::int64_t> labels;
+    for (std::int64_t folder : set.classes)
+      labels.push_back(cfg.class_of(train.class_names()[static_cast<std::size_t>(folder)]));
+    Model model(cfg);
+    {
+      const Index B = std::min<Index>(cfg.batch_size, set.size());
+      Progress bar("training", cfg.total_epochs() * (set.size() / B), "step");
+      hgad::FitOptions<Scalar> fit;
+      fit.on_step = [&](const hgad::FitProgress<Scalar>& p) { bar.update(p.step, loss_status(p)); };
+      model.fit(set.features, labels, fit);
+      bar.finish();
+    }
+    std::vector<Index> per_class(static_cast<std::size_t>(cfg.n_classes()), 0);
+    for (std::int64_t c : labels) ++per_class[static_cast<std::size_t>(c)];
     Index used = 0;
     for (Index n : per_class)
-      used += config.calibration_images > 0 ? std::min(n, config.calibration_images) : n;
+      used += cfg.calibration_images > 0 ? std::min(n, cfg.calibration_images) : n;
     Progress bar("calibration", used, "img");
-    model.calibrate(set.features, set.classes, [&](Index done, Index) { bar.update(done); });
+    model.calibrate(set.features, labels, [&](Index done, Index) { bar.update(done); });
     bar.finish();
+    return model;
+  };
+  Model model = train_model(config);
+  std::printf("%s", class_confusion_report(model, "").c_str());
+  if (args.has("auto-group")) {
+    const auto groups = hgad::suggest_class_groups(config, model.class_confusion());
+    if (!groups.empty()) {
+      config = hgad::regrouped(config, groups, train.class_names());
+      config.validate(true);
+      std::printf("training again with %lld classes\n", static_cast<long long>(config.n_classes()));
+      model = train_model(config);
+      std::printf("%s", class_confusion_report(model, "").c_str());
+    }
   }
   model.set_metadata("backbone_dir", fs::absolute(backbone).lexically_normal().string());
   model.set_metadata("train_data", fs::absolute(data).lexically_normal().string());
@@ -553,6 +615,7 @@ int cmd_info(const Args& args) {
     if (!v.empty()) std::printf("# %s: %s\n", key, v.c_str());
   }
   std::printf("%s", model.config().to_text().c_str());
+  std::printf("%s", class_confusion_report(model, "# ").c_str());
   return 0;
 }
 
@@ -737,6 +800,7 @@ int cmd_embeddings(const Args& args) {
       std::printf(" %*s", widths[k], format_metric(r.values[k]).c_str());
     std::printf("\n");
   }
+  std::printf("%s", class_confusion_report(model, "").c_str());
 
   if (!json_path.empty()) {
     Json j = Json::object();

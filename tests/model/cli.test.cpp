@@ -364,6 +364,53 @@ TEST_CASE("hgad program trains a class group as one class and reports its folder
   CHECK_FALSE(fs::exists(never));
 }
 
+TEST_CASE("hgad train --auto-group trains again with the classes its first model confuses",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  if (!fs::exists(weights_dir())) {
+    WARN("skipped: " << weights_dir() << " is absent");
+    return;
+  }
+  // Folders a and b hold the same images; stripes holds bright vertical stripes on black.
+  hgad_test::TempDir dir("cli_auto_group");
+  write_dataset(dir.path() / "data");
+  for (unsigned i = 0; i < 4; ++i) {
+    const fs::path path =
+        dir.path() / "data/stripes/train/good" / ("s" + std::to_string(i) + ".png");
+    fs::create_directories(path.parent_path());
+    hgad::Tensor<float> image({64, 64});
+    for (hgad::Index r = 0; r < 64; ++r)
+      for (hgad::Index col = 0; col < 64; ++col) image(r, col) = (col + i) % 6 < 2 ? 1.0f : 0.0f;
+    hgad::save_png(path.string(), image);
+  }
+  // The tiny model, trained long enough (40 passes of 3 steps) to tell the stripes apart.
+  std::ofstream(dir.file("tiny.cfg"))
+      << "image_size = 64\nmask_size = 32\nlayers = layer2\npos_dim = 8\nn_blocks = 1\n"
+         "n_centers = 2\nmeta_epochs = 40\nsub_epochs = 1\nwarmup_meta_epochs = 1\n"
+         "stage1_meta_epochs = 2\nbatch_size = 4\nlr = 0.002\n";
+  const std::string data = dir.file("data"), model = dir.file("model.hgad");
+  Run r = run(dir, "train --data '" + data + "' --backbone '" + weights_dir() + "' --out '" +
+                       model + "' --config '" + dir.file("tiny.cfg") + "' --auto-group");
+  INFO(r.out << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(contains(r.out, "class confusion on the training images"));
+  CHECK(contains(r.out, "\n  group.group1 = a, b\n"));
+  CHECK(contains(r.out, "training again with 2 classes"));
+  CHECK(contains(r.out, "no class group suggested"));
+  CHECK(contains(r.out, "2 classes, 1 levels"));
+
+  r = run(dir, "info '" + model + "'");
+  CHECK(contains(r.out, "classes = group1, stripes\n"));
+  CHECK(contains(r.out, "group.group1 = a, b\n"));
+  CHECK(contains(r.out, "# class confusion on the training images"));
+
+  r = run(dir, "train --data '" + data + "' --backbone '" + weights_dir() + "' --out '" +
+                   dir.file("nf.hgad") + "' --objective nf --auto-group");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "--auto-group"));
+  CHECK_FALSE(fs::exists(dir.file("nf.hgad")));
+}
+
 TEST_CASE("hgad embeddings names a non-finite feature value", "[model][cli]") {
   REQUIRE_CLI();
   hgad_test::TempDir dir("cli_embeddings");
