@@ -22,8 +22,8 @@
 /// Modules: tensor.hpp and backend.hpp (tensors and the device interface), autograd.hpp (Var, ops,
 /// gradcheck), flow.hpp (AllInOneBlock, SequenceFlow, positional encoding), prior/ and loss/ (the
 /// Gaussian-mixture prior and the loss terms of Eq. 6, 8, 9), nn/ (Adam, the LR schedule), model/
-/// (HgadModel, training step, anomaly maps, config), backbone/ (ResNet features from .npy weights),
-/// metrics.hpp (AUROC, AP, F1-max, AUPRO). Image and data-set I/O (io/image.hpp, io/mvtec.hpp,
+/// (HgadModel, training step, anomaly maps, config, class groups), backbone/ (ResNet features from
+/// .npy weights), metrics.hpp (AUROC, AP, F1-max, AUPRO). Image and data-set I/O (io/image.hpp, io/mvtec.hpp,
 /// model/pipeline.hpp, which need stb) and the CUDA backend (cuda/, .cu files only) are included
 /// separately.
 
@@ -40,6 +40,7 @@
 #include "loss/loss_terms.hpp"
 #include "metrics.hpp"
 #include "model/anomaly_map.hpp"
+#include "model/class_groups.hpp"
 #include "model/config.hpp"
 #include "model/hgad_model.hpp"
 #include "model/train_step.hpp"
