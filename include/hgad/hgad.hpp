@@ -23,9 +23,9 @@
 /// gradcheck), flow.hpp (AllInOneBlock, SequenceFlow, positional encoding), prior/ and loss/ (the
 /// Gaussian-mixture prior and the loss terms of Eq. 6, 8, 9), nn/ (Adam, the LR schedule), model/
 /// (HgadModel, training step, anomaly maps, config, class groups), backbone/ (ResNet features from
-/// .npy weights), metrics.hpp (AUROC, AP, F1-max, AUPRO). Image and data-set I/O (io/image.hpp, io/mvtec.hpp,
-/// model/pipeline.hpp, which need stb) and the CUDA backend (cuda/, .cu files only) are included
-/// separately.
+/// .npy weights), metrics.hpp (AUROC, AP, F1-max, AUPRO). Image and data-set I/O (io/image.hpp,
+/// io/mvtec.hpp, model/pipeline.hpp, which need stb) and the CUDA backend (cuda/, .cu files only)
+/// are included separately.
 
 #include "autograd.hpp"
 #include "backbone/feature_extractor.hpp"
