@@ -308,9 +308,12 @@ int cmd_train(const Args& args) {
   // Trains and calibrates one model of `cfg` on the extracted images, each labelled with its
   // folder's class in `cfg` (its group's, when a group lists the folder).
   auto train_model = [&](const hgad::ModelConfig& cfg) {
+    std::vector<std::int64_t> class_of_folder;  // folder index -> the class of `cfg`
+    for (const std::string& folder : train.class_names())
+      class_of_folder.push_back(cfg.class_of(folder));
     std::vector<std::int64_t> labels;
     for (std::int64_t folder : set.classes)
-      labels.push_back(cfg.class_of(train.class_names()[static_cast<std::size_t>(folder)]));
+      labels.push_back(class_of_folder[static_cast<std::size_t>(folder)]);
     Model model(cfg);
     {
       const Index B = std::min<Index>(cfg.batch_size, set.size());

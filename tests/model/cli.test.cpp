@@ -108,6 +108,14 @@ const char* const tiny_config =
     }                                                       \
   } while (0)
 
+#define REQUIRE_WEIGHTS()                                 \
+  do {                                                    \
+    if (!fs::exists(weights_dir())) {                     \
+      WARN("skipped: " << weights_dir() << " is absent"); \
+      return;                                             \
+    }                                                     \
+  } while (0)
+
 }  // namespace
 
 TEST_CASE("hgad program answers --help on every command and rejects bad command lines",
@@ -202,10 +210,7 @@ TEST_CASE("hgad program reports missing paths and bad files with one message and
 TEST_CASE("hgad program trains, tests, predicts and refuses a model of other feature dimensions",
           "[model][cli]") {
   REQUIRE_CLI();
-  if (!fs::exists(weights_dir())) {
-    WARN("skipped: " << weights_dir() << " is absent");
-    return;
-  }
+  REQUIRE_WEIGHTS();
   hgad_test::TempDir dir("cli_run");
   write_dataset(dir.path() / "data");
   std::ofstream(dir.file("tiny.cfg")) << tiny_config;
@@ -315,10 +320,7 @@ TEST_CASE("hgad program trains, tests, predicts and refuses a model of other fea
 TEST_CASE("hgad program trains a class group as one class and reports its folders one by one",
           "[model][cli]") {
   REQUIRE_CLI();
-  if (!fs::exists(weights_dir())) {
-    WARN("skipped: " << weights_dir() << " is absent");
-    return;
-  }
+  REQUIRE_WEIGHTS();
   hgad_test::TempDir dir("cli_group");
   write_dataset(dir.path() / "data");
   fs::copy(dir.path() / "data/a", dir.path() / "data/c", fs::copy_options::recursive);
@@ -367,10 +369,7 @@ TEST_CASE("hgad program trains a class group as one class and reports its folder
 TEST_CASE("hgad train --auto-group trains again with the classes its first model confuses",
           "[model][cli]") {
   REQUIRE_CLI();
-  if (!fs::exists(weights_dir())) {
-    WARN("skipped: " << weights_dir() << " is absent");
-    return;
-  }
+  REQUIRE_WEIGHTS();
   // Folders a and b hold the same images; stripes holds bright vertical stripes on black.
   hgad_test::TempDir dir("cli_auto_group");
   write_dataset(dir.path() / "data");

@@ -29,13 +29,6 @@ namespace hgad {
 /// other 0.2–0.35, and the two halves of a class split in two about 0.5.
 constexpr double default_group_threshold = 0.1;
 
-/// `group.NAME = a, b, ...`: the config line of a group.
-inline std::string to_config_line(const ClassGroup& g) {
-  std::string line = "group." + g.name + " =";
-  for (std::size_t i = 0; i < g.members.size(); ++i) line += (i ? ", " : " ") + g.members[i];
-  return line;
-}
-
 namespace detail {
 
 /// The longest common prefix of `names`, without trailing '_', '-' or '.'.
@@ -109,13 +102,8 @@ inline std::vector<ClassGroup> suggest_class_groups(
     if (classes.size() < 2) continue;
     ClassGroup g;
     for (std::size_t a : classes) {
-      const std::string& c = config.class_names[a];
-      const auto existing = std::find_if(config.class_groups.begin(), config.class_groups.end(),
-                                         [&](const ClassGroup& x) { return x.name == c; });
-      if (existing == config.class_groups.end())
-        g.members.push_back(c);
-      else
-        g.members.insert(g.members.end(), existing->members.begin(), existing->members.end());
+      const std::vector<std::string> folders = config.folders_of(config.class_names[a]);
+      g.members.insert(g.members.end(), folders.begin(), folders.end());
     }
     g.name = detail::common_stem(g.members);
     for (int i = 1; g.name.size() < 2 || taken(g.name, groups); ++i)

@@ -98,6 +98,13 @@ struct ClassGroup {
   }
 };
 
+/// `group.NAME = a, b, ...`: a group's line in the text form of a config.
+inline std::string to_config_line(const ClassGroup& g) {
+  std::string line = "group." + g.name + " =";
+  for (std::size_t i = 0; i < g.members.size(); ++i) line += (i ? ", " : " ") + g.members[i];
+  return line;
+}
+
 /// Every setting of an HgadModel. A default-constructed config has HGAD's hyper-parameters and
 /// no levels or classes; fill those from the data before constructing a model.
 struct ModelConfig {
@@ -170,16 +177,19 @@ struct ModelConfig {
     return name;
   }
 
+  /// The folders class `name` stands for: a group's members, else the class itself.
+  std::vector<std::string> folders_of(const std::string& name) const {
+    for (const ClassGroup& g : class_groups)
+      if (g.name == name) return g.members;
+    return {name};
+  }
+
   /// The folders the classes stand for, in class order: a group's members in its place.
   std::vector<std::string> folder_names() const {
     std::vector<std::string> out;
     for (const std::string& c : class_names) {
-      const auto g = std::find_if(class_groups.begin(), class_groups.end(),
-                                  [&](const ClassGroup& x) { return x.name == c; });
-      if (g == class_groups.end())
-        out.push_back(c);
-      else
-        out.insert(out.end(), g->members.begin(), g->members.end());
+      const std::vector<std::string> folders = folders_of(c);
+      out.insert(out.end(), folders.begin(), folders.end());
     }
     return out;
   }
@@ -409,7 +419,7 @@ inline void ModelConfig::validate(bool require_data) const {
 
 inline std::string ModelConfig::to_text() const {
   std::ostringstream out;
-  auto line = [&out](const std::string& key, const std::string& value) {
+  auto line = [&out](const char* key, const std::string& value) {
     out << key << " = " << value << "\n";
   };
   auto join = [](const std::vector<std::string>& items) {
@@ -427,7 +437,7 @@ inline std::string ModelConfig::to_text() const {
   line("objective", to_string(objective));
   line("levels", join(level_text));
   line("classes", join(class_names));
-  for (const ClassGroup& g : class_groups) line("group." + g.name, join(g.members));
+  for (const ClassGroup& g : class_groups) out << to_config_line(g) << "\n";
   line("pos_dim", std::to_string(pos_dim));
   line("n_blocks", std::to_string(n_blocks));
   line("clamp", d2s(clamp));
