@@ -102,8 +102,8 @@ inline std::vector<ClassGroup> suggest_class_groups(
     if (classes.size() < 2) continue;
     ClassGroup g;
     for (std::size_t a : classes) {
-      const std::vector<std::string> folders = config.folders_of(config.class_names[a]);
-      g.members.insert(g.members.end(), folders.begin(), folders.end());
+      const std::vector<std::string> members = config.folders_of(config.class_names[a]);
+      g.members.insert(g.members.end(), members.begin(), members.end());
     }
     g.name = detail::common_stem(g.members);
     for (int i = 1; g.name.size() < 2 || taken(g.name, groups); ++i)
