@@ -128,6 +128,14 @@ T parsed_option(const Args& args, const std::string& name, Parse parse, T fallba
   }
 }
 
+/// --device: the CPU unless given; CUDA is checked here (a program built with hgad's CUDA part, and
+/// a GPU), before any work is done.
+hgad::Device device_of(const Args& args) {
+  const hgad::Device device = parsed_option(args, "device", hgad::parse_device, hgad::Device::cpu);
+  hgad::require_level_device<Scalar>(device);
+  return device;
+}
+
 std::string loss_status(const hgad::FitProgress<Scalar>& p) {
   std::ostringstream s;
   s << "epoch " << p.epoch + 1 << "/" << p.n_epochs << " stage " << p.stage;
@@ -199,6 +207,7 @@ const std::vector<OptionSpec> train_options = {
     {"cache", "DIR", "keep the backbone features in DIR and reuse them when nothing changed"},
     {"auto-group", "", "train again with the class groups the first model's confusion suggests"},
     {"threads", "N", "worker threads (default: all cores)"},
+    {"device", "cpu|cuda", "where the backbone, the flows' training and the scores run (default cpu)"},
 };
 
 /// The class confusion of a calibrated HGAD model, one line per class (the share of its normal
@@ -275,13 +284,16 @@ int cmd_train(const Args& args) {
   require_directory(data, "--data");
   require_directory(backbone, "--backbone");
   require_output_file(out, "--out");
+  const hgad::Device device = device_of(args);
+  if (device == hgad::Device::cuda && config.objective != hgad::Objective::hgad)
+    throw UsageError("--device cuda trains HGAD's objective; the NF baseline trains on the CPU");
   config.validate(false);
 
   hgad::MvtecOptions options;
   options.classes = classes;
   const hgad::MvtecDataset train(data, hgad::Split::train, options);
   config.set_classes_from_folders(train.class_names());
-  auto fx = hgad::make_extractor<Scalar>(config.features, backbone);
+  auto fx = hgad::make_extractor<Scalar>(config.features, backbone, device);
   config.levels = hgad::feature_levels(*fx, config.features);
   config.validate(true);
 
@@ -315,6 +327,7 @@ int cmd_train(const Args& args) {
     for (std::int64_t folder : set.classes)
       labels.push_back(class_of_folder[static_cast<std::size_t>(folder)]);
     Model model(cfg);
+    model.set_device(device);
     {
       const Index B = std::min<Index>(cfg.batch_size, set.size());
       Progress bar("training", cfg.total_epochs() * (set.size() / B), "step");
@@ -368,6 +381,7 @@ const std::vector<OptionSpec> test_options = {
     {"backbone", "DIR", "ResNet weights folder (default: the one recorded at training)"},
     {"cache", "DIR", "keep the backbone features in DIR and reuse them when nothing changed"},
     {"threads", "N", "worker threads (default: all cores)"},
+    {"device", "cpu|cuda", "where the backbone, the flows' training and the scores run (default cpu)"},
 };
 
 int cmd_test(const Args& args) {
@@ -398,7 +412,9 @@ int cmd_test(const Args& args) {
   apply_threads(args);
   require_directory(data, "--data");
 
-  const Model model = load_model(model_path);
+  const hgad::Device device = device_of(args);
+  Model model = load_model(model_path);
+  model.set_device(device);
   const hgad::ModelConfig& config = model.config();
   if (mode != hgad::ScoreMode::transductive && !model.is_calibrated())
     throw hgad::Error("the model '" + model_path +
@@ -411,7 +427,7 @@ int cmd_test(const Args& args) {
   for (const auto& c : classes)
     if (config.class_of(c) < 0) throw UsageError("--classes: the model knows no class '" + c + "'");
   const std::string backbone = backbone_dir_for(args, model);
-  auto fx = hgad::make_extractor<Scalar>(config.features, backbone);
+  auto fx = hgad::make_extractor<Scalar>(config.features, backbone, device);
   hgad::check_backbone_matches(config, *fx);
 
   hgad::MvtecOptions options;
@@ -500,6 +516,7 @@ const std::vector<OptionSpec> predict_options = {
     {"class", "NAME", "the images' class (default: predicted by the model, label-free)"},
     {"backbone", "DIR", "ResNet weights folder (default: the one recorded at training)"},
     {"threads", "N", "worker threads (default: all cores)"},
+    {"device", "cpu|cuda", "where the backbone, the flows' training and the scores run (default cpu)"},
 };
 
 int cmd_predict(const Args& args) {
@@ -525,7 +542,9 @@ int cmd_predict(const Args& args) {
     throw hgad::Error("--out '" + out_dir + "' exists and is not a directory");
   for (const auto& path : images) require_file(path, "image");
 
-  const Model model = load_model(model_path);
+  const hgad::Device device = device_of(args);
+  Model model = load_model(model_path);
+  model.set_device(device);
   const hgad::ModelConfig& config = model.config();
   if (!model.is_calibrated())
     throw hgad::Error("the model '" + model_path + "' holds no calibration constants");
@@ -537,7 +556,7 @@ int cmd_predict(const Args& args) {
   }
   const hgad::ScoreMode mode =
       class_index >= 0 ? hgad::ScoreMode::calibrated : hgad::ScoreMode::label_free;
-  auto fx = hgad::make_extractor<Scalar>(config.features, backbone_dir_for(args, model));
+  auto fx = hgad::make_extractor<Scalar>(config.features, backbone_dir_for(args, model), device);
   hgad::check_backbone_matches(config, *fx);
 
   const hgad::Preprocess pre = hgad::preprocess_for(config.features);
@@ -633,6 +652,7 @@ const std::vector<OptionSpec> embeddings_options = {
     {"config", "FILE", "key = value settings over this command's defaults"},
     {"epochs", "N", "N passes over the training rows (overrides the config's schedule)"},
     {"threads", "N", "worker threads (default: all cores)"},
+    {"device", "cpu|cuda", "where the backbone, the flows' training and the scores run (default cpu)"},
 };
 
 /// The embeddings command's defaults: one level of D x 1 x 1, no positional encoding (P = 0),
@@ -713,6 +733,7 @@ int cmd_embeddings(const Args& args) {
                static_cast<long long>(D), hgad::to_string(config.objective).c_str());
 
   Model model(config);
+  model.set_device(device_of(args));
   const std::vector<hgad::Tensor<Scalar>> features = {train};
   {
     const Index B = std::min<Index>(config.batch_size, n_train);

@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# The GPU check: builds the CUDA tests and the GPU benchmark for this machine's GPU, runs the
-# [cuda] tests, bench_gpu and the PyTorch comparison (benchmarks/torch_gpu_step.py), and prints a
-# summary. Logs go to $OUT when it is set (else build-gpu-check/logs). Budget: about 8 minutes on
-# one H200 (HGAD_GPU_CHECK_BUDGET seconds, default 470); every phase has its own timeout and the
-# summary is printed whatever failed. Exit status 0 only when everything built, every test passed
-# and both benchmarks produced numbers.
+# The GPU check: builds the CUDA tests, the GPU benchmark and the hgad program (with --device cuda)
+# for this machine's GPU, runs the [cuda] tests (HgadModel on the GPU against the CPU among them),
+# bench_gpu, the PyTorch comparison (benchmarks/torch_gpu_step.py) and the paper-scale GPU demo
+# (scripts/gpu_demo.sh on the compact copy of industrial-mini), and prints a summary. Logs go to
+# $OUT when it is set (else build-gpu-check/logs). Budget: under 9 minutes on one H200
+# (HGAD_GPU_CHECK_BUDGET seconds, default 535); every phase has its own timeout and the summary is
+# printed whatever failed. Exit status 0 only when everything built, every test passed, both
+# benchmarks produced numbers and the demo printed its table.
 #
-#   scripts/gpu_check.sh --prepare   on a machine with the Debian packages (libeigen3-dev, catch2):
-#                                    copies the header-only dependencies into build-gpu-deps/
-#   scripts/gpu_check.sh             on the GPU machine (carry build-gpu-deps there if it lacks them)
+#   scripts/gpu_check.sh --prepare   on a machine with the Debian packages (libeigen3-dev, catch2,
+#                                    libstb-dev): copies the header-only dependencies into
+#                                    build-gpu-deps/ and makes the compact data of the demo in
+#                                    build-gpu-data/ (scripts/make_gpu_data.sh)
+#   scripts/gpu_check.sh             on the GPU machine (carry build-gpu-deps and build-gpu-data)
 #
 # The sources are compiled with nvcc directly rather than through CMake: the GPU image has nvcc
-# but not Eigen's and Catch2's CMake packages, and only four translation units are needed.
+# but not Eigen's and Catch2's CMake packages, and only a few translation units are needed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -22,12 +26,16 @@ if [ "${1:-}" = "--prepare" ]; then
   mkdir -p "$deps/eigen3" "$deps/catch2"
   cp -r /usr/include/eigen3/Eigen "$deps/eigen3/" || { echo "no /usr/include/eigen3/Eigen"; exit 1; }
   cp /usr/include/catch2/catch.hpp "$deps/catch2/" || { echo "no /usr/include/catch2/catch.hpp"; exit 1; }
-  echo "prepared $deps ($(du -sh "$deps" | cut -f1)); carry build-gpu-deps to the GPU machine"
+  mkdir -p "$deps/stb"
+  cp /usr/include/stb/stb_image.h /usr/include/stb/stb_image_write.h "$deps/stb/" || { echo "no stb headers"; exit 1; }
+  echo "prepared $deps ($(du -sh "$deps" | cut -f1))"
+  bash scripts/make_gpu_data.sh || exit 1
+  echo "carry build-gpu-deps and build-gpu-data to the GPU machine"
   exit 0
 fi
 
 start=$(date +%s)
-budget=${HGAD_GPU_CHECK_BUDGET:-470}
+budget=${HGAD_GPU_CHECK_BUDGET:-535}
 deadline=$((start + budget))
 logs=${OUT:-$root/build-gpu-check/logs}
 mkdir -p "$logs"
@@ -47,7 +55,7 @@ phase_time() {
 
 [ -d /usr/local/cuda/bin ] && export PATH="/usr/local/cuda/bin:$PATH"
 export OMP_WAIT_POLICY=PASSIVE
-build_status="not run"; tests_status="not run"; bench_status="not run"; torch_status="not run"
+build_status="not run"; tests_status="not run"; bench_status="not run"; torch_status="not run"; demo_status="not run"
 
 echo "== gpu_check $(date -u +%FT%TZ) in $root"
 nvidia-smi -L 2>&1 | head -4 || true
@@ -64,7 +72,11 @@ catch=""
 for d in "${HGAD_CATCH2_DIR:-}" "$deps" /usr/include /usr/local/include; do
   if [ -n "$d" ] && [ -f "$d/catch2/catch.hpp" ]; then catch=$d; break; fi
 done
-echo "Eigen: ${eigen:-MISSING}; Catch2: ${catch:-MISSING}"
+stb=""
+for d in "${HGAD_STB_DIR:-}" "$deps/stb" /usr/include/stb; do
+  if [ -n "$d" ] && [ -f "$d/stb_image.h" ]; then stb=$d; break; fi
+done
+echo "Eigen: ${eigen:-MISSING}; Catch2: ${catch:-MISSING}; stb: ${stb:-MISSING}"
 
 # ---- build ---------------------------------------------------------------------------------------
 cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
@@ -75,16 +87,22 @@ flags=(-std=c++17 -O3 $arch -DEIGEN_NO_CUDA -Xcompiler=-fopenmp,-O3,-Wno-unknown
        -DHGAD_SHARED_DIR="\"$root/../shared\"" -DHGAD_SOURCE_DIR="\"$root\"")
 tests_bin="$build/hgad_cuda_tests"
 bench_bin="$build/bench_gpu"
-if [ -z "$eigen" ] || [ -z "$catch" ]; then
-  build_status="FAILED (missing Eigen or Catch2 headers: run scripts/gpu_check.sh --prepare where the Debian packages are, and carry build-gpu-deps)"
+hgad_bin="$build/hgad"
+if [ -z "$eigen" ] || [ -z "$catch" ] || [ -z "$stb" ]; then
+  build_status="FAILED (missing Eigen, Catch2 or stb headers: run scripts/gpu_check.sh --prepare where the Debian packages are, and carry build-gpu-deps)"
 else
   echo "== build for sm_${cc} (timeout $(phase_time 300 150) s)"
   t0=$(date +%s)
-  sources=(tests/cuda/main.cu tests/cuda/backend.test.cu tests/cuda/level.test.cu tests/cuda/backbone.test.cu benchmarks/bench_gpu.cu)
+  tests=(tests/cuda/main.cu tests/cuda/backend.test.cu tests/cuda/level.test.cu tests/cuda/backbone.test.cu
+         tests/cuda/model.test.cu)
+  sources=("${tests[@]}" benchmarks/bench_gpu.cu apps/cuda_devices.cu apps/hgad.cpp)
   pids=()
   for s in "${sources[@]}"; do
-    obj="$build/$(basename "$s" .cu).o"
-    timeout "$(phase_time 300 150)" nvcc "${flags[@]}" -c "$s" -o "$obj" > "$build/$(basename "$s" .cu).log" 2>&1 &
+    name=$(basename "$s"); name=${name%.*}
+    obj="$build/$name.o"
+    extra=()
+    [[ "$s" == apps/* ]] && extra=(-I"$stb" -Xcompiler=-march=native)
+    timeout "$(phase_time 300 150)" nvcc "${flags[@]}" "${extra[@]}" -c "$s" -o "$obj" > "$build/$name.log" 2>&1 &
     pids+=($!)
   done
   ok=1
@@ -93,8 +111,11 @@ else
   done
   cat "$build"/*.log > "$logs/build.log" 2>/dev/null
   if [ "$ok" = 1 ]; then
-    nvcc $arch "$build/main.o" "$build/backend.test.o" "$build/level.test.o" "$build/backbone.test.o" -o "$tests_bin" -lcublas -Xcompiler=-fopenmp >> "$logs/build.log" 2>&1 || ok=0
+    test_objs=()
+    for s in "${tests[@]}"; do name=$(basename "$s"); test_objs+=("$build/${name%.*}.o"); done
+    nvcc $arch "${test_objs[@]}" -o "$tests_bin" -lcublas -Xcompiler=-fopenmp >> "$logs/build.log" 2>&1 || ok=0
     nvcc $arch "$build/bench_gpu.o" -o "$bench_bin" -lcublas -Xcompiler=-fopenmp >> "$logs/build.log" 2>&1 || ok=0
+    nvcc $arch "$build/hgad.o" "$build/cuda_devices.o" -o "$hgad_bin" -lcublas -Xcompiler=-fopenmp >> "$logs/build.log" 2>&1 || ok=0
   fi
   if [ "$ok" = 1 ]; then
     build_status="ok ($(( $(date +%s) - t0 )) s)"
@@ -107,7 +128,7 @@ echo "build: $build_status"
 
 # ---- [cuda] tests --------------------------------------------------------------------------------
 if [ -x "$tests_bin" ] && [[ "$build_status" == ok* ]]; then
-  t=$(phase_time 200 100)
+  t=$(phase_time 150 280)
   echo "== [cuda] tests (timeout $t s)"
   HGAD_PARITY_VERBOSE=1 OMP_NUM_THREADS=$nproc_ timeout "$t" "$tests_bin" "[cuda]" --durations yes > "$logs/tests.log" 2>&1
   rc=$?
@@ -127,7 +148,7 @@ echo "tests: $tests_status"
 # ---- benchmarks ----------------------------------------------------------------------------------
 bench_json=""
 if [ -x "$bench_bin" ]; then
-  t=$(phase_time 90 60)
+  t=$(phase_time 60 220)
   echo "== bench_gpu (timeout $t s)"
   timeout "$t" "$bench_bin" > "$logs/bench.log" 2>&1
   rc=$?
@@ -138,7 +159,7 @@ fi
 echo "bench_gpu: $bench_status"
 
 torch_json=""
-t=$(phase_time 120 5)
+t=$(phase_time 60 160)
 echo "== PyTorch eager float32 (timeout $t s)"
 PYTHONUNBUFFERED=1 timeout "$t" python3 "$root/benchmarks/torch_gpu_step.py" > "$logs/torch.log" 2>&1
 rc=$?
@@ -147,6 +168,25 @@ torch_json=$(grep "^TORCH_GPU_JSON" "$logs/torch.log" | tail -1 | sed 's/^TORCH_
 if [ $rc -eq 0 ] && [ -n "$torch_json" ] && ! echo "$torch_json" | grep -q '"device": null'; then torch_status="ok"; else torch_status="FAILED (exit $rc)"; fi
 echo "torch: $torch_status"
 
+# ---- the paper-scale demo on the GPU ----------------------------------------------------------------
+demo_data="$root/build-gpu-data"
+demo_table=""
+if [ -x "$hgad_bin" ] && [ -d "$demo_data/industrial-mini" ]; then
+  t=$(phase_time 400 5)
+  echo "== gpu_demo (timeout $t s, ${HGAD_GPU_DEMO_EPOCHS:-10} passes)"
+  HGAD_GPU_DEMO_OUT="$build/demo" timeout "$t" bash scripts/gpu_demo.sh "$hgad_bin" "$demo_data/industrial-mini" \
+    "$demo_data/resnet18-imagenet" "${HGAD_GPU_DEMO_EPOCHS:-10}" > "$logs/demo.log" 2>&1
+  rc=$?
+  # The progress bars redraw with carriage returns: keep the last state of each line.
+  tr '\r' '\n' < "$logs/demo.log" | grep -v "^\s*$" | grep -vE "^(features|training|calibration|.* features|.* scoring) " | tail -40
+  demo_table=$(tr '\r' '\n' < "$logs/demo.log" | grep -A12 -E "^class " | tail -13)
+  if [ $rc -eq 0 ] && [ -n "$demo_table" ]; then demo_status="ok ($(grep -o 'training [0-9]* s, test [0-9]* s, [0-9]* passes' "$logs/demo.log"))";
+  elif [ $rc -eq 124 ]; then demo_status="TIMED OUT after $t s"; else demo_status="FAILED (exit $rc)"; tail -20 "$logs/demo.log"; fi
+elif [ ! -d "$demo_data/industrial-mini" ]; then
+  demo_status="FAILED (no $demo_data: run scripts/gpu_check.sh --prepare and carry build-gpu-data)"
+fi
+echo "gpu_demo: $demo_status"
+
 # ---- summary -------------------------------------------------------------------------------------
 {
   echo "================ gpu_check summary ($(( $(date +%s) - start )) s) ================"
@@ -154,6 +194,8 @@ echo "torch: $torch_status"
   echo "tests:      $tests_status"
   echo "bench_gpu:  $bench_status"
   echo "torch:      $torch_status"
+  echo "gpu_demo:   $demo_status"
+  [ -n "$demo_table" ] && echo "$demo_table"
   BENCH="$bench_json" TORCH="$torch_json" python3 - <<'EOF' || echo "(no Python to format the numbers; raw: $bench_json / $torch_json)"
 import json, os
 def load(name):
@@ -188,7 +230,8 @@ if b.get("device") and t.get("device"):
 EOF
 } | tee "$logs/summary.txt"
 
-if [[ "$build_status" == ok* && "$tests_status" == passed* && "$bench_status" == ok && "$torch_status" == ok ]]; then
+if [[ "$build_status" == ok* && "$tests_status" == passed* && "$bench_status" == ok && "$torch_status" == ok &&
+      "$demo_status" == ok* ]]; then
   exit 0
 fi
 exit 1

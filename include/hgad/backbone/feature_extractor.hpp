@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -287,6 +288,31 @@ struct FeatureConfig {
   }
 };
 
+/// Makes a ResNet extractor of `stages` on a device other than the CPU (see
+/// register_backbone_device).
+template <class Scalar>
+using BackboneDeviceMaker = std::function<std::shared_ptr<FeatureExtractor<Scalar>>(
+    ResNetArch arch, const std::string& weights_dir, std::vector<ResNetStage> stages)>;
+
+namespace detail {
+
+template <class Scalar>
+BackboneDeviceMaker<Scalar>& cuda_backbone_maker() {
+  static BackboneDeviceMaker<Scalar> maker;
+  return maker;
+}
+
+}  // namespace detail
+
+/// Registers how backbones are made for `device` (only Device::cuda takes a maker) and returns
+/// the maker it replaces. Called by hgad::cuda::register_model_devices().
+template <class Scalar>
+BackboneDeviceMaker<Scalar> register_backbone_device(Device device, BackboneDeviceMaker<Scalar> maker) {
+  check(device == Device::cuda,
+        "register_backbone_device: the CPU backbone is built in; only Device::cuda takes a maker");
+  return std::exchange(detail::cuda_backbone_maker<Scalar>(), std::move(maker));
+}
+
 /// The extractor a FeatureConfig describes, with the weights loaded from `weights_dir`.
 template <class Scalar>
 std::shared_ptr<FeatureExtractor<Scalar>> make_feature_extractor(const FeatureConfig& config,
@@ -305,6 +331,22 @@ std::shared_ptr<FeatureExtractor<Scalar>> make_feature_extractor(
   check(net != nullptr && net->arch() == config.arch,
         "make_feature_extractor: the network is not a ", to_string(config.arch));
   auto base = std::make_shared<ResNetFeatureExtractor<Scalar>>(std::move(net), config.stages);
+  if (config.n_scales == 1) return base;
+  return std::make_shared<PyramidFeatureExtractor<Scalar>>(base, config.n_scales);
+}
+
+/// The extractor a FeatureConfig describes, with the weights loaded from `weights_dir`, its
+/// network run on `device` (the pyramid's resizing stays on the CPU).
+///   throws: hgad::Error for Device::cuda in a program without hgad's CUDA part registered.
+template <class Scalar>
+std::shared_ptr<FeatureExtractor<Scalar>> make_feature_extractor(const FeatureConfig& config,
+                                                                 const std::string& weights_dir, Device device) {
+  if (device == Device::cpu) return make_feature_extractor<Scalar>(config, weights_dir);
+  const BackboneDeviceMaker<Scalar>& maker = detail::cuda_backbone_maker<Scalar>();
+  check(static_cast<bool>(maker),
+        "the CUDA device was asked for the backbone, but this program was built without hgad's CUDA part "
+        "(configure with -DHGAD_ENABLE_CUDA=ON where nvcc is installed)");
+  std::shared_ptr<FeatureExtractor<Scalar>> base = maker(config.arch, weights_dir, config.stages);
   if (config.n_scales == 1) return base;
   return std::make_shared<PyramidFeatureExtractor<Scalar>>(base, config.n_scales);
 }

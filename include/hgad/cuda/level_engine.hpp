@@ -30,19 +30,17 @@
 
 #include "../detail/check.hpp"
 #include "../flow/sequence_flow.hpp"
+#include "../level_device.hpp"
 #include "../loss/loss_terms.hpp"
-#include "../model/train_step.hpp"
+#include "../nn/adam.hpp"
 #include "../prior/gaussian_mixture_prior.hpp"
 #include "../tensor.hpp"
 #include "level_bodies.hpp"
 
 namespace hgad::cuda {
 
-/// The loss and optimiser settings of a level (ALGORITHM.md §3.4, §4).
-struct LevelOptions {
-  LossOptions loss;      ///< lambda1, lambda2, label smoothing; objective must be hgad
-  HgadAdamOptions adam;  ///< lr 2e-4, betas (0.95, 0.99), eps 1e-8, flow weight decay 1e-4
-};
+/// The loss and optimiser settings of a level (ALGORITHM.md §3.4, §4); the objective must be HGAD's.
+using LevelOptions = LevelTraining;
 
 /// The per-row test scores of a level (on the level's device).
 template <class Scalar>

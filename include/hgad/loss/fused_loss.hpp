@@ -357,15 +357,26 @@ FusedLoss<Scalar> nf_loss_fused(const Tensor<Scalar>& z, const Tensor<Scalar>& l
 
 /// The objective chosen by options.objective, fused: hgad_loss_fused or nf_loss_fused (which does
 /// not use the prior, and whose terms report the given stage).
+///   requires: prior != nullptr for Objective::hgad (the NF baseline has none and may pass null).
+template <class Scalar>
+FusedLoss<Scalar> objective_loss_fused(GaussianMixturePrior<Scalar>* prior, const Tensor<Scalar>& z,
+                                       const Tensor<Scalar>& log_jac_det, const std::vector<std::int64_t>& labels,
+                                       int stage, const LossOptions& options = {}) {
+  detail::check_stage(stage, "objective_loss_fused");
+  if (options.objective == Objective::hgad) {
+    check(prior != nullptr, "objective_loss_fused: the HGAD objective needs a prior");
+    return hgad_loss_fused(*prior, z, log_jac_det, labels, stage, options);
+  }
+  FusedLoss<Scalar> out = nf_loss_fused(z, log_jac_det);
+  out.terms.stage = stage;
+  return out;
+}
+
 template <class Scalar>
 FusedLoss<Scalar> objective_loss_fused(GaussianMixturePrior<Scalar>& prior, const Tensor<Scalar>& z,
                                        const Tensor<Scalar>& log_jac_det, const std::vector<std::int64_t>& labels,
                                        int stage, const LossOptions& options = {}) {
-  detail::check_stage(stage, "objective_loss_fused");
-  if (options.objective == Objective::hgad) return hgad_loss_fused(prior, z, log_jac_det, labels, stage, options);
-  FusedLoss<Scalar> out = nf_loss_fused(z, log_jac_det);
-  out.terms.stage = stage;
-  return out;
+  return objective_loss_fused(&prior, z, log_jac_det, labels, stage, options);
 }
 
 }  // namespace hgad

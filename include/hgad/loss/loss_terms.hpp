@@ -4,10 +4,13 @@
 /// baseline, the weights and the two-stage schedule of ALGORITHM.md §3.4, and the record of every
 /// loss term.
 
+#include <cmath>
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "../backend.hpp"
 #include "../detail/check.hpp"
 
 namespace hgad {
@@ -76,5 +79,26 @@ struct LossTerms {
     return out;
   }
 };
+
+/// Where a training step is, for the messages of NonFiniteError.
+struct TrainStepContext {
+  Index level = 0;         ///< the feature level (scale) being trained
+  std::int64_t step = 0;   ///< the optimiser step count of the run
+};
+
+namespace detail {
+
+/// Throws NonFiniteError naming the first loss term that is NaN or infinite, the level and the step.
+template <class Scalar>
+void check_finite_terms(const LossTerms<Scalar>& terms, const TrainStepContext& context, const char* where) {
+  for (const auto& [name, value] : terms.named()) {
+    if (!std::isfinite(double(value))) {
+      throw NonFiniteError(concat(where, ": loss term ", name, " is ", double(value), " at level ", context.level,
+                                  ", step ", context.step, "; the parameters were left unchanged"));
+    }
+  }
+}
+
+}  // namespace detail
 
 }  // namespace hgad

@@ -18,8 +18,12 @@
 /// that the rows of image i, position (r, c) are row i·H·W + r·W + c of its (N·H·W, D) view — the
 /// flattening of ALGORITHM.md §1.3.
 ///
-/// Scoring is const and keeps no mutable state, so one trained model may be scored from several
-/// threads at once.
+/// Scoring is const, so one trained model may be scored from several threads at once (on the CPU
+/// in parallel; on a GPU the flow passes take turns on the device).
+///
+/// set_device(Device::cuda) trains and scores on a GPU (in a program that registered hgad's
+/// CUDA levels, level_device.hpp); the parameters, the model file and the scores are the same
+/// whichever device computed them, to float rounding.
 
 #include <algorithm>
 #include <chrono>
@@ -28,6 +32,8 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <numeric>
 #include <string>
 #include <utility>
@@ -49,6 +55,7 @@
 #include "../tensor.hpp"
 #include "anomaly_map.hpp"
 #include "config.hpp"
+#include "cpu_level.hpp"
 #include "train_step.hpp"
 
 namespace hgad {
@@ -198,7 +205,11 @@ class HgadModel {
   const SequenceFlow<Scalar>& flow(Index level) const {
     return m_flows.at(static_cast<std::size_t>(level));
   }
-  SequenceFlow<Scalar>& flow(Index level) { return m_flows.at(static_cast<std::size_t>(level)); }
+  /// (Mutable access: a GPU's copy of the parameters for scoring is made again on next use.)
+  SequenceFlow<Scalar>& flow(Index level) {
+    m_scoring.clear();
+    return m_flows.at(static_cast<std::size_t>(level));
+  }
   /// The prior of a level (HGAD objective only).
   const GaussianMixturePrior<Scalar>& prior(Index level) const {
     check(m_config.objective == Objective::hgad,
@@ -208,6 +219,7 @@ class HgadModel {
   GaussianMixturePrior<Scalar>& prior(Index level) {
     check(m_config.objective == Objective::hgad,
           "HgadModel::prior: the NF objective has no mixture prior");
+    m_scoring.clear();
     return m_priors.at(static_cast<std::size_t>(level));
   }
 
@@ -250,6 +262,22 @@ class HgadModel {
     const auto it = m_metadata.find(key);
     return it == m_metadata.end() ? fallback : it->second;
   }
+
+  /// Where fit() trains and the flows of the scores run (the CPU unless set). The prior's scores,
+  /// the maps and the calibration run on the CPU from the flow's output either way.
+  ///   throws: hgad::Error for Device::cuda when the program has no CUDA levels registered
+  ///           (level_device.hpp), when no GPU is usable, or when the model uses the NF objective
+  ///           (CUDA runs HGAD's).
+  void set_device(Device device) {
+    if (device == Device::cuda) {
+      require_level_device<Scalar>(device);
+      check(m_config.objective == Objective::hgad,
+            "HgadModel::set_device: the NF baseline objective runs on the CPU only");
+    }
+    m_device = device;
+    m_scoring.clear();
+  }
+  Device device() const { return m_device; }
 
   /// Trainable parameter count over all levels (flows and priors).
   Index n_parameters() const {
@@ -320,8 +348,6 @@ class HgadModel {
     const Index n_epochs = c.total_epochs();
     const Index n_steps = n_epochs * iterations;
 
-    std::vector<Adam<Scalar>> optimisers;
-    for (Index l = 0; l < L; ++l) optimisers.push_back(make_optimiser(l));
 
     LrSchedule schedule;
     schedule.lr = c.lr;
@@ -330,12 +356,14 @@ class HgadModel {
     schedule.decay_rate = c.lr_decay_rate;
     schedule.warm_up = c.warmup_meta_epochs > 0;
 
-    LossOptions loss_options;
-    loss_options.objective = c.objective;
-    loss_options.lambda1 = c.lambda1;
-    loss_options.lambda2 = c.lambda2;
-    loss_options.label_smoothing = c.label_smoothing;
-    loss_options.stage1_meta_epochs = static_cast<int>(c.stage1_meta_epochs);
+    const LevelTraining training = level_training();
+    const LossOptions& loss_options = training.loss;
+    // One level device per level for the whole run (its optimiser state and activations); the
+    // parameters it trains come back into the model however fit() ends.
+    m_scoring.clear();
+    std::vector<std::unique_ptr<LevelDevice<Scalar>>> devices;
+    for (Index l = 0; l < L; ++l)
+      devices.push_back(make_level_device(m_device, m_flows[static_cast<std::size_t>(l)], prior_or_null(l), training));
 
     // Per level: the positional encoding of one image, (H·W, P), shared by the B images of a batch
     // (the flow projects it through W1c once per position rather than once per vector).
@@ -347,62 +375,79 @@ class HgadModel {
     std::vector<Index> order(static_cast<std::size_t>(N));
     std::vector<Tensor<Scalar>> batch(static_cast<std::size_t>(L));
     std::vector<std::vector<std::int64_t>> batch_labels(static_cast<std::size_t>(L));
-    std::vector<SequenceFlowCache<Scalar>> caches(static_cast<std::size_t>(L));
 
     FitReport<Scalar> report;
     report.final_terms.resize(static_cast<std::size_t>(L));
     const auto start = std::chrono::steady_clock::now();
     Index step = 0;
-    for (Index meta = 0; meta < c.meta_epochs; ++meta) {
-      const int stage =
-          c.objective == Objective::nf ? 2 : training_stage(static_cast<int>(meta), loss_options);
-      for (Index sub = 0; sub < c.sub_epochs; ++sub) {
-        std::iota(order.begin(), order.end(), Index(0));
-        for (Index i = N - 1; i > 0; --i)
-          std::swap(order[static_cast<std::size_t>(i)],
-                    order[static_cast<std::size_t>(
-                        shuffle_rng.uniform_int(static_cast<std::uint64_t>(i + 1)))]);
-        for (Index it = 0; it < iterations; ++it) {
-          const double lr = schedule.lr_at(static_cast<int>(meta), sub * iterations + it,
-                                           c.sub_epochs * iterations);
-          for (Index l = 0; l < L; ++l) {
-            const auto li = static_cast<std::size_t>(l);
-            gather_batch(features[li], order, it * B, B, batch[li]);
-            batch_labels[li].resize(static_cast<std::size_t>(batch[li].rows()));
-            const Index hw = level_positions(l);
-            for (Index b = 0; b < B; ++b)
-              std::fill_n(
-                  batch_labels[li].begin() + b * hw, hw,
-                  labels[static_cast<std::size_t>(order[static_cast<std::size_t>(it * B + b)])]);
-            optimisers[li].set_lr(lr);
-            report.final_terms[li] =
-                train_level_step(l, batch[li], conditions[li], batch_labels[li], stage,
-                                 loss_options, optimisers[li], caches[li], step);
+    // A device other than the CPU trains copies of the parameters: they come back into the model
+    // before on_epoch sees it and however fit() ends (after a NonFiniteError: the last good step).
+    const auto copy_back = [&devices] {
+      for (auto& d : devices) d->copy_parameters_back();
+    };
+    try {
+      for (Index meta = 0; meta < c.meta_epochs; ++meta) {
+        const int stage =
+            c.objective == Objective::nf ? 2 : training_stage(static_cast<int>(meta), loss_options);
+        for (Index sub = 0; sub < c.sub_epochs; ++sub) {
+          std::iota(order.begin(), order.end(), Index(0));
+          for (Index i = N - 1; i > 0; --i)
+            std::swap(order[static_cast<std::size_t>(i)],
+                      order[static_cast<std::size_t>(
+                          shuffle_rng.uniform_int(static_cast<std::uint64_t>(i + 1)))]);
+          for (Index it = 0; it < iterations; ++it) {
+            const double lr = schedule.lr_at(static_cast<int>(meta), sub * iterations + it,
+                                             c.sub_epochs * iterations);
+            for (Index l = 0; l < L; ++l) {
+              const auto li = static_cast<std::size_t>(l);
+              gather_batch(features[li], order, it * B, B, batch[li]);
+              batch_labels[li].resize(static_cast<std::size_t>(batch[li].rows()));
+              const Index hw = level_positions(l);
+              for (Index b = 0; b < B; ++b)
+                std::fill_n(
+                    batch_labels[li].begin() + b * hw, hw,
+                    labels[static_cast<std::size_t>(order[static_cast<std::size_t>(it * B + b)])]);
+              report.final_terms[li] = devices[li]->train_step(
+                  batch[li], conditions[li], batch_labels[li], stage, lr,
+                  TrainStepContext{l, static_cast<std::int64_t>(step)});
+            }
+            ++step;
+            if (options.on_step) {
+              FitProgress<Scalar> p;
+              p.epoch = meta * c.sub_epochs + sub;
+              p.n_epochs = n_epochs;
+              p.meta_epoch = meta;
+              p.sub_epoch = sub;
+              p.step = step;
+              p.n_steps = n_steps;
+              p.stage = stage;
+              p.lr = lr;
+              p.level_terms = report.final_terms;
+              p.elapsed_seconds =
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+              p.images_per_second =
+                  p.elapsed_seconds > 0 ? double(step * B) / p.elapsed_seconds : 0.0;
+              options.on_step(p);
+            }
           }
-          ++step;
-          if (options.on_step) {
-            FitProgress<Scalar> p;
-            p.epoch = meta * c.sub_epochs + sub;
-            p.n_epochs = n_epochs;
-            p.meta_epoch = meta;
-            p.sub_epoch = sub;
-            p.step = step;
-            p.n_steps = n_steps;
-            p.stage = stage;
-            p.lr = lr;
-            p.level_terms = report.final_terms;
-            p.elapsed_seconds =
-                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-            p.images_per_second =
-                p.elapsed_seconds > 0 ? double(step * B) / p.elapsed_seconds : 0.0;
-            options.on_step(p);
+          ++m_epochs_trained;
+          if (options.on_epoch) {
+            copy_back();
+            options.on_epoch(*this, meta * c.sub_epochs + sub);
+            m_scoring.clear();
           }
         }
-        ++m_epochs_trained;
-        if (options.on_epoch) options.on_epoch(*this, meta * c.sub_epochs + sub);
       }
+    } catch (...) {
+      try {
+        copy_back();
+      } catch (...) {  // the first error is the one to report
+      }
+      m_scoring.clear();
+      throw;
     }
-    for (auto& cache : caches) cache.release();
+    copy_back();
+    m_scoring.clear();
     m_calibration.clear();  // constants of earlier parameters no longer apply
     report.steps = step;
     report.epochs = n_epochs;
@@ -432,7 +477,7 @@ class HgadModel {
       const LevelSpec& s = m_config.levels[static_cast<std::size_t>(l)];
       const Tensor<Scalar> x =
           image[static_cast<std::size_t>(l)].reshape({s.height * s.width, s.dim});
-      latents.push_back(flow(l).forward(x, level_encoding(l)));
+      latents.push_back(level_forward(l, x));
     }
     if (hgad) {
       out.class_posterior.assign(static_cast<std::size_t>(K), 0.0);
@@ -978,63 +1023,54 @@ class HgadModel {
     }
   }
 
-  /// Level l's Adam: HGAD's three groups (make_hgad_adam, ALGORITHM.md §4) for the HGAD
-  /// objective, the flow alone for the NF baseline.
-  Adam<Scalar> make_optimiser(Index l) const {
+  /// The objective and optimiser settings of every level, from the configuration.
+  LevelTraining level_training() const {
     const ModelConfig& c = m_config;
-    if (c.objective == Objective::hgad) {
-      HgadAdamOptions o;
-      o.lr = c.lr;
-      o.beta1 = c.beta1;
-      o.beta2 = c.beta2;
-      o.eps = c.adam_eps;
-      o.flow_weight_decay = c.weight_decay;
-      return make_hgad_adam(flow(l), prior(l), o);
-    }
-    Adam<Scalar> adam;
-    std::vector<Var<Scalar>> params;
-    std::vector<std::string> names;
-    for (const auto& [name, var] : flow(l).named_parameters()) {
-      params.push_back(var);
-      names.push_back("flow." + name);
-    }
-    adam.add_param_group(params, {c.lr, c.beta1, c.beta2, c.adam_eps, c.weight_decay}, names);
-    return adam;
+    LevelTraining t;
+    t.loss.objective = c.objective;
+    t.loss.lambda1 = c.lambda1;
+    t.loss.lambda2 = c.lambda2;
+    t.loss.label_smoothing = c.label_smoothing;
+    t.loss.stage1_meta_epochs = static_cast<int>(c.stage1_meta_epochs);
+    t.adam.lr = c.lr;
+    t.adam.beta1 = c.beta1;
+    t.adam.beta2 = c.beta2;
+    t.adam.eps = c.adam_eps;
+    t.adam.flow_weight_decay = c.weight_decay;
+    return t;
   }
 
-  /// One optimiser step of level l on a batch: train_step (fused flow and objective, finiteness
-  /// checks, Adam) for HGAD; for the NF baseline the same sequence with nf_loss_fused.
-  LossTerms<Scalar> train_level_step(Index l, const Tensor<Scalar>& x, const Tensor<Scalar>& cond,
-                                     const std::vector<std::int64_t>& labels, int stage,
-                                     const LossOptions& options, Adam<Scalar>& adam,
-                                     SequenceFlowCache<Scalar>& cache, Index step) {
-    const TrainStepContext context{l, static_cast<std::int64_t>(step)};
-    if (m_config.objective == Objective::hgad)
-      return train_step(flow(l), prior(l), adam, x, cond, labels, stage, options, context, cache);
-    adam.zero_grad();
-    SequenceFlow<Scalar>& f = flow(l);
-    const FlowResult<Scalar> r = f.forward_train(x, cond, cache);
-    const FusedLoss<Scalar> loss = nf_loss_fused(r.out, r.log_jac_det);
-    const std::string where = " at level " + std::to_string(l) + ", step " + std::to_string(step) +
-                              "; the parameters are those after the last good step";
-    if (!std::isfinite(double(loss.terms.total)))
-      throw NonFiniteError("HgadModel::fit: loss term L_z is " +
-                           std::to_string(double(loss.terms.total)) + where);
-    f.backward(cache, loss.grad_z, loss.grad_log_jac_det);
-    for (const auto& [name, var] : f.named_parameters()) {
-      if (!var.has_grad()) continue;
-      const Tensor<Scalar>& g = var.grad();
-      for (Index k = 0; k < g.numel(); ++k) {
-        if (!std::isfinite(g.data()[k])) {
-          adam.zero_grad();
-          throw NonFiniteError("HgadModel::fit: the gradient of flow." + name + " is not finite" +
-                               where);
-        }
-      }
-    }
-    adam.step();
-    return loss.terms;
+  GaussianMixturePrior<Scalar>* prior_or_null(Index l) {
+    return m_config.objective == Objective::hgad ? &m_priors[static_cast<std::size_t>(l)] : nullptr;
   }
+
+  /// Level l's flow on the image positions x (H·W, D): z and log|det J| on the CPU, computed on
+  /// the model's device.
+  FlowResult<Scalar> level_forward(Index l, const Tensor<Scalar>& x) const {
+    if (m_device == Device::cpu) return flow(l).forward(x, level_encoding(l));
+    std::lock_guard<std::mutex> lock(m_scoring.mutex);
+    if (m_scoring.levels.empty()) {
+      auto& self = const_cast<HgadModel&>(*this);  // the devices only read the parameters here
+      for (Index k = 0; k < n_levels(); ++k)
+        m_scoring.levels.push_back(make_level_device(m_device, self.m_flows[static_cast<std::size_t>(k)],
+                                                     self.prior_or_null(k), level_training()));
+    }
+    return m_scoring.levels[static_cast<std::size_t>(l)]->forward(x, level_encoding(l));
+  }
+
+  /// The level devices that run the flows of the scores off the CPU, made on first use and
+  /// dropped whenever the parameters may change. A copy or move of the model starts without.
+  struct ScoringDevices {
+    std::vector<std::unique_ptr<LevelDevice<Scalar>>> levels;
+    std::mutex mutex;
+    ScoringDevices() = default;
+    ScoringDevices(const ScoringDevices&) {}
+    ScoringDevices& operator=(const ScoringDevices&) {
+      clear();
+      return *this;
+    }
+    void clear() { levels.clear(); }
+  };
 
   ModelConfig m_config;
   std::vector<SequenceFlow<Scalar>> m_flows;
@@ -1042,6 +1078,8 @@ class HgadModel {
   std::vector<ClassCalibration> m_calibration;  // K + 1 entries once calibrated
   std::map<std::string, std::string> m_metadata;
   Index m_epochs_trained = 0;
+  Device m_device = Device::cpu;
+  mutable ScoringDevices m_scoring;
 };
 
 }  // namespace hgad

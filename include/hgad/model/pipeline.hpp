@@ -65,11 +65,13 @@ inline FeatureConfig backbone_config_for(const FeatureSettings& f) {
   return c;
 }
 
-/// The feature extractor of a model's settings with the weights in `weights_dir`.
+/// The feature extractor of a model's settings with the weights in `weights_dir`, its network
+/// run on `device` (make_feature_extractor).
 template <class Scalar>
 std::shared_ptr<FeatureExtractor<Scalar>> make_extractor(const FeatureSettings& f,
-                                                         const std::string& weights_dir) {
-  return make_feature_extractor<Scalar>(backbone_config_for(f), weights_dir);
+                                                         const std::string& weights_dir,
+                                                         Device device = Device::cpu) {
+  return make_feature_extractor<Scalar>(backbone_config_for(f), weights_dir, device);
 }
 
 /// The levels (dimension, height, width) an extractor gives for the settings' image size.

@@ -35,22 +35,6 @@
 
 namespace hgad {
 
-/// Where a step is, for the messages of NonFiniteError.
-struct TrainStepContext {
-  Index level = 0;         ///< the feature level (scale) being trained
-  std::int64_t step = 0;   ///< the optimiser step count of the run
-};
-
-/// Adam's settings for a level as HGAD configures them (ALGORITHM.md §4): betas (0.95, 0.99),
-/// eps 1e-8, coupled weight decay 1e-4 on the flow and none on the prior.
-struct HgadAdamOptions {
-  double lr = 2e-4;              ///< overwritten by the schedule every step (§4)
-  double beta1 = 0.95;
-  double beta2 = 0.99;
-  double eps = 1e-8;
-  double flow_weight_decay = 1e-4;
-};
-
 /// An Adam over one level with HGAD's three groups (ALGORITHM.md §4): the flow (weight decay
 /// flow_weight_decay), {mu, delta} and {phi_intra, phi_inter} (no weight decay), all at `lr`
 /// (HGAD's nominal 3x lr of the centres is overwritten by the schedule before the first step).
@@ -73,6 +57,25 @@ Adam<Scalar> make_hgad_adam(const SequenceFlow<Scalar>& flow, const GaussianMixt
   return adam;
 }
 
+/// The Adam of one level: make_hgad_adam's three groups for the HGAD objective (prior given),
+/// the flow alone, with weight decay flow_weight_decay, for the NF baseline (prior null).
+template <class Scalar>
+Adam<Scalar> make_level_adam(const SequenceFlow<Scalar>& flow, const GaussianMixturePrior<Scalar>* prior,
+                             const HgadAdamOptions& options = {}) {
+  if (prior != nullptr) return make_hgad_adam(flow, *prior, options);
+  Adam<Scalar> adam;
+  std::vector<Var<Scalar>> params;
+  std::vector<std::string> names;
+  for (const auto& [name, var] : flow.named_parameters()) {
+    params.push_back(var);
+    names.push_back("flow." + name);
+  }
+  adam.add_param_group(std::move(params),
+                       {options.lr, options.beta1, options.beta2, options.eps, options.flow_weight_decay},
+                       std::move(names));
+  return adam;
+}
+
 namespace detail {
 
 template <class Scalar>
@@ -90,30 +93,27 @@ void check_step_inputs(const SequenceFlow<Scalar>& flow, const Tensor<Scalar>& f
         features.rows(), " feature vectors");
 }
 
-template <class Scalar>
-void check_finite_terms(const LossTerms<Scalar>& terms, const TrainStepContext& context, const char* where) {
-  for (const auto& [name, value] : terms.named()) {
-    if (!std::isfinite(double(value))) {
-      throw NonFiniteError(concat(where, ": loss term ", name, " is ", double(value), " at level ", context.level,
-                                  ", step ", context.step, "; the parameters were left unchanged"));
-    }
-  }
-}
-
-/// Every (name, parameter) of a level: the flow's, then the prior's.
+/// Every (name, parameter) of a level: the flow's, then the prior's (none for the NF baseline).
 template <class Scalar>
 std::vector<std::pair<std::string, Var<Scalar>>> level_parameters(const SequenceFlow<Scalar>& flow,
-                                                                   const GaussianMixturePrior<Scalar>& prior) {
+                                                                   const GaussianMixturePrior<Scalar>* prior) {
   std::vector<std::pair<std::string, Var<Scalar>>> out;
   for (const auto& [name, var] : flow.named_parameters()) out.emplace_back("flow." + name, var);
+  if (prior == nullptr) return out;
   const auto names = GaussianMixturePrior<Scalar>::parameter_names();
-  const auto params = prior.parameters();
+  const auto params = prior->parameters();
   for (std::size_t i = 0; i < names.size(); ++i) out.emplace_back("prior." + names[i], params[i]);
   return out;
 }
 
 template <class Scalar>
-void check_finite_gradients(const SequenceFlow<Scalar>& flow, const GaussianMixturePrior<Scalar>& prior,
+std::vector<std::pair<std::string, Var<Scalar>>> level_parameters(const SequenceFlow<Scalar>& flow,
+                                                                   const GaussianMixturePrior<Scalar>& prior) {
+  return level_parameters(flow, &prior);
+}
+
+template <class Scalar>
+void check_finite_gradients(const SequenceFlow<Scalar>& flow, const GaussianMixturePrior<Scalar>* prior,
                             const TrainStepContext& context, const char* where) {
   for (const auto& [name, var] : level_parameters(flow, prior)) {
     if (!var.has_grad()) continue;
@@ -125,6 +125,12 @@ void check_finite_gradients(const SequenceFlow<Scalar>& flow, const GaussianMixt
   }
 }
 
+template <class Scalar>
+void check_finite_gradients(const SequenceFlow<Scalar>& flow, const GaussianMixturePrior<Scalar>& prior,
+                            const TrainStepContext& context, const char* where) {
+  check_finite_gradients(flow, &prior, context, where);
+}
+
 }  // namespace detail
 
 /// Forward, objective and backward of one level on the fused CPU path, without the optimiser:
@@ -133,9 +139,9 @@ void check_finite_gradients(const SequenceFlow<Scalar>& flow, const GaussianMixt
 /// Gradients accumulate (+=): reset them first (Adam::zero_grad) for a fresh step. Throws
 /// NonFiniteError, naming the term, when a loss term is not finite (before the flow's backward).
 ///   requires: CPU tensors, features (N, D), cond (N, P) (empty when P = 0), labels (N,) in [0, K),
-///             stage 1 or 2.
+///             stage 1 or 2; a prior for Objective::hgad (null for the NF baseline).
 template <class Scalar>
-LossTerms<Scalar> compute_gradients(SequenceFlow<Scalar>& flow, GaussianMixturePrior<Scalar>& prior,
+LossTerms<Scalar> compute_gradients(SequenceFlow<Scalar>& flow, GaussianMixturePrior<Scalar>* prior,
                                     const Tensor<Scalar>& features, const Tensor<Scalar>& cond,
                                     const std::vector<std::int64_t>& labels, int stage, const LossOptions& options,
                                     const TrainStepContext& context, SequenceFlowCache<Scalar>& cache) {
@@ -145,6 +151,14 @@ LossTerms<Scalar> compute_gradients(SequenceFlow<Scalar>& flow, GaussianMixtureP
   detail::check_finite_terms(loss.terms, context, "compute_gradients");
   flow.backward(cache, loss.grad_z, loss.grad_log_jac_det);
   return loss.terms;
+}
+
+template <class Scalar>
+LossTerms<Scalar> compute_gradients(SequenceFlow<Scalar>& flow, GaussianMixturePrior<Scalar>& prior,
+                                    const Tensor<Scalar>& features, const Tensor<Scalar>& cond,
+                                    const std::vector<std::int64_t>& labels, int stage, const LossOptions& options,
+                                    const TrainStepContext& context, SequenceFlowCache<Scalar>& cache) {
+  return compute_gradients(flow, &prior, features, cond, labels, stage, options, context, cache);
 }
 
 /// The same on the autograd path: SequenceFlow::forward on Vars, objective_loss, backward().
@@ -170,8 +184,10 @@ LossTerms<Scalar> compute_gradients_reference(SequenceFlow<Scalar>& flow, Gaussi
 /// gradient and are not updated. Returns the loss terms, computed before the update.
 ///   throws: NonFiniteError naming the term or parameter, context.level and context.step, with
 ///           the parameters and Adam's state as before the call.
+/// Both objectives take this one step: the NF baseline passes a null prior (and an Adam over the
+/// flow alone, make_level_adam).
 template <class Scalar>
-LossTerms<Scalar> train_step(SequenceFlow<Scalar>& flow, GaussianMixturePrior<Scalar>& prior, Adam<Scalar>& adam,
+LossTerms<Scalar> train_step(SequenceFlow<Scalar>& flow, GaussianMixturePrior<Scalar>* prior, Adam<Scalar>& adam,
                              const Tensor<Scalar>& features, const Tensor<Scalar>& cond,
                              const std::vector<std::int64_t>& labels, int stage, const LossOptions& options,
                              const TrainStepContext& context, SequenceFlowCache<Scalar>& cache) {
@@ -181,6 +197,14 @@ LossTerms<Scalar> train_step(SequenceFlow<Scalar>& flow, GaussianMixturePrior<Sc
   detail::check_finite_gradients(flow, prior, context, "train_step");
   adam.step();
   return terms;
+}
+
+template <class Scalar>
+LossTerms<Scalar> train_step(SequenceFlow<Scalar>& flow, GaussianMixturePrior<Scalar>& prior, Adam<Scalar>& adam,
+                             const Tensor<Scalar>& features, const Tensor<Scalar>& cond,
+                             const std::vector<std::int64_t>& labels, int stage, const LossOptions& options,
+                             const TrainStepContext& context, SequenceFlowCache<Scalar>& cache) {
+  return train_step(flow, &prior, adam, features, cond, labels, stage, options, context, cache);
 }
 
 /// The same step with a cache that lives for this call only.

@@ -31,6 +31,16 @@ struct AdamOptions {
   double weight_decay = 0.0;  ///< coupled L2: g' = g + weight_decay p (torch.optim.Adam, not AdamW)
 };
 
+/// Adam's settings for a level as HGAD configures them (ALGORITHM.md §4): betas (0.95, 0.99),
+/// eps 1e-8, coupled weight decay 1e-4 on the flow and none on the prior.
+struct HgadAdamOptions {
+  double lr = 2e-4;              ///< overwritten by the schedule every step (§4)
+  double beta1 = 0.95;
+  double beta2 = 0.99;
+  double eps = 1e-8;
+  double flow_weight_decay = 1e-4;
+};
+
 /// The optimiser state of one parameter tensor.
 template <class Scalar>
 struct AdamState {

@@ -1,0 +1,84 @@
+// HgadModel on the GPU (set_device(Device::cuda) through hgad/cuda/model_device.cuh) against the
+// same model on the CPU: training in double to 1e-8, and in both precisions a model trained on the
+// GPU scoring on the CPU as on the GPU once saved and loaded (the model file does not depend on the
+// device). tests/model/level_device.test.cpp runs the same comparisons with HostLevel, no GPU.
+#include <memory>
+
+#include <hgad/cuda/model_device.cuh>
+#include <hgad/model/hgad_model.hpp>
+
+#include "cuda_test_util.cuh"
+#include "io/temp_dir.hpp"
+#include "model/device_parity.hpp"
+#include "model/synthetic.hpp"
+
+namespace {
+
+template <class Scalar>
+std::vector<hgad::Tensor<Scalar>> as(const std::vector<hgad::Tensor<float>>& in) {
+  std::vector<hgad::Tensor<Scalar>> out;
+  for (const auto& f : in) {
+    hgad::Tensor<Scalar> t(f.shape());
+    for (hgad::Index i = 0; i < f.numel(); ++i) t.data()[i] = Scalar(f.data()[i]);
+    out.push_back(t);
+  }
+  return out;
+}
+
+hgad::ModelConfig gpu_config() {
+  hgad::ModelConfig c = hgad_test::synthetic_config();
+  c.meta_epochs = 4;  // stage 1 for one meta-epoch, then stage 2
+  c.stage1_meta_epochs = 1;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("HgadModel trains and scores on the GPU as on the CPU (double)", "[cuda][model]") {
+  HGAD_SKIP_WITHOUT_CUDA_DEVICE();
+  hgad::cuda::register_model_devices();
+  using Scalar = double;
+  const hgad::ModelConfig c = gpu_config();
+  const hgad_test::Synthetic train = hgad_test::make_synthetic(4, 0, 11);
+  const hgad_test::Synthetic test = hgad_test::make_synthetic(1, 1, 12);
+  const auto train_features = as<Scalar>(train.features), test_features = as<Scalar>(test.features);
+
+  hgad::HgadModel<Scalar> cpu(c), gpu(c);
+  cpu.fit(train_features, train.classes);
+  gpu.set_device(hgad::Device::cuda);
+  gpu.fit(train_features, train.classes);
+  const hgad::HgadModel<Scalar> untrained(c);
+  CHECK(hgad_test::max_parameter_difference(gpu, untrained) > 1e-3);
+  const double params = hgad_test::max_parameter_difference(gpu, cpu);
+  const double scores = hgad_test::max_score_difference(gpu, cpu, test_features, test.classes);
+  WARN("HgadModel<double> GPU vs CPU after 8 steps: parameters " << params << ", raw scores " << scores);
+  CHECK(params < 1e-8);
+  CHECK(scores < 1e-8);
+}
+
+TEMPLATE_TEST_CASE("A model trained on the GPU scores on the CPU as on the GPU", "[cuda][model]", float, double) {
+  HGAD_SKIP_WITHOUT_CUDA_DEVICE();
+  hgad::cuda::register_model_devices();
+  using Scalar = TestType;
+  const double tolerance = std::is_same_v<Scalar, float> ? 1e-4 : 1e-10;
+  const hgad::ModelConfig c = gpu_config();
+  const hgad_test::Synthetic train = hgad_test::make_synthetic(4, 0, 13);
+  const hgad_test::Synthetic test = hgad_test::make_synthetic(1, 1, 14);
+  const auto train_features = as<Scalar>(train.features), test_features = as<Scalar>(test.features);
+
+  hgad::HgadModel<Scalar> gpu(c);
+  gpu.set_device(hgad::Device::cuda);
+  gpu.fit(train_features, train.classes);
+  gpu.calibrate(train_features, train.classes);
+  hgad_test::TempDir dir("gpu_model");
+  gpu.save(dir.file("gpu.hgad"));
+  const auto cpu = hgad::HgadModel<Scalar>::load(dir.file("gpu.hgad"));
+  const double raw = hgad_test::max_score_difference(gpu, cpu, test_features, test.classes);
+  WARN("scores of a GPU-trained model, GPU vs CPU after loading: " << raw);
+  CHECK(raw < tolerance);
+  const auto on_gpu = gpu.score_set(test_features, test.classes, hgad::ScoreMode::calibrated);
+  const auto on_cpu = cpu.score_set(test_features, test.classes, hgad::ScoreMode::calibrated);
+  REQUIRE(on_gpu.size() == on_cpu.size());
+  for (std::size_t i = 0; i < on_cpu.size(); ++i)
+    CHECK(hgad_test::scaled_difference(on_gpu[i].score, on_cpu[i].score) < 10 * tolerance);
+}

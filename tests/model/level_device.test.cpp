@@ -1,0 +1,136 @@
+// The device seam under HgadModel (level_device.hpp): the errors of a program without CUDA, and
+// HgadModel trained and scored through a registered level device. The device registered here is
+// HostLevel, the GPU's level algorithm run on the CPU (cuda/level_engine.hpp), so the model's use
+// of the seam (copies of the parameters, the learning rate, the stages, the scores' flows) is
+// checked without a GPU; tests/cuda/model.test.cu runs the same comparison with CudaLevel.
+#include <catch2/catch.hpp>
+
+#include <memory>
+#include <utility>
+
+#include <hgad/cuda/level_engine.hpp>
+#include <hgad/level_device.hpp>
+#include <hgad/model/hgad_model.hpp>
+
+#include "io/temp_dir.hpp"
+#include "model/device_parity.hpp"
+#include "model/synthetic.hpp"
+
+namespace {
+
+using hgad::Device;
+
+/// Registers HostLevel as the CUDA level device of Scalar while it lives.
+template <class Scalar>
+class HostLevelAsCuda {
+ public:
+  HostLevelAsCuda() {
+    m_previous = hgad::register_level_device<Scalar>(
+        Device::cuda, {[](hgad::SequenceFlow<Scalar>& flow, hgad::GaussianMixturePrior<Scalar>* prior,
+                          const hgad::LevelTraining& training) {
+                         return std::unique_ptr<hgad::LevelDevice<Scalar>>(
+                             new hgad::EngineLevelDevice<Scalar, hgad::cuda::HostLevel<Scalar>>(Device::cuda, flow,
+                                                                                               prior, training));
+                       },
+                       {}});
+  }
+  ~HostLevelAsCuda() { hgad::register_level_device<Scalar>(Device::cuda, std::move(m_previous)); }
+  HostLevelAsCuda(const HostLevelAsCuda&) = delete;
+  HostLevelAsCuda& operator=(const HostLevelAsCuda&) = delete;
+
+ private:
+  hgad::LevelDeviceSupport<Scalar> m_previous;
+};
+
+template <class Scalar>
+std::vector<hgad::Tensor<Scalar>> as(const std::vector<hgad::Tensor<float>>& in) {
+  std::vector<hgad::Tensor<Scalar>> out;
+  for (const auto& f : in) {
+    hgad::Tensor<Scalar> t(f.shape());
+    for (hgad::Index i = 0; i < f.numel(); ++i) t.data()[i] = Scalar(f.data()[i]);
+    out.push_back(t);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("Asking for CUDA in a program without hgad's CUDA part names the build option", "[model][device]") {
+  REQUIRE_FALSE(hgad::level_device_registered<float>(Device::cuda));
+  hgad::HgadModel<float> model(hgad_test::synthetic_config());
+  CHECK_THROWS_WITH(model.set_device(Device::cuda), Catch::Contains("HGAD_ENABLE_CUDA"));
+  CHECK(model.device() == Device::cpu);
+  CHECK_THROWS_WITH(hgad::make_level_device<float>(Device::cuda, model.flow(0), &model.prior(0), {}),
+                    Catch::Contains("HGAD_ENABLE_CUDA"));
+  CHECK(hgad::parse_device("cuda") == Device::cuda);
+  CHECK(hgad::parse_device("cpu") == Device::cpu);
+  CHECK_THROWS_WITH(hgad::parse_device("tpu"), Catch::Contains("'tpu'"));
+}
+
+TEST_CASE("HgadModel trained and scored through a registered level device equals the CPU model",
+          "[model][device]") {
+  using Scalar = double;
+  hgad::ModelConfig c = hgad_test::synthetic_config();
+  c.meta_epochs = 4;  // stage 1 for one meta-epoch, then stage 2 (delta and phi_intra train too)
+  c.stage1_meta_epochs = 1;
+  const hgad_test::Synthetic train = hgad_test::make_synthetic(4, 0, 11);
+  const hgad_test::Synthetic test = hgad_test::make_synthetic(1, 1, 12);
+  const auto train_features = as<Scalar>(train.features), test_features = as<Scalar>(test.features);
+
+  hgad::HgadModel<Scalar> cpu(c);
+  cpu.fit(train_features, train.classes);
+  cpu.calibrate(train_features, train.classes);
+
+  HostLevelAsCuda<Scalar> registered;
+  hgad::HgadModel<Scalar> device(c);
+  device.set_device(Device::cuda);
+  CHECK(device.device() == Device::cuda);
+  const hgad::FitReport<Scalar> report = device.fit(train_features, train.classes);
+  CHECK(report.steps == 8);
+  device.calibrate(train_features, train.classes);
+
+  // Training moved the parameters, and both devices moved them alike.
+  const hgad::HgadModel<Scalar> untrained(c);
+  CHECK(hgad_test::max_parameter_difference(device, untrained) > 1e-3);
+  CHECK(hgad_test::max_parameter_difference(device, cpu) < 1e-9);
+  CHECK(hgad_test::max_score_difference(device, cpu, test_features, test.classes) < 1e-9);
+  const auto scored_device = device.score_set(test_features, test.classes, hgad::ScoreMode::calibrated);
+  const auto scored_cpu = cpu.score_set(test_features, test.classes, hgad::ScoreMode::calibrated);
+  REQUIRE(scored_device.size() == scored_cpu.size());
+  for (std::size_t i = 0; i < scored_cpu.size(); ++i)
+    CHECK(hgad_test::scaled_difference(scored_device[i].score, scored_cpu[i].score) < 1e-9);
+
+  // The model file does not depend on the device that trained it: loaded on the CPU, it scores as
+  // the device did; and a loaded model scores on the device as on the CPU.
+  hgad_test::TempDir dir("level_device");
+  device.save(dir.file("device.hgad"));
+  const auto loaded = hgad::HgadModel<Scalar>::load(dir.file("device.hgad"));
+  CHECK(loaded.device() == Device::cpu);
+  CHECK(hgad_test::max_score_difference(loaded, device, test_features, test.classes) < 1e-9);
+  auto loaded_on_device = hgad::HgadModel<Scalar>::load(dir.file("device.hgad"));
+  loaded_on_device.set_device(Device::cuda);
+  CHECK(hgad_test::max_score_difference(loaded_on_device, loaded, test_features, test.classes) < 1e-9);
+}
+
+TEST_CASE("A non-finite loss on a level device leaves the model at the last good step", "[model][device]") {
+  using Scalar = double;
+  hgad::ModelConfig c = hgad_test::synthetic_config();
+  c.meta_epochs = 1;
+  c.batch_size = 3;
+  HostLevelAsCuda<Scalar> registered;
+  hgad::HgadModel<Scalar> device(c), cpu(c);
+  device.set_device(Device::cuda);
+  hgad_test::Synthetic data = hgad_test::make_synthetic(2, 0, 8);
+  data.features[1].data()[4 * 6 + 2] = std::nanf("");  // image 1 of level 1: the second batch fails
+  const auto features = as<Scalar>(data.features);
+  CHECK_THROWS_AS(device.fit(features, data.classes), hgad::NonFiniteError);
+  CHECK_THROWS_AS(cpu.fit(features, data.classes), hgad::NonFiniteError);
+  CHECK(hgad_test::max_parameter_difference(device, cpu) < 1e-9);
+}
+
+TEST_CASE("The NF baseline stays on the CPU", "[model][device]") {
+  HostLevelAsCuda<float> registered;
+  hgad::HgadModel<float> model(hgad_test::synthetic_config(hgad::Objective::nf));
+  CHECK_THROWS_WITH(model.set_device(Device::cuda), Catch::Contains("NF baseline"));
+  CHECK(model.device() == Device::cpu);
+}
