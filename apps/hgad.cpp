@@ -206,6 +206,8 @@ const std::vector<OptionSpec> train_options = {
     {"objective", "hgad|nf", "HGAD's hierarchical prior, or the single-Gaussian NF baseline"},
     {"cache", "DIR", "keep the backbone features in DIR and reuse them when nothing changed"},
     {"auto-group", "", "train again with the class groups the first model's confusion suggests"},
+    {"checkpoint-every", "N", "every N passes, write the model and optimiser state to MODEL.checkpoint"},
+    {"resume", "FILE", "continue the training stored in a checkpoint (its configuration; same data)"},
     {"threads", "N", "worker threads (default: all cores)"},
     {"device", "cpu|cuda", "where the backbone, the flows' training and the scores run (default cpu)"},
 };
@@ -269,8 +271,23 @@ int cmd_train(const Args& args) {
   const std::string backbone = args.required("backbone");
   const std::string out = args.required("out");
   apply_threads(args);
+  const Index checkpoint_every = args.has("checkpoint-every") ? args.get_int("checkpoint-every", 1, 1, 100000) : 0;
+  const std::string checkpoint_path = out + ".checkpoint";
+  // --resume: the checkpoint's model, configuration and class folders, and its run's state.
+  std::unique_ptr<std::pair<Model, hgad::TrainingState<Scalar>>> resumed;
+  if (args.has("resume")) {
+    for (const char* option : {"config", "epochs", "objective", "classes"})
+      if (args.has(option))
+        throw UsageError(std::string("--resume continues the run stored in the checkpoint with its own settings; "
+                                     "drop --") + option);
+    const std::string file = args.get("resume", "");
+    require_file(file, "--resume");
+    resumed = std::make_unique<std::pair<Model, hgad::TrainingState<Scalar>>>(Model::load_checkpoint(file));
+  }
   hgad::ModelConfig config;
-  if (args.has("config")) {
+  if (resumed) {
+    config = resumed->first.config();
+  } else if (args.has("config")) {
     const std::string file = args.get("config", "");
     require_file(file, "--config");
     config = hgad::ModelConfig::from_text(read_text_file(file, "config file"), file);
@@ -281,6 +298,7 @@ int cmd_train(const Args& args) {
     throw UsageError("--auto-group regroups HGAD's classes; the NF objective has none");
   std::vector<std::string> classes;
   if (args.has("classes")) classes = split_names(args.get("classes", ""), "--classes");
+  if (resumed) classes = split_names(resumed->first.metadata("train_folders"), "the checkpoint's class folders");
   require_directory(data, "--data");
   require_directory(backbone, "--backbone");
   require_output_file(out, "--out");
@@ -292,9 +310,12 @@ int cmd_train(const Args& args) {
   hgad::MvtecOptions options;
   options.classes = classes;
   const hgad::MvtecDataset train(data, hgad::Split::train, options);
-  config.set_classes_from_folders(train.class_names());
+  if (!resumed) config.set_classes_from_folders(train.class_names());
   auto fx = hgad::make_extractor<Scalar>(config.features, backbone, device);
-  config.levels = hgad::feature_levels(*fx, config.features);
+  if (resumed)
+    hgad::check_backbone_matches(config, *fx);
+  else
+    config.levels = hgad::feature_levels(*fx, config.features);
   config.validate(true);
 
   std::fprintf(stderr, "hgad train: %lld images of %lld classes, %lld levels (",
@@ -326,14 +347,26 @@ int cmd_train(const Args& args) {
     std::vector<std::int64_t> labels;
     for (std::int64_t folder : set.classes)
       labels.push_back(class_of_folder[static_cast<std::size_t>(folder)]);
-    Model model(cfg);
+    // The run stored by --resume continues (once); any other training starts anew.
+    const bool resume = resumed && cfg.to_text() == resumed->first.config().to_text();
+    Model model = resume ? std::move(resumed->first) : Model(cfg);
     model.set_device(device);
+    model.set_metadata("train_folders", hgad::detail::mvtec::join_names(train.class_names()));
     {
       const Index B = std::min<Index>(cfg.batch_size, set.size());
       Progress bar("training", cfg.total_epochs() * (set.size() / B), "step");
       hgad::FitOptions<Scalar> fit;
       fit.on_step = [&](const hgad::FitProgress<Scalar>& p) { bar.update(p.step, loss_status(p)); };
+      fit.checkpoint_every = checkpoint_every;
+      fit.on_checkpoint = [&](const Model& m, const hgad::TrainingState<Scalar>& state) {
+        m.save_checkpoint(checkpoint_path, state);
+      };
+      if (resume) {
+        fit.resume = &resumed->second;
+        bar.update(resumed->second.steps_done);
+      }
       model.fit(set.features, labels, fit);
+      if (resume) resumed.reset();
       bar.finish();
     }
     std::vector<Index> per_class(static_cast<std::size_t>(cfg.n_classes()), 0);
@@ -348,7 +381,9 @@ int cmd_train(const Args& args) {
   };
   Model model = train_model(config);
   std::printf("%s", class_confusion_report(model, "").c_str());
-  if (args.has("auto-group")) {
+  // A resumed run that already trains class groups is the second training of --auto-group (or a
+  // grouping of the user's): it is not regrouped.
+  if (args.has("auto-group") && !(args.has("resume") && !config.class_groups.empty())) {
     const auto groups = hgad::suggest_class_groups(config, model.class_confusion());
     if (!groups.empty()) {
       config = hgad::regrouped(config, groups, train.class_names());
@@ -361,6 +396,7 @@ int cmd_train(const Args& args) {
   model.set_metadata("backbone_dir", fs::absolute(backbone).lexically_normal().string());
   model.set_metadata("train_data", fs::absolute(data).lexically_normal().string());
   model.save(out);
+  if (checkpoint_every > 0) fs::remove(checkpoint_path);  // the finished model supersedes it
   std::printf("wrote %s: %lld classes, %lld levels, %lld parameters, %lld epochs\n", out.c_str(),
               static_cast<long long>(model.n_classes()), static_cast<long long>(model.n_levels()),
               static_cast<long long>(model.n_parameters()),

@@ -18,6 +18,7 @@
 /// when a CUDA level is asked for.
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -66,6 +67,11 @@ class LevelDevice {
   /// Writes the parameters as this device holds them into the flow and prior it was made from
   /// (nothing to do on the CPU, which trains them in place).
   virtual void copy_parameters_back() = 0;
+
+  /// The optimiser's state by parameter name (Adam::state_dict()'s names), and its restoration:
+  /// with the parameters, what a run needs to continue where it stopped.
+  virtual std::map<std::string, AdamState<Scalar>> optimizer_state() const = 0;
+  virtual void set_optimizer_state(const std::map<std::string, AdamState<Scalar>>& state) = 0;
 };
 
 /// A level device over an engine that holds its own copy of the level (LevelEngine: CudaLevel
@@ -98,6 +104,11 @@ class EngineLevelDevice final : public LevelDevice<Scalar> {
   }
 
   void copy_parameters_back() override { m_engine.copy_parameters_to(m_flow, *m_prior); }
+
+  std::map<std::string, AdamState<Scalar>> optimizer_state() const override { return m_engine.optimizer_state(); }
+  void set_optimizer_state(const std::map<std::string, AdamState<Scalar>>& state) override {
+    m_engine.set_optimizer_state(state);
+  }
 
   Engine& engine() { return m_engine; }
 

@@ -82,3 +82,41 @@ TEMPLATE_TEST_CASE("A model trained on the GPU scores on the CPU as on the GPU",
   for (std::size_t i = 0; i < on_cpu.size(); ++i)
     CHECK(hgad_test::scaled_difference(on_gpu[i].score, on_cpu[i].score) < 10 * tolerance);
 }
+
+TEST_CASE("A GPU training stopped after a checkpoint and resumed ends where the uninterrupted one does",
+          "[cuda][model]") {
+  HGAD_SKIP_WITHOUT_CUDA_DEVICE();
+  hgad::cuda::register_model_devices();
+  hgad::ModelConfig c = gpu_config();
+  c.sub_epochs = 2;
+  const hgad_test::Synthetic train = hgad_test::make_synthetic(4, 0, 15);
+  hgad_test::TempDir dir("gpu_resume");
+  const std::string file = dir.file("run.checkpoint");
+
+  hgad::HgadModel<float> through(c);
+  through.set_device(hgad::Device::cuda);
+  through.fit(train.features, train.classes);
+
+  struct Stop {};
+  hgad::HgadModel<float> stopped(c);
+  stopped.set_device(hgad::Device::cuda);
+  hgad::FitOptions<float> options;
+  options.checkpoint_every = 1;
+  options.on_checkpoint = [&](const hgad::HgadModel<float>& m, const hgad::TrainingState<float>& state) {
+    m.save_checkpoint(file, state);
+  };
+  options.on_epoch = [](const hgad::HgadModel<float>&, hgad::Index epoch) {
+    if (epoch == 4) throw Stop();
+  };
+  CHECK_THROWS_AS(stopped.fit(train.features, train.classes, options), Stop);
+
+  auto [resumed, state] = hgad::HgadModel<float>::load_checkpoint(file);
+  CHECK(state.passes_done == 5);
+  resumed.set_device(hgad::Device::cuda);
+  hgad::FitOptions<float> resume;
+  resume.resume = &state;
+  resumed.fit(train.features, train.classes, resume);
+  const double difference = hgad_test::max_parameter_difference(resumed, through);
+  WARN("GPU run resumed after 5 of 8 passes vs uninterrupted: parameters differ by " << difference);
+  CHECK(difference < 1e-5);
+}

@@ -431,3 +431,66 @@ TEST_CASE("hgad embeddings names a non-finite feature value", "[model][cli]") {
   CHECK(contains(r.err, "b_X.npy' row 1 column 2 is nan"));
   CHECK_FALSE(fs::exists(json));
 }
+
+TEST_CASE("hgad train killed after a checkpoint and resumed with --resume ends on the same model",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  hgad_test::TempDir dir("cli_resume");
+  write_dataset(dir.path() / "data");
+  // 100 passes of 2 steps, a checkpoint after each: the kill below lands long before the end.
+  std::ofstream(dir.file("run.cfg"))
+      << "image_size = 64\nmask_size = 32\nlayers = layer2\npos_dim = 8\nn_blocks = 1\nn_centers = 2\n"
+         "meta_epochs = 100\nsub_epochs = 1\nwarmup_meta_epochs = 1\nstage1_meta_epochs = 1\nbatch_size = 4\n";
+  const std::string common = "train --threads 1 --data '" + dir.file("data") + "' --backbone '" + weights_dir() + "'";
+  Run r = run(dir, common + " --config '" + dir.file("run.cfg") + "' --out '" + dir.file("through.hgad") + "'");
+  INFO(r.out << r.err);
+  REQUIRE(r.status == 0);
+
+  // The same run with --checkpoint-every 1, killed (SIGKILL) once its first checkpoint is written.
+  const std::string killed = dir.file("killed.hgad"), checkpoint = killed + ".checkpoint";
+  const std::string script = "'" + cli_path() + "' " + common + " --config '" + dir.file("run.cfg") +
+                             "' --checkpoint-every 1 --out '" + killed + "' >/dev/null 2>&1 & pid=$!; " +
+                             "while [ ! -f '" + checkpoint + "' ] && kill -0 $pid 2>/dev/null; do sleep 0.01; done; " +
+                             "kill -9 $pid; wait $pid";
+  std::system(("bash -c \"" + script + "\"").c_str());
+  REQUIRE(fs::exists(checkpoint));
+  REQUIRE_FALSE(fs::exists(killed));
+  r = run(dir, "info '" + checkpoint + "'");
+  CHECK(r.status == 0);  // a checkpoint is a model file too
+
+  r = run(dir, common + " --resume '" + checkpoint + "' --config x.cfg --out '" + dir.file("resumed.hgad") + "'");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "drop --config"));
+  r = run(dir, common + " --resume '" + checkpoint + "' --checkpoint-every 10 --out '" + killed + "'");
+  INFO(r.out << r.err);
+  REQUIRE(r.status == 0);
+  CHECK_FALSE(fs::exists(checkpoint));  // the finished model supersedes it
+
+  const auto a = hgad::HgadModel<float>::load(dir.file("through.hgad"));
+  const auto b = hgad::HgadModel<float>::load(killed);
+  CHECK(a.epochs_trained() == 100);
+  CHECK(b.epochs_trained() == 100);
+  for (hgad::Index l = 0; l < a.n_levels(); ++l) {
+    const auto pa = a.flow(l).parameters(), pb = b.flow(l).parameters();
+    for (std::size_t i = 0; i < pa.size(); ++i) CHECK(pa[i].value().to_vector() == pb[i].value().to_vector());
+    const auto qa = a.prior(l).parameters(), qb = b.prior(l).parameters();
+    for (std::size_t i = 0; i < qa.size(); ++i) CHECK(qa[i].value().to_vector() == qb[i].value().to_vector());
+  }
+  CHECK(a.calibration(0).train_score_max == b.calibration(0).train_score_max);
+}
+
+TEST_CASE("hgad --device cuda says why it cannot run here", "[model][cli]") {
+  REQUIRE_CLI();
+  hgad_test::TempDir dir("cli_device");
+  const std::string folder = "'" + dir.path().string() + "'";
+  const Run r = run(dir, "train --data " + folder + " --backbone " + folder + " --out '" + dir.file("m.hgad") +
+                             "' --device cuda");
+  // Built without CUDA, the build option is named; built with it on a machine without a GPU (CI),
+  // the missing device. Either way before any work, and no file is written.
+  INFO(r.err);
+  CHECK(r.status == 1);
+  CHECK((contains(r.err, "HGAD_ENABLE_CUDA") || contains(r.err, "no CUDA device is usable")));
+  CHECK_FALSE(fs::exists(dir.file("m.hgad")));
+  CHECK(run(dir, "train --data x --backbone y --out m --device tpu").status == 2);
+}

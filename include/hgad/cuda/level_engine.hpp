@@ -23,7 +23,9 @@
 /// (N = 32768, D = 200, P = 256, H = 712, 12 blocks) in float.
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -96,6 +98,21 @@ class LevelEngine {
     m_delta = m_phi_inter + m_K;
     m_phi_intra = m_delta + m_K * (m_M - 1) * d.D;
     m_n_params = m_phi_intra + m_K * m_M;
+
+    // Every parameter by the name make_hgad_adam gives it, with its place in the flat buffer and its
+    // Adam segment (0 the flow, 1 mu and phi_inter, 2 delta and phi_intra).
+    const Index block_offsets[6] = {m_w1, m_b1, m_w2, m_b2, m_gamma, m_offset};
+    Index n_flow_params = 0;
+    for (const auto& [name, var] : flow.named_parameters()) {
+      const Index b = n_flow_params / 6;
+      m_table.push_back({"flow." + name, b * m_block_stride + block_offsets[n_flow_params % 6], var.value().shape(), 0});
+      ++n_flow_params;
+    }
+    check(n_flow_params == 6 * m_n_blocks, "LevelEngine: the flow has ", n_flow_params, " parameters, expected 6 per block");
+    m_table.push_back({"prior.mu", m_mu, prior.mu().value().shape(), 1});
+    m_table.push_back({"prior.phi_inter", m_phi_inter, prior.phi_inter().value().shape(), 1});
+    m_table.push_back({"prior.delta", m_delta, prior.delta().value().shape(), 2});
+    m_table.push_back({"prior.phi_intra", m_phi_intra, prior.phi_intra().value().shape(), 2});
 
     std::vector<Scalar> host(static_cast<std::size_t>(m_n_params));
     std::vector<Scalar> rotation(static_cast<std::size_t>(m_n_blocks * d.D * d.D));
@@ -364,41 +381,58 @@ class LevelEngine {
     }
   }
 
-  /// Writes Adam's moments and step counts into `adam`, an optimiser made by
-  /// make_hgad_adam(flow, prior) for a model of this level's sizes (groups: the flow's parameters
-  /// in named_parameters() order; {mu, delta}; {phi_intra, phi_inter}). With copy_parameters_to
-  /// this hands a GPU run over to the CPU path.
-  void copy_optimizer_state_to(Adam<Scalar>& adam) const {
-    check(adam.n_groups() == 3 && static_cast<Index>(adam.param_group(0).params.size()) == 6 * m_n_blocks &&
-              adam.param_group(1).params.size() == 2 && adam.param_group(2).params.size() == 2,
-          "LevelEngine::copy_optimizer_state_to: the optimiser is not make_hgad_adam's for this level");
+  /// Adam's state by parameter name, as Adam::state_dict() of make_hgad_adam(flow, prior) names it
+  /// ("flow.block{b}.<name>", "prior.<name>"): step counts and moments, copied to the CPU.
+  std::map<std::string, AdamState<Scalar>> optimizer_state() const {
     std::vector<Scalar> m(static_cast<std::size_t>(m_n_params)), v(static_cast<std::size_t>(m_n_params));
     m_exec.backend().copy_to_host(m_exp_avg.data(), m.data(), m_n_params);
     m_exec.backend().copy_to_host(m_exp_avg_sq.data(), v.data(), m_n_params);
-    const auto set = [&](std::size_t group, std::size_t index, Index offset, std::int64_t step) {
-      auto& param_group = adam.param_group(group);
-      const Tensor<Scalar>& value = param_group.params[index].value();
-      AdamState<Scalar>& state = param_group.state[index];
-      state.step = step;
-      if (step == 0) {
-        state.exp_avg = Tensor<Scalar>();
-        state.exp_avg_sq = Tensor<Scalar>();
-        return;
-      }
-      state.exp_avg = Tensor<Scalar>(value.shape());
-      state.exp_avg_sq = Tensor<Scalar>(value.shape());
-      std::copy(m.data() + offset, m.data() + offset + value.numel(), state.exp_avg.data());
-      std::copy(v.data() + offset, v.data() + offset + value.numel(), state.exp_avg_sq.data());
-    };
-    const Index block_offsets[6] = {m_w1, m_b1, m_w2, m_b2, m_gamma, m_offset};
-    for (Index b = 0; b < m_n_blocks; ++b)
-      for (Index k = 0; k < 6; ++k)
-        set(0, static_cast<std::size_t>(6 * b + k), b * m_block_stride + block_offsets[k], m_step_flow);
-    set(1, 0, m_mu, m_step_inter);
-    set(1, 1, m_delta, m_step_intra);
-    set(2, 0, m_phi_intra, m_step_intra);
-    set(2, 1, m_phi_inter, m_step_inter);
+    const std::int64_t steps[3] = {m_step_flow, m_step_inter, m_step_intra};
+    std::map<std::string, AdamState<Scalar>> out;
+    for (const ParameterEntry& e : m_table) {
+      AdamState<Scalar>& state = out[e.name];
+      state.step = steps[e.segment];
+      if (state.step == 0) continue;
+      state.exp_avg = Tensor<Scalar>(e.shape);
+      state.exp_avg_sq = Tensor<Scalar>(e.shape);
+      std::copy(m.data() + e.offset, m.data() + e.offset + e.shape.numel(), state.exp_avg.data());
+      std::copy(v.data() + e.offset, v.data() + e.offset + e.shape.numel(), state.exp_avg_sq.data());
+    }
+    return out;
   }
+
+  /// Sets Adam's state from `state` (optimizer_state()'s names): a run continues where it stopped.
+  ///   throws: hgad::Error naming the parameter when one is missing, has moments of the wrong shape,
+  ///           or a step count unlike the others of its segment; the engine is then unchanged.
+  void set_optimizer_state(const std::map<std::string, AdamState<Scalar>>& state) {
+    std::int64_t steps[3] = {-1, -1, -1};
+    std::vector<Scalar> m(static_cast<std::size_t>(m_n_params), Scalar(0)), v(m.size(), Scalar(0));
+    for (const ParameterEntry& e : m_table) {
+      const auto it = state.find(e.name);
+      check(it != state.end(), "LevelEngine::set_optimizer_state: no state for parameter ", e.name);
+      const AdamState<Scalar>& s = it->second;
+      check(steps[e.segment] < 0 || steps[e.segment] == s.step, "LevelEngine::set_optimizer_state: ", e.name,
+            " has taken ", s.step, " steps, the other parameters of its group ", steps[e.segment]);
+      steps[e.segment] = s.step;
+      if (s.step == 0) continue;
+      check(s.exp_avg.shape() == e.shape && s.exp_avg_sq.shape() == e.shape, "LevelEngine::set_optimizer_state: ",
+            "the moments of ", e.name, " have shape ", s.exp_avg.shape().to_string(), ", expected ",
+            e.shape.to_string());
+      const Tensor<Scalar> avg = s.exp_avg.cpu(), avg_sq = s.exp_avg_sq.cpu();
+      std::copy(avg.data(), avg.data() + avg.numel(), m.data() + e.offset);
+      std::copy(avg_sq.data(), avg_sq.data() + avg_sq.numel(), v.data() + e.offset);
+    }
+    m_exec.backend().copy_from_host(m.data(), m_exp_avg.data(), m_n_params);
+    m_exec.backend().copy_from_host(v.data(), m_exp_avg_sq.data(), m_n_params);
+    m_step_flow = std::max<std::int64_t>(steps[0], 0);
+    m_step_inter = std::max<std::int64_t>(steps[1], 0);
+    m_step_intra = std::max<std::int64_t>(steps[2], 0);
+  }
+
+  /// Writes Adam's moments and step counts into `adam`, an optimiser made by
+  /// make_hgad_adam(flow, prior) for a model of this level's sizes. With copy_parameters_to this
+  /// hands a GPU run over to the CPU path.
+  void copy_optimizer_state_to(Adam<Scalar>& adam) const { adam.load_state_dict(optimizer_state()); }
 
   /// FLOPs of the GEMMs of one training step on N rows with Nc condition rows, as this engine
   /// runs them (forward, backward, the prior's centre GEMM).
@@ -610,6 +644,13 @@ class LevelEngine {
   // both stages train; delta and phi_intra, which only stage 2 trains.
   Index m_w1 = 0, m_b1 = 0, m_w2 = 0, m_b2 = 0, m_gamma = 0, m_offset = 0, m_block_stride = 0;
   Index m_flow_size = 0, m_mu = 0, m_phi_inter = 0, m_delta = 0, m_phi_intra = 0, m_n_params = 0;
+  struct ParameterEntry {
+    std::string name;
+    Index offset;
+    Shape shape;
+    int segment;
+  };
+  std::vector<ParameterEntry> m_table;
 
   Tensor<Scalar> m_params, m_grads, m_exp_avg, m_exp_avg_sq, m_rotation;
   Tensor<Scalar> m_g, m_g_derivative, m_sum_log_g, m_centers, m_log_pi, m_log_w;

@@ -3,7 +3,9 @@
 /// The CPU's level device (level_device.hpp): the fused path of train_step.hpp on the model's own
 /// flow and prior, and make_level_device, which HgadModel calls for every device.
 
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "../detail/check.hpp"
@@ -46,6 +48,11 @@ class CpuLevelDevice final : public LevelDevice<Scalar> {
   }
 
   void copy_parameters_back() override {}
+
+  std::map<std::string, AdamState<Scalar>> optimizer_state() const override { return m_adam.state_dict(); }
+  void set_optimizer_state(const std::map<std::string, AdamState<Scalar>>& state) override {
+    m_adam.load_state_dict(state);
+  }
 
  private:
   SequenceFlow<Scalar>& m_flow;

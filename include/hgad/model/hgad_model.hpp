@@ -124,12 +124,31 @@ struct FitProgress {
 template <class Scalar>
 class HgadModel;
 
-/// Callbacks of fit(). `on_epoch` runs after every pass and may evaluate the model (it receives it
-/// const); the model fit() leaves behind is always the one at the end of training.
+/// Where a run of fit() stands after a pass, beside the model's own parameters: the passes and
+/// steps it completed and every level's optimiser state (Adam::state_dict()). With the model it is
+/// what a run needs to continue as if it had never stopped (HgadModel::save_checkpoint,
+/// HgadModel::load_checkpoint, FitOptions::resume).
+template <class Scalar>
+struct TrainingState {
+  Index passes_done = 0;  ///< passes over the training data completed by the run
+  Index steps_done = 0;   ///< batches completed by the run
+  std::vector<std::map<std::string, AdamState<Scalar>>> optimizers;  ///< per level
+};
+
+/// Callbacks and resumption of fit(). `on_epoch` runs after every pass and may evaluate the model
+/// (it receives it const); the model fit() leaves behind is always the one at the end of training.
+/// Every `checkpoint_every` passes, `on_checkpoint` receives the model and the run's state (before
+/// on_epoch), for instance to save_checkpoint() them; `resume` continues a run from such a state.
 template <class Scalar>
 struct FitOptions {
   std::function<void(const FitProgress<Scalar>&)> on_step;
   std::function<void(const HgadModel<Scalar>&, Index epoch)> on_epoch;
+  Index checkpoint_every = 0;  ///< passes between two on_checkpoint calls; 0: none
+  std::function<void(const HgadModel<Scalar>&, const TrainingState<Scalar>&)> on_checkpoint;
+  /// Continue the run that stopped in this state (made by this model's configuration on the same
+  /// training data): the passes it completed are not repeated, the shuffles and the learning-rate
+  /// schedule go on where they were, and each level's optimiser starts from its saved state.
+  const TrainingState<Scalar>* resume = nullptr;
 };
 
 /// What fit() did.
@@ -356,14 +375,28 @@ class HgadModel {
     schedule.decay_rate = c.lr_decay_rate;
     schedule.warm_up = c.warmup_meta_epochs > 0;
 
+    const TrainingState<Scalar>* resume = options.resume;
+    if (resume != nullptr) {
+      check(resume->passes_done >= 0 && resume->passes_done <= n_epochs &&
+                resume->steps_done == resume->passes_done * iterations &&
+                static_cast<Index>(resume->optimizers.size()) == L,
+            "HgadModel::fit: the training state to resume (", resume->passes_done, " passes, ", resume->steps_done,
+            " steps, ", resume->optimizers.size(), " levels) does not belong to a run of this configuration on these ",
+            N, " images (", iterations, " steps per pass, ", n_epochs, " passes, ", L, " levels)");
+    }
+    check(options.checkpoint_every >= 0, "HgadModel::fit: checkpoint_every must be >= 0, got ",
+          options.checkpoint_every);
     const LevelTraining training = level_training();
     const LossOptions& loss_options = training.loss;
     // One level device per level for the whole run (its optimiser state and activations); the
     // parameters it trains come back into the model however fit() ends.
     m_scoring.clear();
     std::vector<std::unique_ptr<LevelDevice<Scalar>>> devices;
-    for (Index l = 0; l < L; ++l)
+    for (Index l = 0; l < L; ++l) {
       devices.push_back(make_level_device(m_device, m_flows[static_cast<std::size_t>(l)], prior_or_null(l), training));
+      if (resume != nullptr) devices.back()->set_optimizer_state(resume->optimizers[static_cast<std::size_t>(l)]);
+    }
+    m_calibration.clear();  // constants of earlier parameters no longer apply
 
     // Per level: the positional encoding of one image, (H·W, P), shared by the B images of a batch
     // (the flow projects it through W1c once per position rather than once per vector).
@@ -381,20 +414,29 @@ class HgadModel {
     const auto start = std::chrono::steady_clock::now();
     Index step = 0;
     // A device other than the CPU trains copies of the parameters: they come back into the model
-    // before on_epoch sees it and however fit() ends (after a NonFiniteError: the last good step).
+    // before on_epoch or on_checkpoint sees it and however fit() ends (after a NonFiniteError: the
+    // last good step).
     const auto copy_back = [&devices] {
       for (auto& d : devices) d->copy_parameters_back();
     };
+    const auto shuffle = [&] {
+      std::iota(order.begin(), order.end(), Index(0));
+      for (Index i = N - 1; i > 0; --i)
+        std::swap(order[static_cast<std::size_t>(i)],
+                  order[static_cast<std::size_t>(shuffle_rng.uniform_int(static_cast<std::uint64_t>(i + 1)))]);
+    };
+    // A resumed run replays the shuffles of the passes it completed, so the stream continues.
+    const Index first_pass = resume != nullptr ? resume->passes_done : 0;
+    for (Index pass = 0; pass < first_pass; ++pass) shuffle();
+    if (resume != nullptr) step = resume->steps_done;
+    const Index first_step = step;
     try {
-      for (Index meta = 0; meta < c.meta_epochs; ++meta) {
+      for (Index meta = first_pass / c.sub_epochs; meta < c.meta_epochs; ++meta) {
         const int stage =
             c.objective == Objective::nf ? 2 : training_stage(static_cast<int>(meta), loss_options);
-        for (Index sub = 0; sub < c.sub_epochs; ++sub) {
-          std::iota(order.begin(), order.end(), Index(0));
-          for (Index i = N - 1; i > 0; --i)
-            std::swap(order[static_cast<std::size_t>(i)],
-                      order[static_cast<std::size_t>(
-                          shuffle_rng.uniform_int(static_cast<std::uint64_t>(i + 1)))]);
+        for (Index sub = meta == first_pass / c.sub_epochs ? first_pass % c.sub_epochs : 0; sub < c.sub_epochs;
+             ++sub) {
+          shuffle();
           for (Index it = 0; it < iterations; ++it) {
             const double lr = schedule.lr_at(static_cast<int>(meta), sub * iterations + it,
                                              c.sub_epochs * iterations);
@@ -426,11 +468,20 @@ class HgadModel {
               p.elapsed_seconds =
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
               p.images_per_second =
-                  p.elapsed_seconds > 0 ? double(step * B) / p.elapsed_seconds : 0.0;
+                  p.elapsed_seconds > 0 ? double((step - first_step) * B) / p.elapsed_seconds : 0.0;
               options.on_step(p);
             }
           }
           ++m_epochs_trained;
+          const Index passes = meta * c.sub_epochs + sub + 1;
+          if (options.checkpoint_every > 0 && options.on_checkpoint && passes % options.checkpoint_every == 0) {
+            copy_back();
+            TrainingState<Scalar> state;
+            state.passes_done = passes;
+            state.steps_done = step;
+            for (const auto& d : devices) state.optimizers.push_back(d->optimizer_state());
+            options.on_checkpoint(*this, state);
+          }
           if (options.on_epoch) {
             copy_back();
             options.on_epoch(*this, meta * c.sub_epochs + sub);
@@ -448,7 +499,6 @@ class HgadModel {
     }
     copy_back();
     m_scoring.clear();
-    m_calibration.clear();  // constants of earlier parameters no longer apply
     report.steps = step;
     report.epochs = n_epochs;
     report.seconds =
@@ -655,6 +705,67 @@ class HgadModel {
   /// constants and the metadata as one hgad::Checkpoint, atomically.
   void save(const std::string& path) const { to_checkpoint().save(path); }
 
+  /// Writes the model with the state of a run of fit() (FitOptions::on_checkpoint) as one file,
+  /// atomically: load_checkpoint reads both back, and fit() with FitOptions::resume continues the
+  /// run. A checkpoint is also a model file (load() reads it and ignores the state).
+  void save_checkpoint(const std::string& path, const TrainingState<Scalar>& state) const {
+    check(static_cast<Index>(state.optimizers.size()) == n_levels(), "HgadModel::save_checkpoint: a state of ",
+          state.optimizers.size(), " levels for a model of ", n_levels());
+    Checkpoint ckpt = to_checkpoint();
+    ckpt.set_int64("resume.passes_done", {static_cast<std::int64_t>(state.passes_done)});
+    ckpt.set_int64("resume.steps_done", {static_cast<std::int64_t>(state.steps_done)});
+    for (Index l = 0; l < n_levels(); ++l) {
+      for (const auto& [name, adam] : state.optimizers[static_cast<std::size_t>(l)]) {
+        const std::string key = resume_key(l, name);
+        ckpt.set_int64(key + ".step", {adam.step});
+        if (adam.step == 0) continue;
+        ckpt.set_tensor(key + ".exp_avg", adam.exp_avg);
+        ckpt.set_tensor(key + ".exp_avg_sq", adam.exp_avg_sq);
+      }
+    }
+    ckpt.save(path);
+  }
+
+  /// The model and the training state of a file written by save_checkpoint.
+  ///   throws: hgad::Error naming the file when it holds no training state or a malformed one.
+  static std::pair<HgadModel, TrainingState<Scalar>> load_checkpoint(const std::string& path) {
+    const Checkpoint ckpt = Checkpoint::load(path);
+    HgadModel model = from_checkpoint(ckpt, path);
+    check(ckpt.has("resume.passes_done") && ckpt.has("resume.steps_done"), "'", path,
+          "' holds a model but no training state to resume (checkpoints are written by hgad train "
+          "--checkpoint-every, or HgadModel::save_checkpoint)");
+    TrainingState<Scalar> state;
+    const auto single = [&](const std::string& key) {
+      const std::vector<std::int64_t> v = ckpt.int64(key);
+      check(v.size() == 1 && v[0] >= 0, "'", path, "': malformed entry '", key, "'");
+      return static_cast<Index>(v[0]);
+    };
+    state.passes_done = single("resume.passes_done");
+    state.steps_done = single("resume.steps_done");
+    state.optimizers.resize(static_cast<std::size_t>(model.n_levels()));
+    const std::string step_suffix = ".step";
+    for (Index l = 0; l < model.n_levels(); ++l) {
+      const std::string prefix = resume_key(l, "");
+      for (const std::string& key : ckpt.names()) {
+        if (key.compare(0, prefix.size(), prefix) != 0 || key.size() < prefix.size() + step_suffix.size() ||
+            key.compare(key.size() - step_suffix.size(), step_suffix.size(), step_suffix) != 0)
+          continue;
+        const std::string name = key.substr(prefix.size(), key.size() - prefix.size() - step_suffix.size());
+        AdamState<Scalar> adam;
+        adam.step = single(key);
+        if (adam.step > 0) {
+          const std::string base = resume_key(l, name);
+          check(ckpt.has(base + ".exp_avg") && ckpt.has(base + ".exp_avg_sq"), "'", path,
+                "' lacks the optimiser moments of ", name, " at level ", l);
+          adam.exp_avg = ckpt.tensor<Scalar>(base + ".exp_avg");
+          adam.exp_avg_sq = ckpt.tensor<Scalar>(base + ".exp_avg_sq");
+        }
+        state.optimizers[static_cast<std::size_t>(l)][name] = std::move(adam);
+      }
+    }
+    return {std::move(model), std::move(state)};
+  }
+
   Checkpoint to_checkpoint() const {
     Checkpoint ckpt;
     ckpt.set_text("format", model_format);
@@ -859,6 +970,11 @@ class HgadModel {
       }
     }
     return model;
+  }
+
+  /// The checkpoint entry of level l's optimiser state for parameter `name` (a prefix for "").
+  static std::string resume_key(Index l, const std::string& name) {
+    return "resume.level" + std::to_string(l) + "." + name;
   }
 
   /// The checkpoint entry of level l's per-position calibration baselines.

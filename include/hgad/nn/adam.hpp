@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -116,6 +117,39 @@ class Adam {
     for (auto& g : m_groups) {
       for (auto& p : g.params) p.zero_grad();
     }
+  }
+
+  /// The optimiser state by parameter name (torch's state_dict()): step count and moments of every
+  /// parameter (empty moments before its first update). With load_state_dict this continues a run
+  /// where it stopped.
+  std::map<std::string, AdamState<Scalar>> state_dict() const {
+    std::map<std::string, AdamState<Scalar>> out;
+    for (const auto& group : m_groups)
+      for (std::size_t i = 0; i < group.params.size(); ++i) out[group.names[i]] = group.state[i];
+    return out;
+  }
+
+  /// Sets the state of every parameter from `state` (names as in state_dict()).
+  ///   throws: hgad::Error naming the parameter when one is missing or its moments have the wrong
+  ///           shape; the optimiser is then unchanged.
+  void load_state_dict(const std::map<std::string, AdamState<Scalar>>& state) {
+    for (const auto& group : m_groups)
+      for (std::size_t i = 0; i < group.params.size(); ++i) {
+        const auto it = state.find(group.names[i]);
+        check(it != state.end(), "Adam::load_state_dict: no state for parameter ", group.names[i]);
+        const AdamState<Scalar>& s = it->second;
+        const Shape& shape = group.params[i].value().shape();
+        check(s.step >= 0 && (s.step == 0 || (s.exp_avg.shape() == shape && s.exp_avg_sq.shape() == shape)),
+              "Adam::load_state_dict: the state of ", group.names[i], " (step ", s.step, ", moments ",
+              s.exp_avg.shape().to_string(), ") does not fit its shape ", shape.to_string());
+      }
+    for (auto& group : m_groups)
+      for (std::size_t i = 0; i < group.params.size(); ++i) {
+        const AdamState<Scalar>& s = state.at(group.names[i]);
+        group.state[i].step = s.step;
+        group.state[i].exp_avg = s.step == 0 ? Tensor<Scalar>() : s.exp_avg.clone();
+        group.state[i].exp_avg_sq = s.step == 0 ? Tensor<Scalar>() : s.exp_avg_sq.clone();
+      }
   }
 
   /// One update of every parameter that has a gradient.
