@@ -100,9 +100,14 @@ else
   for s in "${sources[@]}"; do
     name=$(basename "$s"); name=${name%.*}
     obj="$build/$name.o"
-    extra=()
-    [[ "$s" == apps/* ]] && extra=(-I"$stb" -Xcompiler=-march=native)
-    timeout "$(phase_time 300 150)" nvcc "${flags[@]}" "${extra[@]}" -c "$s" -o "$obj" > "$build/$name.log" 2>&1 &
+    if [[ "$s" == *.cpp ]]; then  # host code: the host compiler, as a CMake build would
+      timeout "$(phase_time 300 150)" c++ -std=c++17 -O3 -march=native -fopenmp -Wno-unknown-pragmas \
+        -I"$root/include" -I"$eigen" -I"$stb" -c "$s" -o "$obj" > "$build/$name.log" 2>&1 &
+    else  # the program's .cu file matches its host code's instruction set (Eigen's alignment)
+      extra=()
+      [[ "$s" == apps/* ]] && extra=(-Xcompiler=-march=native)
+      timeout "$(phase_time 300 150)" nvcc "${flags[@]}" "${extra[@]}" -c "$s" -o "$obj" > "$build/$name.log" 2>&1 &
+    fi
     pids+=($!)
   done
   ok=1

@@ -367,7 +367,6 @@ class HgadModel {
     const Index n_epochs = c.total_epochs();
     const Index n_steps = n_epochs * iterations;
 
-
     LrSchedule schedule;
     schedule.lr = c.lr;
     schedule.meta_epochs = static_cast<int>(c.meta_epochs);
@@ -717,7 +716,7 @@ class HgadModel {
     for (Index l = 0; l < n_levels(); ++l) {
       for (const auto& [name, adam] : state.optimizers[static_cast<std::size_t>(l)]) {
         const std::string key = resume_key(l, name);
-        ckpt.set_int64(key + ".step", {adam.step});
+        ckpt.set_int64(key + ".step", std::vector<std::int64_t>(1, adam.step));
         if (adam.step == 0) continue;
         ckpt.set_tensor(key + ".exp_avg", adam.exp_avg);
         ckpt.set_tensor(key + ".exp_avg_sq", adam.exp_avg_sq);
