@@ -385,8 +385,11 @@ int cmd_train(const Args& args) {
   // grouping of the user's): it is not regrouped.
   if (args.has("auto-group") && !(args.has("resume") && !config.class_groups.empty())) {
     const auto groups = hgad::suggest_class_groups(config, model.class_confusion());
-    if (!groups.empty()) {
-      config = hgad::regrouped(config, groups, train.class_names());
+    const hgad::ModelConfig grouped = groups.empty() ? config : hgad::regrouped(config, groups, train.class_names());
+    if (grouped.n_classes() == 1) {
+      std::printf("the suggested groups would leave one class, and HGAD models several: the first model is kept\n");
+    } else if (!groups.empty()) {
+      config = grouped;
       config.validate(true);
       std::printf("training again with %lld classes\n", static_cast<long long>(config.n_classes()));
       model = train_model(config);

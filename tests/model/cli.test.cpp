@@ -410,6 +410,27 @@ TEST_CASE("hgad train --auto-group trains again with the classes its first model
   CHECK_FALSE(fs::exists(dir.file("nf.hgad")));
 }
 
+TEST_CASE("hgad train --auto-group keeps the first model when the groups would leave one class",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  hgad_test::TempDir dir("cli_auto_group_one");
+  write_dataset(dir.path() / "data");  // a and b hold the same images: one group of both
+  std::ofstream(dir.file("tiny.cfg"))
+      << "image_size = 64\nmask_size = 32\nlayers = layer2\npos_dim = 8\nn_blocks = 1\n"
+         "n_centers = 2\nmeta_epochs = 20\nsub_epochs = 1\nwarmup_meta_epochs = 1\n"
+         "stage1_meta_epochs = 2\nbatch_size = 4\nlr = 0.002\n";
+  const std::string model = dir.file("model.hgad");
+  const Run r = run(dir, "train --data '" + dir.file("data") + "' --backbone '" + weights_dir() + "' --out '" +
+                             model + "' --config '" + dir.file("tiny.cfg") + "' --auto-group");
+  INFO(r.out << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(contains(r.out, "group.group1 = a, b"));
+  CHECK(contains(r.out, "would leave one class"));
+  CHECK_FALSE(contains(r.out, "training again"));
+  CHECK(contains(r.out, "2 classes, 1 levels"));
+}
+
 TEST_CASE("hgad embeddings names a non-finite feature value", "[model][cli]") {
   REQUIRE_CLI();
   hgad_test::TempDir dir("cli_embeddings");

@@ -865,3 +865,25 @@ TEST_CASE("Per-position baselines take a positional bias out of the calibrated m
   CHECK(hgad::roc_auc_score(labels, baseline_scores) == 1.0);
   CHECK(hgad::roc_auc_score(labels, plain_scores) < 0.8);
 }
+
+TEST_CASE("A model of one class scores with its likelihood map", "[model]") {
+  // The three clusters of the synthetic set as the normal images of one class; anomalies far away.
+  hgad::ModelConfig c = synthetic_config();
+  c.class_names = {"only"};
+  c.meta_epochs = 10;
+  const Synthetic train = make_synthetic(4, 0, 31);
+  const Synthetic test = make_synthetic(3, 3, 32, true);
+  const std::vector<std::int64_t> train_labels(train.classes.size(), 0), test_labels(test.classes.size(), 0);
+  hgad::HgadModel<float> model(c);
+  model.fit(train.features, train_labels);
+  model.calibrate(train.features, train_labels);
+  const auto scored = model.score_set(test.features, test_labels, hgad::ScoreMode::calibrated);
+  const auto likelihood = model.score_set(test.features, test_labels, hgad::ScoreMode::calibrated, {},
+                                          hgad::ScoreCriterion::likelihood);
+  REQUIRE(scored.size() == likelihood.size());
+  for (std::size_t i = 0; i < scored.size(); ++i) CHECK(scored[i].score == likelihood[i].score);
+  CHECK(auroc_of(scored, test.labels) > 0.9);
+  CHECK_THROWS_WITH(model.score_set(test.features, test_labels, hgad::ScoreMode::calibrated, {},
+                                    hgad::ScoreCriterion::entropy),
+                    Catch::Contains("one class"));
+}

@@ -90,7 +90,9 @@ inline ScoreMode parse_score_mode(const std::string& text) {
 
 /// Which terms make the anomaly map (ALGORITHM.md §5 step 5 and the "anomaly criterion" ablation
 /// of the paper, §9.7): HGAD's product of the likelihood and entropy maps, or either alone. The NF
-/// objective has no entropy term; its map is the likelihood map whatever the criterion.
+/// objective has no entropy term; its map is the likelihood map whatever the criterion. Nor has a
+/// model of one class (its class posterior is 1 at every position, so the entropy map is 0): its
+/// product map is the likelihood map, and the entropy criterion is an error.
 enum class ScoreCriterion { product, likelihood, entropy };
 
 inline const char* to_string(ScoreCriterion c) {
@@ -571,8 +573,12 @@ class HgadModel {
                                   ScoreCriterion criterion = ScoreCriterion::product) const {
     ScoredImage<Scalar> out;
     const AnomalyMapOptions options = map_options();
-    const bool entropy = !raw.neg_entropy.empty() && criterion != ScoreCriterion::likelihood;
-    const bool likelihood = raw.neg_entropy.empty() || criterion != ScoreCriterion::entropy;
+    const bool one_class = n_classes() == 1;
+    check(!(one_class && criterion == ScoreCriterion::entropy && !raw.neg_entropy.empty()),
+          "HgadModel::anomaly_map: a model of one class has no class entropy to score; use the likelihood "
+          "(or product) criterion");
+    const bool entropy = !raw.neg_entropy.empty() && !one_class && criterion != ScoreCriterion::likelihood;
+    const bool likelihood = !entropy || criterion != ScoreCriterion::entropy;
     out.map = Tensor<Scalar>::full({options.height, options.width}, Scalar(1));
     Scalar* a = out.map.data();
     const Index n = out.map.numel();
