@@ -24,17 +24,16 @@
 /// weight decay 1e-4 on the flows, batch size 8, seed 0, P = 256.
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <sstream>
 #include <string>
-#include <system_error>
 #include <vector>
 
 #include "../detail/check.hpp"
+#include "../detail/text.hpp"
 #include "../flow/all_in_one_options.hpp"
 #include "../loss/loss_terms.hpp"
 #include "../tensor.hpp"
@@ -242,72 +241,6 @@ inline Objective parse_objective(const std::string& text) {
   throw Error("unknown objective '" + text + "' (expected hgad or nf)");
 }
 
-namespace detail {
-
-/// The shortest decimal text that reads back as exactly `value`.
-inline std::string format_double(double value) {
-  char buffer[64];
-  const auto result = std::to_chars(buffer, buffer + sizeof(buffer), value);
-  return std::string(buffer, result.ptr);
-}
-
-inline std::string trim(const std::string& s) {
-  const auto first = s.find_first_not_of(" \t\r");
-  if (first == std::string::npos) return "";
-  const auto last = s.find_last_not_of(" \t\r");
-  return s.substr(first, last - first + 1);
-}
-
-/// Splits on `separator` and trims each piece; an empty or all-blank text gives no pieces.
-inline std::vector<std::string> split_list(const std::string& text, char separator = ',') {
-  std::vector<std::string> out;
-  if (trim(text).empty()) return out;
-  std::string piece;
-  std::istringstream in(text);
-  while (std::getline(in, piece, separator)) out.push_back(trim(piece));
-  if (!text.empty() && text.back() == separator) out.push_back("");
-  return out;
-}
-
-/// Parses a whole decimal integer; false on anything else (sign allowed, no trailing text).
-inline bool parse_int64(const std::string& text, std::int64_t& out) {
-  if (text.empty()) return false;
-  const char* first = text.data();
-  if (*first == '+') ++first;
-  const auto result = std::from_chars(first, text.data() + text.size(), out);
-  return result.ec == std::errc() && result.ptr == text.data() + text.size();
-}
-
-inline bool parse_uint64(const std::string& text, std::uint64_t& out) {
-  if (text.empty() || text[0] == '-') return false;
-  const char* first = text.data();
-  if (*first == '+') ++first;
-  const auto result = std::from_chars(first, text.data() + text.size(), out);
-  return result.ec == std::errc() && result.ptr == text.data() + text.size();
-}
-
-/// Parses a finite decimal number; false on anything else.
-inline bool parse_double(const std::string& text, double& out) {
-  if (text.empty()) return false;
-  const char* first = text.data();
-  if (*first == '+') ++first;
-  const auto result = std::from_chars(first, text.data() + text.size(), out);
-  return result.ec == std::errc() && result.ptr == text.data() + text.size() && std::isfinite(out);
-}
-
-/// A class name or a layer name: non-empty, letters, digits, '_', '-', '.'; no separators.
-inline bool is_plain_name(const std::string& name) {
-  if (name.empty()) return false;
-  for (char c : name) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '_' || c == '-' || c == '.';
-    if (!ok) return false;
-  }
-  return true;
-}
-
-}  // namespace detail
-
 inline void ModelConfig::validate(bool require_data) const {
   auto fail = [](const std::string& key, const std::string& value, const std::string& why) {
     throw Error("config: " + key + " = " + value + ": " + why);
@@ -499,11 +432,11 @@ inline ModelConfig ModelConfig::from_text(const std::string& text, const std::st
     };
     auto as_index = [&](Index& out) {
       std::int64_t v = 0;
-      if (!detail::parse_int64(value, v)) bad("an integer");
+      if (!detail::parse_number(value, v)) bad("an integer");
       out = static_cast<Index>(v);
     };
     auto as_double = [&](double& out) {
-      if (!detail::parse_double(value, out)) bad("a finite number");
+      if (!detail::parse_number(value, out)) bad("a finite number");
     };
 
     if (key == "objective") {
@@ -519,9 +452,9 @@ inline ModelConfig ModelConfig::from_text(const std::string& text, const std::st
         const auto x1 = item.find('x');
         const auto x2 = x1 == std::string::npos ? std::string::npos : item.find('x', x1 + 1);
         std::int64_t d = 0, h = 0, w = 0;
-        if (x2 == std::string::npos || !detail::parse_int64(item.substr(0, x1), d) ||
-            !detail::parse_int64(item.substr(x1 + 1, x2 - x1 - 1), h) ||
-            !detail::parse_int64(item.substr(x2 + 1), w))
+        if (x2 == std::string::npos || !detail::parse_number(item.substr(0, x1), d) ||
+            !detail::parse_number(item.substr(x1 + 1, x2 - x1 - 1), h) ||
+            !detail::parse_number(item.substr(x2 + 1), w))
           bad("a list of dim x height x width such as 128x32x32, 256x16x16");
         c.levels.push_back(LevelSpec{d, h, w});
       }
@@ -573,7 +506,7 @@ inline ModelConfig ModelConfig::from_text(const std::string& text, const std::st
     } else if (key == "batch_size") {
       as_index(c.batch_size);
     } else if (key == "seed") {
-      if (!detail::parse_uint64(value, c.seed)) bad("a non-negative integer");
+      if (!detail::parse_number(value, c.seed)) bad("a non-negative integer");
     } else if (key == "calibration_images") {
       as_index(c.calibration_images);
     } else if (key == "calibration_baseline") {
