@@ -236,9 +236,10 @@ struct ModelConfig {
 
 /// "hgad" or "nf"; anything else throws hgad::Error.
 inline Objective parse_objective(const std::string& text) {
-  if (text == "hgad") return Objective::hgad;
-  if (text == "nf") return Objective::nf;
-  throw Error("unknown objective '" + text + "' (expected hgad or nf)");
+  Objective objective{};
+  if (detail::value_named(objective_names, text, objective)) return objective;
+  throw Error("unknown objective '" + text + "' (expected " +
+              detail::alternatives(objective_names) + ")");
 }
 
 inline void ModelConfig::validate(bool require_data) const {
