@@ -107,6 +107,14 @@ bool value_named(const NamedValue<Value> (&names)[N], const std::string& text, V
   return false;
 }
 
+/// Whether `text` is one of `choices`.
+template <std::size_t N>
+bool is_one_of(const char* const (&choices)[N], const std::string& text) {
+  for (const char* choice : choices)
+    if (text == choice) return true;
+  return false;
+}
+
 inline const char* name_text(const char* name) { return name; }
 template <class Value>
 const char* name_text(const NamedValue<Value>& named) {
