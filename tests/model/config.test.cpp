@@ -1,7 +1,12 @@
 #include <catch2/catch.hpp>
 
 #include <hgad/model/config.hpp>
+
+#include <algorithm>
+#include <functional>
+#include <sstream>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -241,4 +246,45 @@ TEST_CASE("ModelConfig class-group validation names the group and the folder", "
   CHECK(error_of([] {
           hgad::ModelConfig::from_text("group.g = x\ngroup.g = y\n", "x.cfg");
         }).find("key 'group.g' is set twice") != std::string::npos);
+}
+
+TEST_CASE("ModelConfig key table: to_text writes each key once in table order, from_text reads it",
+          "[model]") {
+  hgad::ModelConfig c = small_config();
+  c.class_groups = {{"pcb", {"pcb1", "pcb2"}}};
+  std::vector<std::string> table;
+  hgad::detail::for_each_config_key(c, [&](const char* name, const auto&, const auto&...) {
+    table.push_back(name == std::string("group.") ? "group.pcb" : name);
+  });
+  // The keys and their order are part of every saved model file.
+  const std::vector<std::string> keys = {
+      "objective", "levels", "classes", "group.pcb", "pos_dim", "n_blocks", "clamp",
+      "clamp_variant", "n_centers", "lambda1", "lambda2", "label_smoothing", "meta_epochs",
+      "sub_epochs", "warmup_meta_epochs", "stage1_meta_epochs", "lr", "lr_decay_rate", "beta1",
+      "beta2", "adam_eps", "weight_decay", "batch_size", "seed", "calibration_images",
+      "calibration_baseline", "backbone", "layers", "pyramid_levels", "image_size", "resize_mode",
+      "mask_size"};
+  CHECK(table == keys);
+
+  auto lines_of = [](const std::string& text) {
+    std::vector<std::string> lines;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);)
+      if (line.rfind('#', 0) != 0) lines.push_back(line);
+    return lines;
+  };
+  const std::vector<std::string> lines = lines_of(c.to_text());
+  std::vector<std::string> written;
+  for (const std::string& line : lines) written.push_back(line.substr(0, line.find(" =")));
+  CHECK(written == keys);
+
+  // Each line read alone over the defaults sets its key and no other.
+  const std::vector<std::string> defaults = lines_of(hgad::ModelConfig{}.to_text());
+  for (const std::string& line : lines) {
+    const std::vector<std::string> read =
+        lines_of(hgad::ModelConfig::from_text(line + "\n", "one line").to_text());
+    CHECK(std::find(read.begin(), read.end(), line) != read.end());
+    for (const std::string& other : read)
+      if (other != line) CHECK(std::find(defaults.begin(), defaults.end(), other) != defaults.end());
+  }
 }

@@ -8,6 +8,7 @@
 
 #include "../detail/check.hpp"
 #include "../detail/scalar_math.hpp"
+#include "../detail/text.hpp"
 
 namespace hgad {
 
@@ -34,11 +35,17 @@ inline GlobalAffineType global_affine_type_from_string(const std::string& name) 
               "\"; expected SOFTPLUS, SIGMOID or EXP");
 }
 
+/// The spelling of each soft clamp in text: a config's `clamp_variant` key, the golden files'
+/// `clamp_mode`.
+inline constexpr detail::NamedValue<SoftClamp> soft_clamp_names[] = {{"pinned", SoftClamp::pinned},
+                                                                     {"head", SoftClamp::head}};
+
 /// Parses "pinned" or "head".
 inline SoftClamp soft_clamp_from_string(const std::string& name) {
-  if (name == "pinned") return SoftClamp::pinned;
-  if (name == "head") return SoftClamp::head;
-  throw Error("soft_clamp_from_string: unknown clamp variant \"" + name + "\"; expected pinned or head");
+  SoftClamp variant{};
+  if (detail::value_named(soft_clamp_names, name, variant)) return variant;
+  throw Error("soft_clamp_from_string: unknown clamp variant \"" + name + "\"; expected " +
+              detail::alternatives(soft_clamp_names));
 }
 
 /// Options of AllInOneBlock with FrEIA's names and FrEIA's defaults (4e0c6ab). HGAD sets

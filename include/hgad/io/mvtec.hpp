@@ -41,6 +41,7 @@
 
 #include "../detail/check.hpp"
 #include "../detail/parallel.hpp"
+#include "../detail/text.hpp"
 #include "../tensor.hpp"
 #include "image.hpp"
 
@@ -184,10 +185,9 @@ inline std::vector<std::filesystem::path> list_directories(const std::filesystem
   return list_sorted(dir, [](const std::filesystem::path& p) { return path_is_directory(p); });
 }
 
+/// The names separated by ", ", or "none".
 inline std::string join_names(const std::vector<std::string>& names) {
-  std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
-  return out.empty() ? "none" : out;
+  return names.empty() ? "none" : join(names);
 }
 
 /// Rounds a value v in [0, 1] that came from byte / 255 back to its byte.

@@ -12,6 +12,7 @@
 
 #include "../backend.hpp"
 #include "../detail/check.hpp"
+#include "../detail/text.hpp"
 
 namespace hgad {
 
@@ -24,7 +25,13 @@ enum class Objective {
   nf,    ///< the unified NF baseline: one N(0, I) prior and CFlow's loss -log sigmoid(logp / D)
 };
 
-inline std::string to_string(Objective objective) { return objective == Objective::hgad ? "hgad" : "nf"; }
+/// The spelling of each objective in text: a config's `objective` key, the CLI's --objective.
+inline constexpr detail::NamedValue<Objective> objective_names[] = {{"hgad", Objective::hgad},
+                                                                    {"nf", Objective::nf}};
+
+inline std::string to_string(Objective objective) {
+  return detail::name_of(objective_names, objective);
+}
 
 /// Weights and schedule of the objective (ALGORITHM.md §3.4, §11).
 struct LossOptions {

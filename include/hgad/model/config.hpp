@@ -18,23 +18,25 @@
 ///     config.validate();                      // throws hgad::Error naming the key and the value
 ///     std::string again = config.to_text();   // parses back to an equal config
 ///
+/// Every key is one row of one table, detail::for_each_config_key: its name, the field it sets and
+/// the values it allows. validate, to_text and from_text all walk that table.
+///
 /// Defaults are HGAD's (ALGORITHM.md §2–§4): 12 blocks, clamp 1.9 with the pinned FrEIA soft clamp,
 /// M = 10 intra-class centres, λ1 = 1, λ2 = 100, label smoothing 0.02, 25 meta-epochs of 8
 /// sub-epochs, 2 warm-up and 2 stage-1 meta-epochs, lr 2e-4, Adam betas (0.95, 0.99), coupled
 /// weight decay 1e-4 on the flows, batch size 8, seed 0, P = 256.
 
 #include <algorithm>
-#include <charconv>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <limits>
+#include <cstring>
+#include <ostream>
 #include <sstream>
 #include <string>
-#include <system_error>
 #include <vector>
 
 #include "../detail/check.hpp"
+#include "../detail/text.hpp"
 #include "../flow/all_in_one_options.hpp"
 #include "../loss/loss_terms.hpp"
 #include "../tensor.hpp"
@@ -76,11 +78,18 @@ struct FeatureSettings {
   friend bool operator!=(const FeatureSettings& a, const FeatureSettings& b) { return !(a == b); }
 };
 
+/// The values FeatureSettings::resize_mode may take.
+inline constexpr const char* resize_mode_names[] = {"stretch", "shorter_side_crop"};
+
 /// What the calibrated maps are measured against (ModelConfig::calibration_baseline).
 enum class CalibrationBaseline {
   none,      ///< the raw maps, normalised as ALGORITHM.md §5 step 4 with frozen constants
   position,  ///< each raw map minus its per-position mean over the calibration images first
 };
+
+/// The spelling of each calibration baseline in text (a config's `calibration_baseline` key).
+inline constexpr detail::NamedValue<CalibrationBaseline> calibration_baseline_names[] = {
+    {"none", CalibrationBaseline::none}, {"position", CalibrationBaseline::position}};
 
 /// Several class folders trained under one label: one class of the model (one centre μ, one
 /// intra-class mixture, one set of calibration constants) standing for all of them. HGAD pushes
@@ -98,11 +107,26 @@ struct ClassGroup {
   }
 };
 
+namespace detail {
+
+/// The start of a class group's key in the text form: `group.NAME`.
+inline constexpr char group_key_prefix[] = "group.";
+inline std::string group_key(const std::string& group_name) {
+  return group_key_prefix + group_name;
+}
+
+/// A value that breaks a config key's rule: "config: KEY = VALUE: WHY".
+[[noreturn]] inline void config_error(const std::string& key, const std::string& value,
+                                      const std::string& why) {
+  throw Error("config: " + key + " = " + value + ": " + why);
+}
+
+}  // namespace detail
+
 /// `group.NAME = a, b, ...`: a group's line in the text form of a config.
 inline std::string to_config_line(const ClassGroup& g) {
-  std::string line = "group." + g.name + " =";
-  for (std::size_t i = 0; i < g.members.size(); ++i) line += (i ? ", " : " ") + g.members[i];
-  return line;
+  const std::string line = detail::group_key(g.name) + " =";
+  return g.members.empty() ? line : line + " " + detail::join(g.members);
 }
 
 /// Every setting of an HgadModel. A default-constructed config has HGAD's hyper-parameters and
@@ -200,11 +224,13 @@ struct ModelConfig {
   void set_classes_from_folders(const std::vector<std::string>& folders) {
     for (const ClassGroup& g : class_groups)
       for (const std::string& m : g.members)
-        check(std::find(folders.begin(), folders.end(), m) != folders.end(), "config: group.",
-              g.name, " = ", m, ": no class folder of that name is being trained on");
+        if (std::find(folders.begin(), folders.end(), m) == folders.end())
+          detail::config_error(detail::group_key(g.name), m,
+                               "no class folder of that name is being trained on");
     for (const ClassGroup& g : class_groups)
-      check(std::find(folders.begin(), folders.end(), g.name) == folders.end(), "config: group.",
-            g.name, ": a class folder has the group's name; list it in the group or rename one");
+      check(std::find(folders.begin(), folders.end(), g.name) == folders.end(),
+            "config: ", detail::group_key(g.name),
+            ": a class folder has the group's name; list it in the group or rename one");
     class_names.clear();
     for (const std::string& f : folders) {
       const std::string name = label_of(f);
@@ -218,8 +244,8 @@ struct ModelConfig {
   /// from); without it only the hyper-parameters are checked (a partial user config file).
   void validate(bool require_data = true) const;
 
-  /// The text form, every key in a fixed order; doubles in their shortest exact representation,
-  /// so from_text(to_text()) == *this.
+  /// The text form, every key in the order of the key table; doubles in their shortest exact
+  /// representation, so from_text(to_text()) == *this.
   std::string to_text() const;
 
   /// Parses `text` over the defaults (or over `base`). `source` names the text in errors:
@@ -237,235 +263,287 @@ struct ModelConfig {
 
 /// "hgad" or "nf"; anything else throws hgad::Error.
 inline Objective parse_objective(const std::string& text) {
-  if (text == "hgad") return Objective::hgad;
-  if (text == "nf") return Objective::nf;
-  throw Error("unknown objective '" + text + "' (expected hgad or nf)");
+  Objective objective{};
+  if (detail::value_named(objective_names, text, objective)) return objective;
+  throw Error("unknown objective '" + text + "' (expected " +
+              detail::alternatives(objective_names) + ")");
 }
 
 namespace detail {
 
-/// The shortest decimal text that reads back as exactly `value`.
-inline std::string format_double(double value) {
-  char buffer[64];
-  const auto result = std::to_chars(buffer, buffer + sizeof(buffer), value);
-  return std::string(buffer, result.ptr);
+/// What a config key demands of its value beyond its type, and the words of the error that says so:
+/// "config: KEY = VALUE: WHY".
+template <class T>
+struct KeyRule {
+  bool (*allows)(const T&);  ///< written so that NaN fails it
+  std::string why;
+};
+
+/// What a key that lists names demands: each name's rule, and the words for a name given twice
+/// (nullptr: a name may repeat).
+struct NameListRule {
+  KeyRule<std::string> name;
+  const char* repeated;
+};
+
+/// The keys of the text form, in the order to_text writes them, each with the field it sets and
+/// the values it allows: the one table that validate, to_text and from_text walk. Calls
+/// `key(name, field, rule)` for every key, `field` being a member of `c` (a ModelConfig, const or
+/// not) and `rule` a KeyRule, a NameListRule, the spellings of an enumeration or of a string's
+/// choices; a key whose every value is allowed (seed), or whose rules relate it to other keys
+/// (the class groups), comes without one. A name that ends in '.' is a prefix: each class group is
+/// a key `group.NAME`. Relations between keys (K <= 2 D; the levels the feature settings give) are
+/// no single key's rule: validate checks them after the walk.
+template <class Config, class Key>
+void for_each_config_key(Config& c, Key&& key) {
+  const KeyRule<Index> at_least_1{[](const Index& n) { return n >= 1; }, "must be at least 1"};
+  const KeyRule<Index> at_least_0{[](const Index& n) { return n >= 0; }, "must be >= 0"};
+  const KeyRule<double> positive{[](const double& x) { return x > 0; }, "must be positive"};
+  const KeyRule<double> non_negative{[](const double& x) { return x >= 0; }, "must be >= 0"};
+  const KeyRule<double> in_0_1{[](const double& x) { return x >= 0 && x < 1; },
+                               "must be in [0, 1)"};
+
+  key("objective", c.objective, objective_names);
+  key("levels", c.levels,
+      KeyRule<LevelSpec>{
+          [](const LevelSpec& s) { return s.dim >= 2 && s.height >= 1 && s.width >= 1; },
+          "needs dim >= 2 (a coupling splits it in two) and a map of at least 1x1"});
+  key("classes", c.class_names,
+      NameListRule{{is_plain_name, std::string("a class name ") + plain_name_requirement},
+                   "the class appears twice"});
+  key(group_key_prefix, c.class_groups);
+  key("pos_dim", c.pos_dim,
+      KeyRule<Index>{[](const Index& p) { return p >= 0 && p % 4 == 0; },
+                     "must be 0 (no positional encoding) or a positive multiple of 4"});
+  key("n_blocks", c.n_blocks, at_least_1);
+  key("clamp", c.clamp, positive);
+  key("clamp_variant", c.clamp_variant, soft_clamp_names);
+  key("n_centers", c.n_centers, at_least_1);
+  key("lambda1", c.lambda1, non_negative);
+  key("lambda2", c.lambda2, non_negative);
+  key("label_smoothing", c.label_smoothing, in_0_1);
+  key("meta_epochs", c.meta_epochs, at_least_1);
+  key("sub_epochs", c.sub_epochs, at_least_1);
+  key("warmup_meta_epochs", c.warmup_meta_epochs, at_least_0);
+  key("stage1_meta_epochs", c.stage1_meta_epochs, at_least_0);
+  key("lr", c.lr, positive);
+  key("lr_decay_rate", c.lr_decay_rate,
+      KeyRule<double>{[](const double& r) { return r > 0 && r <= 1; }, "must be in (0, 1]"});
+  key("beta1", c.beta1, in_0_1);
+  key("beta2", c.beta2, in_0_1);
+  key("adam_eps", c.adam_eps, positive);
+  key("weight_decay", c.weight_decay, non_negative);
+  key("batch_size", c.batch_size, at_least_1);
+  key("seed", c.seed);
+  key("calibration_images", c.calibration_images,
+      KeyRule<Index>{[](const Index& n) { return n >= 0; }, "must be >= 0 (0: all)"});
+  key("calibration_baseline", c.calibration_baseline, calibration_baseline_names);
+  key("backbone", c.features.backbone,
+      KeyRule<std::string>{is_plain_name,
+                           "must be a name such as resnet18, or none for precomputed features"});
+  key("layers", c.features.layers,
+      NameListRule{{is_plain_name, "a layer name must be non-empty and plain"}, nullptr});
+  key("pyramid_levels", c.features.pyramid_levels, at_least_0);
+  key("image_size", c.features.image_size, at_least_1);
+  key("resize_mode", c.features.resize_mode, resize_mode_names);
+  key("mask_size", c.features.mask_size, at_least_1);
 }
 
-inline std::string trim(const std::string& s) {
-  const auto first = s.find_first_not_of(" \t\r");
-  if (first == std::string::npos) return "";
-  const auto last = s.find_last_not_of(" \t\r");
-  return s.substr(first, last - first + 1);
+/// Whether `key`, read from a line of text, is the table's key `name` (or, for a prefix, one of
+/// its keys).
+inline bool key_matches(const char* name, const std::string& key) {
+  const std::size_t n = std::strlen(name);
+  return n > 0 && name[n - 1] == '.' ? key.compare(0, n, name) == 0 : key == name;
 }
 
-/// Splits on `separator` and trims each piece; an empty or all-blank text gives no pieces.
-inline std::vector<std::string> split_list(const std::string& text, char separator = ',') {
-  std::vector<std::string> out;
-  if (trim(text).empty()) return out;
-  std::string piece;
-  std::istringstream in(text);
-  while (std::getline(in, piece, separator)) out.push_back(trim(piece));
-  if (!text.empty() && text.back() == separator) out.push_back("");
-  return out;
+// How each kind of field is written, read and checked. read_value returns what the text should
+// have been ("an integer"), or nothing when it was read; `key` is the whole key read, which for a
+// class group carries the group's name.
+
+inline std::string value_text(Index value) { return std::to_string(value); }
+inline std::string value_text(std::uint64_t value) { return std::to_string(value); }
+inline std::string value_text(double value) { return format_double(value); }
+inline std::string value_text(const std::string& value) { return value; }
+inline std::string value_text(const std::vector<std::string>& names) { return join(names); }
+inline std::string value_text(const LevelSpec& s) {
+  return std::to_string(s.dim) + "x" + std::to_string(s.height) + "x" + std::to_string(s.width);
+}
+inline std::string value_text(const std::vector<LevelSpec>& levels) {
+  std::vector<std::string> items;
+  for (const LevelSpec& s : levels) items.push_back(value_text(s));
+  return join(items);
 }
 
-/// Parses a whole decimal integer; false on anything else (sign allowed, no trailing text).
-inline bool parse_int64(const std::string& text, std::int64_t& out) {
-  if (text.empty()) return false;
-  const char* first = text.data();
-  if (*first == '+') ++first;
-  const auto result = std::from_chars(first, text.data() + text.size(), out);
-  return result.ec == std::errc() && result.ptr == text.data() + text.size();
+template <class T, class... Rule>
+void write_value(std::ostream& out, const char* name, const T& value, const Rule&...) {
+  out << name << " = " << value_text(value) << "\n";
+}
+template <class Enum, std::size_t N>
+void write_value(std::ostream& out, const char* name, const Enum& value,
+                 const NamedValue<Enum> (&names)[N]) {
+  out << name << " = " << name_of(names, value) << "\n";
+}
+inline void write_value(std::ostream& out, const char*, const std::vector<ClassGroup>& groups) {
+  for (const ClassGroup& g : groups) out << to_config_line(g) << "\n";
 }
 
-inline bool parse_uint64(const std::string& text, std::uint64_t& out) {
-  if (text.empty() || text[0] == '-') return false;
-  const char* first = text.data();
-  if (*first == '+') ++first;
-  const auto result = std::from_chars(first, text.data() + text.size(), out);
-  return result.ec == std::errc() && result.ptr == text.data() + text.size();
+inline std::string read_value(const std::string&, const std::string& text, Index& value,
+                              const KeyRule<Index>&) {
+  return parse_number(text, value) ? "" : "an integer";
 }
-
-/// Parses a finite decimal number; false on anything else.
-inline bool parse_double(const std::string& text, double& out) {
-  if (text.empty()) return false;
-  const char* first = text.data();
-  if (*first == '+') ++first;
-  const auto result = std::from_chars(first, text.data() + text.size(), out);
-  return result.ec == std::errc() && result.ptr == text.data() + text.size() && std::isfinite(out);
+inline std::string read_value(const std::string&, const std::string& text, double& value,
+                              const KeyRule<double>&) {
+  return parse_number(text, value) ? "" : "a finite number";
 }
-
-/// A class name or a layer name: non-empty, letters, digits, '_', '-', '.'; no separators.
-inline bool is_plain_name(const std::string& name) {
-  if (name.empty()) return false;
-  for (char c : name) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '_' || c == '-' || c == '.';
-    if (!ok) return false;
+inline std::string read_value(const std::string&, const std::string& text, std::uint64_t& value) {
+  return parse_number(text, value) ? "" : "a non-negative integer";
+}
+inline std::string read_value(const std::string&, const std::string& text, std::string& value,
+                              const KeyRule<std::string>&) {
+  value = text;
+  return "";
+}
+template <std::size_t N>
+std::string read_value(const std::string&, const std::string& text, std::string& value,
+                       const char* const (&choices)[N]) {
+  if (!is_one_of(choices, text)) return alternatives(choices);
+  value = text;
+  return "";
+}
+template <class Enum, std::size_t N>
+std::string read_value(const std::string&, const std::string& text, Enum& value,
+                       const NamedValue<Enum> (&names)[N]) {
+  return value_named(names, text, value) ? "" : alternatives(names);
+}
+inline std::string read_value(const std::string&, const std::string& text,
+                              std::vector<std::string>& names, const NameListRule&) {
+  names = split_list(text);
+  return "";
+}
+inline std::string read_value(const std::string&, const std::string& text,
+                              std::vector<LevelSpec>& levels, const KeyRule<LevelSpec>&) {
+  std::vector<LevelSpec> read;
+  for (const std::string& item : split_list(text)) {
+    const auto x1 = item.find('x');
+    const auto x2 = x1 == std::string::npos ? std::string::npos : item.find('x', x1 + 1);
+    LevelSpec s;
+    if (x2 == std::string::npos || !parse_number(item.substr(0, x1), s.dim) ||
+        !parse_number(item.substr(x1 + 1, x2 - x1 - 1), s.height) ||
+        !parse_number(item.substr(x2 + 1), s.width))
+      return "a list of dim x height x width such as 128x32x32, 256x16x16";
+    read.push_back(s);
   }
-  return true;
+  levels = std::move(read);
+  return "";
+}
+inline std::string read_value(const std::string& key, const std::string& text,
+                              std::vector<ClassGroup>& groups) {
+  groups.push_back(ClassGroup{key.substr(std::strlen(group_key_prefix)), split_list(text)});
+  return "";
+}
+
+template <class T>
+void check_value(const ModelConfig&, const char* name, const T& value, const KeyRule<T>& rule) {
+  if (!rule.allows(value)) config_error(name, value_text(value), rule.why);
+}
+/// An enumeration holds only values that have names.
+template <class Enum, std::size_t N>
+void check_value(const ModelConfig&, const char*, const Enum&, const NamedValue<Enum> (&)[N]) {}
+template <std::size_t N>
+void check_value(const ModelConfig&, const char* name, const std::string& value,
+                 const char* const (&choices)[N]) {
+  if (!is_one_of(choices, value)) config_error(name, value, "must be " + alternatives(choices));
+}
+inline void check_value(const ModelConfig&, const char*, const std::uint64_t&) {}
+inline void check_value(const ModelConfig&, const char* name, const std::vector<LevelSpec>& levels,
+                        const KeyRule<LevelSpec>& rule) {
+  for (std::size_t l = 0; l < levels.size(); ++l)
+    if (!rule.allows(levels[l]))
+      config_error(name, value_text(levels[l]), "level " + std::to_string(l) + " " + rule.why);
+}
+inline void check_value(const ModelConfig&, const char* name, const std::vector<std::string>& names,
+                        const NameListRule& rule) {
+  for (std::size_t a = 0; a < names.size(); ++a) {
+    if (!rule.name.allows(names[a])) config_error(name, names[a], rule.name.why);
+    if (rule.repeated)
+      for (std::size_t b = 0; b < a; ++b)
+        if (names[a] == names[b]) config_error(name, names[a], rule.repeated);
+  }
+}
+/// A group is a class of the model (when the classes are known) defined once, and lists class
+/// folders that are neither classes, nor groups, nor listed anywhere else.
+inline void check_value(const ModelConfig& c, const char*, const std::vector<ClassGroup>& groups) {
+  const std::vector<std::string>& classes = c.class_names;
+  for (std::size_t a = 0; a < groups.size(); ++a) {
+    const ClassGroup& g = groups[a];
+    const std::string key = group_key(g.name);
+    if (!is_plain_name(g.name))
+      config_error(key, "", std::string("a group name ") + plain_name_requirement);
+    if (g.members.empty()) config_error(key, "", "a group needs at least one class folder");
+    if (!classes.empty() && std::find(classes.begin(), classes.end(), g.name) == classes.end())
+      config_error(key, "", "the group is not among the classes");
+    for (std::size_t b = 0; b < a; ++b)
+      if (groups[b].name == g.name) config_error(key, "", "the group is defined twice");
+    for (std::size_t i = 0; i < g.members.size(); ++i) {
+      const std::string& m = g.members[i];
+      if (!is_plain_name(m))
+        config_error(key, m, std::string("a class folder name ") + plain_name_requirement);
+      if (std::find(classes.begin(), classes.end(), m) != classes.end())
+        config_error(key, m, "the folder is a class of its own as well");
+      for (std::size_t b = 0; b <= a; ++b) {
+        const auto& other = groups[b].members;
+        const auto end = b == a ? other.begin() + static_cast<std::ptrdiff_t>(i) : other.end();
+        if (std::find(other.begin(), end, m) != end)
+          config_error(key, m,
+                       "the folder is listed twice (also in " + group_key(groups[b].name) + ")");
+      }
+      for (const ClassGroup& h : groups)
+        if (h.name == m) config_error(key, m, "the folder has the name of a group");
+    }
+  }
 }
 
 }  // namespace detail
 
 inline void ModelConfig::validate(bool require_data) const {
-  auto fail = [](const std::string& key, const std::string& value, const std::string& why) {
-    throw Error("config: " + key + " = " + value + ": " + why);
-  };
-  auto i2s = [](Index v) { return std::to_string(v); };
-  auto d2s = [](double v) { return detail::format_double(v); };
-
   if (require_data) {
-    if (levels.empty()) fail("levels", "", "at least one feature level is needed");
-    if (class_names.empty()) fail("classes", "", "at least one class is needed");
+    if (levels.empty()) detail::config_error("levels", "", "at least one feature level is needed");
+    if (class_names.empty()) detail::config_error("classes", "", "at least one class is needed");
   }
-  for (std::size_t l = 0; l < levels.size(); ++l) {
-    const LevelSpec& s = levels[l];
-    if (s.dim < 2 || s.height < 1 || s.width < 1)
-      fail("levels", i2s(s.dim) + "x" + i2s(s.height) + "x" + i2s(s.width),
-           "level " + std::to_string(l) +
-               " needs dim >= 2 (a coupling splits it in two) and a map of at least 1x1");
-  }
-  for (std::size_t a = 0; a < class_names.size(); ++a) {
-    if (!detail::is_plain_name(class_names[a]))
-      fail("classes", class_names[a],
-           "a class name must be non-empty and use only letters, digits, '_', '-', '.'");
-    for (std::size_t b = 0; b < a; ++b)
-      if (class_names[a] == class_names[b])
-        fail("classes", class_names[a], "the class appears twice");
-  }
-  for (std::size_t a = 0; a < class_groups.size(); ++a) {
-    const ClassGroup& g = class_groups[a];
-    const std::string key = "group." + g.name;
-    if (!detail::is_plain_name(g.name))
-      fail(key, "", "a group name must be non-empty and use only letters, digits, '_', '-', '.'");
-    if (g.members.empty()) fail(key, "", "a group needs at least one class folder");
-    if (!class_names.empty() &&
-        std::find(class_names.begin(), class_names.end(), g.name) == class_names.end())
-      fail(key, "", "the group is not among the classes");
-    for (std::size_t b = 0; b < a; ++b)
-      if (class_groups[b].name == g.name) fail(key, "", "the group is defined twice");
-    for (std::size_t i = 0; i < g.members.size(); ++i) {
-      const std::string& m = g.members[i];
-      if (!detail::is_plain_name(m))
-        fail(key, m,
-             "a class folder name must be non-empty and use only letters, digits, '_', '-', '.'");
-      if (std::find(class_names.begin(), class_names.end(), m) != class_names.end())
-        fail(key, m, "the folder is a class of its own as well");
-      for (std::size_t b = 0; b <= a; ++b) {
-        const auto& other = class_groups[b].members;
-        const auto end = b == a ? other.begin() + static_cast<std::ptrdiff_t>(i) : other.end();
-        if (std::find(other.begin(), end, m) != end)
-          fail(key, m, "the folder is listed twice (also in group." + class_groups[b].name + ")");
-      }
-      for (const ClassGroup& h : class_groups)
-        if (h.name == m) fail(key, m, "the folder has the name of a group");
-    }
-  }
-  if (objective == Objective::hgad) {
-    for (const LevelSpec& s : levels)
-      if (!class_names.empty() && n_classes() > 2 * s.dim)
-        fail("classes", i2s(n_classes()) + " classes",
-             "the class-centre initialisation needs K <= 2 D, and a level has D = " + i2s(s.dim));
-  }
-  if (pos_dim < 0 || pos_dim % 4 != 0)
-    fail("pos_dim", i2s(pos_dim), "must be 0 (no positional encoding) or a positive multiple of 4");
-  if (n_blocks < 1) fail("n_blocks", i2s(n_blocks), "must be at least 1");
-  if (!(clamp > 0)) fail("clamp", d2s(clamp), "must be positive");
-  if (n_centers < 1) fail("n_centers", i2s(n_centers), "must be at least 1");
-  if (!(lambda1 >= 0)) fail("lambda1", d2s(lambda1), "must be >= 0");
-  if (!(lambda2 >= 0)) fail("lambda2", d2s(lambda2), "must be >= 0");
-  if (!(label_smoothing >= 0 && label_smoothing < 1))
-    fail("label_smoothing", d2s(label_smoothing), "must be in [0, 1)");
-  if (meta_epochs < 1) fail("meta_epochs", i2s(meta_epochs), "must be at least 1");
-  if (sub_epochs < 1) fail("sub_epochs", i2s(sub_epochs), "must be at least 1");
-  if (warmup_meta_epochs < 0) fail("warmup_meta_epochs", i2s(warmup_meta_epochs), "must be >= 0");
-  if (stage1_meta_epochs < 0) fail("stage1_meta_epochs", i2s(stage1_meta_epochs), "must be >= 0");
-  if (!(lr > 0)) fail("lr", d2s(lr), "must be positive");
-  if (!(lr_decay_rate > 0 && lr_decay_rate <= 1))
-    fail("lr_decay_rate", d2s(lr_decay_rate), "must be in (0, 1]");
-  if (!(beta1 >= 0 && beta1 < 1)) fail("beta1", d2s(beta1), "must be in [0, 1)");
-  if (!(beta2 >= 0 && beta2 < 1)) fail("beta2", d2s(beta2), "must be in [0, 1)");
-  if (!(adam_eps > 0)) fail("adam_eps", d2s(adam_eps), "must be positive");
-  if (!(weight_decay >= 0)) fail("weight_decay", d2s(weight_decay), "must be >= 0");
-  if (batch_size < 1) fail("batch_size", i2s(batch_size), "must be at least 1");
-  if (calibration_images < 0)
-    fail("calibration_images", i2s(calibration_images), "must be >= 0 (0: all)");
+  detail::for_each_config_key(*this,
+                              [this](const char* name, const auto& field, const auto&... rule) {
+                                detail::check_value(*this, name, field, rule...);
+                              });
 
+  if (objective == Objective::hgad && !class_names.empty())
+    for (const LevelSpec& s : levels)
+      if (n_classes() > 2 * s.dim)
+        detail::config_error(
+            "classes", std::to_string(n_classes()) + " classes",
+            "the class-centre initialisation needs K <= 2 D, and a level has D = " +
+                std::to_string(s.dim));
   const FeatureSettings& f = features;
-  if (!detail::is_plain_name(f.backbone))
-    fail("backbone", f.backbone,
-         "must be a name such as resnet18, or none for precomputed features");
-  for (const std::string& layer : f.layers)
-    if (!detail::is_plain_name(layer))
-      fail("layers", layer, "a layer name must be non-empty and plain");
-  if (f.pyramid_levels < 0) fail("pyramid_levels", i2s(f.pyramid_levels), "must be >= 0");
   if (f.backbone != "none") {
-    if (f.layers.empty()) fail("layers", "", "at least one backbone layer is needed");
+    if (f.layers.empty())
+      detail::config_error("layers", "", "at least one backbone layer is needed");
     if (f.pyramid_levels > 0 && f.layers.size() != 1)
-      fail("layers", std::to_string(f.layers.size()) + " layers",
-           "an image pyramid uses exactly one layer");
+      detail::config_error("layers", std::to_string(f.layers.size()) + " layers",
+                           "an image pyramid uses exactly one layer");
     const std::size_t expected =
         f.pyramid_levels > 0 ? static_cast<std::size_t>(f.pyramid_levels) : f.layers.size();
     if (!levels.empty() && levels.size() != expected)
-      fail("levels", std::to_string(levels.size()) + " levels",
-           "the feature settings give " + std::to_string(expected) + " levels");
+      detail::config_error("levels", std::to_string(levels.size()) + " levels",
+                           "the feature settings give " + std::to_string(expected) + " levels");
   }
-  if (f.resize_mode != "stretch" && f.resize_mode != "shorter_side_crop")
-    fail("resize_mode", f.resize_mode, "must be stretch or shorter_side_crop");
-  if (f.image_size < 1) fail("image_size", i2s(f.image_size), "must be at least 1");
-  if (f.mask_size < 1) fail("mask_size", i2s(f.mask_size), "must be at least 1");
 }
 
 inline std::string ModelConfig::to_text() const {
   std::ostringstream out;
-  auto line = [&out](const char* key, const std::string& value) {
-    out << key << " = " << value << "\n";
-  };
-  auto join = [](const std::vector<std::string>& items) {
-    std::string s;
-    for (std::size_t i = 0; i < items.size(); ++i) s += (i ? ", " : "") + items[i];
-    return s;
-  };
-  auto d2s = [](double v) { return detail::format_double(v); };
-  std::vector<std::string> level_text;
-  for (const LevelSpec& s : levels)
-    level_text.push_back(std::to_string(s.dim) + "x" + std::to_string(s.height) + "x" +
-                         std::to_string(s.width));
-
   out << "# hgad model configuration (key = value; levels are dim x height x width)\n";
-  line("objective", to_string(objective));
-  line("levels", join(level_text));
-  line("classes", join(class_names));
-  for (const ClassGroup& g : class_groups) out << to_config_line(g) << "\n";
-  line("pos_dim", std::to_string(pos_dim));
-  line("n_blocks", std::to_string(n_blocks));
-  line("clamp", d2s(clamp));
-  line("clamp_variant", clamp_variant == SoftClamp::pinned ? "pinned" : "head");
-  line("n_centers", std::to_string(n_centers));
-  line("lambda1", d2s(lambda1));
-  line("lambda2", d2s(lambda2));
-  line("label_smoothing", d2s(label_smoothing));
-  line("meta_epochs", std::to_string(meta_epochs));
-  line("sub_epochs", std::to_string(sub_epochs));
-  line("warmup_meta_epochs", std::to_string(warmup_meta_epochs));
-  line("stage1_meta_epochs", std::to_string(stage1_meta_epochs));
-  line("lr", d2s(lr));
-  line("lr_decay_rate", d2s(lr_decay_rate));
-  line("beta1", d2s(beta1));
-  line("beta2", d2s(beta2));
-  line("adam_eps", d2s(adam_eps));
-  line("weight_decay", d2s(weight_decay));
-  line("batch_size", std::to_string(batch_size));
-  line("seed", std::to_string(seed));
-  line("calibration_images", std::to_string(calibration_images));
-  line("calibration_baseline", calibration_baseline == CalibrationBaseline::none ? "none" : "position");
-  line("backbone", features.backbone);
-  line("layers", join(features.layers));
-  line("pyramid_levels", std::to_string(features.pyramid_levels));
-  line("image_size", std::to_string(features.image_size));
-  line("resize_mode", features.resize_mode);
-  line("mask_size", std::to_string(features.mask_size));
+  detail::for_each_config_key(*this,
+                              [&out](const char* name, const auto& field, const auto&... rule) {
+                                detail::write_value(out, name, field, rule...);
+                              });
   return out.str();
 }
 
@@ -494,111 +572,15 @@ inline ModelConfig ModelConfig::from_text(const std::string& text, const std::st
     for (const std::string& k : seen) check(k != key, where, ": key '", key, "' is set twice");
     seen.push_back(key);
 
-    auto bad = [&](const std::string& expected) {
-      throw Error(where + ": key '" + key + "': '" + value + "' is not " + expected);
-    };
-    auto as_index = [&](Index& out) {
-      std::int64_t v = 0;
-      if (!detail::parse_int64(value, v)) bad("an integer");
-      out = static_cast<Index>(v);
-    };
-    auto as_double = [&](double& out) {
-      if (!detail::parse_double(value, out)) bad("a finite number");
-    };
-
-    if (key == "objective") {
-      if (value == "hgad")
-        c.objective = Objective::hgad;
-      else if (value == "nf")
-        c.objective = Objective::nf;
-      else
-        bad("hgad or nf");
-    } else if (key == "levels") {
-      c.levels.clear();
-      for (const std::string& item : detail::split_list(value)) {
-        const auto x1 = item.find('x');
-        const auto x2 = x1 == std::string::npos ? std::string::npos : item.find('x', x1 + 1);
-        std::int64_t d = 0, h = 0, w = 0;
-        if (x2 == std::string::npos || !detail::parse_int64(item.substr(0, x1), d) ||
-            !detail::parse_int64(item.substr(x1 + 1, x2 - x1 - 1), h) ||
-            !detail::parse_int64(item.substr(x2 + 1), w))
-          bad("a list of dim x height x width such as 128x32x32, 256x16x16");
-        c.levels.push_back(LevelSpec{d, h, w});
-      }
-    } else if (key == "classes") {
-      c.class_names = detail::split_list(value);
-    } else if (key.rfind("group.", 0) == 0) {
-      c.class_groups.push_back(ClassGroup{key.substr(6), detail::split_list(value)});
-    } else if (key == "pos_dim") {
-      as_index(c.pos_dim);
-    } else if (key == "n_blocks") {
-      as_index(c.n_blocks);
-    } else if (key == "clamp") {
-      as_double(c.clamp);
-    } else if (key == "clamp_variant") {
-      if (value == "pinned")
-        c.clamp_variant = SoftClamp::pinned;
-      else if (value == "head")
-        c.clamp_variant = SoftClamp::head;
-      else
-        bad("pinned or head");
-    } else if (key == "n_centers") {
-      as_index(c.n_centers);
-    } else if (key == "lambda1") {
-      as_double(c.lambda1);
-    } else if (key == "lambda2") {
-      as_double(c.lambda2);
-    } else if (key == "label_smoothing") {
-      as_double(c.label_smoothing);
-    } else if (key == "meta_epochs") {
-      as_index(c.meta_epochs);
-    } else if (key == "sub_epochs") {
-      as_index(c.sub_epochs);
-    } else if (key == "warmup_meta_epochs") {
-      as_index(c.warmup_meta_epochs);
-    } else if (key == "stage1_meta_epochs") {
-      as_index(c.stage1_meta_epochs);
-    } else if (key == "lr") {
-      as_double(c.lr);
-    } else if (key == "lr_decay_rate") {
-      as_double(c.lr_decay_rate);
-    } else if (key == "beta1") {
-      as_double(c.beta1);
-    } else if (key == "beta2") {
-      as_double(c.beta2);
-    } else if (key == "adam_eps") {
-      as_double(c.adam_eps);
-    } else if (key == "weight_decay") {
-      as_double(c.weight_decay);
-    } else if (key == "batch_size") {
-      as_index(c.batch_size);
-    } else if (key == "seed") {
-      if (!detail::parse_uint64(value, c.seed)) bad("a non-negative integer");
-    } else if (key == "calibration_images") {
-      as_index(c.calibration_images);
-    } else if (key == "calibration_baseline") {
-      if (value == "none")
-        c.calibration_baseline = CalibrationBaseline::none;
-      else if (value == "position")
-        c.calibration_baseline = CalibrationBaseline::position;
-      else
-        bad("none or position");
-    } else if (key == "backbone") {
-      c.features.backbone = value;
-    } else if (key == "layers") {
-      c.features.layers = detail::split_list(value);
-    } else if (key == "pyramid_levels") {
-      as_index(c.features.pyramid_levels);
-    } else if (key == "image_size") {
-      as_index(c.features.image_size);
-    } else if (key == "resize_mode") {
-      if (value != "stretch" && value != "shorter_side_crop") bad("stretch or shorter_side_crop");
-      c.features.resize_mode = value;
-    } else if (key == "mask_size") {
-      as_index(c.features.mask_size);
-    } else {
-      throw Error(where + ": unknown key '" + key + "'");
-    }
+    bool known = false;
+    detail::for_each_config_key(c, [&](const char* name, auto& field, const auto&... rule) {
+      if (known || !detail::key_matches(name, key)) return;
+      known = true;
+      const std::string expected = detail::read_value(key, value, field, rule...);
+      if (!expected.empty())
+        throw Error(where + ": key '" + key + "': '" + value + "' is not " + expected);
+    });
+    if (!known) throw Error(where + ": unknown key '" + key + "'");
   }
   return c;
 }
