@@ -76,7 +76,17 @@ void require_output_file(const std::string& path, const std::string& option) {
                       "' does not exist");
 }
 
-void write_text_atomically(const std::string& path, const std::string& text) {
+/// Writes an output file: `-` is standard output, anything else goes through
+/// detail::write_file_atomically (a regular file replaced atomically, a device or FIFO written in
+/// place). Standard output is flushed first, so that text printed before stays before.
+void write_text_output(const std::string& path, const std::string& text) {
+  std::fflush(stdout);
+  if (path == "-") {
+    hgad::check(
+        std::fwrite(text.data(), 1, text.size(), stdout) == text.size() && std::fflush(stdout) == 0,
+        "cannot write to standard output");
+    return;
+  }
   hgad::detail::write_file_atomically(path, text.data(), text.size());
 }
 
@@ -364,7 +374,7 @@ const std::vector<OptionSpec> test_options = {
     {"mode", "MODE", "transductive | calibrated | label-free (default calibrated)"},
     {"criterion", "C", "product (HGAD, default) | likelihood | entropy: the maps combined"},
     {"classes", "A,B,...", "test only these of the model's classes (or of its groups' folders)"},
-    {"json", "FILE", "also write every metric per class and the mean as JSON"},
+    {"json", "FILE", "every metric per class and the mean as JSON (-: stdout, table to stderr)"},
     {"backbone", "DIR", "ResNet weights folder (default: the one recorded at training)"},
     {"cache", "DIR", "keep the backbone features in DIR and reuse them when nothing changed"},
     {"threads", "N", "worker threads (default: all cores)"},
@@ -394,7 +404,7 @@ int cmd_test(const Args& args) {
   std::vector<std::string> only;
   if (args.has("classes")) only = split_names(args.get("classes", ""), "--classes");
   const std::string json_path = args.get("json", "");
-  if (!json_path.empty()) require_output_file(json_path, "--json");
+  if (!json_path.empty() && json_path != "-") require_output_file(json_path, "--json");
   apply_threads(args);
   require_directory(data, "--data");
 
@@ -460,16 +470,20 @@ int cmd_test(const Args& args) {
   const bool with_accuracy =
       mode == hgad::ScoreMode::label_free && config.objective == hgad::Objective::hgad;
 
-  std::printf("mode %s, criterion %s, objective %s, model %s\n", hgad::to_string(mode),
-              hgad::to_string(criterion), hgad::to_string(config.objective).c_str(), model_path.c_str());
-  std::printf("%-16s %7s %8s %8s %8s %8s%s\n", "class", "images", "img-AUC", "pix-AUC", "AUPRO",
-              "img-AP", with_accuracy ? "  cls-acc" : "");
+  // With --json - the JSON is standard output, and the table goes to standard error.
+  std::FILE* const table = json_path == "-" ? stderr : stdout;
+  std::fprintf(table, "mode %s, criterion %s, objective %s, model %s\n", hgad::to_string(mode),
+               hgad::to_string(criterion), hgad::to_string(config.objective).c_str(),
+               model_path.c_str());
+  std::fprintf(table, "%-16s %7s %8s %8s %8s %8s%s\n", "class", "images", "img-AUC", "pix-AUC",
+               "AUPRO", "img-AP", with_accuracy ? "  cls-acc" : "");
   auto row = [&](const hgad::ClassReport& m) {
-    std::printf("%-16s %7lld %8s %8s %8s %8s", m.name.c_str(), static_cast<long long>(m.n_images),
-                format_metric(m.image_auroc).c_str(), format_metric(m.pixel_auroc).c_str(),
-                format_metric(m.aupro).c_str(), format_metric(m.image_ap).c_str());
-    if (with_accuracy) std::printf(" %8s", format_metric(m.class_accuracy).c_str());
-    std::printf("\n");
+    std::fprintf(table, "%-16s %7lld %8s %8s %8s %8s", m.name.c_str(),
+                 static_cast<long long>(m.n_images), format_metric(m.image_auroc).c_str(),
+                 format_metric(m.pixel_auroc).c_str(), format_metric(m.aupro).c_str(),
+                 format_metric(m.image_ap).c_str());
+    if (with_accuracy) std::fprintf(table, " %8s", format_metric(m.class_accuracy).c_str());
+    std::fprintf(table, "\n");
   };
   for (const auto& m : results) row(m);
   row(mean);
@@ -486,7 +500,7 @@ int cmd_test(const Args& args) {
     j.set("classes", per_class);
     j.set("mean", metrics_json(mean));
     j.set("config", Json::string(config.to_text()));
-    write_text_atomically(json_path, j.dump(2));
+    write_text_output(json_path, j.dump(2));
   }
   return 0;
 }
@@ -592,7 +606,7 @@ int cmd_predict(const Args& args) {
     std::printf("%s\t%s\t%s\n", score, class_name.c_str(), images[i].c_str());
     csv << images[i] << "," << class_name << "," << score << "," << heat_path << "\n";
   }
-  write_text_atomically((fs::path(out_dir) / "scores.csv").string(), csv.str());
+  write_text_output((fs::path(out_dir) / "scores.csv").string(), csv.str());
   return 0;
 }
 
@@ -628,7 +642,7 @@ int cmd_info(const Args& args) {
 const std::vector<OptionSpec> embeddings_options = {
     {"data", "DIR", "folder of <class>_X.npy, <class>_y.npy and unified_split_seed0.csv"},
     {"objective", "hgad|nf", "HGAD's hierarchical prior, or the single-Gaussian NF baseline"},
-    {"json", "FILE", "also write every figure as JSON"},
+    {"json", "FILE", "also write every figure as JSON (-: stdout, table to stderr)"},
     {"out", "MODEL", "also save the trained model"},
     {"config", "FILE", "key = value settings over this command's defaults"},
     {"epochs", "N", "N passes over the training rows (overrides the config's schedule)"},
@@ -672,7 +686,7 @@ int cmd_embeddings(const Args& args) {
   }
   const std::string data = args.required("data");
   const std::string json_path = args.get("json", "");
-  if (!json_path.empty()) require_output_file(json_path, "--json");
+  if (!json_path.empty() && json_path != "-") require_output_file(json_path, "--json");
   const std::string out_path = args.get("out", "");
   if (!out_path.empty()) require_output_file(out_path, "--out");
   apply_threads(args);
@@ -780,30 +794,33 @@ int cmd_embeddings(const Args& args) {
     for (std::size_t k = 0; k < columns.size(); ++k)
       mean.values[k] += r.values[k] / double(rows.size());
   }
-  std::printf(
+  // With --json - the JSON is standard output, and the tables go to standard error.
+  std::FILE* const table = json_path == "-" ? stderr : stdout;
+  std::fprintf(
+      table,
       "objective %s, %lld blocks, %lld epochs: image AUROC per class (score: the §5 product of "
       "the\n"
       "likelihood and entropy terms, or logp: the likelihood alone)\n",
       hgad::to_string(config.objective).c_str(), static_cast<long long>(config.n_blocks),
       static_cast<long long>(config.total_epochs()));
-  std::printf("%-12s %5s %7s %10s %10s %15s %7s %12s\n", "class", "test", "given", "given-logp",
-              "label-free", "label-free-logp", "cls-acc", "transductive");
+  std::fprintf(table, "%-12s %5s %7s %10s %10s %15s %7s %12s\n", "class", "test", "given",
+               "given-logp", "label-free", "label-free-logp", "cls-acc", "transductive");
   for (const Row& r : rows) {
-    std::printf("%-12s %5lld", r.name.c_str(), static_cast<long long>(r.n_test));
+    std::fprintf(table, "%-12s %5lld", r.name.c_str(), static_cast<long long>(r.n_test));
     const int widths[] = {7, 10, 10, 15, 7, 12};
     for (std::size_t k = 0; k < columns.size(); ++k)
-      std::printf(" %*s", widths[k], format_metric(r.values[k]).c_str());
-    std::printf("\n");
+      std::fprintf(table, " %*s", widths[k], format_metric(r.values[k]).c_str());
+    std::fprintf(table, "\n");
   }
   {
     const Row& r = mean;
-    std::printf("%-12s %5lld", r.name.c_str(), static_cast<long long>(r.n_test));
+    std::fprintf(table, "%-12s %5lld", r.name.c_str(), static_cast<long long>(r.n_test));
     const int widths[] = {7, 10, 10, 15, 7, 12};
     for (std::size_t k = 0; k < columns.size(); ++k)
-      std::printf(" %*s", widths[k], format_metric(r.values[k]).c_str());
-    std::printf("\n");
+      std::fprintf(table, " %*s", widths[k], format_metric(r.values[k]).c_str());
+    std::fprintf(table, "\n");
   }
-  std::printf("%s", class_confusion_report(model, "").c_str());
+  std::fprintf(table, "%s", class_confusion_report(model, "").c_str());
 
   if (!json_path.empty()) {
     Json j = Json::object();
@@ -822,7 +839,7 @@ int cmd_embeddings(const Args& args) {
     j.set("classes", per_class);
     j.set("mean", row_json(mean));
     j.set("config", Json::string(config.to_text()));
-    write_text_atomically(json_path, j.dump(2));
+    write_text_output(json_path, j.dump(2));
   }
   if (!out_path.empty()) model.save(out_path);
   return 0;

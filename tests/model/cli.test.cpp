@@ -4,7 +4,10 @@
 
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -41,11 +44,13 @@ std::string slurp(const std::string& path) {
   return s.str();
 }
 
-/// Runs `hgad <arguments>` with stdout and stderr captured in files of `dir`.
-Run run(const hgad_test::TempDir& dir, const std::string& arguments) {
+/// Runs `hgad <arguments>` with stdout and stderr captured in files of `dir`; `launcher` (for
+/// example "cd DIR &&" or "timeout 20") goes before the program.
+Run run(const hgad_test::TempDir& dir, const std::string& arguments,
+        const std::string& launcher = "") {
   const std::string out = dir.file("stdout.txt"), err = dir.file("stderr.txt");
   const std::string command =
-      "'" + cli_path() + "' " + arguments + " >'" + out + "' 2>'" + err + "'";
+      launcher + " '" + cli_path() + "' " + arguments + " >'" + out + "' 2>'" + err + "'";
   const int raw = std::system(command.c_str());
   Run r;
   r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
@@ -99,6 +104,24 @@ const char* const tiny_config =
     "image_size = 64\nmask_size = 32\nlayers = layer2\npos_dim = 8\nn_blocks = 1\nn_centers = 2\n"
     "meta_epochs = 2\nsub_epochs = 1\nwarmup_meta_epochs = 1\nstage1_meta_epochs = 1\nbatch_size = "
     "4\n";
+
+/// Embeddings of classes a and b in the layout hgad embeddings reads: 4 rows of 3 features each,
+/// two training normals, one normal and one anomalous test row; b's row 1 holds a NaN when
+/// `with_nan`.
+void write_embeddings(const hgad_test::TempDir& dir, bool with_nan) {
+  std::string csv = "class,class_index,row,y,split\n";
+  for (const std::string c : {"a", "b"}) {
+    hgad::Tensor<float> x({4, 3});
+    for (hgad::Index i = 0; i < x.numel(); ++i) x.data()[i] = float(i % 5);
+    if (c == "b" && with_nan) x(1, 2) = std::numeric_limits<float>::quiet_NaN();
+    hgad::save_npy(dir.file(c + "_X.npy"), x);
+    hgad::save_npy_int64(dir.file(c + "_y.npy"), {0, 0, 0, 1});
+    const std::string index = c == "a" ? "0" : "1";
+    csv += c + "," + index + ",0,0,train\n" + c + "," + index + ",1,0,train\n" + c + "," + index +
+           ",2,0,test\n" + c + "," + index + ",3,1,test\n";
+  }
+  std::ofstream(dir.file("unified_split_seed0.csv")) << csv;
+}
 
 #define REQUIRE_CLI()                                       \
   do {                                                      \
@@ -413,21 +436,77 @@ TEST_CASE("hgad train --auto-group trains again with the classes its first model
 TEST_CASE("hgad embeddings names a non-finite feature value", "[model][cli]") {
   REQUIRE_CLI();
   hgad_test::TempDir dir("cli_embeddings");
-  std::string csv = "class,class_index,row,y,split\n";
-  for (const std::string c : {"a", "b"}) {
-    hgad::Tensor<float> x({4, 3});
-    for (hgad::Index i = 0; i < x.numel(); ++i) x.data()[i] = float(i % 5);
-    if (c == "b") x(1, 2) = std::numeric_limits<float>::quiet_NaN();
-    hgad::save_npy(dir.file(c + "_X.npy"), x);
-    hgad::save_npy_int64(dir.file(c + "_y.npy"), {0, 0, 0, 1});
-    const std::string index = c == "a" ? "0" : "1";
-    csv += c + "," + index + ",0,0,train\n" + c + "," + index + ",1,0,train\n" + c + "," + index + ",2,0,test\n" +
-           c + "," + index + ",3,1,test\n";
-  }
-  std::ofstream(dir.file("unified_split_seed0.csv")) << csv;
+  write_embeddings(dir, true);
   const std::string json = dir.file("out.json");
   const Run r = run(dir, "embeddings --data '" + dir.path().string() + "' --json '" + json + "'");
   CHECK(r.status == 1);
   CHECK(contains(r.err, "b_X.npy' row 1 column 2 is nan"));
   CHECK_FALSE(fs::exists(json));
 }
+
+namespace {
+
+/// The bytes a FIFO holds once its writers are gone, read from a descriptor opened before them.
+std::string drain(int fd) {
+  std::string text;
+  char buffer[4096];
+  for (ssize_t n; (n = ::read(fd, buffer, sizeof(buffer))) > 0;)
+    text.append(buffer, std::size_t(n));
+  return text;
+}
+
+bool is_fifo(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0 && S_ISFIFO(st.st_mode);
+}
+
+}  // namespace
+
+TEST_CASE("hgad program writes --json - to standard output and a FIFO or a link target in place",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  hgad_test::TempDir dir("cli_json_targets");
+  write_embeddings(dir, false);
+  const std::string embeddings =
+      "embeddings --data '" + dir.path().string() + "' --epochs 2 --threads 1 --json ";
+
+  // `-` is standard output, with the table moved to standard error; no file named '-'.
+  Run r = run(dir, embeddings + "-", "cd '" + dir.path().string() + "' &&");
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.rfind("{\n", 0) == 0);
+  CHECK(contains(r.out, "\"image_auroc_given\""));
+  CHECK(r.out.size() >= 2);
+  CHECK(r.out.substr(r.out.size() - 2) == "}\n");
+  CHECK(contains(r.err, "label-free"));
+  CHECK_FALSE(fs::exists(dir.path() / "-"));
+
+  // A FIFO receives the JSON and stays a FIFO (a reader is open before the program starts).
+  const std::string fifo = dir.file("report.fifo");
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  const int reader = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK);
+  REQUIRE(reader >= 0);
+  r = run(dir, embeddings + "'" + fifo + "'");
+  const std::string received = drain(reader);
+  ::close(reader);
+  CHECK(r.status == 0);
+  CHECK(contains(received, "\"image_auroc_given\""));
+  CHECK(is_fifo(fifo));
+
+  // A symbolic link is followed: its target is replaced, the link stays.
+  std::ofstream(dir.file("real.json")) << "old";
+  fs::create_symlink("real.json", dir.path() / "link.json");
+  r = run(dir, embeddings + "'" + dir.file("link.json") + "'");
+  CHECK(r.status == 0);
+  CHECK(fs::is_symlink(dir.path() / "link.json"));
+  CHECK(contains(slurp(dir.file("real.json")), "\"image_auroc_given\""));
+  // A dangling link: the file it names is created.
+  fs::create_symlink("made.json", dir.path() / "dangling.json");
+  r = run(dir, embeddings + "'" + dir.file("dangling.json") + "'");
+  CHECK(r.status == 0);
+  CHECK(fs::is_symlink(dir.path() / "dangling.json"));
+  CHECK(contains(slurp(dir.file("made.json")), "\"image_auroc_given\""));
+  for (const auto& entry : fs::directory_iterator(dir.path()))
+    CHECK_FALSE(contains(entry.path().filename().string(), ".tmp."));
+}
+
