@@ -66,14 +66,21 @@ void require_file(const std::string& path, const std::string& what) {
     throw hgad::Error(what + " '" + path + "' is a directory, expected a file");
 }
 
-/// An output file path whose folder exists and that is not a folder itself.
+/// An output file path whose folder exists, that is not a folder itself and that can be written:
+/// checked before the work starts (by creating and removing the temporary file the atomic write
+/// will use), so that a long training does not end in a write that fails.
 void require_output_file(const std::string& path, const std::string& option) {
   if (fs::is_directory(path))
     throw hgad::Error(option + " '" + path + "' is a directory, expected a file name");
   const fs::path parent = fs::path(path).parent_path();
   if (!parent.empty() && !fs::is_directory(parent))
     throw hgad::Error(option + " '" + path + "': the folder '" + parent.string() +
-                      "' does not exist");
+                      (fs::exists(parent) ? "' is not a folder" : "' does not exist"));
+  try {
+    hgad::detail::check_writable(path);
+  } catch (const hgad::Error& e) {
+    throw hgad::Error(option + ": " + e.what());
+  }
 }
 
 /// Writes an output file: `-` is standard output, anything else goes through
@@ -551,6 +558,12 @@ int cmd_predict(const Args& args) {
   }
   const hgad::ScoreMode mode =
       class_index >= 0 ? hgad::ScoreMode::calibrated : hgad::ScoreMode::label_free;
+  // The folder is made, and shown to take files, before the images are scored.
+  std::error_code made;
+  fs::create_directories(out_dir, made);
+  if (made)
+    throw hgad::Error("--out '" + out_dir + "': cannot create the folder: " + made.message());
+  require_output_file((fs::path(out_dir) / "scores.csv").string(), "--out");
   auto fx = hgad::make_extractor<Scalar>(config.features, backbone_dir_for(args, model));
   hgad::check_backbone_matches(config, *fx);
 
@@ -586,7 +599,6 @@ int cmd_predict(const Args& args) {
     hi = std::max(hi, model.calibration(c).train_score_max);
   if (!(hi > 0)) hi = 1;
 
-  fs::create_directories(out_dir);
   std::map<std::string, int> used;
   std::ostringstream csv;
   csv << "image,class,score,heatmap\n";
@@ -871,6 +883,7 @@ int main(int argc, char** argv) {
     std::fputs(general_usage, stdout);
     return 0;
   }
+  hgad::detail::remove_temporaries_on_signals();
   try {
     if (command == "train") return cmd_train(Args(command, argc, argv, 2, train_options, false));
     if (command == "test") return cmd_test(Args(command, argc, argv, 2, test_options, false));

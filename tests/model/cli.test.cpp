@@ -5,10 +5,13 @@
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -18,6 +21,7 @@
 #include <limits>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "io/temp_dir.hpp"
@@ -510,3 +514,107 @@ TEST_CASE("hgad program writes --json - to standard output and a FIFO or a link 
     CHECK_FALSE(contains(entry.path().filename().string(), ".tmp."));
 }
 
+namespace {
+
+/// The training command of the tiny model on `data`, written to `model`.
+std::string train_tiny(const hgad_test::TempDir& dir, const std::string& data,
+                       const std::string& model) {
+  std::ofstream(dir.file("tiny.cfg")) << tiny_config;
+  return "train --data '" + data + "' --backbone '" + weights_dir() + "' --out '" + model +
+         "' --config '" + dir.file("tiny.cfg") + "' --threads 2";
+}
+
+}  // namespace
+
+TEST_CASE("hgad train refuses an --out it cannot write before training", "[model][cli]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  hgad_test::TempDir dir("cli_out_unwritable");
+  write_dataset(dir.path() / "data");
+  const std::string data = dir.file("data");
+  // /proc takes no new file, whoever asks (root included): the run must stop before the features.
+  if (fs::is_directory("/proc")) {
+    Run r = run(dir, train_tiny(dir, data, "/proc/hgad_cli_test.hgad"));
+    CHECK(r.status == 1);
+    CHECK(contains(r.err, "--out: cannot write '/proc/hgad_cli_test.hgad'"));
+    CHECK_FALSE(contains(r.err, "features"));
+    CHECK_FALSE(contains(r.err, "training"));
+  }
+  // A folder that is a regular file.
+  std::ofstream(dir.file("plain")) << "x";
+  Run r = run(dir, train_tiny(dir, data, dir.file("plain") + "/model.hgad"));
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "plain' is not a folder"));
+  CHECK_FALSE(contains(r.err, "training"));
+  // A folder without write permission (meaningless for root, who may write anywhere).
+  if (::geteuid() != 0) {
+    fs::create_directories(dir.path() / "locked");
+    fs::permissions(dir.path() / "locked", fs::perms::owner_read | fs::perms::owner_exec);
+    r = run(dir, train_tiny(dir, data, dir.file("locked") + "/model.hgad"));
+    fs::permissions(dir.path() / "locked", fs::perms::owner_all);
+    CHECK(r.status == 1);
+    CHECK(contains(r.err, "Permission denied"));
+    CHECK_FALSE(contains(r.err, "training"));
+  }
+}
+
+TEST_CASE("hgad train removes its temporary model file when SIGTERM comes during the write",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  hgad_test::TempDir dir("cli_sigterm");
+  write_dataset(dir.path() / "data");
+  std::ofstream(dir.file("tiny.cfg")) << tiny_config;
+  const std::string model = dir.file("model.hgad"), err = dir.file("stderr.txt");
+  const std::vector<std::string> arguments = {
+      "hgad",  "train", "--data",   dir.file("data"),     "--backbone", weights_dir(),
+      "--out", model,   "--config", dir.file("tiny.cfg"), "--threads",  "2"};
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    const int out_fd = ::open(dir.file("stdout.txt").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    const int err_fd = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ::dup2(out_fd, 1);
+    ::dup2(err_fd, 2);
+    std::vector<char*> argv;
+    for (const auto& a : arguments) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(cli_path().c_str(), argv.data());
+    ::_exit(127);
+  }
+  // The write is frozen half-way, deterministically: once the program has printed its first line
+  // (after its up-front checks), its temporary file `<model>.tmp.<pid>` is made a FIFO with a
+  // 4 KiB buffer that nobody drains, so the model's write blocks after 4 KiB. SIGTERM then.
+  const std::string temporary = model + ".tmp." + std::to_string(child);
+  int status = 0;
+  bool exited = false, planted = false, writing = false;
+  int reader = -1;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(5);
+  while (!writing && !exited && std::chrono::steady_clock::now() < deadline) {
+    exited = ::waitpid(child, &status, WNOHANG) == child;
+    if (!planted && contains(slurp(err), "hgad train:")) {
+      REQUIRE(::mkfifo(temporary.c_str(), 0600) == 0);
+      reader = ::open(temporary.c_str(), O_RDONLY | O_NONBLOCK);
+      REQUIRE(reader >= 0);
+      ::fcntl(reader, F_SETPIPE_SZ, 4096);
+      planted = true;
+    }
+    if (planted) {
+      pollfd p{reader, POLLIN, 0};
+      writing = ::poll(&p, 1, 10) == 1 && (p.revents & POLLIN);
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  INFO(slurp(err));
+  if (!exited) {
+    ::kill(child, SIGTERM);
+    REQUIRE(::waitpid(child, &status, 0) == child);
+  }
+  if (reader >= 0) ::close(reader);
+  REQUIRE(writing);
+  CHECK(WIFSIGNALED(status));
+  CHECK((WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM));
+  CHECK_FALSE(fs::exists(fs::symlink_status(temporary)));
+  CHECK_FALSE(fs::exists(model));
+}

@@ -9,10 +9,20 @@
 /// written in place: renaming a file over it would replace the node itself (as root,
 /// `/dev/stdout` or `/dev/full` would become a plain file). A name of one of the process's own
 /// descriptors (/dev/stdout, /dev/fd/N) is written through that descriptor.
+///
+/// A program can have SIGINT and SIGTERM remove the temporary files of writes in progress:
+///
+///     int main() {
+///       hgad::detail::remove_temporaries_on_signals();   // once, before any write
+///       ...
+///       model.save(path);   // Ctrl-C here leaves neither path nor path.tmp.PID half-written
+///     }
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -23,6 +33,72 @@
 #include "check.hpp"
 
 namespace hgad::detail {
+
+/// One temporary file of an atomic write in progress, readable from a signal handler.
+struct PendingTemporary {
+  std::atomic<int> state{0};  // 0 free, 1 being claimed, 2 `path` names a temporary file
+  char path[4096] = {};
+};
+/// Slots for concurrent atomic writes; a write that finds none free simply goes unregistered.
+inline PendingTemporary pending_temporaries[8];
+
+/// Registers a temporary file for remove_pending_temporaries while it lives.
+class PendingTemporaryGuard {
+ public:
+  explicit PendingTemporaryGuard(const std::string& path) {
+    if (path.size() >= sizeof(PendingTemporary::path)) return;
+    for (PendingTemporary& slot : pending_temporaries) {
+      int expected = 0;
+      if (slot.state.compare_exchange_strong(expected, 1)) {
+        std::memcpy(slot.path, path.c_str(), path.size() + 1);
+        slot.state.store(2);
+        m_slot = &slot;
+        return;
+      }
+    }
+  }
+  ~PendingTemporaryGuard() {
+    if (m_slot) m_slot->state.store(0);
+  }
+  PendingTemporaryGuard(const PendingTemporaryGuard&) = delete;
+  PendingTemporaryGuard& operator=(const PendingTemporaryGuard&) = delete;
+
+ private:
+  PendingTemporary* m_slot = nullptr;
+};
+
+/// Removes the temporary files of the atomic writes in progress. Async-signal-safe (lock-free
+/// atomics and unlink only). A file already renamed into place is not touched: its temporary name
+/// no longer exists.
+inline void remove_pending_temporaries() noexcept {
+  for (PendingTemporary& slot : pending_temporaries)
+    if (slot.state.load() == 2) ::unlink(slot.path);
+}
+
+/// The handler remove_temporaries_on_signals installs: removes the temporaries, then ends the
+/// process by the signal's default action (SA_RESETHAND restored it), so the exit status still
+/// says which signal ended the program.
+inline void remove_temporaries_and_reraise(int signal_number) {
+  remove_pending_temporaries();
+  ::raise(signal_number);
+}
+
+/// Installs, for SIGINT and SIGTERM, a handler that removes the temporary files of atomic writes
+/// in progress and then ends the process as the signal would have. For programs: the library never
+/// changes signal handling by itself. A signal the program ignores (nohup, a background job) or
+/// already handles is left as it is.
+inline void remove_temporaries_on_signals() {
+  for (const int signal_number : {SIGINT, SIGTERM}) {
+    struct sigaction current {};
+    if (::sigaction(signal_number, nullptr, &current) != 0 || current.sa_handler != SIG_DFL)
+      continue;
+    struct sigaction action {};
+    action.sa_handler = &remove_temporaries_and_reraise;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESETHAND;
+    ::sigaction(signal_number, &action, nullptr);
+  }
+}
 
 /// Where write_file_atomically puts the bytes meant for a path.
 struct WriteTarget {
@@ -88,6 +164,27 @@ inline bool write_all(int fd, const void* bytes, std::size_t size) {
   return true;
 }
 
+/// Throws hgad::Error when write_file_atomically(path, ...) could not create its temporary file
+/// (a missing folder, no permission, a read-only file system): found in advance by creating and
+/// removing that file, so that a long computation does not end in a write that fails. Targets
+/// written in place are not probed (opening a FIFO would wait for its reader).
+inline void check_writable(const std::string& path) {
+  const WriteTarget target = write_target(path);
+  if (target.in_place) return;
+  const std::string temporary = target.path + ".tmp." + std::to_string(::getpid());
+  PendingTemporaryGuard guard(temporary);
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_NONBLOCK | O_CLOEXEC, 0600);
+  const int err = errno;
+  if (fd >= 0) {
+    ::close(fd);
+    ::unlink(temporary.c_str());
+    return;
+  }
+  const std::string folder = std::filesystem::path(target.path).parent_path().string();
+  throw Error("cannot write '" + path + "': cannot create a file in the folder '" +
+              (folder.empty() ? "." : folder) + "' (" + std::strerror(err) + ")");
+}
+
 /// Writes `size` bytes to `path`. A regular file or a new name is written atomically: into a
 /// temporary file beside it (`<name>.tmp.<pid>`), flushed and synced, then renamed over it; on
 /// failure the temporary file is removed, an existing file is left untouched. A symbolic link is
@@ -111,6 +208,7 @@ inline void write_file_atomically(const std::string& path, const void* bytes, st
     return;
   }
   const std::string temporary = target.path + ".tmp." + std::to_string(::getpid());
+  PendingTemporaryGuard guard(temporary);
   std::FILE* file = std::fopen(temporary.c_str(), "wb");
   check(file != nullptr, "cannot write '", path, "': cannot create the temporary file '", temporary,
         "' (", std::strerror(errno), ")");
