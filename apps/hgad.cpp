@@ -47,13 +47,23 @@ namespace {
 // ------------------------------------------------------------------------------------------------
 // Shared helpers
 
-std::string read_text_file(const std::string& path, const char* what) {
+/// Largest config file read: a configuration is a few hundred bytes of `key = value` lines, so
+/// anything near this is not one (and /dev/zero or a wrong file must not be read to the end).
+constexpr std::size_t max_config_bytes = std::size_t(1) << 20;
+
+/// The text of a file of at most `max_bytes` bytes, read without reading past that bound (a FIFO
+/// or process substitution works; /dev/zero is refused after max_bytes + 1 bytes).
+std::string read_text_file(const std::string& path, const char* what, std::size_t max_bytes) {
   std::ifstream in(path, std::ios::binary);
   hgad::check(static_cast<bool>(in) && !fs::is_directory(path), "cannot read the ", what, " '",
               path, "'");
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
+  std::string text(max_bytes + 1, '\0');
+  in.read(&text[0], static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<std::size_t>(in.gcount()));
+  hgad::check(!in.bad(), "cannot read the ", what, " '", path, "'");
+  hgad::check(text.size() <= max_bytes, "the ", what, " '", path, "' is larger than ",
+              max_bytes >> 20, " MiB (", max_bytes, " bytes): not a configuration");
+  return text;
 }
 
 void require_directory(const std::string& path, const std::string& option) {
@@ -281,7 +291,8 @@ int cmd_train(const Args& args) {
   if (args.has("config")) {
     const std::string file = args.get("config", "");
     require_file(file, "--config");
-    config = hgad::ModelConfig::from_text(read_text_file(file, "config file"), file);
+    config =
+        hgad::ModelConfig::from_text(read_text_file(file, "config file", max_config_bytes), file);
   }
   config.objective = parsed_option(args, "objective", hgad::parse_objective, config.objective);
   if (args.has("epochs")) apply_epochs(config, args.get_int("epochs", 1, 1, 100000));
@@ -706,7 +717,8 @@ int cmd_embeddings(const Args& args) {
   if (args.has("config")) {
     const std::string file = args.get("config", "");
     require_file(file, "--config");
-    config = hgad::ModelConfig::from_text(read_text_file(file, "config file"), file, config);
+    config = hgad::ModelConfig::from_text(read_text_file(file, "config file", max_config_bytes),
+                                          file, config);
   }
   config.objective = parsed_option(args, "objective", hgad::parse_objective, config.objective);
   if (args.has("epochs")) apply_epochs(config, args.get_int("epochs", 1, 1, 100000));

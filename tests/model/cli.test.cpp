@@ -514,6 +514,37 @@ TEST_CASE("hgad program writes --json - to standard output and a FIFO or a link 
     CHECK_FALSE(contains(entry.path().filename().string(), ".tmp."));
 }
 
+TEST_CASE("hgad info and --config check the header and read bounded: /dev/zero ends at once",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  hgad_test::TempDir dir("cli_bounded");
+  // `timeout` turns a read that never ends into status 124 instead of a hung test.
+  Run r = run(dir, "info /dev/zero", "timeout 60");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "'/dev/zero' is not an hgad checkpoint"));
+
+  r = run(dir, "train --data d --backbone b --out m --config /dev/zero", "timeout 60");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "'/dev/zero' is larger than 1 MiB"));
+
+  // A 2 MiB config file (sparse) is refused by its size, named.
+  const std::string big = dir.file("big.cfg");
+  std::ofstream(big) << "n_blocks = 1\n";
+  fs::resize_file(big, std::uintmax_t(2) << 20);
+  r = run(dir, "train --data d --backbone b --out m --config '" + big + "'", "timeout 60");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "big.cfg' is larger than 1 MiB"));
+
+  // A model header announcing 2^60 payload bytes over a 100-byte body: truncated, not 2^60 read.
+  std::vector<unsigned char> header = {'H', 'G', 'A', 'D', 'C', 'K', 'P', 'T', 1, 0, 0, 0};
+  for (int k = 0; k < 8; ++k) header.push_back(k == 7 ? 0x10 : 0);
+  header.resize(24 + 100, 0);
+  hgad_test::write_bytes(dir.file("huge.hgad"), header);
+  r = run(dir, "info '" + dir.file("huge.hgad") + "'", "timeout 60");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "huge.hgad' is truncated"));
+}
+
 namespace {
 
 /// The training command of the tiny model on `data`, written to `model`.
