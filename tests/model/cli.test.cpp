@@ -547,6 +547,43 @@ TEST_CASE("hgad info and --config check the header and read bounded: /dev/zero e
 
 namespace {
 
+/// A 64x64 24-bit BMP (a fixed 12342 bytes, whatever the pixels): the picture of write_image.
+void write_bmp(const std::string& path, unsigned seed, bool defect) {
+  std::vector<unsigned char> bytes = {'B', 'M'};
+  auto put32 = [&](std::uint32_t v) {
+    for (int k = 0; k < 4; ++k) bytes.push_back((unsigned char)(v >> (8 * k)));
+  };
+  auto put16 = [&](std::uint16_t v) {
+    bytes.push_back((unsigned char)(v & 0xff));
+    bytes.push_back((unsigned char)(v >> 8));
+  };
+  put32(54 + 64 * 64 * 3);
+  put32(0);
+  put32(54);
+  put32(40);
+  put32(64);
+  put32(64);
+  put16(1);
+  put16(24);
+  for (int k = 0; k < 6; ++k) put32(0);
+  for (int i = 0; i < 64; ++i)
+    for (int j = 0; j < 64; ++j) {
+      const bool light = (i / 8 + j / 8 + seed) % 2 != 0;
+      const bool square = defect && i > 20 && i < 30 && j > 20 && j < 30;
+      const unsigned char v = square ? 255 : light ? 153 : 102;
+      bytes.insert(bytes.end(), {v, v, v});
+    }
+  hgad_test::write_bytes(path, bytes);
+}
+
+/// A mask with a 9x9 square at rows and columns [first, first + 9).
+void write_mask_at(const std::string& path, hgad::Index first) {
+  hgad::Tensor<float> mask({64, 64});
+  for (hgad::Index i = first; i < first + 9; ++i)
+    for (hgad::Index j = first; j < first + 9; ++j) mask(i, j) = 1.0f;
+  hgad::save_png(path, mask);
+}
+
 /// The training command of the tiny model on `data`, written to `model`.
 std::string train_tiny(const hgad_test::TempDir& dir, const std::string& data,
                        const std::string& model) {
@@ -556,6 +593,42 @@ std::string train_tiny(const hgad_test::TempDir& dir, const std::string& data,
 }
 
 }  // namespace
+
+TEST_CASE("hgad test --cache recomputes the features of an edited mask or image", "[model][cli]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  hgad_test::TempDir dir("cli_cache_key");
+  const fs::path root = dir.path() / "data";
+  write_dataset(root);
+  // One test image as BMP, whose size does not depend on its pixels.
+  fs::remove(root / "a/test/good/g1.png");
+  write_bmp((root / "a/test/good/g1.bmp").string(), 1, false);
+  const std::string data = root.string(), model = dir.file("model.hgad");
+  Run r = run(dir, train_tiny(dir, data, model));
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const std::string test = "test --model '" + model + "' --data '" + data + "' --threads 2 --json ";
+  const std::string cache = " --cache '" + dir.file("cache") + "'";
+  REQUIRE(run(dir, test + "'" + dir.file("first.json") + "'" + cache).status == 0);
+
+  // A mask moved elsewhere: the cached run must give what a run without the cache gives.
+  write_mask_at((root / "b/ground_truth/dent/d0_mask.png").string(), 2);
+  REQUIRE(run(dir, test + "'" + dir.file("mask_cached.json") + "'" + cache).status == 0);
+  REQUIRE(run(dir, test + "'" + dir.file("mask_fresh.json") + "'").status == 0);
+  const std::string fresh = slurp(dir.file("mask_fresh.json"));
+  CHECK(fresh != slurp(dir.file("first.json")));  // the edit changes the pixel metrics
+  CHECK(slurp(dir.file("mask_cached.json")) == fresh);
+
+  // An image rewritten with other pixels (a bright square) and the same size.
+  const auto before = fs::file_size(root / "a/test/good/g1.bmp");
+  write_bmp((root / "a/test/good/g1.bmp").string(), 1, true);
+  REQUIRE(fs::file_size(root / "a/test/good/g1.bmp") == before);
+  REQUIRE(run(dir, test + "'" + dir.file("image_cached.json") + "'" + cache).status == 0);
+  REQUIRE(run(dir, test + "'" + dir.file("image_fresh.json") + "'").status == 0);
+  const std::string image_fresh = slurp(dir.file("image_fresh.json"));
+  CHECK(image_fresh != fresh);
+  CHECK(slurp(dir.file("image_cached.json")) == image_fresh);
+}
 
 TEST_CASE("hgad train refuses an --out it cannot write before training", "[model][cli]") {
   REQUIRE_CLI();
