@@ -526,6 +526,50 @@ int cmd_test(const Args& args) {
 // ------------------------------------------------------------------------------------------------
 // predict
 
+/// A CSV field as RFC 4180 writes it: as it is, or, when it holds a comma, a double quote, a
+/// carriage return or a line feed, in double quotes with each double quote doubled.
+std::string csv_field(const std::string& text) {
+  if (text.find_first_of(",\"\r\n") == std::string::npos) return text;
+  std::string quoted = "\"";
+  for (char c : text) {
+    if (c == '"') quoted += '"';
+    quoted += c;
+  }
+  return quoted + "\"";
+}
+
+/// The names of the heat maps of `images` (`<stem>_heatmap.png`), distinct for distinct entries
+/// even on a case-insensitive file system: an image keeps its file's stem when it is the first of
+/// the list with that stem (compared ignoring ASCII case); a later one with the same stem gets
+/// `<stem>_<n>`, the smallest n >= 1 that is neither the stem of an image of the list nor a name
+/// already given. `a/x.jpg b/x.jpg x_1.jpg` -> `x`, `x_2`, `x_1`. scores.csv says which is which.
+std::vector<std::string> heatmap_stems(const std::vector<std::string>& images) {
+  const auto folded = [](std::string s) {
+    for (char& c : s)
+      if (c >= 'A' && c <= 'Z') c = char(c - 'A' + 'a');
+    return s;
+  };
+  std::vector<std::string> stems;
+  std::set<std::string> taken;  // folded stems of every image, then every name given
+  for (const auto& path : images) {
+    stems.push_back(fs::path(path).stem().string());
+    taken.insert(folded(stems.back()));
+  }
+  std::set<std::string> given;
+  for (std::string& stem : stems) {
+    if (given.insert(folded(stem)).second) continue;
+    std::string name;
+    for (int n = 1;; ++n) {
+      name = stem + "_" + std::to_string(n);
+      if (!taken.count(folded(name))) break;
+    }
+    taken.insert(folded(name));
+    given.insert(folded(name));
+    stem = name;
+  }
+  return stems;
+}
+
 const std::vector<OptionSpec> predict_options = {
     {"model", "MODEL", "model written by hgad train"},
     {"out", "DIR", "folder for the heat maps and scores.csv (created if missing)"},
@@ -538,13 +582,14 @@ int cmd_predict(const Args& args) {
   if (args.help()) {
     std::cout
         << "usage: hgad predict --model MODEL --out DIR [options] IMAGE...\n\n"
-           "Scores each image on its own (calibrated constants) and writes "
-           "DIR/<name>_heatmap.png,\n"
-           "the anomaly map in jet colours blended over the image, and DIR/scores.csv. Prints one\n"
-           "line per image: score, class used, file. Heat maps of one call share one colour "
-           "scale,\n"
-           "from 0 to the largest of their maxima and the training images' largest "
-           "score.\n\noptions:\n"
+           "Scores each image on its own (calibrated constants) and writes\n"
+           "DIR/<stem>_heatmap.png, the anomaly map in jet colours blended over the image, and\n"
+           "DIR/scores.csv (RFC 4180 quoting). An image whose file stem an earlier image of the\n"
+           "call has already taken gets DIR/<stem>_<n>_heatmap.png, n the smallest number that is\n"
+           "no image's stem: a/x.png b/x.png x_1.png give x, x_2, x_1; the heatmap column of\n"
+           "scores.csv names each file. Prints one line per image: score, class used, file. Heat\n"
+           "maps of one call share one colour scale, from 0 to the largest of their maxima and\n"
+           "the training images' largest score.\n\noptions:\n"
         << hgad_cli::describe_options(predict_options);
     return 0;
   }
@@ -610,14 +655,12 @@ int cmd_predict(const Args& args) {
     hi = std::max(hi, model.calibration(c).train_score_max);
   if (!(hi > 0)) hi = 1;
 
-  std::map<std::string, int> used;
+  const std::vector<std::string> stems = heatmap_stems(images);
   std::ostringstream csv;
   csv << "image,class,score,heatmap\n";
   for (std::size_t i = 0; i < images.size(); ++i) {
     const Result& r = results[i];
-    std::string stem = fs::path(images[i]).stem().string();
-    if (used[stem]++) stem += "_" + std::to_string(used[stem] - 1);
-    const std::string heat_path = (fs::path(out_dir) / (stem + "_heatmap.png")).string();
+    const std::string heat_path = (fs::path(out_dir) / (stems[i] + "_heatmap.png")).string();
     const hgad::Tensor<Scalar> colours = hgad::colormap_jet(r.scored.map, Scalar(0), Scalar(hi));
     hgad::save_png(heat_path, hgad::blend(r.picture, colours, Scalar(0.5)));
     const std::string class_name =
@@ -627,7 +670,8 @@ int cmd_predict(const Args& args) {
     char score[32];
     std::snprintf(score, sizeof(score), "%.6g", r.scored.score);
     std::printf("%s\t%s\t%s\n", score, class_name.c_str(), images[i].c_str());
-    csv << images[i] << "," << class_name << "," << score << "," << heat_path << "\n";
+    csv << csv_field(images[i]) << "," << csv_field(class_name) << "," << score << ","
+        << csv_field(heat_path) << "\n";
   }
   write_text_output((fs::path(out_dir) / "scores.csv").string(), csv.str());
   return 0;

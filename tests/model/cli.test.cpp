@@ -19,6 +19,7 @@
 #include <hgad/io/npy.hpp>
 #include <hgad/model/hgad_model.hpp>
 #include <limits>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -592,6 +593,37 @@ std::string train_tiny(const hgad_test::TempDir& dir, const std::string& data,
          "' --config '" + dir.file("tiny.cfg") + "' --threads 2";
 }
 
+/// The records of an RFC 4180 CSV text, each a list of fields.
+std::vector<std::vector<std::string>> parse_csv(const std::string& text) {
+  std::vector<std::vector<std::string>> rows(1);
+  std::string field;
+  bool quoted = false, was_quoted = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (quoted) {
+      if (c == '"' && i + 1 < text.size() && text[i + 1] == '"') {
+        field += '"';
+        ++i;
+      } else if (c == '"') {
+        quoted = false;
+      } else {
+        field += c;
+      }
+    } else if (c == '"' && field.empty() && !was_quoted) {
+      quoted = was_quoted = true;
+    } else if (c == ',' || c == '\n') {
+      rows.back().push_back(field);
+      field.clear();
+      was_quoted = false;
+      if (c == '\n') rows.emplace_back();
+    } else if (c != '\r') {
+      field += c;
+    }
+  }
+  if (rows.back().empty()) rows.pop_back();
+  return rows;
+}
+
 }  // namespace
 
 TEST_CASE("hgad test --cache recomputes the features of an edited mask or image", "[model][cli]") {
@@ -628,6 +660,48 @@ TEST_CASE("hgad test --cache recomputes the features of an edited mask or image"
   const std::string image_fresh = slurp(dir.file("image_fresh.json"));
   CHECK(image_fresh != fresh);
   CHECK(slurp(dir.file("image_cached.json")) == image_fresh);
+}
+
+TEST_CASE("hgad predict gives images of one stem distinct heat maps and quotes scores.csv",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  hgad_test::TempDir dir("cli_predict_names");
+  const fs::path root = dir.path() / "data";
+  write_dataset(root);
+  const std::string model = dir.file("model.hgad");
+  Run r = run(dir, train_tiny(dir, root.string(), model));
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const fs::path in = dir.path() / "in";
+  const std::vector<std::string> images = {
+      (in / "a/x.png").string(), (in / "b/x.png").string(), (in / "x_1.png").string(),
+      (in / "we,ird \"name\".png").string(), (in / "two\nlines.png").string()};
+  for (std::size_t i = 0; i < images.size(); ++i) write_image(images[i], unsigned(i), i == 1);
+  std::string arguments = "predict --model '" + model + "' --out '" + dir.file("out") + "'";
+  for (const auto& image : images) arguments += " '" + image + "'";
+  r = run(dir, arguments);
+  REQUIRE(r.status == 0);
+
+  const auto rows = parse_csv(slurp(dir.file("out/scores.csv")));
+  REQUIRE(rows.size() == images.size() + 1);
+  CHECK(rows[0] == std::vector<std::string>{"image", "class", "score", "heatmap"});
+  std::set<std::string> heatmaps;
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    const auto& row = rows[i + 1];
+    REQUIRE(row.size() == 4);
+    CHECK(row[0] == images[i]);
+    CHECK(fs::exists(row[3]));
+    heatmaps.insert(row[3]);
+  }
+  CHECK(heatmaps.size() == images.size());
+  // The documented names: the first image of a stem keeps it, a later one takes the smallest
+  // free number (x_1 is another image's stem).
+  CHECK(fs::path(rows[1][3]).filename() == "x_heatmap.png");
+  CHECK(fs::path(rows[2][3]).filename() == "x_2_heatmap.png");
+  CHECK(fs::path(rows[3][3]).filename() == "x_1_heatmap.png");
+  // b/x.png (a defect) and a/x.png (none) have different heat maps: neither overwrote the other.
+  CHECK(hgad_test::read_bytes(rows[1][3]) != hgad_test::read_bytes(rows[2][3]));
 }
 
 TEST_CASE("hgad train refuses an --out it cannot write before training", "[model][cli]") {
