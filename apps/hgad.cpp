@@ -42,6 +42,10 @@ using hgad_cli::UsageError;
 using Scalar = float;
 using Model = hgad::HgadModel<Scalar>;
 
+#ifndef HGAD_CLI_VERSION
+#define HGAD_CLI_VERSION "unknown"  // apps/CMakeLists.txt passes the project's version
+#endif
+
 namespace {
 
 // ------------------------------------------------------------------------------------------------
@@ -508,6 +512,7 @@ int cmd_test(const Args& args) {
 
   if (!json_path.empty()) {
     Json j = Json::object();
+    j.set("version", Json::string(HGAD_CLI_VERSION));
     j.set("mode", Json::string(hgad::to_string(mode)));
     j.set("criterion", Json::string(hgad::to_string(criterion)));
     j.set("model", Json::string(model_path));
@@ -892,6 +897,7 @@ int cmd_embeddings(const Args& args) {
 
   if (!json_path.empty()) {
     Json j = Json::object();
+    j.set("version", Json::string(HGAD_CLI_VERSION));
     j.set("data", Json::string(data));
     j.set("objective", Json::string(hgad::to_string(config.objective)));
     auto row_json = [&](const Row& r) {

@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "../../apps/cli_support.hpp"
 #include "io/temp_dir.hpp"
 
 namespace {
@@ -268,6 +269,10 @@ TEST_CASE("hgad program trains, tests, predicts and refuses a model of other fea
     CHECK(contains(text, "\"image_auroc\""));
     CHECK(contains(text, "\"aupro\""));
     CHECK(contains(text, "\"config\""));
+    CHECK(contains(text, "\"version\": \""));
+    CHECK((!text.empty() && text.back() == '\n'));
+    CHECK_FALSE(contains(text, "-0,"));
+    CHECK_FALSE(contains(text, "-0\n"));
     if (mode == "label-free") CHECK(contains(r.out, "cls-acc"));
   }
 
@@ -544,6 +549,14 @@ TEST_CASE("hgad info and --config check the header and read bounded: /dev/zero e
   r = run(dir, "info '" + dir.file("huge.hgad") + "'", "timeout 60");
   CHECK(r.status == 1);
   CHECK(contains(r.err, "huge.hgad' is truncated"));
+}
+
+TEST_CASE("hgad program's JSON writer prints no -0 and ends with a newline", "[model][cli]") {
+  hgad_cli::Json j = hgad_cli::Json::object();
+  j.set("negative_zero", hgad_cli::Json::number(-0.0));
+  j.set("zero", hgad_cli::Json::number(0.0));
+  j.set("half", hgad_cli::Json::number(-0.5));
+  CHECK(j.dump(0) == "{\"negative_zero\":0,\"zero\":0,\"half\":-0.5}\n");
 }
 
 namespace {
