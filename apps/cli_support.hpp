@@ -237,7 +237,8 @@ class Progress {
   Clock::time_point m_start, m_last_draw;
 };
 
-/// A minimal JSON builder: objects keep insertion order; non-finite numbers become null.
+/// A minimal JSON builder: objects keep insertion order; non-finite numbers become null, zero of
+/// either sign is written 0; dump() ends with a newline.
 class Json {
  public:
   static Json object() { return Json(Kind::object); }
@@ -322,7 +323,9 @@ class Json {
     const char* newline = indent > 0 ? "\n" : "";
     switch (m_kind) {
       case Kind::number:
-        if (std::isfinite(m_number)) {
+        if (m_number == 0) {
+          out << '0';  // not "-0", which some readers take for a string or refuse
+        } else if (std::isfinite(m_number)) {
           char buffer[32];
           std::snprintf(buffer, sizeof(buffer), "%.17g", m_number);
           out << buffer;

@@ -42,18 +42,32 @@ using hgad_cli::UsageError;
 using Scalar = float;
 using Model = hgad::HgadModel<Scalar>;
 
+#ifndef HGAD_CLI_VERSION
+#define HGAD_CLI_VERSION "unknown"  // apps/CMakeLists.txt passes the project's version
+#endif
+
 namespace {
 
 // ------------------------------------------------------------------------------------------------
 // Shared helpers
 
-std::string read_text_file(const std::string& path, const char* what) {
+/// Largest config file read: a configuration is a few hundred bytes of `key = value` lines, so
+/// anything near this is not one (and /dev/zero or a wrong file must not be read to the end).
+constexpr std::size_t max_config_bytes = std::size_t(1) << 20;
+
+/// The text of a file of at most `max_bytes` bytes, read without reading past that bound (a FIFO
+/// or process substitution works; /dev/zero is refused after max_bytes + 1 bytes).
+std::string read_text_file(const std::string& path, const char* what, std::size_t max_bytes) {
   std::ifstream in(path, std::ios::binary);
   hgad::check(static_cast<bool>(in) && !fs::is_directory(path), "cannot read the ", what, " '",
               path, "'");
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
+  std::string text(max_bytes + 1, '\0');
+  in.read(&text[0], static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<std::size_t>(in.gcount()));
+  hgad::check(!in.bad(), "cannot read the ", what, " '", path, "'");
+  hgad::check(text.size() <= max_bytes, "the ", what, " '", path, "' is larger than ",
+              max_bytes >> 20, " MiB (", max_bytes, " bytes): not a configuration");
+  return text;
 }
 
 void require_directory(const std::string& path, const std::string& option) {
@@ -66,17 +80,34 @@ void require_file(const std::string& path, const std::string& what) {
     throw hgad::Error(what + " '" + path + "' is a directory, expected a file");
 }
 
-/// An output file path whose folder exists and that is not a folder itself.
+/// An output file path whose folder exists, that is not a folder itself and that can be written:
+/// checked before the work starts (by creating and removing the temporary file the atomic write
+/// will use), so that a long training does not end in a write that fails.
 void require_output_file(const std::string& path, const std::string& option) {
   if (fs::is_directory(path))
     throw hgad::Error(option + " '" + path + "' is a directory, expected a file name");
   const fs::path parent = fs::path(path).parent_path();
   if (!parent.empty() && !fs::is_directory(parent))
     throw hgad::Error(option + " '" + path + "': the folder '" + parent.string() +
-                      "' does not exist");
+                      (fs::exists(parent) ? "' is not a folder" : "' does not exist"));
+  try {
+    hgad::detail::check_writable(path);
+  } catch (const hgad::Error& e) {
+    throw hgad::Error(option + ": " + e.what());
+  }
 }
 
-void write_text_atomically(const std::string& path, const std::string& text) {
+/// Writes an output file: `-` is standard output, anything else goes through
+/// detail::write_file_atomically (a regular file replaced atomically, a device or FIFO written in
+/// place). Standard output is flushed first, so that text printed before stays before.
+void write_text_output(const std::string& path, const std::string& text) {
+  std::fflush(stdout);
+  if (path == "-") {
+    hgad::check(
+        std::fwrite(text.data(), 1, text.size(), stdout) == text.size() && std::fflush(stdout) == 0,
+        "cannot write to standard output");
+    return;
+  }
   hgad::detail::write_file_atomically(path, text.data(), text.size());
 }
 
@@ -290,7 +321,8 @@ int cmd_train(const Args& args) {
   } else if (args.has("config")) {
     const std::string file = args.get("config", "");
     require_file(file, "--config");
-    config = hgad::ModelConfig::from_text(read_text_file(file, "config file"), file);
+    config =
+        hgad::ModelConfig::from_text(read_text_file(file, "config file", max_config_bytes), file);
   }
   config.objective = parsed_option(args, "objective", hgad::parse_objective, config.objective);
   if (args.has("epochs")) apply_epochs(config, args.get_int("epochs", 1, 1, 100000));
@@ -416,7 +448,7 @@ const std::vector<OptionSpec> test_options = {
     {"mode", "MODE", "transductive | calibrated | label-free (default calibrated)"},
     {"criterion", "C", "product (HGAD, default) | likelihood | entropy: the maps combined"},
     {"classes", "A,B,...", "test only these of the model's classes (or of its groups' folders)"},
-    {"json", "FILE", "also write every metric per class and the mean as JSON"},
+    {"json", "FILE", "every metric per class and the mean as JSON (-: stdout, table to stderr)"},
     {"backbone", "DIR", "ResNet weights folder (default: the one recorded at training)"},
     {"cache", "DIR", "keep the backbone features in DIR and reuse them when nothing changed"},
     {"threads", "N", "worker threads (default: all cores)"},
@@ -447,7 +479,7 @@ int cmd_test(const Args& args) {
   std::vector<std::string> only;
   if (args.has("classes")) only = split_names(args.get("classes", ""), "--classes");
   const std::string json_path = args.get("json", "");
-  if (!json_path.empty()) require_output_file(json_path, "--json");
+  if (!json_path.empty() && json_path != "-") require_output_file(json_path, "--json");
   apply_threads(args);
   require_directory(data, "--data");
 
@@ -515,22 +547,27 @@ int cmd_test(const Args& args) {
   const bool with_accuracy =
       mode == hgad::ScoreMode::label_free && config.objective == hgad::Objective::hgad;
 
-  std::printf("mode %s, criterion %s, objective %s, model %s\n", hgad::to_string(mode),
-              hgad::to_string(criterion), hgad::to_string(config.objective).c_str(), model_path.c_str());
-  std::printf("%-16s %7s %8s %8s %8s %8s%s\n", "class", "images", "img-AUC", "pix-AUC", "AUPRO",
-              "img-AP", with_accuracy ? "  cls-acc" : "");
+  // With --json - the JSON is standard output, and the table goes to standard error.
+  std::FILE* const table = json_path == "-" ? stderr : stdout;
+  std::fprintf(table, "mode %s, criterion %s, objective %s, model %s\n", hgad::to_string(mode),
+               hgad::to_string(criterion), hgad::to_string(config.objective).c_str(),
+               model_path.c_str());
+  std::fprintf(table, "%-16s %7s %8s %8s %8s %8s%s\n", "class", "images", "img-AUC", "pix-AUC",
+               "AUPRO", "img-AP", with_accuracy ? "  cls-acc" : "");
   auto row = [&](const hgad::ClassReport& m) {
-    std::printf("%-16s %7lld %8s %8s %8s %8s", m.name.c_str(), static_cast<long long>(m.n_images),
-                format_metric(m.image_auroc).c_str(), format_metric(m.pixel_auroc).c_str(),
-                format_metric(m.aupro).c_str(), format_metric(m.image_ap).c_str());
-    if (with_accuracy) std::printf(" %8s", format_metric(m.class_accuracy).c_str());
-    std::printf("\n");
+    std::fprintf(table, "%-16s %7lld %8s %8s %8s %8s", m.name.c_str(),
+                 static_cast<long long>(m.n_images), format_metric(m.image_auroc).c_str(),
+                 format_metric(m.pixel_auroc).c_str(), format_metric(m.aupro).c_str(),
+                 format_metric(m.image_ap).c_str());
+    if (with_accuracy) std::fprintf(table, " %8s", format_metric(m.class_accuracy).c_str());
+    std::fprintf(table, "\n");
   };
   for (const auto& m : results) row(m);
   row(mean);
 
   if (!json_path.empty()) {
     Json j = Json::object();
+    j.set("version", Json::string(HGAD_CLI_VERSION));
     j.set("mode", Json::string(hgad::to_string(mode)));
     j.set("criterion", Json::string(hgad::to_string(criterion)));
     j.set("model", Json::string(model_path));
@@ -541,13 +578,57 @@ int cmd_test(const Args& args) {
     j.set("classes", per_class);
     j.set("mean", metrics_json(mean));
     j.set("config", Json::string(config.to_text()));
-    write_text_atomically(json_path, j.dump(2));
+    write_text_output(json_path, j.dump(2));
   }
   return 0;
 }
 
 // ------------------------------------------------------------------------------------------------
 // predict
+
+/// A CSV field as RFC 4180 writes it: as it is, or, when it holds a comma, a double quote, a
+/// carriage return or a line feed, in double quotes with each double quote doubled.
+std::string csv_field(const std::string& text) {
+  if (text.find_first_of(",\"\r\n") == std::string::npos) return text;
+  std::string quoted = "\"";
+  for (char c : text) {
+    if (c == '"') quoted += '"';
+    quoted += c;
+  }
+  return quoted + "\"";
+}
+
+/// The names of the heat maps of `images` (`<stem>_heatmap.png`), distinct for distinct entries
+/// even on a case-insensitive file system: an image keeps its file's stem when it is the first of
+/// the list with that stem (compared ignoring ASCII case); a later one with the same stem gets
+/// `<stem>_<n>`, the smallest n >= 1 that is neither the stem of an image of the list nor a name
+/// already given. `a/x.jpg b/x.jpg x_1.jpg` -> `x`, `x_2`, `x_1`. scores.csv says which is which.
+std::vector<std::string> heatmap_stems(const std::vector<std::string>& images) {
+  const auto folded = [](std::string s) {
+    for (char& c : s)
+      if (c >= 'A' && c <= 'Z') c = char(c - 'A' + 'a');
+    return s;
+  };
+  std::vector<std::string> stems;
+  std::set<std::string> taken;  // folded stems of every image, then every name given
+  for (const auto& path : images) {
+    stems.push_back(fs::path(path).stem().string());
+    taken.insert(folded(stems.back()));
+  }
+  std::set<std::string> given;
+  for (std::string& stem : stems) {
+    if (given.insert(folded(stem)).second) continue;
+    std::string name;
+    for (int n = 1;; ++n) {
+      name = stem + "_" + std::to_string(n);
+      if (!taken.count(folded(name))) break;
+    }
+    taken.insert(folded(name));
+    given.insert(folded(name));
+    stem = name;
+  }
+  return stems;
+}
 
 const std::vector<OptionSpec> predict_options = {
     {"model", "MODEL", "model written by hgad train"},
@@ -562,13 +643,14 @@ int cmd_predict(const Args& args) {
   if (args.help()) {
     std::cout
         << "usage: hgad predict --model MODEL --out DIR [options] IMAGE...\n\n"
-           "Scores each image on its own (calibrated constants) and writes "
-           "DIR/<name>_heatmap.png,\n"
-           "the anomaly map in jet colours blended over the image, and DIR/scores.csv. Prints one\n"
-           "line per image: score, class used, file. Heat maps of one call share one colour "
-           "scale,\n"
-           "from 0 to the largest of their maxima and the training images' largest "
-           "score.\n\noptions:\n"
+           "Scores each image on its own (calibrated constants) and writes\n"
+           "DIR/<stem>_heatmap.png, the anomaly map in jet colours blended over the image, and\n"
+           "DIR/scores.csv (RFC 4180 quoting). An image whose file stem an earlier image of the\n"
+           "call has already taken gets DIR/<stem>_<n>_heatmap.png, n the smallest number that is\n"
+           "no image's stem: a/x.png b/x.png x_1.png give x, x_2, x_1; the heatmap column of\n"
+           "scores.csv names each file. Prints one line per image: score, class used, file. Heat\n"
+           "maps of one call share one colour scale, from 0 to the largest of their maxima and\n"
+           "the training images' largest score.\n\noptions:\n"
         << hgad_cli::describe_options(predict_options);
     return 0;
   }
@@ -595,6 +677,12 @@ int cmd_predict(const Args& args) {
   }
   const hgad::ScoreMode mode =
       class_index >= 0 ? hgad::ScoreMode::calibrated : hgad::ScoreMode::label_free;
+  // The folder is made, and shown to take files, before the images are scored.
+  std::error_code made;
+  fs::create_directories(out_dir, made);
+  if (made)
+    throw hgad::Error("--out '" + out_dir + "': cannot create the folder: " + made.message());
+  require_output_file((fs::path(out_dir) / "scores.csv").string(), "--out");
   auto fx = hgad::make_extractor<Scalar>(config.features, backbone_dir_for(args, model), device);
   hgad::check_backbone_matches(config, *fx);
 
@@ -630,15 +718,12 @@ int cmd_predict(const Args& args) {
     hi = std::max(hi, model.calibration(c).train_score_max);
   if (!(hi > 0)) hi = 1;
 
-  fs::create_directories(out_dir);
-  std::map<std::string, int> used;
+  const std::vector<std::string> stems = heatmap_stems(images);
   std::ostringstream csv;
   csv << "image,class,score,heatmap\n";
   for (std::size_t i = 0; i < images.size(); ++i) {
     const Result& r = results[i];
-    std::string stem = fs::path(images[i]).stem().string();
-    if (used[stem]++) stem += "_" + std::to_string(used[stem] - 1);
-    const std::string heat_path = (fs::path(out_dir) / (stem + "_heatmap.png")).string();
+    const std::string heat_path = (fs::path(out_dir) / (stems[i] + "_heatmap.png")).string();
     const hgad::Tensor<Scalar> colours = hgad::colormap_jet(r.scored.map, Scalar(0), Scalar(hi));
     hgad::save_png(heat_path, hgad::blend(r.picture, colours, Scalar(0.5)));
     const std::string class_name =
@@ -648,9 +733,10 @@ int cmd_predict(const Args& args) {
     char score[32];
     std::snprintf(score, sizeof(score), "%.6g", r.scored.score);
     std::printf("%s\t%s\t%s\n", score, class_name.c_str(), images[i].c_str());
-    csv << images[i] << "," << class_name << "," << score << "," << heat_path << "\n";
+    csv << csv_field(images[i]) << "," << csv_field(class_name) << "," << score << ","
+        << csv_field(heat_path) << "\n";
   }
-  write_text_atomically((fs::path(out_dir) / "scores.csv").string(), csv.str());
+  write_text_output((fs::path(out_dir) / "scores.csv").string(), csv.str());
   return 0;
 }
 
@@ -686,7 +772,7 @@ int cmd_info(const Args& args) {
 const std::vector<OptionSpec> embeddings_options = {
     {"data", "DIR", "folder of <class>_X.npy, <class>_y.npy and unified_split_seed0.csv"},
     {"objective", "hgad|nf", "HGAD's hierarchical prior, or the single-Gaussian NF baseline"},
-    {"json", "FILE", "also write every figure as JSON"},
+    {"json", "FILE", "also write every figure as JSON (-: stdout, table to stderr)"},
     {"out", "MODEL", "also save the trained model"},
     {"config", "FILE", "key = value settings over this command's defaults"},
     {"epochs", "N", "N passes over the training rows (overrides the config's schedule)"},
@@ -731,7 +817,7 @@ int cmd_embeddings(const Args& args) {
   }
   const std::string data = args.required("data");
   const std::string json_path = args.get("json", "");
-  if (!json_path.empty()) require_output_file(json_path, "--json");
+  if (!json_path.empty() && json_path != "-") require_output_file(json_path, "--json");
   const std::string out_path = args.get("out", "");
   if (!out_path.empty()) require_output_file(out_path, "--out");
   apply_threads(args);
@@ -739,7 +825,8 @@ int cmd_embeddings(const Args& args) {
   if (args.has("config")) {
     const std::string file = args.get("config", "");
     require_file(file, "--config");
-    config = hgad::ModelConfig::from_text(read_text_file(file, "config file"), file, config);
+    config = hgad::ModelConfig::from_text(read_text_file(file, "config file", max_config_bytes),
+                                          file, config);
   }
   config.objective = parsed_option(args, "objective", hgad::parse_objective, config.objective);
   if (args.has("epochs")) apply_epochs(config, args.get_int("epochs", 1, 1, 100000));
@@ -840,33 +927,37 @@ int cmd_embeddings(const Args& args) {
     for (std::size_t k = 0; k < columns.size(); ++k)
       mean.values[k] += r.values[k] / double(rows.size());
   }
-  std::printf(
+  // With --json - the JSON is standard output, and the tables go to standard error.
+  std::FILE* const table = json_path == "-" ? stderr : stdout;
+  std::fprintf(
+      table,
       "objective %s, %lld blocks, %lld epochs: image AUROC per class (score: the §5 product of "
       "the\n"
       "likelihood and entropy terms, or logp: the likelihood alone)\n",
       hgad::to_string(config.objective).c_str(), static_cast<long long>(config.n_blocks),
       static_cast<long long>(config.total_epochs()));
-  std::printf("%-12s %5s %7s %10s %10s %15s %7s %12s\n", "class", "test", "given", "given-logp",
-              "label-free", "label-free-logp", "cls-acc", "transductive");
+  std::fprintf(table, "%-12s %5s %7s %10s %10s %15s %7s %12s\n", "class", "test", "given",
+               "given-logp", "label-free", "label-free-logp", "cls-acc", "transductive");
   for (const Row& r : rows) {
-    std::printf("%-12s %5lld", r.name.c_str(), static_cast<long long>(r.n_test));
+    std::fprintf(table, "%-12s %5lld", r.name.c_str(), static_cast<long long>(r.n_test));
     const int widths[] = {7, 10, 10, 15, 7, 12};
     for (std::size_t k = 0; k < columns.size(); ++k)
-      std::printf(" %*s", widths[k], format_metric(r.values[k]).c_str());
-    std::printf("\n");
+      std::fprintf(table, " %*s", widths[k], format_metric(r.values[k]).c_str());
+    std::fprintf(table, "\n");
   }
   {
     const Row& r = mean;
-    std::printf("%-12s %5lld", r.name.c_str(), static_cast<long long>(r.n_test));
+    std::fprintf(table, "%-12s %5lld", r.name.c_str(), static_cast<long long>(r.n_test));
     const int widths[] = {7, 10, 10, 15, 7, 12};
     for (std::size_t k = 0; k < columns.size(); ++k)
-      std::printf(" %*s", widths[k], format_metric(r.values[k]).c_str());
-    std::printf("\n");
+      std::fprintf(table, " %*s", widths[k], format_metric(r.values[k]).c_str());
+    std::fprintf(table, "\n");
   }
-  std::printf("%s", class_confusion_report(model, "").c_str());
+  std::fprintf(table, "%s", class_confusion_report(model, "").c_str());
 
   if (!json_path.empty()) {
     Json j = Json::object();
+    j.set("version", Json::string(HGAD_CLI_VERSION));
     j.set("data", Json::string(data));
     j.set("objective", Json::string(hgad::to_string(config.objective)));
     auto row_json = [&](const Row& r) {
@@ -882,7 +973,7 @@ int cmd_embeddings(const Args& args) {
     j.set("classes", per_class);
     j.set("mean", row_json(mean));
     j.set("config", Json::string(config.to_text()));
-    write_text_atomically(json_path, j.dump(2));
+    write_text_output(json_path, j.dump(2));
   }
   if (!out_path.empty()) model.save(out_path);
   return 0;
@@ -914,6 +1005,7 @@ int main(int argc, char** argv) {
     std::fputs(general_usage, stdout);
     return 0;
   }
+  hgad::detail::remove_temporaries_on_signals();
   try {
     if (command == "train") return cmd_train(Args(command, argc, argv, 2, train_options, false));
     if (command == "test") return cmd_test(Args(command, argc, argv, 2, test_options, false));

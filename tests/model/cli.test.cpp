@@ -4,8 +4,14 @@
 
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -13,10 +19,13 @@
 #include <hgad/io/npy.hpp>
 #include <hgad/model/hgad_model.hpp>
 #include <limits>
+#include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "../../apps/cli_support.hpp"
 #include "io/temp_dir.hpp"
 
 namespace {
@@ -41,11 +50,13 @@ std::string slurp(const std::string& path) {
   return s.str();
 }
 
-/// Runs `hgad <arguments>` with stdout and stderr captured in files of `dir`.
-Run run(const hgad_test::TempDir& dir, const std::string& arguments) {
+/// Runs `hgad <arguments>` with stdout and stderr captured in files of `dir`; `launcher` (for
+/// example "cd DIR &&" or "timeout 20") goes before the program.
+Run run(const hgad_test::TempDir& dir, const std::string& arguments,
+        const std::string& launcher = "") {
   const std::string out = dir.file("stdout.txt"), err = dir.file("stderr.txt");
   const std::string command =
-      "'" + cli_path() + "' " + arguments + " >'" + out + "' 2>'" + err + "'";
+      launcher + " '" + cli_path() + "' " + arguments + " >'" + out + "' 2>'" + err + "'";
   const int raw = std::system(command.c_str());
   Run r;
   r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
@@ -99,6 +110,24 @@ const char* const tiny_config =
     "image_size = 64\nmask_size = 32\nlayers = layer2\npos_dim = 8\nn_blocks = 1\nn_centers = 2\n"
     "meta_epochs = 2\nsub_epochs = 1\nwarmup_meta_epochs = 1\nstage1_meta_epochs = 1\nbatch_size = "
     "4\n";
+
+/// Embeddings of classes a and b in the layout hgad embeddings reads: 4 rows of 3 features each,
+/// two training normals, one normal and one anomalous test row; b's row 1 holds a NaN when
+/// `with_nan`.
+void write_embeddings(const hgad_test::TempDir& dir, bool with_nan) {
+  std::string csv = "class,class_index,row,y,split\n";
+  for (const std::string c : {"a", "b"}) {
+    hgad::Tensor<float> x({4, 3});
+    for (hgad::Index i = 0; i < x.numel(); ++i) x.data()[i] = float(i % 5);
+    if (c == "b" && with_nan) x(1, 2) = std::numeric_limits<float>::quiet_NaN();
+    hgad::save_npy(dir.file(c + "_X.npy"), x);
+    hgad::save_npy_int64(dir.file(c + "_y.npy"), {0, 0, 0, 1});
+    const std::string index = c == "a" ? "0" : "1";
+    csv += c + "," + index + ",0,0,train\n" + c + "," + index + ",1,0,train\n" + c + "," + index +
+           ",2,0,test\n" + c + "," + index + ",3,1,test\n";
+  }
+  std::ofstream(dir.file("unified_split_seed0.csv")) << csv;
+}
 
 #define REQUIRE_CLI()                                       \
   do {                                                      \
@@ -240,6 +269,10 @@ TEST_CASE("hgad program trains, tests, predicts and refuses a model of other fea
     CHECK(contains(text, "\"image_auroc\""));
     CHECK(contains(text, "\"aupro\""));
     CHECK(contains(text, "\"config\""));
+    CHECK(contains(text, "\"version\": \""));
+    CHECK((!text.empty() && text.back() == '\n'));
+    CHECK_FALSE(contains(text, "-0,"));
+    CHECK_FALSE(contains(text, "-0\n"));
     if (mode == "label-free") CHECK(contains(r.out, "cls-acc"));
   }
 
@@ -434,18 +467,7 @@ TEST_CASE("hgad train --auto-group keeps the first model when the groups would l
 TEST_CASE("hgad embeddings names a non-finite feature value", "[model][cli]") {
   REQUIRE_CLI();
   hgad_test::TempDir dir("cli_embeddings");
-  std::string csv = "class,class_index,row,y,split\n";
-  for (const std::string c : {"a", "b"}) {
-    hgad::Tensor<float> x({4, 3});
-    for (hgad::Index i = 0; i < x.numel(); ++i) x.data()[i] = float(i % 5);
-    if (c == "b") x(1, 2) = std::numeric_limits<float>::quiet_NaN();
-    hgad::save_npy(dir.file(c + "_X.npy"), x);
-    hgad::save_npy_int64(dir.file(c + "_y.npy"), {0, 0, 0, 1});
-    const std::string index = c == "a" ? "0" : "1";
-    csv += c + "," + index + ",0,0,train\n" + c + "," + index + ",1,0,train\n" + c + "," + index + ",2,0,test\n" +
-           c + "," + index + ",3,1,test\n";
-  }
-  std::ofstream(dir.file("unified_split_seed0.csv")) << csv;
+  write_embeddings(dir, true);
   const std::string json = dir.file("out.json");
   const Run r = run(dir, "embeddings --data '" + dir.path().string() + "' --json '" + json + "'");
   CHECK(r.status == 1);
@@ -514,4 +536,359 @@ TEST_CASE("hgad --device cuda says why it cannot run here", "[model][cli]") {
   CHECK((contains(r.err, "HGAD_ENABLE_CUDA") || contains(r.err, "no CUDA device is usable")));
   CHECK_FALSE(fs::exists(dir.file("m.hgad")));
   CHECK(run(dir, "train --data x --backbone y --out m --device tpu").status == 2);
+
+namespace {
+
+/// The bytes a FIFO holds once its writers are gone, read from a descriptor opened before them.
+std::string drain(int fd) {
+  std::string text;
+  char buffer[4096];
+  for (ssize_t n; (n = ::read(fd, buffer, sizeof(buffer))) > 0;)
+    text.append(buffer, std::size_t(n));
+  return text;
+}
+
+bool is_fifo(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0 && S_ISFIFO(st.st_mode);
+}
+
+}  // namespace
+
+TEST_CASE("hgad program writes --json - to standard output and a FIFO or a link target in place",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  hgad_test::TempDir dir("cli_json_targets");
+  write_embeddings(dir, false);
+  const std::string embeddings =
+      "embeddings --data '" + dir.path().string() + "' --epochs 2 --threads 1 --json ";
+
+  // `-` is standard output, with the table moved to standard error; no file named '-'.
+  Run r = run(dir, embeddings + "-", "cd '" + dir.path().string() + "' &&");
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.rfind("{\n", 0) == 0);
+  CHECK(contains(r.out, "\"image_auroc_given\""));
+  CHECK(r.out.size() >= 2);
+  CHECK(r.out.substr(r.out.size() - 2) == "}\n");
+  CHECK(contains(r.err, "label-free"));
+  CHECK_FALSE(fs::exists(dir.path() / "-"));
+
+  // A FIFO receives the JSON and stays a FIFO (a reader is open before the program starts).
+  const std::string fifo = dir.file("report.fifo");
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  const int reader = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK);
+  REQUIRE(reader >= 0);
+  r = run(dir, embeddings + "'" + fifo + "'");
+  const std::string received = drain(reader);
+  ::close(reader);
+  CHECK(r.status == 0);
+  CHECK(contains(received, "\"image_auroc_given\""));
+  CHECK(is_fifo(fifo));
+
+  // A symbolic link is followed: its target is replaced, the link stays.
+  std::ofstream(dir.file("real.json")) << "old";
+  fs::create_symlink("real.json", dir.path() / "link.json");
+  r = run(dir, embeddings + "'" + dir.file("link.json") + "'");
+  CHECK(r.status == 0);
+  CHECK(fs::is_symlink(dir.path() / "link.json"));
+  CHECK(contains(slurp(dir.file("real.json")), "\"image_auroc_given\""));
+  // A dangling link: the file it names is created.
+  fs::create_symlink("made.json", dir.path() / "dangling.json");
+  r = run(dir, embeddings + "'" + dir.file("dangling.json") + "'");
+  CHECK(r.status == 0);
+  CHECK(fs::is_symlink(dir.path() / "dangling.json"));
+  CHECK(contains(slurp(dir.file("made.json")), "\"image_auroc_given\""));
+  for (const auto& entry : fs::directory_iterator(dir.path()))
+    CHECK_FALSE(contains(entry.path().filename().string(), ".tmp."));
+}
+
+TEST_CASE("hgad info and --config check the header and read bounded: /dev/zero ends at once",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  hgad_test::TempDir dir("cli_bounded");
+  // `timeout` turns a read that never ends into status 124 instead of a hung test.
+  Run r = run(dir, "info /dev/zero", "timeout 60");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "'/dev/zero' is not an hgad checkpoint"));
+
+  r = run(dir, "train --data d --backbone b --out m --config /dev/zero", "timeout 60");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "'/dev/zero' is larger than 1 MiB"));
+
+  // A 2 MiB config file (sparse) is refused by its size, named.
+  const std::string big = dir.file("big.cfg");
+  std::ofstream(big) << "n_blocks = 1\n";
+  fs::resize_file(big, std::uintmax_t(2) << 20);
+  r = run(dir, "train --data d --backbone b --out m --config '" + big + "'", "timeout 60");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "big.cfg' is larger than 1 MiB"));
+
+  // A model header announcing 2^60 payload bytes over a 100-byte body: truncated, not 2^60 read.
+  std::vector<unsigned char> header = {'H', 'G', 'A', 'D', 'C', 'K', 'P', 'T', 1, 0, 0, 0};
+  for (int k = 0; k < 8; ++k) header.push_back(k == 7 ? 0x10 : 0);
+  header.resize(24 + 100, 0);
+  hgad_test::write_bytes(dir.file("huge.hgad"), header);
+  r = run(dir, "info '" + dir.file("huge.hgad") + "'", "timeout 60");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "huge.hgad' is truncated"));
+}
+
+TEST_CASE("hgad program's JSON writer prints no -0 and ends with a newline", "[model][cli]") {
+  hgad_cli::Json j = hgad_cli::Json::object();
+  j.set("negative_zero", hgad_cli::Json::number(-0.0));
+  j.set("zero", hgad_cli::Json::number(0.0));
+  j.set("half", hgad_cli::Json::number(-0.5));
+  CHECK(j.dump(0) == "{\"negative_zero\":0,\"zero\":0,\"half\":-0.5}\n");
+}
+
+namespace {
+
+/// A 64x64 24-bit BMP (a fixed 12342 bytes, whatever the pixels): the picture of write_image.
+void write_bmp(const std::string& path, unsigned seed, bool defect) {
+  std::vector<unsigned char> bytes = {'B', 'M'};
+  auto put32 = [&](std::uint32_t v) {
+    for (int k = 0; k < 4; ++k) bytes.push_back((unsigned char)(v >> (8 * k)));
+  };
+  auto put16 = [&](std::uint16_t v) {
+    bytes.push_back((unsigned char)(v & 0xff));
+    bytes.push_back((unsigned char)(v >> 8));
+  };
+  put32(54 + 64 * 64 * 3);
+  put32(0);
+  put32(54);
+  put32(40);
+  put32(64);
+  put32(64);
+  put16(1);
+  put16(24);
+  for (int k = 0; k < 6; ++k) put32(0);
+  for (int i = 0; i < 64; ++i)
+    for (int j = 0; j < 64; ++j) {
+      const bool light = (i / 8 + j / 8 + seed) % 2 != 0;
+      const bool square = defect && i > 20 && i < 30 && j > 20 && j < 30;
+      const unsigned char v = square ? 255 : light ? 153 : 102;
+      bytes.insert(bytes.end(), {v, v, v});
+    }
+  hgad_test::write_bytes(path, bytes);
+}
+
+/// A mask with a 9x9 square at rows and columns [first, first + 9).
+void write_mask_at(const std::string& path, hgad::Index first) {
+  hgad::Tensor<float> mask({64, 64});
+  for (hgad::Index i = first; i < first + 9; ++i)
+    for (hgad::Index j = first; j < first + 9; ++j) mask(i, j) = 1.0f;
+  hgad::save_png(path, mask);
+}
+
+/// The training command of the tiny model on `data`, written to `model`.
+std::string train_tiny(const hgad_test::TempDir& dir, const std::string& data,
+                       const std::string& model) {
+  std::ofstream(dir.file("tiny.cfg")) << tiny_config;
+  return "train --data '" + data + "' --backbone '" + weights_dir() + "' --out '" + model +
+         "' --config '" + dir.file("tiny.cfg") + "' --threads 2";
+}
+
+/// The records of an RFC 4180 CSV text, each a list of fields.
+std::vector<std::vector<std::string>> parse_csv(const std::string& text) {
+  std::vector<std::vector<std::string>> rows(1);
+  std::string field;
+  bool quoted = false, was_quoted = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (quoted) {
+      if (c == '"' && i + 1 < text.size() && text[i + 1] == '"') {
+        field += '"';
+        ++i;
+      } else if (c == '"') {
+        quoted = false;
+      } else {
+        field += c;
+      }
+    } else if (c == '"' && field.empty() && !was_quoted) {
+      quoted = was_quoted = true;
+    } else if (c == ',' || c == '\n') {
+      rows.back().push_back(field);
+      field.clear();
+      was_quoted = false;
+      if (c == '\n') rows.emplace_back();
+    } else if (c != '\r') {
+      field += c;
+    }
+  }
+  if (rows.back().empty()) rows.pop_back();
+  return rows;
+}
+
+}  // namespace
+
+TEST_CASE("hgad test --cache recomputes the features of an edited mask or image", "[model][cli]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  hgad_test::TempDir dir("cli_cache_key");
+  const fs::path root = dir.path() / "data";
+  write_dataset(root);
+  // One test image as BMP, whose size does not depend on its pixels.
+  fs::remove(root / "a/test/good/g1.png");
+  write_bmp((root / "a/test/good/g1.bmp").string(), 1, false);
+  const std::string data = root.string(), model = dir.file("model.hgad");
+  Run r = run(dir, train_tiny(dir, data, model));
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const std::string test = "test --model '" + model + "' --data '" + data + "' --threads 2 --json ";
+  const std::string cache = " --cache '" + dir.file("cache") + "'";
+  REQUIRE(run(dir, test + "'" + dir.file("first.json") + "'" + cache).status == 0);
+
+  // A mask moved elsewhere: the cached run must give what a run without the cache gives.
+  write_mask_at((root / "b/ground_truth/dent/d0_mask.png").string(), 2);
+  REQUIRE(run(dir, test + "'" + dir.file("mask_cached.json") + "'" + cache).status == 0);
+  REQUIRE(run(dir, test + "'" + dir.file("mask_fresh.json") + "'").status == 0);
+  const std::string fresh = slurp(dir.file("mask_fresh.json"));
+  CHECK(fresh != slurp(dir.file("first.json")));  // the edit changes the pixel metrics
+  CHECK(slurp(dir.file("mask_cached.json")) == fresh);
+
+  // An image rewritten with other pixels (a bright square) and the same size.
+  const auto before = fs::file_size(root / "a/test/good/g1.bmp");
+  write_bmp((root / "a/test/good/g1.bmp").string(), 1, true);
+  REQUIRE(fs::file_size(root / "a/test/good/g1.bmp") == before);
+  REQUIRE(run(dir, test + "'" + dir.file("image_cached.json") + "'" + cache).status == 0);
+  REQUIRE(run(dir, test + "'" + dir.file("image_fresh.json") + "'").status == 0);
+  const std::string image_fresh = slurp(dir.file("image_fresh.json"));
+  CHECK(image_fresh != fresh);
+  CHECK(slurp(dir.file("image_cached.json")) == image_fresh);
+}
+
+TEST_CASE("hgad predict gives images of one stem distinct heat maps and quotes scores.csv",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  hgad_test::TempDir dir("cli_predict_names");
+  const fs::path root = dir.path() / "data";
+  write_dataset(root);
+  const std::string model = dir.file("model.hgad");
+  Run r = run(dir, train_tiny(dir, root.string(), model));
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const fs::path in = dir.path() / "in";
+  const std::vector<std::string> images = {
+      (in / "a/x.png").string(), (in / "b/x.png").string(), (in / "x_1.png").string(),
+      (in / "we,ird \"name\".png").string(), (in / "two\nlines.png").string()};
+  for (std::size_t i = 0; i < images.size(); ++i) write_image(images[i], unsigned(i), i == 1);
+  std::string arguments = "predict --model '" + model + "' --out '" + dir.file("out") + "'";
+  for (const auto& image : images) arguments += " '" + image + "'";
+  r = run(dir, arguments);
+  REQUIRE(r.status == 0);
+
+  const auto rows = parse_csv(slurp(dir.file("out/scores.csv")));
+  REQUIRE(rows.size() == images.size() + 1);
+  CHECK(rows[0] == std::vector<std::string>{"image", "class", "score", "heatmap"});
+  std::set<std::string> heatmaps;
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    const auto& row = rows[i + 1];
+    REQUIRE(row.size() == 4);
+    CHECK(row[0] == images[i]);
+    CHECK(fs::exists(row[3]));
+    heatmaps.insert(row[3]);
+  }
+  CHECK(heatmaps.size() == images.size());
+  // The documented names: the first image of a stem keeps it, a later one takes the smallest
+  // free number (x_1 is another image's stem).
+  CHECK(fs::path(rows[1][3]).filename() == "x_heatmap.png");
+  CHECK(fs::path(rows[2][3]).filename() == "x_2_heatmap.png");
+  CHECK(fs::path(rows[3][3]).filename() == "x_1_heatmap.png");
+  // b/x.png (a defect) and a/x.png (none) have different heat maps: neither overwrote the other.
+  CHECK(hgad_test::read_bytes(rows[1][3]) != hgad_test::read_bytes(rows[2][3]));
+}
+
+TEST_CASE("hgad train refuses an --out it cannot write before training", "[model][cli]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  hgad_test::TempDir dir("cli_out_unwritable");
+  write_dataset(dir.path() / "data");
+  const std::string data = dir.file("data");
+  // /proc takes no new file, whoever asks (root included): the run must stop before the features.
+  if (fs::is_directory("/proc")) {
+    Run r = run(dir, train_tiny(dir, data, "/proc/hgad_cli_test.hgad"));
+    CHECK(r.status == 1);
+    CHECK(contains(r.err, "--out: cannot write '/proc/hgad_cli_test.hgad'"));
+    CHECK_FALSE(contains(r.err, "features"));
+    CHECK_FALSE(contains(r.err, "training"));
+  }
+  // A folder that is a regular file.
+  std::ofstream(dir.file("plain")) << "x";
+  Run r = run(dir, train_tiny(dir, data, dir.file("plain") + "/model.hgad"));
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "plain' is not a folder"));
+  CHECK_FALSE(contains(r.err, "training"));
+  // A folder without write permission (meaningless for root, who may write anywhere).
+  if (::geteuid() != 0) {
+    fs::create_directories(dir.path() / "locked");
+    fs::permissions(dir.path() / "locked", fs::perms::owner_read | fs::perms::owner_exec);
+    r = run(dir, train_tiny(dir, data, dir.file("locked") + "/model.hgad"));
+    fs::permissions(dir.path() / "locked", fs::perms::owner_all);
+    CHECK(r.status == 1);
+    CHECK(contains(r.err, "Permission denied"));
+    CHECK_FALSE(contains(r.err, "training"));
+  }
+}
+
+TEST_CASE("hgad train removes its temporary model file when SIGTERM comes during the write",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  hgad_test::TempDir dir("cli_sigterm");
+  write_dataset(dir.path() / "data");
+  std::ofstream(dir.file("tiny.cfg")) << tiny_config;
+  const std::string model = dir.file("model.hgad"), err = dir.file("stderr.txt");
+  const std::vector<std::string> arguments = {
+      "hgad",  "train", "--data",   dir.file("data"),     "--backbone", weights_dir(),
+      "--out", model,   "--config", dir.file("tiny.cfg"), "--threads",  "2"};
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    const int out_fd = ::open(dir.file("stdout.txt").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    const int err_fd = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ::dup2(out_fd, 1);
+    ::dup2(err_fd, 2);
+    std::vector<char*> argv;
+    for (const auto& a : arguments) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(cli_path().c_str(), argv.data());
+    ::_exit(127);
+  }
+  // The write is frozen half-way, deterministically: once the program has printed its first line
+  // (after its up-front checks), its temporary file `<model>.tmp.<pid>` is made a FIFO with a
+  // 4 KiB buffer that nobody drains, so the model's write blocks after 4 KiB. SIGTERM then.
+  const std::string temporary = model + ".tmp." + std::to_string(child);
+  int status = 0;
+  bool exited = false, planted = false, writing = false;
+  int reader = -1;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(5);
+  while (!writing && !exited && std::chrono::steady_clock::now() < deadline) {
+    exited = ::waitpid(child, &status, WNOHANG) == child;
+    if (!planted && contains(slurp(err), "hgad train:")) {
+      REQUIRE(::mkfifo(temporary.c_str(), 0600) == 0);
+      reader = ::open(temporary.c_str(), O_RDONLY | O_NONBLOCK);
+      REQUIRE(reader >= 0);
+      ::fcntl(reader, F_SETPIPE_SZ, 4096);
+      planted = true;
+    }
+    if (planted) {
+      pollfd p{reader, POLLIN, 0};
+      writing = ::poll(&p, 1, 10) == 1 && (p.revents & POLLIN);
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  INFO(slurp(err));
+  if (!exited) {
+    ::kill(child, SIGTERM);
+    REQUIRE(::waitpid(child, &status, 0) == child);
+  }
+  if (reader >= 0) ::close(reader);
+  REQUIRE(writing);
+  CHECK(WIFSIGNALED(status));
+  CHECK((WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM));
+  CHECK_FALSE(fs::exists(fs::symlink_status(temporary)));
+  CHECK_FALSE(fs::exists(model));
 }

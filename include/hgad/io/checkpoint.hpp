@@ -25,10 +25,12 @@
 ///     auto loaded = hgad::Checkpoint::load("model.hgad");
 ///     hgad::Tensor<float> mu2 = loaded.tensor<float>("level0.mu");
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -42,6 +44,8 @@ namespace hgad {
 inline constexpr char checkpoint_magic[8] = {'H', 'G', 'A', 'D', 'C', 'K', 'P', 'T'};
 /// Version written by this library; files of a newer version are refused with a clear error.
 inline constexpr std::uint32_t checkpoint_format_version = 1;
+/// Bytes before the payload: magic, version, payload size, CRC32 (see the layout above).
+inline constexpr std::size_t checkpoint_header_size = 24;
 
 namespace detail {
 
@@ -220,32 +224,62 @@ class Checkpoint {
   }
 
   /// Reads and verifies a checkpoint file. Errors say which check failed: missing file, wrong
-  /// magic, newer format version, truncated file, CRC mismatch, or a malformed entry.
+  /// magic, newer format version, truncated file, CRC mismatch, or a malformed entry. The header is
+  /// read and checked first, and no more than the payload it announces (plus one byte, to tell
+  /// trailing bytes) is read after it, in steps that grow with what the file actually holds: a file
+  /// that is not a checkpoint is refused after 24 bytes whatever its size (/dev/zero included),
+  /// and a header announcing more than the file holds costs no more memory than the file.
   static Checkpoint load(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     check(static_cast<bool>(in), "cannot open checkpoint '", path, "'");
-    std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::vector<std::uint8_t> bytes(checkpoint_header_size);
+    in.read(reinterpret_cast<char*>(bytes.data()), std::streamsize(bytes.size()));
+    bytes.resize(static_cast<std::size_t>(in.gcount()));
+    const std::uint64_t payload_size = check_header(bytes.data(), bytes.size(), path);
+    const std::uint64_t most = std::numeric_limits<std::uint64_t>::max();
+    const std::uint64_t wanted = payload_size < most - checkpoint_header_size - 1
+                                     ? checkpoint_header_size + payload_size + 1
+                                     : most;
+    constexpr std::size_t step = std::size_t(64) << 20;  // 64 MiB per read
+    while (in && bytes.size() < wanted) {
+      const std::size_t old_size = bytes.size();
+      const std::size_t chunk = static_cast<std::size_t>(
+          std::min<std::uint64_t>(wanted - old_size, std::max<std::uint64_t>(old_size, step)));
+      bytes.resize(old_size + chunk);
+      in.read(reinterpret_cast<char*>(bytes.data() + old_size), std::streamsize(chunk));
+      bytes.resize(old_size + static_cast<std::size_t>(in.gcount()));
+    }
     return parse(bytes.data(), bytes.size(), path);
+  }
+
+  /// Checks the 24-byte header at the start of `data` (magic, format version) and returns the
+  /// payload size it announces; `name` is used in error messages.
+  static std::uint64_t check_header(const std::uint8_t* data, std::size_t size,
+                                    const std::string& name) {
+    check(size >= sizeof(checkpoint_magic) &&
+              std::memcmp(data, checkpoint_magic, sizeof(checkpoint_magic)) == 0,
+          "'", name, "' is not an hgad checkpoint (wrong magic bytes)");
+    check(size >= checkpoint_header_size, "checkpoint '", name, "' is truncated: ", size,
+          " bytes, shorter than the 24-byte header");
+    detail::ByteReader header(data, checkpoint_header_size, name);
+    header.take(sizeof(checkpoint_magic), "magic");
+    const auto version = header.get<std::uint32_t>("version");
+    const auto payload_size = header.get<std::uint64_t>("payload size");
+    check(version <= checkpoint_format_version, "checkpoint '", name, "' has format version ",
+          version, ", newer than the version ", checkpoint_format_version, " this library reads");
+    check(version >= 1, "checkpoint '", name, "' has invalid format version 0");
+    return payload_size;
   }
 
   /// Parses checkpoint bytes; `name` is used in error messages. Never reads out of bounds.
   static Checkpoint parse(const std::uint8_t* data, std::size_t size, const std::string& name) {
-    constexpr std::size_t header_size = 24;
-    check(size >= sizeof(checkpoint_magic) &&
-              std::memcmp(data, checkpoint_magic, sizeof(checkpoint_magic)) == 0,
-          "'", name, "' is not an hgad checkpoint (wrong magic bytes)");
-    check(size >= header_size, "checkpoint '", name, "' is truncated: ", size,
-          " bytes, shorter than the 24-byte header");
-    detail::ByteReader header(data, header_size, name);
-    header.take(sizeof(checkpoint_magic), "magic");
-    const auto version = header.get<std::uint32_t>("version");
-    const auto payload_size = header.get<std::uint64_t>("payload size");
-    const auto crc = header.get<std::uint32_t>("crc");
-    check(version <= checkpoint_format_version, "checkpoint '", name, "' has format version ", version,
-          ", newer than the version ", checkpoint_format_version, " this library reads");
-    check(version >= 1, "checkpoint '", name, "' has invalid format version 0");
-    check(payload_size <= size - header_size, "checkpoint '", name, "' is truncated: the header announces ",
-          payload_size, " payload bytes but only ", size - header_size, " follow");
+    constexpr std::size_t header_size = checkpoint_header_size;
+    const std::uint64_t payload_size = check_header(data, size, name);
+    std::uint32_t crc = 0;
+    std::memcpy(&crc, data + 20, sizeof(crc));  // offset 20 of the layout above
+    check(payload_size <= size - header_size, "checkpoint '", name,
+          "' is truncated: the header announces ", payload_size, " payload bytes but only ",
+          size - header_size, " follow");
     check(payload_size == size - header_size, "checkpoint '", name, "' has ",
           size - header_size - payload_size, " unexpected bytes after the payload");
     const std::uint8_t* payload = data + header_size;

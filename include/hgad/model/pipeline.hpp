@@ -179,7 +179,8 @@ ExtractedImages<Scalar> extract_images(const MvtecDataset& data, const std::vect
 }
 
 /// extract_images with a feature cache in `cache_dir` under the name `tag`: when the cache holds
-/// features made from the same images (paths and sizes), settings and weights folder, they are read
+/// features made from the same images and masks (paths and contents, as told by
+/// detail::io::file_identity: size, mtime and ctime), settings and weights folder, they are read
 /// back instead of running the backbone; otherwise they are computed and written (.npy files and a
 /// `<tag>.key` text that describes them, each written atomically). An empty cache_dir disables it.
 template <class Scalar>
@@ -192,7 +193,7 @@ ExtractedImages<Scalar> extract_images_cached(
   if (cache_dir.empty())
     return extract_images(data, indices, fx, settings, with_masks, batch_size, on_progress);
   std::ostringstream key;
-  key << "hgad feature cache 1\nweights " << fs::absolute(weights_dir).lexically_normal().string()
+  key << "hgad feature cache 2\nweights " << fs::absolute(weights_dir).lexically_normal().string()
       << "\nscalar " << sizeof(Scalar) << "\nmasks " << with_masks << "\n";
   key << "backbone " << settings.backbone << "\nlayers";
   for (const auto& l : settings.layers) key << " " << l;
@@ -200,8 +201,8 @@ ExtractedImages<Scalar> extract_images_cached(
       << "\nresize " << settings.resize_mode << "\nmask_size " << settings.mask_size << "\n";
   for (Index i : indices) {
     const MvtecSample& s = data[i];
-    std::error_code ec;
-    key << s.image_path << " " << fs::file_size(s.image_path, ec) << " " << s.mask_path << "\n";
+    key << s.image_path << " " << detail::io::file_identity(s.image_path) << " " << s.mask_path
+        << " " << detail::io::file_identity(s.mask_path) << "\n";
   }
   const fs::path base = fs::path(cache_dir) / tag;
   const std::string key_path = base.string() + ".key";
