@@ -496,7 +496,7 @@ TEST_CASE("hgad train killed after a checkpoint and resumed with --resume ends o
                              "' --checkpoint-every 1 --out '" + killed + "' >/dev/null 2>&1 & pid=$!; " +
                              "while [ ! -f '" + checkpoint + "' ] && kill -0 $pid 2>/dev/null; do sleep 0.01; done; " +
                              "kill -9 $pid; wait $pid";
-  std::system(("bash -c \"" + script + "\"").c_str());
+  CHECK(std::system(script.c_str()) != -1);
   REQUIRE(fs::exists(checkpoint));
   REQUIRE_FALSE(fs::exists(killed));
   r = run(dir, "info '" + checkpoint + "'");
@@ -535,7 +535,10 @@ TEST_CASE("hgad --device cuda says why it cannot run here", "[model][cli]") {
   CHECK(r.status == 1);
   CHECK((contains(r.err, "HGAD_ENABLE_CUDA") || contains(r.err, "no CUDA device is usable")));
   CHECK_FALSE(fs::exists(dir.file("m.hgad")));
-  CHECK(run(dir, "train --data x --backbone y --out m --device tpu").status == 2);
+  const Run unknown = run(dir, "train --data " + folder + " --backbone " + folder + " --out '" +
+                                   dir.file("m.hgad") + "' --device tpu");
+  CHECK(unknown.status == 2);
+  CHECK(contains(unknown.err, "unknown device 'tpu'"));
 
 namespace {
 
