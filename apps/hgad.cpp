@@ -129,7 +129,7 @@ void apply_threads(const Args& args) {
 }
 
 /// --epochs N: N passes over the training data (meta_epochs = N, sub_epochs = 1), with warm-up and
-/// stage 1 kept at HGAD's share of the schedule (2 of 25 meta-epochs, ALGORITHM.md §4), at least
+/// stage 1 kept at HGAD's share of the schedule (2 of 25 meta-epochs, docs/algorithm.md §4), at least
 /// one epoch each when N >= 2.
 void apply_epochs(hgad::ModelConfig& config, Index epochs) {
   config.meta_epochs = epochs;
@@ -292,7 +292,7 @@ int cmd_train(const Args& args) {
         << "usage: hgad train --data DIR --backbone DIR --out MODEL [options]\n\n"
            "Trains one model on the train/good images of every class at once (HGAD's unified\n"
            "setting), computes the calibrated-mode constants from the same images and writes the\n"
-           "model. Without --config the hyper-parameters are HGAD's (ALGORITHM.md), which are "
+           "model. Without --config the hyper-parameters are HGAD's (docs/algorithm.md), which are "
            "sized\n"
            "for a GPU; --epochs and a --config file shorten them.\n\noptions:\n"
         << hgad_cli::describe_options(train_options);

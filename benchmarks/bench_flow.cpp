@@ -44,7 +44,7 @@ const FlowConfig configs[] = {
     {256, 128, 8, 8192, 8192},   // (a), per-row (N, P) condition
     {200, 256, 12, 8192, 8192},  // (b), per-row (N, P) condition
     {256, 128, 8, 8192, 1024},   // (a) with the (h·w, P) encoding of 8 maps of 32 x 32 shared
-    {200, 256, 12, 8192, 1024},  // (b) likewise: HGAD's second level, batch 8 (ALGORITHM.md §4)
+    {200, 256, 12, 8192, 1024},  // (b) likewise: HGAD's second level, batch 8 (docs/algorithm.md §4)
 };
 
 /// GEMM flops per vector of one block: forward, and backward without dL/dcond. With a shared

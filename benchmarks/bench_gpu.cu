@@ -1,4 +1,4 @@
-// GPU throughput of HGAD at the paper's configuration (ALGORITHM.md §2.1, §4, §8): the training
+// GPU throughput of HGAD at the paper's configuration (docs/algorithm.md §2.1, §4, §8): the training
 // step of level 0 (D = 200, P = 256, 12 blocks, K = 15, M = 10, N = 32768 = 8 images x 64 x 64)
 // and inference (flows + scores) of 1024^2 images through the three-level pyramid
 // (64^2 + 32^2 + 16^2 = 5376 vectors per image), and the backbone on the GPU: ResNet-18 to layer3
@@ -70,7 +70,7 @@ struct Level {
 };
 
 Level make_level(Index h, Index w, std::uint64_t seed, const std::shared_ptr<hgad::cuda::CudaBackend<float>>& backend) {
-  const Index D = 200, P = 256, blocks = 12, K = 15, M = 10;  // ALGORITHM.md §2.1, §3.1 (MVTec K)
+  const Index D = 200, P = 256, blocks = 12, K = 15, M = 10;  // docs/algorithm.md §2.1, §3.1 (MVTec K)
   hgad::Rng rng(seed);
   hgad::SequenceFlow<float> flow(D, P, blocks, hgad::AllInOneOptions::hgad(), rng);
   hgad::GaussianMixturePrior<float> prior(K, M, D, rng);
@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
   hgad::cuda::DeviceAllocator& allocator = backend->allocator();
 
   // ---- Training step, level 0 -----------------------------------------------------------------
-  const Index B = 8, h0 = 64, w0 = 64, N = B * h0 * w0;  // 8 images of 64 x 64 (ALGORITHM.md §4)
+  const Index B = 8, h0 = 64, w0 = 64, N = B * h0 * w0;  // 8 images of 64 x 64 (docs/algorithm.md §4)
   Level level0 = make_level(h0, w0, 0, backend);
   hgad::Rng rng(1);
   hgad::Tensor<float> x = hgad::Tensor<float>::randn({N, 200}, rng).to(backend);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The HGAD level of bench_gpu.cu in PyTorch eager float32 on the GPU, as the authors' code runs it.
 
-One feature level (ALGORITHM.md §2-§4): 12 AllInOne coupling blocks (D = 200, P = 256, subnet
+One feature level (docs/algorithm.md §2-§4): 12 AllInOne coupling blocks (D = 200, P = 256, subnet
 356 -> 712 -> 200, soft clamp alpha tanh(0.1 a), SOFTPLUS global affine, fixed rotation), the
 hierarchical Gaussian-mixture prior (K = 15, M = 10), the five loss terms of stage 2 with the
 official code's expanded squared distances, and Adam (betas 0.95 / 0.99, weight decay 1e-4 on the
@@ -33,7 +33,7 @@ except ImportError as error:  # the summary of gpu_check.sh reports this
     print("TORCH_GPU_JSON " + json.dumps({"device": None, "error": "no torch"}))
     sys.exit(0)
 
-C0 = -0.9189385332046727                      # ln(1 / sqrt(2 pi)), ALGORITHM.md §3.3
+C0 = -0.9189385332046727                      # ln(1 / sqrt(2 pi)), docs/algorithm.md §3.3
 GAMMA0 = 2.0 * math.log(math.exp(5.0) - 1.0)  # 0.1 softplus_0.5(GAMMA0) = 1, §2.2 step 7
 
 

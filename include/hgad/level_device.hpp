@@ -34,7 +34,7 @@
 
 namespace hgad {
 
-/// What a level trains with: the objective (its weights and schedule, ALGORITHM.md §3.4) and
+/// What a level trains with: the objective (its weights and schedule, docs/algorithm.md §3.4) and
 /// Adam's settings (§4; the learning rate is the schedule's, passed to every step).
 struct LevelTraining {
   LossOptions loss;
@@ -51,7 +51,7 @@ class LevelDevice {
 
   virtual Device device() const = 0;
 
-  /// One optimiser step at learning rate `lr` (ALGORITHM.md §4 "Per iteration"): forward, the
+  /// One optimiser step at learning rate `lr` (docs/algorithm.md §4 "Per iteration"): forward, the
   /// stage's objective, backward, Adam. Returns the loss terms, computed before the update.
   ///   requires: x (N, D); cond (N, P) or (Nc, P) with N a multiple of Nc (empty when P = 0);
   ///             labels (N,) in [0, K); stage 1 or 2.

@@ -222,9 +222,9 @@ TEST_CASE("CUDA entropy and log-softmax row bodies match naive loops and finite 
   }
 }
 
-TEST_CASE("CUDA coupling bodies match ALGORITHM.md 2.2 and their derivatives", "[cuda_host]") {
+TEST_CASE("CUDA coupling bodies match docs/algorithm.md 2.2 and their derivatives", "[cuda_host]") {
   using hgad::SoftClamp;
-  const double alpha = 1.9;  // affine_clamping (ALGORITHM.md §2.1)
+  const double alpha = 1.9;  // affine_clamping (docs/algorithm.md §2.1)
   hgad::Rng rng(5);
   for (SoftClamp mode : {SoftClamp::pinned, SoftClamp::head}) {
     for (int trial = 0; trial < 20; ++trial) {
@@ -258,7 +258,7 @@ TEST_CASE("CUDA coupling bodies match ALGORITHM.md 2.2 and their derivatives", "
       CHECK(ga_t == Approx((loss(x2, r_s, r_t + h) - loss(x2, r_s, r_t - h)) / (2 * h)).margin(1e-7));
     }
   }
-  // The global affine: g(gamma0) = 1 at gamma0 = 2 ln(e^5 - 1) (ALGORITHM.md §2.2 step 7).
+  // The global affine: g(gamma0) = 1 at gamma0 = 2 ln(e^5 - 1) (docs/algorithm.md §2.2 step 7).
   using hgad::GlobalAffineType;
   const double gamma0 = 2.0 * std::log(std::exp(5.0) - 1.0);
   CHECK(hgad::cuda::global_affine_scale(gamma0, GlobalAffineType::softplus) == Approx(1.0).margin(1e-14));
@@ -283,7 +283,7 @@ TEST_CASE("CUDA coupling bodies match ALGORITHM.md 2.2 and their derivatives", "
 
 namespace {
 
-/// The per-row prior losses of ALGORITHM.md §3.3 written out directly (double).
+/// The per-row prior losses of docs/algorithm.md §3.3 written out directly (double).
 struct NaivePriorRow {
   int K, M, label;
   double D, lambda1 = 1, lambda2 = 100, eps = 0.02;
@@ -334,7 +334,7 @@ struct NaivePriorRow {
 
 }  // namespace
 
-TEST_CASE("CUDA prior row body matches the ALGORITHM.md 3.3 losses and their finite differences",
+TEST_CASE("CUDA prior row body matches the docs/algorithm.md 3.3 losses and their finite differences",
           "[cuda_host]") {
   hgad::Rng rng(13);
   for (bool stage2 : {false, true}) {
@@ -410,7 +410,7 @@ TEST_CASE("CUDA prior row body matches the ALGORITHM.md 3.3 losses and their fin
   }
 }
 
-TEST_CASE("CUDA score row body matches ALGORITHM.md 5", "[cuda_host]") {
+TEST_CASE("CUDA score row body matches docs/algorithm.md 5", "[cuda_host]") {
   hgad::Rng rng(17);
   const int K = 15, M = 10, D = 200;
   std::vector<double> d(K), e(M), log_w(M);
@@ -442,7 +442,7 @@ TEMPLATE_TEST_CASE("CUDA Adam body follows torch 1.13's update with coupled weig
                    "[cuda_host]", float, double) {
   using S = TestType;
   hgad::Rng rng(19);
-  const double lr = 2e-4, beta1 = 0.95, beta2 = 0.99, eps = 1e-8;  // ALGORITHM.md §4
+  const double lr = 2e-4, beta1 = 0.95, beta2 = 0.99, eps = 1e-8;  // docs/algorithm.md §4
   for (double wd : {0.0, 1e-4}) {
     double p_ref = 0.3, m_ref = 0, v_ref = 0;
     S p = S(p_ref), m = 0, v = 0;

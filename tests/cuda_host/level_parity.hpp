@@ -26,7 +26,7 @@
 namespace hgad_test {
 
 /// A level and its batch: N = B h w rows, the positional encoding of an h x w map repeated over
-/// B images (ALGORITHM.md §1.3-1.4).
+/// B images (docs/algorithm.md §1.3-1.4).
 struct LevelParityConfig {
   hgad::Index D = 200, P = 256, n_blocks = 12, K = 15, M = 10;
   hgad::Index B = 2, h = 8, w = 8;

@@ -314,7 +314,7 @@ TEST_CASE("AllInOneBlock initialisation follows FrEIA and PyTorch's nn.Linear", 
       for (Index j = 0; j < 10; ++j) CHECK(block.offset().value()(j) == 0.0);
     }
   }
-  // HGAD's γ0 = 2 ln(e^5 − 1) (ALGORITHM.md §2.2 step 7).
+  // HGAD's γ0 = 2 ln(e^5 − 1) (docs/algorithm.md §2.2 step 7).
   Rng rng(19);
   AllInOneBlock<double> block(200, 256, AllInOneOptions::hgad(), rng);
   CHECK(block.gamma().value()(0) == Approx(9.986478501).epsilon(1e-9));
@@ -322,7 +322,7 @@ TEST_CASE("AllInOneBlock initialisation follows FrEIA and PyTorch's nn.Linear", 
   CHECK(block.fc2_weight().value().shape() == Shape({200, 712}));
   Index n_params = 0;
   for (const auto& p : block.parameters()) n_params += p.numel();
-  CHECK(n_params == 397184);  // ALGORITHM.md §2.2
+  CHECK(n_params == 397184);  // docs/algorithm.md §2.2
   const double bound1 = 1 / std::sqrt(356.0), bound2 = 1 / std::sqrt(712.0);
   double max1 = 0, max2 = 0, sum1 = 0;
   const auto& w1 = block.fc1_weight().value();

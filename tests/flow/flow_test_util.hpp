@@ -64,7 +64,7 @@ void perturb(SequenceFlow<Scalar>& flow, Rng& rng, double weight_scale = 3.0) {
   for (Index k = 0; k < flow.n_blocks(); ++k) perturb(flow.block(k), rng, weight_scale);
 }
 
-/// One row of an AllInOne block by plain loops in double, written from ALGORITHM.md §2.2
+/// One row of an AllInOne block by plain loops in double, written from docs/algorithm.md §2.2
 /// independently of the library's kernels. Returns y (D values) and sets log_det.
 template <class Scalar>
 std::vector<double> naive_block_row(const AllInOneBlock<Scalar>& block, const std::vector<double>& v,

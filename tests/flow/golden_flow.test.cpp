@@ -47,7 +47,7 @@ Tensor<double> columns(const Tensor<double>& t, Index begin, Index end) {
 double softplus(double x) { return x > 20 ? x : std::log1p(std::exp(x)); }
 double sigmoid(double x) { return 1 / (1 + std::exp(-x)); }
 
-/// dL/dz (N, D) and dL/dlogdet (N,) of the golden stage-1 or stage-2 total loss (ALGORITHM.md §3.3,
+/// dL/dz (N, D) and dL/dlogdet (N,) of the golden stage-1 or stage-2 total loss (docs/algorithm.md §3.3,
 /// §3.4), by plain loops; also returns the loss so the test can check these formulas against the
 /// golden value first.
 double naive_loss_gradients(const GoldenFile& golden, const Tensor<double>& z, const Tensor<double>& logdet, int stage,

@@ -55,7 +55,7 @@ hgad::GaussianMixturePrior<T> make_prior(const Problem& p) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// An independent naive implementation of ALGORITHM.md §3.3 with plain loops in double.
+// An independent naive implementation of docs/algorithm.md §3.3 with plain loops in double.
 // ---------------------------------------------------------------------------------------------
 
 struct NaiveTerms {

@@ -163,7 +163,7 @@ TEMPLATE_TEST_CASE("gaussian_filter equals a direct 2-D convolution with reflect
   REQUIRE_THROWS_WITH(hgad::gaussian_filter(same, -1.0), Catch::Contains("sigma"));
 }
 
-TEMPLATE_TEST_CASE("The transductive anomaly map follows ALGORITHM.md 5.4 step by step",
+TEMPLATE_TEST_CASE("The transductive anomaly map follows docs/algorithm.md 5.4 step by step",
                    "[metrics]", float, double) {
   hgad::Rng rng(9);
   const hgad::Index n = 3, out_h = 12, out_w = 10;

@@ -94,7 +94,7 @@ TEST_CASE("Adam's zero_grad resets to none and set_lr overwrites every group", "
   CHECK_THROWS_AS(adam.add_param_group({a}, {1e-3, 1.0}), hgad::Error);
 }
 
-TEST_CASE("The learning-rate schedule has the exact values of ALGORITHM.md 4", "[nn]") {
+TEST_CASE("The learning-rate schedule has the exact values of docs/algorithm.md 4", "[nn]") {
   const hgad::LrSchedule schedule;
   CHECK(schedule.eta_min() == Approx(2e-7).epsilon(1e-12));
   CHECK(schedule.cosine_lr(0) == Approx(2e-4).epsilon(1e-12));

@@ -9,14 +9,14 @@
 
 #include "golden.hpp"
 
-TEST_CASE("The class-centre initialisation reproduces the table of ALGORITHM.md 3.1 at D = 200", "[prior]") {
+TEST_CASE("The class-centre initialisation reproduces the table of docs/algorithm.md 3.1 at D = 200", "[prior]") {
   struct Row {
     hgad::Index K;
     double init_scale;
     hgad::Index blocks;
     double norm2;
   };
-  // dataset: MVTec, BTAD, MVTec3D, VisA, Union (ALGORITHM.md §3.1).
+  // dataset: MVTec, BTAD, MVTec3D, VisA, Union (docs/algorithm.md §3.1).
   const std::vector<Row> table{{15, 0.980581, 13, 12.5},
                                {3, 0.433555, 66, 12.406},
                                {10, 0.790569, 20, 12.5},

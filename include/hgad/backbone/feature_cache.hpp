@@ -2,7 +2,7 @@
 /// \file
 /// Features of a training set computed once and reused in every epoch.
 ///
-/// HGAD trains without augmentation (ALGORITHM.md §1.1), so the frozen backbone sees the same
+/// HGAD trains without augmentation (docs/algorithm.md §1.1), so the frozen backbone sees the same
 /// images each epoch: their feature maps can be computed once. The cache holds, for each level,
 /// an (n_images, C, h, w) block. Below a memory budget it lives in ordinary memory; above it, in
 /// a memory-mapped temporary file (POSIX mmap, MAP_SHARED, unlinked at once so nothing is left

@@ -3,7 +3,7 @@
 /// Multi-level CNN features for the flows: the FeatureExtractor interface, its ResNet
 /// implementation, the image-pyramid wrapper, and the flattening of feature maps into rows.
 ///
-/// Two multi-level schemes are covered by one configuration (ALGORITHM.md §1.2):
+/// Two multi-level schemes are covered by one configuration (docs/algorithm.md §1.2):
 /// - HGAD: one stage of an image pyramid. x_s = bilinear resize (align_corners=True) of the
 ///   normalised image to size / 2^s, F_s = backbone(x_s)[stage], s = 0 .. n_scales - 1.
 /// - CFlow: several stages (e.g. layer1, layer2, layer3) of the one image.
@@ -117,7 +117,7 @@ Tensor<Scalar> resize_bilinear_batch(const Tensor<Scalar>& x, Index out_h, Index
 }
 
 /// (B, C, h, w) -> (B h w, C): row n = b h w + i w + j holds the C-vector at (b, i, j)
-/// (ALGORITHM.md §1.3: permute to (B, h, w, C), reshape).
+/// (docs/algorithm.md §1.3: permute to (B, h, w, C), reshape).
 template <class Scalar>
 Tensor<Scalar> flatten_features(const Tensor<Scalar>& maps) {
   check(maps.rank() == 4, "flatten_features: maps must be (B, C, h, w), got ",
@@ -211,7 +211,7 @@ class ResNetFeatureExtractor : public FeatureExtractor<Scalar> {
   std::vector<ResNetStage> m_stages;
 };
 
-/// Runs a base extractor on an image pyramid (HGAD, ALGORITHM.md §1.2): for s = 0 .. n_scales - 1,
+/// Runs a base extractor on an image pyramid (HGAD, docs/algorithm.md §1.2): for s = 0 .. n_scales - 1,
 /// x_s = bilinear resize (align_corners=True, no antialiasing) of the normalised images to
 /// (floor(H / 2^s), floor(W / 2^s)), x_0 = the images themselves, and the levels are the base
 /// levels of x_0, then those of x_1, and so on (scale-major), named "<base name>@scale<s>".
@@ -275,7 +275,7 @@ struct FeatureConfig {
   std::vector<ResNetStage> stages{ResNetStage::layer3};
   int n_scales = 1;
 
-  /// HGAD's scheme: one stage of an image pyramid of n_scales (ALGORITHM.md §1.2 uses 3).
+  /// HGAD's scheme: one stage of an image pyramid of n_scales (docs/algorithm.md §1.2 uses 3).
   static FeatureConfig pyramid(ResNetArch arch, ResNetStage stage = ResNetStage::layer3,
                                int n_scales = 3) {
     return {arch, {stage}, n_scales};

@@ -9,8 +9,8 @@
 ///
 /// Sections: scalar math; element-wise maps (backend.hpp's UnaryOp/BinaryOp); mergeable row
 /// accumulators (sum, max, log-sum-exp, the reduction trees of the warp kernels); softmax rows
-/// and their backward; the AllInOneBlock coupling (ALGORITHM.md §2.2); the prior per row
-/// (ALGORITHM.md §3.2-3.3, §5); Adam (torch 1.13, §4).
+/// and their backward; the AllInOneBlock coupling (docs/algorithm.md §2.2); the prior per row
+/// (docs/algorithm.md §3.2-3.3, §5); Adam (torch 1.13, §4).
 
 #include <math.h>
 
@@ -218,7 +218,7 @@ HGAD_HD Scalar softmax_backward_row_term(Scalar y, Scalar gy, bool log) {
   return log ? gy : gy * y;
 }
 
-/// Entropy H = -sum_j p_j ln p_j of p = softmax(x) for a row x[0..n) (ALGORITHM.md §3.3 L_e
+/// Entropy H = -sum_j p_j ln p_j of p = softmax(x) for a row x[0..n) (docs/algorithm.md §3.3 L_e
 /// and §5's negative-entropy score): with ls = x - lse(x), H = -sum_j e^(ls_j) ls_j.
 template <class Scalar>
 HGAD_HD Scalar entropy_row(const Scalar* x, int n) {
@@ -252,7 +252,7 @@ HGAD_HD void entropy_row_backward(const Scalar* x, int n, Scalar g, Scalar* gx) 
 }
 
 // ------------------------------------------------------------------------------------------------
-// The AllInOneBlock coupling (ALGORITHM.md §2.2), the element-wise part between the GEMMs.
+// The AllInOneBlock coupling (docs/algorithm.md §2.2), the element-wise part between the GEMMs.
 //
 // Forward, for one row with block input x = [x1 ; x2] (x1: n1 = D - D/2 passive, x2: n2 = D/2
 // active) and the raw second-layer output r = h W2^T (2 n2 values, bias b2 not yet added):
@@ -263,7 +263,7 @@ HGAD_HD void entropy_row_backward(const Scalar* x, int n, Scalar g, Scalar* gx) 
 //   log|det J| (row) = sum_k s_k + sum_j ln g_j
 // (the rotation y = u' R^T and the GEMMs are the caller's).
 
-/// The subnet pre-scale 0.1 of FrEIA's AllInOneBlock (ALGORITHM.md §2.2 step 3).
+/// The subnet pre-scale 0.1 of FrEIA's AllInOneBlock (docs/algorithm.md §2.2 step 3).
 inline constexpr double coupling_prescale = 0.1;
 
 /// s = clamp(a) for the already 0.1-scaled a (SoftClamp of all_in_one_options.hpp).
@@ -281,7 +281,7 @@ HGAD_HD Scalar coupling_clamp_derivative(Scalar s, Scalar alpha, SoftClamp mode)
   return mode == SoftClamp::pinned ? alpha * d : d;
 }
 
-/// The global-affine scale g = f(gamma) of FrEIA's AllInOneBlock (ALGORITHM.md §2.2 step 7):
+/// The global-affine scale g = f(gamma) of FrEIA's AllInOneBlock (docs/algorithm.md §2.2 step 7):
 /// SOFTPLUS 0.1 softplus_0.5(gamma) (HGAD), SIGMOID 10 sigmoid(gamma - 2), EXP e^gamma.
 template <class Scalar>
 HGAD_HD Scalar global_affine_scale(Scalar gamma, GlobalAffineType type) {
@@ -349,12 +349,12 @@ HGAD_HD void coupling_active_backward(Scalar x2, Scalar s, Scalar gu, Scalar g_l
 }
 
 // ------------------------------------------------------------------------------------------------
-// The hierarchical Gaussian-mixture prior, per row (ALGORITHM.md §3.2-3.3).
+// The hierarchical Gaussian-mixture prior, per row (docs/algorithm.md §3.2-3.3).
 
-/// The constant c0 = ln(1 / sqrt(2 pi)) of L_z and the score (ALGORITHM.md §3.3 item 5).
+/// The constant c0 = ln(1 / sqrt(2 pi)) of L_z and the score (docs/algorithm.md §3.3 item 5).
 inline constexpr double log_normal_constant = -0.9189385332046727;
 
-/// The loss weights and switches of the prior (ALGORITHM.md §3.4).
+/// The loss weights and switches of the prior (docs/algorithm.md §3.4).
 template <class Scalar>
 struct PriorRowConfig {
   int n_classes = 0;              ///< K
@@ -372,7 +372,7 @@ enum PriorTerm : int { term_g = 0, term_mi = 1, term_e = 2, term_g_intra = 3, te
 
 /// The five loss terms of one row and the gradient of the row's weighted total loss
 ///   l = row_weight [lambda1 L_g - lambda2 L_mi + L_e + stage2 (L_g_intra + L_z)]
-/// with respect to the squared distances, the log-weights and the log-det (ALGORITHM.md §3.3):
+/// with respect to the squared distances, the log-weights and the log-det (docs/algorithm.md §3.3):
 ///   d_y = |z - mu_y|^2 (K),  e_k = |z - m_{y_n,k}|^2 (M),  log_pi (K),  log_w = log w_{y_n,.} (M),
 ///   A = -d/2 + log_pi:      L_g = (-LSE(A) - ld) / D                       (Eq. 6)
 ///   B = -d/2 + sg(log_pi):  L_mi = sum_y q_y (B_y - LSE(B) - sg(log_pi_y))  (Eq. 8)
@@ -454,7 +454,7 @@ HGAD_HD void prior_row(const PriorRowConfig<Scalar>& config, const Scalar* d, co
   *grad_log_jac_det = wt * g_ld;
 }
 
-/// The two test-time scores of one row (ALGORITHM.md §5 steps 2-3):
+/// The two test-time scores of one row (docs/algorithm.md §5 steps 2-3):
 ///   logp = [D c0 + LSE_k(-e_k / 2 + log_w_k) + ld] / D   (intra-class mixture of the given class)
 ///   neg_entropy = sum_y p~_y ln p~_y,  p~ = softmax_y(-d_y / 2).
 template <class Scalar>
@@ -494,7 +494,7 @@ HGAD_HD void log_softmax_row_backward(const Scalar* phi, int n, const Scalar* g,
 }
 
 // ------------------------------------------------------------------------------------------------
-// Adam, torch 1.13's single-tensor formula with coupled (L2) weight decay (ALGORITHM.md §4).
+// Adam, torch 1.13's single-tensor formula with coupled (L2) weight decay (docs/algorithm.md §4).
 
 /// The per-step constants of Adam at step t (1-based).
 template <class Scalar>

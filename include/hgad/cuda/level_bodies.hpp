@@ -133,7 +133,7 @@ HGAD_HD void affine_grad_element(LevelIndex j, LevelIndex D, const Scalar* cs, c
 }
 
 /// Element i of the intra-class centres m (K, M, D): m_{y,0} = mu_y, m_{y,k} = mu_y + delta_{y,k-1}
-/// (ALGORITHM.md §3.1).
+/// (docs/algorithm.md §3.1).
 template <class Scalar>
 HGAD_HD void intra_center_element(LevelIndex i, LevelIndex M, LevelIndex D, const Scalar* mu,
                                   const Scalar* delta, Scalar* centers) {

@@ -7,13 +7,13 @@
 /// HostLevel against the fused CPU path (hgad::train_step), so the algorithm of the GPU step is
 /// verified without a device; the [cuda] tests then check CudaLevel against the CPU path too.
 ///
-/// The step ports SequenceFlow::forward_train/backward, hgad_loss_fused and Adam (ALGORITHM.md
+/// The step ports SequenceFlow::forward_train/backward, hgad_loss_fused and Adam (docs/algorithm.md
 /// §2.2, §3.3, §4): per block the subnet and rotation are GEMMs and everything else is one
 /// fused element-wise pass; the prior's losses and gradients are one pass over the rows, and the
 /// prior's parameter gradients one GEMM of the per-row centre coefficients with z.
 ///
 /// The condition may have N rows, or Nc rows with N = B Nc: row n then uses condition row
-/// n mod Nc, the layout of a batch of B images sharing one positional encoding (ALGORITHM.md
+/// n mod Nc, the layout of a batch of B images sharing one positional encoding (docs/algorithm.md
 /// §1.3-1.4). The condition's part of the first subnet layer, c W1c^T, is then computed once per
 /// position instead of once per row, and the gradient of W1c from the per-position sums of dL/dh:
 /// the same arithmetic regrouped, about 40 % fewer FLOPs for the paper's level.
@@ -41,7 +41,7 @@
 
 namespace hgad::cuda {
 
-/// The loss and optimiser settings of a level (ALGORITHM.md §3.4, §4); the objective must be HGAD's.
+/// The loss and optimiser settings of a level (docs/algorithm.md §3.4, §4); the objective must be HGAD's.
 using LevelOptions = LevelTraining;
 
 /// The per-row test scores of a level (on the level's device).
@@ -159,13 +159,13 @@ class LevelEngine {
   const LevelOptions& options() const { return m_options; }
   Exec& exec() { return m_exec; }
 
-  /// Sets the learning rate of every Adam group (HGAD's schedule sets them all, ALGORITHM.md §4).
+  /// Sets the learning rate of every Adam group (HGAD's schedule sets them all, docs/algorithm.md §4).
   void set_lr(double lr) {
     check(lr >= 0, "LevelEngine::set_lr: lr must be >= 0, got ", lr);
     m_options.adam.lr = lr;
   }
 
-  /// One training step (ALGORITHM.md §4 "Per iteration", one level): forward, the stage's loss,
+  /// One training step (docs/algorithm.md §4 "Per iteration", one level): forward, the stage's loss,
   /// backward and one Adam update, as hgad::train_step does on the CPU. Parameters without a
   /// gradient in this stage (delta and phi_intra in stage 1) are skipped, as with gradients reset
   /// to None. Throws NonFiniteError, with the parameters and Adam's state unchanged, when a loss
@@ -215,7 +215,7 @@ class LevelEngine {
     }
     const Scalar* z = outputs.data() + (NB - 1) * N * d.D;
 
-    // The prior (ALGORITHM.md §3.3): per-row terms, dL/dz, dL/dld and the centre coefficients.
+    // The prior (docs/algorithm.md §3.3): per-row terms, dL/dz, dL/dld and the centre coefficients.
     const Index n_coef = prior_coef_cols(m_K, m_M);
     Tensor<Scalar> grad = Tensor<Scalar>::empty({N, d.D}, bp);  // dL/dz, then dL/dx block by block
     Tensor<Scalar> g_ld = Tensor<Scalar>::empty({N}, bp);
@@ -321,7 +321,7 @@ class LevelEngine {
     return forward_inference(batch);
   }
 
-  /// The test-time scores of ALGORITHM.md §5 for every row, under the intra-class mixture of
+  /// The test-time scores of docs/algorithm.md §5 for every row, under the intra-class mixture of
   /// class labels[n] (the ground-truth class of the test image in HGAD's protocol).
   LevelScores<Scalar> score(const Tensor<Scalar>& x, const Tensor<Scalar>& cond,
                             const std::vector<std::int64_t>& labels) {
@@ -454,7 +454,7 @@ class LevelEngine {
             n * double(d.H) * double(2 * d.n2) + n * double(d.D) * double(d.D));
   }
   /// FLOPs per row of the flow's forward with a dense [x1 ; c] input, as PyTorch computes it
-  /// (ALGORITHM.md §8: about 10.5 MFLOP for the paper's level). A training step is conventionally
+  /// (docs/algorithm.md §8: about 10.5 MFLOP for the paper's level). A training step is conventionally
   /// three times this.
   double dense_forward_flops_per_row() const {
     const CouplingDims& d = m_dims;
@@ -534,7 +534,7 @@ class LevelEngine {
     m_exec.backend().softmax_rows(m_K, m_M, param(m_phi_intra), m_log_w.data(), true);
   }
 
-  /// Block b forward on N rows (ALGORITHM.md §2.2): out (N, D) = y; hidden (N, H) and st (N, 2 n2)
+  /// Block b forward on N rows (docs/algorithm.md §2.2): out (N, D) = y; hidden (N, H) and st (N, 2 n2)
   /// kept; ld set (b = 0) or accumulated. u_affine (N, D) and cond_part (Nc, H) are scratch.
   void block_forward(Index b, Index N, Index Nc, const Scalar* in, const Scalar* cond, Scalar* hidden,
                      Scalar* st, Scalar* u_affine, Scalar* cond_part, Scalar* out, Scalar* ld) {

@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// AllInOneBlock: FrEIA's conditional affine coupling block as HGAD uses it (ALGORITHM.md §2.2).
+/// AllInOneBlock: FrEIA's conditional affine coupling block as HGAD uses it (docs/algorithm.md §2.2).
 
 #include <cmath>
 #include <string>
@@ -41,7 +41,7 @@ struct FlowResult {
 };
 
 /// FrEIA's AllInOneBlock (commit 4e0c6ab) with a condition, as HGAD configures it
-/// (ALGORITHM.md §2.1-2.3). For a row v ∈ R^D and the condition c ∈ R^P:
+/// (docs/algorithm.md §2.1-2.3). For a row v ∈ R^D and the condition c ∈ R^P:
 ///
 ///     v1 = v[0 : n1], v2 = v[n1 : D]       n1 = D − ⌊D/2⌋ (passive), n2 = ⌊D/2⌋ (active)
 ///     a  = 0.1 · (W2 ReLU(W1 [v1 ; c] + b1) + b2)     W1 (H, n1+P), H = 2(n1+P); W2 (2 n2, H)
@@ -60,7 +60,7 @@ struct FlowResult {
 ///
 /// The condition is cond (N, P), one row per input row, or cond (M, P) with N a multiple of M,
 /// shared periodically: row n reads cond row n mod M. HGAD's batches (n = b·h·w + i·w + j,
-/// ALGORITHM.md §1.3) pass the (h·w, P) encoding once this way; the fused path then computes
+/// docs/algorithm.md §1.3) pass the (h·w, P) encoding once this way; the fused path then computes
 /// W1c c + b1 once per position instead of once per row, and dL/dcond has cond's shape (the sum over
 /// the repeats).
 ///
@@ -403,7 +403,7 @@ class AllInOneBlock {
   Var<Scalar> scaled_subnet(const Var<Scalar>& x1, const Var<Scalar>& cond) const {
     const Var<Scalar> in = m_dims.P > 0 ? concat_cols<Scalar>({x1, cond}) : x1;
     const Var<Scalar> h = relu(matmul(in, m_fc1_weight, Transpose::no, Transpose::yes) + m_fc1_bias);
-    // 0.1: FrEIA scales the whole subnet output down ("a *= 0.1", ALGORITHM.md §2.2 step 3).
+    // 0.1: FrEIA scales the whole subnet output down ("a *= 0.1", docs/algorithm.md §2.2 step 3).
     return (matmul(h, m_fc2_weight, Transpose::no, Transpose::yes) + m_fc2_bias) * Scalar(0.1);
   }
 

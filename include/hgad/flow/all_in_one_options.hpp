@@ -13,7 +13,7 @@
 namespace hgad {
 
 /// Which soft clamp turns the scaled subnet output a (already multiplied by 0.1) into the log-scale s
-/// of the affine coupling (ALGORITHM.md §2.2 step 4 and §2.3).
+/// of the affine coupling (docs/algorithm.md §2.2 step 4 and §2.3).
 enum class SoftClamp {
   pinned,  ///< s = α·tanh(a): FrEIA 4e0c6ab, the commit HGAD pins (slope 0.1·α in the raw output)
   head,    ///< s = α·tanh(a/α): FrEIA >= ae74fd4 (2023-08, "fixed soft clamping", slope 0.1)
@@ -49,13 +49,13 @@ inline SoftClamp soft_clamp_from_string(const std::string& name) {
 }
 
 /// Options of AllInOneBlock with FrEIA's names and FrEIA's defaults (4e0c6ab). HGAD sets
-/// affine_clamping = 1.9 and permute_soft = true (ALGORITHM.md §2.1); `AllInOneOptions::hgad()`
+/// affine_clamping = 1.9 and permute_soft = true (docs/algorithm.md §2.1); `AllInOneOptions::hgad()`
 /// returns exactly that. FrEIA's gin_block, learned_householder_permutation and
 /// reverse_permutation keep their defaults (off) in HGAD and are not provided.
 struct AllInOneOptions {
   /// α of the soft clamp; s lies in (−α, α). FrEIA default 2.0; HGAD's `clamp_alpha` is 1.9.
   double affine_clamping = 2.0;
-  /// The clamp formula: the pinned FrEIA commit by default (ALGORITHM.md §2.3 recommendation).
+  /// The clamp formula: the pinned FrEIA commit by default (docs/algorithm.md §2.3 recommendation).
   SoftClamp clamp_variant = SoftClamp::pinned;
   /// The global scale g at initialisation (FrEIA default 1.0): γ is set so that f(γ) equals it.
   double global_affine_init = 1.0;
@@ -64,7 +64,7 @@ struct AllInOneOptions {
   /// true: a Haar-random rotation in SO(D); false: a random index permutation (FrEIA default).
   bool permute_soft = false;
 
-  /// The configuration HGAD creates every block with (ALGORITHM.md §2.1).
+  /// The configuration HGAD creates every block with (docs/algorithm.md §2.1).
   static AllInOneOptions hgad() {
     AllInOneOptions o;
     o.affine_clamping = 1.9;  // HGAD's clamp_alpha default

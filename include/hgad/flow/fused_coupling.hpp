@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// The fused CPU kernels of the AllInOne coupling block (ALGORITHM.md §2.2): inference forward and
+/// The fused CPU kernels of the AllInOne coupling block (docs/algorithm.md §2.2): inference forward and
 /// inverse without a graph, and a training forward that keeps only what its hand-written backward
 /// needs. They work on contiguous row-major CPU buffers and do not use the autograd; AllInOneBlock
 /// and SequenceFlow call them, and a test checks them against the autograd composition.
@@ -51,7 +51,7 @@ struct CouplingDims {
     d.P = P;
     d.n2 = D / 2;
     d.n1 = D - d.n2;
-    d.H = 2 * (d.n1 + P);  // hidden width = 2 x input width (HGAD's subnet_fc, ALGORITHM.md §2.2)
+    d.H = 2 * (d.n1 + P);  // hidden width = 2 x input width (HGAD's subnet_fc, docs/algorithm.md §2.2)
     return d;
   }
 };
@@ -379,7 +379,7 @@ class FusedCoupling {
 
   /// In place on one row a = [a_s | a_t] of the subnet output: a_s ← s = clamp(0.1 a_s),
   /// a_t ← t = 0.1 a_t. 0.1: FrEIA's down-scaling of the whole subnet output ("a *= 0.1",
-  /// ALGORITHM.md §2.2 step 3).
+  /// docs/algorithm.md §2.2 step 3).
   void clamp_row(Scalar* a) const {
     const Index n2 = m_dims.n2;
     RowArrayMap as(a, n2), at(a + n2, n2);

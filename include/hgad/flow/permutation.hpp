@@ -1,7 +1,7 @@
 #pragma once
 /// \file
 /// The fixed channel mixing after each AllInOne block: a Haar-random rotation in SO(D)
-/// (permute_soft, HGAD) or a random index permutation (ALGORITHM.md §2.2 step 8).
+/// (permute_soft, HGAD) or a random index permutation (docs/algorithm.md §2.2 step 8).
 
 #include <cmath>
 #include <cstdint>

@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// The 2-D sin/cos positional encoding that conditions HGAD's flows (ALGORITHM.md §1.4, CFlow-AD's
+/// The 2-D sin/cos positional encoding that conditions HGAD's flows (docs/algorithm.md §1.4, CFlow-AD's
 /// `positionalencoding2d`).
 
 #include <cmath>
@@ -14,7 +14,7 @@ namespace hgad {
 /// order of the map (row n = i·w + j for map row i and column j).
 ///
 /// With half = P/2 and ω_k = exp(−2k·ln(10⁴)/half), k = 0 .. P/4 − 1, and the integer column
-/// x = j and row y = i (ALGORITHM.md §1.4):
+/// x = j and row y = i (docs/algorithm.md §1.4):
 ///
 ///     channel 2k          = sin(x·ω_k)      channel half + 2k     = sin(y·ω_k)
 ///     channel 2k + 1      = cos(x·ω_k)      channel half + 2k + 1 = cos(y·ω_k)

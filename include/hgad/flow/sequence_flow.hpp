@@ -1,7 +1,7 @@
 #pragma once
 /// \file
 /// SequenceFlow: a chain of AllInOne blocks sharing one condition (FrEIA's SequenceINN as HGAD
-/// builds it, ALGORITHM.md §2.1).
+/// builds it, docs/algorithm.md §2.1).
 
 #include <string>
 #include <utility>
@@ -38,7 +38,7 @@ struct SequenceFlowCache {
 };
 
 /// A sequence of AllInOne blocks z = f_K ∘ ... ∘ f_1 (x; c), every block conditioned on the same
-/// c, with log|det ∂z/∂x| = Σ_k log|det J_k| (ALGORITHM.md §2.2, "Total log|det J| = sum over the
+/// c, with log|det ∂z/∂x| = Σ_k log|det J_k| (docs/algorithm.md §2.2, "Total log|det J| = sum over the
 /// blocks"). The condition is (N, P) or shared, (M, P) with N % M = 0 (see AllInOneBlock). Like
 /// AllInOneBlock it offers the autograd reference (forward/inverse on Vars) and the
 /// fused CPU path (forward/inverse on Tensors, forward_train + backward).

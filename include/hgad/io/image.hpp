@@ -483,7 +483,7 @@ Tensor<Scalar> load_image(const std::string& path, int n_channels = 3,
 /// Per axis, output index o reads source coordinate s = o (in - 1) / (out - 1) with align_corners
 /// (s = 0 when out = 1), else s = max(0, (o + 1/2) in / out - 1/2); then i0 = floor(s), i1 = min(i0
 /// + 1, in - 1), w = s - i0 and out = (1 - w) x[i0] + w x[i1], applied along H and W. HGAD's image
-/// pyramid and score upsampling use align_corners = true (ALGORITHM.md §1.2, §5); no antialiasing,
+/// pyramid and score upsampling use align_corners = true (docs/algorithm.md §1.2, §5); no antialiasing,
 /// so a large downscale aliases exactly as PyTorch does.
 template <class Scalar>
 Tensor<Scalar> resize_bilinear(const Tensor<Scalar>& x, Index out_h, Index out_w,
@@ -547,7 +547,7 @@ Tensor<Scalar> resize_area(const Tensor<Scalar>& x, Index out_h, Index out_w) {
 /// Nearest-neighbour resampling of the last two axes (for masks).
 ///
 /// half_pixel = true: source index floor((o + 1/2) in / out), as Pillow's NEAREST (which
-/// torchvision uses for PIL masks, ALGORITHM.md §1.1) and PyTorch's 'nearest-exact'. half_pixel =
+/// torchvision uses for PIL masks, docs/algorithm.md §1.1) and PyTorch's 'nearest-exact'. half_pixel =
 /// false: floor(o in / out), PyTorch's legacy 'nearest'. Both computed in exact integer arithmetic.
 template <class Scalar>
 Tensor<Scalar> resize_nearest(const Tensor<Scalar>& x, Index out_h, Index out_w,

@@ -26,7 +26,7 @@
 ///
 /// Masks are binarised as pixel > mask_threshold with the 8-bit value; the default 127 follows the
 /// BASELINES.md protocol of industrial-mini, whose masks are exactly {0, 255}, so it agrees there
-/// with HGAD's reference rule "any non-zero pixel" (ALGORITHM.md §1.1, mask_threshold = 0).
+/// with HGAD's reference rule "any non-zero pixel" (docs/algorithm.md §1.1, mask_threshold = 0).
 
 #include <algorithm>
 #include <cctype>
@@ -84,7 +84,7 @@ struct MvtecOptions {
 enum class ResizeMode {
   /// Resize to size x size ignoring the aspect ratio (industrial-mini BASELINES.md protocol).
   stretch,
-  /// torchvision Resize(resize_size) on the shorter side, then CenterCrop(size) (ALGORITHM.md
+  /// torchvision Resize(resize_size) on the shorter side, then CenterCrop(size) (docs/algorithm.md
   /// §1.1).
   shorter_side_then_center_crop,
 };
@@ -95,7 +95,7 @@ struct Preprocess {
   Index mask_size = 256;   ///< output height and width of the mask
   ResizeMode mode = ResizeMode::stretch;
   /// Shorter side before the centre crop in shorter_side_then_center_crop mode; 0 means image_size
-  /// (and mask_size for the mask), as in HGAD where both are 1024 (ALGORITHM.md §1.1).
+  /// (and mask_size for the mask), as in HGAD where both are 1024 (docs/algorithm.md §1.1).
   Index resize_size = 0;
   Index mask_resize_size = 0;
   /// Image filter: Pillow BILINEAR by default (BASELINES.md). HGAD's reference uses Pillow LANCZOS,

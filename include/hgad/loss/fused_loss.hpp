@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// The fused CPU path of the training objective: every loss term of ALGORITHM.md §3.3 and all its
+/// The fused CPU path of the training objective: every loss term of docs/algorithm.md §3.3 and all its
 /// gradients in one parallel pass over the rows, without an autograd graph. It returns dL/dz and
 /// dL/dlog_jac_det for the flow's backward and accumulates (+=) the prior's parameter gradients
 /// into their ensure_grad(), so the optimiser sees the same leaves as on the autograd path
@@ -69,7 +69,7 @@ struct FusedChunks {
 
 }  // namespace detail
 
-/// The HGAD objective (ALGORITHM.md §3.3, §3.4) and its gradients, fused.
+/// The HGAD objective (docs/algorithm.md §3.3, §3.4) and its gradients, fused.
 ///
 /// Per row n, with d_y = |z_n - mu_y|^2, a_y = -1/2 d_y + log pi_y, r = softmax(a) (the class
 /// posterior; the same vector as softmax(-1/2 d + sg(log pi)) in Eq. 8), p~ = softmax(-1/2 d) and

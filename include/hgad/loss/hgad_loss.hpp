@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// The HGAD loss terms (ALGORITHM.md §3.3) and the NF baseline loss, composed from autograd ops.
+/// The HGAD loss terms (docs/algorithm.md §3.3) and the NF baseline loss, composed from autograd ops.
 /// This is the reference path: every gradient comes from the ops' backward rules, so `gradcheck`
 /// applies, and the fused CPU path (fused_loss.hpp) is tested against it.
 ///
@@ -33,7 +33,7 @@ void check_latents(const Var<Scalar>& z, const Var<Scalar>& log_jac_det, const c
         ",), got ", log_jac_det.shape().to_string());
 }
 
-/// The label-smoothed one-hot q_n = onehot(y_n) (1 - eps) + eps / K (ALGORITHM.md §3.2), (N, K).
+/// The label-smoothed one-hot q_n = onehot(y_n) (1 - eps) + eps / K (docs/algorithm.md §3.2), (N, K).
 template <class Scalar>
 Tensor<Scalar> smoothed_one_hot(const std::vector<std::int64_t>& labels, Index n_classes, double eps) {
   const Index N = static_cast<Index>(labels.size());
@@ -58,7 +58,7 @@ Var<Scalar> intra_log_mixture(const Var<Scalar>& z, const Var<Scalar>& mu, const
 
 }  // namespace detail
 
-/// L_g, the inter-class Gaussian-mixture NLL per dimension (paper Eq. 6, ALGORITHM.md §3.3.1):
+/// L_g, the inter-class Gaussian-mixture NLL per dimension (paper Eq. 6, docs/algorithm.md §3.3.1):
 ///   L_g = mean_n [ -LSE_y( -1/2 |z_n - mu_y|^2 + log pi_y ) - log_jac_det_n ] / D,
 /// pi = softmax(phi_inter), not detached; the constant -(D/2) ln 2 pi is omitted.
 ///   requires: z (N, D), log_jac_det (N,), mu (K, D), phi_inter (K,).   ensures: rank 0.
@@ -71,7 +71,7 @@ Var<Scalar> loss_g(const Var<Scalar>& z, const Var<Scalar>& log_jac_det, const V
   return mean(mul(sub(neg(lse), log_jac_det), Scalar(1) / Scalar(z.cols())));
 }
 
-/// L_mi, the mutual-information (class repulsion) term (paper Eq. 8, ALGORITHM.md §3.3.2):
+/// L_mi, the mutual-information (class repulsion) term (paper Eq. 8, docs/algorithm.md §3.3.2):
 ///   L_mi = mean_n sum_y q_{n,y} [ log_softmax_y( -1/2 d_{n,.} + sg(log pi) ) - sg(log pi_y) ],
 /// q the label-smoothed one-hot with eps = label_smoothing. The objective uses -lambda2 L_mi.
 ///   requires: z (N, D), mu (K, D), phi_inter (K,), labels[n] in [0, K).   ensures: rank 0.
@@ -96,7 +96,7 @@ Var<Scalar> loss_e(const Var<Scalar>& z, const Var<Scalar>& mu) {
   return mean(neg(sum_rows(mul(exp(log_p), log_p))));
 }
 
-/// L_g_intra, the intra-class mixture NLL per dimension (ALGORITHM.md §3.3.4):
+/// L_g_intra, the intra-class mixture NLL per dimension (docs/algorithm.md §3.3.4):
 ///   L_g_intra = mean_n [ -LSE_k( -1/2 |z_n - m_{y_n,k}|^2 + log w_{y_n,k} ) - log_jac_det_n ] / D,
 /// m_{y,0} = sg(mu_y), m_{y,k} = sg(mu_y) + delta_{y,k}, w_y = softmax(phi_intra[y]).
 ///   requires: z (N, D), log_jac_det (N,), mu (K, D), delta (K, M-1, D), phi_intra (K, M).
@@ -109,7 +109,7 @@ Var<Scalar> loss_g_intra(const Var<Scalar>& z, const Var<Scalar>& log_jac_det, c
   return mean(mul(sub(neg(lse), log_jac_det), Scalar(1) / Scalar(z.cols())));
 }
 
-/// L_z, CFlow's "maximum likelihood" loss on the intra-class mixture (ALGORITHM.md §3.3.5):
+/// L_z, CFlow's "maximum likelihood" loss on the intra-class mixture (docs/algorithm.md §3.3.5):
 ///   logp_n = D c0 + LSE_k( -1/2 |z_n - m_{y_n,k}|^2 + log w_{y_n,k} ) + log_jac_det_n,
 ///   L_z = mean_n -log sigmoid(logp_n / D) = mean_n softplus(-logp_n / D),   c0 = ln(1/sqrt(2 pi)).
 template <class Scalar>
@@ -123,7 +123,7 @@ Var<Scalar> loss_z(const Var<Scalar>& z, const Var<Scalar>& log_jac_det, const V
   return mean(softplus(mul(logp, Scalar(-1) / D)));
 }
 
-/// The NF baseline's loss (CFlow, ALGORITHM.md §3.3.5 with a single N(0, I) prior):
+/// The NF baseline's loss (CFlow, docs/algorithm.md §3.3.5 with a single N(0, I) prior):
 ///   logp_n = D c0 - 1/2 |z_n|^2 + log_jac_det_n,   L = mean_n softplus(-logp_n / D).
 template <class Scalar>
 Var<Scalar> loss_nf(const Var<Scalar>& z, const Var<Scalar>& log_jac_det) {
@@ -165,7 +165,7 @@ struct LossVars {
   }
 };
 
-/// The training objective of one level (ALGORITHM.md §3.4) as an autograd graph.
+/// The training objective of one level (docs/algorithm.md §3.4) as an autograd graph.
 ///   HGAD stage 1: total = lambda1 L_g - lambda2 L_mi + L_e  (delta and phi_intra are not in the graph,
 ///                 so they get no gradient)
 ///   HGAD stage 2: total = lambda1 L_g - lambda2 L_mi + L_e + L_g_intra + L_z

@@ -1,7 +1,7 @@
 #pragma once
 /// \file
 /// What the training objective is made of: the switch between HGAD and the single-Gaussian NF
-/// baseline, the weights and the two-stage schedule of ALGORITHM.md §3.4, and the record of every
+/// baseline, the weights and the two-stage schedule of docs/algorithm.md §3.4, and the record of every
 /// loss term.
 
 #include <cmath>
@@ -16,12 +16,12 @@
 
 namespace hgad {
 
-/// c0 = ln(1 / sqrt(2 pi)), the per-dimension log-normaliser of a unit Gaussian (ALGORITHM.md §3.3).
+/// c0 = ln(1 / sqrt(2 pi)), the per-dimension log-normaliser of a unit Gaussian (docs/algorithm.md §3.3).
 inline constexpr double log_normal_constant = -0.9189385332046727;
 
 /// Which latent prior and loss a level trains with.
 enum class Objective {
-  hgad,  ///< the hierarchical Gaussian mixture and its five terms (ALGORITHM.md §3)
+  hgad,  ///< the hierarchical Gaussian mixture and its five terms (docs/algorithm.md §3)
   nf,    ///< the unified NF baseline: one N(0, I) prior and CFlow's loss -log sigmoid(logp / D)
 };
 
@@ -33,7 +33,7 @@ inline std::string to_string(Objective objective) {
   return detail::name_of(objective_names, objective);
 }
 
-/// Weights and schedule of the objective (ALGORITHM.md §3.4, §11).
+/// Weights and schedule of the objective (docs/algorithm.md §3.4, §11).
 struct LossOptions {
   Objective objective = Objective::hgad;
   double lambda1 = 1.0;            ///< weight of L_g (`lambda1`, §3.4)
@@ -58,7 +58,7 @@ inline void check_stage(int stage, const char* where) {
 
 /// The value of every term of one evaluation of the objective, each a mean over the N vectors.
 ///
-/// HGAD (ALGORITHM.md §3.4):
+/// HGAD (docs/algorithm.md §3.4):
 ///   stage 1: total = lambda1 L_g - lambda2 L_mi + L_e
 ///   stage 2: total = lambda1 L_g - lambda2 L_mi + L_e + L_g_intra + L_z
 /// Terms a stage does not use are 0. For Objective::nf only l_z (CFlow's loss) is set and

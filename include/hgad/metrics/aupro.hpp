@@ -1,7 +1,7 @@
 #pragma once
 /// \file
 /// AUPRO: the normalised area under the per-region-overlap curve up to a false-positive rate of 0.3
-/// (ALGORITHM.md §6), in the CFlow/HGAD form that ../shared/datasets/industrial-mini/BASELINES.md
+/// (docs/algorithm.md §6), in the CFlow/HGAD form that ../shared/datasets/industrial-mini/BASELINES.md
 /// uses for its reference figures.
 ///
 ///     // masks (N, H, W) with values 0 or 1, maps (N, H, W): every test image of one class

@@ -1,7 +1,7 @@
 #pragma once
 /// \file
 /// Connected-component labelling of binary 2-D masks, as scipy.ndimage.label and
-/// skimage.measure.label: the regions whose per-region overlap AUPRO averages (ALGORITHM.md §6).
+/// skimage.measure.label: the regions whose per-region overlap AUPRO averages (docs/algorithm.md §6).
 ///
 ///     // 1 1 0 0
 ///     // 0 0 1 0      8-connectivity: one component (the diagonal joins them);

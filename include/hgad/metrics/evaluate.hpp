@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// Every metric of one product class at once (ALGORITHM.md §6): image AUROC/AP/F1-max from the
+/// Every metric of one product class at once (docs/algorithm.md §6): image AUROC/AP/F1-max from the
 /// image scores, pixel AUROC/AP/F1-max over all pixels of all test images, and AUPRO@0.3.
 ///
 ///     // labels: 0 good, 1 defective (from the folder, not from the mask); scores: max of each map

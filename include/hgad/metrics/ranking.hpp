@@ -1,7 +1,7 @@
 #pragma once
 /// \file
 /// Threshold-free ranking metrics of binary labels against scores: AUROC, average precision and
-/// F1-max (ALGORITHM.md §6), written to give scikit-learn's values, ties included.
+/// F1-max (docs/algorithm.md §6), written to give scikit-learn's values, ties included.
 ///
 ///     std::vector<int> y_true = {0, 0, 1, 1};
 ///     std::vector<double> y_score = {0.1, 0.4, 0.35, 0.8};

@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// From per-level score maps to pixel anomaly maps (ALGORITHM.md §5.4): bilinear upsampling,
+/// From per-level score maps to pixel anomaly maps (docs/algorithm.md §5.4): bilinear upsampling,
 /// scipy's Gaussian filter, and the normalisation that turns the likelihood (or negative-entropy)
 /// maps of every feature level into one anomaly map per image, in a transductive form (the paper's,
 /// constants taken over the test set of a class) and a calibrated form (constants given).

@@ -1,7 +1,7 @@
 #pragma once
 /// \file
 /// Which classes should be trained as one? HGAD's mutual-information loss pushes every class away
-/// from the others (ALGORITHM.md §3.2). Two product classes whose normal images look alike position
+/// from the others (docs/algorithm.md §3.2). Two product classes whose normal images look alike position
 /// by position (three revisions of one circuit board, say) cannot be pushed apart by the flow: the
 /// posterior p(y | z) of their normal positions stays spread over them, and the entropy map takes
 /// those normal positions for anomalous ones (docs/results.md §1). Trained as one class

@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// ModelConfig: every setting of an HGAD model (ALGORITHM.md §11), with its text form.
+/// ModelConfig: every setting of an HGAD model (docs/algorithm.md §11), with its text form.
 ///
 /// The text form is one `key = value` per line; `#` starts a comment, blank lines are ignored and
 /// lists are comma-separated. It is what `hgad info` prints, what a checkpoint stores, and what a
@@ -21,7 +21,7 @@
 /// Every key is one row of one table, detail::for_each_config_key: its name, the field it sets and
 /// the values it allows. validate, to_text and from_text all walk that table.
 ///
-/// Defaults are HGAD's (ALGORITHM.md §2–§4): 12 blocks, clamp 1.9 with the pinned FrEIA soft clamp,
+/// Defaults are HGAD's (docs/algorithm.md §2–§4): 12 blocks, clamp 1.9 with the pinned FrEIA soft clamp,
 /// M = 10 intra-class centres, λ1 = 1, λ2 = 100, label smoothing 0.02, 25 meta-epochs of 8
 /// sub-epochs, 2 warm-up and 2 stage-1 meta-epochs, lr 2e-4, Adam betas (0.95, 0.99), coupled
 /// weight decay 1e-4 on the flows, batch size 8, seed 0, P = 256.
@@ -60,15 +60,15 @@ struct FeatureSettings {
   std::string backbone = "resnet18";  ///< architecture name; "none" for precomputed features
   /// CFlow's scheme: several stages of one image, one level each (pyramid_levels = 0); HGAD's
   /// scheme: one stage (layers[0]) on an image pyramid of pyramid_levels resolutions, each half the
-  /// previous (ALGORITHM.md §1.2).
+  /// previous (docs/algorithm.md §1.2).
   std::vector<std::string> layers = {"layer2", "layer3"};
   Index pyramid_levels = 0;
-  Index image_size = 256;  ///< network input side (ALGORITHM.md §1.1 uses 1024)
+  Index image_size = 256;  ///< network input side (docs/algorithm.md §1.1 uses 1024)
   /// How an image reaches image_size: "stretch" resizes both sides (aspect ignored,
   /// industrial-mini's BASELINES.md protocol); "shorter_side_crop" resizes the shorter side and
-  /// centre-crops (torchvision Resize(int) + CenterCrop, HGAD's protocol, ALGORITHM.md §1.1).
+  /// centre-crops (torchvision Resize(int) + CenterCrop, HGAD's protocol, docs/algorithm.md §1.1).
   std::string resize_mode = "stretch";
-  Index mask_size = 256;  ///< side of ground-truth masks and anomaly maps (ALGORITHM.md §1.1)
+  Index mask_size = 256;  ///< side of ground-truth masks and anomaly maps (docs/algorithm.md §1.1)
 
   friend bool operator==(const FeatureSettings& a, const FeatureSettings& b) {
     return a.backbone == b.backbone && a.layers == b.layers &&
@@ -83,7 +83,7 @@ inline constexpr const char* resize_mode_names[] = {"stretch", "shorter_side_cro
 
 /// What the calibrated maps are measured against (ModelConfig::calibration_baseline).
 enum class CalibrationBaseline {
-  none,      ///< the raw maps, normalised as ALGORITHM.md §5 step 4 with frozen constants
+  none,      ///< the raw maps, normalised as docs/algorithm.md §5 step 4 with frozen constants
   position,  ///< each raw map minus its per-position mean over the calibration images first
 };
 
@@ -93,7 +93,7 @@ inline constexpr detail::NamedValue<CalibrationBaseline> calibration_baseline_na
 
 /// Several class folders trained under one label: one class of the model (one centre μ, one
 /// intra-class mixture, one set of calibration constants) standing for all of them. HGAD pushes
-/// the centres of its classes apart (L_mi, ALGORITHM.md §3.3); classes whose normal images look
+/// the centres of its classes apart (L_mi, docs/algorithm.md §3.3); classes whose normal images look
 /// alike position by position (three similar circuit boards, say) then cost the flow the density
 /// it should model, and one label for them avoids that. The method takes its classes as given;
 /// which folders to group is the user's choice. Tested folders are scored, and reported, one by
@@ -140,19 +140,19 @@ struct ModelConfig {
   /// Classes that stand for several folders (`group.NAME = folder, folder, ...` in the text form).
   std::vector<ClassGroup> class_groups;
 
-  // Flow (ALGORITHM.md §2).
+  // Flow (docs/algorithm.md §2).
   Index pos_dim = 256;  ///< P, the positional-encoding dimension (0: unconditional flows)
   Index n_blocks = 12;  ///< AllInOneBlocks per flow
   double clamp = 1.9;   ///< affine_clamping α
-  SoftClamp clamp_variant = SoftClamp::pinned;  ///< FrEIA soft clamp (ALGORITHM.md §2.3)
+  SoftClamp clamp_variant = SoftClamp::pinned;  ///< FrEIA soft clamp (docs/algorithm.md §2.3)
 
-  // Prior and objective (ALGORITHM.md §3).
+  // Prior and objective (docs/algorithm.md §3).
   Index n_centers = 10;           ///< M, intra-class centres per class including sg(μ_y)
   double lambda1 = 1.0;           ///< weight of L_g
   double lambda2 = 100.0;         ///< weight of L_mi
   double label_smoothing = 0.02;  ///< ε of the smoothed one-hot
 
-  // Schedule and optimiser (ALGORITHM.md §4).
+  // Schedule and optimiser (docs/algorithm.md §4).
   Index meta_epochs = 25;
   Index sub_epochs = 8;
   Index warmup_meta_epochs = 2;
@@ -167,7 +167,7 @@ struct ModelConfig {
   std::uint64_t seed = 0;
 
   /// Training images per class used to compute the calibrated-mode normalisation constants after
-  /// training (0: all of them). Not in the paper (ALGORITHM.md §9.2 asks for a replacement of the
+  /// training (0: all of them). Not in the paper (docs/algorithm.md §9.2 asks for a replacement of the
   /// transductive normalisation); the constants are maxima, so a subset is a cheap estimate.
   Index calibration_images = 0;
 

@@ -1,7 +1,7 @@
 #pragma once
 /// \file
 /// HgadModel: one conditional flow and one hierarchical Gaussian-mixture prior per feature level,
-/// trained on the cached features of many classes at once (ALGORITHM.md §4) and scored per
+/// trained on the cached features of many classes at once (docs/algorithm.md §4) and scored per
 /// position (§5).
 ///
 ///     hgad::ModelConfig config;
@@ -16,7 +16,7 @@
 ///
 /// Features are channels-last: level l of a set of N images is a tensor (N, H_l, W_l, D_l), so
 /// that the rows of image i, position (r, c) are row i·H·W + r·W + c of its (N·H·W, D) view — the
-/// flattening of ALGORITHM.md §1.3.
+/// flattening of docs/algorithm.md §1.3.
 ///
 /// Scoring is const, so one trained model may be scored from several threads at once (on the CPU
 /// in parallel; on a GPU the flow passes take turns on the device).
@@ -60,7 +60,7 @@
 
 namespace hgad {
 
-/// How test images are turned into anomaly maps (ALGORITHM.md §5 and §9.1, §9.2).
+/// How test images are turned into anomaly maps (docs/algorithm.md §5 and §9.1, §9.2).
 enum class ScoreMode {
   transductive,  ///< the paper's normalisation over the whole test set of a class (needs the class)
   calibrated,  ///< constants frozen from training data; an image's score does not depend on others
@@ -88,7 +88,7 @@ inline ScoreMode parse_score_mode(const std::string& text) {
               "' (expected transductive, calibrated or label-free)");
 }
 
-/// Which terms make the anomaly map (ALGORITHM.md §5 step 5 and the "anomaly criterion" ablation
+/// Which terms make the anomaly map (docs/algorithm.md §5 step 5 and the "anomaly criterion" ablation
 /// of the paper, §9.7): HGAD's product of the likelihood and entropy maps, or either alone. The NF
 /// objective has no entropy term; its map is the likelihood map whatever the criterion. Nor has a
 /// model of one class (its class posterior is 1 at every position, so the entropy map is 0): its
@@ -116,7 +116,7 @@ struct FitProgress {
   Index sub_epoch = 0;
   Index step = 0;  ///< batches done so far, over the whole run
   Index n_steps = 0;
-  int stage = 1;  ///< 1 or 2 (ALGORITHM.md §3.4)
+  int stage = 1;  ///< 1 or 2 (docs/algorithm.md §3.4)
   double lr = 0;
   std::vector<LossTerms<Scalar>> level_terms;  ///< the loss terms of the last batch, per level
   double images_per_second = 0;
@@ -162,7 +162,7 @@ struct FitReport {
   std::vector<LossTerms<Scalar>> final_terms;  ///< per level, last batch
 };
 
-/// The raw per-position scores of one image (ALGORITHM.md §5 steps 2–3), before normalisation.
+/// The raw per-position scores of one image (docs/algorithm.md §5 steps 2–3), before normalisation.
 template <class Scalar>
 struct RawScores {
   std::vector<Tensor<Scalar>> log_likelihood;  ///< per level (H_l, W_l): logp_l
@@ -207,7 +207,7 @@ class HgadModel {
  public:
   /// A valid, untrained model: per level a SequenceFlow of n_blocks AllInOneBlocks (HGAD's
   /// options: clamp, soft permutation) and, for the HGAD objective, a GaussianMixturePrior,
-  /// initialised from config.seed in ALGORITHM.md §2.4's order (all flows, then all priors).
+  /// initialised from config.seed in docs/algorithm.md §2.4's order (all flows, then all priors).
   ///   requires: config.validate() passes (it is called here).
   explicit HgadModel(ModelConfig config) : m_config(std::move(config)) {
     m_config.validate(true);
@@ -337,7 +337,7 @@ class HgadModel {
     return out;
   }
 
-  /// Trains on the features of every class at once (ALGORITHM.md §4): meta_epochs × sub_epochs
+  /// Trains on the features of every class at once (docs/algorithm.md §4): meta_epochs × sub_epochs
   /// passes; each pass shuffles the images (seeded) and cuts them into batches of batch_size
   /// images, dropping the incomplete last batch (DataLoader drop_last; one batch of all images
   /// when there are fewer than batch_size). For each batch and each level separately: the flow
@@ -508,7 +508,7 @@ class HgadModel {
   }
 
   /// The raw scores of one image (features: a one-image set, see image_view): per level the flow
-  /// maps every position (ALGORITHM.md §5.1); logp_l is the per-dimension log-likelihood under the
+  /// maps every position (docs/algorithm.md §5.1); logp_l is the per-dimension log-likelihood under the
   /// intra-class mixture of `class_index` (§5.2), or under N(0, I) for the NF objective; negH_l the
   /// negative entropy of the inter-class posterior without π (§5.3). The class posterior with π
   /// (§9.1) is averaged over all positions of all levels and its arg-max is predicted_class; with
@@ -561,7 +561,7 @@ class HgadModel {
     return out;
   }
 
-  /// The anomaly map of one image from its raw scores and normalisation constants (ALGORITHM.md §5
+  /// The anomaly map of one image from its raw scores and normalisation constants (docs/algorithm.md §5
   /// steps 4–6, calibrated_anomaly_map): per map type A = blur(sum_max − Σ_l up(exp(x_l −
   /// level_max_l))), clipped at 0 — a no-op with the image's own transductive constants, and with
   /// frozen constants it keeps the product of two negative maps of a very normal image from turning
@@ -601,7 +601,7 @@ class HgadModel {
   }
 
   /// The normalisation constants of a set of images' raw scores (anomaly_map_constants over all
-  /// images of the set: the transductive statistics of ALGORITHM.md §5 step 4).
+  /// images of the set: the transductive statistics of docs/algorithm.md §5 step 4).
   ClassCalibration fit_constants(const std::vector<RawScores<Scalar>>& raws) const {
     check(!raws.empty(), "HgadModel::fit_constants: no images");
     ClassCalibration k;

@@ -259,7 +259,7 @@ ExtractedImages<Scalar> extract_images_cached(
   return out;
 }
 
-/// The metrics of one class (ALGORITHM.md §6). NaN marks a metric the data cannot define (no
+/// The metrics of one class (docs/algorithm.md §6). NaN marks a metric the data cannot define (no
 /// anomalous image, no pixel masks) or one the mode does not give (class accuracy outside the
 /// label-free mode).
 struct ClassReport {

@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// One training step of one feature level (ALGORITHM.md §4, "Per iteration"): the flow maps the
+/// One training step of one feature level (docs/algorithm.md §4, "Per iteration"): the flow maps the
 /// features with their positional encodings, the objective of the current stage gives the loss
 /// terms, back-propagation fills the gradients of the flow and the prior, and Adam updates them.
 ///
@@ -35,7 +35,7 @@
 
 namespace hgad {
 
-/// An Adam over one level with HGAD's three groups (ALGORITHM.md §4): the flow (weight decay
+/// An Adam over one level with HGAD's three groups (docs/algorithm.md §4): the flow (weight decay
 /// flow_weight_decay), {mu, delta} and {phi_intra, phi_inter} (no weight decay), all at `lr`
 /// (HGAD's nominal 3x lr of the centres is overwritten by the schedule before the first step).
 /// Parameters are named "flow.block{k}.<name>" and "prior.<name>" in messages.
@@ -134,7 +134,7 @@ void check_finite_gradients(const SequenceFlow<Scalar>& flow, const GaussianMixt
 }  // namespace detail
 
 /// Forward, objective and backward of one level on the fused CPU path, without the optimiser:
-/// z, log|det J| = flow.forward_train(features, cond); the fused objective (ALGORITHM.md §3.4, of
+/// z, log|det J| = flow.forward_train(features, cond); the fused objective (docs/algorithm.md §3.4, of
 /// `stage` and options.objective) adds the prior's gradients; flow.backward adds the flow's.
 /// Gradients accumulate (+=): reset them first (Adam::zero_grad) for a fresh step. Throws
 /// NonFiniteError, naming the term, when a loss term is not finite (before the flow's backward).
@@ -178,7 +178,7 @@ LossTerms<Scalar> compute_gradients_reference(SequenceFlow<Scalar>& flow, Gaussi
   return terms;
 }
 
-/// One optimiser step of one level on the fused path (ALGORITHM.md §4): every gradient of the
+/// One optimiser step of one level on the fused path (docs/algorithm.md §4): every gradient of the
 /// optimiser reset to none, compute_gradients, a finiteness check of every gradient of the level,
 /// then adam.step(). Parameters a stage does not reach (delta and phi_intra in stage 1) have no
 /// gradient and are not updated. Returns the loss terms, computed before the update.

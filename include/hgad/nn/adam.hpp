@@ -1,7 +1,7 @@
 #pragma once
 /// \file
 /// Adam with parameter groups, in the exact form of torch.optim.Adam 1.13 (single-tensor path,
-/// amsgrad off), with coupled L2 weight decay and per-tensor step counts (ALGORITHM.md §4).
+/// amsgrad off), with coupled L2 weight decay and per-tensor step counts (docs/algorithm.md §4).
 ///
 ///     hgad::Adam<float> adam;
 ///     adam.add_param_group(flow_parameters, {2e-4, 0.95, 0.99, 1e-8, 1e-4});
@@ -32,7 +32,7 @@ struct AdamOptions {
   double weight_decay = 0.0;  ///< coupled L2: g' = g + weight_decay p (torch.optim.Adam, not AdamW)
 };
 
-/// Adam's settings for a level as HGAD configures them (ALGORITHM.md §4): betas (0.95, 0.99),
+/// Adam's settings for a level as HGAD configures them (docs/algorithm.md §4): betas (0.95, 0.99),
 /// eps 1e-8, coupled weight decay 1e-4 on the flow and none on the prior.
 struct HgadAdamOptions {
   double lr = 2e-4;              ///< overwritten by the schedule every step (§4)
@@ -57,7 +57,7 @@ struct AdamState {
 ///   t  = t + 1
 ///   p  = p - (lr / (1 - beta1^t)) m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 /// A parameter whose has_grad() is false in a step is skipped entirely: no moment update, no step
-/// increment, no weight decay (the semantics of gradients reset to None, ALGORITHM.md §4).
+/// increment, no weight decay (the semantics of gradients reset to None, docs/algorithm.md §4).
 /// CPU parameters only.
 template <class Scalar>
 class Adam {
@@ -106,7 +106,7 @@ class Adam {
     return m_groups[i];
   }
 
-  /// Sets the learning rate of every group (HGAD's schedule overwrites all groups, ALGORITHM.md §4).
+  /// Sets the learning rate of every group (HGAD's schedule overwrites all groups, docs/algorithm.md §4).
   void set_lr(double lr) {
     check(lr >= 0, "Adam::set_lr: lr must be >= 0, got ", lr);
     for (auto& g : m_groups) g.options.lr = lr;

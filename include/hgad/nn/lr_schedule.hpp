@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// HGAD's learning-rate schedule (ALGORITHM.md §4, from CFlow-AD): cosine decay set once per
+/// HGAD's learning-rate schedule (docs/algorithm.md §4, from CFlow-AD): cosine decay set once per
 /// meta-epoch, and a linear warm-up per iteration during the first meta-epochs.
 ///
 ///     hgad::LrSchedule schedule;                        // lr 2e-4, 25 meta-epochs, 2 warm-up
@@ -14,7 +14,7 @@
 namespace hgad {
 
 /// The schedule's settings; the defaults are HGAD's (`lr`, `meta_epochs`, `lr_warm_epochs`,
-/// `lr_decay_rate`, `lr_cosine`, `lr_warm`, ALGORITHM.md §4).
+/// `lr_decay_rate`, `lr_cosine`, `lr_warm`, docs/algorithm.md §4).
 struct LrSchedule {
   double lr = 2e-4;           ///< base learning rate
   int meta_epochs = 25;       ///< length of the cosine period in meta-epochs

@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// The hierarchical Gaussian-mixture prior of HGAD (ALGORITHM.md §3.1, §3.2): K unit-variance class
+/// The hierarchical Gaussian-mixture prior of HGAD (docs/algorithm.md §3.1, §3.2): K unit-variance class
 /// Gaussians N(mu_y, I) weighted by pi = softmax(phi_inter), and inside class y a mixture of M
 /// unit-variance Gaussians with centres sg(mu_y), sg(mu_y) + delta_{y,1..M-1}, weighted by
 /// w_y = softmax(phi_intra[y]).
@@ -26,7 +26,7 @@
 
 namespace hgad {
 
-/// The scale of the identity blocks of the class-centre initialisation (ALGORITHM.md §3.1):
+/// The scale of the identity blocks of the class-centre initialisation (docs/algorithm.md §3.1):
 /// init_scale = 5 / sqrt(floor(2 D / K)), so that |mu_y|^2 is about 12.5 and the centres are 5 apart.
 ///   requires: 1 <= n_classes <= 2 dim.
 inline double class_center_init_scale(Index n_classes, Index dim) {
@@ -34,11 +34,11 @@ inline double class_center_init_scale(Index n_classes, Index dim) {
         n_classes, ", D = ", dim);
   check(n_classes <= 2 * dim, "class_center_init_scale: floor(2 D / K) is 0 for K = ", n_classes,
         " > 2 D = ", 2 * dim, "; the scaled-identity initialisation needs K <= 2 D");
-  // 5 / sqrt(floor(2 D / K)): HGAD's class-centre initialisation (ALGORITHM.md §3.1).
+  // 5 / sqrt(floor(2 D / K)): HGAD's class-centre initialisation (docs/algorithm.md §3.1).
   return 5.0 / std::sqrt(static_cast<double>((2 * dim) / n_classes));
 }
 
-/// The initial class centres mu (K, D) of ALGORITHM.md §3.1: zero, then for b = 0 .. floor(D/K) - 1
+/// The initial class centres mu (K, D) of docs/algorithm.md §3.1: zero, then for b = 0 .. floor(D/K) - 1
 /// the columns [b K, (b + 1) K) hold init_scale * I_K; leftover columns stay zero. The centres are
 /// mutually orthogonal with |mu_y|^2 = floor(D/K) init_scale^2.
 ///   requires: 1 <= n_classes <= 2 dim.
@@ -57,7 +57,7 @@ Tensor<Scalar> class_center_init(Index n_classes, Index dim) {
 template <class Scalar>
 class GaussianMixturePrior {
  public:
-  /// The initialisation of ALGORITHM.md §3.1: mu from class_center_init, delta i.i.d. N(0, 1) drawn
+  /// The initialisation of docs/algorithm.md §3.1: mu from class_center_init, delta i.i.d. N(0, 1) drawn
   /// from `rng` in row-major order, phi_intra = 0 and phi_inter = 0 (uniform weights).
   ///   requires: n_classes >= 1, n_centers >= 1 (M, the intra-class centres including sg(mu_y)),
   ///             1 <= n_classes <= 2 dim.
@@ -133,7 +133,7 @@ class GaussianMixturePrior {
     return out;
   }
   /// The intra-class centres (K, M, D): m_{y,0} = mu_y and m_{y,k} = mu_y + delta_{y,k-1}
-  /// (ALGORITHM.md §3.1), the current values; CPU only.
+  /// (docs/algorithm.md §3.1), the current values; CPU only.
   Tensor<Scalar> intra_center_values() const {
     const Index K = n_classes(), M = n_centers(), D = dim();
     const Tensor<Scalar>& mu = m_mu.value();
@@ -194,7 +194,7 @@ inline void check_labels(const std::vector<std::int64_t>& labels, Index n_rows, 
 
 }  // namespace detail
 
-/// Squared distances to the class centres, d_{n,y} = |z_n - mu_y|^2 (ALGORITHM.md §3.2), computed
+/// Squared distances to the class centres, d_{n,y} = |z_n - mu_y|^2 (docs/algorithm.md §3.2), computed
 /// by direct differences (not |z|^2 - 2 z.mu + |mu|^2, which cancels badly when z is near mu_y).
 ///   requires: z (N, D), mu (K, D).   ensures: (N, K).
 template <class Scalar>
@@ -211,7 +211,7 @@ Var<Scalar> inter_class_sqdist(const Var<Scalar>& z, const Var<Scalar>& mu) {
   return concat_cols(columns);
 }
 
-/// Squared distances to the intra-class centres of each row's class (ALGORITHM.md §3.1, §3.2):
+/// Squared distances to the intra-class centres of each row's class (docs/algorithm.md §3.1, §3.2):
 /// e_{n,0} = |z_n - sg(mu_{c_n})|^2 and e_{n,k} = |z_n - (sg(mu_{c_n}) + delta_{c_n,k})|^2.
 /// mu is detached, so it gets no gradient from here.
 ///   requires: z (N, D), mu (K, D), delta (K, M-1, D), classes[n] in [0, K).   ensures: (N, M).

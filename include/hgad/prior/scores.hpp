@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// Test-time per-vector scores of ALGORITHM.md §5 (steps 2 and 3) and the inter-class posterior for
+/// Test-time per-vector scores of docs/algorithm.md §5 (steps 2 and 3) and the inter-class posterior for
 /// label-free class prediction (§9.1). They read the current parameter values, build no graph and
 /// run on CPU tensors, one parallel pass over the rows.
 ///
@@ -40,7 +40,7 @@ Scalar row_squared_distance(const Scalar* x, const Scalar* c, Index n) {
 }  // namespace detail
 
 /// The per-dimension log-likelihood of each vector under the intra-class mixture of a given class
-/// (ALGORITHM.md §5.2):
+/// (docs/algorithm.md §5.2):
 ///   logp_n = [ D c0 + LSE_k( -1/2 |z_n - m_{c_n,k}|^2 + log w_{c_n,k} ) + log_jac_det_n ] / D.
 /// HGAD's code passes the ground-truth class of the test set as c_n; a predicted class works too.
 ///   requires: CPU tensors, z (N, D), log_jac_det (N,), classes (N,) in [0, K).   ensures: (N,).
@@ -126,7 +126,7 @@ Tensor<Scalar> inter_log_softmax(const GaussianMixturePrior<Scalar>& prior, cons
 
 }  // namespace detail
 
-/// The negative entropy of the inter-class posterior without the prior (ALGORITHM.md §5.3):
+/// The negative entropy of the inter-class posterior without the prior (docs/algorithm.md §5.3):
 ///   negH_n = sum_y p_{n,y} log p_{n,y},   p_n = softmax_y( -1/2 |z_n - mu_y|^2 ).
 /// Class-agnostic; it is highest (0) when z_n sits on one class centre.
 ///   requires: CPU tensor z (N, D).   ensures: (N,).
@@ -146,7 +146,7 @@ Tensor<Scalar> score_neg_entropy(const GaussianMixturePrior<Scalar>& prior, cons
 
 /// The inter-class posterior p(y | z_n) = softmax_y( -1/2 |z_n - mu_y|^2 + log pi_y ), the Bayes
 /// posterior of the class level of the prior (with pi = softmax(phi_inter)); its arg-max is the
-/// label-free class prediction of ALGORITHM.md §9.1.
+/// label-free class prediction of docs/algorithm.md §9.1.
 ///   requires: CPU tensor z (N, D).   ensures: (N, K), rows sum to 1.
 template <class Scalar>
 Tensor<Scalar> class_posterior(const GaussianMixturePrior<Scalar>& prior, const Tensor<Scalar>& z) {
