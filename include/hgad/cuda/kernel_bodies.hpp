@@ -1,15 +1,14 @@
 #pragma once
 /// \file
-/// The per-element and per-row bodies of every CUDA kernel, as `__host__ __device__` functions.
+/// The per-element and per-row bodies of the CUDA level kernels that have not yet moved next to
+/// their CPU counterparts, as HGAD_HOST_DEVICE functions (detail/host_device.hpp).
 ///
-/// The kernels of kernels.cuh only distribute these bodies over threads, warps and blocks. This
-/// header also compiles as plain C++ (HGAD_HD is empty there), so the test suite runs the same
-/// bodies on the CPU and compares them with the CPU backend and with naive loops: the GPU's
-/// arithmetic is checked in CI without a device, and only the launches need one.
+/// This header also compiles as plain C++, so the test suite runs the same bodies on the CPU and
+/// compares them with the CPU paths and with naive loops. The element-wise maps, the softmax rows
+/// and the mergeable accumulators live in detail/element_ops.hpp and detail/accumulators.hpp,
+/// shared with the CPU backend.
 ///
-/// Sections: scalar math; element-wise maps (backend.hpp's UnaryOp/BinaryOp); mergeable row
-/// accumulators (sum, max, log-sum-exp, the reduction trees of the warp kernels); softmax rows
-/// and their backward; the AllInOneBlock coupling (ALGORITHM.md §2.2); the prior per row
+/// Sections: the AllInOneBlock coupling (ALGORITHM.md §2.2); the prior per row
 /// (ALGORITHM.md §3.2-3.3, §5); Adam (torch 1.13, §4).
 
 #include <math.h>
@@ -17,239 +16,13 @@
 #include <cstdint>
 
 #include "../backend.hpp"
+#include "../detail/accumulators.hpp"
+#include "../detail/element_ops.hpp"
+#include "../detail/host_device.hpp"
+#include "../detail/scalar_math.hpp"
 #include "../flow/all_in_one_options.hpp"
 
-#if defined(__CUDACC__)
-#define HGAD_HD __host__ __device__
-#else
-#define HGAD_HD
-#endif
-
 namespace hgad::cuda {
-
-// ------------------------------------------------------------------------------------------------
-// Scalar math: one overload per precision, mapping to the C math library on the host and to
-// CUDA's math functions on the device.
-
-HGAD_HD inline float hd_exp(float x) { return ::expf(x); }
-HGAD_HD inline double hd_exp(double x) { return ::exp(x); }
-HGAD_HD inline float hd_log(float x) { return ::logf(x); }
-HGAD_HD inline double hd_log(double x) { return ::log(x); }
-HGAD_HD inline float hd_log1p(float x) { return ::log1pf(x); }
-HGAD_HD inline double hd_log1p(double x) { return ::log1p(x); }
-HGAD_HD inline float hd_tanh(float x) { return ::tanhf(x); }
-HGAD_HD inline double hd_tanh(double x) { return ::tanh(x); }
-HGAD_HD inline float hd_sqrt(float x) { return ::sqrtf(x); }
-HGAD_HD inline double hd_sqrt(double x) { return ::sqrt(x); }
-
-/// +infinity of `Scalar`.
-template <class Scalar>
-HGAD_HD Scalar hd_infinity() {
-  return static_cast<Scalar>(HUGE_VAL);
-}
-/// True for NaN (IEEE: NaN is the only value unequal to itself).
-template <class Scalar>
-HGAD_HD bool hd_isnan(Scalar x) {
-  return x != x;
-}
-/// True for a finite value (x - x is 0 for finite x and NaN for +-inf and NaN).
-template <class Scalar>
-HGAD_HD bool hd_isfinite(Scalar x) {
-  return x - x == Scalar(0);
-}
-
-/// 1 / (1 + e^-x) without overflow for large |x| (the same branches as detail::sigmoid).
-template <class Scalar>
-HGAD_HD Scalar hd_sigmoid(Scalar x) {
-  if (x >= Scalar(0)) return Scalar(1) / (Scalar(1) + hd_exp(-x));
-  const Scalar e = hd_exp(x);
-  return e / (Scalar(1) + e);
-}
-
-/// ln(1 + e^(beta x)) / beta, the identity where beta x > 20 (PyTorch's F.softplus threshold).
-template <class Scalar>
-HGAD_HD Scalar hd_softplus(Scalar x, Scalar beta) {
-  const Scalar bx = beta * x;
-  if (bx > Scalar(20)) return x;
-  return hd_log1p(hd_exp(bx)) / beta;
-}
-
-/// d/dx softplus_beta(x) = sigmoid(beta x), 1 where softplus is linear.
-template <class Scalar>
-HGAD_HD Scalar hd_softplus_derivative(Scalar x, Scalar beta) {
-  const Scalar bx = beta * x;
-  if (bx > Scalar(20)) return Scalar(1);
-  return hd_sigmoid(bx);
-}
-
-// ------------------------------------------------------------------------------------------------
-// Element-wise maps: the bodies of Backend::unary, binary and binary_broadcast.
-
-/// y = f(x; param) for every UnaryOp (definitions in backend.hpp).
-template <class Scalar>
-HGAD_HD Scalar unary_op(UnaryOp op, Scalar x, Scalar param) {
-  switch (op) {
-    case UnaryOp::identity: return x;
-    case UnaryOp::neg: return -x;
-    case UnaryOp::exp: return hd_exp(x);
-    case UnaryOp::log: return hd_log(x);
-    case UnaryOp::tanh: return hd_tanh(x);
-    case UnaryOp::sigmoid: return hd_sigmoid(x);
-    case UnaryOp::softplus: return hd_softplus(x, param);
-    case UnaryOp::relu: return x > Scalar(0) ? x : Scalar(0);
-    case UnaryOp::square: return x * x;
-    case UnaryOp::scale: return param * x;
-    case UnaryOp::add_scalar: return x + param;
-    case UnaryOp::reciprocal: return Scalar(1) / x;
-  }
-  return x;
-}
-
-/// y = f(a, b; param) for every BinaryOp; the *_backward ops are the unary derivatives:
-/// relu' = [x > 0], tanh' = 1 - tanh^2, sigmoid' = s (1 - s), softplus_beta' = sigmoid(beta x).
-template <class Scalar>
-HGAD_HD Scalar binary_op(BinaryOp op, Scalar a, Scalar b, Scalar param) {
-  switch (op) {
-    case BinaryOp::add: return a + b;
-    case BinaryOp::sub: return a - b;
-    case BinaryOp::mul: return a * b;
-    case BinaryOp::div: return a / b;
-    case BinaryOp::relu_backward: return a > Scalar(0) ? b : Scalar(0);
-    case BinaryOp::tanh_backward: return b * (Scalar(1) - a * a);
-    case BinaryOp::sigmoid_backward: return b * a * (Scalar(1) - a);
-    case BinaryOp::softplus_backward: return b * hd_softplus_derivative(a, param);
-  }
-  return a;
-}
-
-// ------------------------------------------------------------------------------------------------
-// Mergeable accumulators. A warp kernel lets lane l push the elements l, l + 32, l + 64, ... of a
-// row and then merges the lanes pairwise (offsets 16, 8, 4, 2, 1); the tests replay that order.
-
-/// Running sum.
-template <class Scalar>
-struct SumAccumulator {
-  Scalar sum = Scalar(0);
-  HGAD_HD void push(Scalar x) { sum += x; }
-  HGAD_HD void merge(const SumAccumulator& other) { sum += other.sum; }
-  HGAD_HD Scalar result() const { return sum; }
-};
-
-/// Running maximum that propagates NaN (as the CPU backend's Reduce::max); -inf when empty.
-template <class Scalar>
-struct MaxAccumulator {
-  Scalar max = -hd_infinity<Scalar>();
-  HGAD_HD void push(Scalar x) {
-    if (x > max || hd_isnan(x)) max = hd_isnan(max) ? max : x;
-  }
-  HGAD_HD void merge(const MaxAccumulator& other) { push(other.max); }
-  HGAD_HD Scalar result() const { return max; }
-};
-
-/// Online log-sum-exp: the pair (m, s) stands for m + ln s, with m the largest element so far,
-/// so no exponent ever overflows. -inf for an empty or all -inf input, NaN if any input is NaN.
-template <class Scalar>
-struct LogSumExpAccumulator {
-  Scalar max = -hd_infinity<Scalar>();
-  Scalar sum = Scalar(0);
-  HGAD_HD void push(Scalar x) { merge_pair(x, Scalar(1)); }
-  HGAD_HD void merge(const LogSumExpAccumulator& other) { merge_pair(other.max, other.sum); }
-  HGAD_HD Scalar result() const {
-    if (hd_isnan(max) || hd_isnan(sum)) return max + sum;
-    if (!(max > -hd_infinity<Scalar>())) return max;
-    return max + hd_log(sum);
-  }
-
- private:
-  /// Adds e^m2 s2: rescales the smaller side by e^(min - max).
-  HGAD_HD void merge_pair(Scalar m2, Scalar s2) {
-    if (hd_isnan(max)) return;
-    if (hd_isnan(m2)) {
-      max = m2;
-      return;
-    }
-    if (!(m2 > -hd_infinity<Scalar>())) return;
-    if (!(max > -hd_infinity<Scalar>())) {
-      max = m2;
-      sum = s2;
-    } else if (m2 > max) {
-      sum = sum * hd_exp(max - m2) + s2;
-      max = m2;
-    } else {
-      sum += s2 * hd_exp(m2 - max);
-    }
-  }
-};
-
-/// Reduces x[0..n) with the accumulator `Acc` in the order of a `n_lanes`-lane warp kernel:
-/// lane l pushes x[l], x[l + n_lanes], ...; then lanes merge at offsets n_lanes/2, ..., 1.
-/// This is the host model of the warp reductions; `n_lanes` must be a power of two <= 32.
-template <class Acc, class Scalar>
-Acc lane_tree_reduce(const Scalar* x, std::int64_t n, int n_lanes = 32) {
-  Acc lanes[32];
-  for (int l = 0; l < n_lanes; ++l)
-    for (std::int64_t j = l; j < n; j += n_lanes) lanes[l].push(x[j]);
-  for (int offset = n_lanes / 2; offset > 0; offset /= 2)
-    for (int l = 0; l < offset; ++l) lanes[l].merge(lanes[l + offset]);
-  return lanes[0];
-}
-
-// ------------------------------------------------------------------------------------------------
-// Softmax rows.
-
-/// One element of softmax (log = false) or log-softmax (log = true) of a row, given the row's
-/// log-sum-exp: e^(x - lse) or x - lse.
-template <class Scalar>
-HGAD_HD Scalar softmax_element(Scalar x, Scalar lse, bool log) {
-  return log ? x - lse : hd_exp(x - lse);
-}
-
-/// One element of the gradient through softmax_rows, given the row statistic `row`:
-/// log-softmax y = x - lse(x): dL/dx_j = g_j - e^(y_j) sum_k g_k, row = sum_k g_k;
-/// softmax y = e^(x - lse(x)): dL/dx_j = y_j (g_j - sum_k g_k y_k), row = sum_k g_k y_k.
-template <class Scalar>
-HGAD_HD Scalar softmax_backward_element(Scalar y, Scalar gy, Scalar row, bool log) {
-  return log ? gy - hd_exp(y) * row : y * (gy - row);
-}
-
-/// The per-element term of the row statistic of softmax_backward_element: g (log) or g y.
-template <class Scalar>
-HGAD_HD Scalar softmax_backward_row_term(Scalar y, Scalar gy, bool log) {
-  return log ? gy : gy * y;
-}
-
-/// Entropy H = -sum_j p_j ln p_j of p = softmax(x) for a row x[0..n) (ALGORITHM.md §3.3 L_e
-/// and §5's negative-entropy score): with ls = x - lse(x), H = -sum_j e^(ls_j) ls_j.
-template <class Scalar>
-HGAD_HD Scalar entropy_row(const Scalar* x, int n) {
-  LogSumExpAccumulator<Scalar> acc;
-  for (int j = 0; j < n; ++j) acc.push(x[j]);
-  const Scalar lse = acc.result();
-  Scalar h = Scalar(0);
-  for (int j = 0; j < n; ++j) {
-    const Scalar ls = x[j] - lse;
-    h -= hd_exp(ls) * ls;
-  }
-  return h;
-}
-
-/// dH/dx_j of entropy_row: with p = softmax(x), ls = ln p, H = -sum p ls,
-/// dH/dx_j = -sum_k ls_k dp_k/dx_j = -sum_k ls_k p_k (delta_kj - p_j) = -p_j (ls_j + H).
-template <class Scalar>
-HGAD_HD void entropy_row_backward(const Scalar* x, int n, Scalar g, Scalar* gx) {
-  LogSumExpAccumulator<Scalar> acc;
-  for (int j = 0; j < n; ++j) acc.push(x[j]);
-  const Scalar lse = acc.result();
-  Scalar h = Scalar(0);
-  for (int j = 0; j < n; ++j) {
-    const Scalar ls = x[j] - lse;
-    h -= hd_exp(ls) * ls;
-  }
-  for (int j = 0; j < n; ++j) {
-    const Scalar ls = x[j] - lse;
-    gx[j] = -g * hd_exp(ls) * (ls + h);
-  }
-}
 
 // ------------------------------------------------------------------------------------------------
 // The AllInOneBlock coupling (ALGORITHM.md §2.2), the element-wise part between the GEMMs.
@@ -268,14 +41,15 @@ inline constexpr double coupling_prescale = 0.1;
 
 /// s = clamp(a) for the already 0.1-scaled a (SoftClamp of all_in_one_options.hpp).
 template <class Scalar>
-HGAD_HD Scalar coupling_clamp(Scalar a, Scalar alpha, SoftClamp mode) {
-  return mode == SoftClamp::pinned ? alpha * hd_tanh(a) : alpha * hd_tanh(a / alpha);
+HGAD_HOST_DEVICE Scalar coupling_clamp(Scalar a, Scalar alpha, SoftClamp mode) {
+  return mode == SoftClamp::pinned ? alpha * hgad::detail::hd_tanh(a)
+                                   : alpha * hgad::detail::hd_tanh(a / alpha);
 }
 
 /// ds/da of coupling_clamp, from s itself (tanh = s / alpha):
 /// pinned: d/da alpha tanh(a) = alpha (1 - tanh^2 a);  head: d/da alpha tanh(a/alpha) = 1 - tanh^2.
 template <class Scalar>
-HGAD_HD Scalar coupling_clamp_derivative(Scalar s, Scalar alpha, SoftClamp mode) {
+HGAD_HOST_DEVICE Scalar coupling_clamp_derivative(Scalar s, Scalar alpha, SoftClamp mode) {
   const Scalar th = s / alpha;
   const Scalar d = Scalar(1) - th * th;
   return mode == SoftClamp::pinned ? alpha * d : d;
@@ -284,13 +58,16 @@ HGAD_HD Scalar coupling_clamp_derivative(Scalar s, Scalar alpha, SoftClamp mode)
 /// The global-affine scale g = f(gamma) of FrEIA's AllInOneBlock (ALGORITHM.md §2.2 step 7):
 /// SOFTPLUS 0.1 softplus_0.5(gamma) (HGAD), SIGMOID 10 sigmoid(gamma - 2), EXP e^gamma.
 template <class Scalar>
-HGAD_HD Scalar global_affine_scale(Scalar gamma, GlobalAffineType type) {
+HGAD_HOST_DEVICE Scalar global_affine_scale(Scalar gamma, GlobalAffineType type) {
   switch (type) {
     // 0.1 factor and beta = 0.5 of FrEIA's SOFTPLUS global affine.
-    case GlobalAffineType::softplus: return Scalar(0.1) * hd_softplus(gamma, Scalar(0.5));
+    case GlobalAffineType::softplus:
+      return Scalar(0.1) * hgad::detail::softplus(gamma, Scalar(0.5));
     // 10 sigmoid(gamma - 2): FrEIA's SIGMOID global affine.
-    case GlobalAffineType::sigmoid: return Scalar(10) * hd_sigmoid(gamma - Scalar(2));
-    case GlobalAffineType::exp: return hd_exp(gamma);
+    case GlobalAffineType::sigmoid:
+      return Scalar(10) * hgad::detail::sigmoid(gamma - Scalar(2));
+    case GlobalAffineType::exp:
+      return hgad::detail::hd_exp(gamma);
   }
   return gamma;
 }
@@ -298,14 +75,16 @@ HGAD_HD Scalar global_affine_scale(Scalar gamma, GlobalAffineType type) {
 /// dg/dgamma: SOFTPLUS 0.1 sigmoid(0.5 gamma) (0.1 where softplus is linear); SIGMOID
 /// 10 s (1 - s) with s = sigmoid(gamma - 2); EXP e^gamma.
 template <class Scalar>
-HGAD_HD Scalar global_affine_scale_derivative(Scalar gamma, GlobalAffineType type) {
+HGAD_HOST_DEVICE Scalar global_affine_scale_derivative(Scalar gamma, GlobalAffineType type) {
   switch (type) {
-    case GlobalAffineType::softplus: return Scalar(0.1) * hd_softplus_derivative(gamma, Scalar(0.5));
+    case GlobalAffineType::softplus:
+      return Scalar(0.1) * hgad::detail::softplus_derivative(gamma, Scalar(0.5));
     case GlobalAffineType::sigmoid: {
-      const Scalar sg = hd_sigmoid(gamma - Scalar(2));
+      const Scalar sg = hgad::detail::sigmoid(gamma - Scalar(2));
       return Scalar(10) * sg * (Scalar(1) - sg);
     }
-    case GlobalAffineType::exp: return hd_exp(gamma);
+    case GlobalAffineType::exp:
+      return hgad::detail::hd_exp(gamma);
   }
   return Scalar(0);
 }
@@ -313,7 +92,7 @@ HGAD_HD Scalar global_affine_scale_derivative(Scalar gamma, GlobalAffineType typ
 /// One element of the subnet's hidden layer: ReLU(x1 W1x^T + c W1c^T + b1) from the two GEMM
 /// parts and the bias.
 template <class Scalar>
-HGAD_HD Scalar hidden_element(Scalar from_x, Scalar from_cond, Scalar bias) {
+HGAD_HOST_DEVICE Scalar hidden_element(Scalar from_x, Scalar from_cond, Scalar bias) {
   const Scalar v = from_x + from_cond + bias;
   return v > Scalar(0) ? v : Scalar(0);
 }
@@ -321,15 +100,15 @@ HGAD_HD Scalar hidden_element(Scalar from_x, Scalar from_cond, Scalar bias) {
 /// The forward of one active coordinate k: from x2_k and the raw subnet outputs r_s = r_k and
 /// r_t = r_{n2+k} with their biases, writes s_k (for the log-det) and t_k, and returns v2'_k.
 template <class Scalar>
-HGAD_HD Scalar coupling_active_forward(Scalar x2, Scalar r_s, Scalar b_s, Scalar r_t, Scalar b_t,
-                                       Scalar alpha, SoftClamp mode, Scalar* s_out,
-                                       Scalar* t_out) {
+HGAD_HOST_DEVICE Scalar coupling_active_forward(Scalar x2, Scalar r_s, Scalar b_s, Scalar r_t,
+                                                Scalar b_t, Scalar alpha, SoftClamp mode,
+                                                Scalar* s_out, Scalar* t_out) {
   const Scalar a_s = Scalar(coupling_prescale) * (r_s + b_s);
   const Scalar t = Scalar(coupling_prescale) * (r_t + b_t);
   const Scalar s = coupling_clamp(a_s, alpha, mode);
   *s_out = s;
   *t_out = t;
-  return x2 * hd_exp(s) + t;
+  return x2 * hgad::detail::hd_exp(s) + t;
 }
 
 /// The backward of one active coordinate k. In: x2_k, s_k, the gradient gu_k = dL/du (already
@@ -338,10 +117,10 @@ HGAD_HD Scalar coupling_active_forward(Scalar x2, Scalar r_s, Scalar b_s, Scalar
 ///   dv2'/dx2 = e^s;  dv2'/ds = x2 e^s;  d logdet/ds = 1;  dv2'/dt = 1;
 ///   ds/dr = 0.1 clamp'(a);  dt/dr = 0.1.
 template <class Scalar>
-HGAD_HD void coupling_active_backward(Scalar x2, Scalar s, Scalar gu, Scalar g_log_jac_det,
-                                      Scalar alpha, SoftClamp mode, Scalar* gx2, Scalar* ga_s,
-                                      Scalar* ga_t) {
-  const Scalar es = hd_exp(s);
+HGAD_HOST_DEVICE void coupling_active_backward(Scalar x2, Scalar s, Scalar gu, Scalar g_log_jac_det,
+                                               Scalar alpha, SoftClamp mode, Scalar* gx2,
+                                               Scalar* ga_s, Scalar* ga_t) {
+  const Scalar es = hgad::detail::hd_exp(s);
   *gx2 = gu * es;
   const Scalar gs = gu * x2 * es + g_log_jac_det;
   *ga_s = gs * coupling_clamp_derivative(s, alpha, mode) * Scalar(coupling_prescale);
@@ -388,19 +167,20 @@ enum PriorTerm : int { term_g = 0, term_mi = 1, term_e = 2, term_g_intra = 3, te
 /// The terms are written unweighted; the gradients include the weights and row_weight. In stage 1
 /// e, log_w, grad_e and grad_log_w are not read or written. Every array is caller-owned.
 template <class Scalar>
-HGAD_HD void prior_row(const PriorRowConfig<Scalar>& config, const Scalar* d, const Scalar* e,
-                       const Scalar* log_pi, const Scalar* log_w, int label, Scalar log_jac_det,
-                       Scalar* terms, Scalar* grad_d, Scalar* grad_e, Scalar* grad_log_pi,
-                       Scalar* grad_log_w, Scalar* grad_log_jac_det) {
+HGAD_HOST_DEVICE void prior_row(const PriorRowConfig<Scalar>& config, const Scalar* d,
+                                const Scalar* e, const Scalar* log_pi, const Scalar* log_w,
+                                int label, Scalar log_jac_det, Scalar* terms, Scalar* grad_d,
+                                Scalar* grad_e, Scalar* grad_log_pi, Scalar* grad_log_w,
+                                Scalar* grad_log_jac_det) {
   const int K = config.n_classes;
   const Scalar D = config.dim;
   const Scalar half = Scalar(0.5);
   // A and B have the same values (B differs only by the stop-gradient), so LSE(A) = LSE(B) and
   // softmax(A) = softmax(B): r = p below.
-  LogSumExpAccumulator<Scalar> lse_a;
+  hgad::detail::LogSumExpAccumulator<Scalar> lse_a;
   for (int y = 0; y < K; ++y) lse_a.push(-half * d[y] + log_pi[y]);
   const Scalar la = lse_a.result();
-  LogSumExpAccumulator<Scalar> lse_c;
+  hgad::detail::LogSumExpAccumulator<Scalar> lse_c;
   for (int y = 0; y < K; ++y) lse_c.push(-half * d[y]);
   const Scalar lc = lse_c.result();
 
@@ -412,7 +192,7 @@ HGAD_HD void prior_row(const PriorRowConfig<Scalar>& config, const Scalar* d, co
     q_sum += q;
     l_mi += q * ((-half * d[y] + log_pi[y] - la) - log_pi[y]);
     const Scalar ls = -half * d[y] - lc;
-    entropy -= hd_exp(ls) * ls;
+    entropy -= hgad::detail::hd_exp(ls) * ls;
   }
   terms[term_g] = (-la - log_jac_det) / D;
   terms[term_mi] = l_mi;
@@ -421,9 +201,9 @@ HGAD_HD void prior_row(const PriorRowConfig<Scalar>& config, const Scalar* d, co
   const Scalar wt = config.row_weight;
   for (int y = 0; y < K; ++y) {
     const Scalar q = y == label ? q_on : q_off;
-    const Scalar r = hd_exp(-half * d[y] + log_pi[y] - la);
+    const Scalar r = hgad::detail::hd_exp(-half * d[y] + log_pi[y] - la);
     const Scalar ls = -half * d[y] - lc;
-    const Scalar pt = hd_exp(ls);
+    const Scalar pt = hgad::detail::hd_exp(ls);
     const Scalar g_lg = r / (Scalar(2) * D);
     const Scalar g_lmi = -half * (q - r * q_sum);
     const Scalar g_le = half * pt * (ls + entropy);
@@ -434,15 +214,15 @@ HGAD_HD void prior_row(const PriorRowConfig<Scalar>& config, const Scalar* d, co
 
   if (config.stage2) {
     const int M = config.n_centers;
-    LogSumExpAccumulator<Scalar> lse_e;
+    hgad::detail::LogSumExpAccumulator<Scalar> lse_e;
     for (int k = 0; k < M; ++k) lse_e.push(-half * e[k] + log_w[k]);
     const Scalar S = lse_e.result();
     const Scalar log_p = D * Scalar(log_normal_constant) + S + log_jac_det;
     terms[term_g_intra] = (-S - log_jac_det) / D;
-    terms[term_z] = hd_softplus(-log_p / D, Scalar(1));
-    const Scalar g_s = -Scalar(1) / D - hd_sigmoid(-log_p / D) / D;
+    terms[term_z] = hgad::detail::softplus(-log_p / D, Scalar(1));
+    const Scalar g_s = -Scalar(1) / D - hgad::detail::sigmoid(-log_p / D) / D;
     for (int k = 0; k < M; ++k) {
-      const Scalar w = hd_exp(-half * e[k] + log_w[k] - S);
+      const Scalar w = hgad::detail::hd_exp(-half * e[k] + log_w[k] - S);
       grad_e[k] = wt * g_s * (-half * w);
       grad_log_w[k] = wt * g_s * w;
     }
@@ -458,39 +238,22 @@ HGAD_HD void prior_row(const PriorRowConfig<Scalar>& config, const Scalar* d, co
 ///   logp = [D c0 + LSE_k(-e_k / 2 + log_w_k) + ld] / D   (intra-class mixture of the given class)
 ///   neg_entropy = sum_y p~_y ln p~_y,  p~ = softmax_y(-d_y / 2).
 template <class Scalar>
-HGAD_HD void score_row(int n_classes, int n_centers, Scalar dim, const Scalar* d, const Scalar* e,
-                       const Scalar* log_w, Scalar log_jac_det, Scalar* log_p,
-                       Scalar* neg_entropy) {
+HGAD_HOST_DEVICE void score_row(int n_classes, int n_centers, Scalar dim, const Scalar* d,
+                                const Scalar* e, const Scalar* log_w, Scalar log_jac_det,
+                                Scalar* log_p, Scalar* neg_entropy) {
   const Scalar half = Scalar(0.5);
-  LogSumExpAccumulator<Scalar> lse_e;
+  hgad::detail::LogSumExpAccumulator<Scalar> lse_e;
   for (int k = 0; k < n_centers; ++k) lse_e.push(-half * e[k] + log_w[k]);
   *log_p = (dim * Scalar(log_normal_constant) + lse_e.result() + log_jac_det) / dim;
-  LogSumExpAccumulator<Scalar> lse_c;
+  hgad::detail::LogSumExpAccumulator<Scalar> lse_c;
   for (int y = 0; y < n_classes; ++y) lse_c.push(-half * d[y]);
   const Scalar lc = lse_c.result();
   Scalar s = 0;
   for (int y = 0; y < n_classes; ++y) {
     const Scalar ls = -half * d[y] - lc;
-    s += hd_exp(ls) * ls;
+    s += hgad::detail::hd_exp(ls) * ls;
   }
   *neg_entropy = s;
-}
-
-/// The gradient through a log-softmax of a short row (the prior's log pi and log w):
-/// y = phi - LSE(phi), dL/dphi_j = g_j - softmax(phi)_j sum_k g_k.
-/// g_phi is set, or added to when `accumulate`.
-template <class Scalar>
-HGAD_HD void log_softmax_row_backward(const Scalar* phi, int n, const Scalar* g, Scalar* g_phi,
-                                      bool accumulate = false) {
-  LogSumExpAccumulator<Scalar> acc;
-  for (int j = 0; j < n; ++j) acc.push(phi[j]);
-  const Scalar lse = acc.result();
-  Scalar total = 0;
-  for (int j = 0; j < n; ++j) total += g[j];
-  for (int j = 0; j < n; ++j) {
-    const Scalar v = g[j] - hd_exp(phi[j] - lse) * total;
-    g_phi[j] = accumulate ? g_phi[j] + v : v;
-  }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -520,14 +283,14 @@ AdamStepConstants<Scalar> adam_step_constants(double lr, double beta1, double be
 ///   g <- g + wd theta;  m <- beta1 m + (1 - beta1) g;  v <- beta2 v + (1 - beta2) g^2;
 ///   theta <- theta - (lr / (1 - beta1^t)) m / (sqrt(v) / sqrt(1 - beta2^t) + eps).
 template <class Scalar>
-HGAD_HD void adam_element(const AdamStepConstants<Scalar>& c, Scalar grad, Scalar* param,
-                          Scalar* exp_avg, Scalar* exp_avg_sq) {
+HGAD_HOST_DEVICE void adam_element(const AdamStepConstants<Scalar>& c, Scalar grad, Scalar* param,
+                                   Scalar* exp_avg, Scalar* exp_avg_sq) {
   const Scalar g = c.weight_decay != Scalar(0) ? grad + c.weight_decay * *param : grad;
   const Scalar m = *exp_avg * c.beta1 + (Scalar(1) - c.beta1) * g;
   const Scalar v = *exp_avg_sq * c.beta2 + (Scalar(1) - c.beta2) * g * g;
   *exp_avg = m;
   *exp_avg_sq = v;
-  const Scalar denom = hd_sqrt(v) / c.bias_correction2_sqrt + c.eps;
+  const Scalar denom = hgad::detail::hd_sqrt(v) / c.bias_correction2_sqrt + c.eps;
   *param -= c.step_size * (m / denom);
 }
 
