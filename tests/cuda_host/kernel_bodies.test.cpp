@@ -1,6 +1,7 @@
 // Host runs of the bodies that the CUDA kernels run (detail/element_ops.hpp,
-// detail/accumulators.hpp, cuda/kernel_bodies.hpp): the arithmetic the GPU executes, checked
-// against the CPU backend, naive loops and finite differences.
+// detail/accumulators.hpp, prior/prior_row.hpp, nn/adam_element.hpp, cuda/kernel_bodies.hpp):
+// the arithmetic the GPU executes, checked against the CPU backend, naive loops and finite
+// differences.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -11,6 +12,8 @@
 #include <hgad/cuda/kernel_bodies.hpp>
 #include <hgad/detail/accumulators.hpp>
 #include <hgad/detail/element_ops.hpp>
+#include <hgad/nn/adam_element.hpp>
+#include <hgad/prior/prior_row.hpp>
 #include <hgad/rng.hpp>
 
 namespace {
@@ -187,10 +190,31 @@ TEMPLATE_TEST_CASE("CUDA softmax row bodies match the CPU backend's softmax and 
   }
 }
 
-TEST_CASE("CUDA log-softmax row body matches finite differences", "[cuda_host]") {
+TEST_CASE("CUDA entropy and log-softmax row bodies match naive loops and finite differences",
+          "[cuda_host]") {
   hgad::Rng rng(3);
   for (int n : {1, 2, 15, 40}) {
     auto x = random_vector<double>(rng, static_cast<std::size_t>(n), 3.0);
+    // class_entropy_row: the entropy of softmax(-d / 2), here of softmax(x) with d = -2 x.
+    const auto naive_entropy = [](const std::vector<double>& v) {
+      double m = v[0];
+      for (double a : v) m = std::max(m, a);
+      double z = 0;
+      for (double a : v) z += std::exp(a - m);
+      double h = 0;
+      for (double a : v) {
+        const double p = std::exp(a - m) / z;
+        h -= p * std::log(p);
+      }
+      return h;
+    };
+    std::vector<double> d(static_cast<std::size_t>(n));
+    for (int j = 0; j < n; ++j) d[j] = -2.0 * x[j];
+    double lse = 0;
+    const double h = hgad::class_entropy_row(n, d.data(), &lse);
+    REQUIRE(std::isfinite(h));
+    CHECK(h == Approx(naive_entropy(x)).margin(1e-13));
+    CHECK(lse == Approx(hgad::detail::logsumexp(x.data(), n)).margin(1e-13));
     // log_softmax_row_backward: L = sum_j g_j log_softmax(phi)_j.
     auto g = random_vector<double>(rng, static_cast<std::size_t>(n));
     std::vector<double> gphi(static_cast<std::size_t>(n));
@@ -346,17 +370,13 @@ TEST_CASE("CUDA prior row body matches the ALGORITHM.md 3.3 losses and their fin
       for (int k = 0; k < M; ++k) log_w[k] = psi[k] - lw;
       const double ld = 30 * rng.normal();
 
-      hgad::cuda::PriorRowConfig<double> config;
-      config.n_classes = K;
-      config.n_centers = M;
-      config.dim = D;
-      config.stage2 = stage2;
+      auto config = hgad::PriorRowConfig<double>::make(K, M, D, 1.0, 100.0, 0.02, stage2);
       config.row_weight = 0.25;
       double terms[5], grad_ld = 0;
       std::vector<double> grad_d(K), grad_e(M, -7.0), grad_log_pi(K), grad_log_w(M, -7.0);
-      hgad::cuda::prior_row(config, d.data(), e.data(), log_pi.data(), log_w.data(), label, ld,
-                            terms, grad_d.data(), grad_e.data(), grad_log_pi.data(),
-                            grad_log_w.data(), &grad_ld);
+      hgad::prior_row(config, d.data(), e.data(), log_pi.data(), log_w.data(), label, ld, terms,
+                      grad_d.data(), grad_e.data(), grad_log_pi.data(), grad_log_w.data(),
+                      &grad_ld);
       double terms_ref[5];
       naive(d, e, log_pi, log_pi, log_w, ld, terms_ref);
       for (int i = 0; i < 5; ++i) {
@@ -415,7 +435,7 @@ TEST_CASE("CUDA score row body matches ALGORITHM.md 5", "[cuda_host]") {
   for (int k = 0; k < M; ++k) log_w[k] = psi[k] - lw;
   const double ld = -12.5;
   double log_p = 0, neg_h = 0;
-  hgad::cuda::score_row(K, M, double(D), d.data(), e.data(), log_w.data(), ld, &log_p, &neg_h);
+  hgad::score_row(K, M, double(D), d.data(), e.data(), log_w.data(), ld, &log_p, &neg_h);
   double mix = 0;
   for (int k = 0; k < M; ++k) mix += std::exp(log_w[k] - 0.5 * e[k] + 75.0);
   const double log_p_ref = (D * -0.9189385332046727 + std::log(mix) - 75.0 + ld) / D;
@@ -448,8 +468,8 @@ TEMPLATE_TEST_CASE("CUDA Adam body follows torch 1.13's update with coupled weig
       v_ref = beta2 * v_ref + (1 - beta2) * gg * gg;
       const double bc1 = 1 - std::pow(beta1, t), bc2 = 1 - std::pow(beta2, t);
       p_ref -= lr / bc1 * m_ref / (std::sqrt(v_ref) / std::sqrt(bc2) + eps);
-      const auto c = hgad::cuda::adam_step_constants<S>(lr, beta1, beta2, eps, wd, t);
-      hgad::cuda::adam_element(c, S(g), &p, &m, &v);
+      const auto c = hgad::adam_step_constants<S>(lr, beta1, beta2, eps, wd, t);
+      hgad::adam_element(c, S(g), &p, &m, &v);
       REQUIRE(std::isfinite(p));
       CHECK(double(p) == Approx(p_ref).epsilon(std::is_same_v<S, float> ? 1e-6 : 1e-14));
       CHECK(double(m) == Approx(m_ref).epsilon(std::is_same_v<S, float> ? 1e-5 : 1e-13));

@@ -14,6 +14,8 @@
 
 #include <cstdint>
 
+#include "../nn/adam_element.hpp"
+#include "../prior/prior_row.hpp"
 #include "kernel_bodies.hpp"
 
 namespace hgad::cuda {
@@ -168,12 +170,12 @@ struct PriorRowScratch {
   Scalar* grad_e;       ///< (M,)
   Scalar* grad_log_pi;  ///< (K,)
   Scalar* grad_log_w;   ///< (M,)
-  Scalar* terms;        ///< (n_terms,)
+  Scalar* terms;        ///< (PriorTerm::count,)
   Scalar* g_ld;         ///< (1,)
 
   /// Scalars of one row's scratch.
   HGAD_HOST_DEVICE static LevelIndex size(LevelIndex D, LevelIndex K, LevelIndex M) {
-    return D + 3 * K + 3 * M + n_terms + 1;
+    return D + 3 * K + 3 * M + PriorTerm::count + 1;
   }
   /// The scratch laid out in `base` (size(D, K, M) Scalars).
   HGAD_HOST_DEVICE static PriorRowScratch at(Scalar* base, LevelIndex D, LevelIndex K,
@@ -187,7 +189,7 @@ struct PriorRowScratch {
     s.grad_log_pi = s.grad_e + M;
     s.grad_log_w = s.grad_log_pi + K;
     s.terms = s.grad_log_w + M;
-    s.g_ld = s.terms + n_terms;
+    s.g_ld = s.terms + PriorTerm::count;
     return s;
   }
 };
@@ -200,7 +202,7 @@ HGAD_HOST_DEVICE inline LevelIndex prior_coef_cols(LevelIndex K, LevelIndex M) {
 
 /// One lane's writes of row n after prior_row has filled the scratch:
 ///   gz[n, j] = dl/dz_j = sum_y 2 dl/dd_y (z_j - mu_yj) + sum_k 2 dl/de_k (z_j - m_kj)   (stage 2)
-///   coef[n, :] (prior_coef_cols), terms[n, :] (n_terms), g_ld[n].
+///   coef[n, :] (prior_coef_cols), terms[n, :] (PriorTerm::count), g_ld[n].
 /// With C the coefficient of a centre c in a row, dl/dc = C (z - c): C = -2 dl/dd_y for mu_y and
 /// -2 dl/de_k = dl/dlog w_k for m_{y,k}, so one column block serves delta and phi_intra.
 template <class Scalar>
@@ -233,7 +235,8 @@ HGAD_HOST_DEVICE void prior_row_write_lane(const PriorRowConfig<Scalar>& config,
     }
     cn[i] = v;
   }
-  for (LevelIndex t = lane; t < n_terms; t += n_lanes) terms[n * n_terms + t] = s.terms[t];
+  for (LevelIndex t = lane; t < PriorTerm::count; t += n_lanes)
+    terms[n * PriorTerm::count + t] = s.terms[t];
   if (lane == 0) g_ld[n] = *s.g_ld;
 }
 

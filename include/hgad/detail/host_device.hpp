@@ -14,8 +14,10 @@
 ///                                 their backward (autograd/ops.hpp)
 ///   detail/accumulators.hpp       the mergeable reductions of the warp kernels (sum, max, online
 ///                                 log-sum-exp)
-///   cuda/kernel_bodies.hpp        the coupling, the prior per row and Adam, until they move next
-///                                 to their CPU paths
+///   prior/prior_row.hpp           c0 (log_normal_constant), the five loss terms of one row and
+///                                 their gradients, the two scores of one row (loss/hgad_loss.hpp)
+///   nn/adam_element.hpp           one element of Adam (nn/adam.hpp's class comment)
+///   cuda/kernel_bodies.hpp        the coupling, until it moves next to its CPU path
 ///
 /// The CUDA kernels (cuda/kernels.cuh, cuda/level_kernels.cuh) and their host model
 /// (cuda/level_engine.hpp's HostLevelExec) only distribute these bodies over threads.
