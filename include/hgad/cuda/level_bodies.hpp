@@ -1,12 +1,14 @@
 #pragma once
 /// \file
-/// The bodies of the level kernels (one HGAD level trained on the GPU): what one thread does for
-/// one element, or what one lane of a warp does for one row. Like kernel_bodies.hpp this compiles
-/// as plain C++; HostLevelExec (level_engine.hpp) runs these bodies in loops on the CPU, so the
-/// whole GPU training step, from the GEMM layouts to the coefficient matrices, is tested in CI
-/// without a device. The CUDA kernels (level_kernels.cuh) only map threads and lanes onto them.
+/// The level kernels' share of work (one HGAD level trained on the GPU): what one thread does for
+/// one element, or what one lane of a warp does for one row, expressed through the formula bodies
+/// that the CPU paths call too (flow/coupling_element.hpp, flow/all_in_one_options.hpp,
+/// prior/prior_row.hpp, nn/adam_element.hpp, detail/element_ops.hpp). This compiles as plain C++;
+/// HostLevelExec (level_engine.hpp) runs these in loops on the CPU, so the whole GPU training step,
+/// from the GEMM layouts to the coefficient matrices, is tested in CI without a device. The CUDA
+/// kernels (level_kernels.cuh) only map threads and lanes onto them.
 ///
-/// A "lane" body handles the elements lane, lane + n_lanes, ... of a row; its partial sums are
+/// A "lane" function handles the elements lane, lane + n_lanes, ... of a row; its partial sums are
 /// combined by the caller (warp shuffles on the GPU, a loop on the host).
 ///
 /// Shapes: N rows, D = n1 + n2 channels, H hidden units, P condition channels, Nc condition rows
@@ -14,9 +16,13 @@
 
 #include <cstdint>
 
+#include "../backend.hpp"
+#include "../detail/element_ops.hpp"
+#include "../detail/host_device.hpp"
+#include "../flow/all_in_one_options.hpp"
+#include "../flow/coupling_element.hpp"
 #include "../nn/adam_element.hpp"
 #include "../prior/prior_row.hpp"
-#include "kernel_bodies.hpp"
 
 namespace hgad::cuda {
 
@@ -26,9 +32,9 @@ using LevelIndex = std::int64_t;
 template <class Scalar>
 HGAD_HOST_DEVICE Scalar global_affine_element(Scalar gamma, GlobalAffineType type, Scalar* g,
                                               Scalar* g_derivative) {
-  const Scalar v = global_affine_scale(gamma, type);
+  const Scalar v = hgad::detail::global_affine_scale(gamma, type);
   *g = v;
-  *g_derivative = global_affine_scale_derivative(gamma, type);
+  *g_derivative = hgad::detail::global_affine_scale_derivative(gamma, type);
   return hgad::detail::hd_log(v);
 }
 
@@ -41,7 +47,8 @@ HGAD_HOST_DEVICE void hidden_row(LevelIndex n, LevelIndex H, LevelIndex Nc, Scal
   Scalar* hn = h + n * H;
   const Scalar* cn = cond_part != nullptr ? cond_part + (n % Nc) * H : nullptr;
   for (LevelIndex j = first; j < H; j += step)
-    hn[j] = hidden_element(hn[j], cn != nullptr ? cn[j] : Scalar(0), b1[j]);
+    hn[j] = hgad::detail::unary_op(UnaryOp::relu,
+                                   hn[j] + (cn != nullptr ? cn[j] : Scalar(0)) + b1[j], Scalar(0));
 }
 
 /// One lane of the coupling forward of row n: st (N, 2 n2) holds the raw subnet output h W2^T
@@ -59,12 +66,12 @@ HGAD_HOST_DEVICE Scalar coupling_forward_lane(LevelIndex n, int lane, int n_lane
   Scalar* un = u_affine + n * D;
   Scalar s_sum = 0;
   for (LevelIndex k = lane; k < n2; k += n_lanes) {
-    Scalar s, t;
-    const Scalar v2 = coupling_active_forward(xn[n1 + k], sn[k], b2[k], sn[n2 + k], b2[n2 + k],
-                                              alpha, mode, &s, &t);
+    const Scalar s = coupling_log_scale(sn[k] + b2[k], alpha, mode);
+    const Scalar t = coupling_shift<Scalar>(sn[n2 + k] + b2[n2 + k]);
     sn[k] = s;
     sn[n2 + k] = t;
-    un[n1 + k] = g[n1 + k] * v2 + offset[n1 + k];
+    un[n1 + k] =
+        coupling_active_output(xn[n1 + k], hgad::detail::hd_exp(s), t) * g[n1 + k] + offset[n1 + k];
     s_sum += s;
   }
   for (LevelIndex j = lane; j < n1; j += n_lanes) un[j] = g[j] * xn[j] + offset[j];
@@ -102,9 +109,11 @@ HGAD_HOST_DEVICE void coupling_backward_element(LevelIndex n, LevelIndex j, Leve
   const LevelIndex k = j - n1;
   const Scalar* sn = st + n * 2 * n2;
   const Scalar s = sn[k], t = sn[n2 + k], x2 = xn[j];
-  gun[D + j] = gup * (x2 * hgad::detail::hd_exp(s) + t);
+  const Scalar exp_s = hgad::detail::hd_exp(s);
+  gun[D + j] = gup * coupling_active_output(x2, exp_s, t);
   Scalar gx2, ga_s, ga_t;
-  coupling_active_backward(x2, s, gup * g[j], g_log_jac_det[n], alpha, mode, &gx2, &ga_s, &ga_t);
+  coupling_active_backward(x2, s, exp_s, gup * g[j], g_log_jac_det[n], alpha, mode, gx2, ga_s,
+                           ga_t);
   gx[n * D + j] = gx2;
   ga[n * 2 * n2 + k] = ga_s;
   ga[n * 2 * n2 + n2 + k] = ga_t;

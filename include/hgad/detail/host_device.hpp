@@ -14,10 +14,13 @@
 ///                                 their backward (autograd/ops.hpp)
 ///   detail/accumulators.hpp       the mergeable reductions of the warp kernels (sum, max, online
 ///                                 log-sum-exp)
+///   flow/coupling_element.hpp     the coupling's 0.1 pre-scale (coupling_prescale), soft clamp
+///                                 and affine coupling of the active channels (AllInOneBlock)
+///   flow/all_in_one_options.hpp   the global-affine scale g = f(gamma) and dg/dgamma
+///                                 (AllInOneBlock::global_scale_var)
 ///   prior/prior_row.hpp           c0 (log_normal_constant), the five loss terms of one row and
 ///                                 their gradients, the two scores of one row (loss/hgad_loss.hpp)
 ///   nn/adam_element.hpp           one element of Adam (nn/adam.hpp's class comment)
-///   cuda/kernel_bodies.hpp        the coupling, until it moves next to its CPU path
 ///
 /// The CUDA kernels (cuda/kernels.cuh, cuda/level_kernels.cuh) and their host model
 /// (cuda/level_engine.hpp's HostLevelExec) only distribute these bodies over threads.
@@ -29,8 +32,13 @@
 
 #if defined(__CUDACC__)
 #define HGAD_HOST_DEVICE __host__ __device__
+/// Placed before a HGAD_HOST_DEVICE template that the CPU path also instantiates with host-only
+/// types (Eigen arrays): nvcc then checks the execution space of an instantiation only where it
+/// runs on the device, instead of warning about every host instantiation (as Eigen does).
+#define HGAD_EXEC_CHECK_DISABLE _Pragma("nv_exec_check_disable")
 #else
 #define HGAD_HOST_DEVICE
+#define HGAD_EXEC_CHECK_DISABLE
 #endif
 
 namespace hgad::detail {
@@ -63,6 +71,29 @@ HGAD_HOST_DEVICE bool hd_isnan(Scalar x) {
 template <class Scalar>
 HGAD_HOST_DEVICE bool hd_isfinite(Scalar x) {
   return x - x == Scalar(0);
+}
+
+/// The element-wise math of a body that is written once for a scalar and for a row of scalars:
+/// ElementMath<T>::exp(x) and ::tanh(x) are e^x and tanh x of a float or double. The fused CPU
+/// path, which evaluates such a body on whole rows at once, adds a specialisation for Eigen arrays
+/// (flow/fused_coupling.hpp) that maps them to Eigen's vectorised exp and tanh.
+template <class T, class Enable = void>
+struct ElementMath {
+  HGAD_HOST_DEVICE static T exp(T x) { return hd_exp(x); }
+  HGAD_HOST_DEVICE static T tanh(T x) { return hd_tanh(x); }
+};
+
+/// e^x of a scalar or, element-wise, of an array (ElementMath).
+HGAD_EXEC_CHECK_DISABLE
+template <class T>
+HGAD_HOST_DEVICE auto element_exp(const T& x) {
+  return ElementMath<T>::exp(x);
+}
+/// tanh x of a scalar or, element-wise, of an array (ElementMath).
+HGAD_EXEC_CHECK_DISABLE
+template <class T>
+HGAD_HOST_DEVICE auto element_tanh(const T& x) {
+  return ElementMath<T>::tanh(x);
 }
 
 }  // namespace hgad::detail
