@@ -1,5 +1,7 @@
-// Host runs of the CUDA kernel bodies (include/hgad/cuda/kernel_bodies.hpp): the arithmetic the
-// GPU executes, checked against the CPU backend, naive loops and finite differences.
+// Host runs of the formula bodies that the CUDA kernels run (detail/element_ops.hpp,
+// detail/accumulators.hpp, flow/coupling_element.hpp, prior/prior_row.hpp, nn/adam_element.hpp):
+// the arithmetic the GPU executes, checked against the CPU backend, naive loops and finite
+// differences.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -7,7 +9,11 @@
 #include <vector>
 
 #include <hgad/cpu_backend.hpp>
-#include <hgad/cuda/kernel_bodies.hpp>
+#include <hgad/detail/accumulators.hpp>
+#include <hgad/detail/element_ops.hpp>
+#include <hgad/flow/coupling_element.hpp>
+#include <hgad/nn/adam_element.hpp>
+#include <hgad/prior/prior_row.hpp>
 #include <hgad/rng.hpp>
 
 namespace {
@@ -36,7 +42,17 @@ std::vector<Scalar> random_vector(hgad::Rng& rng, std::size_t n, double scale = 
 TEMPLATE_TEST_CASE("CUDA unary and binary bodies match the CPU backend", "[cuda_host]", float,
                    double) {
   using S = TestType;
-  using Cpu = hgad::CpuBackend<S>;
+  hgad::CpuBackend<S> cpu;
+  const auto cpu_unary = [&](hgad::UnaryOp op, S x, S param) {
+    S y = 0;
+    cpu.unary(op, 1, &x, &y, param);
+    return y;
+  };
+  const auto cpu_binary = [&](hgad::BinaryOp op, S a, S b, S param) {
+    S y = 0;
+    cpu.binary(op, 1, &a, &b, &y, param);
+    return y;
+  };
   const std::vector<S> xs = {-50, -21, -3.5, -1, -0.25, 0, 1e-3, 0.5, 1, 2.75, 19, 41, 90};
   const hgad::UnaryOp unary_ops[] = {
       hgad::UnaryOp::identity, hgad::UnaryOp::neg,      hgad::UnaryOp::exp,
@@ -47,8 +63,8 @@ TEMPLATE_TEST_CASE("CUDA unary and binary bodies match the CPU backend", "[cuda_
     for (S param : {S(1), S(0.5), S(-2)}) {
       if (op == hgad::UnaryOp::softplus && param < 0) continue;
       for (S x : xs) {
-        const S ours = hgad::cuda::unary_op(op, x, param);
-        const S ref = Cpu::apply(op, x, param);
+        const S ours = hgad::detail::unary_op(op, x, param);
+        const S ref = cpu_unary(op, x, param);
         INFO("op " << static_cast<int>(op) << " x " << x << " param " << param);
         CHECK(close(ours, ref, tolerance<S>()));
       }
@@ -61,8 +77,8 @@ TEMPLATE_TEST_CASE("CUDA unary and binary bodies match the CPU backend", "[cuda_
   for (auto op : binary_ops)
     for (S a : xs)
       for (S b : {S(-1.5), S(0.3), S(7)}) {
-        const S ours = hgad::cuda::binary_op(op, a, b, S(0.5));
-        const S ref = Cpu::apply(op, a, b, S(0.5));
+        const S ours = hgad::detail::binary_op(op, a, b, S(0.5));
+        const S ref = cpu_binary(op, a, b, S(0.5));
         INFO("op " << static_cast<int>(op) << " a " << a << " b " << b);
         CHECK(close(ours, ref, tolerance<S>()));
       }
@@ -70,9 +86,9 @@ TEMPLATE_TEST_CASE("CUDA unary and binary bodies match the CPU backend", "[cuda_
   for (S x : {S(-3), S(0), S(2), S(30), S(45)}) {
     const double beta = 0.5;
     const double ref = beta * x > 20 ? double(x) : std::log1p(std::exp(beta * x)) / beta;
-    CHECK(close<double>(hgad::cuda::hd_softplus(x, S(beta)), ref, tolerance<S>()));
+    CHECK(close<double>(hgad::detail::softplus(x, S(beta)), ref, tolerance<S>()));
     const double dref = beta * x > 20 ? 1.0 : 1.0 / (1.0 + std::exp(-beta * x));
-    CHECK(close<double>(hgad::cuda::hd_softplus_derivative(x, S(beta)), dref, tolerance<S>()));
+    CHECK(close<double>(hgad::detail::softplus_derivative(x, S(beta)), dref, tolerance<S>()));
   }
 }
 
@@ -85,12 +101,14 @@ TEMPLATE_TEST_CASE("CUDA row accumulators in warp order match the CPU backend's 
     auto x = random_vector<S>(rng, static_cast<std::size_t>(n), 6.0);
     for (int lanes : {32, 8, 1}) {
       INFO("n " << n << " lanes " << lanes);
-      const S sum = hgad::cuda::lane_tree_reduce<hgad::cuda::SumAccumulator<S>>(x.data(), n, lanes)
-                        .result();
-      const S max = hgad::cuda::lane_tree_reduce<hgad::cuda::MaxAccumulator<S>>(x.data(), n, lanes)
-                        .result();
+      const S sum =
+          hgad::detail::lane_tree_reduce<hgad::detail::SumAccumulator<S>>(x.data(), n, lanes)
+              .result();
+      const S max =
+          hgad::detail::lane_tree_reduce<hgad::detail::MaxAccumulator<S>>(x.data(), n, lanes)
+              .result();
       const S lse =
-          hgad::cuda::lane_tree_reduce<hgad::cuda::LogSumExpAccumulator<S>>(x.data(), n, lanes)
+          hgad::detail::lane_tree_reduce<hgad::detail::LogSumExpAccumulator<S>>(x.data(), n, lanes)
               .result();
       REQUIRE(std::isfinite(sum));
       REQUIRE(std::isfinite(lse));
@@ -106,29 +124,32 @@ TEMPLATE_TEST_CASE("CUDA row accumulators in warp order match the CPU backend's 
   const S inf = std::numeric_limits<S>::infinity();
   const S nan = std::numeric_limits<S>::quiet_NaN();
   std::vector<S> all_minus_inf(40, -inf);
-  CHECK(hgad::cuda::lane_tree_reduce<hgad::cuda::LogSumExpAccumulator<S>>(all_minus_inf.data(), 40)
+  CHECK(hgad::detail::lane_tree_reduce<hgad::detail::LogSumExpAccumulator<S>>(all_minus_inf.data(),
+                                                                              40)
             .result() == -inf);
-  CHECK(hgad::cuda::lane_tree_reduce<hgad::cuda::MaxAccumulator<S>>(all_minus_inf.data(), 40)
+  CHECK(hgad::detail::lane_tree_reduce<hgad::detail::MaxAccumulator<S>>(all_minus_inf.data(), 40)
             .result() == -inf);
   std::vector<S> some_minus_inf = {-inf, S(1), -inf, S(2)};
-  CHECK(close(hgad::cuda::lane_tree_reduce<hgad::cuda::LogSumExpAccumulator<S>>(
+  CHECK(close(hgad::detail::lane_tree_reduce<hgad::detail::LogSumExpAccumulator<S>>(
                   some_minus_inf.data(), 4)
                   .result(),
               S(2 + std::log1p(std::exp(-1.0))), tolerance<S>()));
   std::vector<S> with_nan = {S(1), nan, S(3), S(-2)};
   for (int lanes : {32, 2, 1}) {
     CHECK(std::isnan(
-        hgad::cuda::lane_tree_reduce<hgad::cuda::MaxAccumulator<S>>(with_nan.data(), 4, lanes).result()));
-    CHECK(std::isnan(hgad::cuda::lane_tree_reduce<hgad::cuda::LogSumExpAccumulator<S>>(
+        hgad::detail::lane_tree_reduce<hgad::detail::MaxAccumulator<S>>(with_nan.data(), 4, lanes)
+            .result()));
+    CHECK(std::isnan(hgad::detail::lane_tree_reduce<hgad::detail::LogSumExpAccumulator<S>>(
                          with_nan.data(), 4, lanes)
                          .result()));
     CHECK(std::isnan(
-        hgad::cuda::lane_tree_reduce<hgad::cuda::SumAccumulator<S>>(with_nan.data(), 4, lanes).result()));
+        hgad::detail::lane_tree_reduce<hgad::detail::SumAccumulator<S>>(with_nan.data(), 4, lanes)
+            .result()));
   }
-  CHECK(hgad::cuda::hd_isfinite(S(3)));
-  CHECK_FALSE(hgad::cuda::hd_isfinite(inf));
-  CHECK_FALSE(hgad::cuda::hd_isfinite(-inf));
-  CHECK_FALSE(hgad::cuda::hd_isfinite(nan));
+  CHECK(hgad::detail::hd_isfinite(S(3)));
+  CHECK_FALSE(hgad::detail::hd_isfinite(inf));
+  CHECK_FALSE(hgad::detail::hd_isfinite(-inf));
+  CHECK_FALSE(hgad::detail::hd_isfinite(nan));
 }
 
 TEMPLATE_TEST_CASE("CUDA softmax row bodies match the CPU backend's softmax and its backward",
@@ -148,14 +169,16 @@ TEMPLATE_TEST_CASE("CUDA softmax row bodies match the CPU backend's softmax and 
       for (int r = 0; r < rows; ++r) {
         const S* xr = x.data() + r * cols;
         const S lse =
-            hgad::cuda::lane_tree_reduce<hgad::cuda::LogSumExpAccumulator<S>>(xr, cols).result();
-        for (int j = 0; j < cols; ++j) y[r * cols + j] = hgad::cuda::softmax_element(xr[j], lse, log);
+            hgad::detail::lane_tree_reduce<hgad::detail::LogSumExpAccumulator<S>>(xr, cols)
+                .result();
+        for (int j = 0; j < cols; ++j)
+          y[r * cols + j] = hgad::detail::softmax_element(xr[j], lse, log);
         S row = 0;
         for (int j = 0; j < cols; ++j)
-          row += hgad::cuda::softmax_backward_row_term(y[r * cols + j], gy[r * cols + j], log);
+          row += hgad::detail::softmax_backward_row_term(y[r * cols + j], gy[r * cols + j], log);
         for (int j = 0; j < cols; ++j)
           gx[r * cols + j] =
-              hgad::cuda::softmax_backward_element(y[r * cols + j], gy[r * cols + j], row, log);
+              hgad::detail::softmax_backward_element(y[r * cols + j], gy[r * cols + j], row, log);
       }
       for (std::size_t i = 0; i < x.size(); ++i) {
         REQUIRE(std::isfinite(y[i]));
@@ -172,7 +195,8 @@ TEST_CASE("CUDA entropy and log-softmax row bodies match naive loops and finite 
   hgad::Rng rng(3);
   for (int n : {1, 2, 15, 40}) {
     auto x = random_vector<double>(rng, static_cast<std::size_t>(n), 3.0);
-    const auto naive_entropy = [n](const std::vector<double>& v) {
+    // class_entropy_row: the entropy of softmax(-d / 2), here of softmax(x) with d = -2 x.
+    const auto naive_entropy = [](const std::vector<double>& v) {
       double m = v[0];
       for (double a : v) m = std::max(m, a);
       double z = 0;
@@ -182,25 +206,19 @@ TEST_CASE("CUDA entropy and log-softmax row bodies match naive loops and finite 
         const double p = std::exp(a - m) / z;
         h -= p * std::log(p);
       }
-      (void)n;
       return h;
     };
-    const double h = hgad::cuda::entropy_row(x.data(), n);
+    std::vector<double> d(static_cast<std::size_t>(n));
+    for (int j = 0; j < n; ++j) d[j] = -2.0 * x[j];
+    double lse = 0;
+    const double h = hgad::class_entropy_row(n, d.data(), &lse);
     REQUIRE(std::isfinite(h));
     CHECK(h == Approx(naive_entropy(x)).margin(1e-13));
-    std::vector<double> gx(static_cast<std::size_t>(n));
-    hgad::cuda::entropy_row_backward(x.data(), n, 0.7, gx.data());
-    for (int j = 0; j < n; ++j) {
-      auto xp = x, xm = x;
-      xp[j] += 1e-6;
-      xm[j] -= 1e-6;
-      const double fd = 0.7 * (naive_entropy(xp) - naive_entropy(xm)) / 2e-6;
-      CHECK(gx[j] == Approx(fd).margin(1e-8));
-    }
+    CHECK(lse == Approx(hgad::detail::logsumexp(x.data(), n)).margin(1e-13));
     // log_softmax_row_backward: L = sum_j g_j log_softmax(phi)_j.
     auto g = random_vector<double>(rng, static_cast<std::size_t>(n));
     std::vector<double> gphi(static_cast<std::size_t>(n));
-    hgad::cuda::log_softmax_row_backward(x.data(), n, g.data(), gphi.data());
+    hgad::detail::log_softmax_row_backward(x.data(), n, g.data(), gphi.data());
     const auto loss = [&](const std::vector<double>& phi) {
       double m = phi[0];
       for (double a : phi) m = std::max(m, a);
@@ -217,7 +235,7 @@ TEST_CASE("CUDA entropy and log-softmax row bodies match naive loops and finite 
       CHECK(gphi[j] == Approx((loss(xp) - loss(xm)) / 2e-6).margin(1e-8));
     }
     std::vector<double> gacc(static_cast<std::size_t>(n), 1.5);
-    hgad::cuda::log_softmax_row_backward(x.data(), n, g.data(), gacc.data(), true);
+    hgad::detail::log_softmax_row_backward(x.data(), n, g.data(), gacc.data(), true);
     for (int j = 0; j < n; ++j) CHECK(gacc[j] == Approx(1.5 + gphi[j]).margin(1e-14));
   }
 }
@@ -236,8 +254,10 @@ TEST_CASE("CUDA coupling bodies match docs/algorithm.md 2.2 and their derivative
         *s_out = s;
         return x2_ * std::exp(s) + 0.1 * (r_t_ + b_t);
       };
-      double s = 0, t = 0, s_ref = 0;
-      const double v2 = hgad::cuda::coupling_active_forward(x2, r_s, b_s, r_t, b_t, alpha, mode, &s, &t);
+      double s_ref = 0;
+      const double s = hgad::coupling_log_scale(r_s + b_s, alpha, mode);
+      const double t = hgad::coupling_shift<double>(r_t + b_t);
+      const double v2 = hgad::coupling_active_output(x2, std::exp(s), t);
       const double v2_ref = forward(x2, r_s, r_t, &s_ref);
       REQUIRE(std::isfinite(v2));
       CHECK(s == Approx(s_ref).margin(1e-14));
@@ -246,7 +266,7 @@ TEST_CASE("CUDA coupling bodies match docs/algorithm.md 2.2 and their derivative
       // L = gu v2' + g_ld s: the backward gives dL/dx2, dL/dr_s, dL/dr_t.
       const double gu = rng.normal(), g_ld = rng.normal();
       double gx2 = 0, ga_s = 0, ga_t = 0;
-      hgad::cuda::coupling_active_backward(x2, s, gu, g_ld, alpha, mode, &gx2, &ga_s, &ga_t);
+      hgad::coupling_active_backward(x2, s, std::exp(s), gu, g_ld, alpha, mode, gx2, ga_s, ga_t);
       const auto loss = [&](double x2_, double r_s_, double r_t_) {
         double s_ = 0;
         const double v = forward(x2_, r_s_, r_t_, &s_);
@@ -261,24 +281,29 @@ TEST_CASE("CUDA coupling bodies match docs/algorithm.md 2.2 and their derivative
   // The global affine: g(gamma0) = 1 at gamma0 = 2 ln(e^5 - 1) (docs/algorithm.md §2.2 step 7).
   using hgad::GlobalAffineType;
   const double gamma0 = 2.0 * std::log(std::exp(5.0) - 1.0);
-  CHECK(hgad::cuda::global_affine_scale(gamma0, GlobalAffineType::softplus) == Approx(1.0).margin(1e-14));
-  CHECK(hgad::cuda::global_affine_scale(9.986478501f, GlobalAffineType::softplus) ==
+  CHECK(hgad::detail::global_affine_scale(gamma0, GlobalAffineType::softplus) ==
+        Approx(1.0).margin(1e-14));
+  CHECK(hgad::detail::global_affine_scale(9.986478501f, GlobalAffineType::softplus) ==
         Approx(1.0f).margin(1e-6));
   for (auto type : {GlobalAffineType::softplus, GlobalAffineType::sigmoid, GlobalAffineType::exp}) {
     for (double gamma : {-3.0, 0.0, 2.5, 9.98, 45.0}) {
       if (type == GlobalAffineType::exp && gamma > 10) continue;
       INFO("type " << static_cast<int>(type) << " gamma " << gamma);
-      const double ref = hgad::detail::global_affine_scale(gamma, type);
-      CHECK(hgad::cuda::global_affine_scale(gamma, type) == Approx(ref).epsilon(1e-14));
+      // FrEIA's three activations, PyTorch's softplus linear above beta x = 20.
+      const double softplus = 0.5 * gamma > 20 ? gamma : std::log1p(std::exp(0.5 * gamma)) / 0.5;
+      const double ref = type == GlobalAffineType::softplus ? 0.1 * softplus
+                         : type == GlobalAffineType::sigmoid
+                             ? 10.0 / (1.0 + std::exp(-(gamma - 2.0)))
+                             : std::exp(gamma);
+      CHECK(hgad::detail::global_affine_scale(gamma, type) == Approx(ref).epsilon(1e-14));
       const double h = 1e-6;
-      const double fd = (hgad::cuda::global_affine_scale(gamma + h, type) -
-                         hgad::cuda::global_affine_scale(gamma - h, type)) / (2 * h);
-      CHECK(hgad::cuda::global_affine_scale_derivative(gamma, type) ==
+      const double fd = (hgad::detail::global_affine_scale(gamma + h, type) -
+                         hgad::detail::global_affine_scale(gamma - h, type)) /
+                        (2 * h);
+      CHECK(hgad::detail::global_affine_scale_derivative(gamma, type) ==
             Approx(fd).epsilon(1e-6).margin(1e-8));
     }
   }
-  for (double v : {-2.0, 0.0, 0.5})
-    CHECK(hgad::cuda::hidden_element(v, 0.25, -0.5) == std::max(0.0, v + 0.25 - 0.5));
 }
 
 namespace {
@@ -352,17 +377,13 @@ TEST_CASE("CUDA prior row body matches the docs/algorithm.md 3.3 losses and thei
       for (int k = 0; k < M; ++k) log_w[k] = psi[k] - lw;
       const double ld = 30 * rng.normal();
 
-      hgad::cuda::PriorRowConfig<double> config;
-      config.n_classes = K;
-      config.n_centers = M;
-      config.dim = D;
-      config.stage2 = stage2;
+      auto config = hgad::PriorRowConfig<double>::make(K, M, D, 1.0, 100.0, 0.02, stage2);
       config.row_weight = 0.25;
       double terms[5], grad_ld = 0;
       std::vector<double> grad_d(K), grad_e(M, -7.0), grad_log_pi(K), grad_log_w(M, -7.0);
-      hgad::cuda::prior_row(config, d.data(), e.data(), log_pi.data(), log_w.data(), label, ld,
-                            terms, grad_d.data(), grad_e.data(), grad_log_pi.data(),
-                            grad_log_w.data(), &grad_ld);
+      hgad::prior_row(config, d.data(), e.data(), log_pi.data(), log_w.data(), label, ld, terms,
+                      grad_d.data(), grad_e.data(), grad_log_pi.data(), grad_log_w.data(),
+                      &grad_ld);
       double terms_ref[5];
       naive(d, e, log_pi, log_pi, log_w, ld, terms_ref);
       for (int i = 0; i < 5; ++i) {
@@ -421,7 +442,7 @@ TEST_CASE("CUDA score row body matches docs/algorithm.md 5", "[cuda_host]") {
   for (int k = 0; k < M; ++k) log_w[k] = psi[k] - lw;
   const double ld = -12.5;
   double log_p = 0, neg_h = 0;
-  hgad::cuda::score_row(K, M, double(D), d.data(), e.data(), log_w.data(), ld, &log_p, &neg_h);
+  hgad::score_row(K, M, double(D), d.data(), e.data(), log_w.data(), ld, &log_p, &neg_h);
   double mix = 0;
   for (int k = 0; k < M; ++k) mix += std::exp(log_w[k] - 0.5 * e[k] + 75.0);
   const double log_p_ref = (D * -0.9189385332046727 + std::log(mix) - 75.0 + ld) / D;
@@ -454,8 +475,8 @@ TEMPLATE_TEST_CASE("CUDA Adam body follows torch 1.13's update with coupled weig
       v_ref = beta2 * v_ref + (1 - beta2) * gg * gg;
       const double bc1 = 1 - std::pow(beta1, t), bc2 = 1 - std::pow(beta2, t);
       p_ref -= lr / bc1 * m_ref / (std::sqrt(v_ref) / std::sqrt(bc2) + eps);
-      const auto c = hgad::cuda::adam_step_constants<S>(lr, beta1, beta2, eps, wd, t);
-      hgad::cuda::adam_element(c, S(g), &p, &m, &v);
+      const auto c = hgad::adam_step_constants<S>(lr, beta1, beta2, eps, wd, t);
+      hgad::adam_element(c, S(g), &p, &m, &v);
       REQUIRE(std::isfinite(p));
       CHECK(double(p) == Approx(p_ref).epsilon(std::is_same_v<S, float> ? 1e-6 : 1e-14));
       CHECK(double(m) == Approx(m_ref).epsilon(std::is_same_v<S, float> ? 1e-5 : 1e-13));

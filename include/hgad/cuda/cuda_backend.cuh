@@ -187,7 +187,7 @@ class CudaBackend final : public Backend<Scalar> {
     HGAD_CUBLAS_CHECK(cublasSetMathMode(m_blas, CUBLAS_DEFAULT_MATH));
     m_allocator = std::make_shared<DeviceAllocator>(device);
     m_flag = DeviceBuffer<int>(m_allocator, 1);
-    m_partial = DeviceBuffer<LogSumExpAccumulator<Scalar>>(m_allocator, max_partials);
+    m_partial = DeviceBuffer<hgad::detail::LogSumExpAccumulator<Scalar>>(m_allocator, max_partials);
   }
   ~CudaBackend() override {
     (void)cudaStreamSynchronize(m_stream);
@@ -308,15 +308,15 @@ class CudaBackend final : public Backend<Scalar> {
     const unsigned grid = kernels::grid_for(rows, kernels::warps_per_block);
     switch (op) {
       case Reduce::sum:
-        kernels::reduce_rows_kernel<Scalar, SumAccumulator<Scalar>>
+        kernels::reduce_rows_kernel<Scalar, hgad::detail::SumAccumulator<Scalar>>
             <<<grid, kernels::block_threads, 0, m_stream>>>(rows, cols, x, y);
         break;
       case Reduce::max:
-        kernels::reduce_rows_kernel<Scalar, MaxAccumulator<Scalar>>
+        kernels::reduce_rows_kernel<Scalar, hgad::detail::MaxAccumulator<Scalar>>
             <<<grid, kernels::block_threads, 0, m_stream>>>(rows, cols, x, y);
         break;
       case Reduce::logsumexp:
-        kernels::reduce_rows_kernel<Scalar, LogSumExpAccumulator<Scalar>>
+        kernels::reduce_rows_kernel<Scalar, hgad::detail::LogSumExpAccumulator<Scalar>>
             <<<grid, kernels::block_threads, 0, m_stream>>>(rows, cols, x, y);
         break;
     }
@@ -347,9 +347,10 @@ class CudaBackend final : public Backend<Scalar> {
 
   Scalar reduce_all(Reduce op, Index n, const Scalar* x) override {
     switch (op) {
-      case Reduce::sum: return reduce_all_with<SumAccumulator<Scalar>>(n, x);
-      case Reduce::max: return reduce_all_with<MaxAccumulator<Scalar>>(n, x);
-      case Reduce::logsumexp: return reduce_all_with<LogSumExpAccumulator<Scalar>>(n, x);
+      case Reduce::sum: return reduce_all_with<hgad::detail::SumAccumulator<Scalar>>(n, x);
+      case Reduce::max: return reduce_all_with<hgad::detail::MaxAccumulator<Scalar>>(n, x);
+      case Reduce::logsumexp:
+        return reduce_all_with<hgad::detail::LogSumExpAccumulator<Scalar>>(n, x);
     }
     return Scalar(0);
   }
@@ -436,7 +437,8 @@ class CudaBackend final : public Backend<Scalar> {
 
   template <class Acc>
   Scalar reduce_all_with(Index n, const Scalar* x) {
-    static_assert(sizeof(Acc) <= sizeof(LogSumExpAccumulator<Scalar>), "partial buffer too small");
+    static_assert(sizeof(Acc) <= sizeof(hgad::detail::LogSumExpAccumulator<Scalar>),
+                  "partial buffer too small");
     if (n <= 0) return Acc{}.result();
     Acc* partial = reinterpret_cast<Acc*>(m_partial.data());
     const unsigned grid = static_cast<unsigned>(
@@ -458,7 +460,7 @@ class CudaBackend final : public Backend<Scalar> {
   DeviceBuffer<Scalar> m_ones;
   DeviceBuffer<std::int64_t> m_index;
   DeviceBuffer<int> m_flag;
-  DeviceBuffer<LogSumExpAccumulator<Scalar>> m_partial;
+  DeviceBuffer<hgad::detail::LogSumExpAccumulator<Scalar>> m_partial;
 };
 
 /// A new CudaBackend on `device`, as the BackendPtr that Tensor::to takes.

@@ -1,18 +1,21 @@
 #pragma once
 /// \file
-/// The CUDA kernels of CudaBackend: thin launches of the bodies in kernel_bodies.hpp.
+/// The CUDA kernels of CudaBackend: thin launches of the element bodies that the CPU backend runs
+/// too (detail/element_ops.hpp) and of the mergeable accumulators (detail/accumulators.hpp).
 ///
 /// Element-wise kernels use grid-stride loops; row kernels give one warp to a row (lane l takes
 /// the elements l, l + 32, ...) and merge the lanes with shuffles in the order that
-/// lane_tree_reduce replays on the host. No kernel allocates or throws.
+/// detail::lane_tree_reduce replays on the host. No kernel allocates or throws.
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
 
+#include "../detail/accumulators.hpp"
+#include "../detail/element_ops.hpp"
+#include "../detail/host_device.hpp"
 #include "check.cuh"
-#include "kernel_bodies.hpp"
 
 namespace hgad::cuda::kernels {
 
@@ -75,14 +78,15 @@ __global__ void fill_kernel(Scalar* x, std::int64_t n, Scalar value) {
 template <class Scalar>
 __global__ void unary_kernel(UnaryOp op, std::int64_t n, const Scalar* x, Scalar* y,
                              Scalar param) {
-  for (std::int64_t i = thread_index(); i < n; i += grid_stride()) y[i] = unary_op(op, x[i], param);
+  for (std::int64_t i = thread_index(); i < n; i += grid_stride())
+    y[i] = hgad::detail::unary_op(op, x[i], param);
 }
 
 template <class Scalar>
 __global__ void binary_kernel(BinaryOp op, std::int64_t n, const Scalar* a, const Scalar* b,
                               Scalar* y, Scalar param) {
   for (std::int64_t i = thread_index(); i < n; i += grid_stride())
-    y[i] = binary_op(op, a[i], b[i], param);
+    y[i] = hgad::detail::binary_op(op, a[i], b[i], param);
 }
 
 template <class Scalar>
@@ -92,7 +96,7 @@ __global__ void binary_broadcast_kernel(BinaryOp op, bool by_row, std::int64_t r
   const std::int64_t n = rows * cols;
   for (std::int64_t i = thread_index(); i < n; i += grid_stride()) {
     const std::int64_t r = i / cols, c = i - r * cols;
-    y[i] = binary_op(op, a[i], by_row ? b[c] : b[r], param);
+    y[i] = hgad::detail::binary_op(op, a[i], by_row ? b[c] : b[r], param);
   }
 }
 
@@ -170,7 +174,7 @@ __global__ void merge_partials_kernel(std::int64_t n, Acc* partial) {
 template <class Scalar>
 __global__ void non_finite_kernel(std::int64_t n, const Scalar* x, int* flag) {
   for (std::int64_t i = thread_index(); i < n; i += grid_stride())
-    if (!hd_isfinite(x[i])) *flag = 1;
+    if (!hgad::detail::hd_isfinite(x[i])) *flag = 1;
 }
 
 /// Softmax or log-softmax of each row; one warp per row.
@@ -182,12 +186,12 @@ __global__ void softmax_rows_kernel(std::int64_t rows, std::int64_t cols, const 
   const std::int64_t stride = grid_stride() / warp_threads;
   for (std::int64_t r = first; r < rows; r += stride) {
     const Scalar* xr = x + r * cols;
-    LogSumExpAccumulator<Scalar> acc;
+    hgad::detail::LogSumExpAccumulator<Scalar> acc;
     for (std::int64_t j = lane; j < cols; j += warp_threads) acc.push(xr[j]);
     acc = warp_merge<Scalar>(acc);
     const Scalar lse = __shfl_sync(0xffffffffu, acc.result(), 0);
     for (std::int64_t j = lane; j < cols; j += warp_threads)
-      y[r * cols + j] = softmax_element(xr[j], lse, log);
+      y[r * cols + j] = hgad::detail::softmax_element(xr[j], lse, log);
   }
 }
 
@@ -203,10 +207,10 @@ __global__ void softmax_rows_backward_kernel(std::int64_t rows, std::int64_t col
     const std::int64_t o = r * cols;
     Scalar partial = 0;
     for (std::int64_t j = lane; j < cols; j += warp_threads)
-      partial += softmax_backward_row_term(y[o + j], gy[o + j], log);
+      partial += hgad::detail::softmax_backward_row_term(y[o + j], gy[o + j], log);
     const Scalar row = warp_sum(partial);
     for (std::int64_t j = lane; j < cols; j += warp_threads) {
-      const Scalar v = softmax_backward_element(y[o + j], gy[o + j], row, log);
+      const Scalar v = hgad::detail::softmax_backward_element(y[o + j], gy[o + j], row, log);
       gx[o + j] = accumulate ? gx[o + j] + v : v;
     }
   }

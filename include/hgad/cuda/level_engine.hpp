@@ -220,21 +220,16 @@ class LevelEngine {
     Tensor<Scalar> grad = Tensor<Scalar>::empty({N, d.D}, bp);  // dL/dz, then dL/dx block by block
     Tensor<Scalar> g_ld = Tensor<Scalar>::empty({N}, bp);
     Tensor<Scalar> coef = Tensor<Scalar>::empty({N, n_coef}, bp);
-    Tensor<Scalar> row_terms = Tensor<Scalar>::empty({N, Index(n_terms)}, bp);
-    PriorRowConfig<Scalar> config;
-    config.n_classes = static_cast<int>(m_K);
-    config.n_centers = static_cast<int>(m_M);
-    config.dim = static_cast<Scalar>(d.D);
-    config.lambda1 = static_cast<Scalar>(m_options.loss.lambda1);
-    config.lambda2 = static_cast<Scalar>(m_options.loss.lambda2);
-    config.label_smoothing = static_cast<Scalar>(m_options.loss.label_smoothing);
-    config.stage2 = stage2;
+    Tensor<Scalar> row_terms = Tensor<Scalar>::empty({N, Index(PriorTerm::count)}, bp);
+    auto config = PriorRowConfig<Scalar>::make(
+        static_cast<int>(m_K), static_cast<int>(m_M), static_cast<Scalar>(d.D),
+        m_options.loss.lambda1, m_options.loss.lambda2, m_options.loss.label_smoothing, stage2);
     config.row_weight = Scalar(1) / static_cast<Scalar>(N);
     m_exec.prior_rows(config, N, d.D, z, ld.data(), batch.labels, param(m_mu), m_centers.data(),
                       m_log_pi.data(), m_log_w.data(), grad.data(), coef.data(), g_ld.data(),
                       row_terms.data());
-    Tensor<Scalar> term_sums = Tensor<Scalar>::empty({Index(n_terms)}, bp);
-    be.sum_cols(N, n_terms, row_terms.data(), term_sums.data(), false);
+    Tensor<Scalar> term_sums = Tensor<Scalar>::empty({Index(PriorTerm::count)}, bp);
+    be.sum_cols(N, PriorTerm::count, row_terms.data(), term_sums.data(), false);
 
     // The prior's parameter gradients: CZ = coef[:, :K + K M]^T z and the column sums of coef.
     {
@@ -269,20 +264,20 @@ class LevelEngine {
     }
 
     // The loss terms (the one synchronisation of the step), means over the rows.
-    Scalar sums[n_terms];
-    be.copy_to_host(term_sums.data(), sums, n_terms);
+    Scalar sums[PriorTerm::count];
+    be.copy_to_host(term_sums.data(), sums, PriorTerm::count);
     LossTerms<Scalar> terms;
     terms.stage = stage;
     terms.objective = Objective::hgad;
     const double inv_n = 1.0 / static_cast<double>(N);
-    terms.l_g = static_cast<Scalar>(double(sums[term_g]) * inv_n);
-    terms.l_mi = static_cast<Scalar>(double(sums[term_mi]) * inv_n);
-    terms.l_e = static_cast<Scalar>(double(sums[term_e]) * inv_n);
+    terms.l_g = static_cast<Scalar>(double(sums[PriorTerm::g]) * inv_n);
+    terms.l_mi = static_cast<Scalar>(double(sums[PriorTerm::mi]) * inv_n);
+    terms.l_e = static_cast<Scalar>(double(sums[PriorTerm::e]) * inv_n);
     double total = m_options.loss.lambda1 * double(terms.l_g) -
                    m_options.loss.lambda2 * double(terms.l_mi) + double(terms.l_e);
     if (stage2) {
-      terms.l_g_intra = static_cast<Scalar>(double(sums[term_g_intra]) * inv_n);
-      terms.l_z = static_cast<Scalar>(double(sums[term_z]) * inv_n);
+      terms.l_g_intra = static_cast<Scalar>(double(sums[PriorTerm::g_intra]) * inv_n);
+      terms.l_z = static_cast<Scalar>(double(sums[PriorTerm::z]) * inv_n);
       total += double(terms.l_g_intra) + double(terms.l_z);
     }
     terms.total = static_cast<Scalar>(total);
@@ -626,7 +621,7 @@ class LevelEngine {
 
   void adam_segment(Index offset, Index n, const HgadAdamOptions& o, double weight_decay, std::int64_t step) {
     if (n <= 0) return;
-    const auto c = adam_step_constants<Scalar>(o.lr, o.beta1, o.beta2, o.eps, weight_decay, static_cast<long>(step));
+    const auto c = adam_step_constants<Scalar>(o.lr, o.beta1, o.beta2, o.eps, weight_decay, step);
     m_exec.adam(c, n, m_grads.data() + offset, m_params.data() + offset, m_exp_avg.data() + offset,
                 m_exp_avg_sq.data() + offset);
   }

@@ -13,6 +13,7 @@
 #include "../rng.hpp"
 #include "../tensor.hpp"
 #include "all_in_one_options.hpp"
+#include "coupling_element.hpp"
 #include "fused_coupling.hpp"
 #include "permutation.hpp"
 
@@ -403,8 +404,9 @@ class AllInOneBlock {
   Var<Scalar> scaled_subnet(const Var<Scalar>& x1, const Var<Scalar>& cond) const {
     const Var<Scalar> in = m_dims.P > 0 ? concat_cols<Scalar>({x1, cond}) : x1;
     const Var<Scalar> h = relu(matmul(in, m_fc1_weight, Transpose::no, Transpose::yes) + m_fc1_bias);
-    // 0.1: FrEIA scales the whole subnet output down ("a *= 0.1", docs/algorithm.md §2.2 step 3).
-    return (matmul(h, m_fc2_weight, Transpose::no, Transpose::yes) + m_fc2_bias) * Scalar(0.1);
+    // FrEIA scales the whole subnet output down ("a *= 0.1", docs/algorithm.md §2.2 step 3).
+    return (matmul(h, m_fc2_weight, Transpose::no, Transpose::yes) + m_fc2_bias) *
+           Scalar(coupling_prescale);
   }
 
   /// s and t from the passive half x1 and the condition (autograd ops).

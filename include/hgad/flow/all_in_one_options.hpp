@@ -1,12 +1,13 @@
 #pragma once
 /// \file
-/// The options of the AllInOne coupling block, named as FrEIA names them, and the scalar maps they
-/// select (soft clamp, global-affine activation), shared by the autograd and the fused paths.
+/// The options of the AllInOne coupling block, named as FrEIA names them, and the global-affine
+/// activation they select (the soft clamp's body is in coupling_element.hpp).
 
 #include <cmath>
 #include <string>
 
 #include "../detail/check.hpp"
+#include "../detail/host_device.hpp"
 #include "../detail/scalar_math.hpp"
 #include "../detail/text.hpp"
 
@@ -75,31 +76,17 @@ struct AllInOneOptions {
 
 namespace detail {
 
-/// s = clamp(a) for the scaled subnet output a (a = 0.1·raw).
+/// The global scale g = f(γ) of FrEIA's AllInOneBlock (docs/algorithm.md §2.2 step 7): the one fast
+/// body, used by the fused CPU coupling and the CUDA level kernels; AllInOneBlock::global_scale_var
+/// is its autograd reference.
 template <class Scalar>
-Scalar soft_clamp(Scalar a, Scalar alpha, SoftClamp variant) {
-  return variant == SoftClamp::pinned ? alpha * std::tanh(a) : alpha * std::tanh(a / alpha);
-}
-
-/// ds/da expressed through s (so the backward needs only s):
-/// pinned: d/da [α tanh(a)] = α (1 − tanh² a) = α (1 − (s/α)²);
-/// head:   d/da [α tanh(a/α)] = 1 − tanh²(a/α) = 1 − (s/α)².
-template <class Scalar>
-Scalar soft_clamp_derivative_from_s(Scalar s, Scalar alpha, SoftClamp variant) {
-  const Scalar r = s / alpha;
-  const Scalar d = Scalar(1) - r * r;
-  return variant == SoftClamp::pinned ? alpha * d : d;
-}
-
-/// The global scale g = f(γ) of FrEIA's AllInOneBlock.
-template <class Scalar>
-Scalar global_affine_scale(Scalar gamma, GlobalAffineType type) {
+HGAD_HOST_DEVICE Scalar global_affine_scale(Scalar gamma, GlobalAffineType type) {
   switch (type) {
     // 0.1 factor and β = 0.5 of FrEIA's SOFTPLUS global affine.
     case GlobalAffineType::softplus: return Scalar(0.1) * softplus(gamma, Scalar(0.5));
     // 10·sigmoid(γ − 2): FrEIA's SIGMOID global affine (range (0, 10)).
     case GlobalAffineType::sigmoid: return Scalar(10) * sigmoid(gamma - Scalar(2));
-    case GlobalAffineType::exp: return std::exp(gamma);
+    case GlobalAffineType::exp: return hd_exp(gamma);
   }
   return gamma;
 }
@@ -109,14 +96,14 @@ Scalar global_affine_scale(Scalar gamma, GlobalAffineType type) {
 /// sigmoid:  d/dγ [10 σ(γ − 2)] = 10 σ(γ − 2)(1 − σ(γ − 2));
 /// exp:      d/dγ [e^γ] = e^γ.
 template <class Scalar>
-Scalar global_affine_scale_derivative(Scalar gamma, GlobalAffineType type) {
+HGAD_HOST_DEVICE Scalar global_affine_scale_derivative(Scalar gamma, GlobalAffineType type) {
   switch (type) {
     case GlobalAffineType::softplus: return Scalar(0.1) * softplus_derivative(gamma, Scalar(0.5));
     case GlobalAffineType::sigmoid: {
       const Scalar sg = sigmoid(gamma - Scalar(2));
       return Scalar(10) * sg * (Scalar(1) - sg);
     }
-    case GlobalAffineType::exp: return std::exp(gamma);
+    case GlobalAffineType::exp: return hd_exp(gamma);
   }
   return Scalar(0);
 }

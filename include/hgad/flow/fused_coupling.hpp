@@ -9,7 +9,7 @@
 /// condition c (P channels), with W1 = [W1x | W1c] split by columns so [v1 ; c] is never built:
 ///
 ///     h  = ReLU(W1x v1 + W1c c + b1)                       (H = 2 (n1 + P))
-///     a  = 0.1 (W2 h + b2),  a = [a_s ; t]                  (2 n2)
+///     a  = 0.1 (W2 h + b2),  a = [a_s ; t]                  (2 n2; coupling_prescale)
 ///     s  = α tanh(a_s)  (pinned)  or  α tanh(a_s / α)  (head)
 ///     u  = [v1 ; v2 ⊙ e^s + t],   u' = g ⊙ u + b,   y = R u'
 ///     log|det J| = Σ s + Σ log g
@@ -26,14 +26,29 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "../detail/check.hpp"
+#include "../detail/host_device.hpp"
 #include "../detail/parallel.hpp"
 #include "../tensor.hpp"
 #include "all_in_one_options.hpp"
+#include "coupling_element.hpp"
 
 namespace hgad {
+
+namespace detail {
+
+/// The element-wise math of the coupling bodies (coupling_element.hpp) on Eigen arrays: Eigen's
+/// vectorised exp and tanh over a whole row.
+template <class T>
+struct ElementMath<T, std::enable_if_t<std::is_base_of_v<Eigen::ArrayBase<T>, T>>> {
+  static auto exp(const T& x) { return x.exp(); }
+  static auto tanh(const T& x) { return x.tanh(); }
+};
+
+}  // namespace detail
 
 /// The sizes of one coupling block.
 struct CouplingDims {
@@ -377,18 +392,13 @@ class FusedCoupling {
     A.noalias() += H * w2().transpose();
   }
 
-  /// In place on one row a = [a_s | a_t] of the subnet output: a_s ← s = clamp(0.1 a_s),
-  /// a_t ← t = 0.1 a_t. 0.1: FrEIA's down-scaling of the whole subnet output ("a *= 0.1",
-  /// docs/algorithm.md §2.2 step 3).
+  /// In place on one row a = [r_s | r_t] of the subnet output: r_s ← s = clamp(0.1 r_s),
+  /// r_t ← t = 0.1 r_t (coupling_log_scale, coupling_shift).
   void clamp_row(Scalar* a) const {
     const Index n2 = m_dims.n2;
     RowArrayMap as(a, n2), at(a + n2, n2);
-    at *= Scalar(0.1);
-    if (m_clamp == SoftClamp::pinned) {
-      as = (as * Scalar(0.1)).tanh() * m_alpha;
-    } else {
-      as = (as * (Scalar(0.1) / m_alpha)).tanh() * m_alpha;
-    }
+    at = coupling_shift<Scalar>(at);
+    as = coupling_log_scale(as, m_alpha, m_clamp);
   }
 
   void forward_tile(Index T, Index r0, const Scalar* x, const Scalar* c, const RowMatrix& cond_proj, Scalar* h,
@@ -405,7 +415,7 @@ class FusedCoupling {
       const ConstRowArrayMap x1(x + r * D, n1), x2(x + r * D + n1, n2);
       // u' = g ⊙ [x1 ; x2 ⊙ e^s + t] + b
       RowArrayMap(u + r * D, n1) = x1 * g1 + b1;
-      RowArrayMap(u + r * D + n1, n2) = (x2 * s.exp() + t) * g2 + b2;
+      RowArrayMap(u + r * D + n1, n2) = coupling_active_output(x2, s.exp(), t) * g2 + b2;
       // log|det J| = Σ_k s_k + Σ_k log g_k
       const Scalar value = s.sum() + m_sum_log_g;
       ld[r] = accumulate ? ld[r] + value : value;
@@ -470,9 +480,6 @@ class FusedCoupling {
     // du' (T, D) = dL/dy R: y = R u' per row. gy is consumed here, so gx may be gy.
     unrotate_tile(T, gy, w.du.data());
     const ConstRowArrayMap g1(m_g.data(), n1), g2(m_g.data() + n1, n2);
-    const Scalar inv_alpha = Scalar(1) / m_alpha;
-    // ds/da from s: pinned α (1 − (s/α)²), head 1 − (s/α)² (soft_clamp_derivative_from_s).
-    const Scalar clamp_scale = m_clamp == SoftClamp::pinned ? m_alpha : Scalar(1);
     auto du_u1 = w.du_u.head(n1).array();
     auto du_u2 = w.du_u.tail(n2).array();
     auto du_sum = w.du_sum.array();
@@ -486,20 +493,19 @@ class FusedCoupling {
       es = s.exp();
       // dL/dg_j partial sums Σ_n du'_nj u_nj with u = [x1 ; x2 e^s + t]; dL/db_j = Σ_n du'_nj.
       du_u1 += du1 * x1;
-      du_u2 += du2 * (x2 * es + t);
+      du_u2 += du2 * coupling_active_output(x2, es, t);
       du_sum.head(n1) += du1;
       du_sum.tail(n2) += du2;
-      // du = g ⊙ du'. v2' = x2 e^s + t: dL/dx2 = dv2' e^s, dL/dt = dv2', dL/ds = dv2' x2 e^s + dL/dld;
-      // a = 0.1 raw, so dL/draw = 0.1 dL/da.
+      // du = g ⊙ du'; then through v2' = x2 e^s + t to x2 and the raw subnet output
+      // (coupling_active_backward).
       du1 *= g1;
       du2 *= g2;
       const Scalar grad_ld = gld ? gld[r] : Scalar(0);
       RowArrayMap do_s(w.dout.data() + r * 2 * n2, n2), do_t(w.dout.data() + r * 2 * n2 + n2, n2);
-      do_s = ((du2 * x2 * es + grad_ld) * (Scalar(1) - (s * inv_alpha).square())) * (clamp_scale * Scalar(0.1));
-      do_t = du2 * Scalar(0.1);
+      coupling_active_backward(x2, s, es, du2, grad_ld, m_alpha, m_clamp,
+                               RowArrayMap(gx + r * D + n1, n2), do_s, do_t);
       db2.head(n2) += do_s;
       db2.tail(n2) += do_t;
-      RowArrayMap(gx + r * D + n1, n2) = du2 * es;
       RowArrayMap(gx + r * D, n1) = du1;
     }
     // raw = W2 h + b2:  dW2 += drawᵀ h, dh = draw W2, then through the ReLU: [h_pre > 0] = [h > 0].

@@ -18,13 +18,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <vector>
 
 #include "../detail/check.hpp"
+#include "../detail/element_ops.hpp"
 #include "../detail/parallel.hpp"
 #include "../detail/scalar_math.hpp"
 #include "../prior/gaussian_mixture_prior.hpp"
+#include "../prior/prior_row.hpp"
 #include "../tensor.hpp"
 #include "loss_terms.hpp"
 
@@ -71,19 +72,12 @@ struct FusedChunks {
 
 /// The HGAD objective (docs/algorithm.md §3.3, §3.4) and its gradients, fused.
 ///
-/// Per row n, with d_y = |z_n - mu_y|^2, a_y = -1/2 d_y + log pi_y, r = softmax(a) (the class
-/// posterior; the same vector as softmax(-1/2 d + sg(log pi)) in Eq. 8), p~ = softmax(-1/2 d) and
-/// H = -sum p~ log p~:
-///   L_g   = (-LSE(a) - ldj) / D                          dL_g/dd_y   = r_y / (2D)
-///   L_mi  = sum_y q_y (a_y - LSE(a) - log pi_y)          dL_mi/dd_y  = -1/2 (q_y - r_y sum q)
-///   L_e   = H                                            dL_e/dd_y   = 1/2 p~_y (log p~_y + H)
-/// and, in stage 2, with e_k = |z_n - m_{y_n,k}|^2, f_k = -1/2 e_k + log w_{y_n,k}, S = LSE(f),
-/// rho = softmax(f), logp = D c0 + S + ldj, sigma = sigmoid(-logp / D):
-///   L_g_intra = (-S - ldj) / D,  L_z = softplus(-logp / D),   d(L_g_intra + L_z)/dS = -(1 + sigma)/D
-///   dS/de_k = -rho_k / 2,  dS/dlog w_k = rho_k.
-/// Chain rule to the inputs: dd_y/dz = 2 (z - mu_y) = -dd_y/dmu_y, de_k/dz = 2 (z - m_k) =
-/// -de_k/ddelta_k (k >= 1; mu is detached in m_k); through log_softmax,
-/// dphi_j = g_j - softmax(phi)_j sum_i g_i. Everything is divided by N (the means).
+/// Each row's terms and their derivatives with respect to its squared distances d_y = |z_n -
+/// mu_y|^2, e_k = |z_n - m_{y_n,k}|^2, log pi, log w and log|det J| are prior_row's
+/// (prior/prior_row.hpp, where the formulas are written out). This function forms the distances and
+/// applies the chain rule to the inputs: dd_y/dz = 2 (z - mu_y) = -dd_y/dmu_y, de_k/dz = 2 (z -
+/// m_k) = -de_k/ddelta_k (k >= 1; mu is detached in m_k); through log_softmax, dphi_j = g_j -
+/// softmax(phi)_j sum_i g_i. Everything is divided by N (the means).
 ///
 /// Gradients are added to prior.mu(), prior.phi_inter() and, in stage 2 only, prior.delta() and
 /// prior.phi_intra(); in stage 1 those two are not touched, so their has_grad() stays as it was.
@@ -108,16 +102,14 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
   const Tensor<Scalar> centers = intra ? prior.intra_center_values() : Tensor<Scalar>();  // (K, M, D)
   const Scalar* mu = prior.mu().value().data();                                           // (K, D)
 
-  const Scalar inv_n = Scalar(1) / Scalar(N);
-  const Scalar inv_d = Scalar(1) / Scalar(D);
-  const Scalar half = Scalar(0.5);
-  const Scalar lambda1 = Scalar(options.lambda1), lambda2 = Scalar(options.lambda2);
-  const Scalar q_other = Scalar(options.label_smoothing / double(K));
-  const Scalar q_true = Scalar((1.0 - options.label_smoothing) + options.label_smoothing / double(K));
-  const Scalar c0 = Scalar(log_normal_constant);
-  // Contributions below min / epsilon are dropped (subnormal territory; see the intra loop).
-  const Scalar tiny = std::numeric_limits<Scalar>::min() / std::numeric_limits<Scalar>::epsilon();
-  const Scalar log_tiny = std::log(tiny);
+  // The per-row objective is prior_row (prior/prior_row.hpp); this loop forms each row's distances
+  // and applies the row's gradients to z and the centres.
+  auto config = PriorRowConfig<Scalar>::make(static_cast<int>(K), static_cast<int>(M), Scalar(D),
+                                             options.lambda1, options.lambda2,
+                                             options.label_smoothing, intra);
+  config.row_weight = Scalar(1) / Scalar(N);
+  // Contributions below underflow_threshold are dropped (subnormal territory; see prior_row).
+  const Scalar tiny = detail::underflow_threshold<Scalar>();
 
   FusedLoss<Scalar> out;
   out.grad_z = Tensor<Scalar>::empty({N, D});
@@ -128,9 +120,10 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
   // depends on N only, so the result does not depend on the thread count.
   const detail::FusedChunks chunks(N);
   const Index n_deltas = M - 1;
-  enum { term_g, term_mi, term_e, term_g_intra, term_z, n_terms };
+  constexpr int n_terms = PriorTerm::count;
   std::vector<double> chunk_terms(static_cast<std::size_t>(chunks.count * n_terms), 0.0);
-  std::vector<double> chunk_posterior(static_cast<std::size_t>(chunks.count * K), 0.0);        // sum_n r_{n,y}
+  std::vector<double> chunk_log_pi_grad(static_cast<std::size_t>(chunks.count * K),
+                                        0.0);  // sum_n dL/dlog pi
   std::vector<double> chunk_log_w_grad(intra ? std::size_t(chunks.count * K * M) : 0, 0.0);    // sum_n dL/dlog w
   std::vector<Scalar> chunk_mu_grad(static_cast<std::size_t>(chunks.count * K * D));           // dL/dmu
   std::vector<Scalar> chunk_delta_grad(intra ? std::size_t(chunks.count * K * n_deltas * D) : 0);  // dL/ddelta
@@ -142,85 +135,55 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
   Scalar* gldj = out.grad_log_jac_det.data();
 
   detail::parallel_for(chunks.count, N * (K + (intra ? M : 0)) * D * 6, [&](Index chunk) {
-    // Per row: z - mu_y (K, D) and z - m_{y_n,k} (M, D), reused by the distances and the gradients.
+    // Per row: z - mu_y (K, D) and z - m_{y_n,k} (M, D), reused by the distances and the gradients;
+    // the row's distances d (K), e (M) and prior_row's outputs.
     std::vector<Scalar> diff(static_cast<std::size_t>((K + (intra ? M : 0)) * D));
-    std::vector<Scalar> g(static_cast<std::size_t>(K)), f(static_cast<std::size_t>(intra ? M : 0));
+    std::vector<Scalar> row(static_cast<std::size_t>(3 * K + 3 * M));
+    Scalar* d = row.data();
+    Scalar* e = d + K;
+    Scalar* grad_d = e + M;
+    Scalar* grad_e = grad_d + K;
+    Scalar* grad_log_pi = grad_e + M;
+    Scalar* grad_log_w = grad_log_pi + K;
+    Scalar row_terms[n_terms];
     double* terms = chunk_terms.data() + chunk * n_terms;
-    double* posterior_sum = chunk_posterior.data() + chunk * K;
+    double* log_pi_grad = chunk_log_pi_grad.data() + chunk * K;
     Scalar* mu_grad = chunk_mu_grad.data() + chunk * K * D;
     std::fill(mu_grad, mu_grad + K * D, Scalar(0));
     for (Index n = chunks.begin(chunk); n < chunks.end(chunk); ++n) {
       const Scalar* zn = z_data + n * D;
-      Scalar* gz = gz_data + n * D;
       const Index label = labels[static_cast<std::size_t>(n)];
-
-      // Inter-class level: g holds d_y = |z - mu_y|^2 first, then dL/dd_y.
       for (Index y = 0; y < K; ++y) {
         detail::RowVectorMap<Scalar> dy(diff.data() + y * D, D);
         dy = detail::ConstRowVectorMap<Scalar>(zn, D) - detail::ConstRowVectorMap<Scalar>(mu + y * D, D);
-        g[y] = dy.squaredNorm();
+        d[y] = dy.squaredNorm();
       }
-      Scalar max_a = -std::numeric_limits<Scalar>::infinity(), max_c = max_a;
-      for (Index y = 0; y < K; ++y) {
-        max_a = std::max(max_a, -half * g[y] + log_pi.data()[y]);
-        max_c = std::max(max_c, -half * g[y]);
-      }
-      Scalar sum_a = 0, sum_c = 0;
-      for (Index y = 0; y < K; ++y) {
-        sum_a += std::exp(-half * g[y] + log_pi.data()[y] - max_a);
-        sum_c += std::exp(-half * g[y] - max_c);
-      }
-      const Scalar lse_a = max_a + std::log(sum_a), lse_c = max_c + std::log(sum_c);
-      Scalar entropy = 0, mi = 0, sum_q = 0;
-      for (Index y = 0; y < K; ++y) {
-        const Scalar log_pt = -half * g[y] - lse_c;
-        const Scalar a = -half * g[y] + log_pi.data()[y];
-        const Scalar q = y == label ? q_true : q_other;
-        entropy -= std::exp(log_pt) * log_pt;
-        mi += q * (a - lse_a - log_pi.data()[y]);
-        sum_q += q;
-      }
-      terms[term_g] += double((-lse_a - ldj[n]) * inv_d);
-      terms[term_mi] += double(mi);
-      terms[term_e] += double(entropy);
-      for (Index y = 0; y < K; ++y) {
-        const Scalar log_pt = -half * g[y] - lse_c;
-        const Scalar r = std::exp(-half * g[y] + log_pi.data()[y] - lse_a);
-        const Scalar q = y == label ? q_true : q_other;
-        posterior_sum[y] += double(r);
-        // dL/dd_y of lambda1 L_g - lambda2 L_mi + L_e for this row, over N.
-        g[y] = (lambda1 * half * r * inv_d + lambda2 * half * (q - r * sum_q) +
-                half * std::exp(log_pt) * (log_pt + entropy)) * inv_n;
-      }
-      detail::RowVectorMap<Scalar> gz_row(gz, D);
-      gz_row.setZero();
-      for (Index y = 0; y < K; ++y) {
-        if (std::abs(g[y]) < tiny) continue;
-        const detail::ConstRowVectorMap<Scalar> dy(diff.data() + y * D, D);
-        gz_row.noalias() += (Scalar(2) * g[y]) * dy;                                        // dd_y/dz = 2 (z - mu_y)
-        detail::RowVectorMap<Scalar>(mu_grad + y * D, D).noalias() -= (Scalar(2) * g[y]) * dy;  // dd_y/dmu_y = -2 (z - mu_y)
-      }
-      Scalar g_ldj = -lambda1 * inv_d;
-
+      const Scalar* m = intra ? centers.data() + label * M * D : nullptr;
+      Scalar* diff_intra = diff.data() + K * D;
       if (intra) {
-        const Scalar* m = centers.data() + label * M * D;
-        const Scalar* lw = log_w.data() + label * M;
-        Scalar* diff_intra = diff.data() + K * D;
-        Scalar max_f = -std::numeric_limits<Scalar>::infinity();
         for (Index k = 0; k < M; ++k) {
           detail::RowVectorMap<Scalar> dk(diff_intra + k * D, D);
-          dk = detail::ConstRowVectorMap<Scalar>(zn, D) - detail::ConstRowVectorMap<Scalar>(m + k * D, D);
-          f[k] = -half * dk.squaredNorm() + lw[k];
-          max_f = std::max(max_f, f[k]);
+          dk = detail::ConstRowVectorMap<Scalar>(zn, D) -
+               detail::ConstRowVectorMap<Scalar>(m + k * D, D);
+          e[k] = dk.squaredNorm();
         }
-        Scalar sum_f = 0;
-        for (Index k = 0; k < M; ++k) sum_f += std::exp(f[k] - max_f);
-        const Scalar S = max_f + std::log(sum_f);
-        const Scalar logp = Scalar(D) * c0 + S + ldj[n];
-        terms[term_g_intra] += double((-S - ldj[n]) * inv_d);
-        terms[term_z] += double(detail::softplus(-logp * inv_d, Scalar(1)));
-        // d softplus(-logp/D)/dlogp = -sigmoid(-logp/D)/D; with L_g_intra: dL/dS = -(1 + sigma)/D.
-        const Scalar dS = -(Scalar(1) + detail::softplus_derivative(-logp * inv_d, Scalar(1))) * inv_d;
+      }
+      prior_row(config, d, e, log_pi.data(), intra ? log_w.data() + label * M : nullptr,
+                static_cast<int>(label), ldj[n], row_terms, grad_d, grad_e, grad_log_pi, grad_log_w,
+                gldj + n);
+      for (int t = 0; t < n_terms; ++t) terms[t] += double(row_terms[t]);
+      for (Index y = 0; y < K; ++y) log_pi_grad[y] += double(grad_log_pi[y]);
+
+      // dd_y/dz = 2 (z - mu_y) = -dd_y/dmu_y.
+      detail::RowVectorMap<Scalar> gz_row(gz_data + n * D, D);
+      gz_row.setZero();
+      for (Index y = 0; y < K; ++y) {
+        if (std::abs(grad_d[y]) < tiny) continue;
+        const detail::ConstRowVectorMap<Scalar> dy(diff.data() + y * D, D);
+        gz_row.noalias() += (Scalar(2) * grad_d[y]) * dy;
+        detail::RowVectorMap<Scalar>(mu_grad + y * D, D).noalias() -= (Scalar(2) * grad_d[y]) * dy;
+      }
+      if (intra) {
         const std::size_t class_slot = static_cast<std::size_t>(chunk * K + label);
         Scalar* delta_grad = chunk_delta_grad.data() + (chunk * K + label) * n_deltas * D;
         if (!chunk_has_class[class_slot]) {
@@ -231,21 +194,17 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
         for (Index k = 0; k < M; ++k) {
           // A far centre's share underflows; its products would be subnormal, which costs ~100x
           // per operation on x86, and add nothing representable next to the other terms.
-          if (f[k] - S < log_tiny) continue;
-          const Scalar rho = std::exp(f[k] - S);
-          const Scalar h = -half * rho * dS * inv_n;  // dL/de_k, dS/de_k = -rho_k / 2
-          if (std::abs(h) < tiny) continue;
-          log_w_grad[k] += double(rho * dS * inv_n);  // dS/dlog w_k = rho_k
+          if (std::abs(grad_e[k]) < tiny) continue;
+          log_w_grad[k] += double(grad_log_w[k]);
           const detail::ConstRowVectorMap<Scalar> dk(diff_intra + k * D, D);
-          gz_row.noalias() += (Scalar(2) * h) * dk;  // de_k/dz = 2 (z - m_k)
+          gz_row.noalias() += (Scalar(2) * grad_e[k]) * dk;  // de_k/dz = 2 (z - m_k)
           if (k > 0) {
             // de_k/ddelta_k = -2 (z - m_k) for k >= 1; m_0 = sg(mu) has no parameter.
-            detail::RowVectorMap<Scalar>(delta_grad + (k - 1) * D, D).noalias() -= (Scalar(2) * h) * dk;
+            detail::RowVectorMap<Scalar>(delta_grad + (k - 1) * D, D).noalias() -=
+                (Scalar(2) * grad_e[k]) * dk;
           }
         }
-        g_ldj += dS;
       }
-      gldj[n] = g_ldj * inv_n;
     }
   });
 
@@ -257,13 +216,13 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
   LossTerms<Scalar>& terms = out.terms;
   terms.stage = stage;
   terms.objective = Objective::hgad;
-  terms.l_g = Scalar(sums[term_g] / double(N));
-  terms.l_mi = Scalar(sums[term_mi] / double(N));
-  terms.l_e = Scalar(sums[term_e] / double(N));
+  terms.l_g = Scalar(sums[PriorTerm::g] / double(N));
+  terms.l_mi = Scalar(sums[PriorTerm::mi] / double(N));
+  terms.l_e = Scalar(sums[PriorTerm::e] / double(N));
   double total = options.lambda1 * double(terms.l_g) - options.lambda2 * double(terms.l_mi) + double(terms.l_e);
   if (intra) {
-    terms.l_g_intra = Scalar(sums[term_g_intra] / double(N));
-    terms.l_z = Scalar(sums[term_z] / double(N));
+    terms.l_g_intra = Scalar(sums[PriorTerm::g_intra] / double(N));
+    terms.l_z = Scalar(sums[PriorTerm::z] / double(N));
     total += double(terms.l_g_intra) + double(terms.l_z);
   }
   terms.total = Scalar(total);
@@ -276,21 +235,20 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
     }
   }
 
-  // phi_inter: only L_g sees log pi: dL/dlog pi_y = -lambda1 r_{n,y} / (D N) summed over n, then
-  // through log_softmax: dphi_j = g_j - pi_j sum_y g_y.
+  // phi_inter: only L_g sees log pi: dL/dlog pi_y (prior_row) summed over n, then through
+  // log_softmax: dphi_j = g_j - pi_j sum_y g_y.
   {
     Scalar* grad_phi = prior.phi_inter().ensure_grad().data();
     std::vector<double> g(static_cast<std::size_t>(K), 0.0);
     for (Index c = 0; c < chunks.count; ++c) {
-      for (Index y = 0; y < K; ++y) g[static_cast<std::size_t>(y)] += chunk_posterior[static_cast<std::size_t>(c * K + y)];
+      for (Index y = 0; y < K; ++y)
+        g[static_cast<std::size_t>(y)] += chunk_log_pi_grad[static_cast<std::size_t>(c * K + y)];
     }
     double g_sum = 0;
-    for (double& v : g) {
-      v *= -options.lambda1 / (double(D) * double(N));
-      g_sum += v;
-    }
+    for (double v : g) g_sum += v;
     for (Index y = 0; y < K; ++y) {
-      grad_phi[y] += Scalar(g[static_cast<std::size_t>(y)] - std::exp(double(log_pi.data()[y])) * g_sum);
+      grad_phi[y] += Scalar(detail::softmax_backward_element(
+          double(log_pi.data()[y]), g[static_cast<std::size_t>(y)], g_sum, true));
     }
   }
 
@@ -316,8 +274,8 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
       double g_sum = 0;
       for (double v : g) g_sum += v;
       for (Index k = 0; k < M; ++k) {
-        grad_phi[y * M + k] +=
-            Scalar(g[static_cast<std::size_t>(k)] - std::exp(double(log_w.data()[y * M + k])) * g_sum);
+        grad_phi[y * M + k] += Scalar(detail::softmax_backward_element(
+            double(log_w.data()[y * M + k]), g[static_cast<std::size_t>(k)], g_sum, true));
       }
     }
   }
@@ -339,8 +297,8 @@ FusedLoss<Scalar> nf_loss_fused(const Tensor<Scalar>& z, const Tensor<Scalar>& l
   std::vector<Scalar> row_loss(static_cast<std::size_t>(N));
   detail::parallel_for(N, N * D * 3, [&](Index n) {
     const detail::ConstRowVectorMap<Scalar> zn(z.data() + n * D, D);
-    const Scalar logp = Scalar(D) * Scalar(log_normal_constant) - Scalar(0.5) * zn.squaredNorm() +
-                        log_jac_det.data()[n];
+    const Scalar logp =
+        log_density(Scalar(D), -Scalar(0.5) * zn.squaredNorm(), log_jac_det.data()[n]);
     row_loss[static_cast<std::size_t>(n)] = detail::softplus(-logp * inv_d, Scalar(1));
     const Scalar dlogp = -detail::softplus_derivative(-logp * inv_d, Scalar(1)) * inv_d * inv_n;
     detail::RowVectorMap<Scalar>(out.grad_z.data() + n * D, D) = -dlogp * zn;

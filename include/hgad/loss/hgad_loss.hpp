@@ -18,6 +18,7 @@
 #include "../autograd/var.hpp"
 #include "../detail/check.hpp"
 #include "../prior/gaussian_mixture_prior.hpp"
+#include "../prior/prior_row.hpp"
 #include "../tensor.hpp"
 #include "loss_terms.hpp"
 

@@ -16,9 +16,6 @@
 
 namespace hgad {
 
-/// c0 = ln(1 / sqrt(2 pi)), the per-dimension log-normaliser of a unit Gaussian (docs/algorithm.md §3.3).
-inline constexpr double log_normal_constant = -0.9189385332046727;
-
 /// Which latent prior and loss a level trains with.
 enum class Objective {
   hgad,  ///< the hierarchical Gaussian mixture and its five terms (docs/algorithm.md §3)

@@ -20,6 +20,7 @@
 #include "../detail/check.hpp"
 #include "../detail/parallel.hpp"
 #include "../tensor.hpp"
+#include "adam_element.hpp"
 
 namespace hgad {
 
@@ -58,7 +59,8 @@ struct AdamState {
 ///   p  = p - (lr / (1 - beta1^t)) m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 /// A parameter whose has_grad() is false in a step is skipped entirely: no moment update, no step
 /// increment, no weight decay (the semantics of gradients reset to None, docs/algorithm.md §4).
-/// CPU parameters only.
+/// CPU parameters only; the update of one element is adam_element (nn/adam_element.hpp), which the
+/// CUDA level engine runs too.
 template <class Scalar>
 class Adam {
  public:
@@ -175,25 +177,14 @@ class Adam {
       state.exp_avg_sq = Tensor<Scalar>(param.shape());
     }
     ++state.step;
-    const double t = double(state.step);
-    const double bias_correction1 = 1.0 - std::pow(o.beta1, t);
-    const double bias_correction2_sqrt = std::sqrt(1.0 - std::pow(o.beta2, t));
-    const Scalar step_size = Scalar(o.lr / bias_correction1);
-    const Scalar beta1 = Scalar(o.beta1), beta2 = Scalar(o.beta2);
-    const Scalar one_minus_beta1 = Scalar(1.0 - o.beta1), one_minus_beta2 = Scalar(1.0 - o.beta2);
-    const Scalar wd = Scalar(o.weight_decay), eps = Scalar(o.eps);
-    const Scalar bc2_sqrt = Scalar(bias_correction2_sqrt);
+    const auto c =
+        adam_step_constants<Scalar>(o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, state.step);
     Scalar* p = param.data();
     const Scalar* g = grad.data();
     Scalar* m = state.exp_avg.data();
     Scalar* v = state.exp_avg_sq.data();
-    const bool decay = o.weight_decay != 0.0;
-    detail::parallel_for(param.numel(), param.numel() * 8, [&](Index i) {
-      const Scalar gi = decay ? g[i] + wd * p[i] : g[i];
-      m[i] = m[i] * beta1 + gi * one_minus_beta1;
-      v[i] = v[i] * beta2 + gi * gi * one_minus_beta2;
-      p[i] -= step_size * (m[i] / (std::sqrt(v[i]) / bc2_sqrt + eps));
-    });
+    detail::parallel_for(param.numel(), param.numel() * 8,
+                         [&](Index i) { adam_element(c, g[i], p + i, m + i, v + i); });
   }
 
   std::vector<ParamGroup> m_groups;

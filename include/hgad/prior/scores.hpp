@@ -11,14 +11,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <vector>
 
 #include "../detail/check.hpp"
 #include "../detail/parallel.hpp"
-#include "../loss/loss_terms.hpp"
+#include "../detail/scalar_math.hpp"
 #include "../tensor.hpp"
 #include "gaussian_mixture_prior.hpp"
+#include "prior_row.hpp"
 
 namespace hgad {
 
@@ -30,6 +30,18 @@ void check_score_inputs(const Tensor<Scalar>& z, Index dim, const char* where) {
   check(z.rank() == 2 && z.cols() == dim, where, ": z must be (N, D) with D = ", dim, ", got ",
         z.shape().to_string());
 }
+
+/// A row of n distances: on the stack for up to 64 classes or centres, on the heap beyond.
+template <class Scalar>
+class DistanceRow {
+ public:
+  explicit DistanceRow(Index n) : m_heap(n > 64 ? static_cast<std::size_t>(n) : 0) {}
+  Scalar* data() { return m_heap.empty() ? m_stack : m_heap.data(); }
+
+ private:
+  Scalar m_stack[64];
+  std::vector<Scalar> m_heap;
+};
 
 template <class Scalar>
 Scalar row_squared_distance(const Scalar* x, const Scalar* c, Index n) {
@@ -59,21 +71,11 @@ Tensor<Scalar> score_log_likelihood(const GaussianMixturePrior<Scalar>& prior, c
   detail::parallel_for(N, N * M * D * 3, [&](Index n) {
     const Index c = classes[static_cast<std::size_t>(n)];
     const Scalar* zn = z.data() + n * D;
-    Scalar f_max = -std::numeric_limits<Scalar>::infinity();
-    Scalar sum = 0;
-    // Streaming log-sum-exp over the M components: sum holds sum_k e^{f_k - f_max}.
-    for (Index k = 0; k < M; ++k) {
-      const Scalar f = Scalar(-0.5) * detail::row_squared_distance(zn, centers.data() + (c * M + k) * D, D) +
-                       log_w.data()[c * M + k];
-      if (f > f_max) {
-        sum = sum * std::exp(f_max - f) + Scalar(1);
-        f_max = f;
-      } else {
-        sum += std::exp(f - f_max);
-      }
-    }
-    const Scalar S = f_max + std::log(sum);
-    out.data()[n] = (Scalar(D) * Scalar(log_normal_constant) + S + log_jac_det.data()[n]) / Scalar(D);
+    detail::DistanceRow<Scalar> e(M);  // |z_n - m_{c,k}|^2
+    for (Index k = 0; k < M; ++k)
+      e.data()[k] = detail::row_squared_distance(zn, centers.data() + (c * M + k) * D, D);
+    out.data()[n] = score_log_p_row(static_cast<int>(M), Scalar(D), e.data(), log_w.data() + c * M,
+                                    log_jac_det.data()[n]);
   });
   return out;
 }
@@ -98,8 +100,8 @@ Tensor<Scalar> score_log_likelihood_nf(const Tensor<Scalar>& z, const Tensor<Sca
   Tensor<Scalar> out({N});
   detail::parallel_for(N, N * D * 2, [&](Index n) {
     const Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> zn(z.data() + n * D, D);
-    out.data()[n] = (Scalar(D) * Scalar(log_normal_constant) - Scalar(0.5) * zn.squaredNorm() +
-                     log_jac_det.data()[n]) / Scalar(D);
+    out.data()[n] =
+        log_density(Scalar(D), -Scalar(0.5) * zn.squaredNorm(), log_jac_det.data()[n]) / Scalar(D);
   });
   return out;
 }
@@ -133,14 +135,16 @@ Tensor<Scalar> inter_log_softmax(const GaussianMixturePrior<Scalar>& prior, cons
 template <class Scalar>
 Tensor<Scalar> score_neg_entropy(const GaussianMixturePrior<Scalar>& prior, const Tensor<Scalar>& z) {
   detail::check_score_inputs(z, prior.dim(), "score_neg_entropy");
-  const Index N = z.rows(), K = prior.n_classes();
-  const Tensor<Scalar> log_p = detail::inter_log_softmax<Scalar>(prior, z, nullptr);
+  const Index N = z.rows(), D = z.cols(), K = prior.n_classes();
+  const Scalar* mu = prior.mu().value().data();
   Tensor<Scalar> out({N});
-  for (Index n = 0; n < N; ++n) {
-    Scalar s = 0;
-    for (Index y = 0; y < K; ++y) s += std::exp(log_p.data()[n * K + y]) * log_p.data()[n * K + y];
-    out.data()[n] = s;
-  }
+  detail::parallel_for(N, N * K * D * 3, [&](Index n) {
+    detail::DistanceRow<Scalar> d(K);  // |z_n - mu_y|^2
+    for (Index y = 0; y < K; ++y)
+      d.data()[y] = detail::row_squared_distance(z.data() + n * D, mu + y * D, D);
+    Scalar lse;
+    out.data()[n] = -class_entropy_row(static_cast<int>(K), d.data(), &lse);
+  });
   return out;
 }
 
