@@ -66,8 +66,8 @@ TEST_CASE("Detector scores a file and a pixel buffer as the model scores their f
   // Features of four normal images per class (the second class a shifted checkerboard).
   const hgad::Preprocess pre = hgad::preprocess_for(config.features);
   auto features_of = [&](const hgad::Tensor<float>& rgb) {
-    hgad::Tensor<float> x = hgad::detail::mvtec::fit(rgb, pre.image_size, pre.resize_size,
-                                                     pre.mode, pre.image_filter);
+    hgad::Tensor<float> x =
+        hgad::detail::mvtec::fit(rgb, pre.image_size, pre.resize_size, pre.mode, pre.image_filter);
     x = hgad::normalize_imagenet(x).reshape({1, 3, 64, 64});
     std::vector<hgad::Tensor<float>> out;
     for (const auto& m : fx->extract(x)) out.push_back(hgad::channels_last(m));

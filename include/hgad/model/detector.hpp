@@ -6,7 +6,7 @@
 ///     #include <hgad/model/detector.hpp>
 ///
 ///     auto det = hgad::Detector<float>::load("model.hgad", "weights/resnet18-imagenet");
-///     hgad::Detection<float> r = det.score_file("part.png");   // or det.score_pixels(rgb, w, h, 3)
+///     hgad::Detection<float> r = det.score_file("part.png");  // or score_pixels(rgb, w, h, 3)
 ///     std::printf("%s %.3f %s\n", r.class_name.c_str(), r.score,
 ///                 !r.anomalous ? "no threshold" : *r.anomalous ? "anomalous" : "normal");
 ///     // r.map: (mask_size, mask_size) anomaly map, higher = more anomalous
@@ -39,9 +39,9 @@ struct Detection {
   double score = 0;  ///< the image score (ALGORITHM.md §5, calibrated constants)
   /// score > threshold; empty when the model holds no threshold (a file of an older hgad).
   std::optional<bool> anomalous;
-  double threshold = 0;     ///< the scored class's threshold (NaN when absent)
-  std::string class_name;   ///< the class scored ("" for the NF objective in label-free mode)
-  std::int64_t class_index = -1;      ///< its index in the model (-1: the class-agnostic entry)
+  double threshold = 0;           ///< the scored class's threshold (NaN when absent)
+  std::string class_name;         ///< the class scored ("" for the NF objective in label-free mode)
+  std::int64_t class_index = -1;  ///< its index in the model (-1: the class-agnostic entry)
   std::int64_t predicted_class = -1;  ///< the model's predicted class (-1 for the NF objective)
   Tensor<Scalar> map;                 ///< (mask_size, mask_size) anomaly map
 };
@@ -59,8 +59,7 @@ class Detector {
     HgadModel<Scalar> model = HgadModel<Scalar>::load(model_path);
     check(model.is_calibrated(), "Detector: the model '", model_path,
           "' holds no calibration constants (train it with hgad train, or call calibrate)");
-    const std::string weights =
-        weights_dir.empty() ? model.metadata("backbone_dir") : weights_dir;
+    const std::string weights = weights_dir.empty() ? model.metadata("backbone_dir") : weights_dir;
     check(!weights.empty(), "Detector: the model '", model_path,
           "' records no backbone folder; pass the weights folder it was trained with");
     return Detector(std::move(model), weights, device);
@@ -90,8 +89,8 @@ class Detector {
     check(pixels != nullptr, "Detector::score_pixels: no pixels");
     check(width > 0 && height > 0, "Detector::score_pixels: an empty image of ", width, "x",
           height);
-    check(channels == 1 || channels == 3, "Detector::score_pixels: channels must be 1 (gray) or 3 "
-          "(RGB), got ", channels);
+    check(channels == 1 || channels == 3,
+          "Detector::score_pixels: channels must be 1 (gray) or 3 (RGB), got ", channels);
     Tensor<Scalar> image = Tensor<Scalar>::empty({3, height, width});
     for (Index k = 0; k < 3; ++k)
       for (Index j = 0; j < height * width; ++j)
@@ -101,7 +100,8 @@ class Detector {
   }
 
   /// Scores a (3, H, W) RGB image with values in [0, 1] (load_image's layout).
-  Detection<Scalar> score_image(const Tensor<Scalar>& rgb, const std::string& class_name = "") const {
+  Detection<Scalar> score_image(const Tensor<Scalar>& rgb,
+                                const std::string& class_name = "") const {
     check(rgb.rank() == 3 && rgb.dim(0) == 3, "Detector::score_image: expected (3, H, W), got ",
           rgb.shape().to_string());
     const ModelConfig& config = m_model.config();
@@ -112,8 +112,8 @@ class Detector {
             "' (its classes: ", detail::join(config.class_names), ")");
     }
     const Preprocess pre = preprocess_for(config.features);
-    Tensor<Scalar> input = detail::mvtec::fit(rgb, pre.image_size, pre.resize_size, pre.mode,
-                                              pre.image_filter);
+    Tensor<Scalar> input =
+        detail::mvtec::fit(rgb, pre.image_size, pre.resize_size, pre.mode, pre.image_filter);
     input = normalize_imagenet(input).reshape({1, 3, pre.image_size, pre.image_size});
     std::vector<Tensor<Scalar>> features;
     for (const Tensor<Scalar>& map : m_extractor->extract(input))
