@@ -21,12 +21,14 @@
 #include <vector>
 
 #include <hgad/detail/atomic_file.hpp>
+#include <hgad/detail/memory.hpp>
 #include <hgad/detail/parallel.hpp>
 #include <hgad/io/embeddings.hpp>
 #include <hgad/io/image.hpp>
 #include <hgad/io/mvtec.hpp>
 #include <hgad/model/class_groups.hpp>
 #include <hgad/model/config.hpp>
+#include <hgad/model/detector.hpp>
 #include <hgad/model/hgad_model.hpp>
 #include <hgad/model/pipeline.hpp>
 
@@ -204,6 +206,10 @@ Json metrics_json(const hgad::ClassReport& m) {
   j.set("image_f1_max", Json::number(m.image_f1_max));
   j.set("pixel_f1_max", Json::number(m.pixel_f1_max));
   j.set("class_accuracy", Json::number(m.class_accuracy));
+  j.set("threshold", Json::number(m.threshold));
+  j.set("image_precision_at_threshold", Json::number(m.image_precision));
+  j.set("image_recall_at_threshold", Json::number(m.image_recall));
+  j.set("image_f1_at_threshold", Json::number(m.image_f1));
   return j;
 }
 
@@ -241,6 +247,7 @@ const std::vector<OptionSpec> train_options = {
     {"resume", "FILE", "continue the training stored in a checkpoint (its configuration; same data)"},
     {"threads", "N", "worker threads (default: all cores)"},
     {"device", "cpu|cuda", "where the backbone, the flows' training and the scores run (default cpu)"},
+    {"max-memory", "GB", "refuse a configuration estimated to need more (default: what is available)"},
 };
 
 /// The class confusion of a calibrated HGAD model, one line per class (the share of its normal
@@ -284,6 +291,30 @@ std::string class_confusion_report(const Model& model, const std::string& prefix
         << " or more on average; hgad train --auto-group, or these config lines):\n";
   for (const auto& g : groups) out << prefix << "  " << hgad::to_config_line(g) << "\n";
   return out.str();
+}
+
+/// Refuses, before any work, a training whose estimated memory (HgadModel::training_memory:
+/// parameters with their gradients and Adam moments, the largest level's step, the features of
+/// the training images) exceeds --max-memory GB, or else what the machine has available.
+void check_training_memory(const hgad::ModelConfig& config, Index n_images, const Args& args) {
+  const auto estimate = Model::training_memory(config, n_images);
+  double limit = hgad::detail::available_memory_bytes();
+  std::string source = "the machine has available (MemAvailable)";
+  if (args.has("max-memory")) {
+    double gb = 0;
+    if (!hgad::detail::parse_number(args.get("max-memory", ""), gb) || !(gb > 0))
+      throw UsageError("--max-memory: '" + args.get("max-memory", "") +
+                       "' is not a positive number of GB");
+    limit = gb * 1e9;
+    source = "--max-memory allows";
+  }
+  if (limit <= 0 || estimate.total() <= limit) return;
+  throw hgad::Error("this training needs about " + hgad::detail::bytes_text(estimate.total()) +
+                    " (parameters " + hgad::detail::bytes_text(estimate.parameters) +
+                    ", one training step " + hgad::detail::bytes_text(estimate.activations) +
+                    ", features of " + std::to_string(n_images) + " images " +
+                    hgad::detail::bytes_text(estimate.features) + ") but " + source + " " +
+                    hgad::detail::bytes_text(limit) + "; reduce " + Model::memory_culprits(config));
 }
 
 int cmd_train(const Args& args) {
@@ -349,6 +380,7 @@ int cmd_train(const Args& args) {
   else
     config.levels = hgad::feature_levels(*fx, config.features);
   config.validate(true);
+  check_training_memory(config, train.size(), args);
 
   std::fprintf(stderr, "hgad train: %lld images of %lld classes, %lld levels (",
                static_cast<long long>(train.size()), static_cast<long long>(config.n_classes()),
@@ -460,8 +492,10 @@ int cmd_test(const Args& args) {
     std::cout
         << "usage: hgad test --model MODEL --data DIR [options]\n\n"
            "Scores the test images of every class of the model and prints per class the image\n"
-           "AUROC, pixel AUROC, AUPRO (FPR <= 0.3), image AP, and in label-free mode the accuracy\n"
-           "of the predicted class, then the means.\n"
+           "AUROC, pixel AUROC, AUPRO (FPR <= 0.3), image AP, image F1-max, the precision, recall\n"
+           "and F1 of the model's decision (score above the class's threshold), and in label-free\n"
+           "mode the accuracy of the predicted class, then the means. A class without a\n"
+           "ground_truth/ folder (image-level labels only) gets the image metrics alone.\n"
            "  transductive  normalisation over the whole test set of a class (the paper's "
            "protocol)\n"
            "  calibrated    constants frozen from the training images; images scored one by one\n"
@@ -503,7 +537,14 @@ int cmd_test(const Args& args) {
 
   hgad::MvtecOptions options;
   options.classes = classes;
+  options.mask_mode = hgad::MaskMode::when_present;
   const hgad::MvtecDataset test(data, hgad::Split::test, options);
+  std::vector<std::string> maskless;
+  for (Index c = 0; c < test.n_classes(); ++c)
+    if (!test.has_masks(c)) maskless.push_back(test.class_names()[static_cast<std::size_t>(c)]);
+  // The thresholds hold for calibrated scores; transductive scores have another scale.
+  const bool with_threshold = mode != hgad::ScoreMode::transductive && model.is_calibrated() &&
+                              model.calibration(0).has_threshold();
 
   std::vector<hgad::ClassReport> results;
   for (Index c = 0; c < test.n_classes(); ++c) {
@@ -541,6 +582,14 @@ int cmd_test(const Args& args) {
                                                 set.has_masks ? set.masks : hgad::Tensor<float>());
     if (mode == hgad::ScoreMode::label_free && config.objective == hgad::Objective::hgad)
       m.class_accuracy = double(correct) / double(set.size());
+    if (with_threshold) {
+      std::vector<bool> flagged;
+      for (const auto& s : scored)
+        flagged.push_back(model.calibration(s.scored_class >= 0 ? s.scored_class : model.n_classes())
+                              .is_anomalous(s.score));
+      hgad::decision_metrics(set.labels, flagged, m);
+      if (mode == hgad::ScoreMode::calibrated) m.threshold = model.calibration(model_class).threshold;
+    }
     results.push_back(m);
   }
   const hgad::ClassReport mean = hgad::mean_metrics(results);
@@ -550,20 +599,36 @@ int cmd_test(const Args& args) {
   // With --json - the JSON is standard output, and the table goes to standard error.
   std::FILE* const table = json_path == "-" ? stderr : stdout;
   std::fprintf(table, "mode %s, criterion %s, objective %s, model %s\n", hgad::to_string(mode),
-               hgad::to_string(criterion), hgad::to_string(config.objective).c_str(),
-               model_path.c_str());
-  std::fprintf(table, "%-16s %7s %8s %8s %8s %8s%s\n", "class", "images", "img-AUC", "pix-AUC",
-               "AUPRO", "img-AP", with_accuracy ? "  cls-acc" : "");
+               hgad::to_string(criterion), hgad::to_string(config.objective).c_str(), model_path.c_str());
+  std::fprintf(table, "%-16s %7s %8s %8s %8s %8s %8s %8s %8s %8s%s\n", "class", "images", "img-AUC",
+               "pix-AUC", "AUPRO", "img-AP", "F1-max", "F1@thr", "prec@thr", "rec@thr",
+               with_accuracy ? "  cls-acc" : "");
   auto row = [&](const hgad::ClassReport& m) {
-    std::fprintf(table, "%-16s %7lld %8s %8s %8s %8s", m.name.c_str(),
+    std::fprintf(table, "%-16s %7lld %8s %8s %8s %8s %8s %8s %8s %8s", m.name.c_str(),
                  static_cast<long long>(m.n_images), format_metric(m.image_auroc).c_str(),
                  format_metric(m.pixel_auroc).c_str(), format_metric(m.aupro).c_str(),
-                 format_metric(m.image_ap).c_str());
+                 format_metric(m.image_ap).c_str(), format_metric(m.image_f1_max).c_str(),
+                 format_metric(m.image_f1).c_str(), format_metric(m.image_precision).c_str(),
+                 format_metric(m.image_recall).c_str());
     if (with_accuracy) std::fprintf(table, " %8s", format_metric(m.class_accuracy).c_str());
     std::fprintf(table, "\n");
   };
   for (const auto& m : results) row(m);
   row(mean);
+  // Below the table, so that a script reading the rows keeps its columns.
+  if (!maskless.empty())
+    std::fprintf(table, "note: no ground_truth folder for %s: image metrics only; the pixel metrics "
+                 "(pix-AUC, AUPRO) are absent (-)\n",
+                 hgad::detail::join(maskless).c_str());
+  if (with_threshold) {
+    // F1@thr, prec@thr and rec@thr are explained by --help; no line here, which scripts would read.
+  } else if (mode == hgad::ScoreMode::transductive) {
+    std::fprintf(table, "note: F1@thr, prec@thr and rec@thr are absent (-): the thresholds hold for "
+                 "calibrated scores, not transductive ones\n");
+  } else {
+    std::fprintf(table, "note: the model holds no decision threshold (written by an older hgad): F1@thr, "
+                 "prec@thr and rec@thr are absent (-); train it again to get one\n");
+  }
 
   if (!json_path.empty()) {
     Json j = Json::object();
@@ -573,6 +638,9 @@ int cmd_test(const Args& args) {
     j.set("model", Json::string(model_path));
     j.set("data", Json::string(data));
     j.set("objective", Json::string(hgad::to_string(config.objective)));
+    Json no_masks = Json::array();
+    for (const std::string& name : maskless) no_masks.push(Json::string(name));
+    j.set("classes_without_masks", no_masks);
     Json per_class = Json::object();
     for (const auto& m : results) per_class.set(m.name, metrics_json(m));
     j.set("classes", per_class);
@@ -648,9 +716,10 @@ int cmd_predict(const Args& args) {
            "DIR/scores.csv (RFC 4180 quoting). An image whose file stem an earlier image of the\n"
            "call has already taken gets DIR/<stem>_<n>_heatmap.png, n the smallest number that is\n"
            "no image's stem: a/x.png b/x.png x_1.png give x, x_2, x_1; the heatmap column of\n"
-           "scores.csv names each file. Prints one line per image: score, class used, file. Heat\n"
-           "maps of one call share one colour scale, from 0 to the largest of their maxima and\n"
-           "the training images' largest score.\n\noptions:\n"
+           "scores.csv names each file. Prints one line per image: score, anomalous (yes when the\n"
+           "score is above the threshold of the class, calibrated on its training images:\n"
+           "threshold_quantile), class used, file. Heat maps of one call share one colour scale,\n"
+           "from 0 to the largest of their maxima and the training images' largest score.\n\noptions:\n"
         << hgad_cli::describe_options(predict_options);
     return 0;
   }
@@ -664,33 +733,35 @@ int cmd_predict(const Args& args) {
   for (const auto& path : images) require_file(path, "image");
 
   const hgad::Device device = device_of(args);
-  Model model = load_model(model_path);
-  model.set_device(device);
-  const hgad::ModelConfig& config = model.config();
-  if (!model.is_calibrated())
+  Model loaded = load_model(model_path);
+  if (!loaded.is_calibrated())
     throw hgad::Error("the model '" + model_path + "' holds no calibration constants");
-  std::int64_t class_index = -1;
+  std::string class_name;
   if (args.has("class")) {
-    const std::string name = args.get("class", "");
-    class_index = config.class_of(name);
-    if (class_index < 0) throw UsageError("--class: the model knows no class '" + name + "'");
+    class_name = args.get("class", "");
+    if (loaded.config().class_of(class_name) < 0)
+      throw UsageError("--class: the model knows no class '" + class_name + "'");
   }
-  const hgad::ScoreMode mode =
-      class_index >= 0 ? hgad::ScoreMode::calibrated : hgad::ScoreMode::label_free;
   // The folder is made, and shown to take files, before the images are scored.
   std::error_code made;
   fs::create_directories(out_dir, made);
   if (made)
     throw hgad::Error("--out '" + out_dir + "': cannot create the folder: " + made.message());
   require_output_file((fs::path(out_dir) / "scores.csv").string(), "--out");
-  auto fx = hgad::make_extractor<Scalar>(config.features, backbone_dir_for(args, model), device);
-  hgad::check_backbone_matches(config, *fx);
+  const std::string backbone = backbone_dir_for(args, loaded);
+  const hgad::Detector<Scalar> detector(std::move(loaded), backbone, device);
+  const Model& model = detector.model();
+  const hgad::ModelConfig& config = model.config();
+  if (!model.calibration(0).has_threshold())
+    std::fprintf(stderr,
+                 "hgad predict: note: the model '%s' holds no decision threshold (written by an "
+                 "older hgad): the anomalous column is '-'; train it again to get one\n",
+                 model_path.c_str());
 
-  const hgad::Preprocess pre = hgad::preprocess_for(config.features);
   hgad::Preprocess display = hgad::preprocess_for(config.features, false);
   display.image_size = config.features.mask_size;
   struct Result {
-    hgad::ScoredImage<Scalar> scored;
+    hgad::Detection<Scalar> scored;
     hgad::Tensor<Scalar> picture;
   };
   std::vector<Result> results;
@@ -699,13 +770,8 @@ int cmd_predict(const Args& args) {
     for (const auto& path : images) {
       hgad::MvtecSample sample;
       sample.image_path = path;
-      const hgad::LoadedSample<Scalar> input = hgad::load_sample<Scalar>(sample, pre);
-      const hgad::Tensor<Scalar> batch =
-          input.image.reshape({1, 3, config.features.image_size, config.features.image_size});
-      std::vector<hgad::Tensor<Scalar>> features;
-      for (const auto& map : fx->extract(batch)) features.push_back(hgad::channels_last(map));
       Result r;
-      r.scored = model.score(features, class_index, mode);
+      r.scored = detector.score_file(path, class_name);
       r.picture = hgad::load_sample<Scalar>(sample, display).image;
       results.push_back(std::move(r));
       bar.advance();
@@ -720,20 +786,18 @@ int cmd_predict(const Args& args) {
 
   const std::vector<std::string> stems = heatmap_stems(images);
   std::ostringstream csv;
-  csv << "image,class,score,heatmap\n";
+  csv << "image,class,score,anomalous,heatmap\n";
   for (std::size_t i = 0; i < images.size(); ++i) {
     const Result& r = results[i];
     const std::string heat_path = (fs::path(out_dir) / (stems[i] + "_heatmap.png")).string();
     const hgad::Tensor<Scalar> colours = hgad::colormap_jet(r.scored.map, Scalar(0), Scalar(hi));
     hgad::save_png(heat_path, hgad::blend(r.picture, colours, Scalar(0.5)));
-    const std::string class_name =
-        r.scored.scored_class >= 0
-            ? config.class_names[static_cast<std::size_t>(r.scored.scored_class)]
-            : "-";
+    const std::string class_name = r.scored.class_name.empty() ? "-" : r.scored.class_name;
+    const char* anomalous = !r.scored.anomalous ? "-" : *r.scored.anomalous ? "yes" : "no";
     char score[32];
     std::snprintf(score, sizeof(score), "%.6g", r.scored.score);
-    std::printf("%s\t%s\t%s\n", score, class_name.c_str(), images[i].c_str());
-    csv << csv_field(images[i]) << "," << csv_field(class_name) << "," << score << ","
+    std::printf("%s\t%s\t%s\t%s\n", score, anomalous, class_name.c_str(), images[i].c_str());
+    csv << csv_field(images[i]) << "," << csv_field(class_name) << "," << score << "," << anomalous << ","
         << csv_field(heat_path) << "\n";
   }
   write_text_output((fs::path(out_dir) / "scores.csv").string(), csv.str());
@@ -743,11 +807,45 @@ int cmd_predict(const Args& args) {
 // ------------------------------------------------------------------------------------------------
 // info
 
+const std::vector<OptionSpec> info_options = {
+    {"keys", "", "list every config key with its default and meaning (no MODEL)"},
+};
+
+/// `hgad info --keys`: every key of the config table as `key = default` with its meaning, the
+/// text a --config file is written in (and the README's list).
+std::string config_keys_text() {
+  std::ostringstream out;
+  out << "# hgad config keys: key = default  # meaning (levels and classes come from the data)\n";
+  std::istringstream defaults(hgad::ModelConfig{}.to_text());
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(defaults, line);)
+    if (!line.empty() && line[0] != '#') lines.push_back(line);
+  std::size_t next = 0;
+  for (const auto& k : hgad::detail::config_key_meanings) {
+    const std::string name = k.name;
+    std::string line;
+    if (name == hgad::detail::group_key_prefix)
+      line = name + "NAME = a, b";  // no group by default
+    else if (next < lines.size() && lines[next].compare(0, name.size() + 2, name + " =") == 0)
+      line = lines[next++];
+    else
+      line = name + " =";
+    out << std::left << std::setw(36) << line << "  # " << k.meaning << "\n";
+  }
+  return out.str();
+}
+
 int cmd_info(const Args& args) {
   if (args.help()) {
-    std::cout << "usage: hgad info MODEL\n\nPrints what the model file holds: its configuration "
-                 "(in the key = value\n"
-                 "form hgad train --config reads), training state and calibration.\n";
+    std::cout << "usage: hgad info MODEL\n       hgad info --keys\n\nPrints what the model "
+                 "file holds: its configuration (in the key = value\n"
+                 "form hgad train --config reads), training state, calibration and decision\n"
+                 "thresholds. --keys lists every config key with its default and meaning.\n";
+    return 0;
+  }
+  if (args.has("keys")) {
+    if (!args.positionals().empty()) throw UsageError("--keys takes no MODEL");
+    std::printf("%s", config_keys_text().c_str());
     return 0;
   }
   if (args.positionals().size() != 1) throw UsageError("expected exactly one MODEL");
@@ -760,6 +858,23 @@ int cmd_info(const Args& args) {
   for (const char* key : {"backbone_dir", "train_data"}) {
     const std::string v = model.metadata(key);
     if (!v.empty()) std::printf("# %s: %s\n", key, v.c_str());
+  }
+  if (model.is_calibrated()) {
+    if (model.calibration(0).has_threshold()) {
+      std::printf("# decision thresholds (threshold_quantile %s of the training images' scores; "
+                  "above: anomalous):",
+                  hgad::detail::format_double(model.config().threshold_quantile).c_str());
+      for (Index c = 0; c <= model.n_classes(); ++c)
+        std::printf("%s %s %.6g", c ? "," : "",
+                    c < model.n_classes()
+                        ? model.config().class_names[static_cast<std::size_t>(c)].c_str()
+                        : "(any class)",
+                    model.calibration(c).threshold);
+      std::printf("\n");
+    } else {
+      std::printf("# decision thresholds: missing (a model file written before hgad stored them; "
+                  "predict reports no decision, train again to get them)\n");
+    }
   }
   std::printf("%s", model.config().to_text().c_str());
   std::printf("%s", class_confusion_report(model, "# ").c_str());
@@ -1011,7 +1126,7 @@ int main(int argc, char** argv) {
     if (command == "test") return cmd_test(Args(command, argc, argv, 2, test_options, false));
     if (command == "predict")
       return cmd_predict(Args(command, argc, argv, 2, predict_options, true));
-    if (command == "info") return cmd_info(Args(command, argc, argv, 2, {}, true));
+    if (command == "info") return cmd_info(Args(command, argc, argv, 2, info_options, true));
     if (command == "embeddings")
       return cmd_embeddings(Args(command, argc, argv, 2, embeddings_options, false));
     std::fprintf(stderr, "hgad: unknown command '%s'\n\n%s", command.c_str(), general_usage);

@@ -235,7 +235,7 @@ TEST_CASE("MvtecDataset reports every layout error with the offending path", "[i
     REQUIRE_THAT(message,
                  Catch::Contains((root / "widget/test/crack/001.png").string()) &&
                      Catch::Contains((root / "widget/ground_truth/crack/001_mask.png").string()) &&
-                     Catch::Contains("image_level_only"));
+                     Catch::Contains("ground_truth folder"));
     REQUIRE(error_of_listing(root, hgad::Split::train).empty());
     hgad::MvtecOptions image_level;
     image_level.mask_mode = hgad::MaskMode::image_level_only;
@@ -248,6 +248,36 @@ TEST_CASE("MvtecDataset reports every layout error with the offending path", "[i
     REQUIRE(crack.mask.numel() == 0);
     const auto batch = test.load_batch<float>(0, 7);
     REQUIRE(batch.has_mask == std::vector<bool>{true, false, false, false, true, true, false});
+  }
+  SECTION("when_present: a class without ground_truth has image-level labels only") {
+    const hgad::MvtecOptions when_present{{}, hgad::MaskMode::when_present};
+    fs::remove_all(root / "widget/ground_truth");
+    const hgad::MvtecDataset test(root.string(), hgad::Split::test, when_present);
+    const hgad::Index widget = test.class_index("widget");
+    REQUIRE_FALSE(test.has_masks(widget));
+    for (hgad::Index c = 0; c < test.n_classes(); ++c)
+      if (c != widget) REQUIRE(test.has_masks(c));
+    for (const auto& s : test.samples())
+      if (s.class_index == widget) REQUIRE(s.mask_path.empty());
+    // A class that has the folder still needs every mask.
+    fs::create_directories(root / "widget/ground_truth/crack");
+    REQUIRE_THROWS_WITH(hgad::MvtecDataset(root.string(), hgad::Split::test, when_present),
+                        Catch::Contains("ground_truth folder"));
+  }
+  SECTION("a TIFF image is named, not skipped") {
+    std::ofstream(root / "widget/train/good/003.TIF") << "II*";
+    REQUIRE_THAT(error_of_listing(root, hgad::Split::train),
+                 Catch::Contains("003.TIF") && Catch::Contains("convert"));
+  }
+  SECTION("a layout folder in other letter case is named, not skipped") {
+    fs::rename(root / "alpha/train", root / "alpha/Train");
+    const std::string message = error_of_listing(root, hgad::Split::train);
+    REQUIRE_THAT(message, Catch::Contains((root / "alpha/Train").string()) &&
+                              Catch::Contains("rename it to 'train'"));
+    fs::rename(root / "alpha/Train", root / "alpha/train");
+    fs::rename(root / "widget/test/good", root / "widget/test/Good");
+    REQUIRE_THAT(error_of_listing(root, hgad::Split::test),
+                 Catch::Contains("Good") && Catch::Contains("'good'"));
   }
   SECTION("a mask of another size than its image") {
     write_png(root / "widget/ground_truth/scratch/000_mask.png", mask_image(6, 9));

@@ -17,6 +17,8 @@
 #include <fstream>
 #include <hgad/io/image.hpp>
 #include <hgad/io/npy.hpp>
+#include <hgad/detail/text.hpp>
+#include <hgad/model/config.hpp>
 #include <hgad/model/hgad_model.hpp>
 #include <limits>
 #include <set>
@@ -894,4 +896,183 @@ TEST_CASE("hgad train removes its temporary model file when SIGTERM comes during
   CHECK((WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM));
   CHECK_FALSE(fs::exists(fs::symlink_status(temporary)));
   CHECK_FALSE(fs::exists(model));
+}
+
+namespace {
+
+/// The lines of `text`.
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+}  // namespace
+
+TEST_CASE("hgad decides with the threshold calibrated on the training normals: info reports it, "
+          "predict writes the decision, test measures it, and an older model without one loads",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  hgad_test::TempDir dir("cli_threshold");
+  write_dataset(dir.path() / "data");
+  std::ofstream(dir.file("tiny.cfg")) << tiny_config << "threshold_quantile = 0.5\n";
+  const std::string data = dir.file("data"), model = dir.file("model.hgad");
+  Run r = run(dir, "train --data '" + data + "' --backbone '" + weights_dir() + "' --out '" +
+                       model + "' --config '" + dir.file("tiny.cfg") + "' --threads 2");
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const hgad::HgadModel<float> trained = hgad::HgadModel<float>::load(model);
+  REQUIRE(trained.calibration(0).has_threshold());
+
+  r = run(dir, "info '" + model + "'");
+  CHECK(r.status == 0);
+  CHECK(contains(r.out, "threshold_quantile = 0.5"));
+  CHECK(contains(r.out, "decision thresholds (threshold_quantile 0.5"));
+
+  // predict: a decision column in scores.csv and on stdout, score > the scored class's threshold.
+  const std::string out = dir.file("heat");
+  r = run(dir, "predict --model '" + model + "' --out '" + out + "' --class a '" + data +
+                   "/a/test/dent/d0.png' '" + data + "/a/train/good/t0.png'");
+  REQUIRE(r.status == 0);
+  const auto csv = lines_of(slurp((fs::path(out) / "scores.csv").string()));
+  REQUIRE(csv.size() == 3);
+  CHECK(csv[0] == "image,class,score,anomalous,heatmap");
+  const auto printed = lines_of(r.out);
+  REQUIRE(printed.size() == 2);
+  for (std::size_t i = 1; i < 3; ++i) {
+    const auto fields = hgad::detail::split_list(csv[i]);
+    REQUIRE(fields.size() == 5);
+    const double score = std::stod(fields[2]);
+    CHECK(fields[3] == (score > trained.calibration(0).threshold ? "yes" : "no"));
+    CHECK(contains(printed[i - 1], "\t" + fields[3] + "\ta\t"));
+  }
+
+  // test: precision, recall and F1 at the threshold beside F1-max, in the table and the JSON.
+  const std::string json = dir.file("m.json");
+  r = run(dir, "test --model '" + model + "' --data '" + data + "' --json '" + json + "'");
+  CHECK(r.status == 0);
+  CHECK(contains(r.out, "F1-max"));
+  CHECK(contains(r.out, "F1@thr"));
+  CHECK(contains(r.out, "prec@thr"));
+  const std::string text = slurp(json);
+  CHECK(contains(text, "\"image_f1_at_threshold\""));
+  CHECK(contains(text, "\"image_precision_at_threshold\""));
+  CHECK(contains(text, "\"threshold\": " ));
+
+  // A model file of an older hgad: no thresholds. It loads; info says they are missing, predict
+  // scores with the decision '-' and a note, test reports the threshold metrics absent.
+  hgad::Checkpoint old = trained.to_checkpoint();
+  REQUIRE(old.erase("calibration.threshold"));
+  const std::string old_model = dir.file("old.hgad");
+  old.save(old_model);
+  r = run(dir, "info '" + old_model + "'");
+  CHECK(r.status == 0);
+  CHECK(contains(r.out, "decision thresholds: missing"));
+  r = run(dir, "predict --model '" + old_model + "' --out '" + dir.file("heat_old") + "' '" + data +
+                   "/a/test/dent/d0.png'");
+  CHECK(r.status == 0);
+  CHECK(contains(r.err, "no decision threshold"));
+  const auto old_csv = lines_of(slurp(dir.file("heat_old") + "/scores.csv"));
+  REQUIRE(old_csv.size() == 2);
+  CHECK(hgad::detail::split_list(old_csv[1]).at(3) == "-");
+  r = run(dir, "test --model '" + old_model + "' --data '" + data + "'");
+  CHECK(r.status == 0);
+  CHECK(contains(r.out, "no decision threshold"));
+}
+
+TEST_CASE("hgad test on a data set without masks gives image metrics and says the pixel metrics "
+          "are absent",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  hgad_test::TempDir dir("cli_no_masks");
+  write_dataset(dir.path() / "data");
+  std::ofstream(dir.file("tiny.cfg")) << tiny_config;
+  const std::string data = dir.file("data"), model = dir.file("model.hgad");
+  Run r = run(dir, "train --data '" + data + "' --backbone '" + weights_dir() + "' --out '" +
+                       model + "' --config '" + dir.file("tiny.cfg") + "' --threads 2");
+  REQUIRE(r.status == 0);
+  // Image-level labels only for b: good/ and dent/ folders, no ground_truth.
+  fs::remove_all(dir.path() / "data/b/ground_truth");
+  const std::string json = dir.file("m.json");
+  r = run(dir, "test --model '" + model + "' --data '" + data + "' --json '" + json + "'");
+  INFO(r.out << r.err);
+  REQUIRE(r.status == 0);
+  CHECK_FALSE(contains(r.err, "MaskMode"));
+  CHECK(contains(r.out, "no ground_truth folder for b"));
+  CHECK(contains(r.out, "pixel metrics"));
+  const std::string text = slurp(json);
+  const auto listed = text.find("\"classes_without_masks\"");
+  REQUIRE(listed != std::string::npos);
+  CHECK(text.substr(listed, text.find(']', listed) - listed).find("\"b\"") != std::string::npos);
+  // b: the image AUROC is a number, the pixel AUROC and AUPRO null; a keeps its pixel metrics.
+  const auto b_at = text.find("\"b\": {");
+  REQUIRE(b_at != std::string::npos);
+  const std::string b = text.substr(b_at, text.find('}', b_at) - b_at);
+  CHECK_FALSE(contains(b, "\"image_auroc\": null"));
+  CHECK(contains(b, "\"pixel_auroc\": null"));
+  CHECK(contains(b, "\"aupro\": null"));
+  const auto a_at = text.find("\"a\": {");
+  REQUIRE(a_at != std::string::npos);
+  CHECK_FALSE(contains(text.substr(a_at, text.find('}', a_at) - a_at), "\"pixel_auroc\": null"));
+
+  // A class that has ground_truth but lacks one mask is still an error naming the mask.
+  fs::remove(dir.path() / "data/a/ground_truth/dent/d1_mask.png");
+  r = run(dir, "test --model '" + model + "' --data '" + data + "'");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "d1_mask.png"));
+}
+
+TEST_CASE("hgad train refuses a configuration that needs more memory than there is, with the "
+          "estimate",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  hgad_test::TempDir dir("cli_memory");
+  write_dataset(dir.path() / "data");
+  std::string huge = tiny_config;
+  const std::string one_block = "n_blocks = 1\n";
+  REQUIRE(huge.find(one_block) != std::string::npos);
+  huge.replace(huge.find(one_block), one_block.size(), "n_blocks = 100000\n");
+  std::ofstream(dir.file("huge.cfg")) << huge;
+  const std::string model = dir.file("model.hgad");
+  const std::string common = "train --data '" + dir.file("data") + "' --backbone '" + weights_dir() +
+                             "' --out '" + model + "'";
+  Run r = run(dir, common + " --config '" + dir.file("huge.cfg") + "'");
+  INFO(r.err);
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "n_blocks = 100000"));
+  CHECK(contains(r.err, " GB"));
+  CHECK(contains(r.err, "available"));
+  CHECK_FALSE(contains(r.err, "features:"));  // refused before any image is read
+  CHECK_FALSE(fs::exists(model));
+
+  // A stated limit: the tiny configuration fits the machine but not 1 kB.
+  std::ofstream(dir.file("tiny.cfg")) << tiny_config;
+  r = run(dir, common + " --config '" + dir.file("tiny.cfg") + "' --max-memory 0.000001");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "--max-memory allows 1 kB"));
+  CHECK(contains(r.err, "batch_size = 4"));
+  CHECK(run(dir, common + " --max-memory lots").status == 2);
+}
+
+TEST_CASE("hgad info --keys lists every config key with its default and meaning, as the README "
+          "does",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  hgad_test::TempDir dir("cli_keys");
+  const Run r = run(dir, "info --keys");
+  REQUIRE(r.status == 0);
+  for (const auto& k : hgad::detail::config_key_meanings) {
+    CHECK(contains(r.out, std::string("\n") + k.name));
+    CHECK(contains(r.out, k.meaning));
+  }
+  CHECK(contains(r.out, "threshold_quantile = 0.99"));
+  CHECK(contains(r.out, "n_blocks = 12"));
+  // The README's key list is this output, verbatim.
+  const std::string readme = slurp(std::string(HGAD_SOURCE_DIR) + "/README.md");
+  CHECK(contains(readme, r.out));
+  CHECK(run(dir, "info --keys x.hgad").status == 2);
 }

@@ -262,7 +262,7 @@ TEST_CASE("ModelConfig key table: to_text writes each key once in table order, f
       "clamp_variant", "n_centers", "lambda1", "lambda2", "label_smoothing", "meta_epochs",
       "sub_epochs", "warmup_meta_epochs", "stage1_meta_epochs", "lr", "lr_decay_rate", "beta1",
       "beta2", "adam_eps", "weight_decay", "batch_size", "seed", "calibration_images",
-      "calibration_baseline", "backbone", "layers", "pyramid_levels", "image_size", "resize_mode",
+      "calibration_baseline", "threshold_quantile", "backbone", "layers", "pyramid_levels", "image_size", "resize_mode",
       "mask_size"};
   CHECK(table == keys);
 
@@ -287,4 +287,27 @@ TEST_CASE("ModelConfig key table: to_text writes each key once in table order, f
     for (const std::string& other : read)
       if (other != line) CHECK(std::find(defaults.begin(), defaults.end(), other) != defaults.end());
   }
+}
+
+TEST_CASE("ModelConfig key meanings name exactly the key table's keys, in its order", "[model]") {
+  hgad::ModelConfig c;
+  std::vector<std::string> table, described;
+  hgad::detail::for_each_config_key(
+      c, [&](const char* name, const auto&, const auto&...) { table.push_back(name); });
+  for (const auto& k : hgad::detail::config_key_meanings) {
+    described.push_back(k.name);
+    CHECK(std::string(k.meaning).size() > 5);
+  }
+  CHECK(described == table);
+}
+
+TEST_CASE("ModelConfig threshold_quantile defaults to 0.99 and must be in (0, 1]", "[model]") {
+  CHECK(hgad::ModelConfig{}.threshold_quantile == 0.99);
+  for (const char* bad : {"0", "-0.5", "1.5"}) {
+    const hgad::ModelConfig c =
+        hgad::ModelConfig::from_text(std::string("threshold_quantile = ") + bad, "t.cfg");
+    CHECK_THROWS_WITH(c.validate(false), Catch::Contains("threshold_quantile") &&
+                                             Catch::Contains(bad) && Catch::Contains("(0, 1]"));
+  }
+  CHECK_NOTHROW(hgad::ModelConfig::from_text("threshold_quantile = 1", "t.cfg").validate(false));
 }

@@ -887,3 +887,89 @@ TEST_CASE("A model of one class scores with its likelihood map", "[model]") {
                                     hgad::ScoreCriterion::entropy),
                     Catch::Contains("one class"));
 }
+
+TEST_CASE("The decision threshold is the configured quantile of each class's calibration scores, "
+          "saved, and absent from an older file",
+          "[model]") {
+  hgad::ModelConfig c = synthetic_config();
+  c.meta_epochs = 2;
+  c.threshold_quantile = 0.75;
+  const Synthetic train = make_synthetic(5, 0, 6);
+  hgad::HgadModel<float> model(c);
+  model.fit(train.features, train.classes);
+  model.calibrate(train.features, train.classes);
+  // An independent quantile: the calibration images' scores under their class's constants, sorted,
+  // interpolated at (n - 1) q.
+  auto quantile = [](std::vector<double> v, double q) {
+    std::sort(v.begin(), v.end());
+    const double h = double(v.size() - 1) * q;
+    const std::size_t lo = std::size_t(h);
+    return lo + 1 < v.size() ? v[lo] * (1 - (h - double(lo))) + v[lo + 1] * (h - double(lo)) : v[lo];
+  };
+  std::vector<double> all;
+  for (Index k = 0; k < 3; ++k) {
+    std::vector<double> scores;
+    for (Index i = 0; i < train.features[0].dim(0); ++i)
+      if (train.classes[std::size_t(i)] == k) {
+        const auto image = hgad::HgadModel<float>::image_view(train.features, i);
+        scores.push_back(model.score(image, k, hgad::ScoreMode::calibrated).score);
+      }
+    REQUIRE(scores.size() == 5);
+    const hgad::ClassCalibration& cal = model.calibration(k);
+    REQUIRE(cal.has_threshold());
+    CHECK(cal.threshold == Approx(quantile(scores, 0.75)).epsilon(1e-9));
+    CHECK(cal.threshold <= cal.train_score_max);
+    // Three of five scores are at or below the 0.75 quantile of five (h = 3): one is above.
+    Index above = 0;
+    for (double s : scores) above += cal.is_anomalous(s) ? 1 : 0;
+    CHECK(above == 1);
+  }
+  CHECK(hgad::HgadModel<float>::score_quantile({3, 1, 2}, 1) == 3);
+  CHECK(hgad::HgadModel<float>::score_quantile({3, 1, 2}, 0.5) == 2);
+  CHECK(hgad::HgadModel<float>::score_quantile({1, 2}, 0.25) == Approx(1.25));
+
+  hgad_test::TempDir dir("model_threshold");
+  model.save(dir.file("m.hgad"));
+  const auto loaded = hgad::HgadModel<float>::load(dir.file("m.hgad"));
+  for (Index k = 0; k <= 3; ++k)
+    CHECK(loaded.calibration(k).threshold == model.calibration(k).threshold);
+
+  // A file written before thresholds were stored loads, with the threshold missing.
+  hgad::Checkpoint old = model.to_checkpoint();
+  REQUIRE(old.erase("calibration.threshold"));
+  old.save(dir.file("old.hgad"));
+  const auto older = hgad::HgadModel<float>::load(dir.file("old.hgad"));
+  REQUIRE(older.is_calibrated());
+  for (Index k = 0; k <= 3; ++k) CHECK_FALSE(older.calibration(k).has_threshold());
+  // Saved again, it still has none (no NaN entry written).
+  older.save(dir.file("old2.hgad"));
+  CHECK_FALSE(hgad::Checkpoint::load(dir.file("old2.hgad")).has("calibration.threshold"));
+}
+
+TEST_CASE("The training memory estimate counts parameters, one step and the features, and the "
+          "constructor refuses parameters beyond the machine's memory",
+          "[model]") {
+  hgad::ModelConfig c = synthetic_config();
+  const auto small = hgad::HgadModel<float>::training_memory(c, 10);
+  const hgad::HgadModel<float> model(c);
+  // Four float copies of every trainable value, and of the fixed rotations (at most D^2 a block).
+  double rotations = 0;
+  for (Index l = 0; l < model.n_levels(); ++l)
+    for (Index k = 0; k < model.flow(l).n_blocks(); ++k)
+      rotations += double(model.flow(l).block(k).rotation().numel());
+  CHECK(small.parameters >= 16.0 * double(model.n_parameters()));
+  CHECK(small.parameters <= 16.0 * (double(model.n_parameters()) + rotations));
+  // Level 0: 4x4 positions, D = 4, n2 = 2, hidden 2 (2 + 4) = 12; 6 images per batch.
+  const double N0 = 6 * 16, N1 = 6 * 4;
+  const double step0 = 2 * N0 * (12 + 4 + 4) + N0 * (12 + 24 + 6 + 9 + 8);
+  const double step1 = 2 * N1 * (14 + 6 + 6) + N1 * (14 + 36 + 6 + 9 + 8);
+  CHECK(small.activations == Approx(4.0 * std::max(step0, step1)));
+  CHECK(small.features == Approx(4.0 * 10 * (16 * 4 + 4 * 6)));
+  CHECK(small.total() == Approx(small.parameters + small.activations + small.features));
+
+  c.n_blocks = 1000000000;  // about 10^11 parameter values
+  CHECK(hgad::HgadModel<float>::training_memory(c).total() > 1e12);
+  if (hgad::detail::available_memory_bytes() > 0)
+    CHECK_THROWS_WITH(hgad::HgadModel<float>(c),
+                      Catch::Contains("n_blocks = 1000000000") && Catch::Contains("GB"));
+}

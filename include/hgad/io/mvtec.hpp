@@ -22,7 +22,8 @@
 /// without images, a missing mask for an anomalous image (unless MaskMode::image_level_only), a
 /// mask file without its image, a mask whose size differs from its image's, an unreadable image.
 /// Nothing is skipped silently; files without an image extension (.png, .jpg, .jpeg, .bmp, any
-/// case) and hidden entries (a leading '.') are not samples and are ignored.
+/// case) and hidden entries (a leading '.') are not samples and are ignored, but a TIFF or WebP
+/// image (not read) and a layout folder in other letter case (`Train/`) are errors naming them.
 ///
 /// Masks are binarised as pixel > mask_threshold with the 8-bit value; the default 127 follows the
 /// BASELINES.md protocol of industrial-mini, whose masks are exactly {0, 255}, so it agrees there
@@ -57,6 +58,10 @@ enum class Split {
 enum class MaskMode {
   required,          ///< every anomalous image has its mask; masks without an image are errors too
   image_level_only,  ///< masks are neither looked up nor read; only image-level labels exist
+  /// A class with a ground_truth/ folder is read as in `required`; a class without one has
+  /// image-level labels only (MvtecDataset::has_masks tells which). Most users' own data sets
+  /// have no masks at all.
+  when_present,
 };
 
 /// One listed image: where it is and what it is. Nothing is decoded.
@@ -138,10 +143,15 @@ inline bool is_hidden(const std::filesystem::path& p) {
   return !name.empty() && name[0] == '.';
 }
 
-inline bool has_image_extension(const std::filesystem::path& p) {
-  std::string ext = p.extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(),
+/// The lower-case text of `s`.
+inline std::string lower_case(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(),
                  [](unsigned char c) { return char(std::tolower(c)); });
+  return s;
+}
+
+inline bool has_image_extension(const std::filesystem::path& p) {
+  const std::string ext = lower_case(p.extension().string());
   return ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".bmp";
 }
 
@@ -175,10 +185,28 @@ std::vector<std::filesystem::path> list_sorted(const std::filesystem::path& dir,
   return out;
 }
 
+/// Image files of `dir`; a file of an image format that is not read (TIFF, WebP) is an error
+/// naming it rather than a silent skip.
 inline std::vector<std::filesystem::path> list_images(const std::filesystem::path& dir) {
   return list_sorted(dir, [](const std::filesystem::path& p) {
+    const std::string ext = lower_case(p.extension().string());
+    check(!(ext == ".tif" || ext == ".tiff" || ext == ".webp") || !path_is_file(p), "mvtec: '",
+          p.string(), "': ", ext, " images are not read (only .png, .jpg, .jpeg, .bmp); convert "
+          "them, e.g. to PNG");
     return has_image_extension(p) && path_is_file(p);
   });
+}
+
+/// Throws when `dir` holds a folder named `expected` but for letter case ("Train" for "train"):
+/// the layout's folder names are matched exactly, so that folder would otherwise be skipped.
+inline void check_no_case_variant(const std::filesystem::path& dir, const std::string& expected) {
+  if (!path_is_directory(dir)) return;
+  for (const std::filesystem::path& p :
+       list_sorted(dir, [](const std::filesystem::path& q) { return path_is_directory(q); })) {
+    const std::string name = p.filename().string();
+    check(name == expected || lower_case(name) != expected, "mvtec: folder '", p.string(),
+          "': the layout's folder names are lower case; rename it to '", expected, "'");
+  }
 }
 
 inline std::vector<std::filesystem::path> list_directories(const std::filesystem::path& dir) {
@@ -270,10 +298,13 @@ class MvtecDataset {
           "' is not a directory");
     check(!m_options.mask_suffix.empty(), "mvtec: mask_suffix must not be empty");
     if (m_options.classes.empty()) {
-      for (const fs::path& dir : detail::mvtec::list_directories(base))
+      for (const fs::path& dir : detail::mvtec::list_directories(base)) {
+        for (const char* split_name : {"train", "test"})
+          detail::mvtec::check_no_case_variant(dir, split_name);
         if (detail::mvtec::path_is_directory(dir / "train") ||
             detail::mvtec::path_is_directory(dir / "test"))
           m_class_names.push_back(dir.filename().string());
+      }
       check(!m_class_names.empty(), "mvtec: '", root,
             "' holds no class folder (a folder with train/ or test/)");
     } else {
@@ -305,6 +336,15 @@ class MvtecDataset {
   /// Class names; a class's index is its position here.
   const std::vector<std::string>& class_names() const { return m_class_names; }
   Index n_classes() const { return static_cast<Index>(m_class_names.size()); }
+  /// Whether the anomalous test images of class `class_index` have masks read (MaskMode::required,
+  /// or when_present with a ground_truth/ folder); false for the train split and image_level_only.
+  bool has_masks(Index class_index) const {
+    check(class_index >= 0 && class_index < n_classes(), "mvtec: class index ", class_index,
+          " out of range [0, ", n_classes(), ")");
+    return static_cast<std::size_t>(class_index) < m_has_masks.size() &&
+           m_has_masks[static_cast<std::size_t>(class_index)];
+  }
+
   /// The index of class `name`; throws hgad::Error for an unknown name.
   Index class_index(const std::string& name) const {
     const auto it = std::find(m_class_names.begin(), m_class_names.end(), name);
@@ -424,7 +464,7 @@ class MvtecDataset {
 
   void add_folder(const std::filesystem::path& dir, Index class_index,
                   const std::string& defect_type, int label,
-                  const std::filesystem::path& mask_dir) {
+                  const std::filesystem::path& mask_dir, bool read_masks) {
     const std::vector<std::filesystem::path> images = detail::mvtec::list_images(dir);
     check(!images.empty(), "mvtec: '", dir.string(),
           "' holds no image (.png, .jpg, .jpeg or .bmp)");
@@ -441,12 +481,13 @@ class MvtecDataset {
       s.class_name = m_class_names[static_cast<std::size_t>(class_index)];
       s.defect_type = defect_type;
       s.label = label;
-      if (label == 1 && m_options.mask_mode == MaskMode::required) {
+      if (label == 1 && read_masks) {
         const std::filesystem::path mask =
             mask_dir / (path.stem().string() + m_options.mask_suffix);
         check(detail::mvtec::path_is_file(mask), "mvtec: anomalous image '", s.image_path,
               "' has no mask '", mask.string(),
-              "' (set MaskMode::image_level_only to use image-level labels only)");
+              "' (with a ground_truth folder every anomalous image needs its mask; a class "
+              "without one is evaluated on image-level labels only, MaskMode::when_present)");
         s.mask_path = mask.string();
       }
       m_samples.push_back(std::move(s));
@@ -457,6 +498,10 @@ class MvtecDataset {
     namespace fs = std::filesystem;
     const std::string& name = m_class_names[static_cast<std::size_t>(class_index)];
     const fs::path class_dir = base / name;
+    for (const char* folder : {"train", "test", "ground_truth"})
+      detail::mvtec::check_no_case_variant(class_dir, folder);
+    detail::mvtec::check_no_case_variant(class_dir / (m_split == Split::train ? "train" : "test"),
+                                         "good");
     if (m_split == Split::train) {
       const fs::path train = class_dir / "train";
       check(detail::mvtec::path_is_directory(train / "good"), "mvtec: class '", name,
@@ -464,7 +509,7 @@ class MvtecDataset {
       for (const fs::path& dir : detail::mvtec::list_directories(train))
         check(dir.filename() == "good", "mvtec: unexpected folder '", dir.string(),
               "': the train split holds only normal images in train/good");
-      add_folder(train / "good", class_index, "good", 0, {});
+      add_folder(train / "good", class_index, "good", 0, {}, false);
       return;
     }
     const fs::path test = class_dir / "test";
@@ -474,12 +519,17 @@ class MvtecDataset {
     check(!defect_dirs.empty(), "mvtec: '", test.string(),
           "' holds no folder (expected good/ and <defect>/ folders)");
     const fs::path truth = class_dir / "ground_truth";
+    const bool read_masks =
+        m_options.mask_mode == MaskMode::required ||
+        (m_options.mask_mode == MaskMode::when_present && detail::mvtec::path_is_directory(truth));
+    if (m_has_masks.size() <= static_cast<std::size_t>(class_index))
+      m_has_masks.resize(static_cast<std::size_t>(class_index) + 1, false);
+    m_has_masks[static_cast<std::size_t>(class_index)] = read_masks;
     for (const fs::path& dir : defect_dirs) {
       const std::string defect = dir.filename().string();
-      add_folder(dir, class_index, defect, defect == "good" ? 0 : 1, truth / defect);
+      add_folder(dir, class_index, defect, defect == "good" ? 0 : 1, truth / defect, read_masks);
     }
-    if (m_options.mask_mode == MaskMode::required && detail::mvtec::path_is_directory(truth))
-      check_orphan_masks(truth, test);
+    if (read_masks && detail::mvtec::path_is_directory(truth)) check_orphan_masks(truth, test);
   }
 
   /// Every mask under ground_truth/<defect>/ (other than good/) must belong to an image of
@@ -514,6 +564,7 @@ class MvtecDataset {
   MvtecOptions m_options;
   std::vector<std::string> m_class_names;
   std::vector<MvtecSample> m_samples;
+  std::vector<bool> m_has_masks;  // per class, test split: its anomalous images have masks
 };
 
 }  // namespace hgad

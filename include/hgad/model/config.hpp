@@ -180,6 +180,15 @@ struct ModelConfig {
   /// per-position Gaussian (PaDiM) does by construction. The transductive mode never uses it.
   CalibrationBaseline calibration_baseline = CalibrationBaseline::none;
 
+  /// The decision threshold of each class: this quantile of the image scores of its calibration
+  /// images (its normal training images); an image scoring above it is anomalous. Not in the paper,
+  /// which reports threshold-free metrics only. 0.99 lets about 1 normal image in 100 be flagged:
+  /// the normal images are scored by a model fit on them, so their scores run low, and a lower
+  /// quantile flags many unseen normals; 1 (the largest training score) flags fewer of them and
+  /// misses more defects. With fewer than 100 calibration images the quantile interpolates between
+  /// the two largest scores.
+  double threshold_quantile = 0.99;
+
   FeatureSettings features;
 
   Index n_levels() const { return static_cast<Index>(levels.size()); }
@@ -338,6 +347,8 @@ void for_each_config_key(Config& c, Key&& key) {
   key("calibration_images", c.calibration_images,
       KeyRule<Index>{[](const Index& n) { return n >= 0; }, "must be >= 0 (0: all)"});
   key("calibration_baseline", c.calibration_baseline, calibration_baseline_names);
+  key("threshold_quantile", c.threshold_quantile,
+      KeyRule<double>{[](const double& q) { return q > 0 && q <= 1; }, "must be in (0, 1]"});
   key("backbone", c.features.backbone,
       KeyRule<std::string>{is_plain_name,
                            "must be a name such as resnet18, or none for precomputed features"});
@@ -347,6 +358,57 @@ void for_each_config_key(Config& c, Key&& key) {
   key("image_size", c.features.image_size, at_least_1);
   key("resize_mode", c.features.resize_mode, resize_mode_names);
   key("mask_size", c.features.mask_size, at_least_1);
+}
+
+/// One line on what each key of for_each_config_key sets, in the table's order: the words of
+/// `hgad info --keys` and of the README's key list. A test checks that it names exactly the
+/// table's keys.
+struct KeyMeaning {
+  const char* name;
+  const char* meaning;
+};
+inline constexpr KeyMeaning config_key_meanings[] = {
+    {"objective", "hgad (hierarchical Gaussian-mixture prior) or nf (single-Gaussian baseline)"},
+    {"levels", "feature levels, dim x height x width each (filled in from the backbone)"},
+    {"classes", "the classes, in index order (filled in from the class folders)"},
+    {"group.", "group.NAME = folder, folder, ...: several class folders trained as one class"},
+    {"pos_dim", "P, the positional-encoding dimension of the flows (0: none)"},
+    {"n_blocks", "coupling blocks per flow"},
+    {"clamp", "affine clamping alpha of the coupling blocks"},
+    {"clamp_variant", "the soft-clamp formula of the coupling blocks"},
+    {"n_centers", "M, intra-class mixture centres per class"},
+    {"lambda1", "weight of the inter-class mixture loss L_g"},
+    {"lambda2", "weight of the mutual-information loss L_mi"},
+    {"label_smoothing", "smoothing of the one-hot class labels"},
+    {"meta_epochs", "meta-epochs of training (passes = meta_epochs x sub_epochs)"},
+    {"sub_epochs", "passes over the training data per meta-epoch"},
+    {"warmup_meta_epochs", "meta-epochs of learning-rate warm-up"},
+    {"stage1_meta_epochs", "meta-epochs before the intra-class mixture is trained"},
+    {"lr", "Adam learning rate"},
+    {"lr_decay_rate", "cosine schedule floor: lr x lr_decay_rate^3"},
+    {"beta1", "Adam beta1"},
+    {"beta2", "Adam beta2"},
+    {"adam_eps", "Adam epsilon"},
+    {"weight_decay", "L2 weight decay of the flow parameters"},
+    {"batch_size", "images per optimiser step (memory grows with it)"},
+    {"seed", "random seed of the initialisation and the batch order"},
+    {"calibration_images", "training images per class used to calibrate the scores (0: all)"},
+    {"calibration_baseline", "none, or position: subtract each position's mean normal score"},
+    {"threshold_quantile",
+     "decision threshold: this quantile of the training images' scores, per class"},
+    {"backbone", "feature network: resnet18, resnet34, resnet50, wide_resnet50_2 (or none)"},
+    {"layers", "backbone stages whose features are modelled, one level each"},
+    {"pyramid_levels", "0: one image, one level per layer; n: one layer on n image scales"},
+    {"image_size", "network input side in pixels"},
+    {"resize_mode", "stretch (both sides) or shorter_side_crop (resize, centre-crop)"},
+    {"mask_size", "side of the anomaly maps and ground-truth masks"},
+};
+
+/// The meaning of key `name` (a prefix such as "group." for its keys); "" for an unknown key.
+inline const char* config_key_meaning(const std::string& name) {
+  for (const KeyMeaning& k : config_key_meanings)
+    if (name == k.name) return k.meaning;
+  return "";
 }
 
 /// Whether `key`, read from a line of text, is the table's key `name` (or, for a prefix, one of

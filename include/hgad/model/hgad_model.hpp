@@ -41,6 +41,8 @@
 
 #include "../autograd/var.hpp"
 #include "../detail/check.hpp"
+#include "../detail/memory.hpp"
+#include "../detail/text.hpp"
 #include "../flow/all_in_one_options.hpp"
 #include "../flow/positional_encoding.hpp"
 #include "../flow/sequence_flow.hpp"
@@ -192,6 +194,13 @@ struct ClassCalibration {
   /// The largest image score of the calibration images under these constants: the scale of a
   /// normal image (heat-map colouring, thresholds).
   double train_score_max = 0;
+  /// The decision threshold: the ModelConfig::threshold_quantile quantile of the calibration
+  /// images' image scores under these constants; an image scoring above it is anomalous
+  /// (is_anomalous). NaN in a model file written before thresholds were stored.
+  double threshold = std::numeric_limits<double>::quiet_NaN();
+  bool has_threshold() const { return std::isfinite(threshold); }
+  /// score > threshold; requires has_threshold().
+  bool is_anomalous(double score) const { return score > threshold; }
   /// Per level (H_l · W_l, row-major): the mean raw map of the calibration images, subtracted from
   /// an image's raw maps before the normalisation (ModelConfig::calibration_baseline = position);
   /// empty otherwise, and empty for the negative entropy of the NF objective.
@@ -209,8 +218,15 @@ class HgadModel {
   /// options: clamp, soft permutation) and, for the HGAD objective, a GaussianMixturePrior,
   /// initialised from config.seed in docs/algorithm.md §2.4's order (all flows, then all priors).
   ///   requires: config.validate() passes (it is called here).
+  ///   throws: hgad::Error with the estimate when the parameters alone need more memory than the
+  ///   machine has available (detail::available_memory_bytes; no check where that is unknown).
   explicit HgadModel(ModelConfig config) : m_config(std::move(config)) {
     m_config.validate(true);
+    const double available = detail::available_memory_bytes();
+    const double parameter_bytes = parameter_count(m_config) * double(sizeof(Scalar));
+    check(available <= 0 || parameter_bytes <= available, "HgadModel: the parameters of this "
+          "configuration need ", detail::bytes_text(parameter_bytes), " but the machine has ",
+          detail::bytes_text(available), " available (", memory_culprits(m_config), ")");
     Rng rng(m_config.seed);
     for (const LevelSpec& level : m_config.levels)
       m_flows.emplace_back(level.dim, m_config.pos_dim, m_config.n_blocks, flow_options(), rng);
@@ -794,10 +810,12 @@ class HgadModel {
     }
     if (is_calibrated()) {
       const Index K = n_classes(), L = n_levels();
-      Tensor<double> level_max({2, K + 1, L}), sum_max({2, K + 1}), train_score_max({K + 1});
+      Tensor<double> level_max({2, K + 1, L}), sum_max({2, K + 1}), train_score_max({K + 1}),
+          threshold({K + 1});
       for (Index k = 0; k <= K; ++k) {
         const ClassCalibration& cal = m_calibration[static_cast<std::size_t>(k)];
         train_score_max(k) = cal.train_score_max;
+        threshold(k) = cal.threshold;
         const AnomalyMapConstants* parts[2] = {&cal.log_likelihood, &cal.neg_entropy};
         for (Index t = 0; t < 2; ++t) {
           const bool present = !parts[t]->level_max.empty();
@@ -810,6 +828,9 @@ class HgadModel {
       ckpt.set_tensor("calibration.level_max", level_max);
       ckpt.set_tensor("calibration.sum_max", sum_max);
       ckpt.set_tensor("calibration.train_score_max", train_score_max);
+      if (std::all_of(m_calibration.begin(), m_calibration.end(),
+                      [](const ClassCalibration& c) { return c.has_threshold(); }))
+        ckpt.set_tensor("calibration.threshold", threshold);
       const bool have_posterior = std::all_of(
           m_calibration.begin(), m_calibration.end(),
           [&](const ClassCalibration& c) { return Index(c.class_posterior.size()) == K; });
@@ -934,6 +955,17 @@ class HgadModel {
           for (Index l = 0; l < L; ++l) parts[t]->level_max.push_back(level_max(t, k, l));
         }
       }
+      if (ckpt.has("calibration.threshold")) {  // absent in files of older versions: NaN
+        const Tensor<double> threshold = ckpt.tensor<double>("calibration.threshold");
+        check(threshold.shape() == Shape({K + 1}), "'", name,
+              "': calibration.threshold has shape ", threshold.shape().to_string(),
+              ", expected (", K + 1, ")");
+        for (Index k = 0; k <= K; ++k) {
+          check(std::isfinite(threshold(k)), "'", name,
+                "': calibration.threshold holds a non-finite value at ", k);
+          model.m_calibration[static_cast<std::size_t>(k)].threshold = threshold(k);
+        }
+      }
       if (ckpt.has("calibration.class_posterior")) {  // absent in files of older versions
         const Tensor<double> posterior = ckpt.tensor<double>("calibration.class_posterior");
         check(posterior.shape() == Shape({K + 1, K}), "'", name,
@@ -977,6 +1009,63 @@ class HgadModel {
     return model;
   }
 
+  /// What training a model of `c` on `n_images` images holds in memory, in bytes of Scalar.
+  struct MemoryEstimate {
+    double parameters = 0;   ///< 4 copies of parameter_count: value, gradient, Adam's moments
+    double activations = 0;  ///< the largest level's training step on one batch
+    double features = 0;     ///< the backbone features of the training images, every level
+    double total() const { return parameters + activations + features; }
+  };
+
+  /// The memory estimate of training `c`: 4 copies (value, gradient, two Adam moments) of every
+  /// parameter_count value, the fixed rotations and biases included (a slight overcount); per level with N = batch_size H W rows the step keeps n_blocks N (H_s + 2 n2 + D)
+  /// for the backward and N (H_s + 6 D + 2 K + K M + 8) of scratch (H_s = 2 (n1 + P) the subnet's
+  /// hidden width; cuda/level_engine.hpp), the largest level counted, as levels train one after
+  /// another; and n_images H W D per level of features. A lower bound: the autograd reference and
+  /// the backbone hold more.
+  static MemoryEstimate training_memory(const ModelConfig& c, Index n_images = 0) {
+    MemoryEstimate m;
+    const double bytes = double(sizeof(Scalar));
+    m.parameters = 4 * parameter_count(c) * bytes;
+    const double K = double(c.class_names.size()), M = double(c.n_centers);
+    for (const LevelSpec& s : c.levels) {
+      const double D = double(s.dim), n2 = std::floor(D / 2), n1 = D - n2;
+      const double hidden = 2 * (n1 + double(c.pos_dim));
+      const double N = double(c.batch_size) * double(s.height) * double(s.width);
+      const double step = double(c.n_blocks) * N * (hidden + 2 * n2 + D) +
+                          N * (hidden + 6 * D + 2 * K + K * M + 8);
+      m.activations = std::max(m.activations, step * bytes);
+      m.features += double(n_images) * double(s.height) * double(s.width) * D * bytes;
+    }
+    return m;
+  }
+
+  /// The configuration's values that size the memory, for the messages that refuse it:
+  /// "n_blocks = 12, pos_dim = 256, batch_size = 8, n_centers = 10, levels = 128x32x32".
+  static std::string memory_culprits(const ModelConfig& c) {
+    std::vector<std::string> levels;
+    for (const LevelSpec& s : c.levels)
+      levels.push_back(std::to_string(s.dim) + "x" + std::to_string(s.height) + "x" +
+                       std::to_string(s.width));
+    return "n_blocks = " + std::to_string(c.n_blocks) + ", pos_dim = " + std::to_string(c.pos_dim) +
+           ", batch_size = " + std::to_string(c.batch_size) + ", n_centers = " +
+           std::to_string(c.n_centers) + ", levels = " + detail::join(levels);
+  }
+
+  /// The q-quantile of `scores` with linear interpolation between order statistics (NumPy's
+  /// default, Hyndman–Fan type 7): s_(h) + (h - floor h)(s_(h+1) - s_(h)) at h = (n - 1) q over the
+  /// sorted scores; q = 1 gives the largest.
+  ///   requires: scores non-empty, q in [0, 1].
+  static double score_quantile(std::vector<double> scores, double q) {
+    check(!scores.empty(), "HgadModel::score_quantile: no scores");
+    check(q >= 0 && q <= 1, "HgadModel::score_quantile: q = ", q, " is outside [0, 1]");
+    std::sort(scores.begin(), scores.end());
+    const double h = double(scores.size() - 1) * q;
+    const std::size_t lo = static_cast<std::size_t>(std::floor(h));
+    const std::size_t hi = std::min(lo + 1, scores.size() - 1);
+    return scores[lo] + (h - double(lo)) * (scores[hi] - scores[lo]);
+  }
+
   /// The checkpoint entry of level l's optimiser state for parameter `name` (a prefix for "").
   static std::string resume_key(Index l, const std::string& name) {
     return "resume.level" + std::to_string(l) + "." + name;
@@ -998,11 +1087,11 @@ class HgadModel {
     return o;
   }
 
-  double max_score(const std::vector<RawScores<Scalar>>& raws,
-                   const ClassCalibration& constants) const {
-    double best = 0;
-    for (const auto& raw : raws) best = std::max(best, anomaly_map(raw, constants).score);
-    return best;
+  std::vector<double> image_scores(const std::vector<RawScores<Scalar>>& raws,
+                                   const ClassCalibration& constants) const {
+    std::vector<double> scores;
+    for (const auto& raw : raws) scores.push_back(anomaly_map(raw, constants).score);
+    return scores;
   }
 
   /// The calibration of one set of normal images: the per-position baselines (when configured),
@@ -1023,7 +1112,9 @@ class HgadModel {
     const ClassCalibration fitted = fit_constants(relative);
     k.log_likelihood = fitted.log_likelihood;
     k.neg_entropy = fitted.neg_entropy;
-    k.train_score_max = max_score(raws, k);
+    const std::vector<double> scores = image_scores(raws, k);
+    k.train_score_max = std::max(0.0, *std::max_element(scores.begin(), scores.end()));
+    k.threshold = score_quantile(scores, m_config.threshold_quantile);
     if (!raws.front().class_posterior.empty()) {
       k.class_posterior.assign(raws.front().class_posterior.size(), 0.0);
       for (const auto& raw : raws)

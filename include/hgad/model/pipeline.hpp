@@ -274,7 +274,33 @@ struct ClassReport {
   double pixel_f1_max = std::numeric_limits<double>::quiet_NaN();
   double aupro = std::numeric_limits<double>::quiet_NaN();
   double class_accuracy = std::numeric_limits<double>::quiet_NaN();
+  /// The decision at the model's threshold (ClassCalibration::threshold of the class scored): an
+  /// image is flagged when its score is above it (decision_metrics). NaN without a threshold (and
+  /// `threshold` NaN in label-free mode, where each image has its predicted class's); precision is
+  /// NaN when nothing is flagged, recall and F1 when no image is anomalous.
+  double threshold = std::numeric_limits<double>::quiet_NaN();
+  double image_precision = std::numeric_limits<double>::quiet_NaN();
+  double image_recall = std::numeric_limits<double>::quiet_NaN();
+  double image_f1 = std::numeric_limits<double>::quiet_NaN();
 };
+
+/// Precision, recall and F1 of a decision (`flagged[i]`: image i is called anomalous) against
+/// labels (1 anomalous), into `m`.
+inline void decision_metrics(const std::vector<int>& labels, const std::vector<bool>& flagged,
+                             ClassReport& m) {
+  check(labels.size() == flagged.size(), "decision_metrics: ", flagged.size(), " decisions for ",
+        labels.size(), " labels");
+  Index tp = 0, fp = 0, fn = 0;
+  for (std::size_t i = 0; i < labels.size(); ++i) {
+    tp += flagged[i] && labels[i] == 1;
+    fp += flagged[i] && labels[i] == 0;
+    fn += !flagged[i] && labels[i] == 1;
+  }
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  m.image_precision = tp + fp > 0 ? double(tp) / double(tp + fp) : nan;
+  m.image_recall = tp + fn > 0 ? double(tp) / double(tp + fn) : nan;
+  m.image_f1 = tp + fn > 0 ? 2.0 * double(tp) / double(2 * tp + fp + fn) : nan;
+}
 
 /// Image metrics from scores and labels; pixel metrics and AUPRO from maps (N, S, S) and masks
 /// (N, S, S) when `masks` is non-empty (every pixel of every image counts, normal images included;
@@ -332,7 +358,8 @@ inline ClassReport mean_metrics(const std::vector<ClassReport>& classes) {
   for (auto field :
        {&ClassReport::image_auroc, &ClassReport::image_ap, &ClassReport::image_f1_max,
         &ClassReport::pixel_auroc, &ClassReport::pixel_ap, &ClassReport::pixel_f1_max,
-        &ClassReport::aupro, &ClassReport::class_accuracy})
+        &ClassReport::aupro, &ClassReport::class_accuracy, &ClassReport::image_precision,
+        &ClassReport::image_recall, &ClassReport::image_f1})
     mean.*field = avg(field);
   return mean;
 }
