@@ -541,6 +541,7 @@ TEST_CASE("hgad --device cuda says why it cannot run here", "[model][cli]") {
                                    dir.file("m.hgad") + "' --device tpu");
   CHECK(unknown.status == 2);
   CHECK(contains(unknown.err, "unknown device 'tpu'"));
+}
 
 namespace {
 
