@@ -787,23 +787,23 @@ TEST_CASE("hgad predict gives images of one stem distinct heat maps and quotes s
 
   const auto rows = parse_csv(slurp(dir.file("out/scores.csv")));
   REQUIRE(rows.size() == images.size() + 1);
-  CHECK(rows[0] == std::vector<std::string>{"image", "class", "score", "heatmap"});
+  CHECK(rows[0] == std::vector<std::string>{"image", "class", "score", "anomalous", "heatmap"});
   std::set<std::string> heatmaps;
   for (std::size_t i = 0; i < images.size(); ++i) {
     const auto& row = rows[i + 1];
-    REQUIRE(row.size() == 4);
+    REQUIRE(row.size() == 5);
     CHECK(row[0] == images[i]);
-    CHECK(fs::exists(row[3]));
-    heatmaps.insert(row[3]);
+    CHECK(fs::exists(row[4]));
+    heatmaps.insert(row[4]);
   }
   CHECK(heatmaps.size() == images.size());
   // The documented names: the first image of a stem keeps it, a later one takes the smallest
   // free number (x_1 is another image's stem).
-  CHECK(fs::path(rows[1][3]).filename() == "x_heatmap.png");
-  CHECK(fs::path(rows[2][3]).filename() == "x_2_heatmap.png");
-  CHECK(fs::path(rows[3][3]).filename() == "x_1_heatmap.png");
+  CHECK(fs::path(rows[1][4]).filename() == "x_heatmap.png");
+  CHECK(fs::path(rows[2][4]).filename() == "x_2_heatmap.png");
+  CHECK(fs::path(rows[3][4]).filename() == "x_1_heatmap.png");
   // b/x.png (a defect) and a/x.png (none) have different heat maps: neither overwrote the other.
-  CHECK(hgad_test::read_bytes(rows[1][3]) != hgad_test::read_bytes(rows[2][3]));
+  CHECK(hgad_test::read_bytes(rows[1][4]) != hgad_test::read_bytes(rows[2][4]));
 }
 
 TEST_CASE("hgad train refuses an --out it cannot write before training", "[model][cli]") {
