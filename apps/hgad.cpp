@@ -293,11 +293,11 @@ std::string class_confusion_report(const Model& model, const std::string& prefix
   return out.str();
 }
 
-/// Refuses, before any work, a training whose estimated memory (HgadModel::training_memory:
+/// Refuses, before any work, a training whose estimated memory (hgad::training_memory:
 /// parameters with their gradients and Adam moments, the largest level's step, the features of
 /// the training images) exceeds --max-memory GB, or else what the machine has available.
 void check_training_memory(const hgad::ModelConfig& config, Index n_images, const Args& args) {
-  const auto estimate = Model::training_memory(config, n_images);
+  const auto estimate = hgad::training_memory<float>(config, n_images);
   double limit = hgad::detail::available_memory_bytes();
   std::string source = "the machine has available (MemAvailable)";
   if (args.has("max-memory")) {
@@ -314,7 +314,7 @@ void check_training_memory(const hgad::ModelConfig& config, Index n_images, cons
                     ", one training step " + hgad::detail::bytes_text(estimate.activations) +
                     ", features of " + std::to_string(n_images) + " images " +
                     hgad::detail::bytes_text(estimate.features) + ") but " + source + " " +
-                    hgad::detail::bytes_text(limit) + "; reduce " + Model::memory_culprits(config));
+                    hgad::detail::bytes_text(limit) + "; reduce " + hgad::memory_culprits(config));
 }
 
 int cmd_train(const Args& args) {

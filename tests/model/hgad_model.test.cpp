@@ -924,9 +924,9 @@ TEST_CASE("The decision threshold is the configured quantile of each class's cal
     for (double s : scores) above += cal.is_anomalous(s) ? 1 : 0;
     CHECK(above == 1);
   }
-  CHECK(hgad::HgadModel<float>::score_quantile({3, 1, 2}, 1) == 3);
-  CHECK(hgad::HgadModel<float>::score_quantile({3, 1, 2}, 0.5) == 2);
-  CHECK(hgad::HgadModel<float>::score_quantile({1, 2}, 0.25) == Approx(1.25));
+  CHECK(hgad::score_quantile({3, 1, 2}, 1) == 3);
+  CHECK(hgad::score_quantile({3, 1, 2}, 0.5) == 2);
+  CHECK(hgad::score_quantile({1, 2}, 0.25) == Approx(1.25));
 
   hgad_test::TempDir dir("model_threshold");
   model.save(dir.file("m.hgad"));
@@ -950,7 +950,7 @@ TEST_CASE("The training memory estimate counts parameters, one step and the feat
           "constructor refuses parameters beyond the machine's memory",
           "[model]") {
   hgad::ModelConfig c = synthetic_config();
-  const auto small = hgad::HgadModel<float>::training_memory(c, 10);
+  const auto small = hgad::training_memory<float>(c, 10);
   const hgad::HgadModel<float> model(c);
   // Four float copies of every trainable value, and of the fixed rotations (at most D^2 a block).
   double rotations = 0;
@@ -968,7 +968,7 @@ TEST_CASE("The training memory estimate counts parameters, one step and the feat
   CHECK(small.total() == Approx(small.parameters + small.activations + small.features));
 
   c.n_blocks = 1000000000;  // about 10^11 parameter values
-  CHECK(hgad::HgadModel<float>::training_memory(c).total() > 1e12);
+  CHECK(hgad::training_memory<float>(c).total() > 1e12);
   if (hgad::detail::available_memory_bytes() > 0)
     CHECK_THROWS_WITH(hgad::HgadModel<float>(c),
                       Catch::Contains("n_blocks = 1000000000") && Catch::Contains("GB"));

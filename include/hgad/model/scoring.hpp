@@ -1,0 +1,451 @@
+#pragma once
+/// \file
+/// Scoring an HgadModel (docs/algorithm.md §5, §9): the raw per-position scores of an image
+/// (its flows, then the prior's log-likelihood and negative entropy), the anomaly maps they
+/// make, the constants that normalise them (transductive or calibrated on training images), the
+/// decision threshold, and the image scores of a set. HgadModel's scoring members call
+/// ModelScoring, which holds no state of its own: a model is scored from several threads at once.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../detail/check.hpp"
+#include "../flow/sequence_flow.hpp"
+#include "../prior/scores.hpp"
+#include "../tensor.hpp"
+#include "anomaly_map.hpp"
+#include "config.hpp"
+
+namespace hgad {
+
+template <class Scalar>
+class HgadModel;
+
+/// How test images are turned into anomaly maps (docs/algorithm.md §5 and §9.1, §9.2).
+enum class ScoreMode {
+  transductive,  ///< the paper's normalisation over the whole test set of a class (needs the class)
+  calibrated,  ///< constants frozen from training data; an image's score does not depend on others
+  label_free,  ///< calibrated, with the class predicted from the inter-class posterior
+};
+
+inline const char* to_string(ScoreMode mode) {
+  switch (mode) {
+    case ScoreMode::transductive:
+      return "transductive";
+    case ScoreMode::calibrated:
+      return "calibrated";
+    case ScoreMode::label_free:
+      return "label-free";
+  }
+  return "?";
+}
+
+/// "transductive", "calibrated" or "label-free" (also "label_free").
+inline ScoreMode parse_score_mode(const std::string& text) {
+  if (text == "transductive") return ScoreMode::transductive;
+  if (text == "calibrated") return ScoreMode::calibrated;
+  if (text == "label-free" || text == "label_free") return ScoreMode::label_free;
+  throw Error("unknown scoring mode '" + text +
+              "' (expected transductive, calibrated or label-free)");
+}
+
+/// Which terms make the anomaly map (docs/algorithm.md §5 step 5 and the "anomaly criterion"
+/// ablation of the paper, §9.7): HGAD's product of the likelihood and entropy maps, or either
+/// alone. The NF objective has no entropy term; its map is the likelihood map whatever the
+/// criterion. Nor has a model of one class (its class posterior is 1 at every position, so the
+/// entropy map is 0): its product map is the likelihood map, and the entropy criterion is an error.
+enum class ScoreCriterion { product, likelihood, entropy };
+
+inline const char* to_string(ScoreCriterion c) {
+  return c == ScoreCriterion::product      ? "product"
+         : c == ScoreCriterion::likelihood ? "likelihood"
+                                           : "entropy";
+}
+
+/// "product", "likelihood" or "entropy".
+inline ScoreCriterion parse_score_criterion(const std::string& text) {
+  if (text == "product") return ScoreCriterion::product;
+  if (text == "likelihood") return ScoreCriterion::likelihood;
+  if (text == "entropy") return ScoreCriterion::entropy;
+  throw Error("unknown score criterion '" + text + "' (expected product, likelihood or entropy)");
+}
+
+template <class Scalar>
+struct RawScores {
+  std::vector<Tensor<Scalar>> log_likelihood;  ///< per level (H_l, W_l): logp_l
+  std::vector<Tensor<Scalar>>
+      neg_entropy;  ///< per level (H_l, W_l): negH_l; empty for the NF objective
+  std::vector<double>
+      class_posterior;  ///< (K,) p(y | z) averaged over positions and levels; empty for NF
+  std::int64_t predicted_class = -1;  ///< arg-max of class_posterior (-1 for NF)
+  std::int64_t scored_class =
+      -1;  ///< the class whose intra mixture gave log_likelihood (-1 for NF)
+};
+
+/// One scored image: its anomaly map at mask size and the image score, the map's maximum.
+template <class Scalar>
+struct ScoredImage {
+  Tensor<Scalar> map;  ///< (mask_size, mask_size)
+  double score = 0;
+  std::int64_t predicted_class = -1;
+  std::int64_t scored_class = -1;
+};
+
+/// The calibrated-mode constants of one class (or of all classes): the §5.4 normalisation of both
+/// map types, frozen from training images.
+struct ClassCalibration {
+  AnomalyMapConstants log_likelihood;
+  AnomalyMapConstants neg_entropy;  ///< unused (empty) for the NF objective
+  /// The largest image score of the calibration images under these constants: the scale of a
+  /// normal image (heat-map colouring, thresholds).
+  double train_score_max = 0;
+  /// The decision threshold: the ModelConfig::threshold_quantile quantile of the calibration
+  /// images' image scores under these constants; an image scoring above it is anomalous
+  /// (is_anomalous). NaN in a model file written before thresholds were stored.
+  double threshold = std::numeric_limits<double>::quiet_NaN();
+  bool has_threshold() const { return std::isfinite(threshold); }
+  /// score > threshold; requires has_threshold().
+  bool is_anomalous(double score) const { return score > threshold; }
+  /// Per level (H_l · W_l, row-major): the mean raw map of the calibration images, subtracted from
+  /// an image's raw maps before the normalisation (ModelConfig::calibration_baseline = position);
+  /// empty otherwise, and empty for the negative entropy of the NF objective.
+  std::vector<std::vector<double>> log_likelihood_baseline, neg_entropy_baseline;
+  /// (K,) the mean over the calibration images of RawScores::class_posterior: how the model's
+  /// inter-class posterior spreads over the classes on these normal images (HgadModel::
+  /// class_confusion); empty for the NF objective.
+  std::vector<double> class_posterior;
+};
+
+/// The q-quantile of `scores` with linear interpolation between order statistics (NumPy's
+/// default, Hyndman–Fan type 7): s_(h) + (h - floor h)(s_(h+1) - s_(h)) at h = (n - 1) q over the
+/// sorted scores; q = 1 gives the largest.
+///   requires: scores non-empty, q in [0, 1].
+inline double score_quantile(std::vector<double> scores, double q) {
+  check(!scores.empty(), "score_quantile: no scores");
+  check(q >= 0 && q <= 1, "score_quantile: q = ", q, " is outside [0, 1]");
+  std::sort(scores.begin(), scores.end());
+  const double h = double(scores.size() - 1) * q;
+  const std::size_t lo = static_cast<std::size_t>(std::floor(h));
+  const std::size_t hi = std::min(lo + 1, scores.size() - 1);
+  return scores[lo] + (h - double(lo)) * (scores[hi] - scores[lo]);
+}
+
+/// The scoring job of HgadModel (model/hgad_model.hpp): each member is the body of the
+/// HgadModel member of the same name, given the model it reads.
+template <class Scalar>
+class ModelScoring {
+ public:
+  /// The body of HgadModel::raw_scores.
+  static RawScores<Scalar> raw_scores(const HgadModel<Scalar>& model,
+                                      const std::vector<Tensor<Scalar>>& image,
+                                      std::int64_t class_index) {
+    const Index n = model.check_features(image, "HgadModel::raw_scores");
+    check(n == 1, "HgadModel::raw_scores: expected the features of one image, got ", n);
+    const bool hgad = model.config().objective == Objective::hgad;
+    check(class_index >= -1 && class_index < model.n_classes(), "HgadModel::raw_scores: class ",
+          class_index, " outside [-1, ", model.n_classes(), ")");
+    const Index L = model.n_levels(), K = model.n_classes();
+    RawScores<Scalar> out;
+    std::vector<FlowResult<Scalar>> latents;
+    for (Index l = 0; l < L; ++l) {
+      const LevelSpec& s = model.config().levels[static_cast<std::size_t>(l)];
+      const Tensor<Scalar> x =
+          image[static_cast<std::size_t>(l)].reshape({s.height * s.width, s.dim});
+      latents.push_back(model.level_forward(l, x));
+    }
+    if (hgad) {
+      out.class_posterior.assign(static_cast<std::size_t>(K), 0.0);
+      for (Index l = 0; l < L; ++l) {
+        const Tensor<Scalar> post =
+            class_posterior(model.prior(l), latents[static_cast<std::size_t>(l)].out);
+        const Index rows = post.dim(0);
+        for (Index r = 0; r < rows; ++r)
+          for (Index y = 0; y < K; ++y)
+            out.class_posterior[static_cast<std::size_t>(y)] +=
+                double(post(r, y)) / double(rows * L);
+      }
+      out.predicted_class = static_cast<std::int64_t>(
+          std::max_element(out.class_posterior.begin(), out.class_posterior.end()) -
+          out.class_posterior.begin());
+      out.scored_class = class_index >= 0 ? class_index : out.predicted_class;
+    } else {
+      out.scored_class = class_index;
+    }
+    for (Index l = 0; l < L; ++l) {
+      const LevelSpec& s = model.config().levels[static_cast<std::size_t>(l)];
+      const FlowResult<Scalar>& r = latents[static_cast<std::size_t>(l)];
+      Tensor<Scalar> logp =
+          hgad ? score_log_likelihood(model.prior(l), r.out, r.log_jac_det, out.scored_class)
+               : score_log_likelihood_nf(r.out, r.log_jac_det);
+      out.log_likelihood.push_back(logp.reshape({s.height, s.width}));
+      if (hgad)
+        out.neg_entropy.push_back(
+            score_neg_entropy(model.prior(l), r.out).reshape({s.height, s.width}));
+    }
+    return out;
+  }
+
+  /// The body of HgadModel::anomaly_map.
+  static ScoredImage<Scalar> anomaly_map(const HgadModel<Scalar>& model,
+                                         const RawScores<Scalar>& raw,
+                                         const ClassCalibration& constants,
+                                         ScoreCriterion criterion) {
+    ScoredImage<Scalar> out;
+    const AnomalyMapOptions options = map_options(model);
+    const bool one_class = model.n_classes() == 1;
+    check(!(one_class && criterion == ScoreCriterion::entropy && !raw.neg_entropy.empty()),
+          "HgadModel::anomaly_map: a model of one class has no class entropy to score; use the "
+          "likelihood "
+          "(or product) criterion");
+    const bool entropy =
+        !raw.neg_entropy.empty() && !one_class && criterion != ScoreCriterion::likelihood;
+    const bool likelihood = !entropy || criterion != ScoreCriterion::entropy;
+    out.map = Tensor<Scalar>::full({options.height, options.width}, Scalar(1));
+    Scalar* a = out.map.data();
+    const Index n = out.map.numel();
+    if (likelihood) {
+      const Tensor<Scalar> lik =
+          calibrated_anomaly_map(one_image_levels(relative_to_baseline(
+                                     raw.log_likelihood, constants.log_likelihood_baseline)),
+                                 constants.log_likelihood, options);
+      for (Index i = 0; i < n; ++i) a[i] = std::max(lik.data()[i], Scalar(0));
+    }
+    if (entropy) {
+      const Tensor<Scalar> ent = calibrated_anomaly_map(
+          one_image_levels(relative_to_baseline(raw.neg_entropy, constants.neg_entropy_baseline)),
+          constants.neg_entropy, options);
+      for (Index i = 0; i < n; ++i) a[i] *= std::max(ent.data()[i], Scalar(0));
+    }
+    out.score = double(*std::max_element(a, a + n));
+    out.predicted_class = raw.predicted_class;
+    out.scored_class = raw.scored_class;
+    return out;
+  }
+
+  /// The body of HgadModel::fit_constants.
+  static ClassCalibration fit_constants(const HgadModel<Scalar>& model,
+                                        const std::vector<RawScores<Scalar>>& raws) {
+    check(!raws.empty(), "HgadModel::fit_constants: no images");
+    ClassCalibration k;
+    k.log_likelihood =
+        anomaly_map_constants(stacked_levels(model, raws, false), map_options(model));
+    if (!raws.front().neg_entropy.empty())
+      k.neg_entropy = anomaly_map_constants(stacked_levels(model, raws, true), map_options(model));
+    return k;
+  }
+
+  /// The body of HgadModel::score.
+  static ScoredImage<Scalar> score(const HgadModel<Scalar>& model,
+                                   const std::vector<Tensor<Scalar>>& image,
+                                   std::int64_t class_index, ScoreMode mode,
+                                   ScoreCriterion criterion) {
+    check(mode != ScoreMode::transductive,
+          "HgadModel::score: the transductive mode scores a whole test set; use "
+          "score_set");
+    check(model.is_calibrated(),
+          "HgadModel::score: the model is not calibrated; call calibrate() after fit()");
+    if (mode == ScoreMode::calibrated)
+      check(class_index >= 0 && class_index < model.n_classes(),
+            "HgadModel::score: calibrated mode needs a class in [0, ", model.n_classes(), "), got ",
+            class_index);
+    const bool label_free = mode == ScoreMode::label_free;
+    const RawScores<Scalar> raw = raw_scores(model, image, label_free ? -1 : class_index);
+    const Index k = raw.scored_class >= 0 ? raw.scored_class : model.n_classes();
+    return anomaly_map(model, raw, model.calibration(k), criterion);
+  }
+
+  /// The body of HgadModel::score_set.
+  static std::vector<ScoredImage<Scalar>> score_set(const HgadModel<Scalar>& model,
+                                                    const std::vector<Tensor<Scalar>>& features,
+                                                    const std::vector<std::int64_t>& classes,
+                                                    ScoreMode mode,
+                                                    const std::function<void(Index)>& on_image,
+                                                    ScoreCriterion criterion) {
+    const Index N = model.check_features(features, "HgadModel::score_set");
+    if (mode != ScoreMode::label_free)
+      check(static_cast<Index>(classes.size()) == N, "HgadModel::score_set: ", classes.size(),
+            " classes for ", N, " images");
+    std::vector<ScoredImage<Scalar>> out;
+    if (mode == ScoreMode::transductive) {
+      std::vector<RawScores<Scalar>> raws;
+      for (Index i = 0; i < N; ++i) {
+        raws.push_back(raw_scores(model, HgadModel<Scalar>::image_view(features, i),
+                                  classes[static_cast<std::size_t>(i)]));
+        if (on_image) on_image(i);
+      }
+      const ClassCalibration constants = fit_constants(model, raws);
+      for (const auto& raw : raws) out.push_back(anomaly_map(model, raw, constants, criterion));
+      return out;
+    }
+    for (Index i = 0; i < N; ++i) {
+      out.push_back(score(model, HgadModel<Scalar>::image_view(features, i),
+                          mode == ScoreMode::label_free ? -1 : classes[static_cast<std::size_t>(i)],
+                          mode, criterion));
+      if (on_image) on_image(i);
+    }
+    return out;
+  }
+
+  /// The calibration HgadModel::calibrate stores: K per-class entries and the entry K of all
+  /// classes.
+  static std::vector<ClassCalibration> calibrate(
+      const HgadModel<Scalar>& model, const std::vector<Tensor<Scalar>>& features,
+      const std::vector<std::int64_t>& labels, const std::function<void(Index, Index)>& on_image) {
+    const Index N = model.check_features(features, "HgadModel::calibrate");
+    check(static_cast<Index>(labels.size()) == N, "HgadModel::calibrate: ", labels.size(),
+          " labels for ", N, " images");
+    const Index K = model.n_classes();
+    std::vector<std::vector<Index>> chosen(static_cast<std::size_t>(K));
+    for (Index i = 0; i < N; ++i) {
+      const std::int64_t y = labels[static_cast<std::size_t>(i)];
+      check(y >= 0 && y < K, "HgadModel::calibrate: label ", y, " of image ", i, " is outside [0, ",
+            K, ")");
+      auto& list = chosen[static_cast<std::size_t>(y)];
+      if (model.config().calibration_images == 0 ||
+          static_cast<Index>(list.size()) < model.config().calibration_images)
+        list.push_back(i);
+    }
+    Index total = 0, done = 0;
+    for (const auto& list : chosen) total += static_cast<Index>(list.size());
+    std::vector<ClassCalibration> result(static_cast<std::size_t>(K + 1));
+    std::vector<RawScores<Scalar>> all;
+    for (Index y = 0; y < K; ++y) {
+      const auto& list = chosen[static_cast<std::size_t>(y)];
+      check(!list.empty(), "HgadModel::calibrate: class '",
+            model.config().class_names[static_cast<std::size_t>(y)], "' has no training images");
+      std::vector<RawScores<Scalar>> raws;
+      for (Index i : list) {
+        raws.push_back(raw_scores(model, HgadModel<Scalar>::image_view(features, i), y));
+        if (on_image) on_image(++done, total);
+      }
+      result[static_cast<std::size_t>(y)] = calibration_from(model, raws);
+      for (auto& r : raws) all.push_back(std::move(r));
+    }
+    result[static_cast<std::size_t>(K)] = calibration_from(model, all);
+    return result;
+  }
+
+ private:
+  static std::vector<double> image_scores(const HgadModel<Scalar>& model,
+                                          const std::vector<RawScores<Scalar>>& raws,
+                                          const ClassCalibration& constants) {
+    std::vector<double> scores;
+    for (const auto& raw : raws) scores.push_back(anomaly_map(model, raw, constants, ScoreCriterion::product).score);
+    return scores;
+  }
+
+  /// The calibration of one set of normal images: the per-position baselines (when configured),
+  /// the §5 constants of the maps relative to them, and the largest image score of the set.
+  static ClassCalibration calibration_from(const HgadModel<Scalar>& model,
+                                           const std::vector<RawScores<Scalar>>& raws) {
+    ClassCalibration k;
+    if (model.config().calibration_baseline == CalibrationBaseline::position) {
+      k.log_likelihood_baseline = position_means(model, raws, false);
+      if (!raws.front().neg_entropy.empty())
+        k.neg_entropy_baseline = position_means(model, raws, true);
+    }
+    std::vector<RawScores<Scalar>> relative;  // the raw maps when there are no baselines
+    for (const auto& raw : raws) {
+      RawScores<Scalar> r;
+      r.log_likelihood = relative_to_baseline(raw.log_likelihood, k.log_likelihood_baseline);
+      r.neg_entropy = relative_to_baseline(raw.neg_entropy, k.neg_entropy_baseline);
+      relative.push_back(std::move(r));
+    }
+    const ClassCalibration fitted = fit_constants(model, relative);
+    k.log_likelihood = fitted.log_likelihood;
+    k.neg_entropy = fitted.neg_entropy;
+    const std::vector<double> scores = image_scores(model, raws, k);
+    k.train_score_max = std::max(0.0, *std::max_element(scores.begin(), scores.end()));
+    k.threshold = score_quantile(scores, model.config().threshold_quantile);
+    if (!raws.front().class_posterior.empty()) {
+      k.class_posterior.assign(raws.front().class_posterior.size(), 0.0);
+      for (const auto& raw : raws)
+        for (std::size_t y = 0; y < k.class_posterior.size(); ++y)
+          k.class_posterior[y] += raw.class_posterior[y] / double(raws.size());
+    }
+    return k;
+  }
+
+  /// Per level, the mean over `raws` of each position of the likelihood (or negative-entropy) map.
+  static std::vector<std::vector<double>> position_means(const HgadModel<Scalar>& model,
+                                                         const std::vector<RawScores<Scalar>>& raws,
+                                                         bool entropy) {
+    std::vector<std::vector<double>> means;
+    for (Index l = 0; l < model.n_levels(); ++l) {
+      const LevelSpec& s = model.config().levels[static_cast<std::size_t>(l)];
+      std::vector<double> sum(static_cast<std::size_t>(s.height * s.width), 0.0);
+      for (const auto& raw : raws) {
+        const Tensor<Scalar>& m =
+            (entropy ? raw.neg_entropy : raw.log_likelihood)[static_cast<std::size_t>(l)];
+        for (std::size_t j = 0; j < sum.size(); ++j) sum[j] += double(m.data()[j]);
+      }
+      for (double& v : sum) v /= double(raws.size());
+      means.push_back(std::move(sum));
+    }
+    return means;
+  }
+
+  /// maps − baseline, position by position (new tensors); the maps themselves when `baseline` is
+  /// empty.
+  static std::vector<Tensor<Scalar>> relative_to_baseline(
+      const std::vector<Tensor<Scalar>>& maps, const std::vector<std::vector<double>>& baseline) {
+    if (baseline.empty()) return maps;
+    check(baseline.size() == maps.size(), "HgadModel: ", baseline.size(), " baseline levels for ",
+          maps.size(), " maps");
+    std::vector<Tensor<Scalar>> out;
+    for (std::size_t l = 0; l < maps.size(); ++l) {
+      const Tensor<Scalar>& m = maps[l];
+      const std::vector<double>& b = baseline[l];
+      check(static_cast<Index>(b.size()) == m.numel(), "HgadModel: a baseline of ", b.size(),
+            " positions for a map of shape ", m.shape().to_string());
+      Tensor<Scalar> r = Tensor<Scalar>::empty(m.shape());
+      for (Index j = 0; j < m.numel(); ++j)
+        r.data()[j] = static_cast<Scalar>(double(m.data()[j]) - b[static_cast<std::size_t>(j)]);
+      out.push_back(std::move(r));
+    }
+    return out;
+  }
+
+  static AnomalyMapOptions map_options(const HgadModel<Scalar>& model) {
+    AnomalyMapOptions o;
+    o.height = o.width = model.config().features.mask_size;
+    return o;
+  }
+
+  /// Per level (1, H, W) views of one image's maps.
+  static std::vector<Tensor<Scalar>> one_image_levels(const std::vector<Tensor<Scalar>>& maps) {
+    std::vector<Tensor<Scalar>> out;
+    for (const auto& m : maps) out.push_back(m.reshape({1, m.dim(0), m.dim(1)}));
+    return out;
+  }
+
+  /// Per level (N, H, W): the likelihood (or negative-entropy) maps of a set of images, stacked.
+  static std::vector<Tensor<Scalar>> stacked_levels(const HgadModel<Scalar>& model,
+                                                    const std::vector<RawScores<Scalar>>& raws,
+                                                    bool entropy) {
+    std::vector<Tensor<Scalar>> out;
+    const Index N = static_cast<Index>(raws.size());
+    for (Index l = 0; l < model.n_levels(); ++l) {
+      const LevelSpec& s = model.config().levels[static_cast<std::size_t>(l)];
+      Tensor<Scalar> stack = Tensor<Scalar>::empty({N, s.height, s.width});
+      for (Index i = 0; i < N; ++i) {
+        const auto& maps = entropy ? raws[static_cast<std::size_t>(i)].neg_entropy
+                                   : raws[static_cast<std::size_t>(i)].log_likelihood;
+        const Tensor<Scalar>& m = maps[static_cast<std::size_t>(l)];
+        std::copy(m.data(), m.data() + m.numel(), stack.data() + i * m.numel());
+      }
+      out.push_back(stack);
+    }
+    return out;
+  }
+
+  /// The number of parameter values of a model of this configuration (flows with their
+};
+
+}  // namespace hgad

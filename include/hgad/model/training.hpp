@@ -1,0 +1,348 @@
+#pragma once
+/// \file
+/// Training an HgadModel (docs/algorithm.md §4): the passes, shuffles and batches, the
+/// learning-rate schedule and the two stages around each level's one training step (a
+/// LevelDevice: model/cpu_level.hpp on the CPU, level_device.hpp elsewhere), the progress and
+/// resumable state of a run, and the memory a training needs. HgadModel::fit calls
+/// ModelTraining::fit.
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "../detail/check.hpp"
+#include "../detail/text.hpp"
+#include "../level_device.hpp"
+#include "../loss/loss_terms.hpp"
+#include "../nn/adam.hpp"
+#include "../nn/lr_schedule.hpp"
+#include "../rng.hpp"
+#include "../tensor.hpp"
+#include "config.hpp"
+#include "cpu_level.hpp"
+
+namespace hgad {
+
+template <class Scalar>
+struct FitProgress {
+  Index epoch = 0;  ///< pass over the training data, 0-based (meta_epoch · sub_epochs + sub_epoch)
+  Index n_epochs = 0;
+  Index meta_epoch = 0;
+  Index sub_epoch = 0;
+  Index step = 0;  ///< batches done so far, over the whole run
+  Index n_steps = 0;
+  int stage = 1;  ///< 1 or 2 (docs/algorithm.md §3.4)
+  double lr = 0;
+  std::vector<LossTerms<Scalar>> level_terms;  ///< the loss terms of the last batch, per level
+  double images_per_second = 0;
+  double elapsed_seconds = 0;
+};
+
+template <class Scalar>
+class HgadModel;
+
+/// Where a run of fit() stands after a pass, beside the model's own parameters: the passes and
+/// steps it completed and every level's optimiser state (Adam::state_dict()). With the model it is
+/// what a run needs to continue as if it had never stopped (HgadModel::save_checkpoint,
+/// HgadModel::load_checkpoint, FitOptions::resume).
+template <class Scalar>
+struct TrainingState {
+  Index passes_done = 0;  ///< passes over the training data completed by the run
+  Index steps_done = 0;   ///< batches completed by the run
+  std::vector<std::map<std::string, AdamState<Scalar>>> optimizers;  ///< per level
+};
+
+/// Callbacks and resumption of fit(). `on_epoch` runs after every pass and may evaluate the model
+/// (it receives it const); the model fit() leaves behind is always the one at the end of training.
+/// Every `checkpoint_every` passes, `on_checkpoint` receives the model and the run's state (before
+/// on_epoch), for instance to save_checkpoint() them; `resume` continues a run from such a state.
+template <class Scalar>
+struct FitOptions {
+  std::function<void(const FitProgress<Scalar>&)> on_step;
+  std::function<void(const HgadModel<Scalar>&, Index epoch)> on_epoch;
+  Index checkpoint_every = 0;  ///< passes between two on_checkpoint calls; 0: none
+  std::function<void(const HgadModel<Scalar>&, const TrainingState<Scalar>&)> on_checkpoint;
+  /// Continue the run that stopped in this state (made by this model's configuration on the same
+  /// training data): the passes it completed are not repeated, the shuffles and the learning-rate
+  /// schedule go on where they were, and each level's optimiser starts from its saved state.
+  const TrainingState<Scalar>* resume = nullptr;
+};
+
+/// What fit() did.
+template <class Scalar>
+struct FitReport {
+  Index steps = 0;
+  Index epochs = 0;
+  double seconds = 0;
+  std::vector<LossTerms<Scalar>> final_terms;  ///< per level, last batch
+};
+
+/// The number of parameter values of a model of this configuration (flows with their
+/// rotations, and the priors), in double so that absurd configurations do not overflow.
+inline double parameter_count(const ModelConfig& c) {
+  double n = 0;
+  for (const LevelSpec& s : c.levels) {
+    const double D = double(s.dim), n2 = std::floor(D / 2), n1 = D - n2,
+                 in = n1 + double(c.pos_dim);
+    const double block = D * D + D + in * 2 * in + 2 * in + 2 * in * 2 * n2 + 2 * n2;
+    n += double(c.n_blocks) * block;
+    if (c.objective == Objective::hgad) {
+      const double K = double(c.class_names.size()), M = double(c.n_centers);
+      n += K * D + K * (M - 1) * D + K * M + K;
+    }
+  }
+  return n;
+}
+
+/// What training a model of `c` on `n_images` images holds in memory, in bytes (training_memory).
+struct TrainingMemory {
+  double parameters = 0;   ///< 4 copies of parameter_count: value, gradient, Adam's moments
+  double activations = 0;  ///< the largest level's training step on one batch
+  double features = 0;     ///< the backbone features of the training images, every level
+  double total() const { return parameters + activations + features; }
+};
+
+/// The memory estimate of training `c`: 4 copies (value, gradient, two Adam moments) of every
+/// parameter_count value, the fixed rotations and biases included (a slight overcount); per level
+/// with N = batch_size H W rows the step keeps n_blocks N (H_s + 2 n2 + D) for the backward and N
+/// (H_s + 6 D + 2 K + K M + 8) of scratch (H_s = 2 (n1 + P) the subnet's hidden width;
+/// cuda/level_engine.hpp), the largest level counted, as levels train one after another; and
+/// n_images H W D per level of features. A lower bound: the autograd reference and the backbone
+/// hold more.
+template <class Scalar>
+TrainingMemory training_memory(const ModelConfig& c, Index n_images = 0) {
+  TrainingMemory m;
+  const double bytes = double(sizeof(Scalar));
+  m.parameters = 4 * parameter_count(c) * bytes;
+  const double K = double(c.class_names.size()), M = double(c.n_centers);
+  for (const LevelSpec& s : c.levels) {
+    const double D = double(s.dim), n2 = std::floor(D / 2), n1 = D - n2;
+    const double hidden = 2 * (n1 + double(c.pos_dim));
+    const double N = double(c.batch_size) * double(s.height) * double(s.width);
+    const double step =
+        double(c.n_blocks) * N * (hidden + 2 * n2 + D) + N * (hidden + 6 * D + 2 * K + K * M + 8);
+    m.activations = std::max(m.activations, step * bytes);
+    m.features += double(n_images) * double(s.height) * double(s.width) * D * bytes;
+  }
+  return m;
+}
+
+/// The configuration's values that size the memory, for the messages that refuse it:
+/// "n_blocks = 12, pos_dim = 256, batch_size = 8, n_centers = 10, levels = 128x32x32".
+inline std::string memory_culprits(const ModelConfig& c) {
+  std::vector<std::string> levels;
+  for (const LevelSpec& s : c.levels)
+    levels.push_back(std::to_string(s.dim) + "x" + std::to_string(s.height) + "x" +
+                     std::to_string(s.width));
+  return "n_blocks = " + std::to_string(c.n_blocks) + ", pos_dim = " + std::to_string(c.pos_dim) +
+         ", batch_size = " + std::to_string(c.batch_size) +
+         ", n_centers = " + std::to_string(c.n_centers) + ", levels = " + detail::join(levels);
+}
+
+/// The objective and optimiser settings of every level of a model of configuration `c`.
+inline LevelTraining level_training(const ModelConfig& c) {
+  LevelTraining t;
+  t.loss.objective = c.objective;
+  t.loss.lambda1 = c.lambda1;
+  t.loss.lambda2 = c.lambda2;
+  t.loss.label_smoothing = c.label_smoothing;
+  t.loss.stage1_meta_epochs = static_cast<int>(c.stage1_meta_epochs);
+  t.adam.lr = c.lr;
+  t.adam.beta1 = c.beta1;
+  t.adam.beta2 = c.beta2;
+  t.adam.eps = c.adam_eps;
+  t.adam.flow_weight_decay = c.weight_decay;
+  return t;
+}
+
+/// The training job of HgadModel (model/hgad_model.hpp).
+template <class Scalar>
+class ModelTraining {
+ public:
+  /// The body of HgadModel::fit.
+  static FitReport<Scalar> fit(HgadModel<Scalar>& model,
+                               const std::vector<Tensor<Scalar>>& features,
+                               const std::vector<std::int64_t>& labels,
+                               const FitOptions<Scalar>& options) {
+    const Index N = model.check_features(features, "HgadModel::fit");
+    check(N >= 1, "HgadModel::fit: no training images");
+    check(static_cast<Index>(labels.size()) == N, "HgadModel::fit: ", labels.size(), " labels for ",
+          N, " images");
+    for (std::size_t i = 0; i < labels.size(); ++i)
+      check(labels[i] >= 0 && labels[i] < model.n_classes(), "HgadModel::fit: label ", labels[i],
+            " of image ", i, " is outside [0, ", model.n_classes(), ")");
+
+    const ModelConfig& c = model.m_config;
+    const Index L = model.n_levels();
+    const Index B = std::min<Index>(c.batch_size, N);
+    const Index iterations = N / B;  // drop_last
+    const Index n_epochs = c.total_epochs();
+    const Index n_steps = n_epochs * iterations;
+
+    LrSchedule schedule;
+    schedule.lr = c.lr;
+    schedule.meta_epochs = static_cast<int>(c.meta_epochs);
+    schedule.warm_up_meta_epochs = static_cast<int>(c.warmup_meta_epochs);
+    schedule.decay_rate = c.lr_decay_rate;
+    schedule.warm_up = c.warmup_meta_epochs > 0;
+
+    const TrainingState<Scalar>* resume = options.resume;
+    if (resume != nullptr) {
+      check(resume->passes_done >= 0 && resume->passes_done <= n_epochs &&
+                resume->steps_done == resume->passes_done * iterations &&
+                static_cast<Index>(resume->optimizers.size()) == L,
+            "HgadModel::fit: the training state to resume (", resume->passes_done, " passes, ",
+            resume->steps_done, " steps, ", resume->optimizers.size(),
+            " levels) does not belong to a run of this configuration on these ", N, " images (",
+            iterations, " steps per pass, ", n_epochs, " passes, ", L, " levels)");
+    }
+    check(options.checkpoint_every >= 0, "HgadModel::fit: checkpoint_every must be >= 0, got ",
+          options.checkpoint_every);
+    const LevelTraining training = level_training(model.m_config);
+    const LossOptions& loss_options = training.loss;
+    // One level device per level for the whole run (its optimiser state and activations); the
+    // parameters it trains come back into the model however fit() ends.
+    model.m_scoring.clear();
+    std::vector<std::unique_ptr<LevelDevice<Scalar>>> devices;
+    for (Index l = 0; l < L; ++l) {
+      devices.push_back(make_level_device(model.m_device,
+                                          model.m_flows[static_cast<std::size_t>(l)],
+                                          model.prior_or_null(l), training));
+      if (resume != nullptr)
+        devices.back()->set_optimizer_state(resume->optimizers[static_cast<std::size_t>(l)]);
+    }
+    model.m_calibration.clear();  // constants of earlier parameters no longer apply
+
+    // Per level: the positional encoding of one image, (H·W, P), shared by the B images of a batch
+    // (the flow projects it through W1c once per position rather than once per vector).
+    std::vector<Tensor<Scalar>> conditions;
+    for (Index l = 0; l < L; ++l) conditions.push_back(model.level_encoding(l));
+
+    // The shuffling stream is separate from the initialisation stream, derived from the seed.
+    Rng shuffle_rng(c.seed ^ 0x5DEECE66DULL);
+    std::vector<Index> order(static_cast<std::size_t>(N));
+    std::vector<Tensor<Scalar>> batch(static_cast<std::size_t>(L));
+    std::vector<std::vector<std::int64_t>> batch_labels(static_cast<std::size_t>(L));
+
+    FitReport<Scalar> report;
+    report.final_terms.resize(static_cast<std::size_t>(L));
+    const auto start = std::chrono::steady_clock::now();
+    Index step = 0;
+    // A device other than the CPU trains copies of the parameters: they come back into the model
+    // before on_epoch or on_checkpoint sees it and however fit() ends (after a NonFiniteError: the
+    // last good step).
+    const auto copy_back = [&devices] {
+      for (auto& d : devices) d->copy_parameters_back();
+    };
+    const auto shuffle = [&] {
+      std::iota(order.begin(), order.end(), Index(0));
+      for (Index i = N - 1; i > 0; --i)
+        std::swap(order[static_cast<std::size_t>(i)],
+                  order[static_cast<std::size_t>(
+                      shuffle_rng.uniform_int(static_cast<std::uint64_t>(i + 1)))]);
+    };
+    // A resumed run replays the shuffles of the passes it completed, so the stream continues.
+    const Index first_pass = resume != nullptr ? resume->passes_done : 0;
+    for (Index pass = 0; pass < first_pass; ++pass) shuffle();
+    if (resume != nullptr) step = resume->steps_done;
+    const Index first_step = step;
+    try {
+      for (Index meta = first_pass / c.sub_epochs; meta < c.meta_epochs; ++meta) {
+        const int stage =
+            c.objective == Objective::nf ? 2 : training_stage(static_cast<int>(meta), loss_options);
+        for (Index sub = meta == first_pass / c.sub_epochs ? first_pass % c.sub_epochs : 0;
+             sub < c.sub_epochs; ++sub) {
+          shuffle();
+          for (Index it = 0; it < iterations; ++it) {
+            const double lr = schedule.lr_at(static_cast<int>(meta), sub * iterations + it,
+                                             c.sub_epochs * iterations);
+            for (Index l = 0; l < L; ++l) {
+              const auto li = static_cast<std::size_t>(l);
+              gather_batch(features[li], order, it * B, B, batch[li]);
+              batch_labels[li].resize(static_cast<std::size_t>(batch[li].rows()));
+              const Index hw = model.level_positions(l);
+              for (Index b = 0; b < B; ++b)
+                std::fill_n(
+                    batch_labels[li].begin() + b * hw, hw,
+                    labels[static_cast<std::size_t>(order[static_cast<std::size_t>(it * B + b)])]);
+              report.final_terms[li] =
+                  devices[li]->train_step(batch[li], conditions[li], batch_labels[li], stage, lr,
+                                          TrainStepContext{l, static_cast<std::int64_t>(step)});
+            }
+            ++step;
+            if (options.on_step) {
+              FitProgress<Scalar> p;
+              p.epoch = meta * c.sub_epochs + sub;
+              p.n_epochs = n_epochs;
+              p.meta_epoch = meta;
+              p.sub_epoch = sub;
+              p.step = step;
+              p.n_steps = n_steps;
+              p.stage = stage;
+              p.lr = lr;
+              p.level_terms = report.final_terms;
+              p.elapsed_seconds =
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+              p.images_per_second =
+                  p.elapsed_seconds > 0 ? double((step - first_step) * B) / p.elapsed_seconds : 0.0;
+              options.on_step(p);
+            }
+          }
+          ++model.m_epochs_trained;
+          const Index passes = meta * c.sub_epochs + sub + 1;
+          if (options.checkpoint_every > 0 && options.on_checkpoint &&
+              passes % options.checkpoint_every == 0) {
+            copy_back();
+            TrainingState<Scalar> state;
+            state.passes_done = passes;
+            state.steps_done = step;
+            for (const auto& d : devices) state.optimizers.push_back(d->optimizer_state());
+            options.on_checkpoint(model, state);
+          }
+          if (options.on_epoch) {
+            copy_back();
+            options.on_epoch(model, meta * c.sub_epochs + sub);
+            model.m_scoring.clear();
+          }
+        }
+      }
+    } catch (...) {
+      try {
+        copy_back();
+      } catch (...) {  // the first error is the one to report
+      }
+      model.m_scoring.clear();
+      throw;
+    }
+    copy_back();
+    model.m_scoring.clear();
+    report.steps = step;
+    report.epochs = n_epochs;
+    report.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return report;
+  }
+
+ private:
+  /// Rows of images order[first .. first + B) of one level, (B·H·W, D).
+  static void gather_batch(const Tensor<Scalar>& level, const std::vector<Index>& order,
+                           Index first, Index B, Tensor<Scalar>& out) {
+    const Index per_image = level.numel() / level.dim(0);
+    const Index D = level.dim(3);
+    if (out.shape() != Shape({B * per_image / D, D}))
+      out = Tensor<Scalar>::empty({B * per_image / D, D});
+    for (Index b = 0; b < B; ++b) {
+      const Scalar* src = level.data() + order[static_cast<std::size_t>(first + b)] * per_image;
+      std::copy(src, src + per_image, out.data() + b * per_image);
+    }
+  }
+};
+
+}  // namespace hgad
