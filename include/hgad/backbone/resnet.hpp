@@ -277,6 +277,23 @@ std::map<std::string, Tensor<Scalar>> load_resnet_weights(ResNetArch arch, const
   return map;
 }
 
+/// One residual block of He et al. (2016), as torchvision builds it: a BasicBlock is
+/// relu(conv2(relu(conv1(x))) + s), a Bottleneck relu(conv3(relu(conv2(relu(conv1(x))))) + s), where
+/// the shortcut s is x, or a 1×1 strided convolution of x (without ReLU) where the block changes
+/// the shape. Each convolution carries its folded batch norm; `conv(c, x, relu, residual)` applies
+/// one, adds `residual` (when not null) before the optional ReLU. The CPU ResNet and the GPU's
+/// backbone engine (cuda/backbone_engine.hpp) both run their blocks through this function.
+template <class Block, class Activation, class ConvFn>
+Activation resnet_block(const Block& b, const Activation& x, bool bottleneck, ConvFn&& conv) {
+  const Activation shortcut = b.has_downsample ? conv(b.downsample, x, false, nullptr) : x;
+  Activation t = conv(b.conv1, x, true, nullptr);
+  if (bottleneck) {
+    t = conv(b.conv2, t, true, nullptr);
+    return conv(b.conv3, t, true, &shortcut);
+  }
+  return conv(b.conv2, t, true, &shortcut);
+}
+
 /// A frozen torchvision ResNet up to a chosen stage, evaluated in inference mode.
 template <class Scalar>
 class ResNet {
@@ -474,15 +491,10 @@ class ResNet {
     return y;
   }
 
-  /// One BasicBlock or Bottleneck.
   Activation apply(const Block& b, const Activation& x) const {
-    const Activation shortcut = b.has_downsample ? apply(b.downsample, x, false, nullptr) : x;
-    Activation t = apply(b.conv1, x, true, nullptr);
-    if (m_spec.bottleneck) {
-      t = apply(b.conv2, t, true, nullptr);
-      return apply(b.conv3, t, true, &shortcut);
-    }
-    return apply(b.conv2, t, true, &shortcut);
+    return resnet_block(b, x, m_spec.bottleneck,
+                        [this](const Conv& c, const Activation& in, bool relu,
+                               const Activation* residual) { return apply(c, in, relu, residual); });
   }
 
   ResNetArch m_arch;

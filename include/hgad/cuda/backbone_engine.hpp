@@ -157,15 +157,11 @@ class BackboneEngine {
     return y;
   }
 
-  /// One BasicBlock or Bottleneck (resnet.hpp).
+  /// One BasicBlock or Bottleneck (resnet_block, backbone/resnet.hpp).
   Activation block(const Block& b, const Activation& x) {
-    const Activation shortcut = b.has_downsample ? convolve(b.downsample, x, false, nullptr) : x;
-    Activation t = convolve(b.conv1, x, true, nullptr);
-    if (m_spec.bottleneck) {
-      t = convolve(b.conv2, t, true, nullptr);
-      return convolve(b.conv3, t, true, &shortcut);
-    }
-    return convolve(b.conv2, t, true, &shortcut);
+    return resnet_block(b, x, m_spec.bottleneck,
+                        [this](const Conv& c, const Activation& in, bool relu,
+                               const Activation* residual) { return convolve(c, in, relu, residual); });
   }
 
   Exec m_exec;
