@@ -196,6 +196,16 @@ class Progress {
   }
   double elapsed() const { return std::chrono::duration<double>(Clock::now() - m_start).count(); }
 
+  /// Erases the bar from the terminal so that a line written now takes its place; the next
+  /// update draws it again below that line. Nothing to do when stderr is not a terminal.
+  void clear() {
+    if (!m_tty || !m_drawn || m_finished) return;
+    std::fprintf(stderr, "\r\033[K");
+    std::fflush(stderr);
+    m_drawn = false;
+    m_last_draw = Clock::time_point{};
+  }
+
  private:
   using Clock = std::chrono::steady_clock;
 

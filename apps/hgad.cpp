@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -210,6 +211,52 @@ Json metrics_json(const hgad::ClassReport& m) {
   j.set("image_precision_at_threshold", Json::number(m.image_precision));
   j.set("image_recall_at_threshold", Json::number(m.image_recall));
   j.set("image_f1_at_threshold", Json::number(m.image_f1));
+  return j;
+}
+
+/// One value of the config table as JSON: numbers as numbers, names as strings, lists as arrays.
+Json config_value_json(Index value) { return Json::integer(value); }
+Json config_value_json(std::uint64_t value) {
+  // A seed beyond 2^63 does not fit a JSON integer of every reader: its decimal text instead.
+  return value <= std::uint64_t(INT64_MAX) ? Json::integer(static_cast<std::int64_t>(value))
+                                           : Json::string(std::to_string(value));
+}
+Json config_value_json(double value) { return Json::number(value); }
+Json config_value_json(const std::string& value) { return Json::string(value); }
+Json config_value_json(const std::vector<std::string>& names) {
+  Json list = Json::array();
+  for (const std::string& name : names) list.push(Json::string(name));
+  return list;
+}
+Json config_value_json(const std::vector<hgad::LevelSpec>& levels) {
+  Json list = Json::array();
+  for (const hgad::LevelSpec& s : levels) list.push(Json::string(hgad::detail::value_text(s)));
+  return list;
+}
+Json config_value_json(const std::vector<hgad::ClassGroup>& groups) {
+  Json object = Json::object();
+  for (const hgad::ClassGroup& g : groups) object.set(g.name, config_value_json(g.members));
+  return object;
+}
+template <class T, class Rule>
+Json config_value_json(const T& value, const Rule&) {
+  return config_value_json(value);
+}
+template <class Enum, std::size_t N>
+Json config_value_json(const Enum& value, const hgad::detail::NamedValue<Enum> (&names)[N]) {
+  return Json::string(hgad::detail::name_of(names, value));
+}
+
+/// A model configuration as a JSON object with a member per key of its text form, in the same
+/// order (hgad::detail::for_each_config_key); the class groups, keys `group.NAME` in the text, are
+/// the object "groups" of NAME: [members].
+Json config_json(const hgad::ModelConfig& config) {
+  Json j = Json::object();
+  hgad::detail::for_each_config_key(config, [&j](const char* name, const auto& field,
+                                                 const auto&... rule) {
+    const std::string key = name;
+    j.set(key == hgad::detail::group_key_prefix ? "groups" : key, config_value_json(field, rule...));
+  });
   return j;
 }
 
@@ -480,7 +527,7 @@ const std::vector<OptionSpec> test_options = {
     {"mode", "MODE", "transductive | calibrated | label-free (default calibrated)"},
     {"criterion", "C", "product (HGAD, default) | likelihood | entropy: the maps combined"},
     {"classes", "A,B,...", "test only these of the model's classes (or of its groups' folders)"},
-    {"json", "FILE", "every metric per class and the mean as JSON (-: stdout, table to stderr)"},
+    {"json", "FILE", "every metric per class and the mean, each image's score and decision, and the config as JSON (-: stdout, table to stderr)"},
     {"backbone", "DIR", "ResNet weights folder (default: the one recorded at training)"},
     {"cache", "DIR", "keep the backbone features in DIR and reuse them when nothing changed"},
     {"threads", "N", "worker threads (default: all cores)"},
@@ -547,6 +594,7 @@ int cmd_test(const Args& args) {
                               model.calibration(0).has_threshold();
 
   std::vector<hgad::ClassReport> results;
+  Json image_rows = Json::array();  // every test image's score, for --json
   for (Index c = 0; c < test.n_classes(); ++c) {
     const std::string& name = test.class_names()[static_cast<std::size_t>(c)];
     const std::int64_t model_class = config.class_of(name);
@@ -582,8 +630,8 @@ int cmd_test(const Args& args) {
                                                 set.has_masks ? set.masks : hgad::Tensor<float>());
     if (mode == hgad::ScoreMode::label_free && config.objective == hgad::Objective::hgad)
       m.class_accuracy = double(correct) / double(set.size());
+    std::vector<bool> flagged;
     if (with_threshold) {
-      std::vector<bool> flagged;
       for (const auto& s : scored)
         flagged.push_back(model.calibration(s.scored_class >= 0 ? s.scored_class : model.n_classes())
                               .is_anomalous(s.score));
@@ -591,6 +639,19 @@ int cmd_test(const Args& args) {
       if (mode == hgad::ScoreMode::calibrated) m.threshold = model.calibration(model_class).threshold;
     }
     results.push_back(m);
+    for (Index i = 0; i < set.size(); ++i) {
+      const auto& s = scored[static_cast<std::size_t>(i)];
+      Json row = Json::object();
+      row.set("class", Json::string(name));
+      row.set("image", Json::string(set.paths[static_cast<std::size_t>(i)]));
+      row.set("label", Json::integer(set.labels[static_cast<std::size_t>(i)]));
+      row.set("score", Json::number(s.score));
+      if (with_threshold) row.set("anomalous", Json::boolean(flagged[static_cast<std::size_t>(i)]));
+      if (s.predicted_class >= 0)
+        row.set("predicted_class",
+                Json::string(config.class_names[static_cast<std::size_t>(s.predicted_class)]));
+      image_rows.push(std::move(row));
+    }
   }
   const hgad::ClassReport mean = hgad::mean_metrics(results);
   const bool with_accuracy =
@@ -645,7 +706,8 @@ int cmd_test(const Args& args) {
     for (const auto& m : results) per_class.set(m.name, metrics_json(m));
     j.set("classes", per_class);
     j.set("mean", metrics_json(mean));
-    j.set("config", Json::string(config.to_text()));
+    j.set("images", std::move(image_rows));
+    j.set("config", config_json(config));
     write_text_output(json_path, j.dump(2));
   }
   return 0;
@@ -698,6 +760,17 @@ std::vector<std::string> heatmap_stems(const std::vector<std::string>& images) {
   return stems;
 }
 
+/// The top of the heat maps' colour scale, whose bottom is 0: twice the largest image score of
+/// the model's training images (ClassCalibration::train_score_max over every entry), so that red
+/// marks a region at least twice as unusual as the most unusual normal image; 1 when every
+/// training image scored 0.
+double heat_map_scale(const Model& model) {
+  double highest = 0;
+  for (Index c = 0; c <= model.n_classes(); ++c)
+    highest = std::max(highest, model.calibration(c).train_score_max);
+  return highest > 0 ? 2 * highest : 1.0;
+}
+
 const std::vector<OptionSpec> predict_options = {
     {"model", "MODEL", "model written by hgad train"},
     {"out", "DIR", "folder for the heat maps and scores.csv (created if missing)"},
@@ -718,8 +791,10 @@ int cmd_predict(const Args& args) {
            "no image's stem: a/x.png b/x.png x_1.png give x, x_2, x_1; the heatmap column of\n"
            "scores.csv names each file. Prints one line per image: score, anomalous (yes when the\n"
            "score is above the threshold of the class, calibrated on its training images:\n"
-           "threshold_quantile), class used, file. Heat maps of one call share one colour scale,\n"
-           "from 0 to the largest of their maxima and the training images' largest score.\n\noptions:\n"
+           "threshold_quantile), class used, file. Each image's line and heat map are written as\n"
+           "soon as it is scored, scores.csv once all are. Every heat map of a model has the same\n"
+           "colour scale, from 0 (blue) to twice the largest score of its training images (red),\n"
+           "so an image's heat map does not depend on the other images of the call.\n\noptions:\n"
         << hgad_cli::describe_options(predict_options);
     return 0;
   }
@@ -760,46 +835,33 @@ int cmd_predict(const Args& args) {
 
   hgad::Preprocess display = hgad::preprocess_for(config.features, false);
   display.image_size = config.features.mask_size;
-  struct Result {
-    hgad::Detection<Scalar> scored;
-    hgad::Tensor<Scalar> picture;
-  };
-  std::vector<Result> results;
-  {
-    Progress bar("scoring", static_cast<Index>(images.size()), "img");
-    for (const auto& path : images) {
-      hgad::MvtecSample sample;
-      sample.image_path = path;
-      Result r;
-      r.scored = detector.score_file(path, class_name);
-      r.picture = hgad::load_sample<Scalar>(sample, display).image;
-      results.push_back(std::move(r));
-      bar.advance();
-    }
-    bar.finish();
-  }
-  double hi = 0;
-  for (const auto& r : results) hi = std::max(hi, r.scored.score);
-  for (Index c = 0; c < model.n_classes(); ++c)
-    hi = std::max(hi, model.calibration(c).train_score_max);
-  if (!(hi > 0)) hi = 1;
-
+  // One colour scale for every heat map of the model, so that an image's heat map does not depend
+  // on the other images of the call and each is written as soon as it is scored.
+  const double top = heat_map_scale(model);
   const std::vector<std::string> stems = heatmap_stems(images);
   std::ostringstream csv;
   csv << "image,class,score,anomalous,heatmap\n";
+  Progress bar("scoring", static_cast<Index>(images.size()), "img");
   for (std::size_t i = 0; i < images.size(); ++i) {
-    const Result& r = results[i];
+    const hgad::Detection<Scalar> scored = detector.score_file(images[i], class_name);
+    hgad::MvtecSample sample;
+    sample.image_path = images[i];
+    const hgad::Tensor<Scalar> picture = hgad::load_sample<Scalar>(sample, display).image;
     const std::string heat_path = (fs::path(out_dir) / (stems[i] + "_heatmap.png")).string();
-    const hgad::Tensor<Scalar> colours = hgad::colormap_jet(r.scored.map, Scalar(0), Scalar(hi));
-    hgad::save_png(heat_path, hgad::blend(r.picture, colours, Scalar(0.5)));
-    const std::string class_name = r.scored.class_name.empty() ? "-" : r.scored.class_name;
-    const char* anomalous = !r.scored.anomalous ? "-" : *r.scored.anomalous ? "yes" : "no";
+    const hgad::Tensor<Scalar> colours = hgad::colormap_jet(scored.map, Scalar(0), Scalar(top));
+    hgad::save_png(heat_path, hgad::blend(picture, colours, Scalar(0.5)));
+    const std::string scored_class = scored.class_name.empty() ? "-" : scored.class_name;
+    const char* anomalous = !scored.anomalous ? "-" : *scored.anomalous ? "yes" : "no";
     char score[32];
-    std::snprintf(score, sizeof(score), "%.6g", r.scored.score);
-    std::printf("%s\t%s\t%s\t%s\n", score, anomalous, class_name.c_str(), images[i].c_str());
-    csv << csv_field(images[i]) << "," << csv_field(class_name) << "," << score << "," << anomalous << ","
-        << csv_field(heat_path) << "\n";
+    std::snprintf(score, sizeof(score), "%.6g", scored.score);
+    bar.clear();
+    std::printf("%s\t%s\t%s\t%s\n", score, anomalous, scored_class.c_str(), images[i].c_str());
+    std::fflush(stdout);
+    csv << csv_field(images[i]) << "," << csv_field(scored_class) << "," << score << "," << anomalous
+        << "," << csv_field(heat_path) << "\n";
+    bar.advance();
   }
+  bar.finish();
   write_text_output((fs::path(out_dir) / "scores.csv").string(), csv.str());
   return 0;
 }
@@ -1087,7 +1149,7 @@ int cmd_embeddings(const Args& args) {
     for (const Row& r : rows) per_class.set(r.name, row_json(r));
     j.set("classes", per_class);
     j.set("mean", row_json(mean));
-    j.set("config", Json::string(config.to_text()));
+    j.set("config", config_json(config));
     write_text_output(json_path, j.dump(2));
   }
   if (!out_path.empty()) model.save(out_path);

@@ -806,6 +806,49 @@ TEST_CASE("hgad predict gives images of one stem distinct heat maps and quotes s
   CHECK(hgad_test::read_bytes(rows[1][4]) != hgad_test::read_bytes(rows[2][4]));
 }
 
+TEST_CASE("hgad predict writes each image's line and heat map as it is scored, on the model's own "
+          "colour scale",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  hgad_test::TempDir dir("cli_predict_stream");
+  const fs::path root = dir.path() / "data";
+  write_dataset(root);
+  const std::string model = dir.file("model.hgad");
+  Run r = run(dir, train_tiny(dir, root.string(), model));
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const std::string normal = dir.file("in/normal.png"), odd = dir.file("in/odd.png");
+  write_image(normal, 0, false);
+  hgad::Tensor<float> noise({3, 64, 64});  // far from every training image: a high score
+  hgad::Rng rng(7);
+  for (hgad::Index i = 0; i < noise.numel(); ++i) noise.data()[i] = float(rng.uniform());
+  hgad::save_png(odd, noise);
+
+  // The heat map of an image is the same whatever else the call scores.
+  r = run(dir, "predict --model '" + model + "' --out '" + dir.file("alone") + "' '" + normal + "'");
+  REQUIRE(r.status == 0);
+  r = run(dir, "predict --model '" + model + "' --out '" + dir.file("with") + "' '" + normal +
+                   "' '" + odd + "'");
+  REQUIRE(r.status == 0);
+  CHECK(hgad_test::read_bytes(dir.file("alone/normal_heatmap.png")) ==
+        hgad_test::read_bytes(dir.file("with/normal_heatmap.png")));
+
+  // A file that is not an image stops the call at its turn: what came before it is out (its line
+  // on standard output, its heat map), scores.csv is not written half.
+  const std::string broken = dir.file("in/broken.png");
+  std::ofstream(broken) << "not a png";
+  r = run(dir, "predict --model '" + model + "' --out '" + dir.file("stopped") + "' '" + normal +
+                   "' '" + broken + "' '" + odd + "'");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "broken.png"));
+  CHECK(contains(r.out, normal));
+  CHECK_FALSE(contains(r.out, odd));
+  CHECK(fs::exists(dir.file("stopped/normal_heatmap.png")));
+  CHECK_FALSE(fs::exists(dir.file("stopped/odd_heatmap.png")));
+  CHECK_FALSE(fs::exists(dir.file("stopped/scores.csv")));
+}
+
 TEST_CASE("hgad train refuses an --out it cannot write before training", "[model][cli]") {
   REQUIRE_CLI();
   REQUIRE_WEIGHTS();
@@ -961,6 +1004,22 @@ TEST_CASE("hgad decides with the threshold calibrated on the training normals: i
   CHECK(contains(text, "\"image_f1_at_threshold\""));
   CHECK(contains(text, "\"image_precision_at_threshold\""));
   CHECK(contains(text, "\"threshold\": " ));
+  // Every test image's score and decision, and the configuration as an object of typed values.
+  std::size_t rows = 0;
+  for (std::size_t at = text.find("\"score\": "); at != std::string::npos;
+       at = text.find("\"score\": ", at + 1))
+    ++rows;
+  CHECK(rows == 8);  // two classes of two good and two defective test images
+  for (const std::string c : {"a", "b"})
+    for (const std::string image : {"good/g0", "good/g1", "dent/d0", "dent/d1"})
+      CHECK(contains(text, "\"image\": \"" + data + "/" + c + "/test/" + image + ".png\""));
+  CHECK(contains(text, "\"label\": 1"));
+  CHECK((contains(text, "\"anomalous\": true") || contains(text, "\"anomalous\": false")));
+  CHECK(contains(text, "\"config\": {"));
+  CHECK(contains(text, "\"n_blocks\": 1,"));
+  CHECK(contains(text, "\"threshold_quantile\": 0.5,"));
+  CHECK(contains(text, "\"layers\": [\n"));
+  CHECK_FALSE(contains(text, "# hgad model configuration"));
 
   // A model file of an older hgad: no thresholds. It loads; info says they are missing, predict
   // scores with the decision '-' and a note, test reports the threshold metrics absent.
