@@ -194,6 +194,9 @@ class ModelTraining {
     } catch (const std::exception& e) {
       comm->fail(e.what());
       throw;
+    } catch (...) {
+      comm->fail("an exception that is not a std::exception (from a callback?)");
+      throw;
     }
   }
 
