@@ -195,3 +195,18 @@ TEST_CASE("A rank that goes silent ends the others' collectives after the timeou
   CHECK_THAT(outcomes[0].message, Catch::Contains("rank 1 did not reach the collective"));
   CHECK_THAT(outcomes[0].message, Catch::Contains("300 ms"));
 }
+
+TEST_CASE("Ranks whose collectives do not match stop at once with a message", "[parallel]") {
+  hgad::InProcessGroup group(2, std::chrono::seconds(30));
+  const auto start = std::chrono::steady_clock::now();
+  const auto outcomes = run_ranks(group, [&](hgad::Communicator& comm, int r) {
+    std::vector<double> v(std::size_t(4 + r), 1.0);  // 4 values on rank 0, 5 on rank 1
+    comm.all_reduce_sum(v.data(), Index(v.size()));
+  });
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(10));
+  for (const auto& o : outcomes) {
+    INFO(o.message);
+    CHECK(o.threw);
+    CHECK_THAT(o.message, Catch::Contains("collectives out of step"));
+  }
+}

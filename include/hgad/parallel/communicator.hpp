@@ -11,10 +11,13 @@
 ///     std::vector<double> g = local_gradient();         // this rank's part, already weighted
 ///     one.all_reduce_sum(g.data(), hgad::Index(g.size()));   // the sum over the ranks, rank order
 ///
-/// Determinism: all_reduce_sum gathers every rank's buffer and adds them in rank order 0, 1, ...,
-/// R - 1 on every rank, so the result depends neither on the timing nor on the transport's own
-/// reduction tree, and every rank holds the same bits. A transport provides only all_gather_bytes
-/// and broadcast_bytes; the summation is written once, here.
+/// Determinism: all_reduce_sum adds the ranks' buffers in rank order 0, 1, ..., R - 1, element by
+/// element, so the result depends neither on the timing nor on the transport's own reduction tree,
+/// and every rank holds the same bits. It is a reduce-scatter then an all-gather: rank j adds the
+/// j-th of R slices of every rank's buffer, then every rank gathers the R sums, so each rank sends
+/// and receives about 2 (R - 1)/R of the buffer (a ring all-reduce's traffic) rather than R - 1
+/// copies. A transport provides only all_to_all_bytes, all_gather_bytes and broadcast_bytes; the
+/// summation is written once, here.
 ///
 /// Failure: a rank whose work throws calls fail(reason) before it leaves; the collectives of the
 /// other ranks then throw PeerFailure naming that rank and its reason, instead of waiting forever.
@@ -74,6 +77,12 @@ class Communicator {
   ///   throws: PeerFailure when a rank failed or did not answer.
   virtual void all_gather_bytes(const void* send, std::size_t bytes, void* recv) = 0;
 
+  /// send (size() · bytes) holds one block of `bytes` for every rank, rank j's at offset j · bytes;
+  /// recv (size() · bytes) receives the block meant for this rank from every rank, rank i's at
+  /// offset i · bytes (MPI_Alltoall).
+  ///   throws: PeerFailure when a rank failed or did not answer.
+  virtual void all_to_all_bytes(const void* send, std::size_t bytes, void* recv) = 0;
+
   /// The `bytes` of data on rank `root` are copied into data on every rank.
   ///   throws: PeerFailure when a rank failed or did not answer.
   virtual void broadcast_bytes(void* data, std::size_t bytes, int root) = 0;
@@ -92,16 +101,23 @@ class Communicator {
     check(n >= 0, "Communicator::all_reduce_sum: n must be >= 0, got ", n);
     const int R = size();
     if (R == 1 || n == 0) return;
-    const std::size_t count = static_cast<std::size_t>(n);
-    m_gathered.resize(count * sizeof(T) * static_cast<std::size_t>(R));
-    all_gather_bytes(data, count * sizeof(T), m_gathered.data());
-    std::vector<T> part(count);
-    std::memcpy(data, m_gathered.data(), count * sizeof(T));
-    for (int r = 1; r < R; ++r) {
-      std::memcpy(part.data(), m_gathered.data() + static_cast<std::size_t>(r) * count * sizeof(T),
-                  count * sizeof(T));
-      for (std::size_t i = 0; i < count; ++i) data[i] += part[i];
+    const std::size_t count = static_cast<std::size_t>(n), ranks = static_cast<std::size_t>(R);
+    const std::size_t slice = (count + ranks - 1) / ranks;  // slice j: data[j slice, (j + 1) slice)
+    const std::size_t slice_bytes = slice * sizeof(T);
+    // The buffer, zero-padded to R slices, is the send buffer of the all-to-all as it stands.
+    m_send.assign(ranks * slice_bytes, 0);
+    std::memcpy(m_send.data(), data, count * sizeof(T));
+    m_received.resize(ranks * slice_bytes);
+    all_to_all_bytes(m_send.data(), slice_bytes, m_received.data());
+    // This rank's slice summed over the ranks in rank order: ((s_0 + s_1) + s_2) + ...
+    std::vector<T> sum(slice), part(slice);
+    std::memcpy(sum.data(), m_received.data(), slice_bytes);
+    for (std::size_t r = 1; r < ranks; ++r) {
+      std::memcpy(part.data(), m_received.data() + r * slice_bytes, slice_bytes);
+      for (std::size_t i = 0; i < slice; ++i) sum[i] += part[i];
     }
+    all_gather_bytes(sum.data(), slice_bytes, m_received.data());
+    std::memcpy(data, m_received.data(), count * sizeof(T));
   }
 
   /// data (n,) on every rank becomes rank root's.
@@ -128,7 +144,7 @@ class Communicator {
   }
 
  private:
-  std::vector<unsigned char> m_gathered;  // all_reduce_sum's receive buffer, reused across calls
+  std::vector<unsigned char> m_send, m_received;  // all_reduce_sum's buffers, reused across calls
 };
 
 /// The group of one: every collective is the identity.
@@ -137,6 +153,9 @@ class SingleProcess final : public Communicator {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   void all_gather_bytes(const void* send, std::size_t bytes, void* recv) override {
+    if (bytes > 0) std::memmove(recv, send, bytes);
+  }
+  void all_to_all_bytes(const void* send, std::size_t bytes, void* recv) override {
     if (bytes > 0) std::memmove(recv, send, bytes);
   }
   void broadcast_bytes(void*, std::size_t, int root) override {
@@ -192,6 +211,20 @@ class InProcessGroup {
             }
           });
     }
+    void all_to_all_bytes(const void* send, std::size_t bytes, void* recv) override {
+      const std::size_t ranks = static_cast<std::size_t>(size());
+      m_group.exchange(
+          m_rank, send, ranks * bytes, [&](const std::vector<std::vector<unsigned char>>& slots) {
+            for (std::size_t r = 0; r < slots.size(); ++r) {
+              check(slots[r].size() == ranks * bytes, "InProcessGroup: rank ", r, " sent ",
+                    slots[r].size(), " bytes to all, rank ", m_rank, " ", ranks * bytes,
+                    " (collectives out of step)");
+              if (bytes > 0)
+                std::memcpy(static_cast<unsigned char*>(recv) + r * bytes,
+                            slots[r].data() + static_cast<std::size_t>(m_rank) * bytes, bytes);
+            }
+          });
+    }
     void broadcast_bytes(void* data, std::size_t bytes, int root) override {
       check(root >= 0 && root < size(), "InProcessGroup::broadcast_bytes: root ", root, " of ",
             size(), " ranks");
@@ -221,7 +254,12 @@ class InProcessGroup {
     slot.assign(static_cast<const unsigned char*>(send),
                 static_cast<const unsigned char*>(send) + bytes);
     arrive(lock, rank, "deposit");
-    read(m_slots);
+    try {
+      read(m_slots);
+    } catch (const std::exception& e) {  // the others would wait for this rank's read in vain
+      mark_failed_locked(rank, e.what());
+      throw;
+    }
     arrive(lock, rank, "read");
   }
 

@@ -85,6 +85,13 @@ class MpiCommunicator final : public Communicator {
             "MPI_Allgather");
   }
 
+  void all_to_all_bytes(const void* send, std::size_t bytes, void* recv) override {
+    check(bytes <= std::size_t(INT_MAX), "MpiCommunicator::all_to_all_bytes: ", bytes,
+          " bytes per rank exceed MPI's int count (", INT_MAX, ")");
+    require(MPI_Alltoall(send, int(bytes), MPI_BYTE, recv, int(bytes), MPI_BYTE, m_comm),
+            "MPI_Alltoall");
+  }
+
   void broadcast_bytes(void* data, std::size_t bytes, int root) override {
     check(root >= 0 && root < m_size, "MpiCommunicator::broadcast_bytes: root ", root, " of ",
           m_size, " ranks");
