@@ -153,6 +153,10 @@ inline std::string format_duration(double seconds) {
 /// Progress of a counted task on stderr: a redrawn bar with rate and ETA when stderr is a
 /// terminal, otherwise one plain line at the start, every `plain_interval` seconds and at the end
 /// (so logs stay readable).
+/// Set by the ranks other than 0 of a data-parallel training (hgad train under mpirun): their
+/// Progress bars draw nothing, so that rank 0 alone reports.
+inline bool progress_silenced = false;
+
 class Progress {
  public:
   Progress(std::string label, std::int64_t total, std::string unit, double plain_interval = 10.0)
@@ -163,7 +167,7 @@ class Progress {
         m_plain_interval(plain_interval),
         m_start(Clock::now()),
         m_last_draw(m_start) {
-    if (!m_tty)
+    if (!m_tty && !progress_silenced)
       std::fprintf(stderr, "%s: 0/%lld %s\n", m_label.c_str(), static_cast<long long>(m_total),
                    m_unit.c_str());
   }
@@ -210,6 +214,7 @@ class Progress {
   using Clock = std::chrono::steady_clock;
 
   void draw(bool final) {
+    if (progress_silenced) return;
     const double t = elapsed();
     const double rate = t > 0 ? static_cast<double>(m_done) / t : 0.0;
     const double eta = rate > 0 ? static_cast<double>(m_total - m_done) / rate : -1.0;

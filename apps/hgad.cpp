@@ -33,6 +33,11 @@
 #include <hgad/model/hgad_model.hpp>
 #include <hgad/model/pipeline.hpp>
 
+#include <hgad/parallel/communicator.hpp>
+#ifdef HGAD_HAVE_MPI  // built with MPI (CMake: HGAD_ENABLE_MPI): hgad train under mpirun
+#include <hgad/parallel/mpi_communicator.hpp>
+#endif
+
 #include "cli_support.hpp"
 
 namespace fs = std::filesystem;
@@ -364,6 +369,25 @@ void check_training_memory(const hgad::ModelConfig& config, Index n_images, cons
                     hgad::detail::bytes_text(limit) + "; reduce " + hgad::memory_culprits(config));
 }
 
+/// The ranks of the MPI job this process belongs to, or null when it was started alone.
+///   throws: UsageError when mpirun started several copies of a program built without MPI (each
+///           would train, and write, the same model on its own).
+std::unique_ptr<hgad::Communicator> launched_world() {
+#ifdef HGAD_HAVE_MPI
+  if (hgad::MpiCommunicator::launched()) return std::make_unique<hgad::MpiCommunicator>();
+#else
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"}) {
+    const char* size = std::getenv(name);
+    if (size != nullptr && std::string(size) != "1")
+      throw UsageError(
+          std::string("started by an MPI launcher (") + name + " = " + size +
+          "), but this hgad was built without MPI: configure with -DHGAD_ENABLE_MPI=ON "
+          "(Debian: libopenmpi-dev) to train data-parallel, or run one process");
+  }
+#endif
+  return nullptr;
+}
+
 int cmd_train(const Args& args) {
   if (args.help()) {
     std::cout
@@ -372,7 +396,11 @@ int cmd_train(const Args& args) {
            "setting), computes the calibrated-mode constants from the same images and writes the\n"
            "model. Without --config the hyper-parameters are HGAD's (docs/algorithm.md), which are "
            "sized\n"
-           "for a GPU; --epochs and a --config file shorten them.\n\noptions:\n"
+           "for a GPU; --epochs and a --config file shorten them.\n\n"
+           "Under `mpirun -np R` (a program built with MPI) the R processes train one model\n"
+           "together: each reads every training image, takes its part of every batch, and the\n"
+           "gradients are summed over the processes before each step; process 0 reports the\n"
+           "progress and writes the checkpoints and the model.\n\noptions:\n"
         << hgad_cli::describe_options(train_options);
     return 0;
   }
@@ -380,6 +408,10 @@ int cmd_train(const Args& args) {
   const std::string backbone = args.required("backbone");
   const std::string out = args.required("out");
   apply_threads(args);
+  // Under mpirun: the ranks of the job train one model; rank 0 alone reports and writes.
+  const std::unique_ptr<hgad::Communicator> world = launched_world();
+  const bool writer = world == nullptr || world->rank() == 0;
+  hgad_cli::progress_silenced = !writer;
   const Index checkpoint_every = args.has("checkpoint-every") ? args.get_int("checkpoint-every", 1, 1, 100000) : 0;
   const std::string checkpoint_path = out + ".checkpoint";
   // --resume: the checkpoint's model, configuration and class folders, and its run's state.
@@ -429,17 +461,21 @@ int cmd_train(const Args& args) {
   config.validate(true);
   check_training_memory(config, train.size(), args);
 
-  std::fprintf(stderr, "hgad train: %lld images of %lld classes, %lld levels (",
-               static_cast<long long>(train.size()), static_cast<long long>(config.n_classes()),
-               static_cast<long long>(config.n_levels()));
-  for (std::size_t l = 0; l < config.levels.size(); ++l)
-    std::fprintf(stderr, "%s%lldx%lldx%lld", l ? ", " : "",
-                 static_cast<long long>(config.levels[l].dim),
-                 static_cast<long long>(config.levels[l].height),
-                 static_cast<long long>(config.levels[l].width));
-  std::fprintf(stderr, "), %lld epochs, objective %s\n",
-               static_cast<long long>(config.total_epochs()),
-               hgad::to_string(config.objective).c_str());
+  if (writer) {
+    std::fprintf(stderr, "hgad train: %lld images of %lld classes, %lld levels (",
+                 static_cast<long long>(train.size()), static_cast<long long>(config.n_classes()),
+                 static_cast<long long>(config.n_levels()));
+    for (std::size_t l = 0; l < config.levels.size(); ++l)
+      std::fprintf(stderr, "%s%lldx%lldx%lld", l ? ", " : "",
+                   static_cast<long long>(config.levels[l].dim),
+                   static_cast<long long>(config.levels[l].height),
+                   static_cast<long long>(config.levels[l].width));
+    std::fprintf(stderr, "), %lld epochs, objective %s",
+                 static_cast<long long>(config.total_epochs()),
+                 hgad::to_string(config.objective).c_str());
+    if (world) std::fprintf(stderr, ", %d processes", world->size());
+    std::fprintf(stderr, "\n");
+  }
 
   hgad::ExtractedImages<Scalar> set;
   {
@@ -467,6 +503,7 @@ int cmd_train(const Args& args) {
       const Index B = std::min<Index>(cfg.batch_size, set.size());
       Progress bar("training", cfg.total_epochs() * (set.size() / B), "step");
       hgad::FitOptions<Scalar> fit;
+      fit.communicator = world.get();  // callbacks run on rank 0 only
       fit.on_step = [&](const hgad::FitProgress<Scalar>& p) { bar.update(p.step, loss_status(p)); };
       fit.checkpoint_every = checkpoint_every;
       fit.on_checkpoint = [&](const Model& m, const hgad::TrainingState<Scalar>& state) {
@@ -485,28 +522,39 @@ int cmd_train(const Args& args) {
     Index used = 0;
     for (Index n : per_class)
       used += cfg.calibration_images > 0 ? std::min(n, cfg.calibration_images) : n;
-    Progress bar("calibration", used, "img");
-    model.calibrate(set.features, labels, [&](Index done, Index) { bar.update(done); });
-    bar.finish();
+    // Rank 0 calibrates on every training image (each rank holds them all); the others only for
+    // --auto-group, whose decision every rank must take alike from the same (deterministic)
+    // confusion.
+    if (writer || args.has("auto-group")) {
+      Progress bar("calibration", used, "img");
+      model.calibrate(set.features, labels, [&](Index done, Index) { bar.update(done); });
+      bar.finish();
+    }
     return model;
   };
   Model model = train_model(config);
-  std::printf("%s", class_confusion_report(model, "").c_str());
+  if (writer) std::printf("%s", class_confusion_report(model, "").c_str());
   // A resumed run that already trains class groups is the second training of --auto-group (or a
   // grouping of the user's): it is not regrouped.
   if (args.has("auto-group") && !(args.has("resume") && !config.class_groups.empty())) {
     const auto groups = hgad::suggest_class_groups(config, model.class_confusion());
     const hgad::ModelConfig grouped = groups.empty() ? config : hgad::regrouped(config, groups, train.class_names());
     if (grouped.n_classes() == 1) {
-      std::printf("the suggested groups would leave one class, and HGAD models several: the first model is kept\n");
+      if (writer)
+        std::printf(
+            "the suggested groups would leave one class, and HGAD models several: the first model "
+            "is kept\n");
     } else if (!groups.empty()) {
       config = grouped;
       config.validate(true);
-      std::printf("training again with %lld classes\n", static_cast<long long>(config.n_classes()));
+      if (writer)
+        std::printf("training again with %lld classes\n",
+                    static_cast<long long>(config.n_classes()));
       model = train_model(config);
-      std::printf("%s", class_confusion_report(model, "").c_str());
+      if (writer) std::printf("%s", class_confusion_report(model, "").c_str());
     }
   }
+  if (!writer) return 0;
   model.set_metadata("backbone_dir", fs::absolute(backbone).lexically_normal().string());
   model.set_metadata("train_data", fs::absolute(data).lexically_normal().string());
   model.save(out);

@@ -17,7 +17,7 @@ case "${1:-}" in
 esac
 
 packages=(build-essential cmake libeigen3-dev catch2 libstb-dev libbenchmark-dev nlohmann-json3-dev
-          clang libclang-rt-14-dev libomp-14-dev)
+          clang libclang-rt-14-dev libomp-14-dev libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -41,6 +41,15 @@ struct LevelTraining {
   HgadAdamOptions adam;
 };
 
+/// What a level's training step calls between its gradients and its optimiser step: `with_grad`
+/// holds the level's parameters that have a gradient this step, in a fixed order (the flow's, then
+/// the prior's), and `terms` the step's loss terms; the hook may change both gradients and terms.
+/// Data-parallel training (parallel/data_parallel.hpp) sums them over the ranks here. The NaN check
+/// of the gradients runs after the hook, on what the optimiser will use.
+template <class Scalar>
+using GradientHook =
+    std::function<void(std::vector<Var<Scalar>>& with_grad, LossTerms<Scalar>& terms)>;
+
 /// One level (a flow and, for HGAD, its prior) with its optimiser state, on one device.
 /// A level device is made from the CPU model's flow and prior and keeps referring to them:
 /// copy_parameters_back() writes what it trained into them.
@@ -72,6 +81,15 @@ class LevelDevice {
   /// with the parameters, what a run needs to continue where it stopped.
   virtual std::map<std::string, AdamState<Scalar>> optimizer_state() const = 0;
   virtual void set_optimizer_state(const std::map<std::string, AdamState<Scalar>>& state) = 0;
+
+  /// Every later train_step calls `hook` between its gradients and its optimiser step (an empty
+  /// hook: none, the default).
+  ///   throws: hgad::Error on a device whose step has no such seam (every device but the CPU).
+  virtual void set_gradient_hook(GradientHook<Scalar> hook) {
+    check(!hook, "a ", to_string(device()),
+          " level takes no gradient hook: data-parallel training ",
+          "runs on the CPU levels (NCCL between GPUs is not built)");
+  }
 };
 
 /// A level device over an engine that holds its own copy of the level (LevelEngine: CudaLevel

@@ -11,13 +11,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <hgad/detail/text.hpp>
 #include <hgad/io/image.hpp>
 #include <hgad/io/npy.hpp>
-#include <hgad/detail/text.hpp>
 #include <hgad/model/config.hpp>
 #include <hgad/model/hgad_model.hpp>
 #include <limits>
@@ -523,6 +525,90 @@ TEST_CASE("hgad train killed after a checkpoint and resumed with --resume ends o
     for (std::size_t i = 0; i < qa.size(); ++i) CHECK(qa[i].value().to_vector() == qb[i].value().to_vector());
   }
   CHECK(a.calibration(0).train_score_max == b.calibration(0).train_score_max);
+}
+
+/// `mpirun ... -np 2` with the flags Open MPI needs here (--oversubscribe on a small machine,
+/// --allow-run-as-root as root), or "" when HGAD_MPIEXEC is not set (hgad built without MPI).
+std::string mpirun_np2() {
+  const char* mpiexec = std::getenv("HGAD_MPIEXEC");
+  if (mpiexec == nullptr || *mpiexec == '\0') return "";
+  std::string launcher = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 '" +
+                         std::string(mpiexec) + "' --oversubscribe";
+  if (::geteuid() == 0) launcher += " --allow-run-as-root";
+  return launcher + " -np 2";
+}
+
+TEST_CASE(
+    "hgad train under mpirun -np 2 trains the model of one process; a dying rank ends the job and "
+    "leaves the last checkpoint",
+    "[model][cli][mpi]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  const std::string mpirun = mpirun_np2();
+  if (mpirun.empty()) {
+    WARN("skipped: HGAD_MPIEXEC is not set (hgad built without MPI)");
+    return;
+  }
+  hgad_test::TempDir dir("cli_mpi");
+  write_dataset(dir.path() / "data");
+  std::ofstream(dir.file("tiny.cfg")) << tiny_config;  // batches of 4 images: 2 per rank
+  const std::string common = "train --threads 1 --data '" + dir.file("data") + "' --backbone '" +
+                             weights_dir() + "' --config '" + dir.file("tiny.cfg") + "'";
+  Run r = run(dir, common + " --out '" + dir.file("one.hgad") + "'");
+  INFO(r.out << r.err);
+  REQUIRE(r.status == 0);
+  r = run(dir, common + " --out '" + dir.file("two.hgad") + "'", mpirun);
+  INFO(r.out << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(contains(r.err, "2 processes"));
+
+  const auto one = hgad::HgadModel<float>::load(dir.file("one.hgad"));
+  const auto two = hgad::HgadModel<float>::load(dir.file("two.hgad"));
+  CHECK(two.epochs_trained() == one.epochs_trained());
+  double worst = 0;
+  for (hgad::Index l = 0; l < one.n_levels(); ++l) {
+    auto pa = one.flow(l).parameters(), pb = two.flow(l).parameters();
+    for (const auto& p : one.prior(l).parameters()) pa.push_back(p);
+    for (const auto& p : two.prior(l).parameters()) pb.push_back(p);
+    REQUIRE(pa.size() == pb.size());
+    for (std::size_t i = 0; i < pa.size(); ++i) {
+      const auto a = pa[i].value().to_vector(), b = pb[i].value().to_vector();
+      REQUIRE(a.size() == b.size());
+      for (std::size_t k = 0; k < a.size(); ++k) {
+        REQUIRE(std::isfinite(b[k]));
+        worst =
+            std::max(worst, std::abs(double(a[k]) - double(b[k])) / (1 + std::abs(double(a[k]))));
+      }
+    }
+  }
+  CHECK(worst <= 1e-5);  // the sums of two half batches round differently from the one batch's
+  const double t1 = one.calibration(0).train_score_max, t2 = two.calibration(0).train_score_max;
+  CHECK(std::abs(t1 - t2) <= 1e-3 * (1 + std::abs(t1)));
+
+  // A long run checkpointing every pass; one of its two processes is killed (SIGKILL) once the
+  // first checkpoint exists. The job ends with an error that says so, and the checkpoint loads.
+  std::string long_config = tiny_config;
+  long_config.replace(long_config.find("meta_epochs = 2"), 15, "meta_epochs = 100000");
+  std::ofstream(dir.file("long.cfg")) << long_config;
+  const std::string out = dir.file("long.hgad"), checkpoint = out + ".checkpoint";
+  const std::string script =
+      mpirun + " '" + cli_path() + "' train --threads 1 --data '" + dir.file("data") +
+      "' --backbone '" + weights_dir() + "' --config '" + dir.file("long.cfg") +
+      "' --checkpoint-every 1 --out '" + out + "' >'" + dir.file("long.out") + "' 2>'" +
+      dir.file("long.err") + "' & job=$!; " + "while [ ! -f '" + checkpoint +
+      "' ] && kill -0 $job 2>/dev/null; do sleep 0.01; done; " +
+      "kill -9 $(pgrep -n -P $job hgad); wait $job; echo $? >'" + dir.file("long.status") + "'";
+  CHECK(std::system(script.c_str()) != -1);
+  const std::string err = slurp(dir.file("long.err"));
+  INFO(err);
+  CHECK(slurp(dir.file("long.status")) != "0\n");
+  CHECK(contains(err, "signal 9"));
+  REQUIRE(fs::exists(checkpoint));
+  CHECK_FALSE(fs::exists(out));
+  const auto [model, state] = hgad::HgadModel<float>::load_checkpoint(checkpoint);
+  CHECK(state.passes_done >= 1);
+  for (const auto& entry : fs::directory_iterator(dir.path()))
+    CHECK_FALSE(contains(entry.path().filename().string(), ".tmp."));
 }
 
 TEST_CASE("hgad --device cuda says why it cannot run here", "[model][cli]") {

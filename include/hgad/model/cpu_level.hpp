@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../detail/check.hpp"
@@ -40,7 +41,8 @@ class CpuLevelDevice final : public LevelDevice<Scalar> {
                                const std::vector<std::int64_t>& labels, int stage, double lr,
                                const TrainStepContext& context) override {
     m_adam.set_lr(lr);
-    return hgad::train_step(m_flow, m_prior, m_adam, x, cond, labels, stage, m_loss, context, m_cache);
+    return hgad::train_step(m_flow, m_prior, m_adam, x, cond, labels, stage, m_loss, context,
+                            m_cache, m_hook);
   }
 
   FlowResult<Scalar> forward(const Tensor<Scalar>& x, const Tensor<Scalar>& cond) override {
@@ -54,12 +56,15 @@ class CpuLevelDevice final : public LevelDevice<Scalar> {
     m_adam.load_state_dict(state);
   }
 
+  void set_gradient_hook(GradientHook<Scalar> hook) override { m_hook = std::move(hook); }
+
  private:
   SequenceFlow<Scalar>& m_flow;
   GaussianMixturePrior<Scalar>* m_prior;
   LossOptions m_loss;
   Adam<Scalar> m_adam;
   SequenceFlowCache<Scalar> m_cache;
+  GradientHook<Scalar> m_hook;
 };
 
 /// The level of `flow` and `prior` (null for the NF baseline) on `device`.

@@ -26,6 +26,7 @@
 #include "../autograd/var.hpp"
 #include "../detail/check.hpp"
 #include "../flow/sequence_flow.hpp"
+#include "../level_device.hpp"
 #include "../loss/fused_loss.hpp"
 #include "../loss/hgad_loss.hpp"
 #include "../loss/loss_terms.hpp"
@@ -181,19 +182,29 @@ LossTerms<Scalar> compute_gradients_reference(SequenceFlow<Scalar>& flow, Gaussi
 /// One optimiser step of one level on the fused path (docs/algorithm.md §4): every gradient of the
 /// optimiser reset to none, compute_gradients, a finiteness check of every gradient of the level,
 /// then adam.step(). Parameters a stage does not reach (delta and phi_intra in stage 1) have no
-/// gradient and are not updated. Returns the loss terms, computed before the update.
+/// gradient and are not updated. Returns the loss terms, computed before the update. A non-empty
+/// `hook` runs between the gradients and the finiteness check (GradientHook, level_device.hpp);
+/// without one the step is exactly the above.
 ///   throws: NonFiniteError naming the term or parameter, context.level and context.step, with
 ///           the parameters and Adam's state as before the call.
 /// Both objectives take this one step: the NF baseline passes a null prior (and an Adam over the
 /// flow alone, make_level_adam).
 template <class Scalar>
-LossTerms<Scalar> train_step(SequenceFlow<Scalar>& flow, GaussianMixturePrior<Scalar>* prior, Adam<Scalar>& adam,
-                             const Tensor<Scalar>& features, const Tensor<Scalar>& cond,
-                             const std::vector<std::int64_t>& labels, int stage, const LossOptions& options,
-                             const TrainStepContext& context, SequenceFlowCache<Scalar>& cache) {
+LossTerms<Scalar> train_step(SequenceFlow<Scalar>& flow, GaussianMixturePrior<Scalar>* prior,
+                             Adam<Scalar>& adam, const Tensor<Scalar>& features,
+                             const Tensor<Scalar>& cond, const std::vector<std::int64_t>& labels,
+                             int stage, const LossOptions& options, const TrainStepContext& context,
+                             SequenceFlowCache<Scalar>& cache,
+                             const GradientHook<Scalar>& hook = {}) {
   adam.zero_grad();
-  const LossTerms<Scalar> terms =
+  LossTerms<Scalar> terms =
       compute_gradients(flow, prior, features, cond, labels, stage, options, context, cache);
+  if (hook) {
+    std::vector<Var<Scalar>> with_grad;
+    for (const auto& [name, var] : detail::level_parameters(flow, prior))
+      if (var.has_grad()) with_grad.push_back(var);
+    hook(with_grad, terms);
+  }
   detail::check_finite_gradients(flow, prior, context, "train_step");
   adam.step();
   return terms;

@@ -23,6 +23,8 @@
 #include "../loss/loss_terms.hpp"
 #include "../nn/adam.hpp"
 #include "../nn/lr_schedule.hpp"
+#include "../parallel/communicator.hpp"
+#include "../parallel/data_parallel.hpp"
 #include "../rng.hpp"
 #include "../tensor.hpp"
 #include "config.hpp"
@@ -63,6 +65,17 @@ struct TrainingState {
 /// (it receives it const); the model fit() leaves behind is always the one at the end of training.
 /// Every `checkpoint_every` passes, `on_checkpoint` receives the model and the run's state (before
 /// on_epoch), for instance to save_checkpoint() them; `resume` continues a run from such a state.
+///
+/// With a `communicator` of R > 1 ranks the training is data-parallel (parallel/data_parallel.hpp):
+/// every rank calls fit() with the same configuration, the same training features and labels (all
+/// N images: the shuffle is global) and the same `resume`; every rank draws the same shuffle, takes
+/// its contiguous part of each batch of B images (shard_rows: parts of ⌊B/R⌋ or ⌈B/R⌉ images), and
+/// the gradients and loss terms of the parts are added, weighted by their share of the rows, before
+/// one identical Adam step on every rank. Every rank ends with the same parameters and reports the
+/// batch's loss terms; the callbacks run on rank 0 only (ranks 1 .. R-1 see no on_step, on_epoch or
+/// on_checkpoint), so rank 0 alone writes progress, checkpoints and files. The levels must be the
+/// CPU's. An error on one rank is passed to the others (Communicator::fail): their fit() throws
+/// PeerFailure naming it. No communicator, or one of a single rank, is the plain training.
 template <class Scalar>
 struct FitOptions {
   std::function<void(const FitProgress<Scalar>&)> on_step;
@@ -73,6 +86,8 @@ struct FitOptions {
   /// training data): the passes it completed are not repeated, the shuffles and the learning-rate
   /// schedule go on where they were, and each level's optimiser starts from its saved state.
   const TrainingState<Scalar>* resume = nullptr;
+  /// The ranks of a data-parallel training; null: this process alone.
+  Communicator* communicator = nullptr;
 };
 
 /// What fit() did.
@@ -166,8 +181,27 @@ inline LevelTraining level_training(const ModelConfig& c) {
 template <class Scalar>
 class ModelTraining {
  public:
-  /// The body of HgadModel::fit.
+  /// The body of HgadModel::fit. In a data-parallel training a rank whose fit() fails tells the
+  /// others (Communicator::fail) before it throws.
   static FitReport<Scalar> fit(HgadModel<Scalar>& model,
+                               const std::vector<Tensor<Scalar>>& features,
+                               const std::vector<std::int64_t>& labels,
+                               const FitOptions<Scalar>& options) {
+    Communicator* const comm = options.communicator;
+    if (comm == nullptr || comm->size() == 1) return run(model, features, labels, options);
+    try {
+      return run(model, features, labels, options);
+    } catch (const std::exception& e) {
+      comm->fail(e.what());
+      throw;
+    } catch (...) {
+      comm->fail("an exception that is not a std::exception (from a callback?)");
+      throw;
+    }
+  }
+
+ private:
+  static FitReport<Scalar> run(HgadModel<Scalar>& model,
                                const std::vector<Tensor<Scalar>>& features,
                                const std::vector<std::int64_t>& labels,
                                const FitOptions<Scalar>& options) {
@@ -205,6 +239,28 @@ class ModelTraining {
     }
     check(options.checkpoint_every >= 0, "HgadModel::fit: checkpoint_every must be >= 0, got ",
           options.checkpoint_every);
+    // Data-parallel: this rank's images of every batch; the ranks must agree on the run first.
+    Communicator* const comm = options.communicator;
+    const int n_ranks = comm != nullptr ? comm->size() : 1;
+    const bool writer = comm == nullptr || comm->rank() == 0;  // the rank whose callbacks run
+    const RowRange part = shard_rows(B, n_ranks, comm != nullptr ? comm->rank() : 0);
+    if (n_ranks > 1) {
+      check(B >= n_ranks, "HgadModel::fit: a batch of ", B, " images cannot be split over ",
+            n_ranks, " ranks (batch_size must be at least the number of ranks)");
+      require_same_on_every_rank(*comm, std::int64_t(N), "the number of training images");
+      require_same_on_every_rank(*comm, std::int64_t(B), "the batch size");
+      require_same_on_every_rank(*comm, c.seed, "the seed");
+      require_same_on_every_rank(*comm, std::int64_t(n_epochs), "the number of passes");
+      require_same_on_every_rank(*comm, std::int64_t(resume != nullptr ? resume->passes_done : 0),
+                                 "the passes already done (FitOptions::resume)");
+      require_same_on_every_rank(*comm, data_checksum(features, labels),
+                                 "the training data (a checksum of the features and labels)");
+      for (Index l = 0; l < L; ++l) {
+        broadcast_parameters(*comm, model.m_flows[static_cast<std::size_t>(l)].parameters());
+        if (model.prior_or_null(l) != nullptr)
+          broadcast_parameters(*comm, model.prior_or_null(l)->parameters());
+      }
+    }
     const LevelTraining training = level_training(model.m_config);
     const LossOptions& loss_options = training.loss;
     // One level device per level for the whole run (its optimiser state and activations); the
@@ -217,6 +273,9 @@ class ModelTraining {
                                           model.prior_or_null(l), training));
       if (resume != nullptr)
         devices.back()->set_optimizer_state(resume->optimizers[static_cast<std::size_t>(l)]);
+      if (n_ranks > 1)
+        devices.back()->set_gradient_hook(
+            all_reduce_gradient_hook<Scalar>(*comm, double(part.size()) / double(B)));
     }
     model.m_calibration.clear();  // constants of earlier parameters no longer apply
 
@@ -265,19 +324,20 @@ class ModelTraining {
                                              c.sub_epochs * iterations);
             for (Index l = 0; l < L; ++l) {
               const auto li = static_cast<std::size_t>(l);
-              gather_batch(features[li], order, it * B, B, batch[li]);
+              const Index first = it * B + part.begin;
+              gather_batch(features[li], order, first, part.size(), batch[li]);
               batch_labels[li].resize(static_cast<std::size_t>(batch[li].rows()));
               const Index hw = model.level_positions(l);
-              for (Index b = 0; b < B; ++b)
+              for (Index b = 0; b < part.size(); ++b)
                 std::fill_n(
                     batch_labels[li].begin() + b * hw, hw,
-                    labels[static_cast<std::size_t>(order[static_cast<std::size_t>(it * B + b)])]);
+                    labels[static_cast<std::size_t>(order[static_cast<std::size_t>(first + b)])]);
               report.final_terms[li] =
                   devices[li]->train_step(batch[li], conditions[li], batch_labels[li], stage, lr,
                                           TrainStepContext{l, static_cast<std::int64_t>(step)});
             }
             ++step;
-            if (options.on_step) {
+            if (writer && options.on_step) {
               FitProgress<Scalar> p;
               p.epoch = meta * c.sub_epochs + sub;
               p.n_epochs = n_epochs;
@@ -297,7 +357,7 @@ class ModelTraining {
           }
           ++model.m_epochs_trained;
           const Index passes = meta * c.sub_epochs + sub + 1;
-          if (options.checkpoint_every > 0 && options.on_checkpoint &&
+          if (writer && options.checkpoint_every > 0 && options.on_checkpoint &&
               passes % options.checkpoint_every == 0) {
             copy_back();
             TrainingState<Scalar> state;
@@ -306,7 +366,7 @@ class ModelTraining {
             for (const auto& d : devices) state.optimizers.push_back(d->optimizer_state());
             options.on_checkpoint(model, state);
           }
-          if (options.on_epoch) {
+          if (writer && options.on_epoch) {
             copy_back();
             options.on_epoch(model, meta * c.sub_epochs + sub);
             model.m_scoring.clear();
@@ -330,7 +390,17 @@ class ModelTraining {
     return report;
   }
 
- private:
+  /// A checksum of the training data, for the ranks of a data-parallel training to compare: the
+  /// sum of every feature value and of every label times its position, in double, in order.
+  static double data_checksum(const std::vector<Tensor<Scalar>>& features,
+                              const std::vector<std::int64_t>& labels) {
+    double sum = 0;
+    for (const Tensor<Scalar>& f : features)
+      for (Index i = 0; i < f.numel(); ++i) sum += double(f.data()[i]);
+    for (std::size_t i = 0; i < labels.size(); ++i) sum += double(labels[i]) * double(i + 1);
+    return sum;
+  }
+
   /// Rows of images order[first .. first + B) of one level, (B·H·W, D).
   static void gather_batch(const Tensor<Scalar>& level, const std::vector<Index>& order,
                            Index first, Index B, Tensor<Scalar>& out) {
