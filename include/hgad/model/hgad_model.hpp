@@ -58,6 +58,7 @@
 #include "anomaly_map.hpp"
 #include "config.hpp"
 #include "cpu_level.hpp"
+#include "data_init.hpp"
 #include "train_step.hpp"
 
 namespace hgad {
@@ -230,6 +231,7 @@ class HgadModel {
     Rng rng(m_config.seed);
     for (const LevelSpec& level : m_config.levels)
       m_flows.emplace_back(level.dim, m_config.pos_dim, m_config.n_blocks, flow_options(), rng);
+    m_whitening.resize(m_flows.size());  // the identity until fit() (init = whiten)
     if (m_config.objective == Objective::hgad) {
       for (const LevelSpec& level : m_config.levels)
         m_priors.emplace_back(m_config.n_classes(), m_config.n_centers, level.dim, rng);
@@ -258,6 +260,27 @@ class HgadModel {
           "HgadModel::prior: the NF objective has no mixture prior");
     m_scoring.clear();
     return m_priors.at(static_cast<std::size_t>(level));
+  }
+
+  /// The fixed whitening in front of level l's flow (docs/algorithm.md §2.5); the identity unless
+  /// init = whiten.
+  const AffineWhitening<Scalar>& whitening(Index level) const {
+    return m_whitening.at(static_cast<std::size_t>(level));
+  }
+
+  /// The data-dependent start of config().init = whiten (initialise_level_from_data, per level),
+  /// which fit() runs before the first step of an untrained model; callable alone to inspect the
+  /// model at step 0. A no-op for init = identity.
+  ///   requires: features match the levels; labels (N,) in [0, K), every class present.
+  void initialise_from_data(const std::vector<Tensor<Scalar>>& features, const std::vector<std::int64_t>& labels) {
+    if (m_config.init != ModelInit::whiten) return;
+    check_features(features, "HgadModel::initialise_from_data");
+    Rng rng(m_config.seed ^ 0x9E3779B97F4A7C15ULL);  // a stream apart from the parameters' and the shuffles'
+    for (Index l = 0; l < n_levels(); ++l)
+      m_whitening[static_cast<std::size_t>(l)] = initialise_level_from_data(
+          l, features[static_cast<std::size_t>(l)], labels, m_flows[static_cast<std::size_t>(l)], prior_or_null(l),
+          m_config.intra_center_init, rng);
+    m_scoring.clear();
   }
 
   /// Passes over the training data fit() has completed on this model (0: untrained).
@@ -403,6 +426,8 @@ class HgadModel {
     }
     check(options.checkpoint_every >= 0, "HgadModel::fit: checkpoint_every must be >= 0, got ",
           options.checkpoint_every);
+    if (resume == nullptr && m_epochs_trained == 0 && m_whitening.front().is_identity())
+      initialise_from_data(features, labels);
     const LevelTraining training = level_training();
     const LossOptions& loss_options = training.loss;
     // One level device per level for the whole run (its optimiser state and activations); the
@@ -410,7 +435,9 @@ class HgadModel {
     m_scoring.clear();
     std::vector<std::unique_ptr<LevelDevice<Scalar>>> devices;
     for (Index l = 0; l < L; ++l) {
-      devices.push_back(make_level_device(m_device, m_flows[static_cast<std::size_t>(l)], prior_or_null(l), training));
+      LevelTraining level = training;  // the whitening's log-determinant joins the flow's (§2.5)
+      level.loss.log_jac_det_offset = m_whitening[static_cast<std::size_t>(l)].log_jac_det();
+      devices.push_back(make_level_device(m_device, m_flows[static_cast<std::size_t>(l)], prior_or_null(l), level));
       if (resume != nullptr) devices.back()->set_optimizer_state(resume->optimizers[static_cast<std::size_t>(l)]);
     }
     m_calibration.clear();  // constants of earlier parameters no longer apply
@@ -460,6 +487,7 @@ class HgadModel {
             for (Index l = 0; l < L; ++l) {
               const auto li = static_cast<std::size_t>(l);
               gather_batch(features[li], order, it * B, B, batch[li]);
+              if (!m_whitening[li].is_identity()) batch[li] = m_whitening[li].forward(batch[li]);
               batch_labels[li].resize(static_cast<std::size_t>(batch[li].rows()));
               const Index hw = level_positions(l);
               for (Index b = 0; b < B; ++b)
@@ -800,6 +828,10 @@ class HgadModel {
         ckpt.set_tensor(prefix + "flow." + name, var.value());
       for (Index k = 0; k < f.n_blocks(); ++k)
         ckpt.set_tensor(prefix + "flow.block" + std::to_string(k) + ".rot", f.block(k).rotation());
+      if (!whitening(l).is_identity()) {
+        ckpt.set_tensor(prefix + "whitening.mean", whitening(l).mean());
+        ckpt.set_tensor(prefix + "whitening.matrix", whitening(l).matrix());
+      }
       if (m_config.objective == Objective::hgad) {
         const auto& pr = prior(l);
         const auto names = GaussianMixturePrior<Scalar>::parameter_names();
@@ -884,6 +916,12 @@ class HgadModel {
     } catch (const Error& e) {
       throw Error("'" + name + "' has an invalid model configuration: " + e.what());
     }
+    // A trained model without whitening entries was trained without it (files of older versions
+    // hold no init key, which reads as the default).
+    const bool whitened = ckpt.has("level0.whitening.mean");
+    if (!whitened && ckpt.has("training.epochs") && !ckpt.int64("training.epochs").empty() &&
+        ckpt.int64("training.epochs")[0] > 0)
+      config.init = ModelInit::identity;
     // Building the model allocates its parameters before any is read: refuse a configuration that
     // needs far more parameter values than the file holds, so a small corrupt file cannot demand
     // a huge model. (Within the slack of 2^20 values the per-parameter checks below name the
@@ -908,6 +946,16 @@ class HgadModel {
       for (Index k = 0; k < f.n_blocks(); ++k) {
         const std::string key = prefix + "flow.block" + std::to_string(k) + ".rot";
         f.block(k).set_rotation(fetch(key, f.block(k).rotation().shape()));
+      }
+      if (whitened) {
+        const Index D = f.dim();
+        try {
+          model.m_whitening[static_cast<std::size_t>(l)] =
+              AffineWhitening<Scalar>(fetch(prefix + "whitening.mean", Shape({D})),
+                                      fetch(prefix + "whitening.matrix", Shape({D, D})));
+        } catch (const Error& e) {
+          throw Error("'" + name + "': level " + std::to_string(l) + ": " + e.what());
+        }
       }
       if (config.objective == Objective::hgad) {
         auto& pr = model.prior(l);
@@ -1259,6 +1307,13 @@ class HgadModel {
   /// Level l's flow on the image positions x (H·W, D): z and log|det J| on the CPU, computed on
   /// the model's device.
   FlowResult<Scalar> level_forward(Index l, const Tensor<Scalar>& x) const {
+    const AffineWhitening<Scalar>& w = whitening(l);  // §2.5: x' = W (x − μ), log|det W| joins the flow's
+    FlowResult<Scalar> r = level_flow_forward(l, w.forward(x));
+    w.add_log_jac_det(r.log_jac_det);
+    return r;
+  }
+
+  FlowResult<Scalar> level_flow_forward(Index l, const Tensor<Scalar>& x) const {
     if (m_device == Device::cpu) return flow(l).forward(x, level_encoding(l));
     std::lock_guard<std::mutex> lock(m_scoring.mutex);
     if (m_scoring.levels.empty()) {
@@ -1287,6 +1342,7 @@ class HgadModel {
   ModelConfig m_config;
   std::vector<SequenceFlow<Scalar>> m_flows;
   std::vector<GaussianMixturePrior<Scalar>> m_priors;
+  std::vector<AffineWhitening<Scalar>> m_whitening;  // per level; the identity unless init = whiten
   std::vector<ClassCalibration> m_calibration;  // K + 1 entries once calibrated
   std::map<std::string, std::string> m_metadata;
   Index m_epochs_trained = 0;
