@@ -1000,7 +1000,11 @@ const std::vector<OptionSpec> embeddings_options = {
     {"json", "FILE", "also write every figure as JSON (-: stdout, table to stderr)"},
     {"out", "MODEL", "also save the trained model"},
     {"config", "FILE", "key = value settings over this command's defaults"},
-    {"epochs", "N", "N passes over the training rows (overrides the config's schedule)"},
+    {"epochs", "N",
+     "N passes over the training rows (overrides the config's schedule); 0 with init = whiten: "
+     "the data-dependent start alone, untrained"},
+    {"validation", "PERCENT",
+     "hold out the last PERCENT % of each class's training normals; report their likelihood"},
     {"threads", "N", "worker threads (default: all cores)"},
     {"device", "cpu|cuda", "where the backbone, the flows' training and the scores run (default cpu)"},
 };
@@ -1054,14 +1058,35 @@ int cmd_embeddings(const Args& args) {
                                           file, config);
   }
   config.objective = parsed_option(args, "objective", hgad::parse_objective, config.objective);
-  if (args.has("epochs")) apply_epochs(config, args.get_int("epochs", 1, 1, 100000));
+  const Index epochs = args.has("epochs") ? args.get_int("epochs", 0, 0, 100000) : -1;
+  if (epochs >= 1) apply_epochs(config, epochs);
+  if (epochs == 0 && config.init != hgad::ModelInit::whiten)
+    throw UsageError("--epochs 0 scores the data-dependent start of init = whiten; the config has init = " +
+                     std::string(hgad::detail::name_of(hgad::model_init_names, config.init)));
   if (!config.class_groups.empty())
     throw UsageError("--config: class groups (group." + config.class_groups[0].name +
                      ") are for hgad train; hgad embeddings trains on each class on its own");
   require_directory(data, "--data");
 
-  const auto dataset = hgad::load_embedding_dataset<Scalar>(data);
+  auto dataset = hgad::load_embedding_dataset<Scalar>(data);
   const Index D = dataset.dim;
+  // --validation: the last rows of each class's training normals (the split file orders them by a
+  // hash, so these are a random subset) are held out of training, to choose settings on normal
+  // training data alone: their mean log-likelihood and, for HGAD, the class accuracy.
+  const Index validation_percent = args.has("validation") ? args.get_int("validation", 0, 1, 90) : 0;
+  std::vector<hgad::Tensor<Scalar>> validation(dataset.classes.size());
+  if (validation_percent > 0) {
+    for (std::size_t k = 0; k < dataset.classes.size(); ++k) {
+      auto& c = dataset.classes[k];
+      const Index n = c.train.dim(0);
+      const Index held = std::min<Index>(std::max<Index>(1, (n * validation_percent + 50) / 100), n - 2);
+      if (held < 1)
+        throw UsageError("--validation: class '" + c.name + "' has " + std::to_string(n) +
+                         " training rows, too few to hold any out");
+      validation[k] = c.train.slice(n - held, n).clone();
+      c.train = c.train.slice(0, n - held).clone();
+    }
+  }
   config.class_names = dataset.class_names();
   config.levels = {{D, 1, 1}};
   config.pos_dim = 0;
@@ -1091,7 +1116,10 @@ int cmd_embeddings(const Args& args) {
     Progress bar("training", config.total_epochs() * (n_train / B), "step");
     hgad::FitOptions<Scalar> fit;
     fit.on_step = [&](const hgad::FitProgress<Scalar>& p) { bar.update(p.step, loss_status(p)); };
-    model.fit(features, labels, fit);
+    if (epochs == 0)
+      model.initialise_from_data(features, labels);  // step 0: docs/algorithm.md §2.5
+    else
+      model.fit(features, labels, fit);
     bar.finish();
   }
   model.calibrate(features, labels);
@@ -1160,7 +1188,7 @@ int cmd_embeddings(const Args& args) {
       "the\n"
       "likelihood and entropy terms, or logp: the likelihood alone)\n",
       hgad::to_string(config.objective).c_str(), static_cast<long long>(config.n_blocks),
-      static_cast<long long>(config.total_epochs()));
+      static_cast<long long>(epochs == 0 ? 0 : config.total_epochs()));
   std::fprintf(table, "%-12s %5s %7s %10s %10s %15s %7s %12s\n", "class", "test", "given",
                "given-logp", "label-free", "label-free-logp", "cls-acc", "transductive");
   for (const Row& r : rows) {
@@ -1180,6 +1208,35 @@ int cmd_embeddings(const Args& args) {
   }
   std::fprintf(table, "%s", class_confusion_report(model, "").c_str());
 
+  // Held-out training normals: mean over classes of the mean per-dimension log-likelihood under the
+  // row's own class (N(0, I) for NF), and the share of rows whose predicted class is right.
+  double validation_logp = 0, validation_accuracy = 0;
+  Index validation_rows = 0;
+  if (validation_percent > 0) {
+    Index correct = 0;
+    for (std::size_t k = 0; k < dataset.classes.size(); ++k) {
+      const auto& c = dataset.classes[k];
+      const Index n = validation[k].dim(0);
+      const std::vector<hgad::Tensor<Scalar>> held = {validation[k].reshape({n, 1, 1, D})};
+      double sum = 0;
+      for (Index i = 0; i < n; ++i) {
+        const auto raw = model.raw_scores(Model::image_view(held, i), c.class_index);
+        sum += double(raw.log_likelihood[0].data()[0]);
+        correct += raw.predicted_class == c.class_index ? 1 : 0;
+      }
+      validation_logp += sum / double(n) / double(dataset.classes.size());
+      validation_rows += n;
+    }
+    validation_accuracy = config.objective == hgad::Objective::hgad
+                              ? double(correct) / double(validation_rows)
+                              : std::nan("");
+    std::fprintf(table,
+                 "validation (%lld %% of each class's training normals, %lld rows): mean "
+                 "log-likelihood per dimension %.5f, class accuracy %s\n",
+                 static_cast<long long>(validation_percent), static_cast<long long>(validation_rows),
+                 validation_logp, format_metric(validation_accuracy).c_str());
+  }
+
   if (!json_path.empty()) {
     Json j = Json::object();
     j.set("version", Json::string(HGAD_CLI_VERSION));
@@ -1197,6 +1254,14 @@ int cmd_embeddings(const Args& args) {
     for (const Row& r : rows) per_class.set(r.name, row_json(r));
     j.set("classes", per_class);
     j.set("mean", row_json(mean));
+    if (validation_percent > 0) {
+      Json v = Json::object();
+      v.set("percent", Json::integer(validation_percent));
+      v.set("rows", Json::integer(validation_rows));
+      v.set("log_likelihood", Json::number(validation_logp));
+      v.set("class_accuracy", Json::number(validation_accuracy));
+      j.set("validation", v);
+    }
     j.set("config", config_json(config));
     write_text_output(json_path, j.dump(2));
   }

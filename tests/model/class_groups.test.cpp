@@ -110,6 +110,8 @@ TEST_CASE("suggest_class_groups names the row, value or threshold it cannot use"
                     Contains("in row 1 is outside [0, 1]"));
   CHECK_THROWS_WITH(hgad::suggest_class_groups(c, {{1.5, 0.0}, {0.0, 1.0}}),
                     Contains("confusion value 1.5 in row 0"));
+  // Float rounding of a sure posterior (step 0 of init = whiten) is not an error.
+  CHECK_NOTHROW(hgad::suggest_class_groups(c, {{1.0 + 1e-7, 0.0}, {0.0, 1.0}}));
   CHECK_THROWS_WITH(hgad::suggest_class_groups(c, {{1.0, 0.0}, {0.0, 1.0}}, 0.0),
                     Contains("threshold 0 is outside (0, 1]"));
 }

@@ -321,6 +321,13 @@ FusedLoss<Scalar> objective_loss_fused(GaussianMixturePrior<Scalar>* prior, cons
                                        const Tensor<Scalar>& log_jac_det, const std::vector<std::int64_t>& labels,
                                        int stage, const LossOptions& options = {}) {
   detail::check_stage(stage, "objective_loss_fused");
+  if (options.log_jac_det_offset != 0) {  // a fixed layer in front of the flow (§2.5)
+    Tensor<Scalar> shifted = log_jac_det.clone();
+    for (Index n = 0; n < shifted.numel(); ++n) shifted.data()[n] += Scalar(options.log_jac_det_offset);
+    LossOptions rest = options;
+    rest.log_jac_det_offset = 0;
+    return objective_loss_fused(prior, z, shifted, labels, stage, rest);
+  }
   if (options.objective == Objective::hgad) {
     check(prior != nullptr, "objective_loss_fused: the HGAD objective needs a prior");
     return hgad_loss_fused(*prior, z, log_jac_det, labels, stage, options);

@@ -178,6 +178,11 @@ LossVars<Scalar> objective_loss(const GaussianMixturePrior<Scalar>& prior, const
                                 int stage, const LossOptions& options = {}) {
   detail::check_stage(stage, "objective_loss");
   detail::check_latents(z, log_jac_det, "objective_loss");
+  if (options.log_jac_det_offset != 0) {  // a fixed layer in front of the flow (§2.5)
+    LossOptions rest = options;
+    rest.log_jac_det_offset = 0;
+    return objective_loss(prior, z, add(log_jac_det, Scalar(options.log_jac_det_offset)), labels, stage, rest);
+  }
   LossVars<Scalar> out;
   out.stage = stage;
   out.objective = options.objective;

@@ -37,6 +37,9 @@ struct LossOptions {
   double lambda2 = 100.0;          ///< weight of -L_mi (`lambda2`, §3.4)
   double label_smoothing = 0.02;   ///< epsilon of the smoothed one-hot q (`label_smoothing`, §3.2)
   int stage1_meta_epochs = 2;      ///< meta-epochs trained with the stage-1 loss (§3.4, §9.8)
+  /// The log-determinant of a fixed layer in front of the flow (the whitening of §2.5), added to
+  /// every row's log_jac_det before any term is formed; 0 for the paper's model.
+  double log_jac_det_offset = 0.0;
 };
 
 /// The stage of a meta-epoch: 1 while meta_epoch < stage1_meta_epochs, 2 afterwards (§3.4).

@@ -39,6 +39,7 @@
 #include "../detail/text.hpp"
 #include "../flow/all_in_one_options.hpp"
 #include "../loss/loss_terms.hpp"
+#include "../prior/center_init.hpp"
 #include "../tensor.hpp"
 
 namespace hgad {
@@ -91,6 +92,17 @@ enum class CalibrationBaseline {
 inline constexpr detail::NamedValue<CalibrationBaseline> calibration_baseline_names[] = {
     {"none", CalibrationBaseline::none}, {"position", CalibrationBaseline::position}};
 
+/// How fit() starts a model (ModelConfig::init).
+enum class ModelInit {
+  identity,  ///< the paper's: raw features into the flow, the centres of docs/algorithm.md §3.1
+  whiten,    ///< data-dependent: a Ledoit–Wolf whitening in front of each flow, couplings that start
+             ///< at the identity, and centres at the class statistics (docs/algorithm.md §2.5, §3.1.1)
+};
+
+/// The spelling of each ModelInit in text (a config's `init` key).
+inline constexpr detail::NamedValue<ModelInit> model_init_names[] = {{"identity", ModelInit::identity},
+                                                                     {"whiten", ModelInit::whiten}};
+
 /// Several class folders trained under one label: one class of the model (one centre μ, one
 /// intra-class mixture, one set of calibration constants) standing for all of them. HGAD pushes
 /// the centres of its classes apart (L_mi, docs/algorithm.md §3.3); classes whose normal images look
@@ -139,6 +151,12 @@ struct ModelConfig {
   std::vector<std::string> class_names;
   /// Classes that stand for several folders (`group.NAME = folder, folder, ...` in the text form).
   std::vector<ClassGroup> class_groups;
+
+  /// How fit() initialises an untrained model: `identity` (the paper's) or `whiten`
+  /// (docs/algorithm.md §2.5: at step 0 the NF model is the Gaussian of the training features).
+  ModelInit init = ModelInit::identity;
+  /// With init = whiten: where the intra-class centres start (docs/algorithm.md §3.1.1).
+  IntraCenterInit intra_center_init = IntraCenterInit::kmeans;
 
   // Flow (docs/algorithm.md §2).
   Index pos_dim = 256;  ///< P, the positional-encoding dimension (0: unconditional flows)
@@ -321,6 +339,8 @@ void for_each_config_key(Config& c, Key&& key) {
       NameListRule{{is_plain_name, std::string("a class name ") + plain_name_requirement},
                    "the class appears twice"});
   key(group_key_prefix, c.class_groups);
+  key("init", c.init, model_init_names);
+  key("intra_center_init", c.intra_center_init, intra_center_init_names);
   key("pos_dim", c.pos_dim,
       KeyRule<Index>{[](const Index& p) { return p >= 0 && p % 4 == 0; },
                      "must be 0 (no positional encoding) or a positive multiple of 4"});
@@ -372,6 +392,8 @@ inline constexpr KeyMeaning config_key_meanings[] = {
     {"levels", "feature levels, dim x height x width each (filled in from the backbone)"},
     {"classes", "the classes, in index order (filled in from the class folders)"},
     {"group.", "group.NAME = folder, folder, ...: several class folders trained as one class"},
+    {"init", "identity (the paper's) or whiten: Ledoit-Wolf whitening and data-based centres"},
+    {"intra_center_init", "with init = whiten: kmeans or noise (the class mean plus noise)"},
     {"pos_dim", "P, the positional-encoding dimension of the flows (0: none)"},
     {"n_blocks", "coupling blocks per flow"},
     {"clamp", "affine clamping alpha of the coupling blocks"},

@@ -58,6 +58,7 @@
 #include "model_file.hpp"
 #include "scoring.hpp"
 #include "training.hpp"
+#include "data_init.hpp"
 
 namespace hgad {
 
@@ -80,6 +81,7 @@ class HgadModel {
     Rng rng(m_config.seed);
     for (const LevelSpec& level : m_config.levels)
       m_flows.emplace_back(level.dim, m_config.pos_dim, m_config.n_blocks, flow_options(), rng);
+    m_whitening.resize(m_flows.size());  // the identity until fit() (init = whiten)
     if (m_config.objective == Objective::hgad) {
       for (const LevelSpec& level : m_config.levels)
         m_priors.emplace_back(m_config.n_classes(), m_config.n_centers, level.dim, rng);
@@ -108,6 +110,27 @@ class HgadModel {
           "HgadModel::prior: the NF objective has no mixture prior");
     m_scoring.clear();
     return m_priors.at(static_cast<std::size_t>(level));
+  }
+
+  /// The fixed whitening in front of level l's flow (docs/algorithm.md §2.5); the identity unless
+  /// init = whiten.
+  const AffineWhitening<Scalar>& whitening(Index level) const {
+    return m_whitening.at(static_cast<std::size_t>(level));
+  }
+
+  /// The data-dependent start of config().init = whiten (initialise_level_from_data, per level),
+  /// which fit() runs before the first step of an untrained model; callable alone to inspect the
+  /// model at step 0. A no-op for init = identity.
+  ///   requires: features match the levels; labels (N,) in [0, K), every class present.
+  void initialise_from_data(const std::vector<Tensor<Scalar>>& features, const std::vector<std::int64_t>& labels) {
+    if (m_config.init != ModelInit::whiten) return;
+    check_features(features, "HgadModel::initialise_from_data");
+    Rng rng(m_config.seed ^ 0x9E3779B97F4A7C15ULL);  // a stream apart from the parameters' and the shuffles'
+    for (Index l = 0; l < n_levels(); ++l)
+      m_whitening[static_cast<std::size_t>(l)] = initialise_level_from_data(
+          l, features[static_cast<std::size_t>(l)], labels, m_flows[static_cast<std::size_t>(l)], prior_or_null(l),
+          m_config.intra_center_init, rng);
+    m_scoring.clear();
   }
 
   /// Passes over the training data fit() has completed on this model (0: untrained).
@@ -349,6 +372,13 @@ class HgadModel {
   /// Level l's flow on the image positions x (H·W, D): z and log|det J| on the CPU, computed on
   /// the model's device.
   FlowResult<Scalar> level_forward(Index l, const Tensor<Scalar>& x) const {
+    const AffineWhitening<Scalar>& w = whitening(l);  // §2.5: x' = W (x − μ), log|det W| joins the flow's
+    FlowResult<Scalar> r = level_flow_forward(l, w.forward(x));
+    w.add_log_jac_det(r.log_jac_det);
+    return r;
+  }
+
+  FlowResult<Scalar> level_flow_forward(Index l, const Tensor<Scalar>& x) const {
     if (m_device == Device::cpu) return flow(l).forward(x, level_encoding(l));
     std::lock_guard<std::mutex> lock(m_scoring.mutex);
     if (m_scoring.levels.empty()) {
@@ -377,6 +407,7 @@ class HgadModel {
   ModelConfig m_config;
   std::vector<SequenceFlow<Scalar>> m_flows;
   std::vector<GaussianMixturePrior<Scalar>> m_priors;
+  std::vector<AffineWhitening<Scalar>> m_whitening;  // per level; the identity unless init = whiten
   std::vector<ClassCalibration> m_calibration;  // K + 1 entries once calibrated
   std::map<std::string, std::string> m_metadata;
   Index m_epochs_trained = 0;

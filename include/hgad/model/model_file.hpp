@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../detail/check.hpp"
+#include "../flow/whitening.hpp"
 #include "../io/checkpoint.hpp"
 #include "../tensor.hpp"
 #include "config.hpp"
@@ -58,6 +59,10 @@ class ModelFile {
         ckpt.set_tensor(prefix + "flow." + name, var.value());
       for (Index k = 0; k < f.n_blocks(); ++k)
         ckpt.set_tensor(prefix + "flow.block" + std::to_string(k) + ".rot", f.block(k).rotation());
+      if (!model.whitening(l).is_identity()) {
+        ckpt.set_tensor(prefix + "whitening.mean", model.whitening(l).mean());
+        ckpt.set_tensor(prefix + "whitening.matrix", model.whitening(l).matrix());
+      }
       if (model.m_config.objective == Objective::hgad) {
         const auto& pr = model.prior(l);
         const auto names = GaussianMixturePrior<Scalar>::parameter_names();
@@ -138,6 +143,12 @@ class ModelFile {
     } catch (const Error& e) {
       throw Error("'" + name + "' has an invalid model configuration: " + e.what());
     }
+    // A trained model without whitening entries was trained without it (files of older versions
+    // hold no init key, which reads as the default).
+    const bool whitened = ckpt.has("level0.whitening.mean");
+    if (!whitened && ckpt.has("training.epochs") && !ckpt.int64("training.epochs").empty() &&
+        ckpt.int64("training.epochs")[0] > 0)
+      config.init = ModelInit::identity;
     // Building the model allocates its parameters before any is read: refuse a configuration that
     // needs far more parameter values than the file holds, so a small corrupt file cannot demand
     // a huge model. (Within the slack of 2^20 values the per-parameter checks below name the
@@ -162,6 +173,16 @@ class ModelFile {
       for (Index k = 0; k < f.n_blocks(); ++k) {
         const std::string key = prefix + "flow.block" + std::to_string(k) + ".rot";
         f.block(k).set_rotation(fetch(key, f.block(k).rotation().shape()));
+      }
+      if (whitened) {
+        const Index D = f.dim();
+        try {
+          model.m_whitening[static_cast<std::size_t>(l)] =
+              AffineWhitening<Scalar>(fetch(prefix + "whitening.mean", Shape({D})),
+                                      fetch(prefix + "whitening.matrix", Shape({D, D})));
+        } catch (const Error& e) {
+          throw Error("'" + name + "': level " + std::to_string(l) + ": " + e.what());
+        }
       }
       if (config.objective == Objective::hgad) {
         auto& pr = model.prior(l);

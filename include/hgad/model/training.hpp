@@ -239,6 +239,9 @@ class ModelTraining {
     }
     check(options.checkpoint_every >= 0, "HgadModel::fit: checkpoint_every must be >= 0, got ",
           options.checkpoint_every);
+    // init = whiten: an untrained model starts as the Gaussian of its training features (§2.5).
+    if (resume == nullptr && model.m_epochs_trained == 0 && model.m_whitening.front().is_identity())
+      model.initialise_from_data(features, labels);
     // Data-parallel: this rank's images of every batch; the ranks must agree on the run first.
     Communicator* const comm = options.communicator;
     const int n_ranks = comm != nullptr ? comm->size() : 1;
@@ -268,9 +271,11 @@ class ModelTraining {
     model.m_scoring.clear();
     std::vector<std::unique_ptr<LevelDevice<Scalar>>> devices;
     for (Index l = 0; l < L; ++l) {
+      LevelTraining level = training;  // the whitening's log-determinant joins the flow's (§2.5)
+      level.loss.log_jac_det_offset = model.m_whitening[static_cast<std::size_t>(l)].log_jac_det();
       devices.push_back(make_level_device(model.m_device,
                                           model.m_flows[static_cast<std::size_t>(l)],
-                                          model.prior_or_null(l), training));
+                                          model.prior_or_null(l), level));
       if (resume != nullptr)
         devices.back()->set_optimizer_state(resume->optimizers[static_cast<std::size_t>(l)]);
       if (n_ranks > 1)
@@ -326,6 +331,8 @@ class ModelTraining {
               const auto li = static_cast<std::size_t>(l);
               const Index first = it * B + part.begin;
               gather_batch(features[li], order, first, part.size(), batch[li]);
+              if (!model.m_whitening[li].is_identity())
+                batch[li] = model.m_whitening[li].forward(batch[li]);
               batch_labels[li].resize(static_cast<std::size_t>(batch[li].rows()));
               const Index hw = model.level_positions(l);
               for (Index b = 0; b < part.size(); ++b)

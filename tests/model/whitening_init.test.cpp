@@ -1,0 +1,316 @@
+// The data-dependent start of a model (init = whiten, docs/algorithm.md §2.5 and §3.1.1): the
+// Ledoit–Wolf estimate against the paper's formulas written out as loops, and the step-0 property —
+// before any training step the NF model's log-likelihood is the closed-form Gaussian
+// N(μ, Σ_LW) of the training vectors, and the HGAD model's class components are N(m_y, Σ_LW) — with
+// every expected value computed here, from the data, by Eigen's LLT.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <Eigen/Cholesky>
+#include <Eigen/Core>
+
+#include <hgad/flow/whitening.hpp>
+#include <hgad/model/hgad_model.hpp>
+#include <hgad/model/train_step.hpp>
+
+#include "io/temp_dir.hpp"
+
+namespace {
+
+using hgad::Index;
+
+/// N images of an (h, w) map of D correlated, shifted features; class y = image % K moves the
+/// mean along a direction of its own.
+template <class Scalar>
+hgad::Tensor<Scalar> correlated_features(Index N, Index h, Index w, Index D, Index K,
+                                         std::uint64_t seed, std::vector<std::int64_t>& labels) {
+  hgad::Rng rng(seed);
+  Eigen::MatrixXd mix(D, D);
+  for (Index i = 0; i < D; ++i)
+    for (Index j = 0; j < D; ++j) mix(i, j) = (i == j ? 1.0 : 0.0) + 0.4 * rng.normal();
+  hgad::Tensor<Scalar> x({N, h, w, D});
+  labels.clear();
+  for (Index n = 0; n < N; ++n) {
+    const Index y = n % K;
+    labels.push_back(y);
+    for (Index p = 0; p < h * w; ++p) {
+      Eigen::VectorXd g(D);
+      for (Index j = 0; j < D; ++j) g(j) = rng.normal() * (0.5 + 0.3 * double(j));
+      const Eigen::VectorXd v = mix * g;
+      for (Index j = 0; j < D; ++j)
+        x.data()[(n * h * w + p) * D + j] = Scalar(v(j) + 1.5 + (j % K == y ? 2.0 : 0.0));
+    }
+  }
+  return x;
+}
+
+/// The rows of a (N, h, w, D) tensor as a double matrix.
+template <class Scalar>
+Eigen::MatrixXd rows_of(const hgad::Tensor<Scalar>& x) {
+  const Index D = x.dim(x.rank() - 1), n = x.numel() / D;
+  Eigen::MatrixXd out(n, D);
+  for (Index r = 0; r < n; ++r)
+    for (Index j = 0; j < D; ++j) out(r, j) = double(x.data()[r * D + j]);
+  return out;
+}
+
+/// Ledoit & Wolf (2004), Lemmas 3.2–3.4 and Theorem 3.1, as written there, with the normalised
+/// Frobenius norm ‖A‖² = tr(A Aᵀ) / p: m = <S, I>, d² = ‖S − m I‖², b̄² = (1/n²) Σ_k ‖x_k x_kᵀ −
+/// S‖², b² = min(b̄², d²), Σ* = (b²/d²) m I + (1 − b²/d²) S. A loop over the samples, unlike the
+/// code.
+struct ReferenceLedoitWolf {
+  Eigen::VectorXd mean;
+  Eigen::MatrixXd covariance;
+  double shrinkage = 0;
+};
+
+ReferenceLedoitWolf reference_ledoit_wolf(const Eigen::MatrixXd& X) {
+  const double n = double(X.rows()), p = double(X.cols());
+  ReferenceLedoitWolf r;
+  r.mean = X.colwise().mean().transpose();
+  Eigen::MatrixXd S = Eigen::MatrixXd::Zero(X.cols(), X.cols());
+  for (Index k = 0; k < X.rows(); ++k) {
+    const Eigen::VectorXd c = X.row(k).transpose() - r.mean;
+    S += c * c.transpose();
+  }
+  S /= n;
+  const auto norm2 = [p](const Eigen::MatrixXd& A) { return (A * A.transpose()).trace() / p; };
+  const Eigen::MatrixXd I = Eigen::MatrixXd::Identity(X.cols(), X.cols());
+  const double m = (S * I.transpose()).trace() / p;
+  const double d2 = norm2(S - m * I);
+  double b2bar = 0;
+  for (Index k = 0; k < X.rows(); ++k) {
+    const Eigen::VectorXd c = X.row(k).transpose() - r.mean;
+    b2bar += norm2(c * c.transpose() - S);
+  }
+  b2bar /= n * n;
+  const double b2 = std::min(b2bar, d2);
+  r.shrinkage = b2 / d2;
+  r.covariance = r.shrinkage * m * I + (1 - r.shrinkage) * S;
+  return r;
+}
+
+/// log N(x; mean, cov), by Eigen's LLT.
+double gaussian_log_density(const Eigen::VectorXd& x, const Eigen::VectorXd& mean,
+                            const Eigen::MatrixXd& cov) {
+  const Eigen::LLT<Eigen::MatrixXd> llt(cov);
+  REQUIRE(llt.info() == Eigen::Success);
+  const Eigen::VectorXd u = llt.matrixL().solve(x - mean);
+  const double log_det = 2 * llt.matrixL().toDenseMatrix().diagonal().array().log().sum();
+  const double pi = 3.14159265358979323846;
+  return -0.5 * (double(x.size()) * std::log(2 * pi) + log_det + u.squaredNorm());
+}
+
+template <class Scalar>
+double tolerance() {
+  return std::is_same<Scalar, float>::value ? 2e-4 : 1e-10;
+}
+
+hgad::ModelConfig whiten_config(hgad::Objective objective, Index D, Index h, Index w, Index K) {
+  hgad::ModelConfig c;
+  c.objective = objective;
+  c.init = hgad::ModelInit::whiten;
+  c.levels = {{D, h, w}};
+  c.class_names.clear();
+  for (Index y = 0; y < K; ++y) c.class_names.push_back("c" + std::to_string(y));
+  c.pos_dim = 4;
+  c.n_blocks = 3;
+  c.n_centers = 1;
+  c.batch_size = 4;
+  c.meta_epochs = 1;
+  c.sub_epochs = 1;
+  c.warmup_meta_epochs = 0;
+  c.stage1_meta_epochs = 0;
+  c.features.backbone = "none";
+  c.features.mask_size = 4;
+  return c;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("ledoit_wolf_covariance equals Ledoit and Wolf's estimator written as loops",
+                   "[model]", float, double) {
+  std::vector<std::int64_t> labels;
+  // N = 9 rows of D = 7 (fewer rows than dimensions: S is singular) and N = 200 rows of D = 5.
+  for (const auto& [N, D] : std::vector<std::pair<Index, Index>>{{9, 7}, {200, 5}}) {
+    const hgad::Tensor<TestType> x =
+        correlated_features<TestType>(N, 1, 1, D, 3, 11, labels).reshape({N, D});
+    const hgad::ShrunkCovariance got = hgad::ledoit_wolf_covariance(x);
+    const ReferenceLedoitWolf want = reference_ledoit_wolf(rows_of(x));
+    REQUIRE(std::isfinite(got.shrinkage));
+    CHECK(got.shrinkage > 0);
+    CHECK(got.shrinkage <= 1);
+    CHECK(got.shrinkage == Approx(want.shrinkage).epsilon(1e-9));
+    REQUIRE(got.covariance.allFinite());
+    CHECK((got.covariance - want.covariance).cwiseAbs().maxCoeff() <
+          1e-9 * want.covariance.cwiseAbs().maxCoeff());
+    CHECK((got.mean - want.mean).cwiseAbs().maxCoeff() < 1e-9);
+  }
+}
+
+TEST_CASE("ledoit_wolf_covariance and AffineWhitening refuse bad input, naming the value",
+          "[model]") {
+  hgad::Tensor<double> one({1, 3});
+  CHECK_THROWS_WITH(hgad::ledoit_wolf_covariance(one),
+                    Catch::Contains("1 vectors") && Catch::Contains("at least 2"));
+  hgad::Tensor<double> x({4, 3});
+  for (Index i = 0; i < x.numel(); ++i) x.data()[i] = double(i % 5);
+  x(2, 1) = std::nan("");
+  CHECK_THROWS_WITH(hgad::ledoit_wolf_covariance(x),
+                    Catch::Contains("non-finite") && Catch::Contains("vector 2, component 1"));
+  hgad::Tensor<double> constant = hgad::Tensor<double>::full({5, 3}, 2.0);
+  CHECK_THROWS_WITH(hgad::ledoit_wolf_covariance(constant), Catch::Contains("zero variance"));
+  hgad::Tensor<double> upper({2, 2});
+  upper(0, 0) = upper(1, 1) = 1;
+  upper(0, 1) = 0.5;
+  CHECK_THROWS_WITH(hgad::AffineWhitening<double>(hgad::Tensor<double>({2}), upper),
+                    Catch::Contains("lower triangular") && Catch::Contains("(0, 1)"));
+}
+
+TEMPLATE_TEST_CASE(
+    "At step 0 an NF model with init = whiten is the Gaussian N(mean, Ledoit-Wolf covariance)",
+    "[model]", float, double) {
+  const Index N = 12, h = 2, w = 2, D = 6, K = 2;
+  std::vector<std::int64_t> train_labels, test_labels;
+  const hgad::Tensor<TestType> train =
+      correlated_features<TestType>(N, h, w, D, K, 3, train_labels);
+  const hgad::Tensor<TestType> test = correlated_features<TestType>(3, h, w, D, K, 4, test_labels);
+  hgad::HgadModel<TestType> model(whiten_config(hgad::Objective::nf, D, h, w, K));
+  model.initialise_from_data({train}, train_labels);
+  REQUIRE_FALSE(model.whitening(0).is_identity());
+
+  const ReferenceLedoitWolf gaussian = reference_ledoit_wolf(rows_of(train));
+  const Eigen::MatrixXd test_rows = rows_of(test);
+  for (Index i = 0; i < 3; ++i) {
+    const auto raw = model.raw_scores(hgad::HgadModel<TestType>::image_view({test}, i), 0);
+    for (Index p = 0; p < h * w; ++p) {
+      const double got = double(raw.log_likelihood[0].data()[p]);  // per dimension
+      const double want = gaussian_log_density(test_rows.row(i * h * w + p).transpose(),
+                                               gaussian.mean, gaussian.covariance) /
+                          double(D);
+      REQUIRE(std::isfinite(got));
+      CHECK(got == Approx(want).margin(tolerance<TestType>()));
+    }
+  }
+
+  // The training loss counts the whitening's log-determinant: the NF loss of the step-0 model is
+  // the mean of softplus(−log N(x; μ, Σ_LW) / D) (§3.3.5).
+  const hgad::Tensor<TestType> rows = train.reshape({N * h * w, D});
+  hgad::LossOptions options;
+  options.objective = hgad::Objective::nf;
+  options.log_jac_det_offset = model.whitening(0).log_jac_det();
+  hgad::SequenceFlowCache<TestType> cache;
+  auto& flow = model.flow(0);
+  const auto terms = hgad::compute_gradients<TestType>(
+      flow, nullptr, model.whitening(0).forward(rows), hgad::Tensor<TestType>({1, 4}),
+      std::vector<std::int64_t>(static_cast<std::size_t>(N * h * w), 0), 2, options, {}, cache);
+  const Eigen::MatrixXd train_rows = rows_of(train);
+  double want_loss = 0;
+  for (Index r = 0; r < train_rows.rows(); ++r) {
+    const double logp =
+        gaussian_log_density(train_rows.row(r).transpose(), gaussian.mean, gaussian.covariance);
+    want_loss += std::log1p(std::exp(-logp / double(D))) / double(train_rows.rows());
+  }
+  REQUIRE(std::isfinite(double(terms.l_z)));
+  CHECK(double(terms.l_z) == Approx(want_loss).margin(tolerance<TestType>()));
+}
+
+TEMPLATE_TEST_CASE(
+    "At step 0 an HGAD model with init = whiten has one component N(class mean, LW covariance) per "
+    "class",
+    "[model]", float, double) {
+  const Index N = 30, D = 5, K = 3;
+  std::vector<std::int64_t> labels, test_labels;
+  const hgad::Tensor<TestType> train = correlated_features<TestType>(N, 1, 1, D, K, 8, labels);
+  const hgad::Tensor<TestType> test = correlated_features<TestType>(6, 1, 1, D, K, 9, test_labels);
+  hgad::HgadModel<TestType> model(whiten_config(hgad::Objective::hgad, D, 1, 1, K));
+  model.initialise_from_data({train}, labels);
+
+  const ReferenceLedoitWolf shared = reference_ledoit_wolf(rows_of(train));
+  const Eigen::MatrixXd X = rows_of(train);
+  std::vector<Eigen::VectorXd> class_mean(static_cast<std::size_t>(K), Eigen::VectorXd::Zero(D));
+  std::vector<double> count(static_cast<std::size_t>(K), 0);
+  for (Index n = 0; n < N; ++n) {
+    class_mean[static_cast<std::size_t>(labels[static_cast<std::size_t>(n)])] +=
+        X.row(n).transpose();
+    count[static_cast<std::size_t>(labels[static_cast<std::size_t>(n)])] += 1;
+  }
+  for (Index y = 0; y < K; ++y)
+    class_mean[static_cast<std::size_t>(y)] /= count[static_cast<std::size_t>(y)];
+
+  const Eigen::MatrixXd T = rows_of(test);
+  for (Index i = 0; i < T.rows(); ++i) {
+    std::vector<double> log_density(static_cast<std::size_t>(K));
+    for (Index y = 0; y < K; ++y)
+      log_density[static_cast<std::size_t>(y)] = gaussian_log_density(
+          T.row(i).transpose(), class_mean[static_cast<std::size_t>(y)], shared.covariance);
+    // The class posterior with uniform π is the softmax of the class log-densities.
+    const double top = *std::max_element(log_density.begin(), log_density.end());
+    double z = 0;
+    for (double v : log_density) z += std::exp(v - top);
+    const auto image = hgad::HgadModel<TestType>::image_view({test}, i);
+    for (Index y = 0; y < K; ++y) {
+      const auto raw =
+          model.raw_scores(image, y);  // M = 1: the intra mixture is the class Gaussian
+      const double got = double(raw.log_likelihood[0].data()[0]);
+      REQUIRE(std::isfinite(got));
+      CHECK(got == Approx(log_density[static_cast<std::size_t>(y)] / double(D))
+                       .margin(tolerance<TestType>()));
+      CHECK(raw.class_posterior[static_cast<std::size_t>(y)] ==
+            Approx(std::exp(log_density[static_cast<std::size_t>(y)] - top) / z)
+                .margin(tolerance<TestType>()));
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE(
+    "A whitened model trains, saves and loads with bit-identical scores; a file without whitening "
+    "loads as the identity",
+    "[model]", float, double) {
+  const Index N = 16, h = 2, w = 2, D = 6, K = 2;
+  std::vector<std::int64_t> labels;
+  const hgad::Tensor<TestType> train = correlated_features<TestType>(N, h, w, D, K, 5, labels);
+  hgad::ModelConfig c = whiten_config(hgad::Objective::hgad, D, h, w, K);
+  c.n_centers = 3;
+  for (const hgad::IntraCenterInit how :
+       {hgad::IntraCenterInit::kmeans, hgad::IntraCenterInit::noise}) {
+    c.intra_center_init = how;
+    hgad::HgadModel<TestType> model(c);
+    const auto report = model.fit({train}, labels);
+    REQUIRE(std::isfinite(double(report.final_terms[0].total)));
+    REQUIRE_FALSE(model.whitening(0).is_identity());
+    model.calibrate({train}, labels);
+    hgad_test::TempDir dir("whiten_roundtrip");
+    model.save(dir.file("m.hgad"));
+    const auto loaded = hgad::HgadModel<TestType>::load(dir.file("m.hgad"));
+    CHECK(loaded.config() == model.config());
+    CHECK(loaded.whitening(0).mean().to_vector() == model.whitening(0).mean().to_vector());
+    CHECK(loaded.whitening(0).matrix().to_vector() == model.whitening(0).matrix().to_vector());
+    CHECK(loaded.whitening(0).log_jac_det() == model.whitening(0).log_jac_det());
+    for (Index i = 0; i < N; i += 5) {
+      const auto image = hgad::HgadModel<TestType>::image_view({train}, i);
+      const auto a = model.raw_scores(image, -1), b = loaded.raw_scores(image, -1);
+      CHECK(a.log_likelihood[0].to_vector() == b.log_likelihood[0].to_vector());
+      CHECK(a.class_posterior == b.class_posterior);
+      CHECK(model.score(image, 0, hgad::ScoreMode::calibrated).score ==
+            loaded.score(image, 0, hgad::ScoreMode::calibrated).score);
+    }
+  }
+  // The same model trained with init = identity: no whitening entries in its file, none loaded.
+  c.init = hgad::ModelInit::identity;
+  hgad::HgadModel<TestType> plain(c);
+  plain.fit({train}, labels);
+  CHECK(plain.whitening(0).is_identity());
+  hgad_test::TempDir dir("identity_roundtrip");
+  plain.save(dir.file("p.hgad"));
+  const auto loaded = hgad::HgadModel<TestType>::load(dir.file("p.hgad"));
+  CHECK(loaded.whitening(0).is_identity());
+  CHECK(loaded.config().init == hgad::ModelInit::identity);
+}
