@@ -14,7 +14,7 @@
 
 namespace {
 
-// The test problem of issue 4: K = 3 classes, M = 4 intra centres, D = 5, N = 9 vectors.
+// The test problem: K = 3 classes, M = 4 intra centres, D = 5, N = 9 vectors.
 constexpr hgad::Index K = 3, M = 4, D = 5, N = 9;
 constexpr double c0 = -0.9189385332046727;  // ln(1/sqrt(2 pi))
 
