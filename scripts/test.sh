@@ -52,7 +52,9 @@ targets=()
 ctest_filter=()
 if [ "$mode" != release ]; then
   targets=(--target hgad_tests)
-  ctest_filter=(-E "^(build\\.|fuzz|cli\\.)")
+  # The sanitizer builds make the test program alone: the build checks, fuzzers, the command-line
+  # program and the MPI programs are the release run's.
+  ctest_filter=(-E "^(build\\.|fuzz|cli\\.|parallel\\.)")
 fi
 
 echo "== configure ($mode) in $build"
