@@ -134,10 +134,6 @@ class EngineLevelDevice final : public LevelDevice<Scalar> {
   static GaussianMixturePrior<Scalar>* checked(GaussianMixturePrior<Scalar>* prior, const LevelTraining& training) {
     check(prior != nullptr && training.loss.objective == Objective::hgad,
           "levels off the CPU run HGAD's objective; the NF baseline trains and scores on the CPU");
-    // The engines' fused losses do not take the whitening's log-determinant (§2.5) yet.
-    check(training.loss.log_jac_det_offset == 0,
-          "levels off the CPU do not yet count the whitening's log-determinant (log_jac_det_offset = ",
-          training.loss.log_jac_det_offset, "); train a model with init = whiten on the CPU, or use init = identity");
     return prior;
   }
 

@@ -112,6 +112,40 @@ TEST_CASE("HgadModel trained and scored through a registered level device equals
   CHECK(hgad_test::max_score_difference(loaded_on_device, loaded, test_features, test.classes) < 1e-9);
 }
 
+TEST_CASE("A model with init = whiten trains on a level device as on the CPU (the whitening's "
+          "log-determinant counted)",
+          "[model][device]") {
+  using Scalar = double;
+  hgad::ModelConfig c = hgad_test::synthetic_config();
+  c.init = hgad::ModelInit::whiten;
+  c.meta_epochs = 3;
+  c.stage1_meta_epochs = 1;
+  const hgad_test::Synthetic train = hgad_test::make_synthetic(4, 0, 21);
+  const hgad_test::Synthetic test = hgad_test::make_synthetic(1, 1, 22);
+  const auto train_features = as<Scalar>(train.features), test_features = as<Scalar>(test.features);
+
+  hgad::HgadModel<Scalar> cpu(c);
+  const hgad::FitReport<Scalar> cpu_report = cpu.fit(train_features, train.classes);
+  REQUIRE_FALSE(cpu.whitening(0).is_identity());
+  REQUIRE(cpu.whitening(0).log_jac_det() != 0);
+
+  HostLevelAsCuda<Scalar> registered;
+  hgad::HgadModel<Scalar> device(c);
+  device.set_device(Device::cuda);
+  const hgad::FitReport<Scalar> device_report = device.fit(train_features, train.classes);
+  // The last batch's likelihood terms hold the log-determinant: equal on both devices.
+  for (std::size_t l = 0; l < cpu_report.final_terms.size(); ++l) {
+    CHECK(hgad_test::scaled_difference(double(device_report.final_terms[l].l_g),
+                                       double(cpu_report.final_terms[l].l_g)) < 1e-9);
+    CHECK(hgad_test::scaled_difference(double(device_report.final_terms[l].l_z),
+                                       double(cpu_report.final_terms[l].l_z)) < 1e-9);
+  }
+  CHECK(hgad_test::max_parameter_difference(device, cpu) < 1e-9);
+  cpu.calibrate(train_features, train.classes);
+  device.calibrate(train_features, train.classes);
+  CHECK(hgad_test::max_score_difference(device, cpu, test_features, test.classes) < 1e-9);
+}
+
 TEST_CASE("A non-finite loss on a level device leaves the model at the last good step", "[model][device]") {
   using Scalar = double;
   hgad::ModelConfig c = hgad_test::synthetic_config();

@@ -214,6 +214,11 @@ class LevelEngine {
       }
     }
     const Scalar* z = outputs.data() + (NB - 1) * N * d.D;
+    // A fixed layer in front of the flow (the whitening of docs/algorithm.md §2.5) adds its constant
+    // log-determinant to every row's before the prior sees it; its gradient is that of ld.
+    if (m_options.loss.log_jac_det_offset != 0)
+      be.unary(UnaryOp::add_scalar, N, ld.data(), ld.data(),
+               static_cast<Scalar>(m_options.loss.log_jac_det_offset));
 
     // The prior (docs/algorithm.md §3.3): per-row terms, dL/dz, dL/dld and the centre coefficients.
     const Index n_coef = prior_coef_cols(m_K, m_M);
