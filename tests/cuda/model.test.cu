@@ -14,17 +14,6 @@
 
 namespace {
 
-template <class Scalar>
-std::vector<hgad::Tensor<Scalar>> as(const std::vector<hgad::Tensor<float>>& in) {
-  std::vector<hgad::Tensor<Scalar>> out;
-  for (const auto& f : in) {
-    hgad::Tensor<Scalar> t(f.shape());
-    for (hgad::Index i = 0; i < f.numel(); ++i) t.data()[i] = Scalar(f.data()[i]);
-    out.push_back(t);
-  }
-  return out;
-}
-
 hgad::ModelConfig gpu_config() {
   hgad::ModelConfig c = hgad_test::synthetic_config();
   c.meta_epochs = 4;  // stage 1 for one meta-epoch, then stage 2
@@ -41,7 +30,7 @@ TEST_CASE("HgadModel trains and scores on the GPU as on the CPU (double)", "[cud
   const hgad::ModelConfig c = gpu_config();
   const hgad_test::Synthetic train = hgad_test::make_synthetic(4, 0, 11);
   const hgad_test::Synthetic test = hgad_test::make_synthetic(1, 1, 12);
-  const auto train_features = as<Scalar>(train.features), test_features = as<Scalar>(test.features);
+  const auto train_features = hgad_test::as_scalar<Scalar>(train.features), test_features = hgad_test::as_scalar<Scalar>(test.features);
 
   hgad::HgadModel<Scalar> cpu(c), gpu(c);
   cpu.fit(train_features, train.classes);
@@ -64,7 +53,7 @@ TEMPLATE_TEST_CASE("A model trained on the GPU scores on the CPU as on the GPU",
   const hgad::ModelConfig c = gpu_config();
   const hgad_test::Synthetic train = hgad_test::make_synthetic(4, 0, 13);
   const hgad_test::Synthetic test = hgad_test::make_synthetic(1, 1, 14);
-  const auto train_features = as<Scalar>(train.features), test_features = as<Scalar>(test.features);
+  const auto train_features = hgad_test::as_scalar<Scalar>(train.features), test_features = hgad_test::as_scalar<Scalar>(test.features);
 
   hgad::HgadModel<Scalar> gpu(c);
   gpu.set_device(hgad::Device::cuda);

@@ -781,6 +781,18 @@ std::string train_tiny(const hgad_test::TempDir& dir, const std::string& data,
          "' --config '" + dir.file("tiny.cfg") + "' --threads 2";
 }
 
+/// Writes the data set of write_dataset under dir/data and trains a tiny model on it (train_tiny);
+/// returns the model's path.
+std::string tiny_model_on_dataset(const hgad_test::TempDir& dir) {
+  const fs::path root = dir.path() / "data";
+  write_dataset(root);
+  const std::string model = dir.file("model.hgad");
+  const Run r = run(dir, train_tiny(dir, root.string(), model));
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  return model;
+}
+
 /// The records of an RFC 4180 CSV text, each a list of fields.
 std::vector<std::vector<std::string>> parse_csv(const std::string& text) {
   std::vector<std::vector<std::string>> rows(1);
@@ -855,12 +867,7 @@ TEST_CASE("hgad predict gives images of one stem distinct heat maps and quotes s
   REQUIRE_CLI();
   REQUIRE_WEIGHTS();
   hgad_test::TempDir dir("cli_predict_names");
-  const fs::path root = dir.path() / "data";
-  write_dataset(root);
-  const std::string model = dir.file("model.hgad");
-  Run r = run(dir, train_tiny(dir, root.string(), model));
-  INFO(r.err);
-  REQUIRE(r.status == 0);
+  const std::string model = tiny_model_on_dataset(dir);
   const fs::path in = dir.path() / "in";
   const std::vector<std::string> images = {
       (in / "a/x.png").string(), (in / "b/x.png").string(), (in / "x_1.png").string(),
@@ -868,7 +875,7 @@ TEST_CASE("hgad predict gives images of one stem distinct heat maps and quotes s
   for (std::size_t i = 0; i < images.size(); ++i) write_image(images[i], unsigned(i), i == 1);
   std::string arguments = "predict --model '" + model + "' --out '" + dir.file("out") + "'";
   for (const auto& image : images) arguments += " '" + image + "'";
-  r = run(dir, arguments);
+  Run r = run(dir, arguments);
   REQUIRE(r.status == 0);
 
   const auto rows = parse_csv(slurp(dir.file("out/scores.csv")));
@@ -898,12 +905,7 @@ TEST_CASE("hgad predict writes each image's line and heat map as it is scored, o
   REQUIRE_CLI();
   REQUIRE_WEIGHTS();
   hgad_test::TempDir dir("cli_predict_stream");
-  const fs::path root = dir.path() / "data";
-  write_dataset(root);
-  const std::string model = dir.file("model.hgad");
-  Run r = run(dir, train_tiny(dir, root.string(), model));
-  INFO(r.err);
-  REQUIRE(r.status == 0);
+  const std::string model = tiny_model_on_dataset(dir);
   const std::string normal = dir.file("in/normal.png"), odd = dir.file("in/odd.png");
   write_image(normal, 0, false);
   hgad::Tensor<float> noise({3, 64, 64});  // far from every training image: a high score
@@ -912,7 +914,7 @@ TEST_CASE("hgad predict writes each image's line and heat map as it is scored, o
   hgad::save_png(odd, noise);
 
   // The heat map of an image is the same whatever else the call scores.
-  r = run(dir, "predict --model '" + model + "' --out '" + dir.file("alone") + "' '" + normal + "'");
+  Run r = run(dir, "predict --model '" + model + "' --out '" + dir.file("alone") + "' '" + normal + "'");
   REQUIRE(r.status == 0);
   r = run(dir, "predict --model '" + model + "' --out '" + dir.file("with") + "' '" + normal +
                    "' '" + odd + "'");

@@ -9,12 +9,9 @@
 
 #include <hgad/model/hgad_model.hpp>
 
-namespace hgad_test {
+#include "model/parameters.hpp"
 
-inline double scaled_difference(double a, double b) {
-  if (!std::isfinite(a) || !std::isfinite(b)) return INFINITY;
-  return std::abs(a - b) / (1.0 + std::abs(b));
-}
+namespace hgad_test {
 
 /// Every flow and prior parameter of `a` against `b` (models of one configuration).
 template <class Scalar>

@@ -42,17 +42,6 @@ class HostLevelAsCuda {
   hgad::LevelDeviceSupport<Scalar> m_previous;
 };
 
-template <class Scalar>
-std::vector<hgad::Tensor<Scalar>> as(const std::vector<hgad::Tensor<float>>& in) {
-  std::vector<hgad::Tensor<Scalar>> out;
-  for (const auto& f : in) {
-    hgad::Tensor<Scalar> t(f.shape());
-    for (hgad::Index i = 0; i < f.numel(); ++i) t.data()[i] = Scalar(f.data()[i]);
-    out.push_back(t);
-  }
-  return out;
-}
-
 }  // namespace
 
 TEST_CASE("Asking for CUDA in a program without hgad's CUDA part names the build option", "[model][device]") {
@@ -75,7 +64,7 @@ TEST_CASE("HgadModel trained and scored through a registered level device equals
   c.stage1_meta_epochs = 1;
   const hgad_test::Synthetic train = hgad_test::make_synthetic(4, 0, 11);
   const hgad_test::Synthetic test = hgad_test::make_synthetic(1, 1, 12);
-  const auto train_features = as<Scalar>(train.features), test_features = as<Scalar>(test.features);
+  const auto train_features = hgad_test::as_scalar<Scalar>(train.features), test_features = hgad_test::as_scalar<Scalar>(test.features);
 
   hgad::HgadModel<Scalar> cpu(c);
   cpu.fit(train_features, train.classes);
@@ -122,7 +111,7 @@ TEST_CASE("A model with init = whiten trains on a level device as on the CPU (th
   c.stage1_meta_epochs = 1;
   const hgad_test::Synthetic train = hgad_test::make_synthetic(4, 0, 21);
   const hgad_test::Synthetic test = hgad_test::make_synthetic(1, 1, 22);
-  const auto train_features = as<Scalar>(train.features), test_features = as<Scalar>(test.features);
+  const auto train_features = hgad_test::as_scalar<Scalar>(train.features), test_features = hgad_test::as_scalar<Scalar>(test.features);
 
   hgad::HgadModel<Scalar> cpu(c);
   const hgad::FitReport<Scalar> cpu_report = cpu.fit(train_features, train.classes);
@@ -156,7 +145,7 @@ TEST_CASE("A non-finite loss on a level device leaves the model at the last good
   device.set_device(Device::cuda);
   hgad_test::Synthetic data = hgad_test::make_synthetic(2, 0, 8);
   data.features[1].data()[4 * 6 + 2] = std::nanf("");  // image 1 of level 1: the second batch fails
-  const auto features = as<Scalar>(data.features);
+  const auto features = hgad_test::as_scalar<Scalar>(data.features);
   CHECK_THROWS_AS(device.fit(features, data.classes), hgad::NonFiniteError);
   CHECK_THROWS_AS(cpu.fit(features, data.classes), hgad::NonFiniteError);
   CHECK(hgad_test::max_parameter_difference(device, cpu) < 1e-9);

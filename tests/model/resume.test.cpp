@@ -17,23 +17,6 @@
 
 namespace {
 
-/// Every parameter value of a model, in order.
-template <class Scalar>
-std::vector<Scalar> all_parameters(const hgad::HgadModel<Scalar>& model) {
-  std::vector<Scalar> out;
-  for (hgad::Index l = 0; l < model.n_levels(); ++l) {
-    for (const auto& p : model.flow(l).parameters()) {
-      const auto v = p.value().to_vector();
-      out.insert(out.end(), v.begin(), v.end());
-    }
-    for (const auto& p : model.prior(l).parameters()) {
-      const auto v = p.value().to_vector();
-      out.insert(out.end(), v.begin(), v.end());
-    }
-  }
-  return out;
-}
-
 /// Runs on one OpenMP thread while it lives (the order of every sum fixed).
 class OneThread {
  public:
@@ -100,11 +83,11 @@ TEST_CASE("A training stopped after a checkpoint and resumed from it ends on the
   CHECK(report.steps == 12);
   CHECK(resumed.epochs_trained() == through.epochs_trained());
 
-  const std::vector<float> a = all_parameters(through), b = all_parameters(resumed);
+  const std::vector<float> a = hgad_test::all_parameters(through), b = hgad_test::all_parameters(resumed);
   REQUIRE(a.size() == b.size());
   CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
   // The uninterrupted run moved them away from the stop's.
-  const std::vector<float> at_stop = all_parameters(hgad::HgadModel<float>::load(file));
+  const std::vector<float> at_stop = hgad_test::all_parameters(hgad::HgadModel<float>::load(file));
   CHECK(std::memcmp(a.data(), at_stop.data(), a.size() * sizeof(float)) != 0);
 }
 

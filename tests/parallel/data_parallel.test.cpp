@@ -13,52 +13,13 @@
 #include <hgad/model/hgad_model.hpp>
 #include <hgad/parallel/communicator.hpp>
 
+#include "model/parameters.hpp"
 #include "model/synthetic.hpp"
 #include "parallel/ranks.hpp"
 
 using hgad::Index;
 
 namespace {
-
-template <class Scalar>
-std::vector<hgad::Tensor<Scalar>> as_scalar(const std::vector<hgad::Tensor<float>>& features) {
-  std::vector<hgad::Tensor<Scalar>> out;
-  for (const auto& f : features) {
-    hgad::Tensor<Scalar> t(f.shape());
-    for (Index i = 0; i < f.numel(); ++i) t.data()[i] = Scalar(f.data()[i]);
-    out.push_back(std::move(t));
-  }
-  return out;
-}
-
-template <class Scalar>
-std::vector<Scalar> all_parameters(const hgad::HgadModel<Scalar>& model) {
-  std::vector<Scalar> out;
-  for (Index l = 0; l < model.n_levels(); ++l) {
-    for (const auto& p : model.flow(l).parameters()) {
-      const auto v = p.value().to_vector();
-      out.insert(out.end(), v.begin(), v.end());
-    }
-    for (const auto& p : model.prior(l).parameters()) {
-      const auto v = p.value().to_vector();
-      out.insert(out.end(), v.begin(), v.end());
-    }
-  }
-  return out;
-}
-
-// The largest |a - b| / (1 + |b|) over all values; infinity when a value is not finite.
-template <class Scalar>
-double largest_difference(const std::vector<Scalar>& a, const std::vector<Scalar>& b) {
-  if (a.size() != b.size()) return std::numeric_limits<double>::infinity();
-  double worst = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(double(a[i])) || !std::isfinite(double(b[i])))
-      return std::numeric_limits<double>::infinity();
-    worst = std::max(worst, std::abs(double(a[i]) - double(b[i])) / (1 + std::abs(double(b[i]))));
-  }
-  return worst;
-}
 
 // 15 images (5 per class) in batches of 7: two steps per pass, and shards of 3 + 4 (R = 2) and
 // 2 + 2 + 3 (R = 3) images, so the weights of the parts differ. Four meta-epochs reach stage 2.
@@ -98,7 +59,7 @@ std::vector<RankResult<Scalar>> fit_on_ranks(
     options.on_step = [&](const hgad::FitProgress<Scalar>&) { ++result.on_step_calls; };
     options.on_epoch = [&](const hgad::HgadModel<Scalar>&, Index) { ++result.on_epoch_calls; };
     result.final_terms = model.fit(features, classes, options).final_terms;
-    result.parameters = all_parameters(model);
+    result.parameters = hgad_test::all_parameters(model);
   });
   if (outcomes != nullptr) *outcomes = out;
   if (outcomes == nullptr)
@@ -125,7 +86,7 @@ TEMPLATE_TEST_CASE(
     "[parallel]", float, double) {
   using Scalar = TestType;
   const hgad_test::Synthetic data = hgad_test::make_synthetic(5, 0, 31);
-  const auto features = as_scalar<Scalar>(data.features);
+  const auto features = hgad_test::as_scalar<Scalar>(data.features);
   const hgad::ModelConfig c = parallel_config();
 
   std::vector<Scalar> reference;
@@ -133,11 +94,11 @@ TEMPLATE_TEST_CASE(
   {
     const OneThread one_thread;
     hgad::HgadModel<Scalar> model(c);
-    const std::vector<Scalar> initial = all_parameters(model);
+    const std::vector<Scalar> initial = hgad_test::all_parameters(model);
     reference_terms = model.fit(features, data.classes).final_terms;
-    reference = all_parameters(model);
+    reference = hgad_test::all_parameters(model);
     // The training moved the parameters well beyond the tolerance below.
-    REQUIRE(largest_difference(reference, initial) > 1e-2);
+    REQUIRE(hgad_test::largest_difference(reference, initial) > 1e-2);
   }
   // The parts' sums and their weighted sum round differently from the one batch's sum, and 8 Adam
   // steps carry the difference on: measured 5e-8 in float and 2e-16 in double (R = 2 and 3).
@@ -148,7 +109,7 @@ TEMPLATE_TEST_CASE(
     for (int r = 0; r < R; ++r) {
       INFO("rank " << r);
       const RankResult<Scalar>& got = results[std::size_t(r)];
-      CHECK(largest_difference(got.parameters, reference) <= tolerance);
+      CHECK(hgad_test::largest_difference(got.parameters, reference) <= tolerance);
       // Every rank holds the same bits.
       REQUIRE(got.parameters.size() == results[0].parameters.size());
       CHECK(std::memcmp(got.parameters.data(), results[0].parameters.data(),
@@ -267,7 +228,7 @@ TEST_CASE(
       options.on_checkpoint = [&](const hgad::HgadModel<float>& m,
                                   const hgad::TrainingState<float>& state) {
         saved = state;
-        saved_parameters = all_parameters(m);
+        saved_parameters = hgad_test::all_parameters(m);
         throw Stop{};
       };
       try {
@@ -301,7 +262,7 @@ TEST_CASE(
     options.communicator = &comm;
     options.resume = &saved;
     model.fit(data.features, data.classes, options);
-    resumed[std::size_t(r)] = all_parameters(model);
+    resumed[std::size_t(r)] = hgad_test::all_parameters(model);
   });
   for (int r = 0; r < 2; ++r) {
     INFO(outcomes[std::size_t(r)].message);

@@ -28,6 +28,7 @@
 #include <hgad/model/hgad_model.hpp>
 #include <hgad/parallel/mpi_communicator.hpp>
 
+#include "model/parameters.hpp"
 #include "model/synthetic.hpp"
 
 namespace {
@@ -45,40 +46,13 @@ hgad::ModelConfig parallel_config() {
 }
 
 template <class Scalar>
-std::vector<hgad::Tensor<Scalar>> as_scalar(const std::vector<hgad::Tensor<float>>& features) {
-  std::vector<hgad::Tensor<Scalar>> out;
-  for (const auto& f : features) {
-    hgad::Tensor<Scalar> t(f.shape());
-    for (Index i = 0; i < f.numel(); ++i) t.data()[i] = Scalar(f.data()[i]);
-    out.push_back(std::move(t));
-  }
-  return out;
-}
-
-template <class Scalar>
-std::vector<Scalar> all_parameters(const hgad::HgadModel<Scalar>& model) {
-  std::vector<Scalar> out;
-  for (Index l = 0; l < model.n_levels(); ++l) {
-    for (const auto& p : model.flow(l).parameters()) {
-      const auto v = p.value().to_vector();
-      out.insert(out.end(), v.begin(), v.end());
-    }
-    for (const auto& p : model.prior(l).parameters()) {
-      const auto v = p.value().to_vector();
-      out.insert(out.end(), v.begin(), v.end());
-    }
-  }
-  return out;
-}
-
-template <class Scalar>
 std::vector<Scalar> fit_parameters(const hgad::ModelConfig& c, const hgad_test::Synthetic& data,
                                    hgad::Communicator* comm) {
   hgad::HgadModel<Scalar> model(c);
   hgad::FitOptions<Scalar> options;
   options.communicator = comm;
-  model.fit(as_scalar<Scalar>(data.features), data.classes, options);
-  return all_parameters(model);
+  model.fit(hgad_test::as_scalar<Scalar>(data.features), data.classes, options);
+  return hgad_test::all_parameters(model);
 }
 
 // Whether every check of one scalar type passes on this rank (rank 0 also compares with one
@@ -102,11 +76,9 @@ bool compare(hgad::MpiCommunicator& world, const hgad_test::Synthetic& data, dou
     const std::vector<Scalar> alone = fit_parameters<Scalar>(c, data, nullptr);
     double worst = 0, moved = 0;
     const hgad::HgadModel<Scalar> initial(c);
-    const std::vector<Scalar> start = all_parameters(initial);
+    const std::vector<Scalar> start = hgad_test::all_parameters(initial);
     for (std::size_t i = 0; i < alone.size(); ++i) {
-      const double d =
-          std::abs(double(first[i]) - double(alone[i])) / (1 + std::abs(double(alone[i])));
-      worst = std::isfinite(d) ? std::max(worst, d) : INFINITY;
+      worst = std::max(worst, hgad_test::scaled_difference(double(first[i]), double(alone[i])));
       moved = std::max(moved, std::abs(double(alone[i]) - double(start[i])));
     }
     std::printf(
