@@ -148,6 +148,18 @@ void apply_epochs(hgad::ModelConfig& config, Index epochs) {
   config.stage1_meta_epochs = share;
 }
 
+/// --epochs N of train and embeddings: N >= 1 passes (apply_epochs), or 0, the data-dependent
+/// start of init = whiten alone, untrained (docs/algorithm.md §2.5); -1 when the option is absent.
+///   throws: UsageError for 0 without init = whiten.
+Index epochs_option(const Args& args, hgad::ModelConfig& config) {
+  const Index epochs = args.has("epochs") ? args.get_int("epochs", 0, 0, 100000) : -1;
+  if (epochs >= 1) apply_epochs(config, epochs);
+  if (epochs == 0 && config.init != hgad::ModelInit::whiten)
+    throw UsageError("--epochs 0 scores the data-dependent start of init = whiten; the config has init = " +
+                     std::string(hgad::detail::name_of(hgad::model_init_names, config.init)));
+  return epochs;
+}
+
 std::string format_metric(double v) {
   if (!std::isfinite(v)) return "  -  ";
   char buffer[16];
@@ -291,7 +303,9 @@ const std::vector<OptionSpec> train_options = {
     {"backbone", "DIR", "ResNet weights folder (.npy per tensor, batch-norm folded)"},
     {"out", "MODEL", "model file to write"},
     {"config", "FILE", "key = value settings over HGAD's defaults (see hgad info)"},
-    {"epochs", "N", "N passes over the training data (overrides the config's schedule)"},
+    {"epochs", "N",
+     "N passes over the training data (overrides the config's schedule); 0 with init = whiten: "
+     "the data-dependent start alone, untrained"},
     {"objective", "hgad|nf", "HGAD's hierarchical prior, or the single-Gaussian NF baseline"},
     {"cache", "DIR", "keep the backbone features in DIR and reuse them when nothing changed"},
     {"auto-group", "", "train again with the class groups the first model's confusion suggests"},
@@ -435,7 +449,7 @@ int cmd_train(const Args& args) {
         hgad::ModelConfig::from_text(read_text_file(file, "config file", max_config_bytes), file);
   }
   config.objective = parsed_option(args, "objective", hgad::parse_objective, config.objective);
-  if (args.has("epochs")) apply_epochs(config, args.get_int("epochs", 1, 1, 100000));
+  const bool untrained = epochs_option(args, config) == 0;
   if (args.has("auto-group") && config.objective != hgad::Objective::hgad)
     throw UsageError("--auto-group regroups HGAD's classes; the NF objective has none");
   std::vector<std::string> classes;
@@ -513,7 +527,10 @@ int cmd_train(const Args& args) {
         fit.resume = &resumed->second;
         bar.update(resumed->second.steps_done);
       }
-      model.fit(set.features, labels, fit);
+      if (untrained)
+        model.initialise_from_data(set.features, labels);  // --epochs 0: the start alone
+      else
+        model.fit(set.features, labels, fit);
       if (resume) resumed.reset();
       bar.finish();
     }
@@ -1058,11 +1075,7 @@ int cmd_embeddings(const Args& args) {
                                           file, config);
   }
   config.objective = parsed_option(args, "objective", hgad::parse_objective, config.objective);
-  const Index epochs = args.has("epochs") ? args.get_int("epochs", 0, 0, 100000) : -1;
-  if (epochs >= 1) apply_epochs(config, epochs);
-  if (epochs == 0 && config.init != hgad::ModelInit::whiten)
-    throw UsageError("--epochs 0 scores the data-dependent start of init = whiten; the config has init = " +
-                     std::string(hgad::detail::name_of(hgad::model_init_names, config.init)));
+  const Index epochs = epochs_option(args, config);
   if (!config.class_groups.empty())
     throw UsageError("--config: class groups (group." + config.class_groups[0].name +
                      ") are for hgad train; hgad embeddings trains on each class on its own");

@@ -178,6 +178,7 @@ TEST_CASE("hgad program answers --help on every command and rejects bad command 
   CHECK(contains(r.err, "--epochs must be an integer, got 'many'"));
   r = run(dir, "train --data x --backbone y --out m --epochs 0");
   CHECK(r.status == 2);
+  CHECK(contains(r.err, "--epochs 0 scores the data-dependent start of init = whiten"));
   r = run(dir, "train --data x --backbone y --out m --objective cflow");
   CHECK(r.status == 2);
   CHECK(contains(r.err, "hgad or nf"));
@@ -445,6 +446,30 @@ TEST_CASE("hgad train --auto-group trains again with the classes its first model
   CHECK(r.status == 2);
   CHECK(contains(r.err, "--auto-group"));
   CHECK_FALSE(fs::exists(dir.file("nf.hgad")));
+}
+
+TEST_CASE("hgad train --epochs 0 saves the data-dependent start with its class covariances and it "
+          "scores",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  hgad_test::TempDir dir("cli_untrained");
+  write_dataset(dir.path() / "data");
+  std::ofstream(dir.file("start.cfg")) << tiny_config << "init = whiten\nclass_covariance = class\n";
+  const std::string data = dir.file("data"), model = dir.file("start.hgad");
+  Run r = run(dir, "train --data '" + data + "' --backbone '" + weights_dir() + "' --out '" + model +
+                       "' --config '" + dir.file("start.cfg") + "' --epochs 0");
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const auto start = hgad::HgadModel<float>::load(model);
+  CHECK(start.epochs_trained() == 0);
+  CHECK(start.config().class_covariance == hgad::ClassCovariance::class_);
+  CHECK(start.prior(0).has_class_factors());
+  CHECK_FALSE(start.whitening(0).is_identity());
+  r = run(dir, "test --model '" + model + "' --data '" + data + "' --mode calibrated");
+  INFO(r.err);
+  CHECK(r.status == 0);
+  CHECK(contains(r.out, "mean"));
 }
 
 TEST_CASE("hgad train --auto-group keeps the first model when the groups would leave one class",

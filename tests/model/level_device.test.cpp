@@ -157,3 +157,18 @@ TEST_CASE("The NF baseline stays on the CPU", "[model][device]") {
   CHECK_THROWS_WITH(model.set_device(Device::cuda), Catch::Contains("NF baseline"));
   CHECK(model.device() == Device::cpu);
 }
+
+TEST_CASE("A model whose classes carry their own covariance is refused by the level devices, by name",
+          "[model][device]") {
+  using Scalar = double;
+  hgad::ModelConfig c = hgad_test::synthetic_config();
+  c.init = hgad::ModelInit::whiten;
+  c.class_covariance = hgad::ClassCovariance::class_;
+  const hgad_test::Synthetic train = hgad_test::make_synthetic(4, 0, 11);
+  const auto features = hgad_test::as_scalar<Scalar>(train.features);
+  HostLevelAsCuda<Scalar> registered;
+  hgad::HgadModel<Scalar> device(c);
+  device.set_device(Device::cuda);
+  CHECK_THROWS_WITH(device.fit(features, train.classes), Catch::Contains("class_covariance = class"));
+  CHECK(device.epochs_trained() == 0);
+}

@@ -15,6 +15,7 @@
 
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
+#include <Eigen/LU>
 
 #include <hgad/flow/whitening.hpp>
 #include <hgad/model/hgad_model.hpp>
@@ -313,4 +314,138 @@ TEMPLATE_TEST_CASE(
   const auto loaded = hgad::HgadModel<TestType>::load(dir.file("p.hgad"));
   CHECK(loaded.whitening(0).is_identity());
   CHECK(loaded.config().init == hgad::ModelInit::identity);
+}
+
+namespace {
+
+/// The rows W (x − μ) of the model's whitening of level 0, as a double matrix.
+template <class Scalar>
+Eigen::MatrixXd whitened_rows(const hgad::AffineWhitening<Scalar>& w, const Eigen::MatrixXd& X) {
+  const Index D = X.cols();
+  Eigen::MatrixXd W(D, D);
+  Eigen::VectorXd mean(D);
+  for (Index i = 0; i < D; ++i) {
+    mean(i) = double(w.mean()(i));
+    for (Index j = 0; j < D; ++j) W(i, j) = double(w.matrix()(i, j));
+  }
+  return (X.rowwise() - mean.transpose()) * W.transpose();
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE(
+    "At step 0 an HGAD model with class_covariance = class has one component N(class mean, class "
+    "covariance) per class",
+    "[model]", float, double) {
+  // Σ_y is the Ledoit–Wolf estimate of class y's whitened vectors, mapped back to the features:
+  // Σ_y = W⁻¹ LW(W (x_y − μ)) W⁻ᵀ (the estimate shrinks towards the shared covariance).
+  const Index N = 60, D = 5, K = 3;
+  std::vector<std::int64_t> labels, test_labels;
+  const hgad::Tensor<TestType> train = correlated_features<TestType>(N, 1, 1, D, K, 18, labels);
+  const hgad::Tensor<TestType> test = correlated_features<TestType>(6, 1, 1, D, K, 19, test_labels);
+  hgad::ModelConfig c = whiten_config(hgad::Objective::hgad, D, 1, 1, K);
+  c.class_covariance = hgad::ClassCovariance::class_;
+  hgad::HgadModel<TestType> model(c);
+  model.initialise_from_data({train}, labels);
+  REQUIRE(model.prior(0).has_class_factors());
+
+  const Eigen::MatrixXd X = rows_of(train);
+  const Eigen::MatrixXd Xw = whitened_rows(model.whitening(0), X);
+  Eigen::MatrixXd W_inverse(D, D);
+  for (Index i = 0; i < D; ++i)
+    for (Index j = 0; j < D; ++j) W_inverse(i, j) = double(model.whitening(0).matrix()(i, j));
+  W_inverse = W_inverse.inverse().eval();
+  std::vector<Eigen::VectorXd> class_mean;
+  std::vector<Eigen::MatrixXd> class_cov;
+  for (Index y = 0; y < K; ++y) {
+    std::vector<Index> members;
+    for (Index n = 0; n < N; ++n)
+      if (labels[static_cast<std::size_t>(n)] == y) members.push_back(n);
+    Eigen::MatrixXd Xy(Index(members.size()), D), Xwy(Index(members.size()), D);
+    for (std::size_t r = 0; r < members.size(); ++r) {
+      Xy.row(Index(r)) = X.row(members[r]);
+      Xwy.row(Index(r)) = Xw.row(members[r]);
+    }
+    class_mean.push_back(Xy.colwise().mean().transpose());
+    class_cov.push_back(W_inverse * reference_ledoit_wolf(Xwy).covariance * W_inverse.transpose());
+  }
+
+  const Eigen::MatrixXd T = rows_of(test);
+  for (Index i = 0; i < T.rows(); ++i) {
+    std::vector<double> log_density(static_cast<std::size_t>(K));
+    for (Index y = 0; y < K; ++y)
+      log_density[static_cast<std::size_t>(y)] =
+          gaussian_log_density(T.row(i).transpose(), class_mean[static_cast<std::size_t>(y)],
+                               class_cov[static_cast<std::size_t>(y)]);
+    const double top = *std::max_element(log_density.begin(), log_density.end());
+    double z = 0;
+    for (double v : log_density) z += std::exp(v - top);
+    const auto image = hgad::HgadModel<TestType>::image_view({test}, i);
+    for (Index y = 0; y < K; ++y) {
+      const auto raw = model.raw_scores(image, y);  // M = 1: the class Gaussian
+      const double got = double(raw.log_likelihood[0].data()[0]);
+      REQUIRE(std::isfinite(got));
+      CHECK(got == Approx(log_density[static_cast<std::size_t>(y)] / double(D))
+                       .margin(tolerance<TestType>()));
+      CHECK(raw.class_posterior[static_cast<std::size_t>(y)] ==
+            Approx(std::exp(log_density[static_cast<std::size_t>(y)] - top) / z)
+                .margin(tolerance<TestType>()));
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE(
+    "A model with class covariances trains, saves and loads with bit-identical scores; a trained "
+    "file without its factors is refused",
+    "[model]", float, double) {
+  const Index N = 16, h = 2, w = 2, D = 6, K = 2;
+  std::vector<std::int64_t> labels;
+  const hgad::Tensor<TestType> train = correlated_features<TestType>(N, h, w, D, K, 25, labels);
+  hgad::ModelConfig c = whiten_config(hgad::Objective::hgad, D, h, w, K);
+  c.n_centers = 3;
+  c.class_covariance = hgad::ClassCovariance::class_;
+  hgad::HgadModel<TestType> model(c);
+  const auto report = model.fit({train}, labels);
+  REQUIRE(std::isfinite(double(report.final_terms[0].total)));
+  REQUIRE(model.prior(0).has_class_factors());
+  model.calibrate({train}, labels);
+  hgad_test::TempDir dir("class_covariance_roundtrip");
+  model.save(dir.file("m.hgad"));
+  const auto loaded = hgad::HgadModel<TestType>::load(dir.file("m.hgad"));
+  CHECK(loaded.config() == model.config());
+  CHECK(loaded.prior(0).class_factors().to_vector() == model.prior(0).class_factors().to_vector());
+  for (Index i = 0; i < N; i += 5) {
+    const auto image = hgad::HgadModel<TestType>::image_view({train}, i);
+    const auto a = model.raw_scores(image, -1), b = loaded.raw_scores(image, -1);
+    CHECK(a.log_likelihood[0].to_vector() == b.log_likelihood[0].to_vector());
+    CHECK(a.neg_entropy[0].to_vector() == b.neg_entropy[0].to_vector());
+    CHECK(a.class_posterior == b.class_posterior);
+    // The product criterion of a class-covariance model is its likelihood map (§9.7).
+    const auto product = model.score(image, labels[std::size_t(i)], hgad::ScoreMode::calibrated,
+                                     hgad::ScoreCriterion::product);
+    const auto likelihood = model.score(image, labels[std::size_t(i)], hgad::ScoreMode::calibrated,
+                                        hgad::ScoreCriterion::likelihood);
+    CHECK(product.map.to_vector() == likelihood.map.to_vector());
+    CHECK(product.score == loaded.score(image, labels[std::size_t(i)], hgad::ScoreMode::calibrated).score);
+  }
+  hgad::Checkpoint ckpt = model.to_checkpoint();
+  REQUIRE(ckpt.erase("level0.prior.class_factors"));
+  CHECK_THROWS_WITH(hgad::HgadModel<TestType>::from_checkpoint(ckpt, "cut.hgad"),
+                    Catch::Contains("lacks 'level0.prior.class_factors'"));
+}
+
+TEST_CASE("class_covariance = class needs init = whiten and the HGAD objective", "[model]") {
+  hgad::ModelConfig c = whiten_config(hgad::Objective::hgad, 4, 1, 1, 2);
+  c.class_covariance = hgad::ClassCovariance::class_;
+  CHECK_NOTHROW(c.validate());
+  c.init = hgad::ModelInit::identity;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("class_covariance = class") &&
+                                      Catch::Contains("init = whiten"));
+  c.init = hgad::ModelInit::whiten;
+  c.objective = hgad::Objective::nf;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("NF objective has no classes"));
+  const auto parsed = hgad::ModelConfig::from_text("init = whiten\nclass_covariance = class\n", "t");
+  CHECK(parsed.class_covariance == hgad::ClassCovariance::class_);
+  CHECK_THROWS_WITH(hgad::ModelConfig::from_text("class_covariance = full\n", "t"),
+                    Catch::Contains("class_covariance"));
 }

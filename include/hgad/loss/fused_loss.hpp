@@ -24,6 +24,7 @@
 #include "../detail/element_ops.hpp"
 #include "../detail/parallel.hpp"
 #include "../detail/scalar_math.hpp"
+#include "../prior/class_space.hpp"
 #include "../prior/gaussian_mixture_prior.hpp"
 #include "../prior/prior_row.hpp"
 #include "../tensor.hpp"
@@ -77,7 +78,10 @@ struct FusedChunks {
 /// (prior/prior_row.hpp, where the formulas are written out). This function forms the distances and
 /// applies the chain rule to the inputs: dd_y/dz = 2 (z - mu_y) = -dd_y/dmu_y, de_k/dz = 2 (z -
 /// m_k) = -de_k/ddelta_k (k >= 1; mu is detached in m_k); through log_softmax, dphi_j = g_j -
-/// softmax(phi)_j sum_i g_i. Everything is divided by N (the means).
+/// softmax(phi)_j sum_i g_i. Everything is divided by N (the means). With class factors
+/// (docs/algorithm.md §3.1.2) the distances are formed in each class's space (prior/class_space.hpp)
+/// and the gradients with respect to A_y z, A_y mu_y and A_y delta_{y,k} are brought back
+/// through A_y after the pass.
 ///
 /// Gradients are added to prior.mu(), prior.phi_inter() and, in stage 2 only, prior.delta() and
 /// prior.phi_intra(); in stage 1 those two are not touched, so their has_grad() stays as it was.
@@ -98,9 +102,9 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
   const bool intra = stage == 2;
 
   const Tensor<Scalar> log_pi = prior.log_pi_values();                                    // (K,)
-  const Tensor<Scalar> log_w = intra ? prior.log_w_values() : Tensor<Scalar>();           // (K, M)
-  const Tensor<Scalar> centers = intra ? prior.intra_center_values() : Tensor<Scalar>();  // (K, M, D)
-  const Scalar* mu = prior.mu().value().data();                                           // (K, D)
+  const Tensor<Scalar> log_w = intra ? prior.log_w_values() : Tensor<Scalar>();  // (K, M)
+  const ClassSpace<Scalar> space(prior, z, intra);  // the rows and centres of the distances
+  const bool transformed = space.transformed();
 
   // The per-row objective is prior_row (prior/prior_row.hpp); this loop forms each row's distances
   // and applies the row's gradients to z and the centres.
@@ -112,8 +116,10 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
   const Scalar tiny = detail::underflow_threshold<Scalar>();
 
   FusedLoss<Scalar> out;
-  out.grad_z = Tensor<Scalar>::empty({N, D});
+  out.grad_z = transformed ? Tensor<Scalar>({N, D}) : Tensor<Scalar>::empty({N, D});
   out.grad_log_jac_det = Tensor<Scalar>::empty({N});
+  // With class factors, dL/d(A_y z_n) per class (K, N, D), brought to z after the pass.
+  Tensor<Scalar> grad_rows = transformed ? Tensor<Scalar>({K, N, D}) : Tensor<Scalar>();
 
   // Rows are processed in fixed chunks, each by one thread in row order; every chunk adds its rows'
   // contributions to its own partial sums, which are then added in chunk order. The chunking
@@ -129,7 +135,6 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
   std::vector<Scalar> chunk_delta_grad(intra ? std::size_t(chunks.count * K * n_deltas * D) : 0);  // dL/ddelta
   std::vector<char> chunk_has_class(intra ? std::size_t(chunks.count * K) : 0, 0);
 
-  const Scalar* z_data = z.data();
   const Scalar* ldj = log_jac_det.data();
   Scalar* gz_data = out.grad_z.data();
   Scalar* gldj = out.grad_log_jac_det.data();
@@ -151,21 +156,20 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
     Scalar* mu_grad = chunk_mu_grad.data() + chunk * K * D;
     std::fill(mu_grad, mu_grad + K * D, Scalar(0));
     for (Index n = chunks.begin(chunk); n < chunks.end(chunk); ++n) {
-      const Scalar* zn = z_data + n * D;
       const Index label = labels[static_cast<std::size_t>(n)];
       for (Index y = 0; y < K; ++y) {
         detail::RowVectorMap<Scalar> dy(diff.data() + y * D, D);
-        dy = detail::ConstRowVectorMap<Scalar>(zn, D) - detail::ConstRowVectorMap<Scalar>(mu + y * D, D);
-        d[y] = dy.squaredNorm();
+        dy = detail::ConstRowVectorMap<Scalar>(space.row(y, n), D) -
+             detail::ConstRowVectorMap<Scalar>(space.mu(y), D);
+        d[y] = dy.squaredNorm() + space.offset(y);
       }
-      const Scalar* m = intra ? centers.data() + label * M * D : nullptr;
       Scalar* diff_intra = diff.data() + K * D;
       if (intra) {
         for (Index k = 0; k < M; ++k) {
           detail::RowVectorMap<Scalar> dk(diff_intra + k * D, D);
-          dk = detail::ConstRowVectorMap<Scalar>(zn, D) -
-               detail::ConstRowVectorMap<Scalar>(m + k * D, D);
-          e[k] = dk.squaredNorm();
+          dk = detail::ConstRowVectorMap<Scalar>(space.row(label, n), D) -
+               detail::ConstRowVectorMap<Scalar>(space.center(label, k), D);
+          e[k] = dk.squaredNorm() + space.offset(label);
         }
       }
       prior_row(config, d, e, log_pi.data(), intra ? log_w.data() + label * M : nullptr,
@@ -174,13 +178,17 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
       for (int t = 0; t < n_terms; ++t) terms[t] += double(row_terms[t]);
       for (Index y = 0; y < K; ++y) log_pi_grad[y] += double(grad_log_pi[y]);
 
-      // dd_y/dz = 2 (z - mu_y) = -dd_y/dmu_y.
-      detail::RowVectorMap<Scalar> gz_row(gz_data + n * D, D);
-      gz_row.setZero();
+      // dd_y/dz = 2 (z - mu_y) = -dd_y/dmu_y (in class y's space with factors: the gradient
+      // goes to the row A_y z_n, which every class has its own of).
+      auto gz_row = [&](Index y) {
+        return detail::RowVectorMap<Scalar>(
+            transformed ? grad_rows.data() + (y * N + n) * D : gz_data + n * D, D);
+      };
+      if (!transformed) gz_row(0).setZero();
       for (Index y = 0; y < K; ++y) {
         if (std::abs(grad_d[y]) < tiny) continue;
         const detail::ConstRowVectorMap<Scalar> dy(diff.data() + y * D, D);
-        gz_row.noalias() += (Scalar(2) * grad_d[y]) * dy;
+        gz_row(y).noalias() += (Scalar(2) * grad_d[y]) * dy;
         detail::RowVectorMap<Scalar>(mu_grad + y * D, D).noalias() -= (Scalar(2) * grad_d[y]) * dy;
       }
       if (intra) {
@@ -197,7 +205,7 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
           if (std::abs(grad_e[k]) < tiny) continue;
           log_w_grad[k] += double(grad_log_w[k]);
           const detail::ConstRowVectorMap<Scalar> dk(diff_intra + k * D, D);
-          gz_row.noalias() += (Scalar(2) * grad_e[k]) * dk;  // de_k/dz = 2 (z - m_k)
+          gz_row(label).noalias() += (Scalar(2) * grad_e[k]) * dk;  // de_k/dz = 2 (z - m_k)
           if (k > 0) {
             // de_k/ddelta_k = -2 (z - m_k) for k >= 1; m_0 = sg(mu) has no parameter.
             detail::RowVectorMap<Scalar>(delta_grad + (k - 1) * D, D).noalias() -=
@@ -227,12 +235,18 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
   }
   terms.total = Scalar(total);
 
-  // mu: the chunks' partial sums of dL/dmu.
+  if (transformed) space.rows_backward(grad_rows.data(), gz_data);
+
+  // mu: the chunks' partial sums of dL/dmu (of dL/d(A_y mu_y) with factors, brought back).
   {
-    detail::RowVectorMap<Scalar> grad_mu(prior.mu().ensure_grad().data(), K * D);
+    Scalar* grad_mu = prior.mu().ensure_grad().data();
+    std::vector<Scalar> sum_mu(transformed ? std::size_t(K * D) : 0, Scalar(0));
+    detail::RowVectorMap<Scalar> sum(transformed ? sum_mu.data() : grad_mu, K * D);
     for (Index c = 0; c < chunks.count; ++c) {
-      grad_mu += detail::ConstRowVectorMap<Scalar>(chunk_mu_grad.data() + c * K * D, K * D);
+      sum += detail::ConstRowVectorMap<Scalar>(chunk_mu_grad.data() + c * K * D, K * D);
     }
+    if (transformed)
+      for (Index y = 0; y < K; ++y) space.center_backward(y, sum_mu.data() + y * D, 1, grad_mu + y * D);
   }
 
   // phi_inter: only L_g sees log pi: dL/dlog pi_y (prior_row) summed over n, then through
@@ -256,11 +270,15 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
     // delta: the chunks' partial sums, for the classes each chunk saw.
     Scalar* grad_delta = prior.delta().ensure_grad().data();
     detail::parallel_for(K, K * chunks.count * n_deltas * D, [&](Index y) {
-      detail::RowVectorMap<Scalar> grad_y(grad_delta + y * n_deltas * D, n_deltas * D);
+      std::vector<Scalar> sum_y(transformed ? std::size_t(n_deltas * D) : 0, Scalar(0));
+      detail::RowVectorMap<Scalar> grad_y(transformed ? sum_y.data() : grad_delta + y * n_deltas * D,
+                                          n_deltas * D);
       for (Index c = 0; c < chunks.count; ++c) {
         if (!chunk_has_class[static_cast<std::size_t>(c * K + y)]) continue;
         grad_y += detail::ConstRowVectorMap<Scalar>(chunk_delta_grad.data() + (c * K + y) * n_deltas * D, n_deltas * D);
       }
+      // m_{y,k} = sg(mu_y) + delta_{y,k}: dL/ddelta = (dL/d(A_y m_{y,k})) A_y with factors.
+      if (transformed) space.center_backward(y, sum_y.data(), n_deltas, grad_delta + y * n_deltas * D);
     });
     // phi_intra: dphi_{y,j} = sum_{n in y} (g_{n,j} - w_{y,j} sum_k g_{n,k}), g = dL/dlog w.
     Scalar* grad_phi = prior.phi_intra().ensure_grad().data();

@@ -6,7 +6,8 @@
 ///
 /// Notation: z (N, D) latents, log_jac_det (N,) the flow's log|det J| per row, labels / classes (N,)
 /// class indices in [0, K), d (N, K) = |z - mu_y|^2, e (N, M) the intra distances, every term a mean
-/// over the N rows.
+/// over the N rows. Every function takes the prior's optional class factors last (empty: the
+/// paper's unit covariances; docs/algorithm.md §3.1.2), which change only how d and e are formed.
 ///
 ///     auto terms = hgad::objective_loss(prior, z, log_jac_det, labels, /*stage=*/2);
 ///     terms.total.backward();   // gradients in z, prior.mu(), prior.delta(), ...
@@ -52,8 +53,9 @@ Tensor<Scalar> smoothed_one_hot(const std::vector<std::int64_t>& labels, Index n
 /// up to D c0.
 template <class Scalar>
 Var<Scalar> intra_log_mixture(const Var<Scalar>& z, const Var<Scalar>& mu, const Var<Scalar>& delta,
-                              const Var<Scalar>& phi_intra, const std::vector<std::int64_t>& classes) {
-  const Var<Scalar> e = intra_class_sqdist(z, mu, delta, classes);  // (N, M)
+                              const Var<Scalar>& phi_intra, const std::vector<std::int64_t>& classes,
+                              const Tensor<Scalar>& class_factors) {
+  const Var<Scalar> e = intra_class_sqdist(z, mu, delta, classes, class_factors);  // (N, M)
   return logsumexp_rows(add(mul(e, Scalar(-0.5)), log_intra_weights(phi_intra, classes)));
 }
 
@@ -65,9 +67,9 @@ Var<Scalar> intra_log_mixture(const Var<Scalar>& z, const Var<Scalar>& mu, const
 ///   requires: z (N, D), log_jac_det (N,), mu (K, D), phi_inter (K,).   ensures: rank 0.
 template <class Scalar>
 Var<Scalar> loss_g(const Var<Scalar>& z, const Var<Scalar>& log_jac_det, const Var<Scalar>& mu,
-                   const Var<Scalar>& phi_inter) {
+                   const Var<Scalar>& phi_inter, const Tensor<Scalar>& class_factors = Tensor<Scalar>()) {
   detail::check_latents(z, log_jac_det, "loss_g");
-  const Var<Scalar> d = inter_class_sqdist(z, mu);  // (N, K)
+  const Var<Scalar> d = inter_class_sqdist(z, mu, class_factors);  // (N, K)
   const Var<Scalar> lse = logsumexp_rows(add(mul(d, Scalar(-0.5)), log_class_weights(phi_inter)));  // (N,)
   return mean(mul(sub(neg(lse), log_jac_det), Scalar(1) / Scalar(z.cols())));
 }
@@ -78,11 +80,12 @@ Var<Scalar> loss_g(const Var<Scalar>& z, const Var<Scalar>& log_jac_det, const V
 ///   requires: z (N, D), mu (K, D), phi_inter (K,), labels[n] in [0, K).   ensures: rank 0.
 template <class Scalar>
 Var<Scalar> loss_mi(const Var<Scalar>& z, const Var<Scalar>& mu, const Var<Scalar>& phi_inter,
-                    const std::vector<std::int64_t>& labels, double label_smoothing = 0.02) {
+                    const std::vector<std::int64_t>& labels, double label_smoothing = 0.02,
+                    const Tensor<Scalar>& class_factors = Tensor<Scalar>()) {
   detail::check_labels(labels, z.rows(), mu.rows(), "loss_mi");
   const Var<Scalar> q(detail::smoothed_one_hot<Scalar>(labels, mu.rows(), label_smoothing));  // (N, K)
   const Var<Scalar> log_pi = detach(log_class_weights(phi_inter));                             // (1, K)
-  const Var<Scalar> d = inter_class_sqdist(z, mu);                                              // (N, K)
+  const Var<Scalar> d = inter_class_sqdist(z, mu, class_factors);                               // (N, K)
   const Var<Scalar> log_posterior = log_softmax_rows(add(mul(d, Scalar(-0.5)), log_pi));       // (N, K)
   return mean(sum_rows(mul(q, sub(log_posterior, log_pi))));
 }
@@ -91,8 +94,8 @@ Var<Scalar> loss_mi(const Var<Scalar>& z, const Var<Scalar>& mu, const Var<Scala
 ///   L_e = mean_n -sum_y p_{n,y} log p_{n,y},   p_n = softmax_y( -1/2 |z_n - mu_y|^2 ).
 ///   requires: z (N, D), mu (K, D).   ensures: rank 0.
 template <class Scalar>
-Var<Scalar> loss_e(const Var<Scalar>& z, const Var<Scalar>& mu) {
-  const Var<Scalar> d = inter_class_sqdist(z, mu);                   // (N, K)
+Var<Scalar> loss_e(const Var<Scalar>& z, const Var<Scalar>& mu, const Tensor<Scalar>& class_factors = Tensor<Scalar>()) {
+  const Var<Scalar> d = inter_class_sqdist(z, mu, class_factors);    // (N, K)
   const Var<Scalar> log_p = log_softmax_rows(mul(d, Scalar(-0.5)));  // (N, K)
   return mean(neg(sum_rows(mul(exp(log_p), log_p))));
 }
@@ -104,9 +107,9 @@ Var<Scalar> loss_e(const Var<Scalar>& z, const Var<Scalar>& mu) {
 template <class Scalar>
 Var<Scalar> loss_g_intra(const Var<Scalar>& z, const Var<Scalar>& log_jac_det, const Var<Scalar>& mu,
                          const Var<Scalar>& delta, const Var<Scalar>& phi_intra,
-                         const std::vector<std::int64_t>& labels) {
+                         const std::vector<std::int64_t>& labels, const Tensor<Scalar>& class_factors = Tensor<Scalar>()) {
   detail::check_latents(z, log_jac_det, "loss_g_intra");
-  const Var<Scalar> lse = detail::intra_log_mixture(z, mu, delta, phi_intra, labels);  // (N,)
+  const Var<Scalar> lse = detail::intra_log_mixture(z, mu, delta, phi_intra, labels, class_factors);  // (N,)
   return mean(mul(sub(neg(lse), log_jac_det), Scalar(1) / Scalar(z.cols())));
 }
 
@@ -116,10 +119,10 @@ Var<Scalar> loss_g_intra(const Var<Scalar>& z, const Var<Scalar>& log_jac_det, c
 template <class Scalar>
 Var<Scalar> loss_z(const Var<Scalar>& z, const Var<Scalar>& log_jac_det, const Var<Scalar>& mu,
                    const Var<Scalar>& delta, const Var<Scalar>& phi_intra,
-                   const std::vector<std::int64_t>& labels) {
+                   const std::vector<std::int64_t>& labels, const Tensor<Scalar>& class_factors = Tensor<Scalar>()) {
   detail::check_latents(z, log_jac_det, "loss_z");
   const Scalar D = Scalar(z.cols());
-  const Var<Scalar> lse = detail::intra_log_mixture(z, mu, delta, phi_intra, labels);  // (N,)
+  const Var<Scalar> lse = detail::intra_log_mixture(z, mu, delta, phi_intra, labels, class_factors);  // (N,)
   const Var<Scalar> logp = add(add(lse, log_jac_det), Scalar(D * log_normal_constant));  // (N,)
   return mean(softplus(mul(logp, Scalar(-1) / D)));
 }
@@ -193,13 +196,14 @@ LossVars<Scalar> objective_loss(const GaussianMixturePrior<Scalar>& prior, const
   }
   check(z.cols() == prior.dim(), "objective_loss: z has ", z.cols(), " columns, the prior D = ", prior.dim());
   detail::check_labels(labels, z.rows(), prior.n_classes(), "objective_loss");
-  out.l_g = loss_g(z, log_jac_det, prior.mu(), prior.phi_inter());
-  out.l_mi = loss_mi(z, prior.mu(), prior.phi_inter(), labels, options.label_smoothing);
-  out.l_e = loss_e(z, prior.mu());
+  const Tensor<Scalar>& factors = prior.class_factors();  // empty: the paper's unit covariances
+  out.l_g = loss_g(z, log_jac_det, prior.mu(), prior.phi_inter(), factors);
+  out.l_mi = loss_mi(z, prior.mu(), prior.phi_inter(), labels, options.label_smoothing, factors);
+  out.l_e = loss_e(z, prior.mu(), factors);
   out.total = add(sub(mul(out.l_g, Scalar(options.lambda1)), mul(out.l_mi, Scalar(options.lambda2))), out.l_e);
   if (stage == 2) {
-    out.l_g_intra = loss_g_intra(z, log_jac_det, prior.mu(), prior.delta(), prior.phi_intra(), labels);
-    out.l_z = loss_z(z, log_jac_det, prior.mu(), prior.delta(), prior.phi_intra(), labels);
+    out.l_g_intra = loss_g_intra(z, log_jac_det, prior.mu(), prior.delta(), prior.phi_intra(), labels, factors);
+    out.l_z = loss_z(z, log_jac_det, prior.mu(), prior.delta(), prior.phi_intra(), labels, factors);
     out.total = add(add(out.total, out.l_g_intra), out.l_z);
   }
   return out;

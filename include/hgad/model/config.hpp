@@ -103,6 +103,17 @@ enum class ModelInit {
 inline constexpr detail::NamedValue<ModelInit> model_init_names[] = {{"identity", ModelInit::identity},
                                                                      {"whiten", ModelInit::whiten}};
 
+/// The covariance of the prior's components (ModelConfig::class_covariance).
+enum class ClassCovariance {
+  unit,   ///< the paper's: every component N(m, I)
+  class_  ///< each class its own: N(m, Σ_y), Σ_y the Ledoit–Wolf covariance of the class's latents
+          ///< at the start, fixed (docs/algorithm.md §3.1.2); needs init = whiten
+};
+
+/// The spelling of each ClassCovariance in text (a config's `class_covariance` key).
+inline constexpr detail::NamedValue<ClassCovariance> class_covariance_names[] = {
+    {"unit", ClassCovariance::unit}, {"class", ClassCovariance::class_}};
+
 /// Several class folders trained under one label: one class of the model (one centre μ, one
 /// intra-class mixture, one set of calibration constants) standing for all of them. HGAD pushes
 /// the centres of its classes apart (L_mi, docs/algorithm.md §3.3); classes whose normal images look
@@ -157,6 +168,9 @@ struct ModelConfig {
   ModelInit init = ModelInit::identity;
   /// With init = whiten: where the intra-class centres start (docs/algorithm.md §3.1.1).
   IntraCenterInit intra_center_init = IntraCenterInit::kmeans;
+  /// The covariance of the prior's components: `unit` (the paper's) or `class` (each class the
+  /// covariance of its training latents at the start; docs/algorithm.md §3.1.2; needs init = whiten).
+  ClassCovariance class_covariance = ClassCovariance::unit;
 
   // Flow (docs/algorithm.md §2).
   Index pos_dim = 256;  ///< P, the positional-encoding dimension (0: unconditional flows)
@@ -341,6 +355,7 @@ void for_each_config_key(Config& c, Key&& key) {
   key(group_key_prefix, c.class_groups);
   key("init", c.init, model_init_names);
   key("intra_center_init", c.intra_center_init, intra_center_init_names);
+  key("class_covariance", c.class_covariance, class_covariance_names);
   key("pos_dim", c.pos_dim,
       KeyRule<Index>{[](const Index& p) { return p >= 0 && p % 4 == 0; },
                      "must be 0 (no positional encoding) or a positive multiple of 4"});
@@ -394,6 +409,8 @@ inline constexpr KeyMeaning config_key_meanings[] = {
     {"group.", "group.NAME = folder, folder, ...: several class folders trained as one class"},
     {"init", "identity (the paper's) or whiten: Ledoit-Wolf whitening and data-based centres"},
     {"intra_center_init", "with init = whiten: kmeans or noise (the class mean plus noise)"},
+    {"class_covariance",
+     "unit (the paper's) or class: each class's components carry its covariance (init = whiten)"},
     {"pos_dim", "P, the positional-encoding dimension of the flows (0: none)"},
     {"n_blocks", "coupling blocks per flow"},
     {"clamp", "affine clamping alpha of the coupling blocks"},
@@ -606,6 +623,13 @@ inline void ModelConfig::validate(bool require_data) const {
             "classes", std::to_string(n_classes()) + " classes",
             "the class-centre initialisation needs K <= 2 D, and a level has D = " +
                 std::to_string(s.dim));
+  if (class_covariance == ClassCovariance::class_ && init != ModelInit::whiten)
+    detail::config_error("class_covariance", "class",
+                         "the class covariances are estimated at the data-dependent start: set "
+                         "init = whiten");
+  if (class_covariance == ClassCovariance::class_ && objective != Objective::hgad)
+    detail::config_error("class_covariance", "class",
+                         "the NF objective has no classes; use objective = hgad");
   const FeatureSettings& f = features;
   if (f.backbone != "none") {
     if (f.layers.empty())

@@ -8,7 +8,9 @@
 /// Gaussian N(μ, Σ_LW) of the training vectors, and the HGAD model's inter-class mixture has one
 /// component N(m_y, Σ_LW) per class mean m_y. HgadModel::fit calls it before the first step.
 
+#include <algorithm>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "../detail/check.hpp"
@@ -28,7 +30,10 @@ namespace hgad {
 /// of the whitened class mean and μ_y + δ_y,k to the images of the intra-class centres
 /// (data_centers over at most kmeans_max_vectors vectors of each class, evenly strided; the whole
 /// class below that). The flow is linear at that point, so these are the class statistics of the
-/// latents themselves. φ keeps its value (uniform weights).
+/// latents themselves. φ keeps its value (uniform weights). With ClassCovariance::class_, each
+/// class's components also get the class's covariance (docs/algorithm.md §3.1.2): the Ledoit–Wolf
+/// covariance Σ_y of the same vectors' latents, set as the factor A_y = L_y⁻¹ (L_y Lᵀ_y = Σ_y), so
+/// that with M = 1 the untrained model is one Gaussian N(m_y, Σ_y) per class.
 ///   requires: an untrained flow; labels in [0, K) with every class present.
 ///   throws: hgad::Error as ledoit_wolf_covariance (too few vectors, a non-finite value, zero
 ///           variance) or data_centers, naming the level.
@@ -37,7 +42,8 @@ AffineWhitening<Scalar> initialise_level_from_data(Index level, const Tensor<Sca
                                                    const std::vector<std::int64_t>& labels,
                                                    SequenceFlow<Scalar>& flow,
                                                    GaussianMixturePrior<Scalar>* prior,
-                                                   IntraCenterInit how, Rng& rng) {
+                                                   IntraCenterInit how, Rng& rng,
+                                                   ClassCovariance covariance = ClassCovariance::unit) {
   check(features.rank() == 4 && features.dim(0) == static_cast<Index>(labels.size()),
         "initialise_level_from_data: level ", level,
         " features must be (N, H, W, D) with N = ", labels.size(), " labels, got ",
@@ -87,6 +93,25 @@ AffineWhitening<Scalar> initialise_level_from_data(Index level, const Tensor<Sca
     for (Index y = 0; y < K; ++y)
       for (Index k = 0; k < M - 1; ++k)
         for (Index j = 0; j < D; ++j) delta(y, k, j) = intra(y * (M - 1) + k, j) - mu(y, j);
+  }
+  if (covariance == ClassCovariance::class_) {
+    const Tensor<Scalar> latents = flow.forward(whitening.forward(subset), cond).out;
+    Tensor<Scalar> factors({K, D, D});
+    Index first = 0;
+    for (Index y = 0; y < K; ++y) {
+      Index count = 0;
+      while (first + count < latents.rows() &&
+             chosen_labels[static_cast<std::size_t>(first + count)] == y)
+        ++count;
+      const std::string what =
+          "the latents of class " + std::to_string(y) + " at level " + std::to_string(level);
+      const ShrunkCovariance c = ledoit_wolf_covariance(latents.slice(first, first + count), what);
+      const Tensor<Scalar> a =
+          AffineWhitening<Scalar>::from_covariance(c.mean, c.covariance, what).matrix();
+      std::copy(a.data(), a.data() + D * D, factors.data() + y * D * D);
+      first += count;
+    }
+    prior->set_class_factors(std::move(factors));
   }
   return whitening;
 }

@@ -42,6 +42,9 @@ class ModelFile {
     return "calibration.position_baseline.level" + std::to_string(l);
   }
 
+  /// The checkpoint entry, after "levelL.", of a level's class factors (docs/algorithm.md §3.1.2).
+  static constexpr const char* class_factors_key = "prior.class_factors";
+
   /// The text of the checkpoint's "format" entry of a model file.
   static constexpr const char* format = "hgad-model 1";
 
@@ -69,6 +72,7 @@ class ModelFile {
         const auto params = pr.parameters();
         for (std::size_t i = 0; i < names.size(); ++i)
           ckpt.set_tensor(prefix + "prior." + names[i], params[i].value());
+        if (pr.has_class_factors()) ckpt.set_tensor(prefix + class_factors_key, pr.class_factors());
       }
     }
     if (model.is_calibrated()) {
@@ -146,9 +150,9 @@ class ModelFile {
     // A trained model without whitening entries was trained without it (files of older versions
     // hold no init key, which reads as the default).
     const bool whitened = ckpt.has("level0.whitening.mean");
-    if (!whitened && ckpt.has("training.epochs") && !ckpt.int64("training.epochs").empty() &&
-        ckpt.int64("training.epochs")[0] > 0)
-      config.init = ModelInit::identity;
+    const bool trained = ckpt.has("training.epochs") && !ckpt.int64("training.epochs").empty() &&
+                         ckpt.int64("training.epochs")[0] > 0;
+    if (!whitened && trained) config.init = ModelInit::identity;
     // Building the model allocates its parameters before any is read: refuse a configuration that
     // needs far more parameter values than the file holds, so a small corrupt file cannot demand
     // a huge model. (Within the slack of 2^20 values the per-parameter checks below name the
@@ -192,6 +196,20 @@ class ModelFile {
           const Tensor<Scalar> value =
               fetch(prefix + "prior." + names[i], params[i].value().shape());
           std::copy(value.data(), value.data() + value.numel(), params[i].value().data());
+        }
+        // The class covariances (§3.1.2) are set at the start of training: a trained model of
+        // class_covariance = class holds them, an untrained one need not.
+        const Index D = pr.dim(), K = pr.n_classes();
+        if (ckpt.has(prefix + class_factors_key)) {
+          try {
+            pr.set_class_factors(fetch(prefix + class_factors_key, Shape({K, D, D})));
+          } catch (const Error& e) {
+            throw Error("'" + name + "': level " + std::to_string(l) + ": " + e.what());
+          }
+        } else {
+          check(config.class_covariance != ClassCovariance::class_ || !trained, "'", name,
+                "' is a trained model of class_covariance = class but lacks '", prefix,
+                class_factors_key, "'");
         }
       }
     }

@@ -60,6 +60,11 @@ inline ScoreMode parse_score_mode(const std::string& text) {
 /// alone. The NF objective has no entropy term; its map is the likelihood map whatever the
 /// criterion. Nor has a model of one class (its class posterior is 1 at every position, so the
 /// entropy map is 0): its product map is the likelihood map, and the entropy criterion is an error.
+/// A model whose classes carry their own covariance (class_covariance = class, docs/algorithm.md
+/// §3.1.2) is scored the same way: the product map is its likelihood map. Its class posterior is
+/// that of one Gaussian per class in D dimensions, one-hot to working precision nearly everywhere,
+/// so its entropy map is 0 almost everywhere and the product would erase the likelihood; the
+/// entropy criterion still gives the entropy map alone.
 enum class ScoreCriterion { product, likelihood, entropy };
 
 inline const char* to_string(ScoreCriterion c) {
@@ -203,8 +208,10 @@ class ModelScoring {
           "HgadModel::anomaly_map: a model of one class has no class entropy to score; use the "
           "likelihood "
           "(or product) criterion");
-    const bool entropy =
-        !raw.neg_entropy.empty() && !one_class && criterion != ScoreCriterion::likelihood;
+    const bool class_covariance = model.config().class_covariance == ClassCovariance::class_;
+    const bool entropy = !raw.neg_entropy.empty() && !one_class &&
+                         (criterion == ScoreCriterion::entropy ||
+                          (criterion == ScoreCriterion::product && !class_covariance));
     const bool likelihood = !entropy || criterion != ScoreCriterion::entropy;
     out.map = Tensor<Scalar>::full({options.height, options.width}, Scalar(1));
     Scalar* a = out.map.data();

@@ -107,6 +107,51 @@ class GaussianMixturePrior {
   Var<Scalar>& phi_inter() { return m_phi_inter; }
   const Var<Scalar>& phi_inter() const { return m_phi_inter; }
 
+  /// Whether the classes carry their own covariance (docs/algorithm.md §3.1.2; not in the paper):
+  /// fixed factors A (K, D, D), A_y lower triangular with a positive diagonal, so that every
+  /// component of class y is N(m, Σ_y) with Σ_y⁻¹ = A_yᵀ A_y. Without them (the paper's prior)
+  /// every component has the unit covariance.
+  bool has_class_factors() const { return m_class_factors.numel() > 0; }
+  /// The class factors A (K, D, D); empty for unit covariances. Not learnable: no Var.
+  const Tensor<Scalar>& class_factors() const { return m_class_factors; }
+  /// log|det A_y| = Σ_j ln A_y,jj (0 for unit covariances).
+  Scalar class_log_det(Index y) const {
+    return has_class_factors() ? m_class_log_det[static_cast<std::size_t>(y)] : Scalar(0);
+  }
+  /// Gives the classes the factors A (K, D, D) (for example A_y = L_y⁻¹, L_y the Cholesky factor
+  /// of class y's covariance); an empty tensor returns to unit covariances.
+  ///   requires: A (K, D, D) on the CPU, lower triangular, a positive diagonal, every value finite.
+  ///   throws: hgad::Error naming the class and the entry.
+  void set_class_factors(Tensor<Scalar> factors) {
+    m_class_log_det.clear();
+    if (factors.numel() == 0) {
+      m_class_factors = Tensor<Scalar>();
+      return;
+    }
+    const Index K = n_classes(), D = dim();
+    check(factors.shape() == Shape({K, D, D}),
+          "GaussianMixturePrior: the class factors must be (K, D, D) = (", K, ", ", D, ", ", D,
+          "), got ", factors.shape().to_string());
+    factors = factors.cpu();
+    for (Index y = 0; y < K; ++y) {
+      double log_det = 0;
+      for (Index j = 0; j < D; ++j) {
+        for (Index k = 0; k < D; ++k) {
+          const double a = double(factors(y, j, k));
+          check(std::isfinite(a), "GaussianMixturePrior: the factor of class ", y, " holds ", a,
+                " at (", j, ", ", k, ")");
+          check(k <= j || a == 0, "GaussianMixturePrior: the factor of class ", y,
+                " must be lower triangular, but (", j, ", ", k, ") holds ", a);
+        }
+        check(factors(y, j, j) > 0, "GaussianMixturePrior: the diagonal of the factor of class ", y,
+              " must be positive, (", j, ", ", j, ") holds ", double(factors(y, j, j)));
+        log_det += std::log(double(factors(y, j, j)));
+      }
+      m_class_log_det.push_back(Scalar(log_det));
+    }
+    m_class_factors = std::move(factors);
+  }
+
   /// The learnable leaves, in the order of parameter_names().
   std::vector<Var<Scalar>> parameters() const { return {m_mu, m_delta, m_phi_intra, m_phi_inter}; }
   /// "mu", "delta", "phi_intra", "phi_inter" (the names of the golden files).
@@ -178,6 +223,8 @@ class GaussianMixturePrior {
   Var<Scalar> m_delta;      // (K, M-1, D)
   Var<Scalar> m_phi_intra;  // (K, M)
   Var<Scalar> m_phi_inter;  // (K,)
+  Tensor<Scalar> m_class_factors;      // (K, D, D) or empty: unit covariances
+  std::vector<Scalar> m_class_log_det;  // log|det A_y| (K,) when m_class_factors is set
 };
 
 namespace detail {
@@ -194,45 +241,104 @@ inline void check_labels(const std::vector<std::int64_t>& labels, Index n_rows, 
 
 }  // namespace detail
 
+namespace detail {
+
+/// The factor A_y (D, D) of class y of the class factors A (K, D, D), as a constant of a graph.
+template <class Scalar>
+Var<Scalar> class_factor(const Tensor<Scalar>& factors, Index y) {
+  const Index D = factors.dim(1);
+  return Var<Scalar>(factors.slice(y, y + 1).reshape(Shape{D, D}));
+}
+
+/// 2 log|det A_y| = 2 Σ_j ln A_y,jj, formed from the diagonal.
+template <class Scalar>
+Scalar twice_class_log_det(const Tensor<Scalar>& factors, Index y) {
+  double log_det = 0;
+  for (Index j = 0; j < factors.dim(1); ++j) log_det += std::log(double(factors(y, j, j)));
+  return Scalar(2 * log_det);
+}
+
+/// |A (z_n - c_n)|^2 - 2 log|det A| for the rows of diff = z - c (N, D) and one factor: the
+/// squared distance of a component with the covariance (Aᵀ A)⁻¹ (docs/algorithm.md §3.1.2).
+template <class Scalar>
+Var<Scalar> factor_sqdist(const Var<Scalar>& diff, const Tensor<Scalar>& factors, Index y) {
+  const Var<Scalar> u = matmul(diff, class_factor(factors, y), Transpose::no, Transpose::yes);
+  return add(sum_rows(square(u)), -twice_class_log_det(factors, y));
+}
+
+template <class Scalar>
+void check_class_factors(const Tensor<Scalar>& factors, Index n_classes, Index dim, const char* where) {
+  check(factors.numel() == 0 || factors.shape() == Shape({n_classes, dim, dim}), where,
+        ": the class factors must be empty or (K, D, D) = (", n_classes, ", ", dim, ", ", dim,
+        "), got ", factors.shape().to_string());
+}
+
+}  // namespace detail
+
 /// Squared distances to the class centres, d_{n,y} = |z_n - mu_y|^2 (docs/algorithm.md §3.2), computed
 /// by direct differences (not |z|^2 - 2 z.mu + |mu|^2, which cancels badly when z is near mu_y).
-///   requires: z (N, D), mu (K, D).   ensures: (N, K).
+/// With class factors A (K, D, D) (docs/algorithm.md §3.1.2): d_{n,y} = |A_y (z_n - mu_y)|^2 -
+/// 2 log|det A_y|, so that -d / 2 is the log-density of N(mu_y, (A_yᵀ A_y)⁻¹) up to D c0.
+///   requires: z (N, D), mu (K, D), class_factors empty or (K, D, D).   ensures: (N, K).
 template <class Scalar>
-Var<Scalar> inter_class_sqdist(const Var<Scalar>& z, const Var<Scalar>& mu) {
+Var<Scalar> inter_class_sqdist(const Var<Scalar>& z, const Var<Scalar>& mu,
+                               const Tensor<Scalar>& class_factors = Tensor<Scalar>()) {
   check(z.value().rank() == 2 && mu.value().rank() == 2 && z.cols() == mu.cols(),
         "inter_class_sqdist: z must be (N, D) and mu (K, D), got ", z.shape().to_string(), " and ",
         mu.shape().to_string());
+  detail::check_class_factors(class_factors, mu.rows(), mu.cols(), "inter_class_sqdist");
   std::vector<Var<Scalar>> columns;
   columns.reserve(static_cast<std::size_t>(mu.rows()));
   for (Index y = 0; y < mu.rows(); ++y) {
-    const Var<Scalar> mu_y = gather_rows(mu, std::vector<std::int64_t>{y});  // (1, D)
-    columns.push_back(reshape(sum_rows(square(sub(z, mu_y))), Shape{z.rows(), 1}));
+    const Var<Scalar> diff = sub(z, gather_rows(mu, std::vector<std::int64_t>{y}));  // (N, D)
+    const Var<Scalar> d = class_factors.numel() == 0
+                              ? sum_rows(square(diff))
+                              : detail::factor_sqdist(diff, class_factors, y);
+    columns.push_back(reshape(d, Shape{z.rows(), 1}));
   }
   return concat_cols(columns);
 }
 
 /// Squared distances to the intra-class centres of each row's class (docs/algorithm.md §3.1, §3.2):
-/// e_{n,0} = |z_n - sg(mu_{c_n})|^2 and e_{n,k} = |z_n - (sg(mu_{c_n}) + delta_{c_n,k})|^2.
+/// e_{n,0} = |z_n - sg(mu_{c_n})|^2 and e_{n,k} = |z_n - (sg(mu_{c_n}) + delta_{c_n,k})|^2;
+/// with class factors, |A_{c_n} (z_n - m)|^2 - 2 log|det A_{c_n}| as in inter_class_sqdist.
 /// mu is detached, so it gets no gradient from here.
-///   requires: z (N, D), mu (K, D), delta (K, M-1, D), classes[n] in [0, K).   ensures: (N, M).
+///   requires: z (N, D), mu (K, D), delta (K, M-1, D), classes[n] in [0, K), class_factors empty
+///             or (K, D, D).   ensures: (N, M).
 template <class Scalar>
 Var<Scalar> intra_class_sqdist(const Var<Scalar>& z, const Var<Scalar>& mu, const Var<Scalar>& delta,
-                               const std::vector<std::int64_t>& classes) {
+                               const std::vector<std::int64_t>& classes,
+                               const Tensor<Scalar>& class_factors = Tensor<Scalar>()) {
   check(z.value().rank() == 2 && mu.value().rank() == 2 && delta.value().rank() == 3 &&
             z.cols() == mu.cols() && delta.value().dim(0) == mu.rows() && delta.value().dim(2) == mu.cols(),
         "intra_class_sqdist: need z (N, D), mu (K, D), delta (K, M-1, D), got ", z.shape().to_string(), ", ",
         mu.shape().to_string(), ", ", delta.shape().to_string());
   detail::check_labels(classes, z.rows(), mu.rows(), "intra_class_sqdist");
-  const Index D = z.cols(), n_deltas = delta.value().dim(1);
+  detail::check_class_factors(class_factors, mu.rows(), mu.cols(), "intra_class_sqdist");
+  const Index D = z.cols(), K = mu.rows(), n_deltas = delta.value().dim(1);
+  // Each row's distance under its own class's factor: every row under every factor, then the
+  // row's own picked by a 0/1 mask (a reference, not a fast path).
+  auto sqdist = [&](const Var<Scalar>& diff) {
+    if (class_factors.numel() == 0) return sum_rows(square(diff));
+    Var<Scalar> picked;
+    for (Index y = 0; y < K; ++y) {
+      Tensor<Scalar> mask({z.rows()});
+      for (Index n = 0; n < z.rows(); ++n)
+        mask(n) = classes[static_cast<std::size_t>(n)] == y ? Scalar(1) : Scalar(0);
+      const Var<Scalar> part = mul(detail::factor_sqdist(diff, class_factors, y), Var<Scalar>(mask));
+      picked = y == 0 ? part : add(picked, part);
+    }
+    return picked;
+  };
   const Var<Scalar> center0 = gather_rows(detach(mu), classes);  // (N, D) sg(mu_{c_n})
   std::vector<Var<Scalar>> columns;
-  columns.push_back(reshape(sum_rows(square(sub(z, center0))), Shape{z.rows(), 1}));
+  columns.push_back(reshape(sqdist(sub(z, center0)), Shape{z.rows(), 1}));
   if (n_deltas > 0) {
     const Var<Scalar> delta_rows =
         gather_rows(reshape(delta, Shape{mu.rows(), n_deltas * D}), classes);  // (N, (M-1) D)
     for (Index k = 0; k < n_deltas; ++k) {
       const Var<Scalar> center = add(center0, slice_cols(delta_rows, k * D, (k + 1) * D));  // (N, D)
-      columns.push_back(reshape(sum_rows(square(sub(z, center))), Shape{z.rows(), 1}));
+      columns.push_back(reshape(sqdist(sub(z, center)), Shape{z.rows(), 1}));
     }
   }
   return concat_cols(columns);

@@ -6,7 +6,9 @@
 /// (loss/fused_loss.hpp), the CPU scores (prior/scores.hpp) and the CUDA level kernels
 /// (cuda/level_kernels.cuh) all call them; the autograd reference is loss/hgad_loss.hpp.
 /// A row arrives as its squared distances, so the caller chooses how to compute them (Eigen rows
-/// on the CPU, a warp on the GPU) and how to apply the gradients back to z and the centres.
+/// on the CPU, a warp on the GPU) and how to apply the gradients back to z and the centres. When
+/// the classes carry their own covariance, d and e are |A_y (z - m)|^2 - 2 log|det A_y|
+/// (docs/algorithm.md §3.1.2, prior/class_space.hpp) and every formula below holds unchanged.
 
 #include "../detail/host_device.hpp"
 #include "../detail/scalar_math.hpp"

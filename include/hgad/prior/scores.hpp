@@ -17,6 +17,7 @@
 #include "../detail/parallel.hpp"
 #include "../detail/scalar_math.hpp"
 #include "../tensor.hpp"
+#include "class_space.hpp"
 #include "gaussian_mixture_prior.hpp"
 #include "prior_row.hpp"
 
@@ -43,18 +44,14 @@ class DistanceRow {
   std::vector<Scalar> m_heap;
 };
 
-template <class Scalar>
-Scalar row_squared_distance(const Scalar* x, const Scalar* c, Index n) {
-  using Row = Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>;
-  return (Row(x, n) - Row(c, n)).squaredNorm();
-}
-
 }  // namespace detail
 
 /// The per-dimension log-likelihood of each vector under the intra-class mixture of a given class
 /// (docs/algorithm.md §5.2):
 ///   logp_n = [ D c0 + LSE_k( -1/2 |z_n - m_{c_n,k}|^2 + log w_{c_n,k} ) + log_jac_det_n ] / D.
 /// HGAD's code passes the ground-truth class of the test set as c_n; a predicted class works too.
+/// With class factors the components have the class's covariance (docs/algorithm.md §3.1.2; the
+/// squared distances are class_space.hpp's).
 ///   requires: CPU tensors, z (N, D), log_jac_det (N,), classes (N,) in [0, K).   ensures: (N,).
 template <class Scalar>
 Tensor<Scalar> score_log_likelihood(const GaussianMixturePrior<Scalar>& prior, const Tensor<Scalar>& z,
@@ -65,15 +62,13 @@ Tensor<Scalar> score_log_likelihood(const GaussianMixturePrior<Scalar>& prior, c
         "score_log_likelihood: log_jac_det must be a CPU (N,) = (", N, ",) tensor, got ",
         log_jac_det.shape().to_string());
   detail::check_labels(classes, N, prior.n_classes(), "score_log_likelihood");
-  const Tensor<Scalar> centers = prior.intra_center_values();  // (K, M, D)
-  const Tensor<Scalar> log_w = prior.log_w_values();           // (K, M)
+  const ClassSpace<Scalar> space(prior, z, true);
+  const Tensor<Scalar> log_w = prior.log_w_values();  // (K, M)
   Tensor<Scalar> out({N});
   detail::parallel_for(N, N * M * D * 3, [&](Index n) {
     const Index c = classes[static_cast<std::size_t>(n)];
-    const Scalar* zn = z.data() + n * D;
     detail::DistanceRow<Scalar> e(M);  // |z_n - m_{c,k}|^2
-    for (Index k = 0; k < M; ++k)
-      e.data()[k] = detail::row_squared_distance(zn, centers.data() + (c * M + k) * D, D);
+    for (Index k = 0; k < M; ++k) e.data()[k] = space.squared_distance(c, n, space.center(c, k));
     out.data()[n] = score_log_p_row(static_cast<int>(M), Scalar(D), e.data(), log_w.data() + c * M,
                                     log_jac_det.data()[n]);
   });
@@ -108,17 +103,18 @@ Tensor<Scalar> score_log_likelihood_nf(const Tensor<Scalar>& z, const Tensor<Sca
 
 namespace detail {
 
-/// out (N, K) = log_softmax_y( -1/2 |z_n - mu_y|^2 + bias_y ), bias = log pi or 0.
+/// out (N, K) = log_softmax_y( -1/2 d_{n,y} + bias_y ), bias = log pi or 0, d the squared distances
+/// to the class centres (class_space.hpp).
 template <class Scalar>
 Tensor<Scalar> inter_log_softmax(const GaussianMixturePrior<Scalar>& prior, const Tensor<Scalar>& z,
                                  const Scalar* bias) {
   const Index N = z.rows(), D = z.cols(), K = prior.n_classes();
-  const Scalar* mu = prior.mu().value().data();
+  const ClassSpace<Scalar> space(prior, z, false);
   Tensor<Scalar> out({N, K});
   detail::parallel_for(N, N * K * D * 3, [&](Index n) {
     Scalar* row = out.data() + n * K;
     for (Index y = 0; y < K; ++y) {
-      row[y] = Scalar(-0.5) * row_squared_distance(z.data() + n * D, mu + y * D, D) + (bias ? bias[y] : Scalar(0));
+      row[y] = Scalar(-0.5) * space.squared_distance(y, n, space.mu(y)) + (bias ? bias[y] : Scalar(0));
     }
     const Scalar lse = detail::logsumexp(row, static_cast<long>(K));
     for (Index y = 0; y < K; ++y) row[y] -= lse;
@@ -136,12 +132,11 @@ template <class Scalar>
 Tensor<Scalar> score_neg_entropy(const GaussianMixturePrior<Scalar>& prior, const Tensor<Scalar>& z) {
   detail::check_score_inputs(z, prior.dim(), "score_neg_entropy");
   const Index N = z.rows(), D = z.cols(), K = prior.n_classes();
-  const Scalar* mu = prior.mu().value().data();
+  const ClassSpace<Scalar> space(prior, z, false);
   Tensor<Scalar> out({N});
   detail::parallel_for(N, N * K * D * 3, [&](Index n) {
-    detail::DistanceRow<Scalar> d(K);  // |z_n - mu_y|^2
-    for (Index y = 0; y < K; ++y)
-      d.data()[y] = detail::row_squared_distance(z.data() + n * D, mu + y * D, D);
+    detail::DistanceRow<Scalar> d(K);  // |z_n - mu_y|^2 (class_space.hpp)
+    for (Index y = 0; y < K; ++y) d.data()[y] = space.squared_distance(y, n, space.mu(y));
     Scalar lse;
     out.data()[n] = -class_entropy_row(static_cast<int>(K), d.data(), &lse);
   });
