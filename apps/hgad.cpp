@@ -383,6 +383,33 @@ void check_training_memory(const hgad::ModelConfig& config, Index n_images, cons
                     hgad::detail::bytes_text(limit) + "; reduce " + hgad::memory_culprits(config));
 }
 
+/// Every rank's part (rows shard_rows(n, R, r)) of the extracted training images, gathered on
+/// every rank: the features of each level (shapes from `levels`) and the classes, in the order of
+/// the data set. Paths and masks are not gathered (training reads neither).
+template <class Scalar>
+hgad::ExtractedImages<Scalar> gather_images(hgad::Communicator& comm,
+                                            const hgad::ExtractedImages<Scalar>& part,
+                                            const std::vector<hgad::LevelSpec>& levels, Index n) {
+  const hgad::RowRange mine = hgad::shard_rows(n, comm.size(), comm.rank());
+  hgad::ExtractedImages<Scalar> all;
+  for (std::size_t l = 0; l < levels.size(); ++l) {
+    const hgad::LevelSpec& s = levels[l];
+    hgad::Tensor<Scalar> level({n, s.height, s.width, s.dim});
+    const Index row = s.height * s.width * s.dim;
+    const hgad::Tensor<Scalar>& own = part.features[l];
+    std::copy(own.data(), own.data() + own.numel(), level.data() + mine.begin * row);
+    comm.all_gather_rows(level.data(), n, row);
+    all.features.push_back(std::move(level));
+  }
+  all.classes.assign(static_cast<std::size_t>(n), 0);
+  all.labels.assign(static_cast<std::size_t>(n), 0);
+  std::copy(part.classes.begin(), part.classes.end(), all.classes.begin() + mine.begin);
+  std::copy(part.labels.begin(), part.labels.end(), all.labels.begin() + mine.begin);
+  comm.all_gather_rows(all.classes.data(), n, 1);
+  comm.all_gather_rows(all.labels.data(), n, 1);
+  return all;
+}
+
 /// The ranks of the MPI job this process belongs to, or null when it was started alone.
 ///   throws: UsageError when mpirun started several copies of a program built without MPI (each
 ///           would train, and write, the same model on its own).
@@ -485,19 +512,33 @@ int cmd_train(const Args& args) {
                    static_cast<long long>(config.levels[l].height),
                    static_cast<long long>(config.levels[l].width));
     std::fprintf(stderr, "), %lld epochs, objective %s",
-                 static_cast<long long>(config.total_epochs()),
+                 static_cast<long long>(untrained ? 0 : config.total_epochs()),
                  hgad::to_string(config.objective).c_str());
     if (world) std::fprintf(stderr, ", %d processes", world->size());
     std::fprintf(stderr, "\n");
   }
 
+  // Under mpirun each rank runs the backbone on its own part of the images (shard_rows) and the
+  // ranks then exchange the features, so that every rank holds all of them in the data set's
+  // order; each rank caches its part under a tag of its own.
+  const int ranks = world ? world->size() : 1;
+  if (ranks > train.size())
+    throw UsageError(std::to_string(ranks) + " processes for " + std::to_string(train.size()) +
+                     " training images: every process needs at least one");
+  const hgad::RowRange part = hgad::shard_rows(train.size(), ranks, world ? world->rank() : 0);
   hgad::ExtractedImages<Scalar> set;
   {
-    Progress bar("features", train.size(), "img");
-    set = hgad::extract_images_cached(args.get("cache", ""), "train", backbone, train,
-                                      hgad::all_indices(train), *fx, config.features, false, 8,
+    std::vector<Index> mine;
+    for (Index i = part.begin; i < part.end; ++i) mine.push_back(i);
+    const std::string tag = ranks == 1 ? std::string("train")
+                                       : "train.rank" + std::to_string(world->rank()) + "of" +
+                                             std::to_string(ranks);
+    Progress bar("features", part.size(), "img");
+    set = hgad::extract_images_cached(args.get("cache", ""), tag, backbone, train, mine, *fx,
+                                      config.features, false, 8,
                                       [&](Index done, Index) { bar.update(done); });
     bar.finish();
+    if (ranks > 1) set = gather_images(*world, set, config.levels, train.size());
   }
   // Trains and calibrates one model of `cfg` on the extracted images, each labelled with its
   // folder's class in `cfg` (its group's, when a group lists the folder).
@@ -515,7 +556,9 @@ int cmd_train(const Args& args) {
     model.set_metadata("train_folders", hgad::detail::mvtec::join_names(train.class_names()));
     {
       const Index B = std::min<Index>(cfg.batch_size, set.size());
-      Progress bar("training", cfg.total_epochs() * (set.size() / B), "step");
+      // --epochs 0: the data-dependent start, no step (the bar shows the start being set).
+      Progress bar(untrained ? "start" : "training",
+                   untrained ? 1 : cfg.total_epochs() * (set.size() / B), untrained ? "model" : "step");
       hgad::FitOptions<Scalar> fit;
       fit.communicator = world.get();  // callbacks run on rank 0 only
       fit.on_step = [&](const hgad::FitProgress<Scalar>& p) { bar.update(p.step, loss_status(p)); };
@@ -1126,7 +1169,8 @@ int cmd_embeddings(const Args& args) {
   const std::vector<hgad::Tensor<Scalar>> features = {train};
   {
     const Index B = std::min<Index>(config.batch_size, n_train);
-    Progress bar("training", config.total_epochs() * (n_train / B), "step");
+    Progress bar(epochs == 0 ? "start" : "training",
+                 epochs == 0 ? 1 : config.total_epochs() * (n_train / B), epochs == 0 ? "model" : "step");
     hgad::FitOptions<Scalar> fit;
     fit.on_step = [&](const hgad::FitProgress<Scalar>& p) { bar.update(p.step, loss_status(p)); };
     if (epochs == 0)

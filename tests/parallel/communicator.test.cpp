@@ -154,6 +154,38 @@ TEST_CASE("broadcast and all_gather give every rank the same values", "[parallel
   CHECK_THROWS_AS(one.broadcast(v.data(), 2, 1), hgad::Error);
 }
 
+TEST_CASE("all_gather_rows gives every rank all rows of uneven shards, in rounds, bit for bit",
+          "[parallel]") {
+  for (const int R : {2, 3}) {
+    for (const Index n : {Index(0), Index(1), Index(2), Index(7), Index(11)}) {
+      INFO(R << " ranks, " << n << " rows");
+      const Index width = 3;
+      std::vector<double> want(std::size_t(n * width));
+      for (std::size_t i = 0; i < want.size(); ++i) want[i] = 0.1 * double(i) - 1e-300;
+      hgad::InProcessGroup group(R, std::chrono::seconds(20));
+      std::vector<std::vector<double>> got{std::size_t(R)};
+      const auto outcomes = run_ranks(group, [&](hgad::Communicator& comm, int r) {
+        // This rank's rows only; the others hold NaN until gathered.
+        std::vector<double> rows(want.size(), std::nan(""));
+        const hgad::RowRange part = hgad::shard_rows(n, comm.size(), comm.rank());
+        for (Index i = part.begin * width; i < part.end * width; ++i)
+          rows[std::size_t(i)] = want[std::size_t(i)];
+        // Rounds of two rows (48 bytes), so that most gathers take several rounds.
+        comm.all_gather_rows(rows.data(), n, width, 2 * width * sizeof(double));
+        got[std::size_t(r)] = rows;
+      });
+      for (int r = 0; r < R; ++r) {
+        REQUIRE_FALSE(outcomes[std::size_t(r)].threw);
+        CHECK(got[std::size_t(r)] == want);
+      }
+    }
+  }
+  hgad::SingleProcess one;
+  std::vector<int> v{4, 5, 6};
+  one.all_gather_rows(v.data(), 3, 1);
+  CHECK(v == std::vector<int>{4, 5, 6});
+}
+
 TEST_CASE("A failing rank ends the collectives of the others with a PeerFailure naming it",
           "[parallel]") {
   const int R = 3;

@@ -128,9 +128,10 @@ struct TrainingMemory {
 /// parameter_count value, the fixed rotations and biases included (a slight overcount); per level
 /// with N = batch_size H W rows the step keeps n_blocks N (H_s + 2 n2 + D) for the backward and N
 /// (H_s + 6 D + 2 K + K M + 8) of scratch (H_s = 2 (n1 + P) the subnet's hidden width;
-/// cuda/level_engine.hpp), the largest level counted, as levels train one after another; and
-/// n_images H W D per level of features. A lower bound: the autograd reference and the backbone
-/// hold more.
+/// cuda/level_engine.hpp), plus 2 K N D with class covariances (the class-space rows and their
+/// gradients, prior/class_space.hpp), the largest level counted, as levels train one after
+/// another; and n_images H W D per level of features. A lower bound: the autograd reference and
+/// the backbone hold more.
 template <class Scalar>
 TrainingMemory training_memory(const ModelConfig& c, Index n_images = 0) {
   TrainingMemory m;
@@ -141,8 +142,9 @@ TrainingMemory training_memory(const ModelConfig& c, Index n_images = 0) {
     const double D = double(s.dim), n2 = std::floor(D / 2), n1 = D - n2;
     const double hidden = 2 * (n1 + double(c.pos_dim));
     const double N = double(c.batch_size) * double(s.height) * double(s.width);
-    const double step =
-        double(c.n_blocks) * N * (hidden + 2 * n2 + D) + N * (hidden + 6 * D + 2 * K + K * M + 8);
+    const double class_space = c.class_covariance == ClassCovariance::class_ ? 2 * K * N * D : 0;
+    const double step = double(c.n_blocks) * N * (hidden + 2 * n2 + D) +
+                        N * (hidden + 6 * D + 2 * K + K * M + 8) + class_space;
     m.activations = std::max(m.activations, step * bytes);
     m.features += double(n_images) * double(s.height) * double(s.width) * D * bytes;
   }

@@ -130,6 +130,44 @@ class Communicator {
     broadcast_bytes(data, static_cast<std::size_t>(n) * sizeof(T), root);
   }
 
+  /// The n_rows rows of data (row_size values each) split over the ranks as shard_rows splits
+  /// them: on entry each rank holds its own part, rows shard_rows(n_rows, size(), rank()), and on
+  /// return every rank holds all n_rows, copied (not added), so every rank has the same bits. The
+  /// rows move in rounds of at most round_bytes per rank (MPI counts are ints).
+  ///   requires: every rank passes the same n_rows and row_size.
+  template <class T>
+  void all_gather_rows(T* data, Index n_rows, Index row_size,
+                       std::size_t round_bytes = std::size_t(64) << 20) {
+    static_assert(std::is_trivially_copyable_v<T>, "all_gather_rows copies plain values");
+    check(n_rows >= 0 && row_size >= 0, "Communicator::all_gather_rows: n_rows = ", n_rows,
+          ", row_size = ", row_size);
+    const int R = size();
+    if (R == 1 || n_rows == 0 || row_size == 0) return;
+    const std::size_t row_bytes = static_cast<std::size_t>(row_size) * sizeof(T);
+    const Index per_round = std::max<Index>(1, static_cast<Index>(round_bytes / row_bytes));
+    const Index most = (n_rows + R - 1) / R;  // the largest part (shard_rows: ⌈n / R⌉)
+    const RowRange mine = shard_rows(n_rows, R, rank());
+    std::vector<unsigned char> send(static_cast<std::size_t>(per_round) * row_bytes);
+    std::vector<unsigned char> received(static_cast<std::size_t>(R) * send.size());
+    for (Index first = 0; first < most; first += per_round) {
+      const Index count = std::min(per_round, most - first);  // rows per rank this round
+      const std::size_t block = static_cast<std::size_t>(count) * row_bytes;
+      const Index own = std::max<Index>(0, std::min(count, mine.size() - first));
+      if (own > 0)
+        std::memcpy(send.data(), data + (mine.begin + first) * row_size,
+                    static_cast<std::size_t>(own) * row_bytes);
+      all_gather_bytes(send.data(), block, received.data());
+      for (int r = 0; r < R; ++r) {
+        const RowRange part = shard_rows(n_rows, R, r);
+        const Index rows = std::max<Index>(0, std::min(count, part.size() - first));
+        if (r == rank() || rows == 0) continue;
+        std::memcpy(data + (part.begin + first) * row_size,
+                    received.data() + static_cast<std::size_t>(r) * block,
+                    static_cast<std::size_t>(rows) * row_bytes);
+      }
+    }
+  }
+
   /// Every rank's value, in rank order.
   template <class T>
   std::vector<T> all_gather(const T& value) {
