@@ -15,6 +15,7 @@
 #include <hgad/prior/scores.hpp>
 
 #include "golden.hpp"
+#include "loss/naive_objective.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -29,7 +30,7 @@ namespace {
 using hgad::Index;
 
 constexpr Index K = 3, M = 3, D = 4, N = 9;
-constexpr double c0 = -0.9189385332046727;  // ln(1/sqrt(2 pi))
+using hgad_test::naive_c0;
 
 struct Problem {
   hgad::Tensor<double> z, ldj, mu, delta, phi_intra, phi_inter;
@@ -90,14 +91,6 @@ hgad::GaussianMixturePrior<T> make_prior(const Problem& p) {
   return prior;
 }
 
-double naive_lse(const std::vector<double>& v) {
-  double m = v[0];
-  for (double x : v) m = std::max(m, x);
-  double s = 0;
-  for (double x : v) s += std::exp(x - m);
-  return m + std::log(s);
-}
-
 /// log N(x; m, Σ_y) − D c0 = −(x − m)ᵀ Σ_y⁻¹ (x − m) / 2 − ln det Σ_y / 2, by the LLT of Σ_y.
 double class_log_density(const Problem& p, Index y, const Eigen::VectorXd& x, const Eigen::VectorXd& m) {
   const Eigen::LLT<Eigen::MatrixXd> llt(p.sigma[static_cast<std::size_t>(y)]);
@@ -107,78 +100,36 @@ double class_log_density(const Problem& p, Index y, const Eigen::VectorXd& x, co
   return -0.5 * maha - 0.5 * log_det;
 }
 
-Eigen::VectorXd row(const hgad::Tensor<double>& t, Index n) {
+Eigen::VectorXd vector_of(const hgad::Tensor<double>& t, Index n) {
   Eigen::VectorXd v(t.dim(1));
   for (Index j = 0; j < t.dim(1); ++j) v(j) = t(n, j);
   return v;
 }
 
 Eigen::VectorXd intra_center(const Problem& p, Index y, Index k) {
-  Eigen::VectorXd m = row(p.mu, y);
+  Eigen::VectorXd m = vector_of(p.mu, y);
   if (k > 0)
     for (Index j = 0; j < D; ++j) m(j) += p.delta(y, k - 1, j);
   return m;
 }
 
-std::vector<double> log_softmax(const std::vector<double>& x) {
-  const double lse = naive_lse(x);
-  std::vector<double> out;
-  for (double v : x) out.push_back(v - lse);
+/// Row n's component log-densities under the class covariances (naive_objective.hpp).
+hgad_test::NaiveRow naive_row(const Problem& p, Index n) {
+  hgad_test::NaiveRow out;
+  const Index label = p.labels[static_cast<std::size_t>(n)];
+  const Eigen::VectorXd x = vector_of(p.z, n);
+  for (Index y = 0; y < K; ++y) out.classes.push_back(class_log_density(p, y, x, vector_of(p.mu, y)));
+  for (Index k = 0; k < M; ++k)
+    out.intra.push_back(class_log_density(p, label, x, intra_center(p, label, k)));
   return out;
 }
 
-struct NaiveTerms {
-  double g = 0, mi = 0, e = 0, g_intra = 0, z = 0;
-};
-
-/// docs/algorithm.md §3.3 with each component's log-density under its class's covariance.
-NaiveTerms naive_terms(const Problem& p, double eps = 0.02) {
-  std::vector<double> phi(K);
-  for (Index y = 0; y < K; ++y) phi[static_cast<std::size_t>(y)] = p.phi_inter(y);
-  const std::vector<double> log_pi = log_softmax(phi);
-  NaiveTerms t;
-  for (Index n = 0; n < N; ++n) {
-    const Index label = p.labels[static_cast<std::size_t>(n)];
-    const Eigen::VectorXd x = row(p.z, n);
-    std::vector<double> a(K), c(K);
-    for (Index y = 0; y < K; ++y) {
-      c[static_cast<std::size_t>(y)] = class_log_density(p, y, x, row(p.mu, y));
-      a[static_cast<std::size_t>(y)] = c[static_cast<std::size_t>(y)] + log_pi[static_cast<std::size_t>(y)];
-    }
-    const double lse_a = naive_lse(a), lse_c = naive_lse(c);
-    t.g += (-lse_a - p.ldj(n)) / D;
-    for (Index y = 0; y < K; ++y) {
-      const std::size_t i = static_cast<std::size_t>(y);
-      const double q = (y == label ? 1.0 : 0.0) * (1 - eps) + eps / K;
-      t.mi += q * (a[i] - lse_a - log_pi[i]);  // log p(z | y) − log p(z)
-      const double pt = std::exp(c[i] - lse_c);
-      t.e -= pt * (c[i] - lse_c);
-    }
-    std::vector<double> w(M), f(M);
-    for (Index k = 0; k < M; ++k) w[static_cast<std::size_t>(k)] = p.phi_intra(label, k);
-    const std::vector<double> log_w = log_softmax(w);
-    for (Index k = 0; k < M; ++k)
-      f[static_cast<std::size_t>(k)] =
-          class_log_density(p, label, x, intra_center(p, label, k)) + log_w[static_cast<std::size_t>(k)];
-    const double S = naive_lse(f);
-    t.g_intra += (-S - p.ldj(n)) / D;
-    const double logp = D * c0 + S + p.ldj(n);
-    t.z += std::log1p(std::exp(-logp / D));
-  }
-  t.g /= N;
-  t.mi /= N;
-  t.e /= N;
-  t.g_intra /= N;
-  t.z /= N;
-  return t;
+hgad_test::NaiveTerms naive_terms(const Problem& p) {
+  return hgad_test::naive_objective(D, p.labels, p.phi_inter, p.phi_intra, p.ldj,
+                                    [&p](Index n) { return naive_row(p, n); }, 0.02);
 }
 
-double naive_total(const Problem& p, int stage) {
-  const NaiveTerms t = naive_terms(p);
-  double total = 1.0 * t.g - 100.0 * t.mi + t.e;
-  if (stage == 2) total += t.g_intra + t.z;
-  return total;
-}
+double naive_total(const Problem& p, int stage) { return hgad_test::naive_total(naive_terms(p), stage); }
 
 template <class T>
 double tolerance() {
@@ -195,7 +146,7 @@ TEMPLATE_TEST_CASE("With class covariances every term of both paths matches a na
                    "covariances",
                    "[loss]", float, double) {
   const Problem p = make_problem(31);
-  const NaiveTerms want = naive_terms(p);
+  const hgad_test::NaiveTerms want = naive_terms(p);
   const double tol = tolerance<TestType>();
   for (int stage : {1, 2}) {
     INFO("stage " << stage);
@@ -342,26 +293,17 @@ TEMPLATE_TEST_CASE("With class covariances the scores and the class posterior ma
   const double tol = tolerance<TestType>() * 10;
   std::vector<double> phi(K);
   for (Index y = 0; y < K; ++y) phi[static_cast<std::size_t>(y)] = p.phi_inter(y);
-  const std::vector<double> log_pi = log_softmax(phi);
+  const std::vector<double> log_pi = hgad_test::naive_log_softmax(phi);
   for (Index n = 0; n < N; ++n) {
-    const Index label = p.labels[static_cast<std::size_t>(n)];
-    const Eigen::VectorXd x = row(p.z, n);
-    std::vector<double> w(M), f(M);
-    for (Index k = 0; k < M; ++k) w[static_cast<std::size_t>(k)] = p.phi_intra(label, k);
-    const std::vector<double> log_w = log_softmax(w);
-    for (Index k = 0; k < M; ++k)
-      f[static_cast<std::size_t>(k)] =
-          class_log_density(p, label, x, intra_center(p, label, k)) + log_w[static_cast<std::size_t>(k)];
-    CHECK(close(log_p(n), (D * c0 + naive_lse(f) + p.ldj(n)) / D, tol));
-    std::vector<double> c(K), a(K);
-    for (Index y = 0; y < K; ++y) {
-      c[static_cast<std::size_t>(y)] = class_log_density(p, y, x, row(p.mu, y));
-      a[static_cast<std::size_t>(y)] = c[static_cast<std::size_t>(y)] + log_pi[static_cast<std::size_t>(y)];
-    }
-    const std::vector<double> log_pt = log_softmax(c), log_post = log_softmax(a);
+    const hgad_test::NaiveRow r = naive_row(p, n);
+    const double S = hgad_test::naive_intra_log_mixture(r, p.phi_intra, p.labels[static_cast<std::size_t>(n)]);
+    CHECK(close(log_p(n), (D * naive_c0 + S + p.ldj(n)) / D, tol));
+    std::vector<double> a(static_cast<std::size_t>(K));
+    for (std::size_t y = 0; y < a.size(); ++y) a[y] = r.classes[y] + log_pi[y];
+    const std::vector<double> log_pt = hgad_test::naive_log_softmax(r.classes);
+    const std::vector<double> log_post = hgad_test::naive_log_softmax(a);
     double want_neg_h = 0;
-    for (Index y = 0; y < K; ++y)
-      want_neg_h += std::exp(log_pt[static_cast<std::size_t>(y)]) * log_pt[static_cast<std::size_t>(y)];
+    for (double v : log_pt) want_neg_h += std::exp(v) * v;
     CHECK(close(neg_h(n), want_neg_h, tol));
     for (Index y = 0; y < K; ++y)
       CHECK(close(posterior(n, y), std::exp(log_post[static_cast<std::size_t>(y)]), tol));

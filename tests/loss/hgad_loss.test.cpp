@@ -6,6 +6,7 @@
 #include <hgad/loss/hgad_loss.hpp>
 
 #include "golden.hpp"
+#include "loss/naive_objective.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -58,74 +59,32 @@ hgad::GaussianMixturePrior<T> make_prior(const Problem& p) {
 // An independent naive implementation of docs/algorithm.md §3.3 with plain loops in double.
 // ---------------------------------------------------------------------------------------------
 
-struct NaiveTerms {
-  double g = 0, mi = 0, e = 0, g_intra = 0, z = 0;
-};
+using hgad_test::NaiveTerms;
 
-double naive_lse(const std::vector<double>& v) {
-  double m = v[0];
-  for (double x : v) m = std::max(m, x);
-  double s = 0;
-  for (double x : v) s += std::exp(x - m);
-  return m + std::log(s);
-}
-
+/// Each row's component log-densities under unit covariances: −|z − m|² / 2.
 NaiveTerms naive_terms(const Problem& p, double eps = 0.02) {
-  NaiveTerms t;
-  std::vector<double> log_pi(K);
-  {
-    std::vector<double> phi(K);
-    for (int y = 0; y < K; ++y) phi[y] = p.phi_inter(y);
-    const double lse = naive_lse(phi);
-    for (int y = 0; y < K; ++y) log_pi[y] = phi[y] - lse;
-  }
-  for (int n = 0; n < N; ++n) {
-    const int label = int(p.labels[n]);
-    std::vector<double> d(K), a(K), c(K);
+  auto row_of = [&p](hgad::Index n) {
+    hgad_test::NaiveRow row;
+    const std::int64_t label = p.labels[std::size_t(n)];
     for (int y = 0; y < K; ++y) {
-      d[y] = 0;
-      for (int j = 0; j < D; ++j) d[y] += (p.z(n, j) - p.mu(y, j)) * (p.z(n, j) - p.mu(y, j));
-      a[y] = -0.5 * d[y] + log_pi[y];
-      c[y] = -0.5 * d[y];
+      double d = 0;
+      for (int j = 0; j < D; ++j) d += (p.z(n, j) - p.mu(y, j)) * (p.z(n, j) - p.mu(y, j));
+      row.classes.push_back(-0.5 * d);
     }
-    const double lse_a = naive_lse(a), lse_c = naive_lse(c);
-    t.g += (-lse_a - p.ldj(n)) / D;
-    for (int y = 0; y < K; ++y) {
-      const double q = (y == label ? 1.0 : 0.0) * (1 - eps) + eps / K;
-      t.mi += q * ((a[y] - lse_a) - log_pi[y]);
-      const double pt = std::exp(c[y] - lse_c);
-      t.e -= pt * (c[y] - lse_c);
-    }
-    std::vector<double> phi(M), f(M);
-    for (int k = 0; k < M; ++k) phi[k] = p.phi_intra(label, k);
-    const double lse_phi = naive_lse(phi);
     for (int k = 0; k < M; ++k) {
       double e = 0;
       for (int j = 0; j < D; ++j) {
         const double m = p.mu(label, j) + (k == 0 ? 0.0 : p.delta(label, k - 1, j));
         e += (p.z(n, j) - m) * (p.z(n, j) - m);
       }
-      f[k] = -0.5 * e + phi[k] - lse_phi;
+      row.intra.push_back(-0.5 * e);
     }
-    const double S = naive_lse(f);
-    t.g_intra += (-S - p.ldj(n)) / D;
-    const double logp = D * c0 + S + p.ldj(n);
-    t.z += std::log1p(std::exp(-logp / D));
-  }
-  t.g /= N;
-  t.mi /= N;
-  t.e /= N;
-  t.g_intra /= N;
-  t.z /= N;
-  return t;
+    return row;
+  };
+  return hgad_test::naive_objective(D, p.labels, p.phi_inter, p.phi_intra, p.ldj, row_of, eps);
 }
 
-double naive_total(const Problem& p, int stage) {
-  const NaiveTerms t = naive_terms(p);
-  double total = 1.0 * t.g - 100.0 * t.mi + t.e;
-  if (stage == 2) total += t.g_intra + t.z;
-  return total;
-}
+double naive_total(const Problem& p, int stage) { return hgad_test::naive_total(naive_terms(p), stage); }
 
 template <class T>
 double tolerance() {

@@ -134,6 +134,36 @@ hgad::ModelConfig whiten_config(hgad::Objective objective, Index D, Index h, Ind
   return c;
 }
 
+/// Checks an untrained HGAD model of M = 1 on the 1 × 1 test images: under each class y its
+/// log-likelihood is log N(x; mean[y], cov[y]) per dimension, and its class posterior (uniform π) the
+/// softmax of those densities.
+template <class Scalar>
+void check_class_gaussians(const hgad::HgadModel<Scalar>& model, const hgad::Tensor<Scalar>& test,
+                           const std::vector<Eigen::VectorXd>& mean,
+                           const std::vector<Eigen::MatrixXd>& cov) {
+  const Eigen::MatrixXd T = rows_of(test);
+  const Index K = Index(mean.size()), D = T.cols();
+  for (Index i = 0; i < T.rows(); ++i) {
+    std::vector<double> log_density(static_cast<std::size_t>(K));
+    for (std::size_t y = 0; y < log_density.size(); ++y)
+      log_density[y] = gaussian_log_density(T.row(i).transpose(), mean[y], cov[y]);
+    const double top = *std::max_element(log_density.begin(), log_density.end());
+    double z = 0;
+    for (double v : log_density) z += std::exp(v - top);
+    const auto image = hgad::HgadModel<Scalar>::image_view({test}, i);
+    for (Index y = 0; y < K; ++y) {
+      const auto raw = model.raw_scores(image, y);  // M = 1: the intra mixture is the class Gaussian
+      const double got = double(raw.log_likelihood[0].data()[0]);
+      REQUIRE(std::isfinite(got));
+      CHECK(got == Approx(log_density[static_cast<std::size_t>(y)] / double(D))
+                       .margin(tolerance<Scalar>()));
+      CHECK(raw.class_posterior[static_cast<std::size_t>(y)] ==
+            Approx(std::exp(log_density[static_cast<std::size_t>(y)] - top) / z)
+                .margin(tolerance<Scalar>()));
+    }
+  }
+}
+
 }  // namespace
 
 TEMPLATE_TEST_CASE("ledoit_wolf_covariance equals Ledoit and Wolf's estimator written as loops",
@@ -246,29 +276,8 @@ TEMPLATE_TEST_CASE(
   for (Index y = 0; y < K; ++y)
     class_mean[static_cast<std::size_t>(y)] /= count[static_cast<std::size_t>(y)];
 
-  const Eigen::MatrixXd T = rows_of(test);
-  for (Index i = 0; i < T.rows(); ++i) {
-    std::vector<double> log_density(static_cast<std::size_t>(K));
-    for (Index y = 0; y < K; ++y)
-      log_density[static_cast<std::size_t>(y)] = gaussian_log_density(
-          T.row(i).transpose(), class_mean[static_cast<std::size_t>(y)], shared.covariance);
-    // The class posterior with uniform π is the softmax of the class log-densities.
-    const double top = *std::max_element(log_density.begin(), log_density.end());
-    double z = 0;
-    for (double v : log_density) z += std::exp(v - top);
-    const auto image = hgad::HgadModel<TestType>::image_view({test}, i);
-    for (Index y = 0; y < K; ++y) {
-      const auto raw =
-          model.raw_scores(image, y);  // M = 1: the intra mixture is the class Gaussian
-      const double got = double(raw.log_likelihood[0].data()[0]);
-      REQUIRE(std::isfinite(got));
-      CHECK(got == Approx(log_density[static_cast<std::size_t>(y)] / double(D))
-                       .margin(tolerance<TestType>()));
-      CHECK(raw.class_posterior[static_cast<std::size_t>(y)] ==
-            Approx(std::exp(log_density[static_cast<std::size_t>(y)] - top) / z)
-                .margin(tolerance<TestType>()));
-    }
-  }
+  check_class_gaussians(model, test, class_mean,
+                        std::vector<Eigen::MatrixXd>(static_cast<std::size_t>(K), shared.covariance));
 }
 
 TEMPLATE_TEST_CASE(
@@ -370,28 +379,7 @@ TEMPLATE_TEST_CASE(
     class_cov.push_back(W_inverse * reference_ledoit_wolf(Xwy).covariance * W_inverse.transpose());
   }
 
-  const Eigen::MatrixXd T = rows_of(test);
-  for (Index i = 0; i < T.rows(); ++i) {
-    std::vector<double> log_density(static_cast<std::size_t>(K));
-    for (Index y = 0; y < K; ++y)
-      log_density[static_cast<std::size_t>(y)] =
-          gaussian_log_density(T.row(i).transpose(), class_mean[static_cast<std::size_t>(y)],
-                               class_cov[static_cast<std::size_t>(y)]);
-    const double top = *std::max_element(log_density.begin(), log_density.end());
-    double z = 0;
-    for (double v : log_density) z += std::exp(v - top);
-    const auto image = hgad::HgadModel<TestType>::image_view({test}, i);
-    for (Index y = 0; y < K; ++y) {
-      const auto raw = model.raw_scores(image, y);  // M = 1: the class Gaussian
-      const double got = double(raw.log_likelihood[0].data()[0]);
-      REQUIRE(std::isfinite(got));
-      CHECK(got == Approx(log_density[static_cast<std::size_t>(y)] / double(D))
-                       .margin(tolerance<TestType>()));
-      CHECK(raw.class_posterior[static_cast<std::size_t>(y)] ==
-            Approx(std::exp(log_density[static_cast<std::size_t>(y)] - top) / z)
-                .margin(tolerance<TestType>()));
-    }
-  }
+  check_class_gaussians(model, test, class_mean, class_cov);
 }
 
 TEMPLATE_TEST_CASE(
