@@ -155,7 +155,7 @@ Index epochs_option(const Args& args, hgad::ModelConfig& config) {
   const Index epochs = args.has("epochs") ? args.get_int("epochs", 0, 0, 100000) : -1;
   if (epochs >= 1) apply_epochs(config, epochs);
   if (epochs == 0 && config.init != hgad::ModelInit::whiten)
-    throw UsageError("--epochs 0 scores the data-dependent start of init = whiten; the config has init = " +
+    throw UsageError("--epochs 0 takes the data-dependent start of init = whiten, untrained; the config has init = " +
                      std::string(hgad::detail::name_of(hgad::model_init_names, config.init)));
   return epochs;
 }

@@ -178,7 +178,7 @@ TEST_CASE("hgad program answers --help on every command and rejects bad command 
   CHECK(contains(r.err, "--epochs must be an integer, got 'many'"));
   r = run(dir, "train --data x --backbone y --out m --epochs 0");
   CHECK(r.status == 2);
-  CHECK(contains(r.err, "--epochs 0 scores the data-dependent start of init = whiten"));
+  CHECK(contains(r.err, "--epochs 0 takes the data-dependent start of init = whiten, untrained"));
   r = run(dir, "train --data x --backbone y --out m --objective cflow");
   CHECK(r.status == 2);
   CHECK(contains(r.err, "hgad or nf"));
