@@ -65,7 +65,9 @@ AffineWhitening<Scalar> initialise_level_from_data(Index level, const Tensor<Sca
   }
   std::vector<Index> chosen;
   std::vector<std::int64_t> chosen_labels;
+  std::vector<Index> class_begin;  // class y's vectors are chosen[class_begin[y], class_begin[y + 1])
   for (Index y = 0; y < K; ++y) {
+    class_begin.push_back(static_cast<Index>(chosen.size()));
     const std::vector<Index>& all = class_rows[static_cast<std::size_t>(y)];
     check(!all.empty(), "initialise_level_from_data: class ", y, " has no training images");
     const Index n = static_cast<Index>(all.size()), n_used = std::min(n, kmeans_max_vectors);
@@ -74,12 +76,13 @@ AffineWhitening<Scalar> initialise_level_from_data(Index level, const Tensor<Sca
       chosen_labels.push_back(y);
     }
   }
+  class_begin.push_back(static_cast<Index>(chosen.size()));
   Tensor<Scalar> subset({static_cast<Index>(chosen.size()), D});
   for (std::size_t r = 0; r < chosen.size(); ++r)
     std::copy(rows.data() + chosen[r] * D, rows.data() + (chosen[r] + 1) * D,
               subset.data() + Index(r) * D);
-  const DataCenters<Scalar> centers =
-      data_centers(whitening.forward(subset), chosen_labels, K, M, how, rng);
+  const Tensor<Scalar> whitened = whitening.forward(subset);
+  const DataCenters<Scalar> centers = data_centers(whitened, chosen_labels, K, M, how, rng);
 
   // Through the flow, which is an orthogonal map now (its condition has no effect).
   const Tensor<Scalar> cond =
@@ -95,21 +98,18 @@ AffineWhitening<Scalar> initialise_level_from_data(Index level, const Tensor<Sca
         for (Index j = 0; j < D; ++j) delta(y, k, j) = intra(y * (M - 1) + k, j) - mu(y, j);
   }
   if (covariance == ClassCovariance::class_) {
-    const Tensor<Scalar> latents = flow.forward(whitening.forward(subset), cond).out;
+    const Tensor<Scalar> latents = flow.forward(whitened, cond).out;
     Tensor<Scalar> factors({K, D, D});
-    Index first = 0;
     for (Index y = 0; y < K; ++y) {
-      Index count = 0;
-      while (first + count < latents.rows() &&
-             chosen_labels[static_cast<std::size_t>(first + count)] == y)
-        ++count;
       const std::string what =
           "the latents of class " + std::to_string(y) + " at level " + std::to_string(level);
-      const ShrunkCovariance c = ledoit_wolf_covariance(latents.slice(first, first + count), what);
+      const ShrunkCovariance c = ledoit_wolf_covariance(
+          latents.slice(class_begin[static_cast<std::size_t>(y)],
+                        class_begin[static_cast<std::size_t>(y) + 1]),
+          what);
       const Tensor<Scalar> a =
           AffineWhitening<Scalar>::from_covariance(c.mean, c.covariance, what).matrix();
       std::copy(a.data(), a.data() + D * D, factors.data() + y * D * D);
-      first += count;
     }
     prior->set_class_factors(std::move(factors));
   }

@@ -34,15 +34,18 @@ class ClassSpace {
         m_K(prior.n_classes()),
         m_M(prior.n_centers()),
         m_N(z.rows()),
-        m_D(prior.dim()) {
+        m_D(prior.dim()),
+        m_transformed(prior.has_class_factors()),
+        m_offset(static_cast<std::size_t>(m_K), Scalar(0)) {
     check(z.device() == Device::cpu && z.rank() == 2 && z.cols() == m_D,
           "ClassSpace: z must be a CPU (N, ", m_D, ") tensor, got ", z.shape().to_string());
     const Tensor<Scalar>& mu = prior.mu().value();
     Tensor<Scalar> centers = intra_centers ? prior.intra_center_values() : Tensor<Scalar>();
-    if (!transformed()) {
+    if (!m_transformed) {
       m_rows = z;
       m_mu = mu;
       m_centers = std::move(centers);
+      cache_pointers();
       return;
     }
     m_rows = Tensor<Scalar>::empty({m_K, m_N, m_D});
@@ -57,24 +60,26 @@ class ClassSpace {
       if (intra_centers)
         matrix(m_centers.data() + y * m_M * m_D, m_M).noalias() =
             const_matrix(centers.data() + y * m_M * m_D, m_M) * A.transpose();
-      m_offset.push_back(Scalar(-2) * prior.class_log_det(y));
+      m_offset[static_cast<std::size_t>(y)] = Scalar(-2) * prior.class_log_det(y);
     }
+    cache_pointers();
   }
 
   /// Whether the classes carry factors (otherwise every accessor reads z and the centres).
-  bool transformed() const { return m_factors.numel() > 0; }
+  bool transformed() const { return m_transformed; }
+
+  // The accessors below run once per row and class in the fused objective's loop: plain pointer
+  // arithmetic on pointers and offsets fixed at construction.
 
   /// Row n of the batch in class y's space: A_y z_n, or z_n itself.
-  const Scalar* row(Index y, Index n) const {
-    return m_rows.data() + (transformed() ? y * m_N * m_D : 0) + n * m_D;
-  }
+  const Scalar* row(Index y, Index n) const { return m_row_data + y * m_class_stride + n * m_D; }
   /// The class centre A_y μ_y (or μ_y).
-  const Scalar* mu(Index y) const { return m_mu.data() + y * m_D; }
+  const Scalar* mu(Index y) const { return m_mu_data + y * m_D; }
   /// The intra-class centre A_y m_{y,k} (or m_{y,k}).
   ///   requires: constructed with intra_centers.
-  const Scalar* center(Index y, Index k) const { return m_centers.data() + (y * m_M + k) * m_D; }
+  const Scalar* center(Index y, Index k) const { return m_center_data + (y * m_M + k) * m_D; }
   /// −2 log|det A_y|, added to every squared distance of class y (0 without factors).
-  Scalar offset(Index y) const { return transformed() ? m_offset[static_cast<std::size_t>(y)] : Scalar(0); }
+  Scalar offset(Index y) const { return m_offset[static_cast<std::size_t>(y)]; }
 
   /// |row(y, n) − c|² + offset(y): the squared distance prior_row reads, for a centre c of class y
   /// in its space.
@@ -100,6 +105,13 @@ class ClassSpace {
  private:
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+  void cache_pointers() {
+    m_row_data = m_rows.data();
+    m_class_stride = m_transformed ? m_N * m_D : 0;  // without factors every class reads z
+    m_mu_data = m_mu.data();
+    m_center_data = m_centers.numel() > 0 ? m_centers.data() : nullptr;
+  }
+
   Eigen::Map<Matrix> matrix(Scalar* p, Index rows) const { return Eigen::Map<Matrix>(p, rows, m_D); }
   Eigen::Map<const Matrix> const_matrix(const Scalar* p, Index rows) const {
     return Eigen::Map<const Matrix>(p, rows, m_D);
@@ -111,10 +123,15 @@ class ClassSpace {
 
   Tensor<Scalar> m_factors;  // (K, D, D) or empty (a shared handle, not a copy)
   Index m_K, m_M, m_N, m_D;
+  bool m_transformed;
+  std::vector<Scalar> m_offset;  // (K,): −2 log|det A_y|, or 0
   Tensor<Scalar> m_rows;     // (K, N, D), or z (N, D)
   Tensor<Scalar> m_mu;       // (K, D)
   Tensor<Scalar> m_centers;  // (K, M, D), or empty
-  std::vector<Scalar> m_offset;
+  const Scalar* m_row_data = nullptr;
+  Index m_class_stride = 0;
+  const Scalar* m_mu_data = nullptr;
+  const Scalar* m_center_data = nullptr;
 };
 
 }  // namespace hgad
