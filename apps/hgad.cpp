@@ -34,6 +34,9 @@
 #include <hgad/model/pipeline.hpp>
 
 #include <hgad/parallel/communicator.hpp>
+#ifdef HGAD_CLI_CUDA  // built with hgad's CUDA part: the GPUs of a data-parallel training
+#include "gpu_world.hpp"
+#endif
 #ifdef HGAD_HAVE_MPI  // built with MPI (CMake: HGAD_ENABLE_MPI): hgad train under mpirun
 #include <hgad/parallel/mpi_communicator.hpp>
 #endif
@@ -441,7 +444,9 @@ int cmd_train(const Args& args) {
            "Under `mpirun -np R` (a program built with MPI) the R processes train one model\n"
            "together: each reads every training image, takes its part of every batch, and the\n"
            "gradients are summed over the processes before each step; process 0 reports the\n"
-           "progress and writes the checkpoints and the model.\n\noptions:\n"
+           "progress and writes the checkpoints and the model. With --device cuda each process\n"
+           "uses the GPU of its rank on its machine, and the gradients are summed on the GPUs\n"
+           "through NCCL when the program has it and no two processes share a GPU.\n\noptions:\n"
         << hgad_cli::describe_options(train_options);
     return 0;
   }
@@ -489,6 +494,16 @@ int cmd_train(const Args& args) {
   if (device == hgad::Device::cuda && config.objective != hgad::Objective::hgad)
     throw UsageError("--device cuda trains HGAD's objective; the NF baseline trains on the CPU");
   config.validate(false);
+  // Under mpirun with --device cuda: each process's GPU, and NCCL between them where it can.
+  std::unique_ptr<hgad::Communicator> gpus;
+  std::string gpus_how;
+  if (world && device == hgad::Device::cuda) {
+#ifdef HGAD_CLI_CUDA
+    hgad_cli::GpuWorld joined = hgad_cli::join_gpus(*world);
+    gpus = std::move(joined.communicator);
+    gpus_how = joined.how;
+#endif
+  }
 
   hgad::MvtecOptions options;
   options.classes = classes;
@@ -515,6 +530,7 @@ int cmd_train(const Args& args) {
                  static_cast<long long>(untrained ? 0 : config.total_epochs()),
                  hgad::to_string(config.objective).c_str());
     if (world) std::fprintf(stderr, ", %d processes", world->size());
+    if (!gpus_how.empty()) std::fprintf(stderr, " (%s)", gpus_how.c_str());
     std::fprintf(stderr, "\n");
   }
 
@@ -560,7 +576,7 @@ int cmd_train(const Args& args) {
       Progress bar(untrained ? "start" : "training",
                    untrained ? 1 : cfg.total_epochs() * (set.size() / B), untrained ? "model" : "step");
       hgad::FitOptions<Scalar> fit;
-      fit.communicator = world.get();  // callbacks run on rank 0 only
+      fit.communicator = gpus ? gpus.get() : world.get();  // callbacks run on rank 0 only
       fit.on_step = [&](const hgad::FitProgress<Scalar>& p) { bar.update(p.step, loss_status(p)); };
       fit.checkpoint_every = checkpoint_every;
       fit.on_checkpoint = [&](const Model& m, const hgad::TrainingState<Scalar>& state) {

@@ -32,6 +32,30 @@ endif()
 # Eigen emits `#pragma diag_suppress` for nvcc, which the host compiler does not know.
 target_compile_options(hgad_cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wno-unknown-pragmas>)
 
+# NCCL, the CUDA toolkit's collective library: data-parallel training over several GPUs sums the
+# gradients in GPU memory (hgad/cuda/nccl_communicator.cuh, the target hgad::nccl, HGAD_HAVE_NCCL).
+# Optional: without it the GPU levels of a data-parallel training sum through the host.
+find_path(HGAD_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+find_library(HGAD_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} ${CUDAToolkit_LIBRARY_ROOT}
+             ${CUDAToolkit_TARGET_DIR} PATH_SUFFIXES lib lib64)
+set(_hgad_nccl_default OFF)
+if(HGAD_NCCL_INCLUDE_DIR AND HGAD_NCCL_LIBRARY)
+  set(_hgad_nccl_default ON)
+endif()
+option(HGAD_ENABLE_NCCL "Sum the gradients of data-parallel GPU training through NCCL" ${_hgad_nccl_default})
+if(HGAD_ENABLE_NCCL)
+  if(NOT HGAD_NCCL_INCLUDE_DIR OR NOT HGAD_NCCL_LIBRARY)
+    message(FATAL_ERROR "HGAD_ENABLE_NCCL is ON but nccl.h or libnccl was not found next to the CUDA "
+                        "toolkit; set HGAD_NCCL_INCLUDE_DIR and HGAD_NCCL_LIBRARY, or -DHGAD_ENABLE_NCCL=OFF")
+  endif()
+  add_library(hgad_nccl INTERFACE)
+  add_library(hgad::nccl ALIAS hgad_nccl)
+  target_link_libraries(hgad_nccl INTERFACE hgad_cuda ${HGAD_NCCL_LIBRARY})
+  target_include_directories(hgad_nccl INTERFACE ${HGAD_NCCL_INCLUDE_DIR})
+  target_compile_definitions(hgad_nccl INTERFACE HGAD_HAVE_NCCL=1)
+  message(STATUS "hgad: NCCL ${HGAD_NCCL_LIBRARY}")
+endif()
+
 if(HGAD_INSTALL)
   install(TARGETS hgad_cuda EXPORT hgadCudaTargets)
   install(EXPORT hgadCudaTargets NAMESPACE hgad:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/hgad)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check: builds the CUDA tests, the GPU benchmark and the hgad program (with --device cuda)
-# for this machine's GPU, runs the [cuda] tests (HgadModel on the GPU against the CPU among them),
-# bench_gpu, the PyTorch comparison (benchmarks/torch_gpu_step.py) and the paper-scale GPU demo
-# (scripts/gpu_demo.sh on the compact copy of industrial-mini), and prints a summary. Logs go to
+# for this machine's GPU, runs the [cuda] tests (HgadModel on the GPU against the CPU among them,
+# and the [nccl] cases where NCCL is found), bench_gpu, the PyTorch comparison
+# (benchmarks/torch_gpu_step.py) and the paper-scale GPU demo (scripts/gpu_demo.sh on the compact
+# copy of industrial-mini), and prints a summary. Logs go to
 # $OUT when it is set (else build-gpu-check/logs). Budget: under 9 minutes on one H200
 # (HGAD_GPU_CHECK_BUDGET seconds, default 535); every phase has its own timeout and the summary is
 # printed whatever failed. Exit status 0 only when everything built, every test passed, both
@@ -77,6 +78,17 @@ for d in "${HGAD_STB_DIR:-}" "$deps/stb" /usr/include/stb; do
   if [ -n "$d" ] && [ -f "$d/stb_image.h" ]; then stb=$d; break; fi
 done
 echo "Eigen: ${eigen:-MISSING}; Catch2: ${catch:-MISSING}; stb: ${stb:-MISSING}"
+# NCCL (optional): the CUDA toolkit's, or the one PyTorch's wheels bring; with it the [nccl] tests
+# run and the hgad program sums a data-parallel training's gradients on the GPUs.
+nccl_inc=""; nccl_lib=""
+nccl_wheel=$(python3 -c "import nvidia.nccl as m; print(list(m.__path__)[0])" 2>/dev/null || true)
+for d in "${HGAD_NCCL_DIR:-}" /usr/local/cuda "$nccl_wheel" /usr; do
+  [ -n "$d" ] && [ -f "$d/include/nccl.h" ] || continue
+  for l in "$d/lib/libnccl.so" "$d/lib/libnccl.so.2" "$d/lib64/libnccl.so" "$d/lib/x86_64-linux-gnu/libnccl.so"; do
+    if [ -f "$l" ]; then nccl_inc="$d/include"; nccl_lib="$l"; break 2; fi
+  done
+done
+echo "NCCL: ${nccl_lib:-not found (the [nccl] tests are not built)}"
 
 # ---- build ---------------------------------------------------------------------------------------
 cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
@@ -95,6 +107,12 @@ else
   t0=$(date +%s)
   tests=(tests/cuda/main.cu tests/cuda/backend.test.cu tests/cuda/level.test.cu tests/cuda/backbone.test.cu
          tests/cuda/model.test.cu)
+  nccl_flags=(); nccl_link=()
+  if [ -n "$nccl_lib" ]; then
+    tests+=(tests/cuda/nccl.test.cu)
+    nccl_flags=(-DHGAD_HAVE_NCCL=1 -I"$nccl_inc")
+    nccl_link=("$nccl_lib" -Xlinker -rpath="$(dirname "$nccl_lib")")
+  fi
   sources=("${tests[@]}" benchmarks/bench_gpu.cu apps/cuda_devices.cu apps/hgad.cpp)
   pids=()
   for s in "${sources[@]}"; do
@@ -102,11 +120,11 @@ else
     obj="$build/$name.o"
     if [[ "$s" == *.cpp ]]; then  # host code: the host compiler, as a CMake build would
       timeout "$(phase_time 300 150)" c++ -std=c++17 -O3 -march=native -fopenmp -Wno-unknown-pragmas \
-        -I"$root/include" -I"$eigen" -I"$stb" -c "$s" -o "$obj" > "$build/$name.log" 2>&1 &
+        -DHGAD_CLI_CUDA=1 -I"$root/include" -I"$eigen" -I"$stb" -c "$s" -o "$obj" > "$build/$name.log" 2>&1 &
     else  # the program's .cu file matches its host code's instruction set (Eigen's alignment)
       extra=()
       [[ "$s" == apps/* ]] && extra=(-Xcompiler=-march=native)
-      timeout "$(phase_time 300 150)" nvcc "${flags[@]}" "${extra[@]}" -c "$s" -o "$obj" > "$build/$name.log" 2>&1 &
+      timeout "$(phase_time 300 150)" nvcc "${flags[@]}" "${nccl_flags[@]}" "${extra[@]}" -c "$s" -o "$obj" > "$build/$name.log" 2>&1 &
     fi
     pids+=($!)
   done
@@ -118,9 +136,9 @@ else
   if [ "$ok" = 1 ]; then
     test_objs=()
     for s in "${tests[@]}"; do name=$(basename "$s"); test_objs+=("$build/${name%.*}.o"); done
-    nvcc $arch "${test_objs[@]}" -o "$tests_bin" -lcublas -Xcompiler=-fopenmp >> "$logs/build.log" 2>&1 || ok=0
+    nvcc $arch "${test_objs[@]}" -o "$tests_bin" -lcublas "${nccl_link[@]}" -Xcompiler=-fopenmp >> "$logs/build.log" 2>&1 || ok=0
     nvcc $arch "$build/bench_gpu.o" -o "$bench_bin" -lcublas -Xcompiler=-fopenmp >> "$logs/build.log" 2>&1 || ok=0
-    nvcc $arch "$build/hgad.o" "$build/cuda_devices.o" -o "$hgad_bin" -lcublas -Xcompiler=-fopenmp >> "$logs/build.log" 2>&1 || ok=0
+    nvcc $arch "$build/hgad.o" "$build/cuda_devices.o" -o "$hgad_bin" -lcublas "${nccl_link[@]}" -Xcompiler=-fopenmp >> "$logs/build.log" 2>&1 || ok=0
   fi
   if [ "$ok" = 1 ]; then
     build_status="ok ($(( $(date +%s) - t0 )) s)"

@@ -29,6 +29,8 @@
 #include "flow/sequence_flow.hpp"
 #include "loss/loss_terms.hpp"
 #include "nn/adam.hpp"
+#include "parallel/communicator.hpp"
+#include "parallel/data_parallel.hpp"
 #include "prior/gaussian_mixture_prior.hpp"
 #include "tensor.hpp"
 
@@ -40,15 +42,6 @@ struct LevelTraining {
   LossOptions loss;
   HgadAdamOptions adam;
 };
-
-/// What a level's training step calls between its gradients and its optimiser step: `with_grad`
-/// holds the level's parameters that have a gradient this step, in a fixed order (the flow's, then
-/// the prior's), and `terms` the step's loss terms; the hook may change both gradients and terms.
-/// Data-parallel training (parallel/data_parallel.hpp) sums them over the ranks here. The NaN check
-/// of the gradients runs after the hook, on what the optimiser will use.
-template <class Scalar>
-using GradientHook =
-    std::function<void(std::vector<Var<Scalar>>& with_grad, LossTerms<Scalar>& terms)>;
 
 /// One level (a flow and, for HGAD, its prior) with its optimiser state, on one device.
 /// A level device is made from the CPU model's flow and prior and keeps referring to them:
@@ -82,14 +75,12 @@ class LevelDevice {
   virtual std::map<std::string, AdamState<Scalar>> optimizer_state() const = 0;
   virtual void set_optimizer_state(const std::map<std::string, AdamState<Scalar>>& state) = 0;
 
-  /// Every later train_step calls `hook` between its gradients and its optimiser step (an empty
-  /// hook: none, the default).
-  ///   throws: hgad::Error on a device whose step has no such seam (every device but the CPU).
-  virtual void set_gradient_hook(GradientHook<Scalar> hook) {
-    check(!hook, "a ", to_string(device()),
-          " level takes no gradient hook: data-parallel training ",
-          "runs on the CPU levels (NCCL between GPUs is not built)");
-  }
+  /// Makes every later train_step one rank's part of a data-parallel step
+  /// (parallel/data_parallel.hpp): between its gradients and its optimiser step, the gradients and
+  /// loss terms times `weight` (the rank's share of the batch's rows) are summed over the ranks of
+  /// `comm` in rank order, so every rank takes the same step. `comm` must outlive the level.
+  ///   requires: 0 < weight <= 1.
+  virtual void set_data_parallel(Communicator& comm, double weight) = 0;
 };
 
 /// A level device over an engine that holds its own copy of the level (LevelEngine: CudaLevel
@@ -126,6 +117,11 @@ class EngineLevelDevice final : public LevelDevice<Scalar> {
   std::map<std::string, AdamState<Scalar>> optimizer_state() const override { return m_engine.optimizer_state(); }
   void set_optimizer_state(const std::map<std::string, AdamState<Scalar>>& state) override {
     m_engine.set_optimizer_state(state);
+  }
+
+  void set_data_parallel(Communicator& comm, double weight) override {
+    m_engine.set_gradient_hook(
+        all_reduce_flat_gradient_hook<Scalar>(comm, weight, m_engine.exec().backend()));
   }
 
   Engine& engine() { return m_engine; }

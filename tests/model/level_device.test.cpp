@@ -14,33 +14,12 @@
 
 #include "io/temp_dir.hpp"
 #include "model/device_parity.hpp"
+#include "model/host_level_as_cuda.hpp"
 #include "model/synthetic.hpp"
 
 namespace {
 
 using hgad::Device;
-
-/// Registers HostLevel as the CUDA level device of Scalar while it lives.
-template <class Scalar>
-class HostLevelAsCuda {
- public:
-  HostLevelAsCuda() {
-    m_previous = hgad::register_level_device<Scalar>(
-        Device::cuda, {[](hgad::SequenceFlow<Scalar>& flow, hgad::GaussianMixturePrior<Scalar>* prior,
-                          const hgad::LevelTraining& training) {
-                         return std::unique_ptr<hgad::LevelDevice<Scalar>>(
-                             new hgad::EngineLevelDevice<Scalar, hgad::cuda::HostLevel<Scalar>>(Device::cuda, flow,
-                                                                                               prior, training));
-                       },
-                       {}});
-  }
-  ~HostLevelAsCuda() { hgad::register_level_device<Scalar>(Device::cuda, std::move(m_previous)); }
-  HostLevelAsCuda(const HostLevelAsCuda&) = delete;
-  HostLevelAsCuda& operator=(const HostLevelAsCuda&) = delete;
-
- private:
-  hgad::LevelDeviceSupport<Scalar> m_previous;
-};
 
 }  // namespace
 
@@ -70,7 +49,7 @@ TEST_CASE("HgadModel trained and scored through a registered level device equals
   cpu.fit(train_features, train.classes);
   cpu.calibrate(train_features, train.classes);
 
-  HostLevelAsCuda<Scalar> registered;
+  hgad_test::HostLevelAsCuda<Scalar> registered;
   hgad::HgadModel<Scalar> device(c);
   device.set_device(Device::cuda);
   CHECK(device.device() == Device::cuda);
@@ -118,7 +97,7 @@ TEST_CASE("A model with init = whiten trains on a level device as on the CPU (th
   REQUIRE_FALSE(cpu.whitening(0).is_identity());
   REQUIRE(cpu.whitening(0).log_jac_det() != 0);
 
-  HostLevelAsCuda<Scalar> registered;
+  hgad_test::HostLevelAsCuda<Scalar> registered;
   hgad::HgadModel<Scalar> device(c);
   device.set_device(Device::cuda);
   const hgad::FitReport<Scalar> device_report = device.fit(train_features, train.classes);
@@ -140,7 +119,7 @@ TEST_CASE("A non-finite loss on a level device leaves the model at the last good
   hgad::ModelConfig c = hgad_test::synthetic_config();
   c.meta_epochs = 1;
   c.batch_size = 3;
-  HostLevelAsCuda<Scalar> registered;
+  hgad_test::HostLevelAsCuda<Scalar> registered;
   hgad::HgadModel<Scalar> device(c), cpu(c);
   device.set_device(Device::cuda);
   hgad_test::Synthetic data = hgad_test::make_synthetic(2, 0, 8);
@@ -152,7 +131,7 @@ TEST_CASE("A non-finite loss on a level device leaves the model at the last good
 }
 
 TEST_CASE("The NF baseline stays on the CPU", "[model][device]") {
-  HostLevelAsCuda<float> registered;
+  hgad_test::HostLevelAsCuda<float> registered;
   hgad::HgadModel<float> model(hgad_test::synthetic_config(hgad::Objective::nf));
   CHECK_THROWS_WITH(model.set_device(Device::cuda), Catch::Contains("NF baseline"));
   CHECK(model.device() == Device::cpu);
@@ -166,7 +145,7 @@ TEST_CASE("A model whose classes carry their own covariance is refused by the le
   c.class_covariance = hgad::ClassCovariance::class_;
   const hgad_test::Synthetic train = hgad_test::make_synthetic(4, 0, 11);
   const auto features = hgad_test::as_scalar<Scalar>(train.features);
-  HostLevelAsCuda<Scalar> registered;
+  hgad_test::HostLevelAsCuda<Scalar> registered;
   hgad::HgadModel<Scalar> device(c);
   device.set_device(Device::cuda);
   CHECK_THROWS_WITH(device.fit(features, train.classes), Catch::Contains("class_covariance = class"));

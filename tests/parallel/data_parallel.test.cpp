@@ -1,11 +1,14 @@
 // Data-parallel fit (FitOptions::communicator) over the in-process transport: R ranks as threads
-// train the same model as one process with the same global batch.
+// train the same model as one process with the same global batch, on the CPU's levels and on the
+// device levels' engine (HostLevel registered as the CUDA level: the GPU's step and its flat
+// gradient hook, run on the CPU).
 #include <catch2/catch.hpp>
 
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -13,6 +16,7 @@
 #include <hgad/model/hgad_model.hpp>
 #include <hgad/parallel/communicator.hpp>
 
+#include "model/host_level_as_cuda.hpp"
 #include "model/parameters.hpp"
 #include "model/synthetic.hpp"
 #include "parallel/ranks.hpp"
@@ -39,7 +43,38 @@ struct RankResult {
   std::vector<hgad::LossTerms<Scalar>> final_terms;
   int on_step_calls = 0;
   int on_epoch_calls = 0;
+  int device_sums = 0;  // gradient buffers summed by SumsOnDevice
 };
+
+// A rank's communicator that sums buffers "in the memory of" the CPU itself, as NcclCommunicator
+// does in a GPU's (Communicator::all_reduce_sum_on), by the host's rank-order sum; it counts the
+// buffers it summed so. Everything else goes to the rank's own communicator.
+class SumsOnDevice final : public hgad::ForwardingCommunicator {
+ public:
+  explicit SumsOnDevice(hgad::Communicator& inner) : ForwardingCommunicator(inner) {}
+  int device_sums = 0;
+
+ protected:
+  bool device_all_reduce_sum(hgad::Device device, float* data, Index n) override {
+    return sum(device, data, n);
+  }
+  bool device_all_reduce_sum(hgad::Device device, double* data, Index n) override {
+    return sum(device, data, n);
+  }
+
+ private:
+  template <class T>
+  bool sum(hgad::Device device, T* data, Index n) {
+    if (device != hgad::Device::cpu) return false;
+    inner().all_reduce_sum(data, n);
+    ++device_sums;
+    return true;
+  }
+};
+
+// How the ranks train: on the CPU's levels, or on the device levels' engine (HostLevel as the
+// CUDA level; the caller registers it) with the host's sums or with SumsOnDevice's.
+enum class Levels { cpu, engine, engine_summing_on_device };
 
 // Trains parallel_config() on R ranks (threads, one OpenMP thread each).
 template <class Scalar>
@@ -47,19 +82,24 @@ std::vector<RankResult<Scalar>> fit_on_ranks(
     int R, const std::vector<hgad::Tensor<Scalar>>& features,
     const std::vector<std::int64_t>& classes,
     std::vector<hgad_test::RankOutcome>* outcomes = nullptr,
-    const hgad::ModelConfig& c = parallel_config()) {
+    const hgad::ModelConfig& c = parallel_config(), Levels levels = Levels::cpu) {
   hgad::InProcessGroup group(R, std::chrono::seconds(60));
   std::vector<RankResult<Scalar>> results(static_cast<std::size_t>(R));
   const auto out = hgad_test::run_ranks(group, [&](hgad::Communicator& comm, int r) {
     hgad::set_num_threads(1);  // this thread's OpenMP setting: one thread per rank
     hgad::HgadModel<Scalar> model(c);
+    if (levels != Levels::cpu) model.set_device(hgad::Device::cuda);
+    SumsOnDevice summing(comm);
     RankResult<Scalar>& result = results[std::size_t(r)];
     hgad::FitOptions<Scalar> options;
-    options.communicator = &comm;
+    options.communicator = levels == Levels::engine_summing_on_device
+                               ? static_cast<hgad::Communicator*>(&summing)
+                               : &comm;
     options.on_step = [&](const hgad::FitProgress<Scalar>&) { ++result.on_step_calls; };
     options.on_epoch = [&](const hgad::HgadModel<Scalar>&, Index) { ++result.on_epoch_calls; };
     result.final_terms = model.fit(features, classes, options).final_terms;
     result.parameters = hgad_test::all_parameters(model);
+    result.device_sums = summing.device_sums;
   });
   if (outcomes != nullptr) *outcomes = out;
   if (outcomes == nullptr)
@@ -128,6 +168,57 @@ TEMPLATE_TEST_CASE(
       // Only rank 0 runs the callbacks: 4 passes of 2 steps.
       CHECK(got.on_step_calls == (r == 0 ? 8 : 0));
       CHECK(got.on_epoch_calls == (r == 0 ? 4 : 0));
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE(
+    "Data-parallel fit on the device levels' engine trains the engine's model of one process, "
+    "through the host or summing where the gradients live",
+    "[parallel][device]", float, double) {
+  using Scalar = TestType;
+  const hgad_test::HostLevelAsCuda<Scalar> registered;
+  const hgad_test::Synthetic data = hgad_test::make_synthetic(5, 0, 35);
+  const auto features = hgad_test::as_scalar<Scalar>(data.features);
+  const hgad::ModelConfig c = parallel_config();
+
+  std::vector<Scalar> reference, initial;
+  {
+    const OneThread one_thread;
+    hgad::HgadModel<Scalar> model(c);
+    model.set_device(hgad::Device::cuda);
+    initial = hgad_test::all_parameters(model);
+    model.fit(features, data.classes);
+    reference = hgad_test::all_parameters(model);
+    REQUIRE(hgad_test::largest_difference(reference, initial) > 1e-2);
+  }
+  // As on the CPU's levels: the parts' weighted sums round differently from the batch's sum.
+  const double tolerance = std::is_same_v<Scalar, float> ? 1e-5 : 1e-12;
+  for (int R : {2, 3}) {
+    INFO("R = " << R);
+    const auto through_host = fit_on_ranks<Scalar>(R, features, data.classes, nullptr, c, Levels::engine);
+    const auto on_device =
+        fit_on_ranks<Scalar>(R, features, data.classes, nullptr, c, Levels::engine_summing_on_device);
+    for (int r = 0; r < R; ++r) {
+      INFO("rank " << r);
+      const RankResult<Scalar>& host = through_host[std::size_t(r)];
+      const RankResult<Scalar>& device = on_device[std::size_t(r)];
+      CHECK(hgad_test::largest_difference(host.parameters, reference) <= tolerance);
+      REQUIRE(host.parameters.size() == through_host[0].parameters.size());
+      CHECK(std::memcmp(host.parameters.data(), through_host[0].parameters.data(),
+                        host.parameters.size() * sizeof(Scalar)) == 0);
+      // Summing the gradients where they live takes the same rank-order sums: the same bits.
+      CHECK(host.device_sums == 0);
+      CHECK(device.device_sums == 16);  // 8 steps, 2 levels
+      REQUIRE(device.parameters.size() == host.parameters.size());
+      CHECK(std::memcmp(device.parameters.data(), host.parameters.data(),
+                        host.parameters.size() * sizeof(Scalar)) == 0);
+      REQUIRE(device.final_terms.size() == host.final_terms.size());
+      for (std::size_t l = 0; l < host.final_terms.size(); ++l)
+        for (std::size_t k = 0; k < host.final_terms[l].named().size(); ++k) {
+          INFO("level " << l << ", " << host.final_terms[l].named()[k].first);
+          CHECK(device.final_terms[l].named()[k].second == host.final_terms[l].named()[k].second);
+        }
     }
   }
 }

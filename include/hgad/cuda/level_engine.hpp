@@ -35,6 +35,7 @@
 #include "../level_device.hpp"
 #include "../loss/loss_terms.hpp"
 #include "../nn/adam.hpp"
+#include "../parallel/data_parallel.hpp"
 #include "../prior/gaussian_mixture_prior.hpp"
 #include "../tensor.hpp"
 #include "level_bodies.hpp"
@@ -178,11 +179,17 @@ class LevelEngine {
   LossTerms<Scalar> train_step(const Tensor<Scalar>& x, const Tensor<Scalar>& cond,
                                const std::vector<std::int64_t>& labels, int stage,
                                const TrainStepContext& context = {}) {
-    const LossTerms<Scalar> terms = compute_gradients(x, cond, labels, stage, context);
+    LossTerms<Scalar> terms = compute_gradients(x, cond, labels, stage, context);
+    if (m_hook) m_hook(m_grads.data(), m_n_params, terms);
     check_finite_gradients(context);
     apply_adam(stage);
     return terms;
   }
+
+  /// Every later train_step calls `hook` between its gradients and its Adam step with the flat
+  /// gradient buffer (n_parameters() values on this device, zero where the stage gives none) and
+  /// the loss terms; the finiteness check then sees what the hook left (an empty hook: none).
+  void set_gradient_hook(FlatGradientHook<Scalar> hook) { m_hook = std::move(hook); }
 
   /// Forward, loss and backward without the update: the gradients stay on the device until the
   /// next call (copy_gradients_to reads them).
@@ -636,6 +643,7 @@ class LevelEngine {
 
   Exec m_exec;
   LevelOptions m_options;
+  FlatGradientHook<Scalar> m_hook;  // between the gradients and Adam (data-parallel training)
   CouplingDims m_dims;
   Index m_n_blocks = 0, m_K = 0, m_M = 0;
   Scalar m_alpha = 0;

@@ -9,7 +9,8 @@
 ///     auto fx = hgad::make_feature_extractor<float>(config, weights_dir, hgad::Device::cuda);
 ///
 /// Every level of every model of one Scalar shares one CudaBackend (one stream, one cuBLAS handle,
-/// one caching allocator) on device 0.
+/// one caching allocator) on one GPU: device 0, or the one use_gpu chose first (each process of a
+/// data-parallel training on its own GPU).
 
 #include <memory>
 #include <mutex>
@@ -28,12 +29,48 @@
 
 namespace hgad::cuda {
 
+namespace detail {
+
+struct ModelGpu {
+  std::mutex mutex;
+  int index = 0;
+  bool in_use = false;  // a shared backend was made on `index`
+};
+
+inline ModelGpu& model_gpu() {
+  static ModelGpu gpu;
+  return gpu;
+}
+
+inline int take_model_gpu() {
+  ModelGpu& gpu = model_gpu();
+  std::lock_guard<std::mutex> lock(gpu.mutex);
+  gpu.in_use = true;
+  return gpu.index;
+}
+
+}  // namespace detail
+
+/// Makes GPU `index` the one of the model devices and the GPU backbone of this process, and the
+/// calling thread's current GPU (the level devices run on the thread that calls fit() or score).
+///   throws: hgad::Error when a model device already runs on another GPU (call it first).
+inline void use_gpu(int index) {
+  detail::ModelGpu& gpu = detail::model_gpu();
+  std::lock_guard<std::mutex> lock(gpu.mutex);
+  check(index >= 0, "use_gpu: GPU index ", index, " is negative");
+  check(!gpu.in_use || gpu.index == index, "use_gpu(", index,
+        "): the model devices already run on GPU ", gpu.index, "; choose the GPU before the first use");
+  gpu.index = index;
+  HGAD_CUDA_CHECK(cudaSetDevice(index));  // this thread's current GPU (the training loop's)
+}
+
 /// The CUDA backend of Scalar shared by the model devices; an hgad::Error without a GPU.
 template <class Scalar>
 std::shared_ptr<CudaBackend<Scalar>> shared_backend() {
   check(device_available(), "the CUDA device was asked for, but no CUDA device is usable here (",
         device_description(), ")");
-  static const std::shared_ptr<CudaBackend<Scalar>> backend = make_cuda_backend<Scalar>();
+  static const std::shared_ptr<CudaBackend<Scalar>> backend =
+      make_cuda_backend<Scalar>(detail::take_model_gpu());
   return backend;
 }
 
@@ -59,6 +96,7 @@ class CudaResNetFeatureExtractor final : public FeatureExtractor<Scalar> {
   }
   std::vector<Tensor<Scalar>> extract(const Tensor<Scalar>& images) const override {
     std::lock_guard<std::mutex> lock(m_mutex);
+    HGAD_CUDA_CHECK(cudaSetDevice(m_net.exec().cuda_backend().device_index()));  // any calling thread
     std::vector<Tensor<Scalar>> out;
     for (const Tensor<Scalar>& f : m_net.forward(images, m_cpu.stages())) out.push_back(f.cpu());
     return out;

@@ -14,6 +14,7 @@
 #include "../level_device.hpp"
 #include "../loss/loss_terms.hpp"
 #include "../nn/adam.hpp"
+#include "../parallel/data_parallel.hpp"
 #include "../prior/gaussian_mixture_prior.hpp"
 #include "../tensor.hpp"
 #include "train_step.hpp"
@@ -56,7 +57,9 @@ class CpuLevelDevice final : public LevelDevice<Scalar> {
     m_adam.load_state_dict(state);
   }
 
-  void set_gradient_hook(GradientHook<Scalar> hook) override { m_hook = std::move(hook); }
+  void set_data_parallel(Communicator& comm, double weight) override {
+    m_hook = all_reduce_gradient_hook<Scalar>(comm, weight);
+  }
 
  private:
   SequenceFlow<Scalar>& m_flow;

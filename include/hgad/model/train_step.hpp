@@ -183,7 +183,7 @@ LossTerms<Scalar> compute_gradients_reference(SequenceFlow<Scalar>& flow, Gaussi
 /// optimiser reset to none, compute_gradients, a finiteness check of every gradient of the level,
 /// then adam.step(). Parameters a stage does not reach (delta and phi_intra in stage 1) have no
 /// gradient and are not updated. Returns the loss terms, computed before the update. A non-empty
-/// `hook` runs between the gradients and the finiteness check (GradientHook, level_device.hpp);
+/// `hook` runs between the gradients and the finiteness check (GradientHook, parallel/data_parallel.hpp);
 /// without one the step is exactly the above.
 ///   throws: NonFiniteError naming the term or parameter, context.level and context.step, with
 ///           the parameters and Adam's state as before the call.

@@ -73,8 +73,8 @@ struct TrainingState {
 /// the gradients and loss terms of the parts are added, weighted by their share of the rows, before
 /// one identical Adam step on every rank. Every rank ends with the same parameters and reports the
 /// batch's loss terms; the callbacks run on rank 0 only (ranks 1 .. R-1 see no on_step, on_epoch or
-/// on_checkpoint), so rank 0 alone writes progress, checkpoints and files. The levels must be the
-/// CPU's. An error on one rank is passed to the others (Communicator::fail): their fit() throws
+/// on_checkpoint), so rank 0 alone writes progress, checkpoints and files. The levels may be on any
+/// device (LevelDevice::set_data_parallel). An error on one rank is passed to the others (Communicator::fail): their fit() throws
 /// PeerFailure naming it. No communicator, or one of a single rank, is the plain training.
 template <class Scalar>
 struct FitOptions {
@@ -280,9 +280,7 @@ class ModelTraining {
                                           model.prior_or_null(l), level));
       if (resume != nullptr)
         devices.back()->set_optimizer_state(resume->optimizers[static_cast<std::size_t>(l)]);
-      if (n_ranks > 1)
-        devices.back()->set_gradient_hook(
-            all_reduce_gradient_hook<Scalar>(*comm, double(part.size()) / double(B)));
+      if (n_ranks > 1) devices.back()->set_data_parallel(*comm, double(part.size()) / double(B));
     }
     model.m_calibration.clear();  // constants of earlier parameters no longer apply
 

@@ -23,6 +23,11 @@
 /// other ranks then throw PeerFailure naming that rank and its reason, instead of waiting forever.
 /// How a transport learns of a rank that disappears without a word is its own (a timeout for
 /// InProcessGroup; the MPI runtime ends the job).
+///
+/// Buffers in a GPU's memory: all_reduce_sum_on(device, data, n) is the same rank-order sum where
+/// the transport reaches that memory itself (NcclCommunicator, cuda/nccl_communicator.cuh, runs
+/// the all-to-all and the all-gather through NCCL and the additions in a kernel, with the same
+/// bits); every other transport answers false and the caller copies through the host.
 
 #include <algorithm>
 #include <chrono>
@@ -34,9 +39,11 @@
 #include <mutex>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../detail/check.hpp"
+#include "../detail/host_device.hpp"
 #include "../tensor.hpp"
 
 namespace hgad {
@@ -47,6 +54,21 @@ class PeerFailure : public Error {
  public:
   explicit PeerFailure(const std::string& message) : Error(message) {}
 };
+
+namespace detail {
+
+/// Element i of the rank-order sum of all_reduce_sum: received holds R slices of `slice` values,
+/// rank r's at r · slice, and the sum is ((s_0[i] + s_1[i]) + s_2[i]) + ... The one body of the
+/// host's sum and of the GPU's (cuda/nccl_communicator.cuh).
+template <class T>
+HGAD_HOST_DEVICE inline T rank_order_sum(const T* received, std::size_t slice, std::size_t ranks,
+                                         std::size_t i) {
+  T sum = received[i];
+  for (std::size_t r = 1; r < ranks; ++r) sum += received[r * slice + i];
+  return sum;
+}
+
+}  // namespace detail
 
 /// Rows [begin, end) of a range of n rows.
 struct RowRange {
@@ -97,27 +119,37 @@ class Communicator {
   ///   requires: every rank passes the same n.
   template <class T>
   void all_reduce_sum(T* data, Index n) {
-    static_assert(std::is_floating_point_v<T>, "all_reduce_sum adds floating-point buffers");
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                  "all_reduce_sum adds float or double buffers");
     check(n >= 0, "Communicator::all_reduce_sum: n must be >= 0, got ", n);
     const int R = size();
     if (R == 1 || n == 0) return;
     const std::size_t count = static_cast<std::size_t>(n), ranks = static_cast<std::size_t>(R);
     const std::size_t slice = (count + ranks - 1) / ranks;  // slice j: data[j slice, (j + 1) slice)
-    const std::size_t slice_bytes = slice * sizeof(T);
+    auto& [send, received] = buffers<T>();
     // The buffer, zero-padded to R slices, is the send buffer of the all-to-all as it stands.
-    m_send.assign(ranks * slice_bytes, 0);
-    std::memcpy(m_send.data(), data, count * sizeof(T));
-    m_received.resize(ranks * slice_bytes);
-    all_to_all_bytes(m_send.data(), slice_bytes, m_received.data());
-    // This rank's slice summed over the ranks in rank order: ((s_0 + s_1) + s_2) + ...
-    std::vector<T> sum(slice), part(slice);
-    std::memcpy(sum.data(), m_received.data(), slice_bytes);
-    for (std::size_t r = 1; r < ranks; ++r) {
-      std::memcpy(part.data(), m_received.data() + r * slice_bytes, slice_bytes);
-      for (std::size_t i = 0; i < slice; ++i) sum[i] += part[i];
-    }
-    all_gather_bytes(sum.data(), slice_bytes, m_received.data());
-    std::memcpy(data, m_received.data(), count * sizeof(T));
+    send.assign(ranks * slice, T(0));
+    std::copy(data, data + count, send.begin());
+    received.resize(ranks * slice);
+    all_to_all_bytes(send.data(), slice * sizeof(T), received.data());
+    // This rank's slice summed over the ranks in rank order, then every rank's sums gathered.
+    for (std::size_t i = 0; i < slice; ++i)
+      send[i] = detail::rank_order_sum(received.data(), slice, ranks, i);
+    all_gather_bytes(send.data(), slice * sizeof(T), received.data());
+    std::copy(received.begin(), received.begin() + static_cast<std::ptrdiff_t>(count), data);
+  }
+
+  /// all_reduce_sum of n values in the memory of `device`, when this transport reaches it: the
+  /// same rank-order sums, the same bits, and true. False, with data untouched, when it does not
+  /// (every transport but NcclCommunicator, and that one for memory other than its GPU's); the
+  /// caller then copies the buffer through the host.
+  ///   requires: every rank passes the same device and n.
+  template <class T>
+  bool all_reduce_sum_on(Device device, T* data, Index n) {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                  "all_reduce_sum_on adds float or double buffers");
+    check(n >= 0, "Communicator::all_reduce_sum_on: n must be >= 0, got ", n);
+    return device_all_reduce_sum(device, data, n);
   }
 
   /// data (n,) on every rank becomes rank root's.
@@ -181,8 +213,22 @@ class Communicator {
     return out;
   }
 
+ protected:
+  /// all_reduce_sum_on's transport: false unless it sums buffers in `device`'s memory itself.
+  virtual bool device_all_reduce_sum(Device, float*, Index) { return false; }
+  virtual bool device_all_reduce_sum(Device, double*, Index) { return false; }
+
  private:
-  std::vector<unsigned char> m_send, m_received;  // all_reduce_sum's buffers, reused across calls
+  // all_reduce_sum's send and receive buffers of each element type, reused across calls.
+  template <class T>
+  std::pair<std::vector<T>, std::vector<T>>& buffers() {
+    if constexpr (std::is_same_v<T, float>)
+      return m_float;
+    else
+      return m_double;
+  }
+  std::pair<std::vector<float>, std::vector<float>> m_float;
+  std::pair<std::vector<double>, std::vector<double>> m_double;
 };
 
 /// The group of one: every collective is the identity.
@@ -200,6 +246,32 @@ class SingleProcess final : public Communicator {
     check(root == 0, "SingleProcess::broadcast_bytes: root ", root, " of 1 rank");
   }
   void fail(const std::string&) noexcept override {}
+};
+
+/// A communicator that passes its ranks and every collective to `inner`: the base of a transport
+/// that does one thing its own way and leaves the rest to another (NcclCommunicator sums GPU
+/// buffers itself, over MPI's ranks). `inner` must outlive it.
+class ForwardingCommunicator : public Communicator {
+ public:
+  explicit ForwardingCommunicator(Communicator& inner) : m_inner(inner) {}
+  int rank() const override { return m_inner.rank(); }
+  int size() const override { return m_inner.size(); }
+  void all_gather_bytes(const void* send, std::size_t bytes, void* recv) override {
+    m_inner.all_gather_bytes(send, bytes, recv);
+  }
+  void all_to_all_bytes(const void* send, std::size_t bytes, void* recv) override {
+    m_inner.all_to_all_bytes(send, bytes, recv);
+  }
+  void broadcast_bytes(void* data, std::size_t bytes, int root) override {
+    m_inner.broadcast_bytes(data, bytes, root);
+  }
+  void fail(const std::string& reason) noexcept override { m_inner.fail(reason); }
+
+ protected:
+  Communicator& inner() { return m_inner; }
+
+ private:
+  Communicator& m_inner;
 };
 
 /// R ranks as threads of one process, exchanging through shared memory: the transport of the
