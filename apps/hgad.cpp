@@ -598,12 +598,13 @@ int cmd_train(const Args& args) {
     Index used = 0;
     for (Index n : per_class)
       used += cfg.calibration_images > 0 ? std::min(n, cfg.calibration_images) : n;
-    // Rank 0 calibrates on every training image (each rank holds them all); the others only for
-    // --auto-group, whose decision every rank must take alike from the same (deterministic)
-    // confusion.
-    if (writer || args.has("auto-group")) {
-      Progress bar("calibration", used, "img");
-      model.calibrate(set.features, labels, [&](Index done, Index) { bar.update(done); });
+    // Under mpirun each rank scores its part of the calibration images and every rank ends with
+    // the whole calibration (--auto-group's decision is then every rank's alike).
+    {
+      Progress bar("calibration", hgad::shard_rows(used, ranks, world ? world->rank() : 0).size(),
+                   "img");
+      model.calibrate(set.features, labels, [&](Index done, Index) { bar.update(done); },
+                      world.get());
       bar.finish();
     }
     return model;

@@ -364,3 +364,63 @@ TEST_CASE(
                       resumed[std::size_t(r)].size() * sizeof(float)) == 0);
   }
 }
+
+TEMPLATE_TEST_CASE(
+    "Calibration split over 2 and 3 ranks stores the calibration of one process on every rank, "
+    "bit for bit",
+    "[parallel][calibration]", float, double) {
+  using Scalar = TestType;
+  const hgad_test::Synthetic data = hgad_test::make_synthetic(5, 0, 36);
+  const auto features = hgad_test::as_scalar<Scalar>(data.features);
+  for (int variant = 0; variant < 2; ++variant) {
+    hgad::ModelConfig c = parallel_config();
+    if (variant == 1) {  // per-position baselines, and a subset of each class's images
+      c.calibration_baseline = hgad::CalibrationBaseline::position;
+      c.calibration_images = 4;
+    }
+    INFO("variant " << variant);
+    std::vector<hgad::ClassCalibration> reference;
+    {
+      const OneThread one_thread;
+      hgad::HgadModel<Scalar> model(c);
+      model.calibrate(features, data.classes);
+      for (Index k = 0; k <= model.n_classes(); ++k) reference.push_back(model.calibration(k));
+    }
+    const Index images = variant == 1 ? 12 : 15;  // 3 classes of 5 images, at most 4 each
+    for (int R : {2, 3}) {
+      INFO("R = " << R);
+      hgad::InProcessGroup group(R, std::chrono::seconds(60));
+      std::vector<std::vector<hgad::ClassCalibration>> got(static_cast<std::size_t>(R));
+      std::vector<Index> scored(static_cast<std::size_t>(R), 0);
+      const auto outcomes = hgad_test::run_ranks(group, [&](hgad::Communicator& comm, int r) {
+        hgad::set_num_threads(1);
+        hgad::HgadModel<Scalar> model(c);
+        model.calibrate(
+            features, data.classes, [&](Index, Index) { ++scored[std::size_t(r)]; }, &comm);
+        for (Index k = 0; k <= model.n_classes(); ++k)
+          got[std::size_t(r)].push_back(model.calibration(k));
+      });
+      for (int r = 0; r < R; ++r) {
+        INFO("rank " << r << ": " << outcomes[std::size_t(r)].message);
+        REQUIRE_FALSE(outcomes[std::size_t(r)].threw);
+        CHECK(scored[std::size_t(r)] == hgad::shard_rows(images, R, r).size());  // its part alone
+        REQUIRE(got[std::size_t(r)].size() == reference.size());
+        for (std::size_t k = 0; k < reference.size(); ++k) {
+          INFO("entry " << k);
+          const hgad::ClassCalibration& a = got[std::size_t(r)][k];
+          const hgad::ClassCalibration& b = reference[k];
+          CHECK(a.log_likelihood.level_max == b.log_likelihood.level_max);
+          CHECK(a.log_likelihood.sum_max == b.log_likelihood.sum_max);
+          CHECK(a.neg_entropy.level_max == b.neg_entropy.level_max);
+          CHECK(a.neg_entropy.sum_max == b.neg_entropy.sum_max);
+          CHECK(a.train_score_max == b.train_score_max);
+          CHECK(a.threshold == b.threshold);
+          CHECK(a.log_likelihood_baseline == b.log_likelihood_baseline);
+          CHECK(a.neg_entropy_baseline == b.neg_entropy_baseline);
+          CHECK(a.class_posterior == b.class_posterior);
+          CHECK(std::isfinite(a.threshold));
+        }
+      }
+    }
+  }
+}

@@ -302,10 +302,14 @@ class HgadModel {
   /// class the per-position baselines (when configured) and the constants of fit_constants over its training images (at most
   /// config.calibration_images of them, the first in order, 0 meaning all), and over the union of
   /// those images for the class-agnostic entry K (used by the NF objective in label-free mode).
+  /// on_image(done, n) counts this process's images. With a `communicator` of R ranks (every rank
+  /// calling with the same model and data), each rank scores its part of the images and every
+  /// rank stores the calibration of one process, bit for bit.
   void calibrate(const std::vector<Tensor<Scalar>>& features,
                  const std::vector<std::int64_t>& labels,
-                 const std::function<void(Index, Index)>& on_image = {}) {
-    m_calibration = ModelScoring<Scalar>::calibrate(*this, features, labels, on_image);
+                 const std::function<void(Index, Index)>& on_image = {},
+                 Communicator* communicator = nullptr) {
+    m_calibration = ModelScoring<Scalar>::calibrate(*this, features, labels, on_image, communicator);
   }
 
   /// Writes config, every parameter (flows with their fixed rotations, priors), the calibration

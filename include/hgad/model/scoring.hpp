@@ -17,6 +17,7 @@
 
 #include "../detail/check.hpp"
 #include "../flow/sequence_flow.hpp"
+#include "../parallel/communicator.hpp"
 #include "../prior/scores.hpp"
 #include "../tensor.hpp"
 #include "anomaly_map.hpp"
@@ -300,10 +301,13 @@ class ModelScoring {
   }
 
   /// The calibration HgadModel::calibrate stores: K per-class entries and the entry K of all
-  /// classes.
+  /// classes. With a communicator of R > 1 ranks, each rank scores its contiguous part
+  /// (shard_rows) of the calibration images and the ranks exchange the raw scores, so every rank
+  /// ends with the calibration of one process, bit for bit.
   static std::vector<ClassCalibration> calibrate(
       const HgadModel<Scalar>& model, const std::vector<Tensor<Scalar>>& features,
-      const std::vector<std::int64_t>& labels, const std::function<void(Index, Index)>& on_image) {
+      const std::vector<std::int64_t>& labels, const std::function<void(Index, Index)>& on_image,
+      Communicator* comm) {
     const Index N = model.check_features(features, "HgadModel::calibrate");
     check(static_cast<Index>(labels.size()) == N, "HgadModel::calibrate: ", labels.size(),
           " labels for ", N, " images");
@@ -318,27 +322,86 @@ class ModelScoring {
           static_cast<Index>(list.size()) < model.config().calibration_images)
         list.push_back(i);
     }
-    Index total = 0, done = 0;
-    for (const auto& list : chosen) total += static_cast<Index>(list.size());
-    std::vector<ClassCalibration> result(static_cast<std::size_t>(K + 1));
-    std::vector<RawScores<Scalar>> all;
+    // The calibration images class by class: (class, image).
+    std::vector<std::pair<Index, Index>> order;
     for (Index y = 0; y < K; ++y) {
       const auto& list = chosen[static_cast<std::size_t>(y)];
       check(!list.empty(), "HgadModel::calibrate: class '",
             model.config().class_names[static_cast<std::size_t>(y)], "' has no training images");
-      std::vector<RawScores<Scalar>> raws;
-      for (Index i : list) {
-        raws.push_back(raw_scores(model, HgadModel<Scalar>::image_view(features, i), y));
-        if (on_image) on_image(++done, total);
-      }
-      result[static_cast<std::size_t>(y)] = calibration_from(model, raws);
-      for (auto& r : raws) all.push_back(std::move(r));
+      for (Index i : list) order.emplace_back(y, i);
     }
-    result[static_cast<std::size_t>(K)] = calibration_from(model, all);
+    const Index total = static_cast<Index>(order.size());
+    const int R = comm != nullptr ? comm->size() : 1;
+    const RowRange mine = shard_rows(total, R, comm != nullptr ? comm->rank() : 0);
+    std::vector<RawScores<Scalar>> raws(static_cast<std::size_t>(total));
+    try {
+      for (Index j = mine.begin; j < mine.end; ++j) {
+        const auto [y, i] = order[static_cast<std::size_t>(j)];
+        raws[static_cast<std::size_t>(j)] =
+            raw_scores(model, HgadModel<Scalar>::image_view(features, i), y);
+        if (on_image) on_image(j - mine.begin + 1, mine.size());
+      }
+      if (R > 1) share_raw_scores(model, *comm, raws);
+    } catch (const std::exception& e) {
+      if (R > 1) comm->fail(e.what());  // the other ranks' exchange throws instead of waiting
+      throw;
+    }
+
+    std::vector<ClassCalibration> result(static_cast<std::size_t>(K + 1));
+    auto first = raws.begin();
+    for (Index y = 0; y < K; ++y) {
+      const auto last = first + static_cast<std::ptrdiff_t>(chosen[static_cast<std::size_t>(y)].size());
+      result[static_cast<std::size_t>(y)] = calibration_from(model, std::vector<RawScores<Scalar>>(first, last));
+      first = last;
+    }
+    result[static_cast<std::size_t>(K)] = calibration_from(model, raws);
     return result;
   }
 
  private:
+  /// Every rank's part of `raws` (shard_rows of raws.size() over the ranks; the others' entries
+  /// empty on entry) copied to every rank: per image its maps, class posterior and classes as one
+  /// row of doubles (float maps convert exactly), through Communicator::all_gather_rows.
+  static void share_raw_scores(const HgadModel<Scalar>& model, Communicator& comm,
+                               std::vector<RawScores<Scalar>>& raws) {
+    const bool hgad = model.config().objective == Objective::hgad;
+    const Index L = model.n_levels(), K = hgad ? model.n_classes() : 0;
+    Index positions = 0;
+    for (const LevelSpec& s : model.config().levels) positions += s.height * s.width;
+    const Index row = positions * (hgad ? 2 : 1) + K + 2;
+    const Index n = static_cast<Index>(raws.size());
+    std::vector<double> rows(static_cast<std::size_t>(n * row));
+    const RowRange mine = shard_rows(n, comm.size(), comm.rank());
+    for (Index j = mine.begin; j < mine.end; ++j) {
+      const RawScores<Scalar>& r = raws[static_cast<std::size_t>(j)];
+      double* at = rows.data() + j * row;
+      for (const auto* maps : {&r.log_likelihood, &r.neg_entropy})
+        for (const Tensor<Scalar>& m : *maps) at = std::copy(m.data(), m.data() + m.numel(), at);
+      at = std::copy(r.class_posterior.begin(), r.class_posterior.end(), at);
+      *at++ = double(r.predicted_class);
+      *at++ = double(r.scored_class);
+    }
+    comm.all_gather_rows(rows.data(), n, row);
+    for (Index j = 0; j < n; ++j) {
+      if (j >= mine.begin && j < mine.end) continue;
+      RawScores<Scalar>& r = raws[static_cast<std::size_t>(j)];
+      const double* at = rows.data() + j * row;
+      for (auto* maps : {&r.log_likelihood, &r.neg_entropy}) {
+        if (maps == &r.neg_entropy && !hgad) break;
+        for (Index l = 0; l < L; ++l) {
+          const LevelSpec& s = model.config().levels[static_cast<std::size_t>(l)];
+          Tensor<Scalar> m = Tensor<Scalar>::empty({s.height, s.width});
+          for (Index p = 0; p < m.numel(); ++p) m.data()[p] = static_cast<Scalar>(*at++);
+          maps->push_back(std::move(m));
+        }
+      }
+      r.class_posterior.assign(at, at + K);
+      at += K;
+      r.predicted_class = static_cast<std::int64_t>(*at++);
+      r.scored_class = static_cast<std::int64_t>(*at++);
+    }
+  }
+
   static std::vector<double> image_scores(const HgadModel<Scalar>& model,
                                           const std::vector<RawScores<Scalar>>& raws,
                                           const ClassCalibration& constants) {
