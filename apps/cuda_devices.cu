@@ -35,7 +35,8 @@ GpuWorld join_gpus(hgad::Communicator& world) {
     (void)cudaGetLastError();
     count = 0;
   }
-  hgad::check(count > 0, "rank ", world.rank(), ": --device cuda, but no CUDA device is usable on its machine (",
+  hgad::check(count > 0, "rank ", world.rank(),
+              ": --device cuda, but no CUDA device is usable on its machine (",
               hgad::cuda::device_description(), ")");
   const int local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", world.rank());
   const int local_size = env_int("OMPI_COMM_WORLD_LOCAL_SIZE", world.size());

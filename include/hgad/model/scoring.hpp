@@ -350,8 +350,10 @@ class ModelScoring {
     std::vector<ClassCalibration> result(static_cast<std::size_t>(K + 1));
     auto first = raws.begin();
     for (Index y = 0; y < K; ++y) {
-      const auto last = first + static_cast<std::ptrdiff_t>(chosen[static_cast<std::size_t>(y)].size());
-      result[static_cast<std::size_t>(y)] = calibration_from(model, std::vector<RawScores<Scalar>>(first, last));
+      const auto last =
+          first + static_cast<std::ptrdiff_t>(chosen[static_cast<std::size_t>(y)].size());
+      result[static_cast<std::size_t>(y)] =
+          calibration_from(model, std::vector<RawScores<Scalar>>(first, last));
       first = last;
     }
     result[static_cast<std::size_t>(K)] = calibration_from(model, raws);

@@ -74,8 +74,9 @@ struct TrainingState {
 /// one identical Adam step on every rank. Every rank ends with the same parameters and reports the
 /// batch's loss terms; the callbacks run on rank 0 only (ranks 1 .. R-1 see no on_step, on_epoch or
 /// on_checkpoint), so rank 0 alone writes progress, checkpoints and files. The levels may be on any
-/// device (LevelDevice::set_data_parallel). An error on one rank is passed to the others (Communicator::fail): their fit() throws
-/// PeerFailure naming it. No communicator, or one of a single rank, is the plain training.
+/// device (LevelDevice::set_data_parallel). An error on one rank is passed to the others
+/// (Communicator::fail): their fit() throws PeerFailure naming it. No communicator, or one of a
+/// single rank, is the plain training.
 template <class Scalar>
 struct FitOptions {
   std::function<void(const FitProgress<Scalar>&)> on_step;
