@@ -116,10 +116,14 @@ class NcclCommunicator final : public ForwardingCommunicator {
 
  protected:
   bool device_all_reduce_sum(Device device, float* data, Index n) override {
-    return device == Device::cuda && (sum(data, n, ncclFloat32), true);
+    if (device != Device::cuda) return false;
+    sum(data, n, ncclFloat32);
+    return true;
   }
   bool device_all_reduce_sum(Device device, double* data, Index n) override {
-    return device == Device::cuda && (sum(data, n, ncclFloat64), true);
+    if (device != Device::cuda) return false;
+    sum(data, n, ncclFloat64);
+    return true;
   }
 
  private:
@@ -128,9 +132,9 @@ class NcclCommunicator final : public ForwardingCommunicator {
     const std::size_t count = static_cast<std::size_t>(n), ranks = static_cast<std::size_t>(size());
     if (count == 0) return;
     const std::size_t slice = (count + ranks - 1) / ranks;
+    HGAD_CUDA_CHECK(cudaSetDevice(m_gpu));
     T* const send = static_cast<T*>(scratch(2 * ranks * slice * sizeof(T)));
     T* const received = send + ranks * slice;
-    HGAD_CUDA_CHECK(cudaSetDevice(m_gpu));
     // The caller's work on data, on whichever stream it issued it, is done before NCCL reads it.
     HGAD_CUDA_CHECK(cudaDeviceSynchronize());
     HGAD_CUDA_CHECK(cudaMemcpyAsync(send, data, count * sizeof(T), cudaMemcpyDeviceToDevice, m_stream));
@@ -149,10 +153,9 @@ class NcclCommunicator final : public ForwardingCommunicator {
     ++m_gpu_sums;
   }
 
-  // GPU scratch of at least `bytes`, grown (never shrunk) as buffers grow.
+  // GPU scratch of at least `bytes` on the current GPU (m_gpu), grown (never shrunk) as buffers grow.
   void* scratch(std::size_t bytes) {
     if (bytes <= m_scratch_bytes) return m_scratch;
-    HGAD_CUDA_CHECK(cudaSetDevice(m_gpu));
     if (m_scratch != nullptr) {
       HGAD_CUDA_CHECK(cudaStreamSynchronize(m_stream));
       HGAD_CUDA_CHECK(cudaFree(m_scratch));

@@ -384,19 +384,21 @@ class ModelScoring {
       *at++ = double(r.scored_class);
     }
     comm.all_gather_rows(rows.data(), n, row);
+    const double* at = nullptr;
+    const auto unpack_maps = [&](std::vector<Tensor<Scalar>>& maps) {  // one map per level
+      for (Index l = 0; l < L; ++l) {
+        const LevelSpec& s = model.config().levels[static_cast<std::size_t>(l)];
+        Tensor<Scalar> m = Tensor<Scalar>::empty({s.height, s.width});
+        for (Index p = 0; p < m.numel(); ++p) m.data()[p] = static_cast<Scalar>(*at++);
+        maps.push_back(std::move(m));
+      }
+    };
     for (Index j = 0; j < n; ++j) {
       if (j >= mine.begin && j < mine.end) continue;
       RawScores<Scalar>& r = raws[static_cast<std::size_t>(j)];
-      const double* at = rows.data() + j * row;
-      for (auto* maps : {&r.log_likelihood, &r.neg_entropy}) {
-        if (maps == &r.neg_entropy && !hgad) break;
-        for (Index l = 0; l < L; ++l) {
-          const LevelSpec& s = model.config().levels[static_cast<std::size_t>(l)];
-          Tensor<Scalar> m = Tensor<Scalar>::empty({s.height, s.width});
-          for (Index p = 0; p < m.numel(); ++p) m.data()[p] = static_cast<Scalar>(*at++);
-          maps->push_back(std::move(m));
-        }
-      }
+      at = rows.data() + j * row;
+      unpack_maps(r.log_likelihood);
+      if (hgad) unpack_maps(r.neg_entropy);
       r.class_posterior.assign(at, at + K);
       at += K;
       r.predicted_class = static_cast<std::int64_t>(*at++);

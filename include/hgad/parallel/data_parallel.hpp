@@ -105,20 +105,16 @@ FlatGradientHook<Scalar> all_reduce_flat_gradient_hook(Communicator& comm, doubl
     const auto values = detail::summed_terms(terms);
     std::vector<Scalar>& b = *buffer;
     backend.unary(UnaryOp::scale, n, grads, grads, w);
-    if (comm.all_reduce_sum_on(backend.device(), grads, n)) {
-      b.resize(values.size());
-      for (std::size_t i = 0; i < values.size(); ++i) b[i] = w * *values[i];
-      comm.all_reduce_sum(b.data(), static_cast<Index>(b.size()));
-      for (std::size_t i = 0; i < values.size(); ++i) *values[i] = b[i];
-      return;
-    }
-    const std::size_t count = static_cast<std::size_t>(n);
-    b.resize(count + values.size());
-    backend.copy_to_host(grads, b.data(), n);
-    for (std::size_t i = 0; i < values.size(); ++i) b[count + i] = w * *values[i];
+    // Summed where they live, the gradients leave only the loss values to the host's all-reduce;
+    // otherwise they travel with them, ahead of them in one buffer.
+    const bool in_place = comm.all_reduce_sum_on(backend.device(), grads, n);
+    const std::size_t at = in_place ? 0 : static_cast<std::size_t>(n);
+    b.resize(at + values.size());
+    if (!in_place) backend.copy_to_host(grads, b.data(), n);
+    for (std::size_t i = 0; i < values.size(); ++i) b[at + i] = w * *values[i];
     comm.all_reduce_sum(b.data(), static_cast<Index>(b.size()));
-    backend.copy_from_host(b.data(), grads, n);
-    for (std::size_t i = 0; i < values.size(); ++i) *values[i] = b[count + i];
+    if (!in_place) backend.copy_from_host(b.data(), grads, n);
+    for (std::size_t i = 0; i < values.size(); ++i) *values[i] = b[at + i];
   };
 }
 
