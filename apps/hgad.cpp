@@ -312,6 +312,9 @@ const std::vector<OptionSpec> train_options = {
     {"objective", "hgad|nf", "HGAD's hierarchical prior, or the single-Gaussian NF baseline"},
     {"cache", "DIR", "keep the backbone features in DIR and reuse them when nothing changed"},
     {"auto-group", "", "train again with the class groups the first model's confusion suggests"},
+    {"validation", "PERCENT",
+     "hold out this share of each class's training images (spread evenly over its folder) and report "
+     "their mean log-likelihood: settings are chosen on training data alone"},
     {"checkpoint-every", "N", "every N passes, write the model and optimiser state to MODEL.checkpoint"},
     {"resume", "FILE", "continue the training stored in a checkpoint (its configuration; same data)"},
     {"threads", "N", "worker threads (default: all cores)"},
@@ -413,6 +416,104 @@ hgad::ExtractedImages<Scalar> gather_images(hgad::Communicator& comm,
   return all;
 }
 
+/// The images `rows` of `set` (features and classes), in that order.
+template <class Scalar>
+hgad::ExtractedImages<Scalar> select_images(const hgad::ExtractedImages<Scalar>& set,
+                                            const std::vector<Index>& rows) {
+  hgad::ExtractedImages<Scalar> out;
+  const Index n = static_cast<Index>(rows.size());
+  for (const hgad::Tensor<Scalar>& level : set.features) {
+    hgad::Tensor<Scalar> picked({n, level.dim(1), level.dim(2), level.dim(3)});
+    const Index row = level.dim(1) * level.dim(2) * level.dim(3);
+    for (Index i = 0; i < n; ++i)
+      std::copy(level.data() + rows[static_cast<std::size_t>(i)] * row,
+                level.data() + (rows[static_cast<std::size_t>(i)] + 1) * row, picked.data() + i * row);
+    out.features.push_back(std::move(picked));
+  }
+  for (Index r : rows) {
+    out.classes.push_back(set.classes[static_cast<std::size_t>(r)]);
+    out.labels.push_back(set.labels[static_cast<std::size_t>(r)]);
+  }
+  return out;
+}
+
+/// The held-out images of --validation PERCENT: within each class folder (images in the data set's
+/// order), image j is held out when floor((j + 1) P / 100) > floor(j P / 100), so that P % of every
+/// folder is held out, spread evenly over it; at least one image of a folder is held out and at
+/// least two are kept.
+///   throws: UsageError when a folder has too few images for that.
+std::vector<bool> validation_rows(const std::vector<std::int64_t>& folder_of_image,
+                                  const std::vector<std::string>& folder_names, Index percent) {
+  std::vector<Index> seen(folder_names.size(), 0), count(folder_names.size(), 0);
+  for (std::int64_t f : folder_of_image) ++count[static_cast<std::size_t>(f)];
+  std::vector<Index> held(folder_names.size(), 0);
+  for (std::size_t f = 0; f < folder_names.size(); ++f)
+    if (count[f] < 3)
+      throw UsageError("--validation: class folder '" + folder_names[f] + "' has " +
+                       std::to_string(count[f]) + " training images; at least 3 are needed to hold one out");
+  std::vector<bool> out;
+  for (std::int64_t f : folder_of_image) {
+    const std::size_t k = static_cast<std::size_t>(f);
+    const Index j = seen[k]++;
+    bool hold = (j + 1) * percent / 100 > j * percent / 100;
+    if (j == count[k] - 1 && held[k] == 0) hold = true;    // at least one held out
+    if (hold && count[k] - held[k] <= 2) hold = false;     // at least two kept
+    held[k] += hold ? 1 : 0;
+    out.push_back(hold);
+  }
+  return out;
+}
+
+/// Held-out training images: the mean log-likelihood per dimension of each level (the mean over an
+/// image's positions, then over the images of a class, then over the classes) under each image's
+/// own class, and the share of images whose predicted class is theirs (NaN for NF).
+struct ValidationReport {
+  std::vector<double> log_likelihood;  ///< per level
+  double mean_log_likelihood = 0;      ///< over the levels
+  double class_accuracy = 0;
+  Index images = 0;
+};
+
+template <class ModelT, class Scalar>
+ValidationReport validate(const ModelT& model, const hgad::ExtractedImages<Scalar>& held,
+                          const std::vector<std::int64_t>& labels) {
+  const Index K = model.n_classes(), L = model.n_levels();
+  std::vector<std::vector<double>> sum(static_cast<std::size_t>(K), std::vector<double>(static_cast<std::size_t>(L), 0));
+  std::vector<Index> images(static_cast<std::size_t>(K), 0);
+  Index correct = 0;
+  for (Index i = 0; i < held.size(); ++i) {
+    const std::int64_t y = labels[static_cast<std::size_t>(i)];
+    const auto raw = model.raw_scores(ModelT::image_view(held.features, i), y);
+    for (Index l = 0; l < L; ++l) {
+      const hgad::Tensor<Scalar>& map = raw.log_likelihood[static_cast<std::size_t>(l)];
+      double s = 0;
+      for (Index p = 0; p < map.numel(); ++p) s += double(map.data()[p]);
+      sum[static_cast<std::size_t>(y)][static_cast<std::size_t>(l)] += s / double(map.numel());
+    }
+    ++images[static_cast<std::size_t>(y)];
+    correct += raw.predicted_class == y ? 1 : 0;
+  }
+  ValidationReport r;
+  r.images = held.size();
+  r.log_likelihood.assign(static_cast<std::size_t>(L), 0);
+  Index classes = 0;
+  for (Index k = 0; k < K; ++k) {
+    if (images[static_cast<std::size_t>(k)] == 0) continue;
+    ++classes;
+    for (Index l = 0; l < L; ++l)
+      r.log_likelihood[static_cast<std::size_t>(l)] +=
+          sum[static_cast<std::size_t>(k)][static_cast<std::size_t>(l)] / double(images[static_cast<std::size_t>(k)]);
+  }
+  for (double& v : r.log_likelihood) {
+    v /= double(classes);
+    r.mean_log_likelihood += v / double(L);
+  }
+  r.class_accuracy = model.config().objective == hgad::Objective::hgad
+                         ? double(correct) / double(held.size())
+                         : std::nan("");
+  return r;
+}
+
 /// The ranks of the MPI job this process belongs to, or null when it was started alone.
 ///   throws: UsageError when mpirun started several copies of a program built without MPI (each
 ///           would train, and write, the same model on its own).
@@ -463,7 +564,7 @@ int cmd_train(const Args& args) {
   // --resume: the checkpoint's model, configuration and class folders, and its run's state.
   std::unique_ptr<std::pair<Model, hgad::TrainingState<Scalar>>> resumed;
   if (args.has("resume")) {
-    for (const char* option : {"config", "epochs", "objective", "classes"})
+    for (const char* option : {"config", "epochs", "objective", "classes", "validation"})
       if (args.has(option))
         throw UsageError(std::string("--resume continues the run stored in the checkpoint with its own settings; "
                                      "drop --") + option);
@@ -556,6 +657,19 @@ int cmd_train(const Args& args) {
     bar.finish();
     if (ranks > 1) set = gather_images(*world, set, config.levels, train.size());
   }
+  // --validation: the held-out images leave the training (and the calibration) here.
+  const Index validation_percent = args.has("validation") ? args.get_int("validation", 0, 1, 90) : 0;
+  hgad::ExtractedImages<Scalar> held;
+  if (validation_percent > 0) {
+    const std::vector<bool> hold = validation_rows(set.classes, train.class_names(), validation_percent);
+    std::vector<Index> kept, out_rows;
+    for (Index i = 0; i < set.size(); ++i) (hold[static_cast<std::size_t>(i)] ? out_rows : kept).push_back(i);
+    held = select_images(set, out_rows);
+    set = select_images(set, kept);
+    if (ranks > set.size())
+      throw UsageError(std::to_string(ranks) + " processes for " + std::to_string(set.size()) +
+                       " training images after --validation: every process needs at least one");
+  }
   // Trains and calibrates one model of `cfg` on the extracted images, each labelled with its
   // folder's class in `cfg` (its group's, when a group lists the folder).
   auto train_model = [&](const hgad::ModelConfig& cfg) {
@@ -632,6 +746,19 @@ int cmd_train(const Args& args) {
     }
   }
   if (!writer) return 0;
+  if (validation_percent > 0) {
+    std::vector<std::int64_t> held_labels;
+    for (std::int64_t folder : held.classes)
+      held_labels.push_back(config.class_of(train.class_names()[static_cast<std::size_t>(folder)]));
+    const ValidationReport v = validate(model, held, held_labels);
+    std::printf("validation (%lld %% of each class's training images, %lld images): mean log-likelihood "
+                "per dimension",
+                static_cast<long long>(validation_percent), static_cast<long long>(v.images));
+    for (std::size_t l = 0; l < v.log_likelihood.size(); ++l)
+      std::printf("%s level %zu %.5f", l ? "," : "", l, v.log_likelihood[l]);
+    std::printf(", mean %.5f; class accuracy %s\n", v.mean_log_likelihood,
+                format_metric(v.class_accuracy).c_str());
+  }
   model.set_metadata("backbone_dir", fs::absolute(backbone).lexically_normal().string());
   model.set_metadata("train_data", fs::absolute(data).lexically_normal().string());
   model.save(out);

@@ -22,6 +22,7 @@
 #include <hgad/io/npy.hpp>
 #include <hgad/model/config.hpp>
 #include <hgad/model/hgad_model.hpp>
+#include <hgad/model/pipeline.hpp>
 #include <limits>
 #include <set>
 #include <sstream>
@@ -470,6 +471,73 @@ TEST_CASE("hgad train --epochs 0 saves the data-dependent start with its class c
   INFO(r.err);
   CHECK(r.status == 0);
   CHECK(contains(r.out, "mean"));
+}
+
+TEST_CASE("hgad train --validation holds out a share of each folder's images from training and "
+          "reports their log-likelihood",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  hgad_test::TempDir dir("cli_validation");
+  write_dataset(dir.path() / "data");
+  std::ofstream(dir.file("tiny.cfg")) << tiny_config;
+  const std::string common = "train --threads 1 --backbone '" + weights_dir() + "' --config '" + dir.file("tiny.cfg") + "'";
+  // 25 % of four images: the last one of each folder (t3) is held out.
+  Run r = run(dir, common + " --data '" + dir.file("data") + "' --validation 25 --out '" + dir.file("held.hgad") + "'");
+  INFO(r.out << r.err);
+  REQUIRE(r.status == 0);
+  const std::string line = "validation (25 % of each class's training images, 2 images): mean log-likelihood per dimension level 0 ";
+  REQUIRE(contains(r.out, line));
+  const double reported = std::stod(r.out.substr(r.out.find(line) + line.size()));
+  CHECK(contains(r.out, "; class accuracy "));
+
+  // The same training on a copy of the data without t3: the same model, so t3 left the training
+  // and the calibration.
+  fs::copy(dir.path() / "data", dir.path() / "kept", fs::copy_options::recursive);
+  fs::create_directories(dir.path() / "held/a/train/good");
+  fs::create_directories(dir.path() / "held/b/train/good");
+  for (const std::string c : {"a", "b"}) {
+    fs::rename(dir.path() / "kept" / c / "train/good/t3.png", dir.path() / "held" / c / "train/good/t3.png");
+  }
+  r = run(dir, common + " --data '" + dir.file("kept") + "' --out '" + dir.file("kept.hgad") + "'");
+  REQUIRE(r.status == 0);
+  CHECK_FALSE(contains(r.out, "validation ("));
+  const auto held = hgad::HgadModel<float>::load(dir.file("held.hgad"));
+  const auto kept = hgad::HgadModel<float>::load(dir.file("kept.hgad"));
+  const auto pa = held.flow(0).parameters(), pb = kept.flow(0).parameters();
+  REQUIRE(pa.size() == pb.size());
+  for (std::size_t i = 0; i < pa.size(); ++i) CHECK(pa[i].value().to_vector() == pb[i].value().to_vector());
+  for (hgad::Index k = 0; k < 2; ++k)
+    CHECK(held.calibration(k).train_score_max == kept.calibration(k).train_score_max);
+
+  // The reported figure: each held-out image's mean per-dimension log-likelihood under its class,
+  // averaged over the two classes, computed here from the images themselves.
+  const hgad::MvtecDataset images(dir.file("held"), hgad::Split::train);
+  auto fx = hgad::make_extractor<float>(held.config().features, weights_dir());
+  const auto set = hgad::extract_images(images, {0, 1}, *fx, held.config().features, false);
+  double expected = 0;
+  for (hgad::Index i = 0; i < 2; ++i) {
+    const auto raw = held.raw_scores(hgad::HgadModel<float>::image_view(set.features, i), set.classes[std::size_t(i)]);
+    const auto& map = raw.log_likelihood[0];
+    double mean = 0;
+    for (hgad::Index p = 0; p < map.numel(); ++p) mean += double(map.data()[p]) / double(map.numel());
+    expected += mean / 2;
+  }
+  CHECK(reported == Approx(expected).epsilon(1e-4));
+
+  // Folders too small to hold an image out, and a resumed run, are refused before any training.
+  fs::create_directories(dir.path() / "small/a/train/good");
+  fs::copy(dir.path() / "data/a/train/good/t0.png", dir.path() / "small/a/train/good/t0.png");
+  fs::copy(dir.path() / "data/a/train/good/t1.png", dir.path() / "small/a/train/good/t1.png");
+  fs::copy(dir.path() / "data/b", dir.path() / "small/b", fs::copy_options::recursive);
+  r = run(dir, common + " --data '" + dir.file("small") + "' --validation 25 --out '" + dir.file("never.hgad") + "'");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "class folder 'a' has 2 training images"));
+  CHECK_FALSE(fs::exists(dir.file("never.hgad")));
+  r = run(dir, "train --resume '" + dir.file("held.hgad") + "' --validation 25 --data '" + dir.file("data") +
+                   "' --backbone '" + weights_dir() + "' --out '" + dir.file("never.hgad") + "'");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "drop --validation"));
 }
 
 TEST_CASE("hgad train --auto-group keeps the first model when the groups would leave one class",
