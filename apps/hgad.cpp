@@ -314,7 +314,10 @@ const std::vector<OptionSpec> train_options = {
     {"auto-group", "", "train again with the class groups the first model's confusion suggests"},
     {"validation", "PERCENT",
      "hold out this share of each class's training images (spread evenly over its folder) and report "
-     "their mean log-likelihood: settings are chosen on training data alone"},
+     "their mean log-likelihood at the start and after every pass: settings are chosen on training "
+     "data alone"},
+    {"keep-best", "", "with --validation: keep the parameters of the pass (or the start) with the highest "
+     "held-out log-likelihood"},
     {"checkpoint-every", "N", "every N passes, write the model and optimiser state to MODEL.checkpoint"},
     {"resume", "FILE", "continue the training stored in a checkpoint (its configuration; same data)"},
     {"threads", "N", "worker threads (default: all cores)"},
@@ -464,56 +467,6 @@ std::vector<bool> validation_rows(const std::vector<std::int64_t>& folder_of_ima
   return out;
 }
 
-/// Held-out training images: the mean log-likelihood per dimension of each level (the mean over an
-/// image's positions, then over the images of a class, then over the classes) under each image's
-/// own class, and the share of images whose predicted class is theirs (NaN for NF).
-struct ValidationReport {
-  std::vector<double> log_likelihood;  ///< per level
-  double mean_log_likelihood = 0;      ///< over the levels
-  double class_accuracy = 0;
-  Index images = 0;
-};
-
-template <class ModelT, class Scalar>
-ValidationReport validate(const ModelT& model, const hgad::ExtractedImages<Scalar>& held,
-                          const std::vector<std::int64_t>& labels) {
-  const Index K = model.n_classes(), L = model.n_levels();
-  std::vector<std::vector<double>> sum(static_cast<std::size_t>(K), std::vector<double>(static_cast<std::size_t>(L), 0));
-  std::vector<Index> images(static_cast<std::size_t>(K), 0);
-  Index correct = 0;
-  for (Index i = 0; i < held.size(); ++i) {
-    const std::int64_t y = labels[static_cast<std::size_t>(i)];
-    const auto raw = model.raw_scores(ModelT::image_view(held.features, i), y);
-    for (Index l = 0; l < L; ++l) {
-      const hgad::Tensor<Scalar>& map = raw.log_likelihood[static_cast<std::size_t>(l)];
-      double s = 0;
-      for (Index p = 0; p < map.numel(); ++p) s += double(map.data()[p]);
-      sum[static_cast<std::size_t>(y)][static_cast<std::size_t>(l)] += s / double(map.numel());
-    }
-    ++images[static_cast<std::size_t>(y)];
-    correct += raw.predicted_class == y ? 1 : 0;
-  }
-  ValidationReport r;
-  r.images = held.size();
-  r.log_likelihood.assign(static_cast<std::size_t>(L), 0);
-  Index classes = 0;
-  for (Index k = 0; k < K; ++k) {
-    if (images[static_cast<std::size_t>(k)] == 0) continue;
-    ++classes;
-    for (Index l = 0; l < L; ++l)
-      r.log_likelihood[static_cast<std::size_t>(l)] +=
-          sum[static_cast<std::size_t>(k)][static_cast<std::size_t>(l)] / double(images[static_cast<std::size_t>(k)]);
-  }
-  for (double& v : r.log_likelihood) {
-    v /= double(classes);
-    r.mean_log_likelihood += v / double(L);
-  }
-  r.class_accuracy = model.config().objective == hgad::Objective::hgad
-                         ? double(correct) / double(held.size())
-                         : std::nan("");
-  return r;
-}
-
 /// The ranks of the MPI job this process belongs to, or null when it was started alone.
 ///   throws: UsageError when mpirun started several copies of a program built without MPI (each
 ///           would train, and write, the same model on its own).
@@ -583,6 +536,9 @@ int cmd_train(const Args& args) {
   }
   config.objective = parsed_option(args, "objective", hgad::parse_objective, config.objective);
   const bool untrained = epochs_option(args, config) == 0;
+  const Index validation_percent = args.has("validation") ? args.get_int("validation", 0, 1, 90) : 0;
+  if (args.has("keep-best") && validation_percent == 0)
+    throw UsageError("--keep-best keeps the pass with the best held-out log-likelihood: it needs --validation");
   if (args.has("auto-group") && config.objective != hgad::Objective::hgad)
     throw UsageError("--auto-group regroups HGAD's classes; the NF objective has none");
   std::vector<std::string> classes;
@@ -658,7 +614,6 @@ int cmd_train(const Args& args) {
     if (ranks > 1) set = gather_images(*world, set, config.levels, train.size());
   }
   // --validation: the held-out images leave the training (and the calibration) here.
-  const Index validation_percent = args.has("validation") ? args.get_int("validation", 0, 1, 90) : 0;
   hgad::ExtractedImages<Scalar> held;
   if (validation_percent > 0) {
     const std::vector<bool> hold = validation_rows(set.classes, train.class_names(), validation_percent);
@@ -676,9 +631,11 @@ int cmd_train(const Args& args) {
     std::vector<std::int64_t> class_of_folder;  // folder index -> the class of `cfg`
     for (const std::string& folder : train.class_names())
       class_of_folder.push_back(cfg.class_of(folder));
-    std::vector<std::int64_t> labels;
+    std::vector<std::int64_t> labels, held_labels;
     for (std::int64_t folder : set.classes)
       labels.push_back(class_of_folder[static_cast<std::size_t>(folder)]);
+    for (std::int64_t folder : held.classes)
+      held_labels.push_back(class_of_folder[static_cast<std::size_t>(folder)]);
     // The run stored by --resume continues (once); any other training starts anew.
     const bool resume = resumed && cfg.to_text() == resumed->first.config().to_text();
     Model model = resume ? std::move(resumed->first) : Model(cfg);
@@ -700,12 +657,27 @@ int cmd_train(const Args& args) {
         fit.resume = &resumed->second;
         bar.update(resumed->second.steps_done);
       }
+      if (validation_percent > 0) {
+        fit.validation_features = &held.features;
+        fit.validation_labels = &held_labels;
+        fit.keep_best = args.has("keep-best");
+      }
+      hgad::FitReport<Scalar> report;
       if (untrained)
         model.initialise_from_data(set.features, labels);  // --epochs 0: the start alone
       else
-        model.fit(set.features, labels, fit);
+        report = model.fit(set.features, labels, fit);
       if (resume) resumed.reset();
       bar.finish();
+      if (writer && !report.validation.empty()) {
+        std::printf("held-out mean log-likelihood per dimension (class accuracy):");
+        for (std::size_t i = 0; i < report.validation.size(); ++i)
+          std::printf("%s %s %.5f (%s)%s", i ? "," : "", i ? ("pass " + std::to_string(i)).c_str() : "start",
+                      report.validation[i].mean_log_likelihood,
+                      format_metric(report.validation[i].class_accuracy).c_str(),
+                      static_cast<Index>(i) == report.best ? " kept" : "");
+        std::printf("\n");
+      }
     }
     std::vector<Index> per_class(static_cast<std::size_t>(cfg.n_classes()), 0);
     for (std::int64_t c : labels) ++per_class[static_cast<std::size_t>(c)];
@@ -750,7 +722,7 @@ int cmd_train(const Args& args) {
     std::vector<std::int64_t> held_labels;
     for (std::int64_t folder : held.classes)
       held_labels.push_back(config.class_of(train.class_names()[static_cast<std::size_t>(folder)]));
-    const ValidationReport v = validate(model, held, held_labels);
+    const hgad::HeldOut v = model.held_out(held.features, held_labels);
     std::printf("validation (%lld %% of each class's training images, %lld images): mean log-likelihood "
                 "per dimension",
                 static_cast<long long>(validation_percent), static_cast<long long>(v.images));
@@ -1414,23 +1386,17 @@ int cmd_embeddings(const Args& args) {
   double validation_logp = 0, validation_accuracy = 0;
   Index validation_rows = 0;
   if (validation_percent > 0) {
-    Index correct = 0;
+    for (const auto& v : validation) validation_rows += v.dim(0);
+    hgad::Tensor<Scalar> rows({validation_rows, 1, 1, D});
+    std::vector<std::int64_t> labels;
+    Scalar* at = rows.data();
     for (std::size_t k = 0; k < dataset.classes.size(); ++k) {
-      const auto& c = dataset.classes[k];
-      const Index n = validation[k].dim(0);
-      const std::vector<hgad::Tensor<Scalar>> held = {validation[k].reshape({n, 1, 1, D})};
-      double sum = 0;
-      for (Index i = 0; i < n; ++i) {
-        const auto raw = model.raw_scores(Model::image_view(held, i), c.class_index);
-        sum += double(raw.log_likelihood[0].data()[0]);
-        correct += raw.predicted_class == c.class_index ? 1 : 0;
-      }
-      validation_logp += sum / double(n) / double(dataset.classes.size());
-      validation_rows += n;
+      at = std::copy(validation[k].data(), validation[k].data() + validation[k].numel(), at);
+      labels.insert(labels.end(), static_cast<std::size_t>(validation[k].dim(0)), dataset.classes[k].class_index);
     }
-    validation_accuracy = config.objective == hgad::Objective::hgad
-                              ? double(correct) / double(validation_rows)
-                              : std::nan("");
+    const hgad::HeldOut held = model.held_out({rows}, labels);
+    validation_logp = held.mean_log_likelihood;
+    validation_accuracy = held.class_accuracy;
     std::fprintf(table,
                  "validation (%lld %% of each class's training normals, %lld rows): mean "
                  "log-likelihood per dimension %.5f, class accuracy %s\n",

@@ -490,6 +490,10 @@ TEST_CASE("hgad train --validation holds out a share of each folder's images fro
   REQUIRE(contains(r.out, line));
   const double reported = std::stod(r.out.substr(r.out.find(line) + line.size()));
   CHECK(contains(r.out, "; class accuracy "));
+  // The measurements of the run: the start and each of the two passes; without --keep-best none is kept.
+  CHECK(contains(r.out, "held-out mean log-likelihood per dimension (class accuracy): start "));
+  CHECK(contains(r.out, ", pass 2 "));
+  CHECK_FALSE(contains(r.out, " kept"));
 
   // The same training on a copy of the data without t3: the same model, so t3 left the training
   // and the calibration.
@@ -524,6 +528,15 @@ TEST_CASE("hgad train --validation holds out a share of each folder's images fro
     expected += mean / 2;
   }
   CHECK(reported == Approx(expected).epsilon(1e-4));
+
+  // --keep-best ends on the best of the three measurements, and says which.
+  r = run(dir, common + " --data '" + dir.file("data") + "' --validation 25 --keep-best --out '" + dir.file("best.hgad") + "'");
+  INFO(r.out << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(contains(r.out, " kept"));
+  r = run(dir, common + " --data '" + dir.file("data") + "' --keep-best --out '" + dir.file("never.hgad") + "'");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "--keep-best"));
 
   // Folders too small to hold an image out, and a resumed run, are refused before any training.
   fs::create_directories(dir.path() / "small/a/train/good");

@@ -383,6 +383,81 @@ TEMPLATE_TEST_CASE(
 }
 
 TEMPLATE_TEST_CASE(
+    "held_out at step 0 is the closed-form class Gaussians' log-density per dimension, averaged over "
+    "positions, images of a class and classes, with the class accuracy of their posterior",
+    "[model]", float, double) {
+  const Index N = 60, h = 2, w = 2, D = 5, K = 3;
+  std::vector<std::int64_t> labels, held_labels;
+  const hgad::Tensor<TestType> train = correlated_features<TestType>(N, h, w, D, K, 31, labels);
+  // Held-out images: 7 of them, so that the classes hold 3, 2 and 2 (each class counts once).
+  const hgad::Tensor<TestType> held = correlated_features<TestType>(7, h, w, D, K, 32, held_labels);
+  hgad::ModelConfig c = whiten_config(hgad::Objective::hgad, D, h, w, K);
+  c.class_covariance = hgad::ClassCovariance::class_;
+  hgad::HgadModel<TestType> model(c);
+  model.initialise_from_data({train}, labels);
+
+  // The class Gaussians as in the case above, from the training vectors.
+  const Eigen::MatrixXd X = rows_of(train);
+  const Eigen::MatrixXd Xw = whitened_rows(model.whitening(0), X);
+  Eigen::MatrixXd W_inverse(D, D);
+  for (Index i = 0; i < D; ++i)
+    for (Index j = 0; j < D; ++j) W_inverse(i, j) = double(model.whitening(0).matrix()(i, j));
+  W_inverse = W_inverse.inverse().eval();
+  std::vector<Eigen::VectorXd> class_mean;
+  std::vector<Eigen::MatrixXd> class_cov;
+  for (Index y = 0; y < K; ++y) {
+    std::vector<Index> rows;
+    for (Index r = 0; r < X.rows(); ++r)
+      if (labels[static_cast<std::size_t>(r / (h * w))] == y) rows.push_back(r);
+    Eigen::MatrixXd Xy(Index(rows.size()), D), Xwy(Index(rows.size()), D);
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      Xy.row(Index(r)) = X.row(rows[r]);
+      Xwy.row(Index(r)) = Xw.row(rows[r]);
+    }
+    class_mean.push_back(Xy.colwise().mean().transpose());
+    class_cov.push_back(W_inverse * reference_ledoit_wolf(Xwy).covariance * W_inverse.transpose());
+  }
+
+  const Eigen::MatrixXd T = rows_of(held);
+  std::vector<double> class_sum(static_cast<std::size_t>(K), 0.0);
+  std::vector<int> class_images(static_cast<std::size_t>(K), 0);
+  int correct = 0;
+  for (Index i = 0; i < 7; ++i) {
+    const std::int64_t y = held_labels[static_cast<std::size_t>(i)];
+    double own = 0;
+    std::vector<double> posterior(static_cast<std::size_t>(K), 0.0);  // mean over positions
+    for (Index p = 0; p < h * w; ++p) {
+      std::vector<double> log_density(static_cast<std::size_t>(K));
+      for (Index k = 0; k < K; ++k)
+        log_density[std::size_t(k)] = gaussian_log_density(T.row(i * h * w + p).transpose(),
+                                                           class_mean[std::size_t(k)], class_cov[std::size_t(k)]);
+      own += log_density[std::size_t(y)] / double(D) / double(h * w);
+      const double top = *std::max_element(log_density.begin(), log_density.end());
+      double z = 0;
+      for (double v : log_density) z += std::exp(v - top);
+      for (Index k = 0; k < K; ++k)
+        posterior[std::size_t(k)] += std::exp(log_density[std::size_t(k)] - top) / z / double(h * w);
+    }
+    class_sum[std::size_t(y)] += own;
+    ++class_images[std::size_t(y)];
+    correct += std::max_element(posterior.begin(), posterior.end()) - posterior.begin() == y ? 1 : 0;
+  }
+  double expected = 0;
+  for (Index k = 0; k < K; ++k) expected += class_sum[std::size_t(k)] / class_images[std::size_t(k)] / double(K);
+
+  const hgad::HeldOut got = model.held_out({held}, held_labels);
+  CHECK(got.images == 7);
+  REQUIRE(got.log_likelihood.size() == 1);
+  CHECK(got.log_likelihood[0] == Approx(expected).margin(tolerance<TestType>()));
+  CHECK(got.mean_log_likelihood == got.log_likelihood[0]);
+  CHECK(got.class_accuracy == Approx(double(correct) / 7.0));
+  CHECK_THROWS_WITH(model.held_out({held}, {0, 1}), Catch::Contains("2 labels for 7 images"));
+  std::vector<std::int64_t> bad = held_labels;
+  bad[3] = K;
+  CHECK_THROWS_WITH(model.held_out({held}, bad), Catch::Contains("label 3 of image 3"));
+}
+
+TEMPLATE_TEST_CASE(
     "A model with class covariances trains, saves and loads with bit-identical scores; a trained "
     "file without its factors is refused",
     "[model]", float, double) {

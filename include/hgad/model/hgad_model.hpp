@@ -258,6 +258,15 @@ class HgadModel {
     return ModelScoring<Scalar>::raw_scores(*this, image, class_index);
   }
 
+  /// Held-out normal images (features per level (N, H, W, D), labels (N,)): their mean
+  /// log-likelihood per dimension under their own class, per level (the raw_scores logp maps
+  /// averaged over positions, then images of a class, then classes), and the share of them whose
+  /// class is predicted (HeldOut). fit() measures it with FitOptions::validation.
+  HeldOut held_out(const std::vector<Tensor<Scalar>>& features,
+                   const std::vector<std::int64_t>& labels) const {
+    return ModelScoring<Scalar>::held_out(*this, features, labels);
+  }
+
   /// The anomaly map of one image from its raw scores and normalisation constants (docs/algorithm.md §5
   /// steps 4–6, calibrated_anomaly_map): per map type A = blur(sum_max − Σ_l up(exp(x_l −
   /// level_max_l))), clipped at 0 — a no-op with the image's own transductive constants, and with

@@ -94,6 +94,17 @@ struct RawScores {
       -1;  ///< the class whose intra mixture gave log_likelihood (-1 for NF)
 };
 
+/// How well a model describes held-out normal images (HgadModel::held_out): the log-likelihood per
+/// dimension of every image's positions under its own class, and how often its class is predicted.
+struct HeldOut {
+  /// Per level: the mean over an image's positions, then over the images of a class, then over the
+  /// classes present (each class counts once, whatever its number of images).
+  std::vector<double> log_likelihood;
+  double mean_log_likelihood = 0;  ///< the mean of log_likelihood over the levels
+  double class_accuracy = 0;       ///< share of images whose predicted class is theirs; NaN for NF
+  Index images = 0;
+};
+
 /// One scored image: its anomaly map at mask size and the image score, the map's maximum.
 template <class Scalar>
 struct ScoredImage {
@@ -194,6 +205,47 @@ class ModelScoring {
         out.neg_entropy.push_back(
             score_neg_entropy(model.prior(l), r.out).reshape({s.height, s.width}));
     }
+    return out;
+  }
+
+  /// The body of HgadModel::held_out.
+  static HeldOut held_out(const HgadModel<Scalar>& model, const std::vector<Tensor<Scalar>>& features,
+                          const std::vector<std::int64_t>& labels) {
+    const Index N = model.check_features(features, "HgadModel::held_out");
+    check(N >= 1 && static_cast<Index>(labels.size()) == N, "HgadModel::held_out: ", labels.size(),
+          " labels for ", N, " images (at least one image is needed)");
+    const Index K = model.n_classes(), L = model.n_levels();
+    std::vector<double> sums(static_cast<std::size_t>(K * L), 0.0);
+    std::vector<Index> images(static_cast<std::size_t>(K), 0);
+    Index correct = 0;
+    for (Index i = 0; i < N; ++i) {
+      const std::int64_t y = labels[static_cast<std::size_t>(i)];
+      check(y >= 0 && y < K, "HgadModel::held_out: label ", y, " of image ", i, " is outside [0, ", K, ")");
+      const RawScores<Scalar> raw = raw_scores(model, HgadModel<Scalar>::image_view(features, i), y);
+      for (Index l = 0; l < L; ++l) {
+        const Tensor<Scalar>& map = raw.log_likelihood[static_cast<std::size_t>(l)];
+        double sum = 0;
+        for (Index p = 0; p < map.numel(); ++p) sum += double(map.data()[p]);
+        sums[static_cast<std::size_t>(y * L + l)] += sum / double(map.numel());
+      }
+      ++images[static_cast<std::size_t>(y)];
+      correct += raw.predicted_class == y ? 1 : 0;
+    }
+    HeldOut out;
+    out.images = N;
+    out.log_likelihood.assign(static_cast<std::size_t>(L), 0.0);
+    Index present = 0;
+    for (Index y = 0; y < K; ++y) present += images[static_cast<std::size_t>(y)] > 0 ? 1 : 0;
+    for (Index y = 0; y < K; ++y)
+      for (Index l = 0; l < L; ++l)
+        if (images[static_cast<std::size_t>(y)] > 0)
+          out.log_likelihood[static_cast<std::size_t>(l)] += sums[static_cast<std::size_t>(y * L + l)] /
+                                                              double(images[static_cast<std::size_t>(y)]) /
+                                                              double(present);
+    for (double v : out.log_likelihood) out.mean_log_likelihood += v / double(L);
+    out.class_accuracy = model.config().objective == Objective::hgad
+                             ? double(correct) / double(N)
+                             : std::numeric_limits<double>::quiet_NaN();
     return out;
   }
 

@@ -29,6 +29,7 @@
 #include "../tensor.hpp"
 #include "config.hpp"
 #include "cpu_level.hpp"
+#include "scoring.hpp"
 
 namespace hgad {
 
@@ -89,6 +90,15 @@ struct FitOptions {
   const TrainingState<Scalar>* resume = nullptr;
   /// The ranks of a data-parallel training; null: this process alone.
   Communicator* communicator = nullptr;
+  /// Held-out images (features per level as fit's, and their labels), kept out of the training:
+  /// fit() measures HgadModel::held_out on them before its first pass and after every pass
+  /// (FitReport::validation), on every rank alike. Both null: no measurement.
+  const std::vector<Tensor<Scalar>>* validation_features = nullptr;
+  const std::vector<std::int64_t>* validation_labels = nullptr;
+  /// With validation: fit() ends on the parameters of the measurement with the highest held-out
+  /// mean log-likelihood (the start included, the first of equals) instead of the last pass's,
+  /// and epochs_trained() counts the passes that led to them.
+  bool keep_best = false;
 };
 
 /// What fit() did.
@@ -98,6 +108,10 @@ struct FitReport {
   Index epochs = 0;
   double seconds = 0;
   std::vector<LossTerms<Scalar>> final_terms;  ///< per level, last batch
+  /// With FitOptions::validation: [0] before the first pass of this call, [p] after its pass p.
+  std::vector<HeldOut> validation;
+  /// With FitOptions::keep_best: the index into `validation` whose parameters the model ends on.
+  Index best = -1;
 };
 
 /// The number of parameter values of a model of this configuration (flows with their
@@ -242,6 +256,16 @@ class ModelTraining {
     }
     check(options.checkpoint_every >= 0, "HgadModel::fit: checkpoint_every must be >= 0, got ",
           options.checkpoint_every);
+    const bool validating = options.validation_features != nullptr;
+    check(validating == (options.validation_labels != nullptr),
+          "HgadModel::fit: validation needs both the features and the labels of the held-out images");
+    check(validating || !options.keep_best, "HgadModel::fit: keep_best needs validation images");
+    if (validating) {
+      const Index held = model.check_features(*options.validation_features, "HgadModel::fit (validation)");
+      check(held >= 1 && static_cast<Index>(options.validation_labels->size()) == held,
+            "HgadModel::fit: ", options.validation_labels->size(), " validation labels for ", held,
+            " validation images (at least one image is needed)");
+    }
     // init = whiten: an untrained model starts as the Gaussian of its training features (§2.5).
     if (resume == nullptr && model.m_epochs_trained == 0 && model.m_whitening.front().is_identity())
       model.initialise_from_data(features, labels);
@@ -306,6 +330,35 @@ class ModelTraining {
     const auto copy_back = [&devices] {
       for (auto& d : devices) d->copy_parameters_back();
     };
+    // Validation: the held-out images measured on the model's current parameters; with keep_best
+    // the values of the best measurement so far are kept (every rank measures alike, so every
+    // rank keeps the same).
+    const auto parameters = [&model, L] {
+      std::vector<Var<Scalar>> all;
+      for (Index l = 0; l < L; ++l) {
+        for (const Var<Scalar>& p : model.m_flows[static_cast<std::size_t>(l)].parameters()) all.push_back(p);
+        if (model.prior_or_null(l) != nullptr)
+          for (const Var<Scalar>& p : model.prior_or_null(l)->parameters()) all.push_back(p);
+      }
+      return all;
+    };
+    std::vector<Tensor<Scalar>> best_values;
+    Index best_epochs = model.m_epochs_trained;
+    const auto measure = [&] {
+      copy_back();
+      report.validation.push_back(model.held_out(*options.validation_features, *options.validation_labels));
+      model.m_scoring.clear();
+      const Index at = static_cast<Index>(report.validation.size()) - 1;
+      if (options.keep_best &&
+          (report.best < 0 || report.validation.back().mean_log_likelihood >
+                                  report.validation[static_cast<std::size_t>(report.best)].mean_log_likelihood)) {
+        report.best = at;
+        best_epochs = model.m_epochs_trained;
+        best_values.clear();
+        for (const Var<Scalar>& p : parameters()) best_values.push_back(p.value().clone());
+      }
+    };
+    if (validating) measure();
     const auto shuffle = [&] {
       std::iota(order.begin(), order.end(), Index(0));
       for (Index i = N - 1; i > 0; --i)
@@ -379,6 +432,7 @@ class ModelTraining {
             options.on_epoch(model, meta * c.sub_epochs + sub);
             model.m_scoring.clear();
           }
+          if (validating) measure();
         }
       }
     } catch (...) {
@@ -391,6 +445,14 @@ class ModelTraining {
     }
     copy_back();
     model.m_scoring.clear();
+    if (options.keep_best && report.best + 1 < static_cast<Index>(report.validation.size())) {
+      std::vector<Var<Scalar>> current = parameters();  // handles: writes reach the parameters
+      for (std::size_t i = 0; i < current.size(); ++i) {
+        Tensor<Scalar>& value = current[i].value();
+        std::copy(best_values[i].data(), best_values[i].data() + value.numel(), value.data());
+      }
+      model.m_epochs_trained = best_epochs;
+    }
     report.steps = step;
     report.epochs = n_epochs;
     report.seconds =

@@ -1,0 +1,118 @@
+// Validation during fit(): held-out images measured before the first pass and after every pass,
+// and keep_best ending on the parameters of the best measurement.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include <hgad/model/hgad_model.hpp>
+
+#include "synthetic.hpp"
+
+namespace {
+
+using hgad::Index;
+
+/// Every parameter value of a model (flows and priors, level by level), as a copy.
+template <class Scalar>
+std::vector<std::vector<Scalar>> parameter_values(const hgad::HgadModel<Scalar>& model) {
+  std::vector<std::vector<Scalar>> out;
+  for (Index l = 0; l < model.n_levels(); ++l) {
+    for (const auto& p : model.flow(l).parameters()) out.push_back(p.value().to_vector());
+    if (model.config().objective == hgad::Objective::hgad)
+      for (const auto& p : model.prior(l).parameters()) out.push_back(p.value().to_vector());
+  }
+  return out;
+}
+
+template <class Scalar>
+std::vector<hgad::Tensor<Scalar>> as_scalar(const std::vector<hgad::Tensor<float>>& features) {
+  std::vector<hgad::Tensor<Scalar>> out;
+  for (const auto& f : features) {
+    hgad::Tensor<Scalar> t(f.shape());
+    for (Index i = 0; i < f.numel(); ++i) t.data()[i] = Scalar(f.data()[i]);
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE(
+    "fit measures the held-out images at the start and after every pass, and keep_best ends on the "
+    "best measurement's parameters",
+    "[model]", float, double) {
+  const hgad_test::Synthetic train_set = hgad_test::make_synthetic(4, 0, 11);
+  const hgad_test::Synthetic held_set = hgad_test::make_synthetic(2, 0, 12);
+  const auto train = as_scalar<TestType>(train_set.features);
+  const auto held = as_scalar<TestType>(held_set.features);
+  hgad::ModelConfig c = hgad_test::synthetic_config();
+  c.init = hgad::ModelInit::whiten;  // the start is already a good model of the classes
+  c.meta_epochs = 6;
+  c.lr = 5e-2;  // steps large enough to leave the start's held-out likelihood behind
+
+  for (const bool keep_best : {false, true}) {
+    INFO("keep_best " << keep_best);
+    hgad::HgadModel<TestType> model(c);
+    model.initialise_from_data(train, train_set.classes);
+    std::vector<std::vector<std::vector<TestType>>> values = {parameter_values(model)};
+    std::vector<hgad::HeldOut> seen = {model.held_out(held, held_set.classes)};
+    hgad::FitOptions<TestType> options;
+    options.validation_features = &held;
+    options.validation_labels = &held_set.classes;
+    options.keep_best = keep_best;
+    options.on_epoch = [&](const hgad::HgadModel<TestType>& m, Index) {
+      values.push_back(parameter_values(m));
+      seen.push_back(m.held_out(held, held_set.classes));
+    };
+    const auto report = model.fit(train, train_set.classes, options);
+
+    REQUIRE(report.validation.size() == 7);
+    Index best = 0;
+    for (std::size_t i = 0; i < report.validation.size(); ++i) {
+      CHECK(report.validation[i].mean_log_likelihood == seen[i].mean_log_likelihood);
+      CHECK(report.validation[i].class_accuracy == seen[i].class_accuracy);
+      CHECK(report.validation[i].log_likelihood.size() == 2);
+      CHECK(std::isfinite(report.validation[i].mean_log_likelihood));
+      if (report.validation[i].mean_log_likelihood >
+          report.validation[std::size_t(best)].mean_log_likelihood)
+        best = Index(i);
+    }
+    // The large steps lose held-out likelihood, so the best measurement is not the last one and
+    // keep_best has something to restore.
+    REQUIRE(best < 6);
+    if (keep_best) {
+      CHECK(report.best == best);
+      CHECK(parameter_values(model) == values[std::size_t(best)]);
+      CHECK(model.epochs_trained() == best);
+      CHECK(model.held_out(held, held_set.classes).mean_log_likelihood ==
+            report.validation[std::size_t(best)].mean_log_likelihood);
+    } else {
+      CHECK(report.best == -1);
+      CHECK(parameter_values(model) == values.back());
+      CHECK(model.epochs_trained() == 6);
+    }
+  }
+}
+
+TEST_CASE("fit refuses validation images without labels, labels of another count, and keep_best "
+          "without validation",
+          "[model]") {
+  const hgad_test::Synthetic train_set = hgad_test::make_synthetic(2, 0, 13);
+  hgad::ModelConfig c = hgad_test::synthetic_config();
+  c.meta_epochs = 1;
+  hgad::HgadModel<float> model(c);
+  hgad::FitOptions<float> options;
+  options.keep_best = true;
+  CHECK_THROWS_WITH(model.fit(train_set.features, train_set.classes, options),
+                    Catch::Contains("keep_best needs validation images"));
+  options.validation_features = &train_set.features;
+  CHECK_THROWS_WITH(model.fit(train_set.features, train_set.classes, options),
+                    Catch::Contains("both the features and the labels"));
+  const std::vector<std::int64_t> two = {0, 1};
+  options.validation_labels = &two;
+  CHECK_THROWS_WITH(model.fit(train_set.features, train_set.classes, options),
+                    Catch::Contains("2 validation labels for 6 validation images"));
+  CHECK(model.epochs_trained() == 0);
+}
