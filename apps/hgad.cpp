@@ -467,6 +467,22 @@ std::vector<bool> validation_rows(const std::vector<std::int64_t>& folder_of_ima
   return out;
 }
 
+/// The held-out measurements of a fit() with validation, on one line: the start, then each pass;
+/// " kept" marks the one keep_best ended on.
+std::string validation_curve(const hgad::FitReport<Scalar>& report) {
+  std::string line = "held-out mean log-likelihood per dimension (class accuracy):";
+  char buffer[96];
+  for (std::size_t i = 0; i < report.validation.size(); ++i) {
+    const std::string at = i == 0 ? std::string("start") : "pass " + std::to_string(i);
+    std::snprintf(buffer, sizeof buffer, "%s %s %.5f (%s)%s", i ? "," : "", at.c_str(),
+                  report.validation[i].mean_log_likelihood,
+                  format_metric(report.validation[i].class_accuracy).c_str(),
+                  static_cast<Index>(i) == report.best ? " kept" : "");
+    line += buffer;
+  }
+  return line + "\n";
+}
+
 /// The ranks of the MPI job this process belongs to, or null when it was started alone.
 ///   throws: UsageError when mpirun started several copies of a program built without MPI (each
 ///           would train, and write, the same model on its own).
@@ -669,15 +685,7 @@ int cmd_train(const Args& args) {
         report = model.fit(set.features, labels, fit);
       if (resume) resumed.reset();
       bar.finish();
-      if (writer && !report.validation.empty()) {
-        std::printf("held-out mean log-likelihood per dimension (class accuracy):");
-        for (std::size_t i = 0; i < report.validation.size(); ++i)
-          std::printf("%s %s %.5f (%s)%s", i ? "," : "", i ? ("pass " + std::to_string(i)).c_str() : "start",
-                      report.validation[i].mean_log_likelihood,
-                      format_metric(report.validation[i].class_accuracy).c_str(),
-                      static_cast<Index>(i) == report.best ? " kept" : "");
-        std::printf("\n");
-      }
+      if (writer && !report.validation.empty()) std::printf("%s", validation_curve(report).c_str());
     }
     std::vector<Index> per_class(static_cast<std::size_t>(cfg.n_classes()), 0);
     for (std::int64_t c : labels) ++per_class[static_cast<std::size_t>(c)];
@@ -1180,7 +1188,10 @@ const std::vector<OptionSpec> embeddings_options = {
      "N passes over the training rows (overrides the config's schedule); 0 with init = whiten: "
      "the data-dependent start alone, untrained"},
     {"validation", "PERCENT",
-     "hold out the last PERCENT % of each class's training normals; report their likelihood"},
+     "hold out the last PERCENT % of each class's training normals; report their likelihood at the "
+     "start, after every pass and at the end"},
+    {"keep-best", "", "with --validation: keep the parameters of the pass (or the start) with the highest "
+     "held-out log-likelihood"},
     {"threads", "N", "worker threads (default: all cores)"},
     {"device", "cpu|cuda", "where the backbone, the flows' training and the scores run (default cpu)"},
 };
@@ -1246,6 +1257,8 @@ int cmd_embeddings(const Args& args) {
   // hash, so these are a random subset) are held out of training, to choose settings on normal
   // training data alone: their mean log-likelihood and, for HGAD, the class accuracy.
   const Index validation_percent = args.has("validation") ? args.get_int("validation", 0, 1, 90) : 0;
+  if (args.has("keep-best") && validation_percent == 0)
+    throw UsageError("--keep-best keeps the pass with the best held-out log-likelihood: it needs --validation");
   std::vector<hgad::Tensor<Scalar>> validation(dataset.classes.size());
   if (validation_percent > 0) {
     for (std::size_t k = 0; k < dataset.classes.size(); ++k) {
@@ -1280,6 +1293,21 @@ int cmd_embeddings(const Args& args) {
                static_cast<long long>(n_train), static_cast<long long>(config.n_classes()),
                static_cast<long long>(D), hgad::to_string(config.objective).c_str());
 
+  // The held-out rows as one set, labelled with their classes.
+  std::vector<hgad::Tensor<Scalar>> held;
+  std::vector<std::int64_t> held_labels;
+  if (validation_percent > 0) {
+    Index rows = 0;
+    for (const auto& v : validation) rows += v.dim(0);
+    held.push_back(hgad::Tensor<Scalar>::empty({rows, 1, 1, D}));
+    Scalar* at = held[0].data();
+    for (std::size_t k = 0; k < dataset.classes.size(); ++k) {
+      at = std::copy(validation[k].data(), validation[k].data() + validation[k].numel(), at);
+      held_labels.insert(held_labels.end(), static_cast<std::size_t>(validation[k].dim(0)),
+                         dataset.classes[k].class_index);
+    }
+  }
+
   Model model(config);
   model.set_device(device_of(args));
   const std::vector<hgad::Tensor<Scalar>> features = {train};
@@ -1289,11 +1317,18 @@ int cmd_embeddings(const Args& args) {
                  epochs == 0 ? 1 : config.total_epochs() * (n_train / B), epochs == 0 ? "model" : "step");
     hgad::FitOptions<Scalar> fit;
     fit.on_step = [&](const hgad::FitProgress<Scalar>& p) { bar.update(p.step, loss_status(p)); };
+    if (validation_percent > 0) {
+      fit.validation_features = &held;
+      fit.validation_labels = &held_labels;
+      fit.keep_best = args.has("keep-best");
+    }
+    hgad::FitReport<Scalar> report;
     if (epochs == 0)
       model.initialise_from_data(features, labels);  // step 0: docs/algorithm.md §2.5
     else
-      model.fit(features, labels, fit);
+      report = model.fit(features, labels, fit);
     bar.finish();
+    if (!report.validation.empty()) std::fprintf(stderr, "%s", validation_curve(report).c_str());
   }
   model.calibrate(features, labels);
 
@@ -1386,17 +1421,10 @@ int cmd_embeddings(const Args& args) {
   double validation_logp = 0, validation_accuracy = 0;
   Index validation_rows = 0;
   if (validation_percent > 0) {
-    for (const auto& v : validation) validation_rows += v.dim(0);
-    hgad::Tensor<Scalar> rows({validation_rows, 1, 1, D});
-    std::vector<std::int64_t> labels;
-    Scalar* at = rows.data();
-    for (std::size_t k = 0; k < dataset.classes.size(); ++k) {
-      at = std::copy(validation[k].data(), validation[k].data() + validation[k].numel(), at);
-      labels.insert(labels.end(), static_cast<std::size_t>(validation[k].dim(0)), dataset.classes[k].class_index);
-    }
-    const hgad::HeldOut held = model.held_out({rows}, labels);
-    validation_logp = held.mean_log_likelihood;
-    validation_accuracy = held.class_accuracy;
+    const hgad::HeldOut measured = model.held_out(held, held_labels);
+    validation_rows = measured.images;
+    validation_logp = measured.mean_log_likelihood;
+    validation_accuracy = measured.class_accuracy;
     std::fprintf(table,
                  "validation (%lld %% of each class's training normals, %lld rows): mean "
                  "log-likelihood per dimension %.5f, class accuracy %s\n",

@@ -537,6 +537,10 @@ TEST_CASE("hgad train --validation holds out a share of each folder's images fro
   r = run(dir, common + " --data '" + dir.file("data") + "' --keep-best --out '" + dir.file("never.hgad") + "'");
   CHECK(r.status == 2);
   CHECK(contains(r.err, "--keep-best"));
+  write_embeddings(dir, false);
+  r = run(dir, "embeddings --data '" + dir.path().string() + "' --keep-best");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "--keep-best"));
 
   // Folders too small to hold an image out, and a resumed run, are refused before any training.
   fs::create_directories(dir.path() / "small/a/train/good");
