@@ -8,36 +8,12 @@
 
 #include <hgad/model/hgad_model.hpp>
 
+#include "parameters.hpp"
 #include "synthetic.hpp"
 
-namespace {
-
 using hgad::Index;
-
-/// Every parameter value of a model (flows and priors, level by level), as a copy.
-template <class Scalar>
-std::vector<std::vector<Scalar>> parameter_values(const hgad::HgadModel<Scalar>& model) {
-  std::vector<std::vector<Scalar>> out;
-  for (Index l = 0; l < model.n_levels(); ++l) {
-    for (const auto& p : model.flow(l).parameters()) out.push_back(p.value().to_vector());
-    if (model.config().objective == hgad::Objective::hgad)
-      for (const auto& p : model.prior(l).parameters()) out.push_back(p.value().to_vector());
-  }
-  return out;
-}
-
-template <class Scalar>
-std::vector<hgad::Tensor<Scalar>> as_scalar(const std::vector<hgad::Tensor<float>>& features) {
-  std::vector<hgad::Tensor<Scalar>> out;
-  for (const auto& f : features) {
-    hgad::Tensor<Scalar> t(f.shape());
-    for (Index i = 0; i < f.numel(); ++i) t.data()[i] = Scalar(f.data()[i]);
-    out.push_back(std::move(t));
-  }
-  return out;
-}
-
-}  // namespace
+using hgad_test::all_parameters;
+using hgad_test::as_scalar;
 
 TEMPLATE_TEST_CASE(
     "fit measures the held-out images at the start and after every pass, and keep_best ends on the "
@@ -56,14 +32,14 @@ TEMPLATE_TEST_CASE(
     INFO("keep_best " << keep_best);
     hgad::HgadModel<TestType> model(c);
     model.initialise_from_data(train, train_set.classes);
-    std::vector<std::vector<std::vector<TestType>>> values = {parameter_values(model)};
+    std::vector<std::vector<TestType>> values = {all_parameters(model)};
     std::vector<hgad::HeldOut> seen = {model.held_out(held, held_set.classes)};
     hgad::FitOptions<TestType> options;
     options.validation_features = &held;
     options.validation_labels = &held_set.classes;
     options.keep_best = keep_best;
     options.on_epoch = [&](const hgad::HgadModel<TestType>& m, Index) {
-      values.push_back(parameter_values(m));
+      values.push_back(all_parameters(m));
       seen.push_back(m.held_out(held, held_set.classes));
     };
     const auto report = model.fit(train, train_set.classes, options);
@@ -84,13 +60,13 @@ TEMPLATE_TEST_CASE(
     REQUIRE(best < 6);
     if (keep_best) {
       CHECK(report.best == best);
-      CHECK(parameter_values(model) == values[std::size_t(best)]);
+      CHECK(all_parameters(model) == values[std::size_t(best)]);
       CHECK(model.epochs_trained() == best);
       CHECK(model.held_out(held, held_set.classes).mean_log_likelihood ==
             report.validation[std::size_t(best)].mean_log_likelihood);
     } else {
       CHECK(report.best == -1);
-      CHECK(parameter_values(model) == values.back());
+      CHECK(all_parameters(model) == values.back());
       CHECK(model.epochs_trained() == 6);
     }
   }

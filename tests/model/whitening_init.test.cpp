@@ -340,6 +340,40 @@ Eigen::MatrixXd whitened_rows(const hgad::AffineWhitening<Scalar>& w, const Eige
   return (X.rowwise() - mean.transpose()) * W.transpose();
 }
 
+/// The class Gaussians N(mean_y, Σ_y) an untrained class-covariance model (M = 1) should hold:
+/// mean_y the mean of class y's training vectors, Σ_y = W⁻¹ LW(W (x_y − μ)) W⁻ᵀ, the Ledoit–Wolf
+/// estimate of its whitened vectors mapped back to the features. Image n's vectors have labels[n].
+struct ClassGaussians {
+  std::vector<Eigen::VectorXd> mean;
+  std::vector<Eigen::MatrixXd> covariance;
+};
+
+template <class Scalar>
+ClassGaussians class_gaussians(const hgad::HgadModel<Scalar>& model, const hgad::Tensor<Scalar>& train,
+                               const std::vector<std::int64_t>& labels, Index K) {
+  const Eigen::MatrixXd X = rows_of(train);
+  const Eigen::MatrixXd Xw = whitened_rows(model.whitening(0), X);
+  const Index D = X.cols(), per_image = X.rows() / Index(labels.size());
+  Eigen::MatrixXd W_inverse(D, D);
+  for (Index i = 0; i < D; ++i)
+    for (Index j = 0; j < D; ++j) W_inverse(i, j) = double(model.whitening(0).matrix()(i, j));
+  W_inverse = W_inverse.inverse().eval();
+  ClassGaussians out;
+  for (Index y = 0; y < K; ++y) {
+    std::vector<Index> members;  // rows of class y
+    for (Index r = 0; r < X.rows(); ++r)
+      if (labels[static_cast<std::size_t>(r / per_image)] == y) members.push_back(r);
+    Eigen::MatrixXd Xy(Index(members.size()), D), Xwy(Index(members.size()), D);
+    for (std::size_t r = 0; r < members.size(); ++r) {
+      Xy.row(Index(r)) = X.row(members[r]);
+      Xwy.row(Index(r)) = Xw.row(members[r]);
+    }
+    out.mean.push_back(Xy.colwise().mean().transpose());
+    out.covariance.push_back(W_inverse * reference_ledoit_wolf(Xwy).covariance * W_inverse.transpose());
+  }
+  return out;
+}
+
 }  // namespace
 
 TEMPLATE_TEST_CASE(
@@ -358,28 +392,8 @@ TEMPLATE_TEST_CASE(
   model.initialise_from_data({train}, labels);
   REQUIRE(model.prior(0).has_class_factors());
 
-  const Eigen::MatrixXd X = rows_of(train);
-  const Eigen::MatrixXd Xw = whitened_rows(model.whitening(0), X);
-  Eigen::MatrixXd W_inverse(D, D);
-  for (Index i = 0; i < D; ++i)
-    for (Index j = 0; j < D; ++j) W_inverse(i, j) = double(model.whitening(0).matrix()(i, j));
-  W_inverse = W_inverse.inverse().eval();
-  std::vector<Eigen::VectorXd> class_mean;
-  std::vector<Eigen::MatrixXd> class_cov;
-  for (Index y = 0; y < K; ++y) {
-    std::vector<Index> members;
-    for (Index n = 0; n < N; ++n)
-      if (labels[static_cast<std::size_t>(n)] == y) members.push_back(n);
-    Eigen::MatrixXd Xy(Index(members.size()), D), Xwy(Index(members.size()), D);
-    for (std::size_t r = 0; r < members.size(); ++r) {
-      Xy.row(Index(r)) = X.row(members[r]);
-      Xwy.row(Index(r)) = Xw.row(members[r]);
-    }
-    class_mean.push_back(Xy.colwise().mean().transpose());
-    class_cov.push_back(W_inverse * reference_ledoit_wolf(Xwy).covariance * W_inverse.transpose());
-  }
-
-  check_class_gaussians(model, test, class_mean, class_cov);
+  const ClassGaussians g = class_gaussians(model, train, labels, K);
+  check_class_gaussians(model, test, g.mean, g.covariance);
 }
 
 TEMPLATE_TEST_CASE(
@@ -396,27 +410,7 @@ TEMPLATE_TEST_CASE(
   hgad::HgadModel<TestType> model(c);
   model.initialise_from_data({train}, labels);
 
-  // The class Gaussians as in the case above, from the training vectors.
-  const Eigen::MatrixXd X = rows_of(train);
-  const Eigen::MatrixXd Xw = whitened_rows(model.whitening(0), X);
-  Eigen::MatrixXd W_inverse(D, D);
-  for (Index i = 0; i < D; ++i)
-    for (Index j = 0; j < D; ++j) W_inverse(i, j) = double(model.whitening(0).matrix()(i, j));
-  W_inverse = W_inverse.inverse().eval();
-  std::vector<Eigen::VectorXd> class_mean;
-  std::vector<Eigen::MatrixXd> class_cov;
-  for (Index y = 0; y < K; ++y) {
-    std::vector<Index> rows;
-    for (Index r = 0; r < X.rows(); ++r)
-      if (labels[static_cast<std::size_t>(r / (h * w))] == y) rows.push_back(r);
-    Eigen::MatrixXd Xy(Index(rows.size()), D), Xwy(Index(rows.size()), D);
-    for (std::size_t r = 0; r < rows.size(); ++r) {
-      Xy.row(Index(r)) = X.row(rows[r]);
-      Xwy.row(Index(r)) = Xw.row(rows[r]);
-    }
-    class_mean.push_back(Xy.colwise().mean().transpose());
-    class_cov.push_back(W_inverse * reference_ledoit_wolf(Xwy).covariance * W_inverse.transpose());
-  }
+  const ClassGaussians g = class_gaussians(model, train, labels, K);
 
   const Eigen::MatrixXd T = rows_of(held);
   std::vector<double> class_sum(static_cast<std::size_t>(K), 0.0);
@@ -430,7 +424,7 @@ TEMPLATE_TEST_CASE(
       std::vector<double> log_density(static_cast<std::size_t>(K));
       for (Index k = 0; k < K; ++k)
         log_density[std::size_t(k)] = gaussian_log_density(T.row(i * h * w + p).transpose(),
-                                                           class_mean[std::size_t(k)], class_cov[std::size_t(k)]);
+                                                           g.mean[std::size_t(k)], g.covariance[std::size_t(k)]);
       own += log_density[std::size_t(y)] / double(D) / double(h * w);
       const double top = *std::max_element(log_density.begin(), log_density.end());
       double z = 0;
@@ -511,4 +505,175 @@ TEST_CASE("class_covariance = class needs init = whiten and the HGAD objective",
   CHECK(parsed.class_covariance == hgad::ClassCovariance::class_);
   CHECK_THROWS_WITH(hgad::ModelConfig::from_text("class_covariance = full\n", "t"),
                     Catch::Contains("class_covariance"));
+}
+
+namespace {
+
+/// correlated_features with a different mean at every map position: position p adds 1.5 (p + 1)
+/// to component p mod D, as aligned objects differ from place to place.
+template <class Scalar>
+hgad::Tensor<Scalar> positioned_features(Index N, Index h, Index w, Index D, Index K, std::uint64_t seed,
+                                         std::vector<std::int64_t>& labels) {
+  hgad::Tensor<Scalar> x = correlated_features<Scalar>(N, h, w, D, K, seed, labels);
+  for (Index n = 0; n < N; ++n)
+    for (Index p = 0; p < h * w; ++p) x.data()[(n * h * w + p) * D + p % D] += Scalar(1.5 * double(p + 1));
+  return x;
+}
+
+/// The mean of each map position over the images of x (N, h, w, D), from the data, in double.
+template <class Scalar>
+Eigen::MatrixXd position_means(const hgad::Tensor<Scalar>& x) {
+  const Eigen::MatrixXd X = rows_of(x);
+  const Index P = x.dim(1) * x.dim(2), N = x.dim(0);
+  Eigen::MatrixXd means = Eigen::MatrixXd::Zero(P, X.cols());
+  for (Index r = 0; r < X.rows(); ++r) means.row(r % P) += X.row(r) / double(N);
+  return means;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE(
+    "With whiten_mean = position, at step 0 the NF model is N(position mean, Ledoit-Wolf covariance "
+    "of the residuals) at every position",
+    "[model]", float, double) {
+  const Index N = 40, h = 2, w = 3, D = 4, P = h * w;
+  std::vector<std::int64_t> labels, test_labels;
+  const hgad::Tensor<TestType> train = positioned_features<TestType>(N, h, w, D, 1, 41, labels);
+  const hgad::Tensor<TestType> test = positioned_features<TestType>(3, h, w, D, 1, 42, test_labels);
+  hgad::ModelConfig c = whiten_config(hgad::Objective::nf, D, h, w, 1);
+  c.whiten_mean = hgad::WhitenMean::position;
+  hgad::HgadModel<TestType> model(c);
+  model.initialise_from_data({train}, labels);
+  REQUIRE(model.whitening(0).positions() == P);
+
+  const Eigen::MatrixXd means = position_means(train), X = rows_of(train);
+  Eigen::MatrixXd residuals = X;
+  for (Index r = 0; r < X.rows(); ++r) residuals.row(r) -= means.row(r % P);
+  const ReferenceLedoitWolf lw = reference_ledoit_wolf(residuals);
+  const Eigen::MatrixXd T = rows_of(test);
+  for (Index i = 0; i < 3; ++i) {
+    const auto raw = model.raw_scores(hgad::HgadModel<TestType>::image_view({test}, i), 0);
+    for (Index p = 0; p < P; ++p) {
+      const Eigen::VectorXd mean = means.row(p).transpose() + lw.mean;
+      const double expected = gaussian_log_density(T.row(i * P + p).transpose(), mean, lw.covariance) / double(D);
+      CHECK(double(raw.log_likelihood[0].data()[p]) == Approx(expected).margin(tolerance<TestType>()));
+    }
+  }
+  // The same density with one mean is another: the positions' offsets then sit in the covariance.
+  c.whiten_mean = hgad::WhitenMean::shared;
+  hgad::HgadModel<TestType> shared(c);
+  shared.initialise_from_data({train}, labels);
+  CHECK(shared.whitening(0).positions() == 0);
+  const auto a = model.raw_scores(hgad::HgadModel<TestType>::image_view({test}, 0), 0);
+  const auto b = shared.raw_scores(hgad::HgadModel<TestType>::image_view({test}, 0), 0);
+  CHECK(std::abs(double(a.log_likelihood[0].data()[0]) - double(b.log_likelihood[0].data()[0])) > 0.01);
+}
+
+TEMPLATE_TEST_CASE(
+    "With whiten_mean = position and class covariances, at step 0 class y's component at position p "
+    "is N(position mean + class mean of the residuals, class covariance)",
+    "[model]", float, double) {
+  const Index N = 60, h = 2, w = 2, D = 5, K = 3, P = h * w;
+  std::vector<std::int64_t> labels, test_labels;
+  const hgad::Tensor<TestType> train = positioned_features<TestType>(N, h, w, D, K, 43, labels);
+  const hgad::Tensor<TestType> test = positioned_features<TestType>(4, h, w, D, K, 44, test_labels);
+  hgad::ModelConfig c = whiten_config(hgad::Objective::hgad, D, h, w, K);
+  c.whiten_mean = hgad::WhitenMean::position;
+  c.class_covariance = hgad::ClassCovariance::class_;
+  hgad::HgadModel<TestType> model(c);
+  model.initialise_from_data({train}, labels);
+
+  // Residuals of the training rows from the data's position means; their whitening by the model's
+  // W gives the class covariances as in the cases above.
+  const Eigen::MatrixXd means = position_means(train), X = rows_of(train);
+  Eigen::MatrixXd residuals = X;
+  for (Index r = 0; r < X.rows(); ++r) residuals.row(r) -= means.row(r % P);
+  Eigen::MatrixXd W(D, D);
+  for (Index i = 0; i < D; ++i)
+    for (Index j = 0; j < D; ++j) W(i, j) = double(model.whitening(0).matrix()(i, j));
+  const Eigen::MatrixXd W_inverse = W.inverse();
+  const Eigen::MatrixXd whitened = residuals * W.transpose();
+  std::vector<Eigen::VectorXd> class_mean;
+  std::vector<Eigen::MatrixXd> class_cov;
+  for (Index y = 0; y < K; ++y) {
+    std::vector<Index> rows;
+    for (Index r = 0; r < X.rows(); ++r)
+      if (labels[static_cast<std::size_t>(r / P)] == y) rows.push_back(r);
+    Eigen::MatrixXd Ry(Index(rows.size()), D), Wy(Index(rows.size()), D);
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      Ry.row(Index(r)) = residuals.row(rows[r]);
+      Wy.row(Index(r)) = whitened.row(rows[r]);
+    }
+    class_mean.push_back(Ry.colwise().mean().transpose());
+    class_cov.push_back(W_inverse * reference_ledoit_wolf(Wy).covariance * W_inverse.transpose());
+  }
+  const Eigen::MatrixXd T = rows_of(test);
+  for (Index i = 0; i < 4; ++i)
+    for (Index y = 0; y < K; ++y) {
+      const auto raw = model.raw_scores(hgad::HgadModel<TestType>::image_view({test}, i), y);
+      for (Index p = 0; p < P; ++p) {
+        const Eigen::VectorXd x = T.row(i * P + p).transpose() - means.row(p).transpose();
+        const double expected =
+            gaussian_log_density(x, class_mean[std::size_t(y)], class_cov[std::size_t(y)]) / double(D);
+        CHECK(double(raw.log_likelihood[0].data()[p]) == Approx(expected).margin(tolerance<TestType>()));
+      }
+    }
+}
+
+TEMPLATE_TEST_CASE(
+    "A whitening with a mean per position: forward_rows takes each row's position from its index, "
+    "forward from its place in whole images, and a model file keeps the table",
+    "[model]", float, double) {
+  const Index N = 12, h = 2, w = 2, D = 3, P = h * w;
+  std::vector<std::int64_t> labels;
+  const hgad::Tensor<TestType> x = positioned_features<TestType>(N, h, w, D, 2, 45, labels);
+  const hgad::Tensor<TestType> rows = x.reshape({N * P, D});
+  const auto white = hgad::AffineWhitening<TestType>::fit_per_position(rows, P, "x");
+  CHECK(white.mean().shape() == hgad::Shape({P, D}));
+  const hgad::Tensor<TestType> all = white.forward(rows);
+  // Rows 5, 2 and 11 alone.
+  hgad::Tensor<TestType> picked({3, D});
+  const std::vector<Index> index = {5, 2, 11};
+  for (std::size_t i = 0; i < index.size(); ++i)
+    for (Index j = 0; j < D; ++j) picked(Index(i), j) = rows(index[i], j);
+  const hgad::Tensor<TestType> some = white.forward_rows(picked, index);
+  for (std::size_t i = 0; i < index.size(); ++i)
+    for (Index j = 0; j < D; ++j) CHECK(some(Index(i), j) == all(index[i], j));
+  CHECK_THROWS_WITH(white.forward(rows.slice(0, 6)), Catch::Contains("whole images of 4 rows"));
+  CHECK_THROWS_WITH(white.forward_rows(picked, {1, 2}), Catch::Contains("2 row indices"));
+  CHECK_THROWS_WITH(hgad::AffineWhitening<TestType>::fit_per_position(rows.slice(0, 4), P, "x"),
+                    Catch::Contains("at least two images"));
+
+  hgad::ModelConfig c = whiten_config(hgad::Objective::hgad, D, h, w, 2);
+  c.whiten_mean = hgad::WhitenMean::position;
+  c.class_covariance = hgad::ClassCovariance::class_;
+  hgad::HgadModel<TestType> model(c);
+  model.fit({x}, labels);
+  model.calibrate({x}, labels);
+  hgad_test::TempDir dir("whiten_position_roundtrip");
+  model.save(dir.file("m.hgad"));
+  const auto loaded = hgad::HgadModel<TestType>::load(dir.file("m.hgad"));
+  CHECK(loaded.config().whiten_mean == hgad::WhitenMean::position);
+  CHECK(loaded.whitening(0).mean().to_vector() == model.whitening(0).mean().to_vector());
+  for (Index i = 0; i < N; i += 5) {
+    const auto image = hgad::HgadModel<TestType>::image_view({x}, i);
+    CHECK(model.raw_scores(image, -1).log_likelihood[0].to_vector() ==
+          loaded.raw_scores(image, -1).log_likelihood[0].to_vector());
+  }
+  // A file whose table is not (H·W, D) is refused by entry.
+  hgad::Checkpoint ckpt = model.to_checkpoint();
+  ckpt.set_tensor("level0.whitening.mean", hgad::Tensor<TestType>({D}));
+  CHECK_THROWS_WITH(hgad::HgadModel<TestType>::from_checkpoint(ckpt, "cut.hgad"),
+                    Catch::Contains("level0.whitening.mean"));
+}
+
+TEST_CASE("whiten_mean = position needs init = whiten", "[model]") {
+  hgad::ModelConfig c = whiten_config(hgad::Objective::nf, 4, 2, 2, 1);
+  c.whiten_mean = hgad::WhitenMean::position;
+  CHECK_NOTHROW(c.validate());
+  c.init = hgad::ModelInit::identity;
+  CHECK_THROWS_WITH(c.validate(), Catch::Contains("whiten_mean = position") && Catch::Contains("init = whiten"));
+  CHECK(hgad::ModelConfig::from_text("init = whiten\nwhiten_mean = position\n", "t").whiten_mean ==
+        hgad::WhitenMean::position);
+  CHECK_THROWS_WITH(hgad::ModelConfig::from_text("whiten_mean = pixel\n", "t"), Catch::Contains("whiten_mean"));
 }

@@ -12,6 +12,11 @@
 ///     double log_det = w.log_jac_det();                  // the same for every row
 ///
 /// A default-constructed AffineWhitening is the identity (log-determinant 0): the paper's model.
+///
+/// With a mean per position (fit_per_position; ModelConfig::whiten_mean = position), μ is a
+/// (P, D) table and row r of an image-major set of rows (P positions per image) subtracts μ_{r mod P}:
+/// the untrained NF model is then N(μ_p, Σ) at position p, Σ the Ledoit–Wolf covariance of the
+/// vectors less their position's mean. The log-determinant does not change (a translation).
 
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
@@ -19,6 +24,7 @@
 #include <cmath>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "../detail/check.hpp"
 #include "../tensor.hpp"
@@ -110,21 +116,23 @@ class AffineWhitening {
   /// The identity: forward returns its input, log_jac_det() is 0.
   AffineWhitening() = default;
 
-  /// A whitening with the given μ (D,) and W (D, D) (for example read from a model file).
+  /// A whitening with the given μ, (D,) or one row per position (P, D), and W (D, D) (for example
+  /// read from a model file).
   ///   requires: W lower triangular with a positive, finite diagonal; every value finite.
   ///   throws: hgad::Error naming the offending entry.
   AffineWhitening(Tensor<Scalar> mean, Tensor<Scalar> matrix)
       : m_mean(std::move(mean)), m_matrix(std::move(matrix)) {
-    check(m_mean.rank() == 1 && m_mean.dim(0) >= 1, "AffineWhitening: the mean must be (D,), got ",
-          m_mean.shape().to_string());
-    const Index D = m_mean.dim(0);
+    check((m_mean.rank() == 1 || m_mean.rank() == 2) && m_mean.numel() >= 1,
+          "AffineWhitening: the mean must be (D,) or (positions, D), got ", m_mean.shape().to_string());
+    const Index D = m_mean.dim(m_mean.rank() - 1);
     check(m_matrix.shape() == Shape({D, D}), "AffineWhitening: the matrix must be (D, D) = (", D,
           ", ", D, "), got ", m_matrix.shape().to_string());
     m_mean = m_mean.cpu();
     m_matrix = m_matrix.cpu();
+    for (Index i = 0; i < m_mean.numel(); ++i)
+      check(std::isfinite(double(m_mean.data()[i])), "AffineWhitening: the mean holds ",
+            double(m_mean.data()[i]), " at position ", i / D, ", component ", i % D);
     for (Index j = 0; j < D; ++j) {
-      check(std::isfinite(double(m_mean(j))), "AffineWhitening: the mean holds ", double(m_mean(j)),
-            " at ", j);
       for (Index k = 0; k < D; ++k) {
         const double w = double(m_matrix(j, k));
         check(std::isfinite(w), "AffineWhitening: the matrix holds ", w, " at (", j, ", ", k, ")");
@@ -147,6 +155,36 @@ class AffineWhitening {
     return from_covariance(c.mean, c.covariance, what);
   }
 
+  /// The whitening of an image-major set of rows x (rank >= 2, read as (N·P, D); P rows per image,
+  /// position p of every image at rows p, P + p, 2P + p, ...) with a mean per position: μ_p the mean
+  /// of position p's rows, W = L⁻¹ with L Lᵀ the Ledoit–Wolf covariance of the rows less their
+  /// position's mean (the residuals' own mean, zero but for rounding, joins μ_p).
+  ///   requires: P >= 1 dividing the number of rows, at least two images.
+  ///   throws: hgad::Error as fit.
+  static AffineWhitening fit_per_position(const Tensor<Scalar>& x, Index positions,
+                                          const std::string& what = "features") {
+    check(x.rank() >= 2 && x.device() == Device::cpu && positions >= 1 && x.rows() % positions == 0 &&
+              x.rows() / positions >= 2,
+          "AffineWhitening::fit_per_position: ", what, " must be a CPU tensor of at least two images of ",
+          positions, " positions, got ", x.shape().to_string());
+    const Index P = positions, N = x.rows() / P, D = x.cols();
+    const auto X = x.as_matrix();
+    Eigen::MatrixXd means = Eigen::MatrixXd::Zero(P, D);
+    for (Index n = 0; n < N; ++n) means += X.block(n * P, 0, P, D).template cast<double>();
+    means /= double(N);
+    Tensor<Scalar> residuals = Tensor<Scalar>::empty({N * P, D});
+    auto R = residuals.as_matrix();
+    for (Index n = 0; n < N; ++n)
+      R.block(n * P, 0, P, D) =
+          (X.block(n * P, 0, P, D).template cast<double>() - means).template cast<Scalar>();
+    const ShrunkCovariance c = ledoit_wolf_covariance(residuals, what + " less their position's mean");
+    AffineWhitening shared = from_covariance(c.mean, c.covariance, what);
+    Tensor<Scalar> mu({P, D});
+    for (Index p = 0; p < P; ++p)
+      for (Index j = 0; j < D; ++j) mu(p, j) = Scalar(means(p, j) + c.mean(j));
+    return AffineWhitening(std::move(mu), shared.m_matrix);
+  }
+
   /// μ and W = L⁻¹ of a given mean and covariance, L L^T = covariance.
   static AffineWhitening from_covariance(const Eigen::VectorXd& mean,
                                          const Eigen::MatrixXd& covariance,
@@ -167,31 +205,40 @@ class AffineWhitening {
   }
 
   /// Whether this is the identity (no statistics held).
-  bool is_identity() const { return m_mean.numel() == 0; }
+  bool is_identity() const { return m_matrix.numel() == 0; }
   /// D; 0 for the identity.
-  Index dim() const { return m_mean.numel(); }
-  /// μ (D,); empty for the identity.
+  Index dim() const { return is_identity() ? 0 : m_matrix.dim(0); }
+  /// P, the positions of a mean per position; 0 for one mean (and for the identity).
+  Index positions() const { return m_mean.rank() == 2 ? m_mean.dim(0) : 0; }
+  /// μ: (D,), or (P, D) with a mean per position; empty for the identity.
   const Tensor<Scalar>& mean() const { return m_mean; }
   /// W = L⁻¹ (D, D), lower triangular; empty for the identity.
   const Tensor<Scalar>& matrix() const { return m_matrix; }
   /// log|det ∂x'/∂x| = Σ_j ln W_jj = −Σ_j ln L_jj, the same for every row (0 for the identity).
   double log_jac_det() const { return m_log_jac_det; }
 
-  /// x' = (x − μ) Wᵀ row by row, (N, D); x itself (shared, not copied) for the identity.
-  ///   requires: x (N, D) on the CPU with D = dim().
+  /// x' = (x − μ) Wᵀ row by row, (N, D); x itself (shared, not copied) for the identity. With a
+  /// mean per position, x is image-major: row r subtracts μ_{r mod P}.
+  ///   requires: x (N, D) on the CPU with D = dim(); N a multiple of P with a mean per position.
   Tensor<Scalar> forward(const Tensor<Scalar>& x) const {
     if (is_identity()) return x;
-    check(x.rank() == 2 && x.cols() == dim() && x.device() == Device::cpu,
-          "AffineWhitening::forward: x must be a CPU tensor (N, ", dim(), "), got ",
+    check(positions() == 0 || (x.rank() == 2 && x.rows() % positions() == 0),
+          "AffineWhitening::forward: a mean per position needs whole images of ", positions(),
+          " rows, got ", x.shape().to_string());
+    return whiten(x, [P = positions()](Index r) { return P == 0 ? Index(0) : r % P; });
+  }
+
+  /// forward() of rows picked from an image-major set: x's row i is row `row_index[i]` of the set
+  /// (its position row_index[i] mod P).
+  ///   requires: as forward, with one index per row of x.
+  Tensor<Scalar> forward_rows(const Tensor<Scalar>& x, const std::vector<Index>& row_index) const {
+    if (is_identity()) return x;
+    check(x.rank() == 2 && static_cast<Index>(row_index.size()) == x.rows(),
+          "AffineWhitening::forward_rows: ", row_index.size(), " row indices for x of shape ",
           x.shape().to_string());
-    Tensor<Scalar> out = Tensor<Scalar>::empty(x.shape());
-    auto Y = out.as_matrix();
-    Y = x.as_matrix();
-    Y.rowwise() -= m_mean.as_vector().transpose();
-    // (N, D) · Wᵀ with W lower triangular: Y ← Y Wᵀ = (W Yᵀ)ᵀ.
-    const auto W = m_matrix.as_matrix();
-    Y = (Y * W.transpose()).eval();
-    return out;
+    return whiten(x, [&row_index, P = positions()](Index r) {
+      return P == 0 ? Index(0) : row_index[static_cast<std::size_t>(r)] % P;
+    });
   }
 
   /// Adds log_jac_det() to every entry of a flow's log-determinants (N,).
@@ -202,7 +249,27 @@ class AffineWhitening {
   }
 
  private:
-  Tensor<Scalar> m_mean;    // (D,)
+  /// (x − μ_{mean_row(r)}) Wᵀ for every row r of x: the one body of forward and forward_rows.
+  template <class MeanRow>
+  Tensor<Scalar> whiten(const Tensor<Scalar>& x, const MeanRow& mean_row) const {
+    check(x.rank() == 2 && x.cols() == dim() && x.device() == Device::cpu,
+          "AffineWhitening::forward: x must be a CPU tensor (N, ", dim(), "), got ",
+          x.shape().to_string());
+    const Index D = dim();
+    Tensor<Scalar> out = Tensor<Scalar>::empty(x.shape());
+    auto Y = out.as_matrix();
+    Y = x.as_matrix();
+    for (Index r = 0; r < Y.rows(); ++r) {
+      const Scalar* mu = m_mean.data() + mean_row(r) * D;
+      for (Index j = 0; j < D; ++j) Y(r, j) -= mu[j];
+    }
+    // (N, D) · Wᵀ with W lower triangular: Y ← Y Wᵀ = (W Yᵀ)ᵀ.
+    const auto W = m_matrix.as_matrix();
+    Y = (Y * W.transpose()).eval();
+    return out;
+  }
+
+  Tensor<Scalar> m_mean;    // (D,), or (P, D) with a mean per position
   Tensor<Scalar> m_matrix;  // (D, D)
   double m_log_jac_det = 0;
 };

@@ -114,6 +114,17 @@ enum class ClassCovariance {
 inline constexpr detail::NamedValue<ClassCovariance> class_covariance_names[] = {
     {"unit", ClassCovariance::unit}, {"class", ClassCovariance::class_}};
 
+/// What the whitening of init = whiten subtracts (ModelConfig::whiten_mean).
+enum class WhitenMean {
+  shared,   ///< one mean of all the level's vectors (docs/algorithm.md §2.5)
+  position  ///< a mean per feature-map position, over the training images (§2.5): at step 0 the
+            ///< model knows where in the image a vector sits
+};
+
+/// The spelling of each WhitenMean in text (a config's `whiten_mean` key).
+inline constexpr detail::NamedValue<WhitenMean> whiten_mean_names[] = {
+    {"shared", WhitenMean::shared}, {"position", WhitenMean::position}};
+
 /// Several class folders trained under one label: one class of the model (one centre μ, one
 /// intra-class mixture, one set of calibration constants) standing for all of them. HGAD pushes
 /// the centres of its classes apart (L_mi, docs/algorithm.md §3.3); classes whose normal images look
@@ -171,6 +182,8 @@ struct ModelConfig {
   /// The covariance of the prior's components: `unit` (the paper's) or `class` (each class the
   /// covariance of its training latents at the start; docs/algorithm.md §3.1.2; needs init = whiten).
   ClassCovariance class_covariance = ClassCovariance::unit;
+  /// With init = whiten: one mean for the level (`shared`) or one per position (`position`).
+  WhitenMean whiten_mean = WhitenMean::shared;
 
   // Flow (docs/algorithm.md §2).
   Index pos_dim = 256;  ///< P, the positional-encoding dimension (0: unconditional flows)
@@ -356,6 +369,7 @@ void for_each_config_key(Config& c, Key&& key) {
   key("init", c.init, model_init_names);
   key("intra_center_init", c.intra_center_init, intra_center_init_names);
   key("class_covariance", c.class_covariance, class_covariance_names);
+  key("whiten_mean", c.whiten_mean, whiten_mean_names);
   key("pos_dim", c.pos_dim,
       KeyRule<Index>{[](const Index& p) { return p >= 0 && p % 4 == 0; },
                      "must be 0 (no positional encoding) or a positive multiple of 4"});
@@ -411,6 +425,7 @@ inline constexpr KeyMeaning config_key_meanings[] = {
     {"intra_center_init", "with init = whiten: kmeans or noise (the class mean plus noise)"},
     {"class_covariance",
      "unit (the paper's) or class: each class's components carry its covariance (init = whiten)"},
+    {"whiten_mean", "with init = whiten: shared (one mean) or position (a mean per map position)"},
     {"pos_dim", "P, the positional-encoding dimension of the flows (0: none)"},
     {"n_blocks", "coupling blocks per flow"},
     {"clamp", "affine clamping alpha of the coupling blocks"},
@@ -627,6 +642,9 @@ inline void ModelConfig::validate(bool require_data) const {
     detail::config_error("class_covariance", "class",
                          "the class covariances are estimated at the data-dependent start: set "
                          "init = whiten");
+  if (whiten_mean == WhitenMean::position && init != ModelInit::whiten)
+    detail::config_error("whiten_mean", "position",
+                         "the means are taken at the data-dependent start: set init = whiten");
   if (class_covariance == ClassCovariance::class_ && objective != Objective::hgad)
     detail::config_error("class_covariance", "class",
                          "the NF objective has no classes; use objective = hgad");

@@ -25,7 +25,8 @@
 namespace hgad {
 
 /// Initialises one level from its training features (N, H, W, D) and the image labels (N,):
-/// returns the whitening of the level's N·H·W vectors, zeroes the last layer of every coupling of
+/// returns the whitening of the level's N·H·W vectors (with one mean, or with a mean per position
+/// for WhitenMean::position), zeroes the last layer of every coupling of
 /// `flow` (start_flow_as_rotation) and, when `prior` is given, sets μ_y to the image under the flow
 /// of the whitened class mean and μ_y + δ_y,k to the images of the intra-class centres
 /// (data_centers over at most kmeans_max_vectors vectors of each class, evenly strided; the whole
@@ -43,15 +44,19 @@ AffineWhitening<Scalar> initialise_level_from_data(Index level, const Tensor<Sca
                                                    SequenceFlow<Scalar>& flow,
                                                    GaussianMixturePrior<Scalar>* prior,
                                                    IntraCenterInit how, Rng& rng,
-                                                   ClassCovariance covariance = ClassCovariance::unit) {
+                                                   ClassCovariance covariance = ClassCovariance::unit,
+                                                   WhitenMean whiten_mean = WhitenMean::shared) {
   check(features.rank() == 4 && features.dim(0) == static_cast<Index>(labels.size()),
         "initialise_level_from_data: level ", level,
         " features must be (N, H, W, D) with N = ", labels.size(), " labels, got ",
         features.shape().to_string());
   const Index N = features.dim(0), D = features.dim(3), hw = features.dim(1) * features.dim(2);
   const Tensor<Scalar> rows = features.reshape({N * hw, D});
+  const std::string level_features = "the features of level " + std::to_string(level);
   AffineWhitening<Scalar> whitening =
-      AffineWhitening<Scalar>::fit(rows, "the features of level " + std::to_string(level));
+      whiten_mean == WhitenMean::position
+          ? AffineWhitening<Scalar>::fit_per_position(rows, hw, level_features)
+          : AffineWhitening<Scalar>::fit(rows, level_features);
   start_flow_as_rotation(flow);
   if (prior == nullptr) return whitening;
 
@@ -81,7 +86,7 @@ AffineWhitening<Scalar> initialise_level_from_data(Index level, const Tensor<Sca
   for (std::size_t r = 0; r < chosen.size(); ++r)
     std::copy(rows.data() + chosen[r] * D, rows.data() + (chosen[r] + 1) * D,
               subset.data() + Index(r) * D);
-  const Tensor<Scalar> whitened = whitening.forward(subset);
+  const Tensor<Scalar> whitened = whitening.forward_rows(subset, chosen);
   const DataCenters<Scalar> centers = data_centers(whitened, chosen_labels, K, M, how, rng);
 
   // Through the flow, which is an orthogonal map now (its condition has no effect).

@@ -129,7 +129,7 @@ class HgadModel {
     for (Index l = 0; l < n_levels(); ++l)
       m_whitening[static_cast<std::size_t>(l)] = initialise_level_from_data(
           l, features[static_cast<std::size_t>(l)], labels, m_flows[static_cast<std::size_t>(l)], prior_or_null(l),
-          m_config.intra_center_init, rng, m_config.class_covariance);
+          m_config.intra_center_init, rng, m_config.class_covariance, m_config.whiten_mean);
     m_scoring.clear();
   }
 

@@ -180,9 +180,12 @@ class ModelFile {
       }
       if (whitened) {
         const Index D = f.dim();
+        const LevelSpec& s = config.levels[static_cast<std::size_t>(l)];
+        const Shape mean_shape =
+            config.whiten_mean == WhitenMean::position ? Shape({s.height * s.width, D}) : Shape({D});
         try {
           model.m_whitening[static_cast<std::size_t>(l)] =
-              AffineWhitening<Scalar>(fetch(prefix + "whitening.mean", Shape({D})),
+              AffineWhitening<Scalar>(fetch(prefix + "whitening.mean", mean_shape),
                                       fetch(prefix + "whitening.matrix", Shape({D, D})));
         } catch (const Error& e) {
           throw Error("'" + name + "': level " + std::to_string(l) + ": " + e.what());
