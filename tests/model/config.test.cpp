@@ -258,7 +258,7 @@ TEST_CASE("ModelConfig key table: to_text writes each key once in table order, f
   });
   // The keys and their order are part of every saved model file.
   const std::vector<std::string> keys = {
-      "objective", "levels", "classes", "group.pcb", "init", "intra_center_init", "class_covariance", "pos_dim", "n_blocks", "clamp",
+      "objective", "levels", "classes", "group.pcb", "init", "intra_center_init", "class_covariance", "whiten_mean", "pos_dim", "n_blocks", "clamp",
       "clamp_variant", "n_centers", "lambda1", "lambda2", "label_smoothing", "meta_epochs",
       "sub_epochs", "warmup_meta_epochs", "stage1_meta_epochs", "lr", "lr_decay_rate", "beta1",
       "beta2", "adam_eps", "weight_decay", "batch_size", "seed", "calibration_images",
