@@ -176,6 +176,17 @@ TEST_CASE("ModelConfig validation names the key and the offending value", "[mode
           c.class_names = {"a", "b", "c", "d", "e"};
           c.objective = hgad::Objective::nf;
         }).empty());
+  CHECK(validate([](hgad::ModelConfig& c) {  // K = 2 D exactly
+          c.levels = {{2, 1, 1}};
+          c.features.backbone = "none";
+          c.class_names = {"a", "b", "c", "d"};
+        }).find("K <= 2 D") == std::string::npos);
+  // A dimension whose double overflows (found by fuzz_config; UBSan flags 2 D).
+  CHECK(validate([](hgad::ModelConfig& c) {
+          c.levels = {{6499999999999999999, 1, 1}};
+          c.features.backbone = "none";
+          c.class_names = {"a", "b", "c"};
+        }).find("K <= 2 D") == std::string::npos);
 }
 
 TEST_CASE("ModelConfig class groups: text form, folder lookup and training classes", "[model]") {

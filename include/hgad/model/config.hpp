@@ -633,7 +633,7 @@ inline void ModelConfig::validate(bool require_data) const {
 
   if (objective == Objective::hgad && !class_names.empty())
     for (const LevelSpec& s : levels)
-      if (n_classes() > 2 * s.dim)
+      if (s.dim <= (n_classes() - 1) / 2)  // K > 2 D, without forming 2 D (D may be huge)
         detail::config_error(
             "classes", std::to_string(n_classes()) + " classes",
             "the class-centre initialisation needs K <= 2 D, and a level has D = " +
