@@ -300,6 +300,21 @@ Model load_model(const std::string& path) {
 // ------------------------------------------------------------------------------------------------
 // train
 
+/// --keep-best, of train and embeddings alike.
+const OptionSpec keep_best_option = {
+    "keep-best", "",
+    "with --validation: keep the parameters of the pass (or the start) with the highest held-out "
+    "log-likelihood"};
+
+/// The --validation percentage (0 without it).
+///   throws: UsageError for --keep-best without --validation.
+Index validation_option(const Args& args) {
+  const Index percent = args.has("validation") ? args.get_int("validation", 0, 1, 90) : 0;
+  if (args.has("keep-best") && percent == 0)
+    throw UsageError("--keep-best keeps the pass with the best held-out log-likelihood: it needs --validation");
+  return percent;
+}
+
 const std::vector<OptionSpec> train_options = {
     {"data", "DIR", "dataset root in MVTec layout (<class>/train/good/...)"},
     {"classes", "A,B,...", "classes to train on (default: every class folder, sorted)"},
@@ -316,8 +331,7 @@ const std::vector<OptionSpec> train_options = {
      "hold out this share of each class's training images (spread evenly over its folder) and report "
      "their mean log-likelihood at the start and after every pass: settings are chosen on training "
      "data alone"},
-    {"keep-best", "", "with --validation: keep the parameters of the pass (or the start) with the highest "
-     "held-out log-likelihood"},
+    keep_best_option,
     {"checkpoint-every", "N", "every N passes, write the model and optimiser state to MODEL.checkpoint"},
     {"resume", "FILE", "continue the training stored in a checkpoint (its configuration; same data)"},
     {"threads", "N", "worker threads (default: all cores)"},
@@ -483,6 +497,16 @@ std::string validation_curve(const hgad::FitReport<Scalar>& report) {
   return line + "\n";
 }
 
+/// The held-out figure of the model a fit() left: the measurement it kept, else its last one; an
+/// untrained start, which fit() did not measure, is measured here.
+hgad::HeldOut final_held_out(const hgad::FitReport<Scalar>& report, const Model& model,
+                             const std::vector<hgad::Tensor<Scalar>>& features,
+                             const std::vector<std::int64_t>& labels) {
+  if (report.validation.empty()) return model.held_out(features, labels);
+  return report.validation[static_cast<std::size_t>(report.best >= 0 ? report.best
+                                                                     : Index(report.validation.size()) - 1)];
+}
+
 /// The ranks of the MPI job this process belongs to, or null when it was started alone.
 ///   throws: UsageError when mpirun started several copies of a program built without MPI (each
 ///           would train, and write, the same model on its own).
@@ -552,9 +576,7 @@ int cmd_train(const Args& args) {
   }
   config.objective = parsed_option(args, "objective", hgad::parse_objective, config.objective);
   const bool untrained = epochs_option(args, config) == 0;
-  const Index validation_percent = args.has("validation") ? args.get_int("validation", 0, 1, 90) : 0;
-  if (args.has("keep-best") && validation_percent == 0)
-    throw UsageError("--keep-best keeps the pass with the best held-out log-likelihood: it needs --validation");
+  const Index validation_percent = validation_option(args);
   if (args.has("auto-group") && config.objective != hgad::Objective::hgad)
     throw UsageError("--auto-group regroups HGAD's classes; the NF objective has none");
   std::vector<std::string> classes;
@@ -642,7 +664,9 @@ int cmd_train(const Args& args) {
                        " training images after --validation: every process needs at least one");
   }
   // Trains and calibrates one model of `cfg` on the extracted images, each labelled with its
-  // folder's class in `cfg` (its group's, when a group lists the folder).
+  // folder's class in `cfg` (its group's, when a group lists the folder); with --validation,
+  // held_figure is the held-out figure of the model it returns.
+  hgad::HeldOut held_figure;
   auto train_model = [&](const hgad::ModelConfig& cfg) {
     std::vector<std::int64_t> class_of_folder;  // folder index -> the class of `cfg`
     for (const std::string& folder : train.class_names())
@@ -686,6 +710,7 @@ int cmd_train(const Args& args) {
       if (resume) resumed.reset();
       bar.finish();
       if (writer && !report.validation.empty()) std::printf("%s", validation_curve(report).c_str());
+      if (writer && validation_percent > 0) held_figure = final_held_out(report, model, held.features, held_labels);
     }
     std::vector<Index> per_class(static_cast<std::size_t>(cfg.n_classes()), 0);
     for (std::int64_t c : labels) ++per_class[static_cast<std::size_t>(c)];
@@ -727,10 +752,7 @@ int cmd_train(const Args& args) {
   }
   if (!writer) return 0;
   if (validation_percent > 0) {
-    std::vector<std::int64_t> held_labels;
-    for (std::int64_t folder : held.classes)
-      held_labels.push_back(config.class_of(train.class_names()[static_cast<std::size_t>(folder)]));
-    const hgad::HeldOut v = model.held_out(held.features, held_labels);
+    const hgad::HeldOut& v = held_figure;
     std::printf("validation (%lld %% of each class's training images, %lld images): mean log-likelihood "
                 "per dimension",
                 static_cast<long long>(validation_percent), static_cast<long long>(v.images));
@@ -1190,8 +1212,7 @@ const std::vector<OptionSpec> embeddings_options = {
     {"validation", "PERCENT",
      "hold out the last PERCENT % of each class's training normals; report their likelihood at the "
      "start, after every pass and at the end"},
-    {"keep-best", "", "with --validation: keep the parameters of the pass (or the start) with the highest "
-     "held-out log-likelihood"},
+    keep_best_option,
     {"threads", "N", "worker threads (default: all cores)"},
     {"device", "cpu|cuda", "where the backbone, the flows' training and the scores run (default cpu)"},
 };
@@ -1256,9 +1277,7 @@ int cmd_embeddings(const Args& args) {
   // --validation: the last rows of each class's training normals (the split file orders them by a
   // hash, so these are a random subset) are held out of training, to choose settings on normal
   // training data alone: their mean log-likelihood and, for HGAD, the class accuracy.
-  const Index validation_percent = args.has("validation") ? args.get_int("validation", 0, 1, 90) : 0;
-  if (args.has("keep-best") && validation_percent == 0)
-    throw UsageError("--keep-best keeps the pass with the best held-out log-likelihood: it needs --validation");
+  const Index validation_percent = validation_option(args);
   std::vector<hgad::Tensor<Scalar>> validation(dataset.classes.size());
   if (validation_percent > 0) {
     for (std::size_t k = 0; k < dataset.classes.size(); ++k) {
@@ -1311,6 +1330,7 @@ int cmd_embeddings(const Args& args) {
   Model model(config);
   model.set_device(device_of(args));
   const std::vector<hgad::Tensor<Scalar>> features = {train};
+  hgad::FitReport<Scalar> report;
   {
     const Index B = std::min<Index>(config.batch_size, n_train);
     Progress bar(epochs == 0 ? "start" : "training",
@@ -1322,7 +1342,6 @@ int cmd_embeddings(const Args& args) {
       fit.validation_labels = &held_labels;
       fit.keep_best = args.has("keep-best");
     }
-    hgad::FitReport<Scalar> report;
     if (epochs == 0)
       model.initialise_from_data(features, labels);  // step 0: docs/algorithm.md §2.5
     else
@@ -1421,7 +1440,7 @@ int cmd_embeddings(const Args& args) {
   double validation_logp = 0, validation_accuracy = 0;
   Index validation_rows = 0;
   if (validation_percent > 0) {
-    const hgad::HeldOut measured = model.held_out(held, held_labels);
+    const hgad::HeldOut measured = final_held_out(report, model, held, held_labels);
     validation_rows = measured.images;
     validation_logp = measured.mean_log_likelihood;
     validation_accuracy = measured.class_accuracy;
