@@ -330,7 +330,7 @@ const std::vector<OptionSpec> train_options = {
     {"validation", "PERCENT",
      "hold out this share of each class's training images (spread evenly over its folder) and report "
      "their mean log-likelihood at the start and after every pass: settings are chosen on training "
-     "data alone"},
+     "data alone (hgad test --validation scores them with synthetic defects)"},
     keep_best_option,
     {"checkpoint-every", "N", "every N passes, write the model and optimiser state to MODEL.checkpoint"},
     {"resume", "FILE", "continue the training stored in a checkpoint (its configuration; same data)"},
@@ -763,6 +763,8 @@ int cmd_train(const Args& args) {
   }
   model.set_metadata("backbone_dir", fs::absolute(backbone).lexically_normal().string());
   model.set_metadata("train_data", fs::absolute(data).lexically_normal().string());
+  // hgad test --validation reads it: those images are the ones it may score.
+  model.set_metadata("validation_percent", std::to_string(validation_percent));
   model.save(out);
   if (checkpoint_every > 0) fs::remove(checkpoint_path);  // the finished model supersedes it
   std::printf("wrote %s: %lld classes, %lld levels, %lld parameters, %lld epochs\n", out.c_str(),
@@ -781,12 +783,19 @@ const std::vector<OptionSpec> test_options = {
     {"mode", "MODE", "transductive | calibrated | label-free (default calibrated)"},
     {"criterion", "C", "product (HGAD, default) | likelihood | entropy: the maps combined"},
     {"classes", "A,B,...", "test only these of the model's classes (or of its groups' folders)"},
+    {"validation", "PERCENT",
+     "instead of the test images, the training images `hgad train --validation PERCENT` held out, "
+     "each as it is and with a synthetic defect (a pasted patch) whose mask is known"},
     {"json", "FILE", "every metric per class and the mean, each image's score and decision, and the config as JSON (-: stdout, table to stderr)"},
     {"backbone", "DIR", "ResNet weights folder (default: the one recorded at training)"},
     {"cache", "DIR", "keep the backbone features in DIR and reuse them when nothing changed"},
     {"threads", "N", "worker threads (default: all cores)"},
     {"device", "cpu|cuda", "where the backbone, the flows' training and the scores run (default cpu)"},
 };
+
+/// The seed of the synthetic defects of hgad test --validation: one for every run, so that two
+/// models are measured on the same defects.
+constexpr std::uint64_t synthetic_defect_seed = 0;
 
 int cmd_test(const Args& args) {
   if (args.help()) {
@@ -801,7 +810,14 @@ int cmd_test(const Args& args) {
            "protocol)\n"
            "  calibrated    constants frozen from the training images; images scored one by one\n"
            "  label-free    calibrated, with each image's class predicted by the "
-           "model\n\noptions:\n"
+           "model\n\n"
+           "With --validation P (a model trained with --validation P) the images are the\n"
+           "training images the model was trained without, each scored as it is and with a\n"
+           "synthetic defect: a rectangle of the image pasted elsewhere in it with its brightness\n"
+           "and contrast changed, the rectangle being the defect's mask (docs/algorithm.md §9.6).\n"
+           "The same figures then measure detection on training data alone, to choose settings\n"
+           "without a test image.\n\n"
+           "options:\n"
         << hgad_cli::describe_options(test_options);
     return 0;
   }
@@ -832,6 +848,18 @@ int cmd_test(const Args& args) {
   std::vector<std::string> classes = only.empty() ? config.folder_names() : only;
   for (const auto& c : classes)
     if (config.class_of(c) < 0) throw UsageError("--classes: the model knows no class '" + c + "'");
+  // --validation: the images the model was trained without, as the model file records them.
+  const Index validation_percent =
+      args.has("validation") ? args.get_int("validation", 0, 1, 90) : 0;
+  if (validation_percent > 0 &&
+      model.metadata("validation_percent", "0") != std::to_string(validation_percent))
+    throw UsageError(
+        "--validation " + std::to_string(validation_percent) + ": the model '" + model_path +
+        "' was trained " +
+        (model.metadata("validation_percent", "0") == "0"
+             ? std::string("on all its training images (or by an hgad that did not record it)")
+             : "with --validation " + model.metadata("validation_percent")) +
+        "; scoring images it was trained on would measure nothing");
   const std::string backbone = backbone_dir_for(args, model);
   auto fx = hgad::make_extractor<Scalar>(config.features, backbone, device);
   hgad::check_backbone_matches(config, *fx);
@@ -839,9 +867,16 @@ int cmd_test(const Args& args) {
   hgad::MvtecOptions options;
   options.classes = classes;
   options.mask_mode = hgad::MaskMode::when_present;
-  const hgad::MvtecDataset test(data, hgad::Split::test, options);
-  std::vector<std::string> maskless;
-  for (Index c = 0; c < test.n_classes(); ++c)
+  const hgad::MvtecDataset test(
+      data, validation_percent > 0 ? hgad::Split::train : hgad::Split::test, options);
+  std::vector<bool> held_out;
+  if (validation_percent > 0) {
+    std::vector<std::int64_t> folder_of_image;
+    for (Index i = 0; i < test.size(); ++i) folder_of_image.push_back(test[i].class_index);
+    held_out = validation_rows(folder_of_image, test.class_names(), validation_percent);
+  }
+  std::vector<std::string> maskless;  // the synthetic defects of --validation bring their masks
+  for (Index c = 0; c < test.n_classes() && validation_percent == 0; ++c)
     if (!test.has_masks(c)) maskless.push_back(test.class_names()[static_cast<std::size_t>(c)]);
   // The thresholds hold for calibrated scores; transductive scores have another scale.
   const bool with_threshold = mode != hgad::ScoreMode::transductive && model.is_calibrated() &&
@@ -852,13 +887,20 @@ int cmd_test(const Args& args) {
   for (Index c = 0; c < test.n_classes(); ++c) {
     const std::string& name = test.class_names()[static_cast<std::size_t>(c)];
     const std::int64_t model_class = config.class_of(name);
-    const std::vector<Index> indices = test.indices_of_class(c);
+    std::vector<Index> indices = test.indices_of_class(c);
+    if (validation_percent > 0)
+      indices.erase(std::remove_if(indices.begin(), indices.end(),
+                                   [&](Index i) { return !held_out[static_cast<std::size_t>(i)]; }),
+                    indices.end());
     hgad::ExtractedImages<Scalar> set;
     {
       Progress bar(name + " features", static_cast<Index>(indices.size()), "img");
-      set = hgad::extract_images_cached(args.get("cache", ""), "test_" + name, backbone, test,
-                                        indices, *fx, config.features, true, 8,
-                                        [&](Index done, Index) { bar.update(done); });
+      const auto progress = [&](Index done, Index) { bar.update(done); };
+      set = validation_percent > 0
+                ? hgad::extract_with_synthetic_defects(test, indices, *fx, config.features,
+                                                       synthetic_defect_seed, 8, progress)
+                : hgad::extract_images_cached(args.get("cache", ""), "test_" + name, backbone, test,
+                                              indices, *fx, config.features, true, 8, progress);
       bar.finish();
     }
     std::vector<hgad::ScoredImage<Scalar>> scored;
@@ -915,6 +957,11 @@ int cmd_test(const Args& args) {
   std::FILE* const table = json_path == "-" ? stderr : stdout;
   std::fprintf(table, "mode %s, criterion %s, objective %s, model %s\n", hgad::to_string(mode),
                hgad::to_string(criterion), hgad::to_string(config.objective).c_str(), model_path.c_str());
+  if (validation_percent > 0)
+    std::fprintf(table,
+                 "images: the %lld %% of each class's training images held out at training, each "
+                 "as it is and with a synthetic defect\n",
+                 static_cast<long long>(validation_percent));
   std::fprintf(table, "%-16s %7s %8s %8s %8s %8s %8s %8s %8s %8s%s\n", "class", "images", "img-AUC",
                "pix-AUC", "AUPRO", "img-AP", "F1-max", "F1@thr", "prec@thr", "rec@thr",
                with_accuracy ? "  cls-acc" : "");
@@ -952,6 +999,9 @@ int cmd_test(const Args& args) {
     j.set("criterion", Json::string(hgad::to_string(criterion)));
     j.set("model", Json::string(model_path));
     j.set("data", Json::string(data));
+    // "validation": the held-out training images of --validation, each also with a defect.
+    j.set("images_of", Json::string(validation_percent > 0 ? "validation" : "test"));
+    if (validation_percent > 0) j.set("validation_percent", Json::integer(validation_percent));
     j.set("objective", Json::string(hgad::to_string(config.objective)));
     Json no_masks = Json::array();
     for (const std::string& name : maskless) no_masks.push(Json::string(name));
@@ -1455,6 +1505,9 @@ int cmd_embeddings(const Args& args) {
     Json j = Json::object();
     j.set("version", Json::string(HGAD_CLI_VERSION));
     j.set("data", Json::string(data));
+    // "validation": the held-out training images of --validation, each also with a defect.
+    j.set("images_of", Json::string(validation_percent > 0 ? "validation" : "test"));
+    if (validation_percent > 0) j.set("validation_percent", Json::integer(validation_percent));
     j.set("objective", Json::string(hgad::to_string(config.objective)));
     auto row_json = [&](const Row& r) {
       Json c = Json::object();

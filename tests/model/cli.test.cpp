@@ -529,6 +529,38 @@ TEST_CASE("hgad train --validation holds out a share of each folder's images fro
   }
   CHECK(reported == Approx(expected).epsilon(1e-4));
 
+  // hgad test --validation 25 scores the two held-out images (t3 of a and of b), each as it is and
+  // with a synthetic defect: the normal rows' scores are those of the images themselves.
+  r = run(dir, "test --threads 1 --model '" + dir.file("held.hgad") + "' --data '" + dir.file("data") +
+                   "' --validation 25 --json '" + dir.file("held.json") + "'");
+  INFO(r.out << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(contains(r.out, "images: the 25 % of each class's training images held out at training"));
+  CHECK_FALSE(contains(r.out, "note: no ground_truth"));
+  const std::string json = slurp(dir.file("held.json"));
+  CHECK(contains(json, "\"images_of\": \"validation\""));
+  const std::string held_a = (dir.path() / "data/a/train/good/t3.png").string();
+  CHECK(contains(json, "\"image\": \"" + held_a + "\""));
+  CHECK(contains(json, "\"image\": \"" + held_a + "#defect\""));
+  CHECK_FALSE(contains(json, "t2.png"));
+  const auto normal = held.score_set(set.features, set.classes, hgad::ScoreMode::calibrated);
+  for (hgad::Index i = 0; i < 2; ++i) {
+    const std::string image = i == 0 ? held_a : (dir.path() / "data/b/train/good/t3.png").string();
+    const std::size_t at = json.find("\"image\": \"" + image + "\"");
+    REQUIRE(at != std::string::npos);
+    const std::size_t score_at = json.find("\"score\": ", at);
+    REQUIRE(score_at != std::string::npos);
+    const double score = std::stod(json.substr(score_at + 9));
+    CHECK(score == Approx(normal[std::size_t(i)].score).epsilon(1e-5));
+  }
+  // A model trained on every image, or with another share held out, is refused.
+  r = run(dir, "test --model '" + dir.file("kept.hgad") + "' --data '" + dir.file("kept") + "' --validation 25");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "was trained on all its training images"));
+  r = run(dir, "test --model '" + dir.file("held.hgad") + "' --data '" + dir.file("data") + "' --validation 30");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "was trained with --validation 25"));
+
   // --keep-best ends on the best of the three measurements, and says which.
   r = run(dir, common + " --data '" + dir.file("data") + "' --validation 25 --keep-best --out '" + dir.file("best.hgad") + "'");
   INFO(r.out << r.err);

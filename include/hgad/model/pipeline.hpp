@@ -31,6 +31,7 @@
 #include "../detail/check.hpp"
 #include "../io/mvtec.hpp"
 #include "../io/npy.hpp"
+#include "../io/synthetic_defect.hpp"
 #include "../metrics/aupro.hpp"
 #include "../metrics/ranking.hpp"
 #include "../tensor.hpp"
@@ -131,6 +132,24 @@ struct ExtractedImages {
   Index size() const { return static_cast<Index>(classes.size()); }
 };
 
+namespace detail::pipeline {
+
+/// Writes the backbone's maps of a batch, maps[l] (B, C, h, w), channels last into rows
+/// [first, first + B) of features[l] (N, h, w, C).
+template <class Scalar>
+void store_features(const std::vector<Tensor<Scalar>>& maps, Index first,
+                    std::vector<Tensor<Scalar>>& features) {
+  check(maps.size() == features.size(), "extract_images: the extractor returned ", maps.size(),
+        " levels, expected ", features.size());
+  for (std::size_t l = 0; l < maps.size(); ++l) {
+    const Tensor<Scalar> last = channels_last(maps[l]);
+    std::copy(last.data(), last.data() + last.numel(),
+              features[l].data() + first * (last.numel() / last.dim(0)));
+  }
+}
+
+}  // namespace detail::pipeline
+
 /// Loads, preprocesses and runs the backbone on dataset images `indices`, `batch_size` at a time
 /// (images decoded in parallel). `on_progress(done, total)` after every batch.
 template <class Scalar>
@@ -154,13 +173,7 @@ ExtractedImages<Scalar> extract_images(const MvtecDataset& data, const std::vect
     const std::vector<Index> chunk(indices.begin() + first, indices.begin() + first + count);
     const LoadedBatch<Scalar> batch = data.load_batch<Scalar>(chunk, pre);
     const std::vector<Tensor<Scalar>> maps = fx.extract(batch.images);
-    check(maps.size() == levels.size(), "extract_images: the extractor returned ", maps.size(),
-          " levels, expected ", levels.size());
-    for (std::size_t l = 0; l < maps.size(); ++l) {
-      const Tensor<Scalar> last = channels_last(maps[l]);
-      std::copy(last.data(), last.data() + last.numel(),
-                out.features[l].data() + first * last.numel() / count);
-    }
+    detail::pipeline::store_features(maps, first, out.features);
     for (Index b = 0; b < count; ++b) {
       const MvtecSample& s = data[chunk[static_cast<std::size_t>(b)]];
       out.classes.push_back(s.class_index);
@@ -173,6 +186,59 @@ ExtractedImages<Scalar> extract_images(const MvtecDataset& data, const std::vect
                        [](Scalar v) { return float(v); });
       }
     }
+    if (on_progress) on_progress(first + count, N);
+  }
+  return out;
+}
+
+/// The features of dataset images `indices`, each as it is and with a synthetic defect
+/// (io/synthetic_defect.hpp, docs/algorithm.md §9.6): 2 N images, image k of `indices` at rows 2k
+/// (label 0, an all-zero mask) and 2k + 1 (label 1, the defect's mask). The defect is drawn on the
+/// preprocessed image, before the ImageNet normalisation, from an Rng seeded with `seed` and the
+/// image's index in `data`, so an image gets the same defect whichever others are listed with it.
+/// The class of both rows is the image's; `paths` name the defective row `<path>#defect`.
+template <class Scalar>
+ExtractedImages<Scalar> extract_with_synthetic_defects(
+    const MvtecDataset& data, const std::vector<Index>& indices, const FeatureExtractor<Scalar>& fx,
+    const FeatureSettings& settings, std::uint64_t seed, Index batch_size = 8,
+    const std::function<void(Index, Index)>& on_progress = {}) {
+  check(batch_size >= 1, "extract_with_synthetic_defects: batch_size must be >= 1");
+  const Index N = static_cast<Index>(indices.size());
+  const Preprocess raw = preprocess_for(settings, false);
+  const std::vector<LevelSpec> levels = feature_levels(fx, settings);
+  ExtractedImages<Scalar> out;
+  for (const LevelSpec& s : levels)
+    out.features.push_back(Tensor<Scalar>::empty({2 * N, s.height, s.width, s.dim}));
+  const Index S = settings.mask_size, P = raw.image_size;
+  out.masks = Tensor<float>::zeros({2 * N, S, S});
+  out.has_masks = true;
+  for (Index first = 0; first < N; first += batch_size) {
+    const Index count = std::min(batch_size, N - first);
+    const std::vector<Index> chunk(indices.begin() + first, indices.begin() + first + count);
+    const LoadedBatch<Scalar> batch = data.load_batch<Scalar>(chunk, raw);
+    Tensor<Scalar> pair({2 * count, 3, P, P});
+    for (Index b = 0; b < count; ++b) {
+      const Index index = chunk[static_cast<std::size_t>(b)];
+      const Tensor<Scalar> image = batch.images.slice(b, b + 1).reshape({3, P, P});
+      Rng rng(seed * 0x9E3779B97F4A7C15ull + static_cast<std::uint64_t>(index));
+      const SyntheticDefect defect = draw_synthetic_defect(P, rng);
+      const Tensor<Scalar> normal = normalize_imagenet(image);
+      const Tensor<Scalar> defective = normalize_imagenet(apply_synthetic_defect(image, defect));
+      std::copy(normal.data(), normal.data() + normal.numel(), pair.data() + 2 * b * 3 * P * P);
+      std::copy(defective.data(), defective.data() + defective.numel(),
+                pair.data() + (2 * b + 1) * 3 * P * P);
+      const Tensor<Scalar> mask = synthetic_defect_mask<Scalar>(defect, S);
+      std::transform(mask.data(), mask.data() + S * S,
+                     out.masks.data() + (2 * (first + b) + 1) * S * S,
+                     [](Scalar v) { return float(v); });
+      const MvtecSample& s = data[index];
+      for (int label : {0, 1}) {
+        out.classes.push_back(s.class_index);
+        out.labels.push_back(label);
+        out.paths.push_back(label ? s.image_path + "#defect" : s.image_path);
+      }
+    }
+    detail::pipeline::store_features(fx.extract(pair), 2 * first, out.features);
     if (on_progress) on_progress(first + count, N);
   }
   return out;
