@@ -170,41 +170,73 @@ TEMPLATE_TEST_CASE("The transductive anomaly map follows docs/algorithm.md 5.4 s
   std::vector<hgad::Tensor<TestType>> levels = {
       hgad::Tensor<TestType>::randn({n, 6, 5}, rng, -2, 1),
       hgad::Tensor<TestType>::randn({n, 3, 3}, rng, -1, 2)};
-  hgad::AnomalyMapOptions options;
-  options.height = out_h;
-  options.width = out_w;
-  options.sigma = 1.5;
-  const auto a = hgad::transductive_anomaly_map(levels, options);
-  REQUIRE(a.shape() == hgad::Shape{n, out_h, out_w});
+  for (const bool log_scale : {false, true}) {
+    INFO("log_scale " << log_scale);
+    hgad::AnomalyMapOptions options;
+    options.height = out_h;
+    options.width = out_w;
+    options.sigma = 1.5;
+    options.log_scale = log_scale;
+    const auto a = hgad::transductive_anomaly_map(levels, options);
+    REQUIRE(a.shape() == hgad::Shape{n, out_h, out_w});
 
-  // Composed from the separately tested blocks, in double: max subtraction, exp, upsample, sum,
-  // max - S, blur.
-  hgad::Tensor<double> s({n, out_h, out_w});
-  for (const auto& level : levels) {
-    double m = -INFINITY;
-    for (hgad::Index i = 0; i < level.numel(); ++i) m = std::max(m, double(level.data()[i]));
-    hgad::Tensor<double> q(level.shape());
-    for (hgad::Index i = 0; i < level.numel(); ++i)
-      q.data()[i] = std::exp(double(level.data()[i]) - m);
-    const auto up = hgad::upsample_bilinear(q, out_h, out_w, true);
-    for (hgad::Index i = 0; i < s.numel(); ++i) s.data()[i] += up.data()[i];
+    // Composed from the separately tested blocks, in double: max subtraction, exp (not on the log
+    // scale), upsample, sum, max - S, blur.
+    hgad::Tensor<double> s({n, out_h, out_w});
+    for (const auto& level : levels) {
+      double m = -INFINITY;
+      for (hgad::Index i = 0; i < level.numel(); ++i) m = std::max(m, double(level.data()[i]));
+      hgad::Tensor<double> q(level.shape());
+      for (hgad::Index i = 0; i < level.numel(); ++i) {
+        const double relative = double(level.data()[i]) - m;
+        q.data()[i] = log_scale ? relative : std::exp(relative);
+      }
+      const auto up = hgad::upsample_bilinear(q, out_h, out_w, true);
+      for (hgad::Index i = 0; i < s.numel(); ++i) s.data()[i] += up.data()[i];
+    }
+    double s_max = -INFINITY;
+    for (hgad::Index i = 0; i < s.numel(); ++i) s_max = std::max(s_max, s.data()[i]);
+    for (hgad::Index i = 0; i < s.numel(); ++i) s.data()[i] = s_max - s.data()[i];
+    const auto blurred = hgad::gaussian_filter(s, 1.5);
+    // Absolute tolerances: the log scale's maps reach about 10, the exp scale's about 2.
+    const double scale = log_scale ? 10 : 1;
+    require_close(a, blurred.to_vector(), scale * (sizeof(TestType) == 4 ? 1e-6 : 1e-13));
+
+    const auto constants = hgad::anomaly_map_constants(levels, options);
+    REQUIRE(constants.level_max.size() == 2);
+    REQUIRE_THAT(constants.sum_max, WithinAbs(s_max, scale * 1e-13));
+
+    // Unblurred: the pixel holding max S is exactly 0 and no pixel is negative.
+    options.sigma = 0;
+    const auto raw = hgad::transductive_anomaly_map(levels, options);
+    double raw_min = INFINITY;
+    for (hgad::Index i = 0; i < raw.numel(); ++i)
+      raw_min = std::min(raw_min, double(raw.data()[i]));
+    REQUIRE(raw_min == 0.0);
   }
-  double s_max = -INFINITY;
-  for (hgad::Index i = 0; i < s.numel(); ++i) s_max = std::max(s_max, s.data()[i]);
-  for (hgad::Index i = 0; i < s.numel(); ++i) s.data()[i] = s_max - s.data()[i];
-  const auto blurred = hgad::gaussian_filter(s, 1.5);
-  require_close(a, blurred.to_vector(), sizeof(TestType) == 4 ? 1e-6 : 1e-13);
+}
 
-  const auto constants = hgad::anomaly_map_constants(levels, options);
-  REQUIRE(constants.level_max.size() == 2);
-  REQUIRE_THAT(constants.sum_max, WithinAbs(s_max, 1e-13));
-
-  // Unblurred: the pixel holding max S is exactly 0 and no pixel is negative.
+TEMPLATE_TEST_CASE(
+    "On the log scale an anomaly map keeps the order of positions far below the "
+    "largest, which the exp scale gives the same score",
+    "[metrics]", float, double) {
+  // One level of 2 x 2 maps at the output's size: image 0 has one position 40 below the largest,
+  // image 1 one position 60 below. exp(-40) and exp(-60) are both 0 beside 1, so the exp scale
+  // scores the two images alike; the log scale scores image 1 (the less likely) 20 higher.
+  hgad::Tensor<TestType> maps({2, 2, 2});
+  maps.data()[3] = TestType(-40);
+  maps.data()[4 + 3] = TestType(-60);
+  hgad::AnomalyMapOptions options;
+  options.height = options.width = 2;
   options.sigma = 0;
-  const auto raw = hgad::transductive_anomaly_map(levels, options);
-  double raw_min = INFINITY;
-  for (hgad::Index i = 0; i < raw.numel(); ++i) raw_min = std::min(raw_min, double(raw.data()[i]));
-  REQUIRE(raw_min == 0.0);
+  const std::vector<hgad::Tensor<TestType>> levels = {maps};
+  const auto exp_scores = hgad::image_scores(hgad::transductive_anomaly_map(levels, options));
+  CHECK(double(exp_scores[0]) == Approx(1.0).margin(1e-15));
+  CHECK(exp_scores[0] == exp_scores[1]);
+  options.log_scale = true;
+  const auto log_scores = hgad::image_scores(hgad::transductive_anomaly_map(levels, options));
+  CHECK(double(log_scores[0]) == Approx(40));
+  CHECK(double(log_scores[1]) == Approx(60));
 }
 
 TEMPLATE_TEST_CASE("The calibrated anomaly map scores an image alone as inside a batch",

@@ -55,6 +55,7 @@ TEST_CASE("ModelConfig defaults are HGAD's hyper-parameters", "[model]") {
   CHECK(c.batch_size == 8);
   CHECK(c.total_epochs() == 200);
   CHECK(c.calibration_baseline == hgad::CalibrationBaseline::none);
+  CHECK(c.map_scale == hgad::MapScale::exp);
   CHECK_NOTHROW(c.validate(false));
   CHECK_THROWS_AS(c.validate(true), hgad::Error);
 }
@@ -67,6 +68,7 @@ TEST_CASE("ModelConfig text form round-trips every field exactly", "[model]") {
   c.label_smoothing = 0.1;
   c.lr_decay_rate = 0.3;
   c.calibration_baseline = hgad::CalibrationBaseline::position;
+  c.map_scale = hgad::MapScale::log;
   c.features.resize_mode = "shorter_side_crop";
   c.features.layers = {"layer3"};
   c.features.pyramid_levels = 2;
@@ -82,6 +84,7 @@ TEST_CASE("ModelConfig text form round-trips every field exactly", "[model]") {
   CHECK(back.features == c.features);
   CHECK(back.objective == hgad::Objective::nf);
   CHECK(back.calibration_baseline == hgad::CalibrationBaseline::position);
+  CHECK(back.map_scale == hgad::MapScale::log);
   CHECK(back == c);
 }
 
@@ -128,7 +131,9 @@ TEST_CASE("ModelConfig parse errors name the source, the line, the key and the v
   CHECK(parse("levels = 128x32\n").find("dim x height x width") != std::string::npos);
   CHECK(parse("seed = -1\n").find("non-negative") != std::string::npos);
   CHECK(parse("resize_mode = crop\n").find("stretch or shorter_side_crop") != std::string::npos);
-  CHECK(parse("calibration_baseline = mean\n").find("none or position") != std::string::npos);
+  CHECK(parse("calibration_baseline = mean\n").find("none, position or position_std") !=
+        std::string::npos);
+  CHECK(parse("map_scale = linear\n").find("exp or log") != std::string::npos);
 }
 
 TEST_CASE("ModelConfig validation names the key and the offending value", "[model]") {
@@ -273,7 +278,7 @@ TEST_CASE("ModelConfig key table: to_text writes each key once in table order, f
       "clamp_variant", "n_centers", "lambda1", "lambda2", "label_smoothing", "meta_epochs",
       "sub_epochs", "warmup_meta_epochs", "stage1_meta_epochs", "lr", "lr_decay_rate", "beta1",
       "beta2", "adam_eps", "weight_decay", "batch_size", "seed", "calibration_images",
-      "calibration_baseline", "threshold_quantile", "backbone", "layers", "pyramid_levels", "image_size", "resize_mode",
+      "calibration_baseline", "map_scale", "threshold_quantile", "backbone", "layers", "pyramid_levels", "image_size", "resize_mode",
       "mask_size"};
   CHECK(table == keys);
 

@@ -649,91 +649,165 @@ TEST_CASE("HgadModel finds between-class anomalies that the single-Gaussian NF b
   CHECK(hgad_auroc >= nf_auroc + 0.3);
 }
 
-TEST_CASE("HgadModel per-position baselines are the calibration images' mean maps and survive a checkpoint",
-          "[model]") {
-  hgad::ModelConfig c = synthetic_config();
-  c.meta_epochs = 2;
-  c.calibration_images = 3;
-  c.calibration_baseline = hgad::CalibrationBaseline::position;
-  const Synthetic train = make_synthetic(4, 0, 6);
-  const Synthetic test = make_synthetic(2, 2, 7);
-  hgad::HgadModel<float> model(c);
-  model.fit(train.features, train.classes);
-  model.calibrate(train.features, train.classes);
+TEST_CASE(
+    "HgadModel per-position baselines (and scales) are the calibration images' mean maps (and "
+    "standard deviations) and survive a checkpoint",
+    "[model]") {
+  for (const auto baseline :
+       {hgad::CalibrationBaseline::position, hgad::CalibrationBaseline::position_std}) {
+    const bool scaled = baseline == hgad::CalibrationBaseline::position_std;
+    INFO("calibration_baseline " << (scaled ? "position_std" : "position"));
+    hgad::ModelConfig c = synthetic_config();
+    c.meta_epochs = 2;
+    c.calibration_images = 3;
+    c.calibration_baseline = baseline;
+    const Synthetic train = make_synthetic(4, 0, 6);
+    const Synthetic test = make_synthetic(2, 2, 7);
+    hgad::HgadModel<float> model(c);
+    model.fit(train.features, train.classes);
+    model.calibrate(train.features, train.classes);
 
-  // The baselines, recomputed here from raw_scores: per class the mean over its first three
-  // training images, and for the class-agnostic entry K = 3 the mean over all nine.
-  const Index K = 3, N = train.features[0].dim(0);
-  for (Index k = 0; k <= K; ++k) {
-    std::vector<std::vector<double>> lik(2), ent(2);
-    Index used = 0;
-    std::vector<Index> count(static_cast<std::size_t>(K), 0);
-    for (Index i = 0; i < N; ++i) {
-      const std::int64_t y = train.classes[static_cast<std::size_t>(i)];
-      if (count[static_cast<std::size_t>(y)]++ >= 3 || (k < K && y != k)) continue;
-      ++used;
-      const auto raw = model.raw_scores(hgad::HgadModel<float>::image_view(train.features, i), y);
+    // The baselines, recomputed here from raw_scores: per class the mean over its first three
+    // training images, and for the class-agnostic entry K = 3 the mean over all nine; the scales,
+    // the standard deviation over the same images (none of them is near the floor here).
+    const Index K = 3, N = train.features[0].dim(0);
+    for (Index k = 0; k <= K; ++k) {
+      std::vector<std::vector<std::vector<double>>> lik(2), ent(2);  // [level][position][image]
+      Index used = 0;
+      std::vector<Index> count(static_cast<std::size_t>(K), 0);
+      for (Index i = 0; i < N; ++i) {
+        const std::int64_t y = train.classes[static_cast<std::size_t>(i)];
+        if (count[static_cast<std::size_t>(y)]++ >= 3 || (k < K && y != k)) continue;
+        ++used;
+        const auto raw = model.raw_scores(hgad::HgadModel<float>::image_view(train.features, i), y);
+        for (std::size_t l = 0; l < 2; ++l) {
+          lik[l].resize(static_cast<std::size_t>(raw.log_likelihood[l].numel()));
+          ent[l].resize(lik[l].size());
+          for (std::size_t j = 0; j < lik[l].size(); ++j) {
+            lik[l][j].push_back(double(raw.log_likelihood[l].data()[j]));
+            ent[l][j].push_back(double(raw.neg_entropy[l].data()[j]));
+          }
+        }
+      }
+      CHECK(used == (k < K ? 3 : 9));
+      const auto mean = [](const std::vector<double>& v) {
+        double m = 0;
+        for (double x : v) m += x / double(v.size());
+        return m;
+      };
+      const auto deviation = [&](const std::vector<double>& v) {
+        double d = 0;
+        for (double x : v) d += (x - mean(v)) * (x - mean(v)) / double(v.size());
+        return std::sqrt(d);
+      };
+      const hgad::ClassCalibration& cal = model.calibration(k);
+      REQUIRE(cal.log_likelihood_baseline.size() == 2);
+      REQUIRE(cal.neg_entropy_baseline.size() == 2);
+      REQUIRE(cal.log_likelihood_scale.size() == (scaled ? 2u : 0u));
+      REQUIRE(cal.neg_entropy_scale.size() == (scaled ? 2u : 0u));
       for (std::size_t l = 0; l < 2; ++l) {
-        lik[l].resize(static_cast<std::size_t>(raw.log_likelihood[l].numel()), 0.0);
-        ent[l].resize(lik[l].size(), 0.0);
+        REQUIRE(cal.log_likelihood_baseline[l].size() == lik[l].size());
         for (std::size_t j = 0; j < lik[l].size(); ++j) {
-          lik[l][j] += double(raw.log_likelihood[l].data()[j]);
-          ent[l][j] += double(raw.neg_entropy[l].data()[j]);
+          CHECK(cal.log_likelihood_baseline[l][j] == Approx(mean(lik[l][j])).epsilon(1e-12));
+          CHECK(cal.neg_entropy_baseline[l][j] ==
+                Approx(mean(ent[l][j])).epsilon(1e-12).margin(1e-15));
+          if (!scaled) continue;
+          CHECK(cal.log_likelihood_scale[l][j] == Approx(deviation(lik[l][j])).epsilon(1e-9));
+          CHECK(cal.neg_entropy_scale[l][j] ==
+                Approx(deviation(ent[l][j])).epsilon(1e-9).margin(1e-12));
         }
       }
     }
-    CHECK(used == (k < K ? 3 : 9));
-    const hgad::ClassCalibration& cal = model.calibration(k);
-    REQUIRE(cal.log_likelihood_baseline.size() == 2);
-    REQUIRE(cal.neg_entropy_baseline.size() == 2);
-    for (std::size_t l = 0; l < 2; ++l) {
-      REQUIRE(cal.log_likelihood_baseline[l].size() == lik[l].size());
-      for (std::size_t j = 0; j < lik[l].size(); ++j) {
-        CHECK(cal.log_likelihood_baseline[l][j] == Approx(lik[l][j] / double(used)).epsilon(1e-12));
-        CHECK(cal.neg_entropy_baseline[l][j] == Approx(ent[l][j] / double(used)).epsilon(1e-12).margin(1e-15));
+
+    // An image's calibrated likelihood map is §5.4's map, with the stored constants, of its raw
+    // maps taken relative to the baselines (and divided by the scales), here position by position.
+    {
+      const auto image = hgad::HgadModel<float>::image_view(test.features, 0);
+      const std::int64_t y = test.classes[0];
+      const auto raw = model.raw_scores(image, y);
+      const hgad::ClassCalibration& cal = model.calibration(y);
+      std::vector<hgad::Tensor<float>> relative;
+      for (std::size_t l = 0; l < 2; ++l) {
+        const auto& m = raw.log_likelihood[l];
+        hgad::Tensor<float> r({1, m.dim(0), m.dim(1)});
+        for (Index j = 0; j < m.numel(); ++j)
+          r.data()[j] =
+              float((double(m.data()[j]) - cal.log_likelihood_baseline[l][std::size_t(j)]) /
+                    (scaled ? cal.log_likelihood_scale[l][std::size_t(j)] : 1.0));
+        relative.push_back(r);
+      }
+      hgad::AnomalyMapOptions o;
+      o.height = o.width = c.features.mask_size;
+      const auto expected = hgad::calibrated_anomaly_map(relative, cal.log_likelihood, o);
+      const auto got =
+          model.score(image, y, hgad::ScoreMode::calibrated, hgad::ScoreCriterion::likelihood);
+      REQUIRE(got.map.numel() == expected.numel());
+      for (Index p = 0; p < got.map.numel(); ++p)
+        CHECK(double(got.map.data()[p]) ==
+              Approx(std::max(0.0, double(expected.data()[p]))).margin(1e-5));
+    }
+
+    // Scores alone and in a batch agree; a saved and loaded model gives the same bits.
+    const auto batch = model.score_set(test.features, test.classes, hgad::ScoreMode::calibrated);
+    hgad_test::TempDir dir("model_baseline");
+    const std::string path = dir.file("m.hgad");
+    model.save(path);
+    const auto loaded = hgad::HgadModel<float>::load(path);
+    CHECK(loaded.config().calibration_baseline == baseline);
+    for (Index k = 0; k <= K; ++k) {
+      CHECK(loaded.calibration(k).log_likelihood_baseline ==
+            model.calibration(k).log_likelihood_baseline);
+      CHECK(loaded.calibration(k).neg_entropy_baseline ==
+            model.calibration(k).neg_entropy_baseline);
+      CHECK(loaded.calibration(k).log_likelihood_scale ==
+            model.calibration(k).log_likelihood_scale);
+      CHECK(loaded.calibration(k).neg_entropy_scale == model.calibration(k).neg_entropy_scale);
+    }
+    for (Index i = 0; i < test.features[0].dim(0); ++i) {
+      const auto image = hgad::HgadModel<float>::image_view(test.features, i);
+      const std::int64_t y = test.classes[static_cast<std::size_t>(i)];
+      const auto alone = model.score(image, y, hgad::ScoreMode::calibrated);
+      CHECK(alone.score == batch[static_cast<std::size_t>(i)].score);
+      CHECK(same_tensor(alone.map, batch[static_cast<std::size_t>(i)].map));
+      for (auto mode : {hgad::ScoreMode::calibrated, hgad::ScoreMode::label_free}) {
+        const auto a = model.score(image, y, mode), b = loaded.score(image, y, mode);
+        CHECK(a.score == b.score);
+        CHECK(a.map.to_vector() == b.map.to_vector());
       }
     }
-  }
 
-  // Scores alone and in a batch agree; a saved and loaded model gives the same bits.
-  const auto batch = model.score_set(test.features, test.classes, hgad::ScoreMode::calibrated);
-  hgad_test::TempDir dir("model_baseline");
-  const std::string path = dir.file("m.hgad");
-  model.save(path);
-  const auto loaded = hgad::HgadModel<float>::load(path);
-  CHECK(loaded.config().calibration_baseline == hgad::CalibrationBaseline::position);
-  for (Index k = 0; k <= K; ++k) {
-    CHECK(loaded.calibration(k).log_likelihood_baseline == model.calibration(k).log_likelihood_baseline);
-    CHECK(loaded.calibration(k).neg_entropy_baseline == model.calibration(k).neg_entropy_baseline);
-  }
-  for (Index i = 0; i < test.features[0].dim(0); ++i) {
-    const auto image = hgad::HgadModel<float>::image_view(test.features, i);
-    const std::int64_t y = test.classes[static_cast<std::size_t>(i)];
-    const auto alone = model.score(image, y, hgad::ScoreMode::calibrated);
-    CHECK(alone.score == batch[static_cast<std::size_t>(i)].score);
-    CHECK(same_tensor(alone.map, batch[static_cast<std::size_t>(i)].map));
-    for (auto mode : {hgad::ScoreMode::calibrated, hgad::ScoreMode::label_free}) {
-      const auto a = model.score(image, y, mode), b = loaded.score(image, y, mode);
-      CHECK(a.score == b.score);
-      CHECK(a.map.to_vector() == b.map.to_vector());
+    // A file whose configuration asks for baselines (or scales) it does not hold, or holds them
+    // misshapen, or a scale that is not positive.
+    const std::string entry =
+        scaled ? "calibration.position_scale.level1" : "calibration.position_baseline.level1";
+    hgad::Checkpoint misshapen = model.to_checkpoint();
+    misshapen.set_tensor(entry, hgad::Tensor<double>({2, 4, 3}));
+    CHECK_THROWS_WITH(
+        hgad::HgadModel<float>::from_checkpoint(misshapen, "m.hgad"),
+        Catch::Contains(entry) && Catch::Contains("(2, 4, 3)") && Catch::Contains("(2, 4, 4)"));
+    if (scaled) {
+      hgad::Checkpoint zero = model.to_checkpoint();
+      hgad::Tensor<double> scales = zero.tensor<double>(entry);
+      scales.data()[5] = 0;
+      zero.set_tensor(entry, scales);
+      CHECK_THROWS_WITH(hgad::HgadModel<float>::from_checkpoint(zero, "m.hgad"),
+                        Catch::Contains(entry) && Catch::Contains("not a positive scale"));
     }
+    hgad::ModelConfig plain_config = c;
+    plain_config.calibration_baseline =
+        scaled ? hgad::CalibrationBaseline::position : hgad::CalibrationBaseline::none;
+    hgad::HgadModel<float> plain(
+        plain_config);  // calibrated untrained: only the file's entries matter
+    plain.calibrate(train.features, train.classes);
+    hgad::Checkpoint missing = plain.to_checkpoint();
+    missing.set_text("config", c.to_text());
+    const std::string first =
+        scaled ? "calibration.position_scale.level0" : "calibration.position_baseline.level0";
+    CHECK_THROWS_WITH(
+        hgad::HgadModel<float>::from_checkpoint(missing, "m.hgad"),
+        Catch::Contains(first) && Catch::Contains(scaled ? "calibration_baseline = position_std"
+                                                         : "calibration_baseline = position"));
   }
-
-  // A file whose configuration asks for baselines it does not hold, or holds them misshapen.
-  hgad::Checkpoint misshapen = model.to_checkpoint();
-  misshapen.set_tensor("calibration.position_baseline.level1", hgad::Tensor<double>({2, 4, 3}));
-  CHECK_THROWS_WITH(hgad::HgadModel<float>::from_checkpoint(misshapen, "m.hgad"),
-                    Catch::Contains("calibration.position_baseline.level1") && Catch::Contains("(2, 4, 3)") &&
-                        Catch::Contains("(2, 4, 4)"));
-  hgad::ModelConfig plain_config = c;
-  plain_config.calibration_baseline = hgad::CalibrationBaseline::none;
-  hgad::HgadModel<float> plain(plain_config);  // calibrated untrained: only the file's entries matter
-  plain.calibrate(train.features, train.classes);
-  hgad::Checkpoint missing = plain.to_checkpoint();
-  missing.set_text("config", c.to_text());
-  CHECK_THROWS_WITH(hgad::HgadModel<float>::from_checkpoint(missing, "m.hgad"),
-                    Catch::Contains("calibration.position_baseline.level0") &&
-                        Catch::Contains("calibration_baseline = position"));
 }
 
 TEST_CASE("HgadModel class confusion is each class's mean posterior and survives a checkpoint",

@@ -258,6 +258,10 @@ struct AnomalyMapOptions {
   bool align_corners = true;  // §5.4: bilinear_resize(..., align_corners=True)
   double sigma = 4.0;         // §5.4: gaussian_filter σ = 4; 0 disables the blur
   double truncate = 4.0;      // §5.4: scipy's default truncate, radius 16
+  /// false (§5.4): each level enters S as exp(X_l - level_max[l]); true: as X_l - level_max[l]
+  /// itself, so that a map many nats below the level's maximum does not underflow to 0 and every
+  /// position keeps its rank (ModelConfig::map_scale = log; not in the paper).
+  bool log_scale = false;
 };
 
 /// The constants of the §5.4 normalisation: the maximum of each level's map, and the maximum of
@@ -269,10 +273,11 @@ struct AnomalyMapConstants {
 
 namespace detail::anomaly_map_impl {
 
-/// S for image n: Σ_l up(exp(X_l[n] - level_max[l])) into sum (height * width doubles).
+/// S for image n: Σ_l up(exp(X_l[n] - level_max[l])) into sum (height * width doubles); with
+/// log_scale, Σ_l up(X_l[n] - level_max[l]).
 template <class Scalar>
 void level_sum(const std::vector<Tensor<Scalar>>& levels, const std::vector<double>& level_max,
-               const std::vector<std::vector<MapLinearTap>>& rows,
+               bool log_scale, const std::vector<std::vector<MapLinearTap>>& rows,
                const std::vector<std::vector<MapLinearTap>>& cols, Index n, std::vector<double>& q,
                std::vector<double>& rows_x, std::vector<double>& sum) {
   std::fill(sum.begin(), sum.end(), 0.0);
@@ -281,7 +286,10 @@ void level_sum(const std::vector<Tensor<Scalar>>& levels, const std::vector<doub
     const Index w = levels[l].dim(2);
     const Scalar* x = levels[l].data() + n * h * w;
     q.resize(static_cast<std::size_t>(h * w));
-    for (Index i = 0; i < h * w; ++i) q[std::size_t(i)] = std::exp(double(x[i]) - level_max[l]);
+    for (Index i = 0; i < h * w; ++i) {
+      const double relative = double(x[i]) - level_max[l];
+      q[std::size_t(i)] = log_scale ? relative : std::exp(relative);
+    }
     upsample_bilinear_plane(q.data(), h, w, rows[l], cols[l], sum.data(), true, rows_x);
   }
 }
@@ -313,10 +321,10 @@ inline void check_options(const char* where, const AnomalyMapOptions& options) {
 
 /// The §5.4 normalisation constants of a set of per-level maps: level_max[l] = max X_l over all
 /// images and positions, sum_max = max over all images and output pixels of
-/// S = Σ_l bilinear(exp(X_l - level_max[l])). On the test maps of a class these are the paper's
-/// transductive constants; on training (normal) maps they are the calibration that
-/// calibrated_anomaly_map needs to score images one at a time. Streams image by image: memory is
-/// one output plane per thread, not N of them.
+/// S = Σ_l bilinear(exp(X_l - level_max[l])) (X_l - level_max[l] with options.log_scale). On the
+/// test maps of a class these are the paper's transductive constants; on training (normal) maps
+/// they are the calibration that calibrated_anomaly_map needs to score images one at a time.
+/// Streams image by image: memory is one output plane per thread, not N of them.
 /// requires: levels non-empty, each (N, h_l, w_l) with one N >= 1, finite values.
 template <class Scalar>
 AnomalyMapConstants anomaly_map_constants(const std::vector<Tensor<Scalar>>& levels,
@@ -339,7 +347,8 @@ AnomalyMapConstants anomaly_map_constants(const std::vector<Tensor<Scalar>>& lev
   const Index n_out = options.height * options.width;
   detail::parallel_for(n_images, n_images * n_out * Index(host.size()) * 6, [&](std::int64_t n) {
     std::vector<double> q, rows_x, sum(static_cast<std::size_t>(n_out));
-    detail::anomaly_map_impl::level_sum(host, constants.level_max, rows, cols, n, q, rows_x, sum);
+    detail::anomaly_map_impl::level_sum(host, constants.level_max, options.log_scale, rows, cols, n,
+                                        q, rows_x, sum);
     image_max[std::size_t(n)] = *std::max_element(sum.begin(), sum.end());
   });
   constants.sum_max = *std::max_element(image_max.begin(), image_max.end());
@@ -349,6 +358,7 @@ AnomalyMapConstants anomaly_map_constants(const std::vector<Tensor<Scalar>>& lev
 /// The §5.4 anomaly map with given constants, image by image:
 ///     S = Σ_l bilinear(exp(X_l - level_max[l]), height x width, align_corners)
 ///     A = gaussian_filter(sum_max - S, sigma, truncate)
+/// (with options.log_scale, X_l - level_max[l] in place of its exp)
 /// computed in double and rounded to Scalar. Each image depends only on itself and the constants,
 /// so an image gets the same map alone or in any batch. With constants from training maps a test
 /// image more normal than all of them can have S > sum_max and slightly negative A.
@@ -388,7 +398,8 @@ Tensor<Scalar> calibrated_anomaly_map(const std::vector<Tensor<Scalar>>& levels,
       n_images, n_images * n_out * (Index(host.size()) * 6 + 2 * Index(kernel.size())),
       [&](std::int64_t n) {
         std::vector<double> q, rows_x, a(static_cast<std::size_t>(n_out)), scratch, line;
-        detail::anomaly_map_impl::level_sum(host, constants.level_max, rows, cols, n, q, rows_x, a);
+        detail::anomaly_map_impl::level_sum(host, constants.level_max, options.log_scale, rows,
+                                            cols, n, q, rows_x, a);
         for (double& v : a) v = constants.sum_max - v;
         if (!kernel.empty()) {
           detail::anomaly_map_impl::gaussian_filter_plane(a.data(), options.height, options.width,

@@ -86,11 +86,26 @@ inline constexpr const char* resize_mode_names[] = {"stretch", "shorter_side_cro
 enum class CalibrationBaseline {
   none,      ///< the raw maps, normalised as docs/algorithm.md §5 step 4 with frozen constants
   position,  ///< each raw map minus its per-position mean over the calibration images first
+  /// each raw map minus its per-position mean, divided by its per-position standard deviation
+  /// over the calibration images
+  position_std,
 };
 
 /// The spelling of each calibration baseline in text (a config's `calibration_baseline` key).
 inline constexpr detail::NamedValue<CalibrationBaseline> calibration_baseline_names[] = {
-    {"none", CalibrationBaseline::none}, {"position", CalibrationBaseline::position}};
+    {"none", CalibrationBaseline::none},
+    {"position", CalibrationBaseline::position},
+    {"position_std", CalibrationBaseline::position_std}};
+
+/// How each level's map enters the §5.4 sum of the anomaly maps (ModelConfig::map_scale).
+enum class MapScale {
+  exp,  ///< the paper's: exp(X_l - max X_l), a likelihood relative to the largest
+  log,  ///< X_l - max X_l: a log-likelihood, which does not underflow to 0 far below the largest
+};
+
+/// The spelling of each map scale in text (a config's `map_scale` key).
+inline constexpr detail::NamedValue<MapScale> map_scale_names[] = {{"exp", MapScale::exp},
+                                                                   {"log", MapScale::log}};
 
 /// How fit() starts a model (ModelConfig::init).
 enum class ModelInit {
@@ -222,8 +237,21 @@ struct ModelConfig {
   /// at the border of the feature map, where the backbone's zero padding acts, in normal and
   /// defective images alike), and the image score, a maximum over positions, then often measures
   /// that bias instead of the defect; the per-position mean of normal images removes it, as a
-  /// per-position Gaussian (PaDiM) does by construction. The transductive mode never uses it.
+  /// per-position Gaussian (PaDiM) does by construction. `position_std` also divides by each
+  /// position's standard deviation over the calibration images: where normal images vary most
+  /// (the border, or the parts in which the folders of a class group differ), a normal image no
+  /// longer reaches the largest score of the map (docs/algorithm.md §9.2). The transductive mode
+  /// never uses either.
   CalibrationBaseline calibration_baseline = CalibrationBaseline::none;
+
+  /// How each level's map enters the anomaly map (docs/algorithm.md §5.4, §9.7): `exp`, the paper's
+  /// exp(X_l - max X_l), or `log`, X_l - max X_l. Under exp a position some tens below the largest
+  /// value of its level (exp(-20) = 2e-9) counts as 0, the largest anomaly the map can show; when a
+  /// position of every image, normal or not, lies that low (class covariances fit the normal
+  /// positions closely, and X_l is a log-likelihood per dimension), every image reaches nearly the
+  /// same largest score and the image ranking is lost. `log` keeps the order of every position.
+  /// Applies to both maps, in every mode.
+  MapScale map_scale = MapScale::exp;
 
   /// The decision threshold of each class: this quantile of the image scores of its calibration
   /// images (its normal training images); an image scoring above it is anomalous. Not in the paper,
@@ -396,6 +424,7 @@ void for_each_config_key(Config& c, Key&& key) {
   key("calibration_images", c.calibration_images,
       KeyRule<Index>{[](const Index& n) { return n >= 0; }, "must be >= 0 (0: all)"});
   key("calibration_baseline", c.calibration_baseline, calibration_baseline_names);
+  key("map_scale", c.map_scale, map_scale_names);
   key("threshold_quantile", c.threshold_quantile,
       KeyRule<double>{[](const double& q) { return q > 0 && q <= 1; }, "must be in (0, 1]"});
   key("backbone", c.features.backbone,
@@ -447,7 +476,10 @@ inline constexpr KeyMeaning config_key_meanings[] = {
     {"batch_size", "images per optimiser step (memory grows with it)"},
     {"seed", "random seed of the initialisation and the batch order"},
     {"calibration_images", "training images per class used to calibrate the scores (0: all)"},
-    {"calibration_baseline", "none, or position: subtract each position's mean normal score"},
+    {"calibration_baseline",
+     "none; position: subtract each position's mean normal score; position_std: and divide by its "
+     "standard deviation"},
+    {"map_scale", "exp (the paper's maps) or log: the levels' log-likelihoods summed, no exp"},
     {"threshold_quantile",
      "decision threshold: this quantile of the training images' scores, per class"},
     {"backbone", "feature network: resnet18, resnet34, resnet50, wide_resnet50_2 (or none)"},

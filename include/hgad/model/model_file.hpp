@@ -42,6 +42,11 @@ class ModelFile {
     return "calibration.position_baseline.level" + std::to_string(l);
   }
 
+  /// The checkpoint entry of level l's per-position calibration scales (position_std).
+  static std::string scale_key(Index l) {
+    return "calibration.position_scale.level" + std::to_string(l);
+  }
+
   /// The checkpoint entry, after "levelL.", of a level's class factors (docs/algorithm.md §3.1.2).
   static constexpr const char* class_factors_key = "prior.class_factors";
 
@@ -109,24 +114,31 @@ class ModelFile {
                                   .class_posterior[static_cast<std::size_t>(y)];
         ckpt.set_tensor("calibration.class_posterior", posterior);
       }
-      if (model.m_config.calibration_baseline == CalibrationBaseline::position) {
-        // Per level (2, K + 1, H W): likelihood and negative-entropy baselines, NaN where absent.
+      if (model.m_config.calibration_baseline != CalibrationBaseline::none) {
+        // Per level (2, K + 1, H W): likelihood and negative-entropy baselines (and with
+        // position_std their scales), NaN where absent.
+        const bool scaled =
+            model.m_config.calibration_baseline == CalibrationBaseline::position_std;
         for (Index l = 0; l < L; ++l) {
           const LevelSpec& s = model.m_config.levels[static_cast<std::size_t>(l)];
           const Index hw = s.height * s.width;
-          Tensor<double> baseline({2, K + 1, hw});
-          for (Index k = 0; k <= K; ++k) {
-            const ClassCalibration& cal = model.m_calibration[static_cast<std::size_t>(k)];
-            const std::vector<std::vector<double>>* parts[2] = {&cal.log_likelihood_baseline,
-                                                                &cal.neg_entropy_baseline};
-            for (Index t = 0; t < 2; ++t)
-              for (Index j = 0; j < hw; ++j)
-                baseline(t, k, j) =
-                    parts[t]->empty()
-                        ? std::numeric_limits<double>::quiet_NaN()
-                        : (*parts[t])[static_cast<std::size_t>(l)][static_cast<std::size_t>(j)];
+          for (const bool scale : {false, true}) {
+            if (scale && !scaled) continue;
+            Tensor<double> values({2, K + 1, hw});
+            for (Index k = 0; k <= K; ++k) {
+              const ClassCalibration& cal = model.m_calibration[static_cast<std::size_t>(k)];
+              const std::vector<std::vector<double>>* parts[2] = {
+                  scale ? &cal.log_likelihood_scale : &cal.log_likelihood_baseline,
+                  scale ? &cal.neg_entropy_scale : &cal.neg_entropy_baseline};
+              for (Index t = 0; t < 2; ++t)
+                for (Index j = 0; j < hw; ++j)
+                  values(t, k, j) =
+                      parts[t]->empty()
+                          ? std::numeric_limits<double>::quiet_NaN()
+                          : (*parts[t])[static_cast<std::size_t>(l)][static_cast<std::size_t>(j)];
+            }
+            ckpt.set_tensor(scale ? scale_key(l) : baseline_key(l), values);
           }
-          ckpt.set_tensor(baseline_key(l), baseline);
         }
       }
     }
@@ -274,29 +286,38 @@ class ModelFile {
                 posterior(k, y));
           }
       }
-      if (config.calibration_baseline == CalibrationBaseline::position) {
+      if (config.calibration_baseline != CalibrationBaseline::none) {
+        const bool scaled = config.calibration_baseline == CalibrationBaseline::position_std;
         for (Index l = 0; l < L; ++l) {
           const LevelSpec& s = config.levels[static_cast<std::size_t>(l)];
           const Index hw = s.height * s.width;
-          const std::string key = baseline_key(l);
-          check(ckpt.has(key), "'", name, "' lacks the entry '", key,
-                "' its configuration (calibration_baseline = position) needs");
-          const Tensor<double> baseline = ckpt.tensor<double>(key);
-          check(baseline.shape() == Shape({2, K + 1, hw}), "'", name, "': ", key, " has shape ",
-                baseline.shape().to_string(), ", expected (2, ", K + 1, ", ", hw, ")");
-          for (Index k = 0; k <= K; ++k) {
-            ClassCalibration& cal = model.m_calibration[static_cast<std::size_t>(k)];
-            std::vector<std::vector<double>>* parts[2] = {&cal.log_likelihood_baseline,
-                                                          &cal.neg_entropy_baseline};
-            for (Index t = 0; t < 2; ++t) {
-              if (std::isnan(sum_max(t, k))) continue;
-              std::vector<double> values(static_cast<std::size_t>(hw));
-              for (Index j = 0; j < hw; ++j) {
-                values[static_cast<std::size_t>(j)] = baseline(t, k, j);
-                check(std::isfinite(values[static_cast<std::size_t>(j)]), "'", name, "': ", key,
-                      " holds a non-finite value at (", t, ", ", k, ", ", j, ")");
+          for (const bool scale : {false, true}) {
+            if (scale && !scaled) continue;
+            const std::string key = scale ? scale_key(l) : baseline_key(l);
+            check(ckpt.has(key), "'", name, "' lacks the entry '", key,
+                  "' its configuration (calibration_baseline = ",
+                  detail::name_of(calibration_baseline_names, config.calibration_baseline),
+                  ") needs");
+            const Tensor<double> stored = ckpt.tensor<double>(key);
+            check(stored.shape() == Shape({2, K + 1, hw}), "'", name, "': ", key, " has shape ",
+                  stored.shape().to_string(), ", expected (2, ", K + 1, ", ", hw, ")");
+            for (Index k = 0; k <= K; ++k) {
+              ClassCalibration& cal = model.m_calibration[static_cast<std::size_t>(k)];
+              std::vector<std::vector<double>>* parts[2] = {
+                  scale ? &cal.log_likelihood_scale : &cal.log_likelihood_baseline,
+                  scale ? &cal.neg_entropy_scale : &cal.neg_entropy_baseline};
+              for (Index t = 0; t < 2; ++t) {
+                if (std::isnan(sum_max(t, k))) continue;
+                std::vector<double> values(static_cast<std::size_t>(hw));
+                for (Index j = 0; j < hw; ++j) {
+                  values[static_cast<std::size_t>(j)] = stored(t, k, j);
+                  check(std::isfinite(values[static_cast<std::size_t>(j)]) &&
+                            (!scale || values[static_cast<std::size_t>(j)] > 0),
+                        "'", name, "': ", key, " holds ", values[static_cast<std::size_t>(j)],
+                        " at (", t, ", ", k, ", ", j, ")", scale ? ", not a positive scale" : "");
+                }
+                parts[t]->push_back(std::move(values));
               }
-              parts[t]->push_back(std::move(values));
             }
           }
         }

@@ -133,6 +133,11 @@ struct ClassCalibration {
   /// an image's raw maps before the normalisation (ModelConfig::calibration_baseline = position);
   /// empty otherwise, and empty for the negative entropy of the NF objective.
   std::vector<std::vector<double>> log_likelihood_baseline, neg_entropy_baseline;
+  /// Per level (H_l · W_l): the standard deviation of the raw map at each position over the
+  /// calibration images, floored at 10⁻³ of its mean over the level's positions (1 where the whole
+  /// level is constant); the baseline-relative maps are divided by it (calibration_baseline =
+  /// position_std). Empty otherwise.
+  std::vector<std::vector<double>> log_likelihood_scale, neg_entropy_scale;
   /// (K,) the mean over the calibration images of RawScores::class_posterior: how the model's
   /// inter-class posterior spreads over the classes on these normal images (HgadModel::
   /// class_confusion); empty for the NF objective.
@@ -272,13 +277,15 @@ class ModelScoring {
     if (likelihood) {
       const Tensor<Scalar> lik =
           calibrated_anomaly_map(one_image_levels(relative_to_baseline(
-                                     raw.log_likelihood, constants.log_likelihood_baseline)),
+                                     raw.log_likelihood, constants.log_likelihood_baseline,
+                                     constants.log_likelihood_scale)),
                                  constants.log_likelihood, options);
       for (Index i = 0; i < n; ++i) a[i] = std::max(lik.data()[i], Scalar(0));
     }
     if (entropy) {
       const Tensor<Scalar> ent = calibrated_anomaly_map(
-          one_image_levels(relative_to_baseline(raw.neg_entropy, constants.neg_entropy_baseline)),
+          one_image_levels(relative_to_baseline(raw.neg_entropy, constants.neg_entropy_baseline,
+                                                constants.neg_entropy_scale)),
           constants.neg_entropy, options);
       for (Index i = 0; i < n; ++i) a[i] *= std::max(ent.data()[i], Scalar(0));
     }
@@ -471,16 +478,22 @@ class ModelScoring {
   static ClassCalibration calibration_from(const HgadModel<Scalar>& model,
                                            const std::vector<RawScores<Scalar>>& raws) {
     ClassCalibration k;
-    if (model.config().calibration_baseline == CalibrationBaseline::position) {
-      k.log_likelihood_baseline = position_means(model, raws, false);
+    const CalibrationBaseline baseline = model.config().calibration_baseline;
+    if (baseline != CalibrationBaseline::none) {
+      const bool scaled = baseline == CalibrationBaseline::position_std;
+      position_statistics(model, raws, false, k.log_likelihood_baseline,
+                          scaled ? &k.log_likelihood_scale : nullptr);
       if (!raws.front().neg_entropy.empty())
-        k.neg_entropy_baseline = position_means(model, raws, true);
+        position_statistics(model, raws, true, k.neg_entropy_baseline,
+                            scaled ? &k.neg_entropy_scale : nullptr);
     }
     std::vector<RawScores<Scalar>> relative;  // the raw maps when there are no baselines
     for (const auto& raw : raws) {
       RawScores<Scalar> r;
-      r.log_likelihood = relative_to_baseline(raw.log_likelihood, k.log_likelihood_baseline);
-      r.neg_entropy = relative_to_baseline(raw.neg_entropy, k.neg_entropy_baseline);
+      r.log_likelihood = relative_to_baseline(raw.log_likelihood, k.log_likelihood_baseline,
+                                              k.log_likelihood_scale);
+      r.neg_entropy =
+          relative_to_baseline(raw.neg_entropy, k.neg_entropy_baseline, k.neg_entropy_scale);
       relative.push_back(std::move(r));
     }
     const ClassCalibration fitted = fit_constants(model, relative);
@@ -498,41 +511,68 @@ class ModelScoring {
     return k;
   }
 
-  /// Per level, the mean over `raws` of each position of the likelihood (or negative-entropy) map.
-  static std::vector<std::vector<double>> position_means(const HgadModel<Scalar>& model,
-                                                         const std::vector<RawScores<Scalar>>& raws,
-                                                         bool entropy) {
-    std::vector<std::vector<double>> means;
+  /// Per level, the mean over `raws` of each position of the likelihood (or negative-entropy) map
+  /// into `means`; with `scales`, its standard deviation there (over the images, divided by their
+  /// number), floored at 10⁻³ of the level's mean standard deviation, or 1 where that mean is 0.
+  static void position_statistics(const HgadModel<Scalar>& model,
+                                  const std::vector<RawScores<Scalar>>& raws, bool entropy,
+                                  std::vector<std::vector<double>>& means,
+                                  std::vector<std::vector<double>>* scales) {
+    means.clear();
+    if (scales) scales->clear();
+    const double n = double(raws.size());
     for (Index l = 0; l < model.n_levels(); ++l) {
       const LevelSpec& s = model.config().levels[static_cast<std::size_t>(l)];
-      std::vector<double> sum(static_cast<std::size_t>(s.height * s.width), 0.0);
-      for (const auto& raw : raws) {
-        const Tensor<Scalar>& m =
-            (entropy ? raw.neg_entropy : raw.log_likelihood)[static_cast<std::size_t>(l)];
-        for (std::size_t j = 0; j < sum.size(); ++j) sum[j] += double(m.data()[j]);
+      const std::size_t positions = static_cast<std::size_t>(s.height * s.width);
+      const auto map_of = [&](const RawScores<Scalar>& raw) -> const Tensor<Scalar>& {
+        return (entropy ? raw.neg_entropy : raw.log_likelihood)[static_cast<std::size_t>(l)];
+      };
+      std::vector<double> mean(positions, 0.0);
+      for (const auto& raw : raws)
+        for (std::size_t j = 0; j < positions; ++j) mean[j] += double(map_of(raw).data()[j]);
+      for (double& v : mean) v /= n;
+      if (scales) {
+        std::vector<double> deviation(positions, 0.0);
+        for (const auto& raw : raws)
+          for (std::size_t j = 0; j < positions; ++j) {
+            const double d = double(map_of(raw).data()[j]) - mean[j];
+            deviation[j] += d * d;
+          }
+        double level_mean = 0;
+        for (double& v : deviation) {
+          v = std::sqrt(v / n);
+          level_mean += v / double(positions);
+        }
+        for (double& v : deviation) v = level_mean > 0 ? std::max(v, 1e-3 * level_mean) : 1.0;
+        scales->push_back(std::move(deviation));
       }
-      for (double& v : sum) v /= double(raws.size());
-      means.push_back(std::move(sum));
+      means.push_back(std::move(mean));
     }
-    return means;
   }
 
-  /// maps − baseline, position by position (new tensors); the maps themselves when `baseline` is
-  /// empty.
+  /// (maps − baseline) / scale, position by position (new tensors); without a scale, maps −
+  /// baseline; the maps themselves when `baseline` is empty.
   static std::vector<Tensor<Scalar>> relative_to_baseline(
-      const std::vector<Tensor<Scalar>>& maps, const std::vector<std::vector<double>>& baseline) {
+      const std::vector<Tensor<Scalar>>& maps, const std::vector<std::vector<double>>& baseline,
+      const std::vector<std::vector<double>>& scale) {
     if (baseline.empty()) return maps;
-    check(baseline.size() == maps.size(), "HgadModel: ", baseline.size(), " baseline levels for ",
+    check(baseline.size() == maps.size() && (scale.empty() || scale.size() == maps.size()),
+          "HgadModel: ", baseline.size(), " baseline and ", scale.size(), " scale levels for ",
           maps.size(), " maps");
     std::vector<Tensor<Scalar>> out;
     for (std::size_t l = 0; l < maps.size(); ++l) {
       const Tensor<Scalar>& m = maps[l];
       const std::vector<double>& b = baseline[l];
-      check(static_cast<Index>(b.size()) == m.numel(), "HgadModel: a baseline of ", b.size(),
-            " positions for a map of shape ", m.shape().to_string());
+      check(static_cast<Index>(b.size()) == m.numel() &&
+                (scale.empty() || static_cast<Index>(scale[l].size()) == m.numel()),
+            "HgadModel: a baseline of ", b.size(), " positions for a map of shape ",
+            m.shape().to_string());
       Tensor<Scalar> r = Tensor<Scalar>::empty(m.shape());
-      for (Index j = 0; j < m.numel(); ++j)
-        r.data()[j] = static_cast<Scalar>(double(m.data()[j]) - b[static_cast<std::size_t>(j)]);
+      for (Index j = 0; j < m.numel(); ++j) {
+        const double relative = double(m.data()[j]) - b[static_cast<std::size_t>(j)];
+        r.data()[j] = static_cast<Scalar>(
+            scale.empty() ? relative : relative / scale[l][static_cast<std::size_t>(j)]);
+      }
       out.push_back(std::move(r));
     }
     return out;
@@ -541,6 +581,7 @@ class ModelScoring {
   static AnomalyMapOptions map_options(const HgadModel<Scalar>& model) {
     AnomalyMapOptions o;
     o.height = o.width = model.config().features.mask_size;
+    o.log_scale = model.config().map_scale == MapScale::log;
     return o;
   }
 
