@@ -244,12 +244,10 @@ struct ModelConfig {
   /// never uses either.
   CalibrationBaseline calibration_baseline = CalibrationBaseline::none;
 
-  /// How each level's map enters the anomaly map (docs/algorithm.md §5.4, §9.7): `exp`, the paper's
-  /// exp(X_l - max X_l), or `log`, X_l - max X_l. Under exp a position some tens below the largest
-  /// value of its level (exp(-20) = 2e-9) counts as 0, the largest anomaly the map can show; when a
-  /// position of every image, normal or not, lies that low (class covariances fit the normal
-  /// positions closely, and X_l is a log-likelihood per dimension), every image reaches nearly the
-  /// same largest score and the image ranking is lost. `log` keeps the order of every position.
+  /// How each level's map enters the anomaly map (docs/algorithm.md §5.4, §9.2): `exp`, the paper's
+  /// exp(X_l - max X_l), or `log`, X_l - max X_l. Under exp all positions far below the largest
+  /// value of their level count as nearly the same largest anomaly (exp(-20) and exp(-40) are both
+  /// about 0 beside 1), so the map cannot rank them; `log` keeps the order of every position.
   /// Applies to both maps, in every mode.
   MapScale map_scale = MapScale::exp;
 
