@@ -1505,9 +1505,6 @@ int cmd_embeddings(const Args& args) {
     Json j = Json::object();
     j.set("version", Json::string(HGAD_CLI_VERSION));
     j.set("data", Json::string(data));
-    // "validation": the held-out training images of --validation, each also with a defect.
-    j.set("images_of", Json::string(validation_percent > 0 ? "validation" : "test"));
-    if (validation_percent > 0) j.set("validation_percent", Json::integer(validation_percent));
     j.set("objective", Json::string(hgad::to_string(config.objective)));
     auto row_json = [&](const Row& r) {
       Json c = Json::object();

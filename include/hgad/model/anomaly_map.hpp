@@ -259,8 +259,8 @@ struct AnomalyMapOptions {
   double sigma = 4.0;         // §5.4: gaussian_filter σ = 4; 0 disables the blur
   double truncate = 4.0;      // §5.4: scipy's default truncate, radius 16
   /// false (§5.4): each level enters S as exp(X_l - level_max[l]); true: as X_l - level_max[l]
-  /// itself, so that a map many nats below the level's maximum does not underflow to 0 and every
-  /// position keeps its rank (ModelConfig::map_scale = log; not in the paper).
+  /// itself, so that positions far below the level's maximum do not all count as about 0 and every
+  /// position keeps its order (ModelConfig::map_scale = log; not in the paper).
   bool log_scale = false;
 };
 
