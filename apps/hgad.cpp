@@ -849,16 +849,15 @@ int cmd_test(const Args& args) {
   for (const auto& c : classes)
     if (config.class_of(c) < 0) throw UsageError("--classes: the model knows no class '" + c + "'");
   // --validation: the images the model was trained without, as the model file records them.
-  const Index validation_percent =
-      args.has("validation") ? args.get_int("validation", 0, 1, 90) : 0;
-  if (validation_percent > 0 &&
-      model.metadata("validation_percent", "0") != std::to_string(validation_percent))
+  const Index validation_percent = validation_option(args);
+  const std::string recorded = model.metadata("validation_percent", "0");
+  if (validation_percent > 0 && recorded != std::to_string(validation_percent))
     throw UsageError(
         "--validation " + std::to_string(validation_percent) + ": the model '" + model_path +
         "' was trained " +
-        (model.metadata("validation_percent", "0") == "0"
+        (recorded == "0"
              ? std::string("on all its training images (or by an hgad that did not record it)")
-             : "with --validation " + model.metadata("validation_percent")) +
+             : "with --validation " + recorded) +
         "; scoring images it was trained on would measure nothing");
   const std::string backbone = backbone_dir_for(args, model);
   auto fx = hgad::make_extractor<Scalar>(config.features, backbone, device);

@@ -238,10 +238,10 @@ struct ModelConfig {
   /// defective images alike), and the image score, a maximum over positions, then often measures
   /// that bias instead of the defect; the per-position mean of normal images removes it, as a
   /// per-position Gaussian (PaDiM) does by construction. `position_std` also divides by each
-  /// position's standard deviation over the calibration images: where normal images vary most
-  /// (the border, or the parts in which the folders of a class group differ), a normal image no
-  /// longer reaches the largest score of the map (docs/algorithm.md §9.2). The transductive mode
-  /// never uses either.
+  /// position's standard deviation over the calibration images, so that the positions where
+  /// normal images vary most (the border, or the parts in which the folders of a class group
+  /// differ) weigh less in that maximum (docs/algorithm.md §9.2). The transductive mode never uses
+  /// either.
   CalibrationBaseline calibration_baseline = CalibrationBaseline::none;
 
   /// How each level's map enters the anomaly map (docs/algorithm.md §5.4, §9.2): `exp`, the paper's

@@ -139,7 +139,7 @@ namespace detail::pipeline {
 template <class Scalar>
 void store_features(const std::vector<Tensor<Scalar>>& maps, Index first,
                     std::vector<Tensor<Scalar>>& features) {
-  check(maps.size() == features.size(), "extract_images: the extractor returned ", maps.size(),
+  check(maps.size() == features.size(), "the feature extractor returned ", maps.size(),
         " levels, expected ", features.size());
   for (std::size_t l = 0; l < maps.size(); ++l) {
     const Tensor<Scalar> last = channels_last(maps[l]);
