@@ -2,7 +2,9 @@
 // and every score against a naive double loop that forms the class log-densities from the
 // covariances Σ_y themselves (Eigen's LLT of Σ_y, not the factors A_y the library holds), the
 // fused path against the autograd reference in every gradient, gradcheck of each term, and the
-// fused gradients against finite differences of the naive loss.
+// fused gradients against finite differences of the naive loss. Each for both scopes of the
+// factors: every component (class_covariance = class) and the intra-class components only
+// (class_covariance = intra), where the naive class level is the paper's −|z − μ_y|² / 2.
 #include <catch2/catch.hpp>
 
 #include <Eigen/Cholesky>
@@ -38,13 +40,15 @@ struct Problem {
   std::vector<std::int64_t> labels;
   std::vector<Eigen::MatrixXd> sigma;  // Σ_y (D, D)
   hgad::Tensor<double> factors;        // A_y = L_y⁻¹, L_y Lᵀ_y = Σ_y, (K, D, D)
+  bool class_level = true;             // whether the class level carries Σ_y too
 };
 
 /// Random centres and logits, a random well-conditioned covariance per class, and latents drawn
 /// near the centres with that covariance.
-Problem make_problem(std::uint64_t seed) {
+Problem make_problem(std::uint64_t seed, bool class_level = true) {
   hgad::Rng rng(seed);
   Problem p;
+  p.class_level = class_level;
   p.mu = hgad::Tensor<double>::randn({K, D}, rng, 0.0, 1.0);
   p.delta = hgad::Tensor<double>::randn({K, M - 1, D}, rng, 0.0, 0.6);
   p.phi_intra = hgad::Tensor<double>::randn({K, M}, rng, 0.0, 0.5);
@@ -88,7 +92,7 @@ template <class T>
 hgad::GaussianMixturePrior<T> make_prior(const Problem& p) {
   hgad::GaussianMixturePrior<T> prior(cast<T>(p.mu), cast<T>(p.delta), cast<T>(p.phi_intra),
                                       cast<T>(p.phi_inter));
-  prior.set_class_factors(cast<T>(p.factors));
+  prior.set_class_factors(cast<T>(p.factors), p.class_level);
   return prior;
 }
 
@@ -119,7 +123,9 @@ hgad_test::NaiveRow naive_row(const Problem& p, Index n) {
   hgad_test::NaiveRow out;
   const Index label = p.labels[static_cast<std::size_t>(n)];
   const Eigen::VectorXd x = vector_of(p.z, n);
-  for (Index y = 0; y < K; ++y) out.classes.push_back(class_log_density(p, y, x, vector_of(p.mu, y)));
+  for (Index y = 0; y < K; ++y)
+    out.classes.push_back(p.class_level ? class_log_density(p, y, x, vector_of(p.mu, y))
+                                        : -0.5 * (x - vector_of(p.mu, y)).squaredNorm());
   for (Index k = 0; k < M; ++k)
     out.intra.push_back(class_log_density(p, label, x, intra_center(p, label, k)));
   return out;
@@ -146,24 +152,28 @@ bool close(double a, double b, double rel) {
 TEMPLATE_TEST_CASE("With class covariances every term of both paths matches a naive loop over the "
                    "covariances",
                    "[loss]", float, double) {
-  const Problem p = make_problem(31);
-  const hgad_test::NaiveTerms want = naive_terms(p);
-  const double tol = tolerance<TestType>();
-  for (int stage : {1, 2}) {
-    INFO("stage " << stage);
-    auto prior = make_prior<TestType>(p);
-    const hgad::Var<TestType> z(cast<TestType>(p.z)), ldj(cast<TestType>(p.ldj));
-    const auto ref = hgad::objective_loss(prior, z, ldj, p.labels, stage).values();
-    const auto fused = hgad::hgad_loss_fused(prior, z.value(), ldj.value(), p.labels, stage).terms;
-    for (const auto& got : {ref, fused}) {
-      CHECK(close(got.l_g, want.g, tol));
-      CHECK(close(got.l_mi, want.mi, tol));
-      CHECK(close(got.l_e, want.e, tol));
-      if (stage == 2) {
-        CHECK(close(got.l_g_intra, want.g_intra, tol));
-        CHECK(close(got.l_z, want.z, tol));
+  for (const bool class_level : {true, false}) {
+    INFO("class level " << class_level);
+    const Problem p = make_problem(31, class_level);
+    const hgad_test::NaiveTerms want = naive_terms(p);
+    const double tol = tolerance<TestType>();
+    for (int stage : {1, 2}) {
+      INFO("stage " << stage);
+      auto prior = make_prior<TestType>(p);
+      const hgad::Var<TestType> z(cast<TestType>(p.z)), ldj(cast<TestType>(p.ldj));
+      const auto ref = hgad::objective_loss(prior, z, ldj, p.labels, stage).values();
+      const auto fused =
+          hgad::hgad_loss_fused(prior, z.value(), ldj.value(), p.labels, stage).terms;
+      for (const auto& got : {ref, fused}) {
+        CHECK(close(got.l_g, want.g, tol));
+        CHECK(close(got.l_mi, want.mi, tol));
+        CHECK(close(got.l_e, want.e, tol));
+        if (stage == 2) {
+          CHECK(close(got.l_g_intra, want.g_intra, tol));
+          CHECK(close(got.l_z, want.z, tol));
+        }
+        CHECK(close(got.total, naive_total(p, stage), tol * 100));
       }
-      CHECK(close(got.total, naive_total(p, stage), tol * 100));
     }
   }
 }
@@ -171,19 +181,21 @@ TEMPLATE_TEST_CASE("With class covariances every term of both paths matches a na
 TEMPLATE_TEST_CASE("With class covariances the fused objective equals the autograd objective in "
                    "every gradient",
                    "[loss]", float, double) {
-  const Problem p = make_problem(32);
-  const double tol = std::is_same<TestType, float>::value ? 5e-4 : 1e-11;
-  for (int stage : {1, 2}) {
-    INFO("stage " << stage);
-    auto reference = make_prior<TestType>(p);
-    auto fused = make_prior<TestType>(p);
-    auto z = hgad::Var<TestType>::parameter(cast<TestType>(p.z));
-    auto ldj = hgad::Var<TestType>::parameter(cast<TestType>(p.ldj));
-    auto vars = hgad::objective_loss(reference, z, ldj, p.labels, stage);
-    vars.total.backward();
-    const auto got = hgad::hgad_loss_fused(fused, z.value(), ldj.value(), p.labels, stage);
-    CHECK(close(got.terms.total, vars.values().total, tol));
-    hgad_test::check_fused_gradients(got, z, ldj, fused, reference, stage, tol);
+  for (const bool class_level : {true, false}) {
+    const Problem p = make_problem(32, class_level);
+    const double tol = std::is_same<TestType, float>::value ? 5e-4 : 1e-11;
+    for (int stage : {1, 2}) {
+      INFO("class level " << class_level << ", stage " << stage);
+      auto reference = make_prior<TestType>(p);
+      auto fused = make_prior<TestType>(p);
+      auto z = hgad::Var<TestType>::parameter(cast<TestType>(p.z));
+      auto ldj = hgad::Var<TestType>::parameter(cast<TestType>(p.ldj));
+      auto vars = hgad::objective_loss(reference, z, ldj, p.labels, stage);
+      vars.total.backward();
+      const auto got = hgad::hgad_loss_fused(fused, z.value(), ldj.value(), p.labels, stage);
+      CHECK(close(got.terms.total, vars.values().total, tol));
+      hgad_test::check_fused_gradients(got, z, ldj, fused, reference, stage, tol);
+    }
   }
 }
 
@@ -220,84 +232,94 @@ TEST_CASE("With class covariances each loss term passes gradcheck", "[loss]") {
 
 TEST_CASE("With class covariances the fused gradients match finite differences of the naive loss",
           "[loss]") {
-  Problem p = make_problem(34);
-  const double h = 1e-6;
-  for (int stage : {1, 2}) {
-    INFO("stage " << stage);
-    auto prior = make_prior<double>(p);
-    const auto result = hgad::hgad_loss_fused(prior, p.z, p.ldj, p.labels, stage);
-    auto check_against = [&](hgad::Tensor<double>& input, const hgad::Tensor<double>& grad) {
-      for (Index i = 0; i < input.numel(); ++i) {
-        const double x = input.data()[i];
-        input.data()[i] = x + h;
-        const double plus = naive_total(p, stage);
-        input.data()[i] = x - h;
-        const double minus = naive_total(p, stage);
-        input.data()[i] = x;
-        CHECK(std::abs(grad.data()[i] - (plus - minus) / (2 * h)) < 2e-6 * std::max(1.0, std::abs(grad.data()[i])));
+  for (const bool class_level : {true, false}) {
+    Problem p = make_problem(34, class_level);
+    const double h = 1e-6;
+    for (int stage : {1, 2}) {
+      INFO("class level " << class_level << ", stage " << stage);
+      auto prior = make_prior<double>(p);
+      const auto result = hgad::hgad_loss_fused(prior, p.z, p.ldj, p.labels, stage);
+      auto check_against = [&](hgad::Tensor<double>& input, const hgad::Tensor<double>& grad) {
+        for (Index i = 0; i < input.numel(); ++i) {
+          const double x = input.data()[i];
+          input.data()[i] = x + h;
+          const double plus = naive_total(p, stage);
+          input.data()[i] = x - h;
+          const double minus = naive_total(p, stage);
+          input.data()[i] = x;
+          CHECK(std::abs(grad.data()[i] - (plus - minus) / (2 * h)) <
+                2e-6 * std::max(1.0, std::abs(grad.data()[i])));
+        }
+      };
+      check_against(p.z, result.grad_z);
+      check_against(p.ldj, result.grad_log_jac_det);
+      // mu sits behind a stop-gradient in the intra terms and log pi in L_mi, so the naive loss's
+      // differences match the gradient of mu in stage 1 only and never that of phi_inter (the
+      // fused-against-autograd case covers both).
+      if (stage == 1) check_against(p.mu, prior.mu().grad());
+      if (stage == 2) {
+        check_against(p.delta, prior.delta().grad());
+        check_against(p.phi_intra, prior.phi_intra().grad());
       }
-    };
-    check_against(p.z, result.grad_z);
-    check_against(p.ldj, result.grad_log_jac_det);
-    // mu sits behind a stop-gradient in the intra terms and log pi in L_mi, so the naive loss's
-    // differences match the gradient of mu in stage 1 only and never that of phi_inter (the
-    // fused-against-autograd case covers both).
-    if (stage == 1) check_against(p.mu, prior.mu().grad());
-    if (stage == 2) {
-      check_against(p.delta, prior.delta().grad());
-      check_against(p.phi_intra, prior.phi_intra().grad());
     }
   }
 }
 
 TEST_CASE("With class covariances the fused objective does not depend on the thread count", "[loss]") {
-  const Problem p = make_problem(35);
-  const Index rows = 2000;
-  hgad::Rng rng(6);
-  hgad::Tensor<float> z = hgad::Tensor<float>::randn({rows, D}, rng);
-  hgad::Tensor<float> ldj = hgad::Tensor<float>::randn({rows}, rng);
-  std::vector<std::int64_t> labels;
-  for (Index n = 0; n < rows; ++n) labels.push_back(std::int64_t(rng.uniform_int(K)));
-  auto a = make_prior<float>(p);
-  auto b = make_prior<float>(p);
-  const int threads = hgad::max_threads();
-  hgad::set_num_threads(1);
-  const auto one = hgad::hgad_loss_fused(a, z, ldj, labels, 2);
-  hgad::set_num_threads(std::max(2, threads));
-  const auto many = hgad::hgad_loss_fused(b, z, ldj, labels, 2);
-  hgad::set_num_threads(threads);
-  CHECK(one.terms.total == many.terms.total);
-  CHECK(one.grad_z.to_vector() == many.grad_z.to_vector());
-  CHECK(a.mu().grad().to_vector() == b.mu().grad().to_vector());
-  CHECK(a.delta().grad().to_vector() == b.delta().grad().to_vector());
+  for (const bool class_level : {true, false}) {
+    INFO("class level " << class_level);
+    const Problem p = make_problem(35, class_level);
+    const Index rows = 2000;
+    hgad::Rng rng(6);
+    hgad::Tensor<float> z = hgad::Tensor<float>::randn({rows, D}, rng);
+    hgad::Tensor<float> ldj = hgad::Tensor<float>::randn({rows}, rng);
+    std::vector<std::int64_t> labels;
+    for (Index n = 0; n < rows; ++n) labels.push_back(std::int64_t(rng.uniform_int(K)));
+    auto a = make_prior<float>(p);
+    auto b = make_prior<float>(p);
+    const int threads = hgad::max_threads();
+    hgad::set_num_threads(1);
+    const auto one = hgad::hgad_loss_fused(a, z, ldj, labels, 2);
+    hgad::set_num_threads(std::max(2, threads));
+    const auto many = hgad::hgad_loss_fused(b, z, ldj, labels, 2);
+    hgad::set_num_threads(threads);
+    CHECK(one.terms.total == many.terms.total);
+    CHECK(one.grad_z.to_vector() == many.grad_z.to_vector());
+    CHECK(a.mu().grad().to_vector() == b.mu().grad().to_vector());
+    CHECK(a.delta().grad().to_vector() == b.delta().grad().to_vector());
+  }
 }
 
 TEMPLATE_TEST_CASE("With class covariances the scores and the class posterior match naive loops",
                    "[prior]", float, double) {
-  const Problem p = make_problem(36);
-  const auto prior = make_prior<TestType>(p);
-  const auto z = cast<TestType>(p.z);
-  const auto ldj = cast<TestType>(p.ldj);
-  const auto log_p = hgad::score_log_likelihood(prior, z, ldj, p.labels);
-  const auto neg_h = hgad::score_neg_entropy(prior, z);
-  const auto posterior = hgad::class_posterior(prior, z);
-  const double tol = tolerance<TestType>() * 10;
-  std::vector<double> phi(K);
-  for (Index y = 0; y < K; ++y) phi[static_cast<std::size_t>(y)] = p.phi_inter(y);
-  const std::vector<double> log_pi = hgad_test::naive_log_softmax(phi);
-  for (Index n = 0; n < N; ++n) {
-    const hgad_test::NaiveRow r = naive_row(p, n);
-    const double S = hgad_test::naive_intra_log_mixture(r, p.phi_intra, p.labels[static_cast<std::size_t>(n)]);
-    CHECK(close(log_p(n), (D * naive_c0 + S + p.ldj(n)) / D, tol));
-    std::vector<double> a(static_cast<std::size_t>(K));
-    for (std::size_t y = 0; y < a.size(); ++y) a[y] = r.classes[y] + log_pi[y];
-    const std::vector<double> log_pt = hgad_test::naive_log_softmax(r.classes);
-    const std::vector<double> log_post = hgad_test::naive_log_softmax(a);
-    double want_neg_h = 0;
-    for (double v : log_pt) want_neg_h += std::exp(v) * v;
-    CHECK(close(neg_h(n), want_neg_h, tol));
-    for (Index y = 0; y < K; ++y)
-      CHECK(close(posterior(n, y), std::exp(log_post[static_cast<std::size_t>(y)]), tol));
+  for (const bool class_level : {true, false}) {
+    INFO("class level " << class_level);
+    const Problem p = make_problem(36, class_level);
+    const auto prior = make_prior<TestType>(p);
+    const auto z = cast<TestType>(p.z);
+    const auto ldj = cast<TestType>(p.ldj);
+    const auto log_p = hgad::score_log_likelihood(prior, z, ldj, p.labels);
+    const auto neg_h = hgad::score_neg_entropy(prior, z);
+    const auto posterior = hgad::class_posterior(prior, z);
+    const double tol = tolerance<TestType>() * 10;
+    std::vector<double> phi(K);
+    for (Index y = 0; y < K; ++y) phi[static_cast<std::size_t>(y)] = p.phi_inter(y);
+    const std::vector<double> log_pi = hgad_test::naive_log_softmax(phi);
+    for (Index n = 0; n < N; ++n) {
+      const hgad_test::NaiveRow r = naive_row(p, n);
+      const double S =
+          hgad_test::naive_intra_log_mixture(r, p.phi_intra, p.labels[static_cast<std::size_t>(n)]);
+      CHECK(close(log_p(n), (D * naive_c0 + S + p.ldj(n)) / D, tol));
+      std::vector<double> a(static_cast<std::size_t>(K));
+      for (std::size_t y = 0; y < a.size(); ++y) a[y] = r.classes[y] + log_pi[y];
+      const std::vector<double> log_pt = hgad_test::naive_log_softmax(r.classes);
+      const std::vector<double> log_post = hgad_test::naive_log_softmax(a);
+      double want_neg_h = 0;
+      for (double v : log_pt) want_neg_h += std::exp(v) * v;
+      CHECK(close(neg_h(n), want_neg_h, tol));
+      for (Index y = 0; y < K; ++y)
+        CHECK(close(posterior(n, y), std::exp(log_post[static_cast<std::size_t>(y)]), tol));
+    }
   }
 }
 
@@ -347,6 +369,18 @@ TEST_CASE("set_class_factors refuses factors that are not a valid covariance fac
   CHECK_FALSE(prior.has_class_factors());  // nothing was half set
   prior.set_class_factors(p.factors);
   CHECK(prior.has_class_factors());
+  CHECK(prior.class_level_factors());
+  // A refused call keeps the factors, their log-determinants and their scope as they were.
+  const double log_det = prior.class_log_det(2);
+  CHECK_THAT(message(negative), Catch::Contains("class 2 must be positive"));
+  CHECK(prior.class_factors().to_vector() == p.factors.to_vector());
+  CHECK(prior.class_log_det(2) == log_det);
+  CHECK(prior.class_level_factors());
+  prior.set_class_factors(p.factors, false);
+  CHECK(prior.has_class_factors());
+  CHECK_FALSE(prior.class_level_factors());
+  CHECK(prior.inter_factors().numel() == 0);
   prior.set_class_factors(hgad::Tensor<double>());
   CHECK_FALSE(prior.has_class_factors());
+  CHECK_FALSE(prior.class_level_factors());
 }

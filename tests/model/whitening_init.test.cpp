@@ -135,21 +135,28 @@ hgad::ModelConfig whiten_config(hgad::Objective objective, Index D, Index h, Ind
 }
 
 /// Checks an untrained HGAD model of M = 1 on the 1 × 1 test images: under each class y its
-/// log-likelihood is log N(x; mean[y], cov[y]) per dimension, and its class posterior (uniform π) the
-/// softmax of those densities.
+/// log-likelihood is log N(x; mean[y], cov[y]) per dimension; its class posterior (uniform π) is
+/// the softmax of the densities N(x; mean[y], posterior_cov[y]) (cov when posterior_cov is empty),
+/// and its negative entropy map Σ_y p_y log p_y of that posterior.
 template <class Scalar>
 void check_class_gaussians(const hgad::HgadModel<Scalar>& model, const hgad::Tensor<Scalar>& test,
                            const std::vector<Eigen::VectorXd>& mean,
-                           const std::vector<Eigen::MatrixXd>& cov) {
+                           const std::vector<Eigen::MatrixXd>& cov,
+                           const std::vector<Eigen::MatrixXd>& posterior_cov = {}) {
   const Eigen::MatrixXd T = rows_of(test);
   const Index K = Index(mean.size()), D = T.cols();
+  const std::vector<Eigen::MatrixXd>& class_cov = posterior_cov.empty() ? cov : posterior_cov;
   for (Index i = 0; i < T.rows(); ++i) {
-    std::vector<double> log_density(static_cast<std::size_t>(K));
-    for (std::size_t y = 0; y < log_density.size(); ++y)
+    std::vector<double> log_density(static_cast<std::size_t>(K)), class_density(log_density);
+    for (std::size_t y = 0; y < log_density.size(); ++y) {
       log_density[y] = gaussian_log_density(T.row(i).transpose(), mean[y], cov[y]);
-    const double top = *std::max_element(log_density.begin(), log_density.end());
+      class_density[y] = gaussian_log_density(T.row(i).transpose(), mean[y], class_cov[y]);
+    }
+    const double top = *std::max_element(class_density.begin(), class_density.end());
     double z = 0;
-    for (double v : log_density) z += std::exp(v - top);
+    for (double v : class_density) z += std::exp(v - top);
+    double neg_entropy = 0;
+    for (double v : class_density) neg_entropy += std::exp(v - top) / z * (v - top - std::log(z));
     const auto image = hgad::HgadModel<Scalar>::image_view({test}, i);
     for (Index y = 0; y < K; ++y) {
       const auto raw = model.raw_scores(image, y);  // M = 1: the intra mixture is the class Gaussian
@@ -158,8 +165,10 @@ void check_class_gaussians(const hgad::HgadModel<Scalar>& model, const hgad::Ten
       CHECK(got == Approx(log_density[static_cast<std::size_t>(y)] / double(D))
                        .margin(tolerance<Scalar>()));
       CHECK(raw.class_posterior[static_cast<std::size_t>(y)] ==
-            Approx(std::exp(log_density[static_cast<std::size_t>(y)] - top) / z)
+            Approx(std::exp(class_density[static_cast<std::size_t>(y)] - top) / z)
                 .margin(tolerance<Scalar>()));
+      CHECK(double(raw.neg_entropy[0].data()[0]) ==
+            Approx(neg_entropy).margin(tolerance<Scalar>()));
     }
   }
 }
@@ -397,6 +406,31 @@ TEMPLATE_TEST_CASE(
 }
 
 TEMPLATE_TEST_CASE(
+    "At step 0 an HGAD model with class_covariance = intra has the class Gaussians as its "
+    "likelihood and the shared covariance in its class posterior and entropy",
+    "[model]", float, double) {
+  // The intra-class components are N(mean_y, Σ_y) as for class_covariance = class; the class level
+  // keeps unit components in the whitened space, N(mean_y, Σ_LW) in the features, Σ_LW the
+  // Ledoit–Wolf covariance of all training vectors (the whitening's).
+  const Index N = 60, D = 5, K = 3;
+  std::vector<std::int64_t> labels, test_labels;
+  const hgad::Tensor<TestType> train = correlated_features<TestType>(N, 1, 1, D, K, 18, labels);
+  const hgad::Tensor<TestType> test = correlated_features<TestType>(6, 1, 1, D, K, 19, test_labels);
+  hgad::ModelConfig c = whiten_config(hgad::Objective::hgad, D, 1, 1, K);
+  c.class_covariance = hgad::ClassCovariance::intra;
+  hgad::HgadModel<TestType> model(c);
+  model.initialise_from_data({train}, labels);
+  REQUIRE(model.prior(0).has_class_factors());
+  REQUIRE_FALSE(model.prior(0).class_level_factors());
+
+  const ClassGaussians g = class_gaussians(model, train, labels, K);
+  const ReferenceLedoitWolf shared = reference_ledoit_wolf(rows_of(train));
+  check_class_gaussians(
+      model, test, g.mean, g.covariance,
+      std::vector<Eigen::MatrixXd>(static_cast<std::size_t>(K), shared.covariance));
+}
+
+TEMPLATE_TEST_CASE(
     "held_out at step 0 is the closed-form class Gaussians' log-density per dimension, averaged over "
     "positions, images of a class and classes, with the class accuracy of their posterior",
     "[model]", float, double) {
@@ -453,56 +487,88 @@ TEMPLATE_TEST_CASE(
 
 TEMPLATE_TEST_CASE(
     "A model with class covariances trains, saves and loads with bit-identical scores; a trained "
-    "file without its factors is refused",
+    "file without its factors, or factors in a model of unit covariances, is refused",
     "[model]", float, double) {
   const Index N = 16, h = 2, w = 2, D = 6, K = 2;
   std::vector<std::int64_t> labels;
   const hgad::Tensor<TestType> train = correlated_features<TestType>(N, h, w, D, K, 25, labels);
-  hgad::ModelConfig c = whiten_config(hgad::Objective::hgad, D, h, w, K);
-  c.n_centers = 3;
-  c.class_covariance = hgad::ClassCovariance::class_;
-  hgad::HgadModel<TestType> model(c);
-  const auto report = model.fit({train}, labels);
-  REQUIRE(std::isfinite(double(report.final_terms[0].total)));
-  REQUIRE(model.prior(0).has_class_factors());
-  model.calibrate({train}, labels);
-  hgad_test::TempDir dir("class_covariance_roundtrip");
-  model.save(dir.file("m.hgad"));
-  const auto loaded = hgad::HgadModel<TestType>::load(dir.file("m.hgad"));
-  CHECK(loaded.config() == model.config());
-  CHECK(loaded.prior(0).class_factors().to_vector() == model.prior(0).class_factors().to_vector());
-  for (Index i = 0; i < N; i += 5) {
-    const auto image = hgad::HgadModel<TestType>::image_view({train}, i);
-    const auto a = model.raw_scores(image, -1), b = loaded.raw_scores(image, -1);
-    CHECK(a.log_likelihood[0].to_vector() == b.log_likelihood[0].to_vector());
-    CHECK(a.neg_entropy[0].to_vector() == b.neg_entropy[0].to_vector());
-    CHECK(a.class_posterior == b.class_posterior);
-    // The product criterion of a class-covariance model is its likelihood map (§9.7).
-    const auto product = model.score(image, labels[std::size_t(i)], hgad::ScoreMode::calibrated,
-                                     hgad::ScoreCriterion::product);
-    const auto likelihood = model.score(image, labels[std::size_t(i)], hgad::ScoreMode::calibrated,
-                                        hgad::ScoreCriterion::likelihood);
-    CHECK(product.map.to_vector() == likelihood.map.to_vector());
-    CHECK(product.score == loaded.score(image, labels[std::size_t(i)], hgad::ScoreMode::calibrated).score);
+  for (const hgad::ClassCovariance covariance :
+       {hgad::ClassCovariance::class_, hgad::ClassCovariance::intra}) {
+    const bool class_level = covariance == hgad::ClassCovariance::class_;
+    INFO("class level " << class_level);
+    hgad::ModelConfig c = whiten_config(hgad::Objective::hgad, D, h, w, K);
+    c.n_centers = 3;
+    c.class_covariance = covariance;
+    hgad::HgadModel<TestType> model(c);
+    const auto report = model.fit({train}, labels);
+    REQUIRE(std::isfinite(double(report.final_terms[0].total)));
+    REQUIRE(model.prior(0).has_class_factors());
+    CHECK(model.prior(0).class_level_factors() == class_level);
+    model.calibrate({train}, labels);
+    hgad_test::TempDir dir("class_covariance_roundtrip");
+    model.save(dir.file("m.hgad"));
+    const auto loaded = hgad::HgadModel<TestType>::load(dir.file("m.hgad"));
+    CHECK(loaded.config() == model.config());
+    CHECK(loaded.prior(0).class_factors().to_vector() ==
+          model.prior(0).class_factors().to_vector());
+    CHECK(loaded.prior(0).class_level_factors() == class_level);
+    for (Index i = 0; i < N; i += 5) {
+      const auto image = hgad::HgadModel<TestType>::image_view({train}, i);
+      const auto a = model.raw_scores(image, -1), b = loaded.raw_scores(image, -1);
+      CHECK(a.log_likelihood[0].to_vector() == b.log_likelihood[0].to_vector());
+      CHECK(a.neg_entropy[0].to_vector() == b.neg_entropy[0].to_vector());
+      CHECK(a.class_posterior == b.class_posterior);
+      const std::int64_t y = labels[std::size_t(i)];
+      auto map = [&](hgad::ScoreCriterion criterion) {
+        return model.score(image, y, hgad::ScoreMode::calibrated, criterion).map.to_vector();
+      };
+      const auto product = map(hgad::ScoreCriterion::product);
+      const auto likelihood = map(hgad::ScoreCriterion::likelihood);
+      if (class_level) {
+        // The product criterion of a class-level covariance model is its likelihood map (§9.7).
+        CHECK(product == likelihood);
+      } else {
+        // With the paper's class level, the paper's product of the two maps.
+        const auto entropy = map(hgad::ScoreCriterion::entropy);
+        for (std::size_t p = 0; p < product.size(); ++p)
+          CHECK(product[p] == likelihood[p] * entropy[p]);
+      }
+      CHECK(model.score(image, y, hgad::ScoreMode::calibrated).score ==
+            loaded.score(image, y, hgad::ScoreMode::calibrated).score);
+    }
+    hgad::Checkpoint ckpt = model.to_checkpoint();
+    const hgad::Tensor<TestType> factors = model.prior(0).class_factors();
+    REQUIRE(ckpt.erase("level0.prior.class_factors"));
+    CHECK_THROWS_WITH(hgad::HgadModel<TestType>::from_checkpoint(ckpt, "cut.hgad"),
+                      Catch::Contains("lacks 'level0.prior.class_factors'"));
+    hgad::ModelConfig unit_config = c;
+    unit_config.class_covariance = hgad::ClassCovariance::unit;
+    hgad::Checkpoint unit = hgad::HgadModel<TestType>(unit_config).to_checkpoint();
+    unit.set_tensor("level0.prior.class_factors", factors);
+    CHECK_THROWS_WITH(hgad::HgadModel<TestType>::from_checkpoint(unit, "unit.hgad"),
+                      Catch::Contains("'unit.hgad' holds 'level0.prior.class_factors' but its "
+                                      "class_covariance is unit"));
   }
-  hgad::Checkpoint ckpt = model.to_checkpoint();
-  REQUIRE(ckpt.erase("level0.prior.class_factors"));
-  CHECK_THROWS_WITH(hgad::HgadModel<TestType>::from_checkpoint(ckpt, "cut.hgad"),
-                    Catch::Contains("lacks 'level0.prior.class_factors'"));
 }
 
-TEST_CASE("class_covariance = class needs init = whiten and the HGAD objective", "[model]") {
-  hgad::ModelConfig c = whiten_config(hgad::Objective::hgad, 4, 1, 1, 2);
-  c.class_covariance = hgad::ClassCovariance::class_;
-  CHECK_NOTHROW(c.validate());
-  c.init = hgad::ModelInit::identity;
-  CHECK_THROWS_WITH(c.validate(), Catch::Contains("class_covariance = class") &&
-                                      Catch::Contains("init = whiten"));
-  c.init = hgad::ModelInit::whiten;
-  c.objective = hgad::Objective::nf;
-  CHECK_THROWS_WITH(c.validate(), Catch::Contains("NF objective has no classes"));
-  const auto parsed = hgad::ModelConfig::from_text("init = whiten\nclass_covariance = class\n", "t");
-  CHECK(parsed.class_covariance == hgad::ClassCovariance::class_);
+TEST_CASE("class_covariance = class or intra needs init = whiten and the HGAD objective",
+          "[model]") {
+  for (const auto& [covariance, text] : std::vector<std::pair<hgad::ClassCovariance, std::string>>{
+           {hgad::ClassCovariance::class_, "class"}, {hgad::ClassCovariance::intra, "intra"}}) {
+    hgad::ModelConfig c = whiten_config(hgad::Objective::hgad, 4, 1, 1, 2);
+    c.class_covariance = covariance;
+    CHECK_NOTHROW(c.validate());
+    c.init = hgad::ModelInit::identity;
+    CHECK_THROWS_WITH(c.validate(), Catch::Contains("class_covariance = " + text) &&
+                                        Catch::Contains("init = whiten"));
+    c.init = hgad::ModelInit::whiten;
+    c.objective = hgad::Objective::nf;
+    CHECK_THROWS_WITH(c.validate(), Catch::Contains("NF objective has no classes"));
+    const auto parsed =
+        hgad::ModelConfig::from_text("init = whiten\nclass_covariance = " + text + "\n", "t");
+    CHECK(parsed.class_covariance == covariance);
+    CHECK(parsed.to_text().find("class_covariance = " + text) != std::string::npos);
+  }
   CHECK_THROWS_WITH(hgad::ModelConfig::from_text("class_covariance = full\n", "t"),
                     Catch::Contains("class_covariance"));
 }

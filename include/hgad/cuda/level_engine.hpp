@@ -71,8 +71,8 @@ class LevelEngine {
     check(options.loss.objective == Objective::hgad,
           "LevelEngine: only the HGAD objective is implemented, not ", to_string(options.loss.objective));
     check(!prior.has_class_factors(),
-          "LevelEngine: the prior's classes carry their own covariance (class_covariance = class), "
-          "which the device levels do not implement; train and score this model on the CPU");
+          "LevelEngine: the prior's classes carry their own covariance (class_covariance = class or "
+          "intra), which the device levels do not implement; train and score this model on the CPU");
     m_dims = flow.block(0).dims();
     m_n_blocks = flow.n_blocks();
     const AllInOneOptions& o = flow.block(0).options();

@@ -79,9 +79,10 @@ struct FusedChunks {
 /// applies the chain rule to the inputs: dd_y/dz = 2 (z - mu_y) = -dd_y/dmu_y, de_k/dz = 2 (z -
 /// m_k) = -de_k/ddelta_k (k >= 1; mu is detached in m_k); through log_softmax, dphi_j = g_j -
 /// softmax(phi)_j sum_i g_i. Everything is divided by N (the means). With class factors
-/// (docs/algorithm.md §3.1.2) the distances are formed in each class's space (prior/class_space.hpp)
-/// and the gradients with respect to A_y z, A_y mu_y and A_y delta_{y,k} are brought back
-/// through A_y after the pass.
+/// (docs/algorithm.md §3.1.2) the distances are formed in each class's space
+/// (prior/class_space.hpp) and the gradients with respect to A_y z, A_y mu_y and A_y delta_{y,k}
+/// are brought back through A_y after the pass; when only the intra-class components carry factors,
+/// d_y is the paper's and only e_k and delta go through A_y.
 ///
 /// Gradients are added to prior.mu(), prior.phi_inter() and, in stage 2 only, prior.delta() and
 /// prior.phi_intra(); in stage 1 those two are not touched, so their has_grad() stays as it was.
@@ -104,7 +105,8 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
   const Tensor<Scalar> log_pi = prior.log_pi_values();                                    // (K,)
   const Tensor<Scalar> log_w = intra ? prior.log_w_values() : Tensor<Scalar>();  // (K, M)
   const ClassSpace<Scalar> space(prior, z, intra);  // the rows and centres of the distances
-  const bool transformed = space.transformed();
+  const bool transformed = space.transformed();     // e_k (and maybe d_y) through A_y
+  const bool inter_transformed = space.class_level_transformed();  // d_y through A_y
 
   // The per-row objective is prior_row (prior/prior_row.hpp); this loop forms each row's distances
   // and applies the row's gradients to z and the centres.
@@ -159,9 +161,9 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
       const Index label = labels[static_cast<std::size_t>(n)];
       for (Index y = 0; y < K; ++y) {
         detail::RowVectorMap<Scalar> dy(diff.data() + y * D, D);
-        dy = detail::ConstRowVectorMap<Scalar>(space.row(y, n), D) -
+        dy = detail::ConstRowVectorMap<Scalar>(space.inter_row(y, n), D) -
              detail::ConstRowVectorMap<Scalar>(space.mu(y), D);
-        d[y] = dy.squaredNorm() + space.offset(y);
+        d[y] = dy.squaredNorm() + space.inter_offset(y);
       }
       Scalar* diff_intra = diff.data() + K * D;
       if (intra) {
@@ -180,15 +182,15 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
 
       // dd_y/dz = 2 (z - mu_y) = -dd_y/dmu_y (in class y's space with factors: the gradient
       // goes to the row A_y z_n, which every class has its own of).
-      auto gz_row = [&](Index y) {
+      auto gz_row = [&](Index y, bool through_factor) {
         return detail::RowVectorMap<Scalar>(
-            transformed ? grad_rows.data() + (y * N + n) * D : gz_data + n * D, D);
+            through_factor ? grad_rows.data() + (y * N + n) * D : gz_data + n * D, D);
       };
-      if (!transformed) gz_row(0).setZero();
+      if (!transformed) gz_row(0, false).setZero();
       for (Index y = 0; y < K; ++y) {
         if (std::abs(grad_d[y]) < tiny) continue;
         const detail::ConstRowVectorMap<Scalar> dy(diff.data() + y * D, D);
-        gz_row(y).noalias() += (Scalar(2) * grad_d[y]) * dy;
+        gz_row(y, inter_transformed).noalias() += (Scalar(2) * grad_d[y]) * dy;
         detail::RowVectorMap<Scalar>(mu_grad + y * D, D).noalias() -= (Scalar(2) * grad_d[y]) * dy;
       }
       if (intra) {
@@ -205,7 +207,8 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
           if (std::abs(grad_e[k]) < tiny) continue;
           log_w_grad[k] += double(grad_log_w[k]);
           const detail::ConstRowVectorMap<Scalar> dk(diff_intra + k * D, D);
-          gz_row(label).noalias() += (Scalar(2) * grad_e[k]) * dk;  // de_k/dz = 2 (z - m_k)
+          // de_k/dz = 2 (z - m_k)
+          gz_row(label, transformed).noalias() += (Scalar(2) * grad_e[k]) * dk;
           if (k > 0) {
             // de_k/ddelta_k = -2 (z - m_k) for k >= 1; m_0 = sg(mu) has no parameter.
             detail::RowVectorMap<Scalar>(delta_grad + (k - 1) * D, D).noalias() -=
@@ -237,15 +240,16 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
 
   if (transformed) space.rows_backward(grad_rows.data(), gz_data);
 
-  // mu: the chunks' partial sums of dL/dmu (of dL/d(A_y mu_y) with factors, brought back).
+  // mu: the chunks' partial sums of dL/dmu (of dL/d(A_y mu_y) with factors at the class level,
+  // brought back).
   {
     Scalar* grad_mu = prior.mu().ensure_grad().data();
-    std::vector<Scalar> sum_mu(transformed ? std::size_t(K * D) : 0, Scalar(0));
-    detail::RowVectorMap<Scalar> sum(transformed ? sum_mu.data() : grad_mu, K * D);
+    std::vector<Scalar> sum_mu(inter_transformed ? std::size_t(K * D) : 0, Scalar(0));
+    detail::RowVectorMap<Scalar> sum(inter_transformed ? sum_mu.data() : grad_mu, K * D);
     for (Index c = 0; c < chunks.count; ++c) {
       sum += detail::ConstRowVectorMap<Scalar>(chunk_mu_grad.data() + c * K * D, K * D);
     }
-    if (transformed)
+    if (inter_transformed)
       for (Index y = 0; y < K; ++y) space.center_backward(y, sum_mu.data() + y * D, 1, grad_mu + y * D);
   }
 

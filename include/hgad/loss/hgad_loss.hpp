@@ -196,10 +196,14 @@ LossVars<Scalar> objective_loss(const GaussianMixturePrior<Scalar>& prior, const
   }
   check(z.cols() == prior.dim(), "objective_loss: z has ", z.cols(), " columns, the prior D = ", prior.dim());
   detail::check_labels(labels, z.rows(), prior.n_classes(), "objective_loss");
-  const Tensor<Scalar>& factors = prior.class_factors();  // empty: the paper's unit covariances
-  out.l_g = loss_g(z, log_jac_det, prior.mu(), prior.phi_inter(), factors);
-  out.l_mi = loss_mi(z, prior.mu(), prior.phi_inter(), labels, options.label_smoothing, factors);
-  out.l_e = loss_e(z, prior.mu(), factors);
+  // Empty: the paper's unit covariances (the class level keeps them when only the intra-class
+  // components carry factors).
+  const Tensor<Scalar>& factors = prior.class_factors();
+  const Tensor<Scalar>& inter_factors = prior.inter_factors();
+  out.l_g = loss_g(z, log_jac_det, prior.mu(), prior.phi_inter(), inter_factors);
+  out.l_mi =
+      loss_mi(z, prior.mu(), prior.phi_inter(), labels, options.label_smoothing, inter_factors);
+  out.l_e = loss_e(z, prior.mu(), inter_factors);
   out.total = add(sub(mul(out.l_g, Scalar(options.lambda1)), mul(out.l_mi, Scalar(options.lambda2))), out.l_e);
   if (stage == 2) {
     out.l_g_intra = loss_g_intra(z, log_jac_det, prior.mu(), prior.delta(), prior.phi_intra(), labels, factors);

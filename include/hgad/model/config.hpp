@@ -120,14 +120,21 @@ inline constexpr detail::NamedValue<ModelInit> model_init_names[] = {{"identity"
 
 /// The covariance of the prior's components (ModelConfig::class_covariance).
 enum class ClassCovariance {
-  unit,   ///< the paper's: every component N(m, I)
-  class_  ///< each class its own: N(m, Σ_y), Σ_y the Ledoit–Wolf covariance of the class's latents
-          ///< at the start, fixed (docs/algorithm.md §3.1.2); needs init = whiten
+  unit,  ///< the paper's: every component N(m, I)
+  class_,  ///< each class its own: N(m, Σ_y), Σ_y the Ledoit–Wolf covariance of the class's latents
+           ///< at the start, fixed (docs/algorithm.md §3.1.2); needs init = whiten
+  intra  ///< the intra-class components N(m_{y,k}, Σ_y) only; the class level (L_g, L_mi, L_e,
+         ///< the class posterior and its entropy) keeps the paper's N(μ_y, I) (§3.1.2)
 };
+
+/// Whether the prior's components carry class covariances (class_covariance = class or intra).
+inline bool has_class_covariance(ClassCovariance c) { return c != ClassCovariance::unit; }
 
 /// The spelling of each ClassCovariance in text (a config's `class_covariance` key).
 inline constexpr detail::NamedValue<ClassCovariance> class_covariance_names[] = {
-    {"unit", ClassCovariance::unit}, {"class", ClassCovariance::class_}};
+    {"unit", ClassCovariance::unit},
+    {"class", ClassCovariance::class_},
+    {"intra", ClassCovariance::intra}};
 
 /// What the whitening of init = whiten subtracts (ModelConfig::whiten_mean).
 enum class WhitenMean {
@@ -451,7 +458,8 @@ inline constexpr KeyMeaning config_key_meanings[] = {
     {"init", "identity (the paper's) or whiten: Ledoit-Wolf whitening and data-based centres"},
     {"intra_center_init", "with init = whiten: kmeans or noise (the class mean plus noise)"},
     {"class_covariance",
-     "unit (the paper's) or class: each class's components carry its covariance (init = whiten)"},
+     "unit (the paper's), class: each class's components carry its covariance, or intra: its "
+     "intra-class components only (init = whiten)"},
     {"whiten_mean", "with init = whiten: shared (one mean) or position (a mean per map position)"},
     {"pos_dim", "P, the positional-encoding dimension of the flows (0: none)"},
     {"n_blocks", "coupling blocks per flow"},
@@ -668,15 +676,17 @@ inline void ModelConfig::validate(bool require_data) const {
             "classes", std::to_string(n_classes()) + " classes",
             "the class-centre initialisation needs K <= 2 D, and a level has D = " +
                 std::to_string(s.dim));
-  if (class_covariance == ClassCovariance::class_ && init != ModelInit::whiten)
-    detail::config_error("class_covariance", "class",
+  if (has_class_covariance(class_covariance) && init != ModelInit::whiten)
+    detail::config_error("class_covariance",
+                         detail::name_of(class_covariance_names, class_covariance),
                          "the class covariances are estimated at the data-dependent start: set "
                          "init = whiten");
   if (whiten_mean == WhitenMean::position && init != ModelInit::whiten)
     detail::config_error("whiten_mean", "position",
                          "the means are taken at the data-dependent start: set init = whiten");
-  if (class_covariance == ClassCovariance::class_ && objective != Objective::hgad)
-    detail::config_error("class_covariance", "class",
+  if (has_class_covariance(class_covariance) && objective != Objective::hgad)
+    detail::config_error("class_covariance",
+                         detail::name_of(class_covariance_names, class_covariance),
                          "the NF objective has no classes; use objective = hgad");
   const FeatureSettings& f = features;
   if (f.backbone != "none") {

@@ -34,7 +34,9 @@ namespace hgad {
 /// latents themselves. φ keeps its value (uniform weights). With ClassCovariance::class_, each
 /// class's components also get the class's covariance (docs/algorithm.md §3.1.2): the Ledoit–Wolf
 /// covariance Σ_y of the same vectors' latents, set as the factor A_y = L_y⁻¹ (L_y Lᵀ_y = Σ_y), so
-/// that with M = 1 the untrained model is one Gaussian N(m_y, Σ_y) per class.
+/// that with M = 1 the untrained model is one Gaussian N(m_y, Σ_y) per class; with
+/// ClassCovariance::intra only the intra-class components get it, and the class level (its
+/// posterior) stays N(μ_y, I).
 ///   requires: an untrained flow; labels in [0, K) with every class present.
 ///   throws: hgad::Error as ledoit_wolf_covariance (too few vectors, a non-finite value, zero
 ///           variance) or data_centers, naming the level.
@@ -102,7 +104,7 @@ AffineWhitening<Scalar> initialise_level_from_data(Index level, const Tensor<Sca
       for (Index k = 0; k < M - 1; ++k)
         for (Index j = 0; j < D; ++j) delta(y, k, j) = intra(y * (M - 1) + k, j) - mu(y, j);
   }
-  if (covariance == ClassCovariance::class_) {
+  if (has_class_covariance(covariance)) {
     const Tensor<Scalar> latents = flow.forward(whitened, cond).out;
     Tensor<Scalar> factors({K, D, D});
     for (Index y = 0; y < K; ++y) {
@@ -116,7 +118,7 @@ AffineWhitening<Scalar> initialise_level_from_data(Index level, const Tensor<Sca
           AffineWhitening<Scalar>::from_covariance(c.mean, c.covariance, what).matrix();
       std::copy(a.data(), a.data() + D * D, factors.data() + y * D * D);
     }
-    prior->set_class_factors(std::move(factors));
+    prior->set_class_factors(std::move(factors), covariance == ClassCovariance::class_);
   }
   return whitening;
 }

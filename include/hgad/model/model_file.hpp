@@ -213,18 +213,22 @@ class ModelFile {
           std::copy(value.data(), value.data() + value.numel(), params[i].value().data());
         }
         // The class covariances (§3.1.2) are set at the start of training: a trained model of
-        // class_covariance = class holds them, an untrained one need not.
+        // class_covariance = class or intra holds them, an untrained one need not.
         const Index D = pr.dim(), K = pr.n_classes();
         if (ckpt.has(prefix + class_factors_key)) {
+          check(has_class_covariance(config.class_covariance), "'", name, "' holds '", prefix,
+                class_factors_key, "' but its class_covariance is unit");
           try {
-            pr.set_class_factors(fetch(prefix + class_factors_key, Shape({K, D, D})));
+            pr.set_class_factors(fetch(prefix + class_factors_key, Shape({K, D, D})),
+                                 config.class_covariance == ClassCovariance::class_);
           } catch (const Error& e) {
             throw Error("'" + name + "': level " + std::to_string(l) + ": " + e.what());
           }
         } else {
-          check(config.class_covariance != ClassCovariance::class_ || !trained, "'", name,
-                "' is a trained model of class_covariance = class but lacks '", prefix,
-                class_factors_key, "'");
+          check(!has_class_covariance(config.class_covariance) || !trained, "'", name,
+                "' is a trained model of class_covariance = ",
+                detail::name_of(class_covariance_names, config.class_covariance), " but lacks '",
+                prefix, class_factors_key, "'");
         }
       }
     }

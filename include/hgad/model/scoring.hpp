@@ -65,7 +65,8 @@ inline ScoreMode parse_score_mode(const std::string& text) {
 /// §3.1.2) is scored the same way: the product map is its likelihood map. Its class posterior is
 /// that of one Gaussian per class in D dimensions, one-hot to working precision nearly everywhere,
 /// so its entropy map is 0 almost everywhere and the product would erase the likelihood; the
-/// entropy criterion still gives the entropy map alone.
+/// entropy criterion still gives the entropy map alone. With class_covariance = intra the class
+/// level keeps the paper's unit components, and so the paper's product.
 enum class ScoreCriterion { product, likelihood, entropy };
 
 inline const char* to_string(ScoreCriterion c) {
@@ -266,10 +267,10 @@ class ModelScoring {
           "HgadModel::anomaly_map: a model of one class has no class entropy to score; use the "
           "likelihood "
           "(or product) criterion");
-    const bool class_covariance = model.config().class_covariance == ClassCovariance::class_;
+    const bool class_level_covariance = model.config().class_covariance == ClassCovariance::class_;
     const bool entropy = !raw.neg_entropy.empty() && !one_class &&
                          (criterion == ScoreCriterion::entropy ||
-                          (criterion == ScoreCriterion::product && !class_covariance));
+                          (criterion == ScoreCriterion::product && !class_level_covariance));
     const bool likelihood = !entropy || criterion != ScoreCriterion::entropy;
     out.map = Tensor<Scalar>::full({options.height, options.width}, Scalar(1));
     Scalar* a = out.map.data();

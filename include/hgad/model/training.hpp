@@ -157,7 +157,7 @@ TrainingMemory training_memory(const ModelConfig& c, Index n_images = 0) {
     const double D = double(s.dim), n2 = std::floor(D / 2), n1 = D - n2;
     const double hidden = 2 * (n1 + double(c.pos_dim));
     const double N = double(c.batch_size) * double(s.height) * double(s.width);
-    const double class_space = c.class_covariance == ClassCovariance::class_ ? 2 * K * N * D : 0;
+    const double class_space = has_class_covariance(c.class_covariance) ? 2 * K * N * D : 0;
     const double step = double(c.n_blocks) * N * (hidden + 2 * n2 + D) +
                         N * (hidden + 6 * D + 2 * K + K * M + 8) + class_space;
     m.activations = std::max(m.activations, step * bytes);

@@ -10,9 +10,12 @@
 /// because −d_y / 2 is then log N(z; μ_y, Σ_y) − D c0, exactly as −|z − μ_y|² / 2 is for the unit
 /// covariance. A ClassSpace holds, for a batch z, the rows A_y z of every class (one GEMM per
 /// class), the centres A_y μ_y and A_y m_{y,k}, and the offsets −2 log|det A_y|; without factors
-/// it is a view of z and the centres themselves, with offset 0, and costs nothing. The fused
-/// objective (loss/fused_loss.hpp) and the scores (scores.hpp) read their rows through it and
-/// bring their gradients back with rows_backward / center_backward.
+/// it is a view of z and the centres themselves, with offset 0, and costs nothing. When only the
+/// intra-class components carry the factors (GaussianMixturePrior::class_level_factors() false),
+/// the class level (inter_row, mu, inter_offset) is that view and the intra level (row, center,
+/// offset) the transformed rows. The fused objective (loss/fused_loss.hpp) and the scores
+/// (scores.hpp) read their rows through it and bring their gradients back with rows_backward /
+/// center_backward.
 
 #include <Eigen/Core>
 #include <vector>
@@ -36,11 +39,14 @@ class ClassSpace {
         m_N(z.rows()),
         m_D(prior.dim()),
         m_transformed(prior.has_class_factors()),
+        m_class_level(prior.class_level_factors()),
         m_offset(static_cast<std::size_t>(m_K), Scalar(0)) {
     check(z.device() == Device::cpu && z.rank() == 2 && z.cols() == m_D,
           "ClassSpace: z must be a CPU (N, ", m_D, ") tensor, got ", z.shape().to_string());
     const Tensor<Scalar>& mu = prior.mu().value();
     Tensor<Scalar> centers = intra_centers ? prior.intra_center_values() : Tensor<Scalar>();
+    m_z = z;
+    m_plain_mu = mu;
     if (!m_transformed) {
       m_rows = z;
       m_mu = mu;
@@ -65,27 +71,43 @@ class ClassSpace {
     cache_pointers();
   }
 
-  /// Whether the classes carry factors (otherwise every accessor reads z and the centres).
+  /// Whether the intra-class components carry factors (otherwise every accessor reads z and the
+  /// centres).
   bool transformed() const { return m_transformed; }
+  /// Whether the class level carries them too (otherwise inter_row and mu read z and μ).
+  bool class_level_transformed() const { return m_transformed && m_class_level; }
 
   // The accessors below run once per row and class in the fused objective's loop: plain pointer
   // arithmetic on pointers and offsets fixed at construction.
 
-  /// Row n of the batch in class y's space: A_y z_n, or z_n itself.
+  /// Row n of the batch in class y's space for the intra-class components: A_y z_n, or z_n itself.
   const Scalar* row(Index y, Index n) const { return m_row_data + y * m_class_stride + n * m_D; }
-  /// The class centre A_y μ_y (or μ_y).
-  const Scalar* mu(Index y) const { return m_mu_data + y * m_D; }
   /// The intra-class centre A_y m_{y,k} (or m_{y,k}).
   ///   requires: constructed with intra_centers.
   const Scalar* center(Index y, Index k) const { return m_center_data + (y * m_M + k) * m_D; }
-  /// −2 log|det A_y|, added to every squared distance of class y (0 without factors).
+  /// −2 log|det A_y|, added to every intra-class squared distance of class y (0 without factors).
   Scalar offset(Index y) const { return m_offset[static_cast<std::size_t>(y)]; }
 
-  /// |row(y, n) − c|² + offset(y): the squared distance prior_row reads, for a centre c of class y
-  /// in its space.
+  /// Row n of the batch for the class level of class y: row(y, n), or z_n when the class level
+  /// keeps unit covariances.
+  const Scalar* inter_row(Index y, Index n) const {
+    return m_inter_row_data + y * m_inter_class_stride + n * m_D;
+  }
+  /// The class centre A_y μ_y, or μ_y (no factors, or a class level of unit covariance).
+  const Scalar* mu(Index y) const { return m_mu_data + y * m_D; }
+  /// offset(y) for a class level with factors, else 0.
+  Scalar inter_offset(Index y) const { return m_class_level ? offset(y) : Scalar(0); }
+
+  /// |row(y, n) − c|² + offset(y): the squared distance prior_row reads, for an intra-class centre
+  /// c of class y in its space.
   Scalar squared_distance(Index y, Index n, const Scalar* c) const {
     using Row = Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>;
     return (Row(row(y, n), m_D) - Row(c, m_D)).squaredNorm() + offset(y);
+  }
+  /// d_y = |inter_row(y, n) − mu(y)|² + inter_offset(y): the distance of row n to class y's centre.
+  Scalar inter_squared_distance(Index y, Index n) const {
+    using Row = Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>;
+    return (Row(inter_row(y, n), m_D) - Row(mu(y), m_D)).squaredNorm() + inter_offset(y);
   }
 
   /// grad_z (N, D) += Σ_y G_y A_y for the gradients G (K, N, D) with respect to the class-space rows
@@ -108,7 +130,10 @@ class ClassSpace {
   void cache_pointers() {
     m_row_data = m_rows.data();
     m_class_stride = m_transformed ? m_N * m_D : 0;  // without factors every class reads z
-    m_mu_data = m_mu.data();
+    const bool inter = class_level_transformed();
+    m_inter_row_data = inter ? m_rows.data() : m_z.data();
+    m_inter_class_stride = inter ? m_class_stride : 0;
+    m_mu_data = inter || !m_transformed ? m_mu.data() : m_plain_mu.data();
     m_center_data = m_centers.numel() > 0 ? m_centers.data() : nullptr;
   }
 
@@ -123,13 +148,16 @@ class ClassSpace {
 
   Tensor<Scalar> m_factors;  // (K, D, D) or empty (a shared handle, not a copy)
   Index m_K, m_M, m_N, m_D;
-  bool m_transformed;
+  bool m_transformed, m_class_level;
   std::vector<Scalar> m_offset;  // (K,): −2 log|det A_y|, or 0
+  Tensor<Scalar> m_z, m_plain_mu;  // z (N, D) and μ (K, D) as given (shared handles)
   Tensor<Scalar> m_rows;     // (K, N, D), or z (N, D)
   Tensor<Scalar> m_mu;       // (K, D)
   Tensor<Scalar> m_centers;  // (K, M, D), or empty
   const Scalar* m_row_data = nullptr;
   Index m_class_stride = 0;
+  const Scalar* m_inter_row_data = nullptr;
+  Index m_inter_class_stride = 0;
   const Scalar* m_mu_data = nullptr;
   const Scalar* m_center_data = nullptr;
 };

@@ -118,14 +118,25 @@ class GaussianMixturePrior {
   Scalar class_log_det(Index y) const {
     return has_class_factors() ? m_class_log_det[static_cast<std::size_t>(y)] : Scalar(0);
   }
+  /// Whether the class level of the prior (the components N(mu_y, Σ_y) of L_g, L_mi and L_e, the
+  /// class posterior and its entropy) carries the factors too; false when only the intra-class
+  /// components (L_g_intra, L_z and the likelihood score) do, and the class level keeps the
+  /// paper's unit covariance (docs/algorithm.md §3.1.2). False without factors.
+  bool class_level_factors() const { return has_class_factors() && m_class_level_factors; }
+  /// The factors of the class level: class_factors() when class_level_factors(), else empty.
+  const Tensor<Scalar>& inter_factors() const {
+    return class_level_factors() ? m_class_factors : m_no_factors;
+  }
   /// Gives the classes the factors A (K, D, D) (for example A_y = L_y⁻¹, L_y the Cholesky factor
-  /// of class y's covariance); an empty tensor returns to unit covariances.
+  /// of class y's covariance); an empty tensor returns to unit covariances. With `class_level`
+  /// false only the intra-class components take them (class_level_factors()).
   ///   requires: A (K, D, D) on the CPU, lower triangular, a positive diagonal, every value finite.
   ///   throws: hgad::Error naming the class and the entry.
-  void set_class_factors(Tensor<Scalar> factors) {
-    m_class_log_det.clear();
+  void set_class_factors(Tensor<Scalar> factors, bool class_level = true) {
     if (factors.numel() == 0) {
+      m_class_log_det.clear();
       m_class_factors = Tensor<Scalar>();
+      m_class_level_factors = class_level;
       return;
     }
     const Index K = n_classes(), D = dim();
@@ -133,6 +144,7 @@ class GaussianMixturePrior {
           "GaussianMixturePrior: the class factors must be (K, D, D) = (", K, ", ", D, ", ", D,
           "), got ", factors.shape().to_string());
     factors = factors.cpu();
+    std::vector<Scalar> log_dets;  // set with the factors once every class has passed
     for (Index y = 0; y < K; ++y) {
       double log_det = 0;
       for (Index j = 0; j < D; ++j) {
@@ -147,9 +159,11 @@ class GaussianMixturePrior {
               " must be positive, (", j, ", ", j, ") holds ", double(factors(y, j, j)));
         log_det += std::log(double(factors(y, j, j)));
       }
-      m_class_log_det.push_back(Scalar(log_det));
+      log_dets.push_back(Scalar(log_det));
     }
+    m_class_log_det = std::move(log_dets);
     m_class_factors = std::move(factors);
+    m_class_level_factors = class_level;
   }
 
   /// The learnable leaves, in the order of parameter_names().
@@ -224,6 +238,8 @@ class GaussianMixturePrior {
   Var<Scalar> m_phi_intra;  // (K, M)
   Var<Scalar> m_phi_inter;  // (K,)
   Tensor<Scalar> m_class_factors;      // (K, D, D) or empty: unit covariances
+  bool m_class_level_factors = true;   // whether the class level reads m_class_factors
+  Tensor<Scalar> m_no_factors;         // empty: inter_factors() of a unit class level
   std::vector<Scalar> m_class_log_det;  // log|det A_y| (K,) when m_class_factors is set
 };
 

@@ -114,7 +114,7 @@ Tensor<Scalar> inter_log_softmax(const GaussianMixturePrior<Scalar>& prior, cons
   detail::parallel_for(N, N * K * D * 3, [&](Index n) {
     Scalar* row = out.data() + n * K;
     for (Index y = 0; y < K; ++y) {
-      row[y] = Scalar(-0.5) * space.squared_distance(y, n, space.mu(y)) + (bias ? bias[y] : Scalar(0));
+      row[y] = Scalar(-0.5) * space.inter_squared_distance(y, n) + (bias ? bias[y] : Scalar(0));
     }
     const Scalar lse = detail::logsumexp(row, static_cast<long>(K));
     for (Index y = 0; y < K; ++y) row[y] -= lse;
@@ -136,7 +136,7 @@ Tensor<Scalar> score_neg_entropy(const GaussianMixturePrior<Scalar>& prior, cons
   Tensor<Scalar> out({N});
   detail::parallel_for(N, N * K * D * 3, [&](Index n) {
     detail::DistanceRow<Scalar> d(K);  // |z_n - mu_y|^2 (class_space.hpp)
-    for (Index y = 0; y < K; ++y) d.data()[y] = space.squared_distance(y, n, space.mu(y));
+    for (Index y = 0; y < K; ++y) d.data()[y] = space.inter_squared_distance(y, n);
     Scalar lse;
     out.data()[n] = -class_entropy_row(static_cast<int>(K), d.data(), &lse);
   });
