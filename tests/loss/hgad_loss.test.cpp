@@ -257,17 +257,7 @@ TEST_CASE("The fused objective does not depend on the thread count", "[loss]") {
   auto ldj = hgad::Tensor<float>::randn({n_rows}, rng);
   std::vector<std::int64_t> labels;
   for (hgad::Index n = 0; n < n_rows; ++n) labels.push_back(std::int64_t(rng.uniform_int(n_classes)));
-  const int threads = hgad::max_threads();
-  hgad::set_num_threads(1);
-  const auto one = hgad::hgad_loss_fused(a, z, ldj, labels, 2);
-  hgad::set_num_threads(std::max(2, threads));
-  const auto many = hgad::hgad_loss_fused(b, z, ldj, labels, 2);
-  hgad::set_num_threads(threads);
-  CHECK(one.terms.total == many.terms.total);
-  CHECK(one.grad_z.to_vector() == many.grad_z.to_vector());
-  CHECK(a.mu().grad().to_vector() == b.mu().grad().to_vector());
-  CHECK(a.delta().grad().to_vector() == b.delta().grad().to_vector());
-  CHECK(a.phi_intra().grad().to_vector() == b.phi_intra().grad().to_vector());
+  hgad_test::check_thread_independent(a, b, z, ldj, labels);
 }
 
 TEMPLATE_TEST_CASE("The NF objective matches CFlow's loss in both paths and leaves the prior alone", "[loss]", float,

@@ -386,48 +386,34 @@ ClassGaussians class_gaussians(const hgad::HgadModel<Scalar>& model, const hgad:
 }  // namespace
 
 TEMPLATE_TEST_CASE(
-    "At step 0 an HGAD model with class_covariance = class has one component N(class mean, class "
-    "covariance) per class",
+    "At step 0 an HGAD model with class covariances has one component N(class mean, class "
+    "covariance) per class, and its class level the same (class) or the shared covariance (intra)",
     "[model]", float, double) {
   // Σ_y is the Ledoit–Wolf estimate of class y's whitened vectors, mapped back to the features:
-  // Σ_y = W⁻¹ LW(W (x_y − μ)) W⁻ᵀ (the estimate shrinks towards the shared covariance).
+  // Σ_y = W⁻¹ LW(W (x_y − μ)) W⁻ᵀ (the estimate shrinks towards the shared covariance). With
+  // class_covariance = intra the class level keeps unit components in the whitened space:
+  // N(mean_y, Σ_LW) in the features, Σ_LW the whitening's estimate from all training vectors.
   const Index N = 60, D = 5, K = 3;
   std::vector<std::int64_t> labels, test_labels;
   const hgad::Tensor<TestType> train = correlated_features<TestType>(N, 1, 1, D, K, 18, labels);
   const hgad::Tensor<TestType> test = correlated_features<TestType>(6, 1, 1, D, K, 19, test_labels);
-  hgad::ModelConfig c = whiten_config(hgad::Objective::hgad, D, 1, 1, K);
-  c.class_covariance = hgad::ClassCovariance::class_;
-  hgad::HgadModel<TestType> model(c);
-  model.initialise_from_data({train}, labels);
-  REQUIRE(model.prior(0).has_class_factors());
+  for (const hgad::ClassCovariance covariance :
+       {hgad::ClassCovariance::class_, hgad::ClassCovariance::intra}) {
+    const bool class_level = covariance == hgad::ClassCovariance::class_;
+    INFO("class level " << class_level);
+    hgad::ModelConfig c = whiten_config(hgad::Objective::hgad, D, 1, 1, K);
+    c.class_covariance = covariance;
+    hgad::HgadModel<TestType> model(c);
+    model.initialise_from_data({train}, labels);
+    REQUIRE(model.prior(0).has_class_factors());
+    REQUIRE(model.prior(0).class_level_factors() == class_level);
 
-  const ClassGaussians g = class_gaussians(model, train, labels, K);
-  check_class_gaussians(model, test, g.mean, g.covariance);
-}
-
-TEMPLATE_TEST_CASE(
-    "At step 0 an HGAD model with class_covariance = intra has the class Gaussians as its "
-    "likelihood and the shared covariance in its class posterior and entropy",
-    "[model]", float, double) {
-  // The intra-class components are N(mean_y, Σ_y) as for class_covariance = class; the class level
-  // keeps unit components in the whitened space, N(mean_y, Σ_LW) in the features, Σ_LW the
-  // Ledoit–Wolf covariance of all training vectors (the whitening's).
-  const Index N = 60, D = 5, K = 3;
-  std::vector<std::int64_t> labels, test_labels;
-  const hgad::Tensor<TestType> train = correlated_features<TestType>(N, 1, 1, D, K, 18, labels);
-  const hgad::Tensor<TestType> test = correlated_features<TestType>(6, 1, 1, D, K, 19, test_labels);
-  hgad::ModelConfig c = whiten_config(hgad::Objective::hgad, D, 1, 1, K);
-  c.class_covariance = hgad::ClassCovariance::intra;
-  hgad::HgadModel<TestType> model(c);
-  model.initialise_from_data({train}, labels);
-  REQUIRE(model.prior(0).has_class_factors());
-  REQUIRE_FALSE(model.prior(0).class_level_factors());
-
-  const ClassGaussians g = class_gaussians(model, train, labels, K);
-  const ReferenceLedoitWolf shared = reference_ledoit_wolf(rows_of(train));
-  check_class_gaussians(
-      model, test, g.mean, g.covariance,
-      std::vector<Eigen::MatrixXd>(static_cast<std::size_t>(K), shared.covariance));
+    const ClassGaussians g = class_gaussians(model, train, labels, K);
+    const std::vector<Eigen::MatrixXd> shared(static_cast<std::size_t>(K),
+                                              reference_ledoit_wolf(rows_of(train)).covariance);
+    check_class_gaussians(model, test, g.mean, g.covariance,
+                          class_level ? std::vector<Eigen::MatrixXd>() : shared);
+  }
 }
 
 TEMPLATE_TEST_CASE(
