@@ -696,8 +696,9 @@ TEST_CASE(
         return m;
       };
       const auto deviation = [&](const std::vector<double>& v) {
+        const double m = mean(v);
         double d = 0;
-        for (double x : v) d += (x - mean(v)) * (x - mean(v)) / double(v.size());
+        for (double x : v) d += (x - m) * (x - m) / double(v.size());
         return std::sqrt(d);
       };
       const hgad::ClassCalibration& cal = model.calibration(k);

@@ -105,7 +105,7 @@ FusedLoss<Scalar> hgad_loss_fused(GaussianMixturePrior<Scalar>& prior, const Ten
   const Tensor<Scalar> log_pi = prior.log_pi_values();                                    // (K,)
   const Tensor<Scalar> log_w = intra ? prior.log_w_values() : Tensor<Scalar>();  // (K, M)
   const ClassSpace<Scalar> space(prior, z, intra);  // the rows and centres of the distances
-  const bool transformed = space.transformed();     // e_k (and maybe d_y) through A_y
+  const bool transformed = space.transformed();     // rows A_y z formed: d_y or e_k through A_y
   const bool inter_transformed = space.class_level_transformed();  // d_y through A_y
 
   // The per-row objective is prior_row (prior/prior_row.hpp); this loop forms each row's distances

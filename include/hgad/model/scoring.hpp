@@ -525,20 +525,24 @@ class ModelScoring {
     for (Index l = 0; l < model.n_levels(); ++l) {
       const LevelSpec& s = model.config().levels[static_cast<std::size_t>(l)];
       const std::size_t positions = static_cast<std::size_t>(s.height * s.width);
-      const auto map_of = [&](const RawScores<Scalar>& raw) -> const Tensor<Scalar>& {
-        return (entropy ? raw.neg_entropy : raw.log_likelihood)[static_cast<std::size_t>(l)];
+      const auto map_of = [&](const RawScores<Scalar>& raw) {
+        return (entropy ? raw.neg_entropy : raw.log_likelihood)[static_cast<std::size_t>(l)].data();
       };
       std::vector<double> mean(positions, 0.0);
-      for (const auto& raw : raws)
-        for (std::size_t j = 0; j < positions; ++j) mean[j] += double(map_of(raw).data()[j]);
+      for (const auto& raw : raws) {
+        const Scalar* x = map_of(raw);
+        for (std::size_t j = 0; j < positions; ++j) mean[j] += double(x[j]);
+      }
       for (double& v : mean) v /= n;
       if (scales) {
         std::vector<double> deviation(positions, 0.0);
-        for (const auto& raw : raws)
+        for (const auto& raw : raws) {
+          const Scalar* x = map_of(raw);
           for (std::size_t j = 0; j < positions; ++j) {
-            const double d = double(map_of(raw).data()[j]) - mean[j];
+            const double d = double(x[j]) - mean[j];
             deviation[j] += d * d;
           }
+        }
         double level_mean = 0;
         for (double& v : deviation) {
           v = std::sqrt(v / n);

@@ -30,7 +30,9 @@ template <class Scalar>
 class ClassSpace {
  public:
   /// The class-space rows of z (N, D) and the centres of `prior`; the intra-class centres only when
-  /// `intra_centers` (stage 2 and the likelihood score need them).
+  /// `intra_centers` (stage 2 and the likelihood score need them). The rows A_y z are formed only
+  /// when something reads them: the class level with factors, or the intra-class centres with
+  /// factors.
   ///   requires: CPU tensors, z (N, D) with D = prior.dim().
   ClassSpace(const GaussianMixturePrior<Scalar>& prior, const Tensor<Scalar>& z, bool intra_centers)
       : m_factors(prior.class_factors()),
@@ -38,7 +40,7 @@ class ClassSpace {
         m_M(prior.n_centers()),
         m_N(z.rows()),
         m_D(prior.dim()),
-        m_transformed(prior.has_class_factors()),
+        m_transformed(prior.class_level_factors() || (prior.has_class_factors() && intra_centers)),
         m_class_level(prior.class_level_factors()),
         m_offset(static_cast<std::size_t>(m_K), Scalar(0)) {
     check(z.device() == Device::cpu && z.rank() == 2 && z.cols() == m_D,
@@ -46,7 +48,6 @@ class ClassSpace {
     const Tensor<Scalar>& mu = prior.mu().value();
     Tensor<Scalar> centers = intra_centers ? prior.intra_center_values() : Tensor<Scalar>();
     m_z = z;
-    m_plain_mu = mu;
     if (!m_transformed) {
       m_rows = z;
       m_mu = mu;
@@ -55,14 +56,16 @@ class ClassSpace {
       return;
     }
     m_rows = Tensor<Scalar>::empty({m_K, m_N, m_D});
-    m_mu = Tensor<Scalar>::empty({m_K, m_D});
+    m_mu = m_class_level ? Tensor<Scalar>::empty({m_K, m_D}) : mu;
     if (intra_centers) m_centers = Tensor<Scalar>::empty({m_K, m_M, m_D});
     for (Index y = 0; y < m_K; ++y) {
       const auto A = factor(y);
       // Rows are row vectors: A_y x becomes x A_yᵀ.
       matrix(m_rows.data() + y * m_N * m_D, m_N).noalias() =
           const_matrix(z.data(), m_N) * A.transpose();
-      matrix(m_mu.data() + y * m_D, 1).noalias() = const_matrix(mu.data() + y * m_D, 1) * A.transpose();
+      if (m_class_level)
+        matrix(m_mu.data() + y * m_D, 1).noalias() =
+            const_matrix(mu.data() + y * m_D, 1) * A.transpose();
       if (intra_centers)
         matrix(m_centers.data() + y * m_M * m_D, m_M).noalias() =
             const_matrix(centers.data() + y * m_M * m_D, m_M) * A.transpose();
@@ -71,11 +74,11 @@ class ClassSpace {
     cache_pointers();
   }
 
-  /// Whether the intra-class components carry factors (otherwise every accessor reads z and the
-  /// centres).
+  /// Whether the rows A_y z were formed (the class level, or the intra-class centres asked for,
+  /// carry factors); otherwise every accessor reads z and the centres.
   bool transformed() const { return m_transformed; }
-  /// Whether the class level carries them too (otherwise inter_row and mu read z and μ).
-  bool class_level_transformed() const { return m_transformed && m_class_level; }
+  /// Whether the class level carries them (otherwise inter_row and mu read z and μ).
+  bool class_level_transformed() const { return m_class_level; }
 
   // The accessors below run once per row and class in the fused objective's loop: plain pointer
   // arithmetic on pointers and offsets fixed at construction.
@@ -130,10 +133,9 @@ class ClassSpace {
   void cache_pointers() {
     m_row_data = m_rows.data();
     m_class_stride = m_transformed ? m_N * m_D : 0;  // without factors every class reads z
-    const bool inter = class_level_transformed();
-    m_inter_row_data = inter ? m_rows.data() : m_z.data();
-    m_inter_class_stride = inter ? m_class_stride : 0;
-    m_mu_data = inter || !m_transformed ? m_mu.data() : m_plain_mu.data();
+    m_inter_row_data = m_class_level ? m_rows.data() : m_z.data();
+    m_inter_class_stride = m_class_level ? m_class_stride : 0;
+    m_mu_data = m_mu.data();
     m_center_data = m_centers.numel() > 0 ? m_centers.data() : nullptr;
   }
 
@@ -150,9 +152,9 @@ class ClassSpace {
   Index m_K, m_M, m_N, m_D;
   bool m_transformed, m_class_level;
   std::vector<Scalar> m_offset;  // (K,): −2 log|det A_y|, or 0
-  Tensor<Scalar> m_z, m_plain_mu;  // z (N, D) and μ (K, D) as given (shared handles)
+  Tensor<Scalar> m_z;            // z (N, D) as given (a shared handle)
   Tensor<Scalar> m_rows;     // (K, N, D), or z (N, D)
-  Tensor<Scalar> m_mu;       // (K, D)
+  Tensor<Scalar> m_mu;       // (K, D): A_y μ_y with class-level factors, else μ
   Tensor<Scalar> m_centers;  // (K, M, D), or empty
   const Scalar* m_row_data = nullptr;
   Index m_class_stride = 0;
