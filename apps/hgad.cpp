@@ -1262,9 +1262,47 @@ const std::vector<OptionSpec> embeddings_options = {
      "hold out the last PERCENT % of each class's training normals; report their likelihood at the "
      "start, after every pass and at the end"},
     keep_best_option,
+    {"no-baselines", "",
+     "skip the two Gaussians fitted on the same training rows (one per class, one shared) that "
+     "are otherwise scored beside the model"},
     {"threads", "N", "worker threads (default: all cores)"},
-    {"device", "cpu|cuda", "where the backbone, the flows' training and the scores run (default cpu)"},
+    {"device", "cpu|cuda",
+     "where the backbone, the flows' training and the scores run (default cpu)"},
 };
+
+/// The image AUROC of the likelihood term alone on one class's test rows (n, 1, 1, D) with labels
+/// y: the score is -logp, the per-dimension log-likelihood under the class's mixture (N(0, I) for
+/// NF), with the class given or, label_free, predicted. `accuracy`, when given, receives the share
+/// of rows whose predicted class is `class_index`.
+double likelihood_auroc(const Model& model, const std::vector<hgad::Tensor<Scalar>>& test,
+                        std::int64_t class_index, const std::vector<int>& y, bool label_free,
+                        double* accuracy = nullptr) {
+  const Index n = test[0].dim(0);
+  std::vector<double> scores;
+  Index correct = 0;
+  for (Index i = 0; i < n; ++i) {
+    const auto raw = model.raw_scores(Model::image_view(test, i), label_free ? -1 : class_index);
+    scores.push_back(-double(raw.log_likelihood[0].data()[0]));
+    correct += raw.predicted_class == class_index ? 1 : 0;
+  }
+  if (accuracy) *accuracy = double(correct) / double(n);
+  return hgad::roc_auc_score(y, scores);
+}
+
+/// The Gaussian baselines of hgad embeddings, as untrained models of the library (their densities
+/// are the model's, docs/algorithm.md §2.5 and §3.1.2): `init = whiten` makes the NF model at
+/// step 0 the shared Gaussian N(μ, Σ_LW) of all training rows, and the HGAD model with
+/// `class_covariance = intra` and one centre per class one Gaussian per class, N(m_y, Σ_y) with
+/// Σ_y the Ledoit–Wolf covariance of the class's rows in the shared whitened space. Both take the
+/// model's configuration but for those keys, and neither is trained.
+hgad::ModelConfig gaussian_baseline_config(hgad::ModelConfig config, bool per_class) {
+  config.init = hgad::ModelInit::whiten;
+  config.objective = per_class ? hgad::Objective::hgad : hgad::Objective::nf;
+  config.class_covariance = per_class ? hgad::ClassCovariance::intra : hgad::ClassCovariance::unit;
+  config.n_centers = 1;
+  config.validate(true);
+  return config;
+}
 
 /// The embeddings command's defaults: one level of D x 1 x 1, no positional encoding (P = 0),
 /// HGAD's prior and loss weights, and a schedule sized for a CPU: 4 blocks, 40 passes (2 warm-up,
@@ -1296,7 +1334,10 @@ int cmd_embeddings(const Args& args) {
            "without\n"
            "it (label-free, with the class-prediction accuracy) and with the paper's transductive\n"
            "normalisation, each for the §5 score and for the likelihood term alone, and their "
-           "means.\n"
+           "means;\n"
+           "beside them the image AUROC of one Gaussian per class and of one shared Gaussian "
+           "fitted\n"
+           "on the same training rows.\n"
            "\noptions:\n"
         << hgad_cli::describe_options(embeddings_options);
     return 0;
@@ -1400,12 +1441,35 @@ int cmd_embeddings(const Args& args) {
   }
   model.calibrate(features, labels);
 
+  // The Gaussians a user could fit instead, on the same training rows: one per class and one
+  // shared, scored by their likelihood with the class given. They are beside the model's figures,
+  // not part of them: when one cannot be fitted (a covariance of too few rows), the table says why
+  // and the model's figures stand.
+  std::vector<std::unique_ptr<Model>> gaussians;
+  std::string baselines_status = "skipped (--no-baselines)";
+  if (!args.has("no-baselines")) {
+    try {
+      for (const bool per_class : {true, false}) {
+        gaussians.push_back(std::make_unique<Model>(gaussian_baseline_config(config, per_class)));
+        gaussians.back()->initialise_from_data(features, labels);
+      }
+      baselines_status = "fitted";
+    } catch (const hgad::Error& e) {
+      gaussians.clear();
+      baselines_status = std::string("not fitted: ") + e.what();
+    }
+  }
+
   // Columns: image AUROC with the §5 score (calibrated constants) and with the likelihood alone
   // (-logp, the per-dimension log-likelihood under the scored class's mixture, or N(0, I) for NF),
   // each with the true class and label-free; the class accuracy; the §5 score with transductive
-  // constants.
-  const std::vector<std::string> columns = {"given",           "given_logp",     "label_free",
-                                            "label_free_logp", "class_accuracy", "transductive"};
+  // constants; then the Gaussian baselines' image AUROC.
+  std::vector<std::string> columns = {"given",           "given_logp",     "label_free",
+                                      "label_free_logp", "class_accuracy", "transductive"};
+  if (!gaussians.empty()) {
+    columns.push_back("gaussian_per_class");
+    columns.push_back("gaussian_shared");
+  }
   struct Row {
     std::string name;
     Index n_test = 0;
@@ -1423,16 +1487,7 @@ int cmd_embeddings(const Args& args) {
       return hgad::roc_auc_score(y, scores);
     };
     auto logp_auroc = [&](bool label_free, double* accuracy) {
-      std::vector<double> scores;
-      Index correct = 0;
-      for (Index i = 0; i < n; ++i) {
-        const auto raw =
-            model.raw_scores(Model::image_view(test, i), label_free ? -1 : c.class_index);
-        scores.push_back(-double(raw.log_likelihood[0].data()[0]));
-        correct += raw.predicted_class == c.class_index ? 1 : 0;
-      }
-      if (accuracy) *accuracy = double(correct) / double(n);
-      return hgad::roc_auc_score(y, scores);
+      return likelihood_auroc(model, test, c.class_index, y, label_free, accuracy);
     };
     Row r;
     r.name = c.name;
@@ -1446,6 +1501,8 @@ int cmd_embeddings(const Args& args) {
                 hgad_objective ? 0.0 : std::nan(""),
                 auroc_of_mode(hgad::ScoreMode::transductive)};
     if (hgad_objective) r.values[4] = accuracy;
+    for (const auto& g : gaussians)
+      r.values.push_back(likelihood_auroc(*g, test, c.class_index, y, false));
     rows.push_back(r);
   }
   Row mean;
@@ -1465,23 +1522,32 @@ int cmd_embeddings(const Args& args) {
       "likelihood and entropy terms, or logp: the likelihood alone)\n",
       hgad::to_string(config.objective).c_str(), static_cast<long long>(config.n_blocks),
       static_cast<long long>(epochs == 0 ? 0 : config.total_epochs()));
-  std::fprintf(table, "%-12s %5s %7s %10s %10s %15s %7s %12s\n", "class", "test", "given",
-               "given-logp", "label-free", "label-free-logp", "cls-acc", "transductive");
-  for (const Row& r : rows) {
-    std::fprintf(table, "%-12s %5lld", r.name.c_str(), static_cast<long long>(r.n_test));
-    const int widths[] = {7, 10, 10, 15, 7, 12};
+  const std::vector<std::string> headings = {"given",           "given-logp",  "label-free",
+                                             "label-free-logp", "cls-acc",     "transductive",
+                                             "gauss-class",     "gauss-shared"};
+  auto width = [&](std::size_t k) {
+    return static_cast<int>(std::max<std::size_t>(7, headings[k].size()));
+  };
+  std::fprintf(table, "%-12s %5s", "class", "test");
+  for (std::size_t k = 0; k < columns.size(); ++k)
+    std::fprintf(table, " %*s", width(k), headings[k].c_str());
+  std::fprintf(table, "\n");
+  std::vector<const Row*> printed;
+  for (const Row& r : rows) printed.push_back(&r);
+  printed.push_back(&mean);
+  for (const Row* r : printed) {
+    std::fprintf(table, "%-12s %5lld", r->name.c_str(), static_cast<long long>(r->n_test));
     for (std::size_t k = 0; k < columns.size(); ++k)
-      std::fprintf(table, " %*s", widths[k], format_metric(r.values[k]).c_str());
+      std::fprintf(table, " %*s", width(k), format_metric(r->values[k]).c_str());
     std::fprintf(table, "\n");
   }
-  {
-    const Row& r = mean;
-    std::fprintf(table, "%-12s %5lld", r.name.c_str(), static_cast<long long>(r.n_test));
-    const int widths[] = {7, 10, 10, 15, 7, 12};
-    for (std::size_t k = 0; k < columns.size(); ++k)
-      std::fprintf(table, " %*s", widths[k], format_metric(r.values[k]).c_str());
-    std::fprintf(table, "\n");
-  }
+  if (!gaussians.empty())
+    std::fprintf(table,
+                 "gauss-class, gauss-shared: one Gaussian per class and one shared Gaussian "
+                 "(Ledoit-Wolf covariances)\nfitted on the same training rows, scored by their "
+                 "likelihood with the class given; --no-baselines skips them\n");
+  else if (!args.has("no-baselines"))
+    std::fprintf(table, "the Gaussian baselines were %s\n", baselines_status.c_str());
   std::fprintf(table, "%s", class_confusion_report(model, "").c_str());
 
   // Held-out training normals: mean over classes of the mean per-dimension log-likelihood under the
@@ -1517,6 +1583,7 @@ int cmd_embeddings(const Args& args) {
     for (const Row& r : rows) per_class.set(r.name, row_json(r));
     j.set("classes", per_class);
     j.set("mean", row_json(mean));
+    j.set("gaussian_baselines", Json::string(baselines_status));
     if (validation_percent > 0) {
       Json v = Json::object();
       v.set("percent", Json::integer(validation_percent));

@@ -18,12 +18,15 @@
 #include <filesystem>
 #include <fstream>
 #include <hgad/detail/text.hpp>
+#include <hgad/flow/whitening.hpp>
 #include <hgad/io/image.hpp>
 #include <hgad/io/npy.hpp>
+#include <hgad/metrics.hpp>
 #include <hgad/model/config.hpp>
 #include <hgad/model/hgad_model.hpp>
 #include <hgad/model/pipeline.hpp>
 #include <limits>
+#include <random>
 #include <set>
 #include <sstream>
 #include <string>
@@ -619,6 +622,147 @@ TEST_CASE("hgad embeddings names a non-finite feature value", "[model][cli]") {
   CHECK(r.status == 1);
   CHECK(contains(r.err, "b_X.npy' row 1 column 2 is nan"));
   CHECK_FALSE(fs::exists(json));
+}
+
+namespace {
+
+/// Embeddings of classes a and b, 3 features each: 16 training normals, then 6 normal and 6
+/// anomalous test rows per class, drawn from Gaussians of different means and covariances
+/// (anomalies: the normal draw scaled by 2.5), in the layout hgad embeddings reads. Returns each
+/// class's rows (28, 3) in file order.
+std::vector<Eigen::MatrixXd> write_gaussian_embeddings(const hgad_test::TempDir& dir) {
+  std::mt19937 rng(7);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::string csv = "class,class_index,row,y,split\n";
+  std::vector<Eigen::MatrixXd> classes;
+  for (const std::string c : {"a", "b"}) {
+    Eigen::Matrix3d mix;
+    mix << 1.0, 0.0, 0.0, 0.6, 0.8, 0.0, -0.3, 0.2, 0.5;
+    if (c == "b") mix = mix.transpose().eval() * 1.5;
+    const Eigen::Vector3d mean = c == "a" ? Eigen::Vector3d(1, 2, 3) : Eigen::Vector3d(-2, 0, 4);
+    Eigen::MatrixXd rows(28, 3);
+    std::vector<std::int64_t> y;
+    for (int i = 0; i < 28; ++i) {
+      Eigen::Vector3d z(normal(rng), normal(rng), normal(rng));
+      if (i >= 22) z *= 2.5;
+      rows.row(i) = (mix * z + mean).transpose();
+      y.push_back(i >= 22 ? 1 : 0);
+      csv += c + "," + (c == "a" ? "0" : "1") + "," + std::to_string(i) + "," +
+             (i >= 22 ? "1" : "0") + "," + (i < 16 ? "train" : "test") + "\n";
+    }
+    hgad::Tensor<float> x({28, 3});
+    for (int i = 0; i < 28; ++i)
+      for (int j = 0; j < 3; ++j) x(i, j) = float(rows(i, j));
+    hgad::save_npy(dir.file(c + "_X.npy"), x);
+    hgad::save_npy_int64(dir.file(c + "_y.npy"), y);
+    classes.push_back(x.as_matrix().cast<double>());
+  }
+  std::ofstream(dir.file("unified_split_seed0.csv")) << csv;
+  return classes;
+}
+
+/// The number after `"key": ` in the first JSON object that follows `"anchor": {` in text.
+double json_number(const std::string& text, const std::string& anchor, const std::string& key) {
+  const std::size_t at = text.find("\"" + anchor + "\": {");
+  REQUIRE(at != std::string::npos);
+  const std::size_t k = text.find("\"" + key + "\": ", at);
+  REQUIRE(k != std::string::npos);
+  REQUIRE(k < text.find('}', at));
+  return std::strtod(text.c_str() + k + key.size() + 4, nullptr);
+}
+
+/// Ledoit–Wolf covariance (hgad::ledoit_wolf_covariance) of the rows of x, in double.
+hgad::ShrunkCovariance ledoit_wolf_of(const Eigen::MatrixXd& x) {
+  hgad::Tensor<double> t({x.rows(), x.cols()});
+  t.as_matrix() = x;
+  return hgad::ledoit_wolf_covariance(t);
+}
+
+/// The image AUROC of the Mahalanobis distance to N(mean, covariance) over the test rows 16..27.
+double mahalanobis_auroc(const Eigen::MatrixXd& rows, const Eigen::VectorXd& mean,
+                         const Eigen::MatrixXd& covariance) {
+  const Eigen::LDLT<Eigen::MatrixXd> solver(covariance);
+  std::vector<double> scores;
+  std::vector<int> y;
+  for (int i = 16; i < 28; ++i) {
+    const Eigen::VectorXd d = rows.row(i).transpose() - mean;
+    scores.push_back(d.dot(solver.solve(d)));
+    y.push_back(i >= 22 ? 1 : 0);
+  }
+  return hgad::roc_auc_score(y, scores);
+}
+
+}  // namespace
+
+TEST_CASE("hgad embeddings scores a Gaussian per class and a shared Gaussian beside the model",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  hgad_test::TempDir dir("cli_embeddings_baselines");
+  const std::vector<Eigen::MatrixXd> classes = write_gaussian_embeddings(dir);
+  const std::string data = "embeddings --data '" + dir.path().string() + "' --threads 1";
+
+  // The baselines against the closed form, computed here from the training rows: the shared
+  // Gaussian N(μ, Σ_LW) of all 32 rows; class y's Gaussian, in the shared whitened space
+  // w = L⁻¹(x − μ) (L Lᵀ = Σ_LW), is N(w̄_y, Σ_y) with Σ_y the Ledoit–Wolf covariance of the class's
+  // whitened rows (docs/algorithm.md §3.1.2).
+  Eigen::MatrixXd train(32, 3);
+  train << classes[0].topRows(16), classes[1].topRows(16);
+  const hgad::ShrunkCovariance shared = ledoit_wolf_of(train);
+  const Eigen::MatrixXd L = Eigen::LLT<Eigen::MatrixXd>(shared.covariance).matrixL();
+  auto whiten = [&](const Eigen::MatrixXd& x) -> Eigen::MatrixXd {
+    return L.triangularView<Eigen::Lower>()
+        .solve((x.rowwise() - shared.mean.transpose()).transpose())
+        .transpose();
+  };
+  Run r = run(dir, data + " --epochs 2 --json -");
+  INFO(r.out << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(contains(r.out, "\"gaussian_baselines\": \"fitted\""));
+  CHECK(contains(r.err, "gauss-class"));
+  for (int k = 0; k < 2; ++k) {
+    const std::string name = k == 0 ? "a" : "b";
+    CAPTURE(name);
+    CHECK(json_number(r.out, name, "image_auroc_gaussian_shared") ==
+          Approx(mahalanobis_auroc(classes[k], shared.mean, shared.covariance)).margin(1e-12));
+    const Eigen::MatrixXd w = whiten(classes[k]);
+    const hgad::ShrunkCovariance own = ledoit_wolf_of(w.topRows(16));
+    CHECK(json_number(r.out, name, "image_auroc_gaussian_per_class") ==
+          Approx(mahalanobis_auroc(w, own.mean, own.covariance)).margin(1e-12));
+  }
+
+  // The same Gaussians as untrained models of the command: the per-class one is the untrained
+  // intra-covariance HGAD model of one centre, the shared one the untrained whitened NF model.
+  std::ofstream(dir.file("per_class.cfg"))
+      << "init = whiten\nclass_covariance = intra\nn_centers = 1\n";
+  std::ofstream(dir.file("shared.cfg")) << "init = whiten\n";
+  r = run(dir, data + " --epochs 0 --json - --config '" + dir.file("per_class.cfg") + "'");
+  REQUIRE(r.status == 0);
+  const std::string per_class_run = r.out;
+  r = run(dir,
+          data + " --epochs 0 --json - --objective nf --config '" + dir.file("shared.cfg") + "'");
+  REQUIRE(r.status == 0);
+  for (const std::string name : {"a", "b", "mean"}) {
+    CAPTURE(name);
+    CHECK(json_number(per_class_run, name, "image_auroc_given_logp") ==
+          json_number(per_class_run, name, "image_auroc_gaussian_per_class"));
+    CHECK(json_number(r.out, name, "image_auroc_given_logp") ==
+          json_number(r.out, name, "image_auroc_gaussian_shared"));
+  }
+
+  // --no-baselines leaves them out; a covariance that cannot be fitted (two rows per class in
+  // three dimensions) is said, and the model's figures stand.
+  r = run(dir, data + " --epochs 1 --no-baselines --json -");
+  REQUIRE(r.status == 0);
+  CHECK_FALSE(contains(r.out, "gaussian_per_class"));
+  CHECK(contains(r.out, "\"gaussian_baselines\": \"skipped (--no-baselines)\""));
+  CHECK_FALSE(contains(r.err, "gauss-class"));
+  hgad_test::TempDir tiny("cli_embeddings_baselines_tiny");
+  write_embeddings(tiny, false);
+  r = run(tiny, "embeddings --data '" + tiny.path().string() + "' --epochs 1 --threads 1");
+  REQUIRE(r.status == 0);
+  CHECK(contains(r.out, "the Gaussian baselines were not fitted: "));
+  CHECK(contains(r.out, "not positive definite"));
+  CHECK(contains(r.out, "given-logp"));
 }
 
 TEST_CASE("hgad train killed after a checkpoint and resumed with --resume ends on the same model",
