@@ -326,17 +326,23 @@ const std::vector<OptionSpec> train_options = {
      "the data-dependent start alone, untrained"},
     {"objective", "hgad|nf", "HGAD's hierarchical prior, or the single-Gaussian NF baseline"},
     {"cache", "DIR", "keep the backbone features in DIR and reuse them when nothing changed"},
-    {"auto-group", "", "train again with the class groups the first model's confusion suggests"},
+    {"auto-group", "",
+     "train with the class groups that a first model's confusion suggests (with init = whiten: the "
+     "untrained start's, and the model is trained once)"},
     {"validation", "PERCENT",
-     "hold out this share of each class's training images (spread evenly over its folder) and report "
-     "their mean log-likelihood at the start and after every pass: settings are chosen on training "
-     "data alone (hgad test --validation scores them with synthetic defects)"},
+     "hold out this share of each class's training images (spread evenly over its folder) and "
+     "report their mean log-likelihood at the start and after every pass: settings are chosen on "
+     "training data alone (hgad test --validation scores them with synthetic defects)"},
     keep_best_option,
-    {"checkpoint-every", "N", "every N passes, write the model and optimiser state to MODEL.checkpoint"},
-    {"resume", "FILE", "continue the training stored in a checkpoint (its configuration; same data)"},
+    {"checkpoint-every", "N",
+     "every N passes, write the model and optimiser state to MODEL.checkpoint"},
+    {"resume", "FILE",
+     "continue the training stored in a checkpoint (its configuration; same data)"},
     {"threads", "N", "worker threads (default: all cores)"},
-    {"device", "cpu|cuda", "where the backbone, the flows' training and the scores run (default cpu)"},
-    {"max-memory", "GB", "refuse a configuration estimated to need more (default: what is available)"},
+    {"device", "cpu|cuda",
+     "where the backbone, the flows' training and the scores run (default cpu)"},
+    {"max-memory", "GB",
+     "refuse a configuration estimated to need more (default: what is available)"},
 };
 
 /// The class confusion of a calibrated HGAD model, one line per class (the share of its normal
@@ -666,8 +672,10 @@ int cmd_train(const Args& args) {
   // Trains and calibrates one model of `cfg` on the extracted images, each labelled with its
   // folder's class in `cfg` (its group's, when a group lists the folder); with --validation,
   // held_figure is the held-out figure of the model it returns.
+  // start_only: the data-dependent start of init = whiten, calibrated but not trained (whatever
+  // --epochs says; the choice of --auto-group's groups, below).
   hgad::HeldOut held_figure;
-  auto train_model = [&](const hgad::ModelConfig& cfg) {
+  auto train_model = [&](const hgad::ModelConfig& cfg, bool start_only) {
     std::vector<std::int64_t> class_of_folder;  // folder index -> the class of `cfg`
     for (const std::string& folder : train.class_names())
       class_of_folder.push_back(cfg.class_of(folder));
@@ -677,15 +685,18 @@ int cmd_train(const Args& args) {
     for (std::int64_t folder : held.classes)
       held_labels.push_back(class_of_folder[static_cast<std::size_t>(folder)]);
     // The run stored by --resume continues (once); any other training starts anew.
-    const bool resume = resumed && cfg.to_text() == resumed->first.config().to_text();
+    const bool resume =
+        !start_only && resumed && cfg.to_text() == resumed->first.config().to_text();
+    const bool at_start = untrained || start_only;
     Model model = resume ? std::move(resumed->first) : Model(cfg);
     model.set_device(device);
     model.set_metadata("train_folders", hgad::detail::mvtec::join_names(train.class_names()));
     {
       const Index B = std::min<Index>(cfg.batch_size, set.size());
       // --epochs 0: the data-dependent start, no step (the bar shows the start being set).
-      Progress bar(untrained ? "start" : "training",
-                   untrained ? 1 : cfg.total_epochs() * (set.size() / B), untrained ? "model" : "step");
+      Progress bar(at_start ? "start" : "training",
+                   at_start ? 1 : cfg.total_epochs() * (set.size() / B),
+                   at_start ? "model" : "step");
       hgad::FitOptions<Scalar> fit;
       fit.communicator = gpus ? gpus.get() : world.get();  // callbacks run on rank 0 only
       fit.on_step = [&](const hgad::FitProgress<Scalar>& p) { bar.update(p.step, loss_status(p)); };
@@ -703,14 +714,15 @@ int cmd_train(const Args& args) {
         fit.keep_best = args.has("keep-best");
       }
       hgad::FitReport<Scalar> report;
-      if (untrained)
+      if (at_start)
         model.initialise_from_data(set.features, labels);  // --epochs 0: the start alone
       else
         report = model.fit(set.features, labels, fit);
       if (resume) resumed.reset();
       bar.finish();
       if (writer && !report.validation.empty()) std::printf("%s", validation_curve(report).c_str());
-      if (writer && validation_percent > 0) held_figure = final_held_out(report, model, held.features, held_labels);
+      if (writer && validation_percent > 0)
+        held_figure = final_held_out(report, model, held.features, held_labels);
     }
     std::vector<Index> per_class(static_cast<std::size_t>(cfg.n_classes()), 0);
     for (std::int64_t c : labels) ++per_class[static_cast<std::size_t>(c)];
@@ -728,27 +740,42 @@ int cmd_train(const Args& args) {
     }
     return model;
   };
-  Model model = train_model(config);
-  if (writer) std::printf("%s", class_confusion_report(model, "").c_str());
-  // A resumed run that already trains class groups is the second training of --auto-group (or a
-  // grouping of the user's): it is not regrouped.
-  if (args.has("auto-group") && !(args.has("resume") && !config.class_groups.empty())) {
+  // --auto-group takes its groups from the class confusion of a first model on the training
+  // images. With init = whiten the untrained start already tells the classes apart (its class
+  // posterior is that of the class means under the shared covariance, docs/algorithm.md §2.5), so
+  // the groups come from the start and the model is trained once, with them; with the paper's
+  // start, from a first trained model, and the grouped model is trained again. A resumed run that
+  // already trains class groups is the grouped training of --auto-group (or a grouping of the
+  // user's): it is not regrouped.
+  const bool regroup =
+      args.has("auto-group") && !(args.has("resume") && !config.class_groups.empty());
+  const bool group_at_start = regroup && !untrained && config.init == hgad::ModelInit::whiten;
+  Model model = train_model(config, group_at_start);
+  bool trained = !group_at_start;
+  if (writer)
+    std::printf("%s%s", group_at_start ? "the untrained start (init = whiten):\n" : "",
+                class_confusion_report(model, "").c_str());
+  if (regroup) {
     const auto groups = hgad::suggest_class_groups(config, model.class_confusion());
     const hgad::ModelConfig grouped = groups.empty() ? config : hgad::regrouped(config, groups, train.class_names());
     if (grouped.n_classes() == 1) {
       if (writer)
-        std::printf(
-            "the suggested groups would leave one class, and HGAD models several: the first model "
-            "is kept\n");
+        std::printf("the suggested groups would leave one class, and HGAD models several: %s\n",
+                    trained ? "the first model is kept" : "the classes are kept");
     } else if (!groups.empty()) {
       config = grouped;
       config.validate(true);
       if (writer)
-        std::printf("training again with %lld classes\n",
+        std::printf("training %swith %lld classes\n", trained ? "again " : "",
                     static_cast<long long>(config.n_classes()));
-      model = train_model(config);
+      model = train_model(config, false);
+      trained = true;
       if (writer) std::printf("%s", class_confusion_report(model, "").c_str());
     }
+  }
+  if (!trained) {
+    model = train_model(config, false);
+    if (writer) std::printf("%s", class_confusion_report(model, "").c_str());
   }
   if (!writer) return 0;
   if (validation_percent > 0) {

@@ -2,11 +2,11 @@
 # The demo: builds the hgad program (Release), trains ONE HGAD model on all five classes of
 # ../shared/datasets/industrial-mini with the ResNet-18 weights in ../shared/weights/resnet18-imagenet,
 # prints the per-class table (calibrated mode: every image scored on its own) and writes heat maps of a
-# few test images per class under demo-out/. With --auto-group, classes the first model confuses on
-# their own normal training images are trained once more as one class (the three circuit boards).
+# few test images per class under demo-out/. With --auto-group, classes that the untrained start
+# confuses on their own normal training images are trained as one class (the three circuit boards).
 #
-#   scripts/demo.sh                 settings of scripts/demo.cfg (about 7 minutes on 2 cores)
-#   HGAD_DEMO_EPOCHS=8 scripts/demo.sh   more training passes
+#   scripts/demo.sh                 settings of scripts/demo.cfg (about 5 minutes on 2 cores)
+#   HGAD_DEMO_EPOCHS=8 scripts/demo.sh   another number of training passes
 #
 # Installs the Debian packages it needs when they are missing (like scripts/test.sh).
 set -euo pipefail

@@ -408,8 +408,10 @@ TEST_CASE("hgad program trains a class group as one class and reports its folder
   CHECK_FALSE(fs::exists(never));
 }
 
-TEST_CASE("hgad train --auto-group trains again with the classes its first model confuses",
-          "[model][cli]") {
+TEST_CASE(
+    "hgad train --auto-group trains with the classes a first model confuses (with init = whiten, "
+    "the untrained start)",
+    "[model][cli]") {
   REQUIRE_CLI();
   REQUIRE_WEIGHTS();
   // Folders a and b hold the same images; stripes holds bright vertical stripes on black.
@@ -450,6 +452,32 @@ TEST_CASE("hgad train --auto-group trains again with the classes its first model
   CHECK(r.status == 2);
   CHECK(contains(r.err, "--auto-group"));
   CHECK_FALSE(fs::exists(dir.file("nf.hgad")));
+
+  // With init = whiten the groups come from the untrained start, and the model is trained once:
+  // the same model as one trained with the group in its configuration.
+  const std::string tiny = slurp(dir.file("tiny.cfg")) + "init = whiten\n";
+  std::ofstream(dir.file("whiten.cfg")) << tiny;
+  std::ofstream(dir.file("grouped.cfg")) << tiny << "group.group1 = a, b\n";
+  r = run(dir, "train --data '" + data + "' --backbone '" + weights_dir() + "' --out '" +
+                   dir.file("once.hgad") + "' --config '" + dir.file("whiten.cfg") +
+                   "' --auto-group --threads 1");
+  INFO(r.out << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(contains(r.out,
+                 "the untrained start (init = whiten):\nclass confusion on the training images"));
+  CHECK(contains(r.out, "\n  group.group1 = a, b\n"));
+  CHECK(contains(r.out, "training with 2 classes\n"));
+  CHECK_FALSE(contains(r.out, "training again"));
+  std::size_t trainings = 0;
+  for (std::size_t at = r.err.find("training: 0/"); at != std::string::npos;
+       at = r.err.find("training: 0/", at + 1))
+    ++trainings;
+  CHECK(trainings == 1);
+  r = run(dir, "train --data '" + data + "' --backbone '" + weights_dir() + "' --out '" +
+                   dir.file("direct.hgad") + "' --config '" + dir.file("grouped.cfg") +
+                   "' --threads 1");
+  REQUIRE(r.status == 0);
+  CHECK(slurp(dir.file("once.hgad")) == slurp(dir.file("direct.hgad")));
 }
 
 TEST_CASE("hgad train --epochs 0 saves the data-dependent start with its class covariances and it "

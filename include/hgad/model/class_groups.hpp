@@ -1,15 +1,18 @@
 #pragma once
 /// \file
 /// Which classes should be trained as one? HGAD's mutual-information loss pushes every class away
-/// from the others (docs/algorithm.md §3.2). Two product classes whose normal images look alike position
-/// by position (three revisions of one circuit board, say) cannot be pushed apart by the flow: the
-/// posterior p(y | z) of their normal positions stays spread over them, and the entropy map takes
-/// those normal positions for anomalous ones (docs/results.md §1). Trained as one class
+/// from the others (docs/algorithm.md §3.2). Two product classes whose normal images look alike
+/// position by position (three revisions of one circuit board, say) cannot be pushed apart by the
+/// flow: the posterior p(y | z) of their normal positions stays spread over them, and the entropy
+/// map takes those normal positions for anomalous ones (docs/results.md §1). Trained as one class
 /// (ModelConfig::class_groups) they share a centre and an intra mixture instead.
 ///
-/// suggest_class_groups finds such classes from a trained model's class confusion
+/// suggest_class_groups finds such classes from a calibrated model's class confusion
 /// (HgadModel::class_confusion), which comes from its normal training images alone: no test image
-/// or label enters.
+/// or label enters. The model is a trained one, or the untrained start of init = whiten, whose
+/// class posterior is already that of the class means under the shared covariance
+/// (docs/algorithm.md §2.5); `hgad train --auto-group` uses the start when there is one and then
+/// trains once.
 ///
 ///     const auto groups = hgad::suggest_class_groups(model.config(), model.class_confusion());
 ///     for (const auto& g : groups) std::cout << hgad::to_config_line(g) << '\n';
@@ -46,7 +49,7 @@ inline std::string common_stem(const std::vector<std::string>& names) {
 
 }  // namespace detail
 
-/// The class groups a trained model's class confusion suggests. Classes a ≠ b are linked when
+/// The class groups a calibrated model's class confusion suggests. Classes a ≠ b are linked when
 /// (confusion[a][b] + confusion[b][a]) / 2 >= threshold: on average over their normal positions
 /// each gives the other at least that much of its posterior. Every connected set of two or more
 /// linked classes is one group, its classes in the model's order; a class of the model that is
