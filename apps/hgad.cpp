@@ -721,7 +721,7 @@ int cmd_train(const Args& args) {
       if (resume) resumed.reset();
       bar.finish();
       if (writer && !report.validation.empty()) std::printf("%s", validation_curve(report).c_str());
-      if (writer && validation_percent > 0)
+      if (writer && validation_percent > 0 && !start_only)
         held_figure = final_held_out(report, model, held.features, held_labels);
     }
     std::vector<Index> per_class(static_cast<std::size_t>(cfg.n_classes()), 0);
@@ -751,29 +751,27 @@ int cmd_train(const Args& args) {
       args.has("auto-group") && !(args.has("resume") && !config.class_groups.empty());
   const bool group_at_start = regroup && !untrained && config.init == hgad::ModelInit::whiten;
   Model model = train_model(config, group_at_start);
-  bool trained = !group_at_start;
   if (writer)
     std::printf("%s%s", group_at_start ? "the untrained start (init = whiten):\n" : "",
                 class_confusion_report(model, "").c_str());
+  bool train_again = group_at_start;  // the start only chose the groups
   if (regroup) {
     const auto groups = hgad::suggest_class_groups(config, model.class_confusion());
     const hgad::ModelConfig grouped = groups.empty() ? config : hgad::regrouped(config, groups, train.class_names());
     if (grouped.n_classes() == 1) {
       if (writer)
         std::printf("the suggested groups would leave one class, and HGAD models several: %s\n",
-                    trained ? "the first model is kept" : "the classes are kept");
+                    group_at_start ? "the classes are kept" : "the first model is kept");
     } else if (!groups.empty()) {
       config = grouped;
       config.validate(true);
       if (writer)
-        std::printf("training %swith %lld classes\n", trained ? "again " : "",
+        std::printf("training %swith %lld classes\n", group_at_start ? "" : "again ",
                     static_cast<long long>(config.n_classes()));
-      model = train_model(config, false);
-      trained = true;
-      if (writer) std::printf("%s", class_confusion_report(model, "").c_str());
+      train_again = true;
     }
   }
-  if (!trained) {
+  if (train_again) {
     model = train_model(config, false);
     if (writer) std::printf("%s", class_confusion_report(model, "").c_str());
   }
@@ -1491,11 +1489,19 @@ int cmd_embeddings(const Args& args) {
   // (-logp, the per-dimension log-likelihood under the scored class's mixture, or N(0, I) for NF),
   // each with the true class and label-free; the class accuracy; the §5 score with transductive
   // constants; then the Gaussian baselines' image AUROC.
-  std::vector<std::string> columns = {"given",           "given_logp",     "label_free",
-                                      "label_free_logp", "class_accuracy", "transductive"};
+  struct Column {
+    std::string key;      ///< JSON: image_auroc_<key>, or class_accuracy
+    std::string heading;  ///< the table's
+  };
+  std::vector<Column> columns = {{"given", "given"},
+                                 {"given_logp", "given-logp"},
+                                 {"label_free", "label-free"},
+                                 {"label_free_logp", "label-free-logp"},
+                                 {"class_accuracy", "cls-acc"},
+                                 {"transductive", "transductive"}};
   if (!gaussians.empty()) {
-    columns.push_back("gaussian_per_class");
-    columns.push_back("gaussian_shared");
+    columns.push_back({"gaussian_per_class", "gauss-class"});
+    columns.push_back({"gaussian_shared", "gauss-shared"});
   }
   struct Row {
     std::string name;
@@ -1549,15 +1555,12 @@ int cmd_embeddings(const Args& args) {
       "likelihood and entropy terms, or logp: the likelihood alone)\n",
       hgad::to_string(config.objective).c_str(), static_cast<long long>(config.n_blocks),
       static_cast<long long>(epochs == 0 ? 0 : config.total_epochs()));
-  const std::vector<std::string> headings = {"given",           "given-logp",  "label-free",
-                                             "label-free-logp", "cls-acc",     "transductive",
-                                             "gauss-class",     "gauss-shared"};
   auto width = [&](std::size_t k) {
-    return static_cast<int>(std::max<std::size_t>(7, headings[k].size()));
+    return static_cast<int>(std::max<std::size_t>(7, columns[k].heading.size()));
   };
   std::fprintf(table, "%-12s %5s", "class", "test");
   for (std::size_t k = 0; k < columns.size(); ++k)
-    std::fprintf(table, " %*s", width(k), headings[k].c_str());
+    std::fprintf(table, " %*s", width(k), columns[k].heading.c_str());
   std::fprintf(table, "\n");
   std::vector<const Row*> printed;
   for (const Row& r : rows) printed.push_back(&r);
@@ -1602,7 +1605,7 @@ int cmd_embeddings(const Args& args) {
       Json c = Json::object();
       c.set("test_rows", Json::integer(r.n_test));
       for (std::size_t k = 0; k < columns.size(); ++k)
-        c.set(columns[k] == "class_accuracy" ? columns[k] : "image_auroc_" + columns[k],
+        c.set(columns[k].key == "class_accuracy" ? columns[k].key : "image_auroc_" + columns[k].key,
               Json::number(r.values[k]));
       return c;
     };
