@@ -170,3 +170,68 @@ TEST_CASE("FeatureConfig builds HGAD's pyramid and CFlow's multi-stage ResNet ex
                   hgad::Error);
   CHECK_THROWS_AS(hgad::ResNetFeatureExtractor<float>(net, {ResNetStage::layer4}), hgad::Error);
 }
+
+TEMPLATE_TEST_CASE("neighbourhood_mean averages each position's window, cut at the map's border",
+                   "[backbone]", float, double) {
+  hgad::Rng rng(11);
+  const auto maps = hgad::Tensor<TestType>::randn({2, 3, 5, 7}, rng);
+  for (Index k : {1, 3, 5, 9}) {
+    const auto got = hgad::neighbourhood_mean(maps, k);
+    REQUIRE(got.shape() == maps.shape());
+    // Written out: the plain mean of the window's in-map values, one position at a time.
+    double worst = 0;
+    const Index r = k / 2;
+    for (Index b = 0; b < 2; ++b)
+      for (Index c = 0; c < 3; ++c)
+        for (Index i = 0; i < 5; ++i)
+          for (Index j = 0; j < 7; ++j) {
+            double sum = 0;
+            int count = 0;
+            for (Index di = -r; di <= r; ++di)
+              for (Index dj = -r; dj <= r; ++dj) {
+                const Index y = i + di, x = j + dj;
+                if (y < 0 || y >= 5 || x < 0 || x >= 7) continue;
+                sum += double(maps(b, c, y, x));
+                ++count;
+              }
+            worst = std::max(worst, std::abs(double(got(b, c, i, j)) - sum / count));
+          }
+    CHECK(worst <= (std::is_same<TestType, float>::value ? 1e-6 : 1e-14));
+  }
+  // Hand-computed: a 1 x 3 row 0, 3, 6 with k = 3 gives the means of {0, 3}, {0, 3, 6}, {3, 6}.
+  const auto row = hgad::Tensor<TestType>::from_vector({1, 1, 1, 3}, {0, 3, 6});
+  const auto mean = hgad::neighbourhood_mean(row, 3);
+  CHECK(mean(0, 0, 0, 0) == Approx(1.5));
+  CHECK(mean(0, 0, 0, 1) == Approx(3));
+  CHECK(mean(0, 0, 0, 2) == Approx(4.5));
+  // k = 1 is the map itself; an even or non-positive side is refused.
+  CHECK(hgad_test::max_abs_diff(hgad::neighbourhood_mean(maps, 1), maps) == 0.0);
+  CHECK_THROWS_AS(hgad::neighbourhood_mean(maps, 2), hgad::Error);
+  CHECK_THROWS_AS(hgad::neighbourhood_mean(maps, 0), hgad::Error);
+  CHECK_THROWS_AS(hgad::neighbourhood_mean(hgad::Tensor<TestType>({3, 5, 7}), 3), hgad::Error);
+}
+
+TEST_CASE("FeatureConfig::neighbourhood averages every level the network and pyramid give",
+          "[backbone]") {
+  hgad::Rng rng(6);
+  auto net = std::make_shared<const hgad::ResNet<float>>(
+      hgad::ResNetArch::resnet18,
+      hgad::ResNet<float>::random_weights(hgad::ResNetArch::resnet18, ResNetStage::layer3, rng));
+  const auto images = hgad::Tensor<float>::randn({2, 3, 64, 64}, rng);
+  hgad::FeatureConfig config =
+      hgad::FeatureConfig::pyramid(hgad::ResNetArch::resnet18, ResNetStage::layer2, 2);
+  const auto plain = hgad::make_feature_extractor<float>(config, net)->extract(images);
+  config.neighbourhood = 3;
+  const auto fx = hgad::make_feature_extractor<float>(config, net);
+  const auto averaged = fx->extract(images);
+  REQUIRE(averaged.size() == plain.size());
+  for (std::size_t l = 0; l < plain.size(); ++l) {
+    CHECK(averaged[l].shape() == plain[l].shape());
+    CHECK(fx->feature_shape(l, 64, 64) ==
+          hgad::Shape{plain[l].dim(1), plain[l].dim(2), plain[l].dim(3)});
+    CHECK(hgad_test::max_abs_diff(averaged[l], hgad::neighbourhood_mean(plain[l], 3)) == 0.0);
+  }
+  CHECK(fx->levels()[1].name == "layer2@scale1");
+  config.neighbourhood = 4;
+  CHECK_THROWS_AS(hgad::make_feature_extractor<float>(config, net), hgad::Error);
+}

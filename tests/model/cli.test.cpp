@@ -1176,6 +1176,35 @@ TEST_CASE("hgad test --cache recomputes the features of an edited mask or image"
   CHECK(slurp(dir.file("image_cached.json")) == image_fresh);
 }
 
+TEST_CASE(
+    "hgad train with neighbourhood = 3: the cache tells the averaged features apart and the "
+    "model file records the window",
+    "[model][cli]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  hgad_test::TempDir dir("cli_neighbourhood");
+  const fs::path root = dir.path() / "data";
+  write_dataset(root);
+  std::ofstream(dir.file("k3.cfg")) << tiny_config << "neighbourhood = 3\n";
+  const std::string cache = " --cache '" + dir.file("cache") + "'";
+  auto train = [&](const std::string& cfg, const std::string& model, const std::string& extra) {
+    const Run r =
+        run(dir, "train --data '" + root.string() + "' --backbone '" + weights_dir() + "' --out '" +
+                     dir.file(model) + "' --config '" + dir.file(cfg) + "' --threads 2" + extra);
+    INFO(r.err);
+    REQUIRE(r.status == 0);
+  };
+  std::ofstream(dir.file("k1.cfg")) << tiny_config;
+  train("k1.cfg", "k1.hgad", cache);  // fills the cache with the features as they are
+  train("k3.cfg", "k3_cached.hgad", cache);
+  train("k3.cfg", "k3_fresh.hgad", "");
+  CHECK(slurp(dir.file("k3_cached.hgad")) == slurp(dir.file("k3_fresh.hgad")));
+  CHECK(slurp(dir.file("k3_cached.hgad")) != slurp(dir.file("k1.hgad")));
+  const Run info = run(dir, "info '" + dir.file("k3_fresh.hgad") + "'");
+  REQUIRE(info.status == 0);
+  CHECK(info.out.find("neighbourhood = 3") != std::string::npos);
+}
+
 TEST_CASE("hgad predict gives images of one stem distinct heat maps and quotes scores.csv",
           "[model][cli]") {
   REQUIRE_CLI();

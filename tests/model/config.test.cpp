@@ -72,6 +72,7 @@ TEST_CASE("ModelConfig text form round-trips every field exactly", "[model]") {
   c.features.resize_mode = "shorter_side_crop";
   c.features.layers = {"layer3"};
   c.features.pyramid_levels = 2;
+  c.features.neighbourhood = 3;
   c.features.image_size = 320;
   c.features.mask_size = 128;
   const std::string text = c.to_text();
@@ -168,6 +169,15 @@ TEST_CASE("ModelConfig validation names the key and the offending value", "[mode
   CHECK(validate([](hgad::ModelConfig& c) {
           c.features.pyramid_levels = 3;
         }).find("exactly one layer") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) {
+          c.features.neighbourhood = 2;
+        }).find("neighbourhood = 2: must be odd") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.features.neighbourhood = 5; }).empty());
+  CHECK(validate([](hgad::ModelConfig& c) {
+          c.levels = {{2, 1, 1}};
+          c.features.backbone = "none";
+          c.features.neighbourhood = 3;
+        }).find("backbone = none") != std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) { c.levels.clear(); }).find("levels") !=
         std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) {
@@ -273,13 +283,45 @@ TEST_CASE("ModelConfig key table: to_text writes each key once in table order, f
     table.push_back(name == std::string("group.") ? "group.pcb" : name);
   });
   // The keys and their order are part of every saved model file.
-  const std::vector<std::string> keys = {
-      "objective", "levels", "classes", "group.pcb", "init", "intra_center_init", "class_covariance", "whiten_mean", "pos_dim", "n_blocks", "clamp",
-      "clamp_variant", "n_centers", "lambda1", "lambda2", "label_smoothing", "meta_epochs",
-      "sub_epochs", "warmup_meta_epochs", "stage1_meta_epochs", "lr", "lr_decay_rate", "beta1",
-      "beta2", "adam_eps", "weight_decay", "batch_size", "seed", "calibration_images",
-      "calibration_baseline", "map_scale", "threshold_quantile", "backbone", "layers", "pyramid_levels", "image_size", "resize_mode",
-      "mask_size"};
+  const std::vector<std::string> keys = {"objective",
+                                         "levels",
+                                         "classes",
+                                         "group.pcb",
+                                         "init",
+                                         "intra_center_init",
+                                         "class_covariance",
+                                         "whiten_mean",
+                                         "pos_dim",
+                                         "n_blocks",
+                                         "clamp",
+                                         "clamp_variant",
+                                         "n_centers",
+                                         "lambda1",
+                                         "lambda2",
+                                         "label_smoothing",
+                                         "meta_epochs",
+                                         "sub_epochs",
+                                         "warmup_meta_epochs",
+                                         "stage1_meta_epochs",
+                                         "lr",
+                                         "lr_decay_rate",
+                                         "beta1",
+                                         "beta2",
+                                         "adam_eps",
+                                         "weight_decay",
+                                         "batch_size",
+                                         "seed",
+                                         "calibration_images",
+                                         "calibration_baseline",
+                                         "map_scale",
+                                         "threshold_quantile",
+                                         "backbone",
+                                         "layers",
+                                         "pyramid_levels",
+                                         "neighbourhood",
+                                         "image_size",
+                                         "resize_mode",
+                                         "mask_size"};
   CHECK(table == keys);
 
   auto lines_of = [](const std::string& text) {

@@ -1,7 +1,8 @@
 #pragma once
 /// \file
 /// Multi-level CNN features for the flows: the FeatureExtractor interface, its ResNet
-/// implementation, the image-pyramid wrapper, and the flattening of feature maps into rows.
+/// implementation, the image-pyramid and neighbourhood-mean wrappers, and the flattening of
+/// feature maps into rows.
 ///
 /// Two multi-level schemes are covered by one configuration (docs/algorithm.md §1.2):
 /// - HGAD: one stage of an image pyramid. x_s = bilinear resize (align_corners=True) of the
@@ -269,11 +270,90 @@ class PyramidFeatureExtractor : public FeatureExtractor<Scalar> {
   int m_n_scales;
 };
 
-/// Which backbone features feed the flows: `stages` of `arch` on `n_scales` pyramid scales.
+namespace detail {
+
+/// Refuses a neighbourhood window side that is even or below 1, naming `where`.
+inline void check_neighbourhood_window(Index k, const char* where) {
+  check(k >= 1 && k % 2 == 1, where, ": the window side must be odd and >= 1, got ", k);
+}
+
+}  // namespace detail
+
+/// The mean of each feature vector's k x k neighbourhood (docs/algorithm.md §1.2.1), the window
+/// cut at the map's border: for a map F (B, C, h, w) and r = (k - 1) / 2,
+///   out[b, c, i, j] = mean of F[b, c, i', j'] over |i' - i| <= r, |j' - j| <= r, 0 <= i' < h,
+///                     0 <= j' < w.
+/// The window is a rectangle, so the mean is taken along rows, then along columns.
+/// requires: maps (B, C, h, w), k odd and >= 1 (k = 1 returns a copy).
+template <class Scalar>
+Tensor<Scalar> neighbourhood_mean(const Tensor<Scalar>& maps, Index k) {
+  check(maps.rank() == 4, "neighbourhood_mean: maps must be (B, C, h, w), got ",
+        maps.shape().to_string());
+  detail::check_neighbourhood_window(k, "neighbourhood_mean");
+  Tensor<Scalar> out = maps.clone();
+  if (k == 1 || out.numel() == 0) return out;
+  const Index planes = maps.dim(0) * maps.dim(1), h = maps.dim(2), w = maps.dim(3), r = k / 2;
+  const Scalar* src = maps.data();
+  Scalar* dst = out.data();
+  detail::parallel_for(planes, planes * h * w * (2 * k + 2), [&](Index p) {
+    const Scalar* in = src + p * h * w;
+    std::vector<Scalar> along_rows(static_cast<std::size_t>(h * w));
+    for (Index i = 0; i < h; ++i) {
+      for (Index j = 0; j < w; ++j) {
+        const Index j0 = std::max<Index>(0, j - r), j1 = std::min(w - 1, j + r);
+        Scalar sum = 0;
+        for (Index t = j0; t <= j1; ++t) sum += in[i * w + t];
+        along_rows[static_cast<std::size_t>(i * w + j)] = sum / Scalar(j1 - j0 + 1);
+      }
+    }
+    Scalar* o = dst + p * h * w;
+    for (Index i = 0; i < h; ++i) {
+      const Index i0 = std::max<Index>(0, i - r), i1 = std::min(h - 1, i + r);
+      for (Index j = 0; j < w; ++j) {
+        Scalar sum = 0;
+        for (Index t = i0; t <= i1; ++t) sum += along_rows[static_cast<std::size_t>(t * w + j)];
+        o[i * w + j] = sum / Scalar(i1 - i0 + 1);
+      }
+    }
+  });
+  return out;
+}
+
+/// Replaces each feature vector of a base extractor's maps by the mean of its k x k neighbourhood
+/// (neighbourhood_mean); the levels and their shapes are the base's.
+template <class Scalar>
+class NeighbourhoodMeanExtractor : public FeatureExtractor<Scalar> {
+ public:
+  NeighbourhoodMeanExtractor(std::shared_ptr<const FeatureExtractor<Scalar>> base, Index k)
+      : m_base(std::move(base)), m_k(k) {
+    check(m_base != nullptr, "NeighbourhoodMeanExtractor: null base extractor");
+    detail::check_neighbourhood_window(k, "NeighbourhoodMeanExtractor");
+  }
+
+  Index window() const { return m_k; }
+
+  std::vector<FeatureLevel> levels() const override { return m_base->levels(); }
+  Shape feature_shape(std::size_t level, Index height, Index width) const override {
+    return m_base->feature_shape(level, height, width);
+  }
+  std::vector<Tensor<Scalar>> extract(const Tensor<Scalar>& images) const override {
+    std::vector<Tensor<Scalar>> maps = m_base->extract(images);
+    for (Tensor<Scalar>& m : maps) m = neighbourhood_mean(m, m_k);
+    return maps;
+  }
+
+ private:
+  std::shared_ptr<const FeatureExtractor<Scalar>> m_base;
+  Index m_k;
+};
+
+/// Which backbone features feed the flows: `stages` of `arch` on `n_scales` pyramid scales, each
+/// feature vector averaged over its `neighbourhood` x `neighbourhood` window (1: as it is).
 struct FeatureConfig {
   ResNetArch arch = ResNetArch::resnet18;
   std::vector<ResNetStage> stages{ResNetStage::layer3};
   int n_scales = 1;
+  Index neighbourhood = 1;
 
   /// HGAD's scheme: one stage of an image pyramid of n_scales (docs/algorithm.md §1.2 uses 3).
   static FeatureConfig pyramid(ResNetArch arch, ResNetStage stage = ResNetStage::layer3,
@@ -302,6 +382,19 @@ BackboneDeviceMaker<Scalar>& cuda_backbone_maker() {
   return maker;
 }
 
+/// The extractor `config` describes around the network's extractor `base`: the pyramid, then the
+/// neighbourhood mean.
+template <class Scalar>
+std::shared_ptr<FeatureExtractor<Scalar>> around_network(
+    const FeatureConfig& config, std::shared_ptr<FeatureExtractor<Scalar>> base) {
+  if (config.n_scales != 1)
+    base = std::make_shared<PyramidFeatureExtractor<Scalar>>(std::move(base), config.n_scales);
+  if (config.neighbourhood != 1)
+    base =
+        std::make_shared<NeighbourhoodMeanExtractor<Scalar>>(std::move(base), config.neighbourhood);
+  return base;
+}
+
 }  // namespace detail
 
 /// Registers how backbones are made for `device` (only Device::cuda takes a maker) and returns
@@ -317,10 +410,8 @@ BackboneDeviceMaker<Scalar> register_backbone_device(Device device, BackboneDevi
 template <class Scalar>
 std::shared_ptr<FeatureExtractor<Scalar>> make_feature_extractor(const FeatureConfig& config,
                                                                  const std::string& weights_dir) {
-  auto base =
-      std::make_shared<ResNetFeatureExtractor<Scalar>>(config.arch, weights_dir, config.stages);
-  if (config.n_scales == 1) return base;
-  return std::make_shared<PyramidFeatureExtractor<Scalar>>(base, config.n_scales);
+  return detail::around_network<Scalar>(config, std::make_shared<ResNetFeatureExtractor<Scalar>>(
+                                                    config.arch, weights_dir, config.stages));
 }
 
 /// The extractor a FeatureConfig describes, on an already loaded network of architecture
@@ -330,13 +421,12 @@ std::shared_ptr<FeatureExtractor<Scalar>> make_feature_extractor(
     const FeatureConfig& config, std::shared_ptr<const ResNet<Scalar>> net) {
   check(net != nullptr && net->arch() == config.arch,
         "make_feature_extractor: the network is not a ", to_string(config.arch));
-  auto base = std::make_shared<ResNetFeatureExtractor<Scalar>>(std::move(net), config.stages);
-  if (config.n_scales == 1) return base;
-  return std::make_shared<PyramidFeatureExtractor<Scalar>>(base, config.n_scales);
+  return detail::around_network<Scalar>(
+      config, std::make_shared<ResNetFeatureExtractor<Scalar>>(std::move(net), config.stages));
 }
 
 /// The extractor a FeatureConfig describes, with the weights loaded from `weights_dir`, its
-/// network run on `device` (the pyramid's resizing stays on the CPU).
+/// network run on `device` (the pyramid's resizing and the neighbourhood mean stay on the CPU).
 ///   throws: hgad::Error for Device::cuda in a program without hgad's CUDA part registered.
 template <class Scalar>
 std::shared_ptr<FeatureExtractor<Scalar>> make_feature_extractor(const FeatureConfig& config,
@@ -346,9 +436,7 @@ std::shared_ptr<FeatureExtractor<Scalar>> make_feature_extractor(const FeatureCo
   check(static_cast<bool>(maker),
         "the CUDA device was asked for the backbone, but this program was built without hgad's CUDA part "
         "(configure with -DHGAD_ENABLE_CUDA=ON where nvcc is installed)");
-  std::shared_ptr<FeatureExtractor<Scalar>> base = maker(config.arch, weights_dir, config.stages);
-  if (config.n_scales == 1) return base;
-  return std::make_shared<PyramidFeatureExtractor<Scalar>>(base, config.n_scales);
+  return detail::around_network<Scalar>(config, maker(config.arch, weights_dir, config.stages));
 }
 
 }  // namespace hgad

@@ -64,6 +64,9 @@ struct FeatureSettings {
   /// previous (docs/algorithm.md §1.2).
   std::vector<std::string> layers = {"layer2", "layer3"};
   Index pyramid_levels = 0;
+  /// Each feature vector replaced by the mean of its neighbourhood x neighbourhood window on its
+  /// level's map (docs/algorithm.md §1.2.1); 1: the backbone's features as they are.
+  Index neighbourhood = 1;
   Index image_size = 256;  ///< network input side (docs/algorithm.md §1.1 uses 1024)
   /// How an image reaches image_size: "stretch" resizes both sides (aspect ignored,
   /// industrial-mini's BASELINES.md protocol); "shorter_side_crop" resizes the shorter side and
@@ -73,8 +76,9 @@ struct FeatureSettings {
 
   friend bool operator==(const FeatureSettings& a, const FeatureSettings& b) {
     return a.backbone == b.backbone && a.layers == b.layers &&
-           a.pyramid_levels == b.pyramid_levels && a.image_size == b.image_size &&
-           a.resize_mode == b.resize_mode && a.mask_size == b.mask_size;
+           a.pyramid_levels == b.pyramid_levels && a.neighbourhood == b.neighbourhood &&
+           a.image_size == b.image_size && a.resize_mode == b.resize_mode &&
+           a.mask_size == b.mask_size;
   }
   friend bool operator!=(const FeatureSettings& a, const FeatureSettings& b) { return !(a == b); }
 };
@@ -438,6 +442,9 @@ void for_each_config_key(Config& c, Key&& key) {
   key("layers", c.features.layers,
       NameListRule{{is_plain_name, "a layer name must be non-empty and plain"}, nullptr});
   key("pyramid_levels", c.features.pyramid_levels, at_least_0);
+  key("neighbourhood", c.features.neighbourhood,
+      KeyRule<Index>{[](const Index& k) { return k >= 1 && k % 2 == 1; },
+                     "must be odd and at least 1 (1: no averaging)"});
   key("image_size", c.features.image_size, at_least_1);
   key("resize_mode", c.features.resize_mode, resize_mode_names);
   key("mask_size", c.features.mask_size, at_least_1);
@@ -491,6 +498,7 @@ inline constexpr KeyMeaning config_key_meanings[] = {
     {"backbone", "feature network: resnet18, resnet34, resnet50, wide_resnet50_2 (or none)"},
     {"layers", "backbone stages whose features are modelled, one level each"},
     {"pyramid_levels", "0: one image, one level per layer; n: one layer on n image scales"},
+    {"neighbourhood", "k: each feature vector averaged over its k x k window (odd; 1: none)"},
     {"image_size", "network input side in pixels"},
     {"resize_mode", "stretch (both sides) or shorter_side_crop (resize, centre-crop)"},
     {"mask_size", "side of the anomaly maps and ground-truth masks"},
@@ -700,6 +708,10 @@ inline void ModelConfig::validate(bool require_data) const {
     if (!levels.empty() && levels.size() != expected)
       detail::config_error("levels", std::to_string(levels.size()) + " levels",
                            "the feature settings give " + std::to_string(expected) + " levels");
+  } else if (f.neighbourhood != 1) {
+    detail::config_error("neighbourhood", std::to_string(f.neighbourhood),
+                         "the mean is taken over backbone features; precomputed features "
+                         "(backbone = none) are used as given");
   }
 }
 

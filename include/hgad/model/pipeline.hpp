@@ -53,7 +53,8 @@ inline Preprocess preprocess_for(const FeatureSettings& f, bool normalize = true
 
 /// The backbone configuration of a model's feature settings: the architecture named by
 /// f.backbone (torchvision's names, e.g. resnet18, wide_resnet50_2), the stages f.layers, and
-/// f.pyramid_levels scales of an image pyramid (0 or 1: the image alone).
+/// f.pyramid_levels scales of an image pyramid (0 or 1: the image alone), f.neighbourhood the
+/// window of the neighbourhood mean.
 inline FeatureConfig backbone_config_for(const FeatureSettings& f) {
   check(f.backbone != "none",
         "the model was trained on precomputed features (backbone = none); it cannot "
@@ -63,6 +64,7 @@ inline FeatureConfig backbone_config_for(const FeatureSettings& f) {
   c.stages.clear();
   for (const std::string& layer : f.layers) c.stages.push_back(resnet_stage_from_string(layer));
   c.n_scales = f.pyramid_levels > 1 ? static_cast<int>(f.pyramid_levels) : 1;
+  c.neighbourhood = f.neighbourhood;
   return c;
 }
 
@@ -263,8 +265,9 @@ ExtractedImages<Scalar> extract_images_cached(
       << "\nscalar " << sizeof(Scalar) << "\nmasks " << with_masks << "\n";
   key << "backbone " << settings.backbone << "\nlayers";
   for (const auto& l : settings.layers) key << " " << l;
-  key << "\npyramid " << settings.pyramid_levels << "\nimage_size " << settings.image_size
-      << "\nresize " << settings.resize_mode << "\nmask_size " << settings.mask_size << "\n";
+  key << "\npyramid " << settings.pyramid_levels << "\nneighbourhood " << settings.neighbourhood
+      << "\nimage_size " << settings.image_size << "\nresize " << settings.resize_mode
+      << "\nmask_size " << settings.mask_size << "\n";
   for (Index i : indices) {
     const MvtecSample& s = data[i];
     key << s.image_path << " " << detail::io::file_identity(s.image_path) << " " << s.mask_path
