@@ -283,45 +283,14 @@ TEST_CASE("ModelConfig key table: to_text writes each key once in table order, f
     table.push_back(name == std::string("group.") ? "group.pcb" : name);
   });
   // The keys and their order are part of every saved model file.
-  const std::vector<std::string> keys = {"objective",
-                                         "levels",
-                                         "classes",
-                                         "group.pcb",
-                                         "init",
-                                         "intra_center_init",
-                                         "class_covariance",
-                                         "whiten_mean",
-                                         "pos_dim",
-                                         "n_blocks",
-                                         "clamp",
-                                         "clamp_variant",
-                                         "n_centers",
-                                         "lambda1",
-                                         "lambda2",
-                                         "label_smoothing",
-                                         "meta_epochs",
-                                         "sub_epochs",
-                                         "warmup_meta_epochs",
-                                         "stage1_meta_epochs",
-                                         "lr",
-                                         "lr_decay_rate",
-                                         "beta1",
-                                         "beta2",
-                                         "adam_eps",
-                                         "weight_decay",
-                                         "batch_size",
-                                         "seed",
-                                         "calibration_images",
-                                         "calibration_baseline",
-                                         "map_scale",
-                                         "threshold_quantile",
-                                         "backbone",
-                                         "layers",
-                                         "pyramid_levels",
-                                         "neighbourhood",
-                                         "image_size",
-                                         "resize_mode",
-                                         "mask_size"};
+  const std::vector<std::string> keys = {
+      "objective", "levels", "classes", "group.pcb", "init", "intra_center_init",
+      "class_covariance", "whiten_mean", "pos_dim", "n_blocks", "clamp", "clamp_variant",
+      "n_centers", "lambda1", "lambda2", "label_smoothing", "meta_epochs", "sub_epochs",
+      "warmup_meta_epochs", "stage1_meta_epochs", "lr", "lr_decay_rate", "beta1", "beta2",
+      "adam_eps", "weight_decay", "batch_size", "seed", "calibration_images",
+      "calibration_baseline", "map_scale", "threshold_quantile", "backbone", "layers",
+      "pyramid_levels", "neighbourhood", "image_size", "resize_mode", "mask_size"};
   CHECK(table == keys);
 
   auto lines_of = [](const std::string& text) {
