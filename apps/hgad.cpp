@@ -1490,18 +1490,18 @@ int cmd_embeddings(const Args& args) {
   // each with the true class and label-free; the class accuracy; the §5 score with transductive
   // constants; then the Gaussian baselines' image AUROC.
   struct Column {
-    std::string key;      ///< JSON: image_auroc_<key>, or class_accuracy
+    std::string key;      ///< the JSON's
     std::string heading;  ///< the table's
   };
-  std::vector<Column> columns = {{"given", "given"},
-                                 {"given_logp", "given-logp"},
-                                 {"label_free", "label-free"},
-                                 {"label_free_logp", "label-free-logp"},
+  std::vector<Column> columns = {{"image_auroc_given", "given"},
+                                 {"image_auroc_given_logp", "given-logp"},
+                                 {"image_auroc_label_free", "label-free"},
+                                 {"image_auroc_label_free_logp", "label-free-logp"},
                                  {"class_accuracy", "cls-acc"},
-                                 {"transductive", "transductive"}};
+                                 {"image_auroc_transductive", "transductive"}};
   if (!gaussians.empty()) {
-    columns.push_back({"gaussian_per_class", "gauss-class"});
-    columns.push_back({"gaussian_shared", "gauss-shared"});
+    columns.push_back({"image_auroc_gaussian_per_class", "gauss-class"});
+    columns.push_back({"image_auroc_gaussian_shared", "gauss-shared"});
   }
   struct Row {
     std::string name;
@@ -1605,8 +1605,7 @@ int cmd_embeddings(const Args& args) {
       Json c = Json::object();
       c.set("test_rows", Json::integer(r.n_test));
       for (std::size_t k = 0; k < columns.size(); ++k)
-        c.set(columns[k].key == "class_accuracy" ? columns[k].key : "image_auroc_" + columns[k].key,
-              Json::number(r.values[k]));
+        c.set(columns[k].key, Json::number(r.values[k]));
       return c;
     };
     Json per_class = Json::object();

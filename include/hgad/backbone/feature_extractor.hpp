@@ -290,8 +290,8 @@ Tensor<Scalar> neighbourhood_mean(const Tensor<Scalar>& maps, Index k) {
   check(maps.rank() == 4, "neighbourhood_mean: maps must be (B, C, h, w), got ",
         maps.shape().to_string());
   detail::check_neighbourhood_window(k, "neighbourhood_mean");
-  Tensor<Scalar> out = maps.clone();
-  if (k == 1 || out.numel() == 0) return out;
+  if (k == 1 || maps.numel() == 0) return maps.clone();
+  Tensor<Scalar> out(maps.shape());  // every value written below
   const Index planes = maps.dim(0) * maps.dim(1), h = maps.dim(2), w = maps.dim(3), r = k / 2;
   const Scalar* src = maps.data();
   Scalar* dst = out.data();
