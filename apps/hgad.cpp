@@ -811,11 +811,16 @@ const std::vector<OptionSpec> test_options = {
     {"validation", "PERCENT",
      "instead of the test images, the training images `hgad train --validation PERCENT` held out, "
      "each as it is and with a synthetic defect (a pasted patch) whose mask is known"},
-    {"json", "FILE", "every metric per class and the mean, each image's score and decision, and the config as JSON (-: stdout, table to stderr)"},
+    {"defects", "SIZES",
+     "with --validation: large (2-8 % of the image, default) | small (0.2-2 %) | spread (0.2-8 %)"},
+    {"json", "FILE",
+     "every metric per class and the mean, each image's score and decision, and the config as JSON "
+     "(-: stdout, table to stderr)"},
     {"backbone", "DIR", "ResNet weights folder (default: the one recorded at training)"},
     {"cache", "DIR", "keep the backbone features in DIR and reuse them when nothing changed"},
     {"threads", "N", "worker threads (default: all cores)"},
-    {"device", "cpu|cuda", "where the backbone, the flows' training and the scores run (default cpu)"},
+    {"device", "cpu|cuda",
+     "where the backbone, the flows' training and the scores run (default cpu)"},
 };
 
 /// The seed of the synthetic defects of hgad test --validation: one for every run, so that two
@@ -841,7 +846,8 @@ int cmd_test(const Args& args) {
            "synthetic defect: a rectangle of the image pasted elsewhere in it with its brightness\n"
            "and contrast changed, the rectangle being the defect's mask (docs/algorithm.md §9.6).\n"
            "The same figures then measure detection on training data alone, to choose settings\n"
-           "without a test image.\n\n"
+           "without a test image. --defects sets their sizes: large, an area uniform in 2-8 % of\n"
+           "the image; small, log-uniform in 0.2-2 %; spread, log-uniform in 0.2-8 %.\n\n"
            "options:\n"
         << hgad_cli::describe_options(test_options);
     return 0;
@@ -856,6 +862,12 @@ int cmd_test(const Args& args) {
   if (args.has("classes")) only = split_names(args.get("classes", ""), "--classes");
   const std::string json_path = args.get("json", "");
   if (!json_path.empty() && json_path != "-") require_output_file(json_path, "--json");
+  const std::string defects = args.get("defects", "large");
+  const hgad::SyntheticDefectRanges defect_ranges =
+      parsed_option(args, "defects", hgad::synthetic_defect_ranges, hgad::SyntheticDefectRanges{});
+  if (args.has("defects") && !args.has("validation"))
+    throw UsageError(
+        "--defects sizes the synthetic defects of --validation: it needs --validation");
   apply_threads(args);
   require_directory(data, "--data");
 
@@ -922,7 +934,8 @@ int cmd_test(const Args& args) {
       const auto progress = [&](Index done, Index) { bar.update(done); };
       set = validation_percent > 0
                 ? hgad::extract_with_synthetic_defects(test, indices, *fx, config.features,
-                                                       synthetic_defect_seed, 8, progress)
+                                                       synthetic_defect_seed, 8, progress,
+                                                       defect_ranges)
                 : hgad::extract_images_cached(args.get("cache", ""), "test_" + name, backbone, test,
                                               indices, *fx, config.features, true, 8, progress);
       bar.finish();
@@ -984,8 +997,8 @@ int cmd_test(const Args& args) {
   if (validation_percent > 0)
     std::fprintf(table,
                  "images: the %lld %% of each class's training images held out at training, each "
-                 "as it is and with a synthetic defect\n",
-                 static_cast<long long>(validation_percent));
+                 "as it is and with a synthetic defect (%s)\n",
+                 static_cast<long long>(validation_percent), defects.c_str());
   std::fprintf(table, "%-16s %7s %8s %8s %8s %8s %8s %8s %8s %8s%s\n", "class", "images", "img-AUC",
                "pix-AUC", "AUPRO", "img-AP", "F1-max", "F1@thr", "prec@thr", "rec@thr",
                with_accuracy ? "  cls-acc" : "");
@@ -1025,7 +1038,10 @@ int cmd_test(const Args& args) {
     j.set("data", Json::string(data));
     // "validation": the held-out training images of --validation, each also with a defect.
     j.set("images_of", Json::string(validation_percent > 0 ? "validation" : "test"));
-    if (validation_percent > 0) j.set("validation_percent", Json::integer(validation_percent));
+    if (validation_percent > 0) {
+      j.set("validation_percent", Json::integer(validation_percent));
+      j.set("defects", Json::string(defects));
+    }
     j.set("objective", Json::string(hgad::to_string(config.objective)));
     Json no_masks = Json::array();
     for (const std::string& name : maskless) no_masks.push(Json::string(name));

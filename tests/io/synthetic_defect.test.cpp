@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <filesystem>
 #include <hgad/io/image.hpp>
@@ -68,6 +69,59 @@ TEST_CASE("draw_synthetic_defect stays within its ranges and the image, and a se
   bad.min_gain = 2;
   CHECK_THROWS_WITH(hgad::draw_synthetic_defect(S, rng, bad),
                     Catch::Contains("ranges out of order"));
+}
+
+TEST_CASE(
+    "synthetic_defect_ranges names three sizes; small and spread draw their areas "
+    "log-uniformly",
+    "[io][synthetic]") {
+  const hgad::SyntheticDefectRanges defaults;
+  const hgad::SyntheticDefectRanges large = hgad::synthetic_defect_ranges("large");
+  CHECK(large.min_area == defaults.min_area);
+  CHECK(large.max_area == defaults.max_area);
+  CHECK(large.area_law == hgad::AreaLaw::uniform);
+  CHECK_THROWS_WITH(hgad::synthetic_defect_ranges("tiny"),
+                    Catch::Contains("'tiny': expected large, small or spread"));
+
+  const hgad::Index S = 256;
+  struct Case {
+    const char* name;
+    double min_area, max_area;
+  };
+  for (const Case& c : {Case{"small", 0.002, 0.02}, Case{"spread", 0.002, 0.08}}) {
+    INFO(c.name);
+    const hgad::SyntheticDefectRanges r = hgad::synthetic_defect_ranges(c.name);
+    CHECK(r.area_law == hgad::AreaLaw::log_uniform);
+    CHECK(r.min_area == c.min_area);
+    CHECK(r.max_area == c.max_area);
+    CHECK(r.max_aspect == defaults.max_aspect);
+    CHECK(r.min_gain == defaults.min_gain);
+    CHECK(r.max_offset == defaults.max_offset);
+    // Each side is the drawn one rounded, so the drawn area lies between (h - ½)(w - ½) and
+    // (h + ½)(w + ½). Log-uniform: each of the four equal steps of log area holds a quarter of the
+    // draws (a uniform law would put 0.68 of "spread" in its last quarter, 0.02-0.08, and 0.06 in
+    // its first, 0.002-0.0045).
+    const double log_min = std::log(c.min_area), step = (std::log(c.max_area) - log_min) / 4;
+    std::array<int, 4> counts{};
+    const int n = 4000;
+    for (std::uint64_t seed = 0; seed < std::uint64_t(n); ++seed) {
+      hgad::Rng rng(seed);
+      const hgad::SyntheticDefect d = hgad::draw_synthetic_defect(S, rng, r);
+      INFO("seed " << seed);
+      const double h = double(d.height), w = double(d.width), image = double(S * S);
+      REQUIRE((h - 0.5) * (w - 0.5) <= c.max_area * image);
+      REQUIRE((h + 0.5) * (w + 0.5) >= c.min_area * image);
+      REQUIRE_FALSE(overlap(d));
+      const double at = (std::log(h * w / image) - log_min) / step;
+      ++counts[std::size_t(std::clamp(int(std::floor(at)), 0, 3))];
+    }
+    // Rounding moves areas near the steps' edges; a quarter is 1000 draws, with a binomial
+    // standard deviation of 27.
+    for (int k = 0; k < 4; ++k) {
+      INFO("quarter " << k);
+      CHECK(std::abs(counts[std::size_t(k)] - n / 4) < 150);
+    }
+  }
 }
 
 TEMPLATE_TEST_CASE("apply_synthetic_defect writes its rectangle alone, and the mask marks it",

@@ -584,6 +584,35 @@ TEST_CASE("hgad train --validation holds out a share of each folder's images fro
     const double score = std::stod(json.substr(score_at + 9));
     CHECK(score == Approx(normal[std::size_t(i)].score).epsilon(1e-5));
   }
+  // --defects spread: the same held-out images, the normal rows scored as before, the defective
+  // rows carrying defects of other sizes; the JSON and the table name the sizes.
+  CHECK(contains(r.out, "with a synthetic defect (large)"));
+  CHECK(contains(json, "\"defects\": \"large\""));
+  r = run(dir, "test --threads 1 --model '" + dir.file("held.hgad") + "' --data '" +
+                   dir.file("data") + "' --validation 25 --defects spread --json '" +
+                   dir.file("spread.json") + "'");
+  INFO(r.out << r.err);
+  REQUIRE(r.status == 0);
+  CHECK(contains(r.out, "with a synthetic defect (spread)"));
+  const std::string spread = slurp(dir.file("spread.json"));
+  CHECK(contains(spread, "\"defects\": \"spread\""));
+  const auto score_of = [](const std::string& text, const std::string& image) {
+    const std::size_t at = text.find("\"image\": \"" + image + "\"");
+    REQUIRE(at != std::string::npos);
+    return std::stod(text.substr(text.find("\"score\": ", at) + 9));
+  };
+  CHECK(score_of(spread, held_a) == score_of(json, held_a));
+  CHECK(score_of(spread, held_a + "#defect") != score_of(json, held_a + "#defect"));
+  r = run(dir, "test --model '" + dir.file("held.hgad") + "' --data '" + dir.file("data") +
+                   "' --validation 25 --defects huge");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "--defects: synthetic defects 'huge': expected large, small or spread"));
+  r = run(dir, "test --model '" + dir.file("held.hgad") + "' --data '" + dir.file("data") +
+                   "' --defects small");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err,
+                 "--defects sizes the synthetic defects of --validation: it needs --validation"));
+
   // A model trained on every image, or with another share held out, is refused.
   r = run(dir, "test --model '" + dir.file("kept.hgad") + "' --data '" + dir.file("kept") + "' --validation 25");
   CHECK(r.status == 2);

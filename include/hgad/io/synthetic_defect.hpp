@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "../detail/check.hpp"
 #include "../rng.hpp"
@@ -36,19 +37,46 @@ struct SyntheticDefect {
   double offset = 0;
 };
 
-/// The ranges draw_synthetic_defect draws from.
+/// How the area of a defect is drawn in [min_area, max_area]: uniform, or log-uniform (each
+/// factor of two in area equally likely, so small defects are as common as large ones).
+enum class AreaLaw { uniform, log_uniform };
+
+/// The ranges draw_synthetic_defect draws from. The defaults are the `large` defects (2-8 % of the
+/// image, uniform); synthetic_defect_ranges() names the others.
 struct SyntheticDefectRanges {
   double min_area = 0.02, max_area = 0.08;     ///< of the image's area
+  AreaLaw area_law = AreaLaw::uniform;
   double max_aspect = 3;                       ///< height / width in [1 / max_aspect, max_aspect]
   double min_gain = 0.75, max_gain = 1.25;     ///< the contrast change
   double min_offset = 0.08, max_offset = 0.2;  ///< |offset|, in units of the [0, 1] pixel range
 };
 
-/// Draws a defect for a square image of `image_size` pixels (≥ 8): an area uniform in [min_area,
-/// max_area] of the image, an aspect ratio log-uniform in [1 / max_aspect, max_aspect] (each side
-/// at most half the image), both places uniform over the image, the source drawn again (up to 64
-/// times) until it does not overlap the target, a gain uniform in [min_gain, max_gain] and an
-/// offset of either sign with |offset| uniform in [min_offset, max_offset].
+/// The named defect sizes of `hgad test --defects` (docs/algorithm.md §9.6):
+///   large   area uniform in [0.02, 0.08] of the image (the default ranges)
+///   small   area log-uniform in [0.002, 0.02]
+///   spread  area log-uniform in [0.002, 0.08]: every size from an 11 × 11 pixel square at 256²
+///           to the large ones, each factor of two in area equally likely
+/// The other ranges are the defaults in all three.
+///   throws: hgad::Error naming the unknown name and the known ones.
+inline SyntheticDefectRanges synthetic_defect_ranges(const std::string& name) {
+  SyntheticDefectRanges r;
+  if (name == "large") return r;
+  r.area_law = AreaLaw::log_uniform;
+  r.min_area = 0.002;
+  if (name == "small") {
+    r.max_area = 0.02;
+    return r;
+  }
+  check(name == "spread", "synthetic defects '", name, "': expected large, small or spread");
+  return r;
+}
+
+/// Draws a defect for a square image of `image_size` pixels (≥ 8): an area in [min_area, max_area]
+/// of the image, uniform or log-uniform (`area_law`); an aspect ratio log-uniform in
+/// [1 / max_aspect, max_aspect] (each side at most half the image); both places uniform over the
+/// image, the source drawn again (up to 64 times) until it does not overlap the target; a gain
+/// uniform in [min_gain, max_gain] and an offset of either sign with |offset| uniform in
+/// [min_offset, max_offset].
 ///   throws: hgad::Error for image_size < 8 or ranges out of order.
 inline SyntheticDefect draw_synthetic_defect(Index image_size, Rng& rng,
                                              const SyntheticDefectRanges& r = {}) {
@@ -60,7 +88,10 @@ inline SyntheticDefect draw_synthetic_defect(Index image_size, Rng& rng,
         "] within (0, 0.25], aspect ", r.max_aspect, " >= 1, gain [", r.min_gain, ", ", r.max_gain,
         "], offset [", r.min_offset, ", ", r.max_offset, "])");
   const double S = double(image_size);
-  const double area = rng.uniform(r.min_area, r.max_area) * S * S;
+  const double fraction = r.area_law == AreaLaw::uniform
+                              ? rng.uniform(r.min_area, r.max_area)
+                              : std::exp(rng.uniform(std::log(r.min_area), std::log(r.max_area)));
+  const double area = fraction * S * S;
   const double aspect = std::exp(rng.uniform(-std::log(r.max_aspect), std::log(r.max_aspect)));
   const auto side = [&](double v) {
     return std::clamp<Index>(Index(std::lround(v)), 1, image_size / 2);

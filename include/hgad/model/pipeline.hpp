@@ -197,13 +197,15 @@ ExtractedImages<Scalar> extract_images(const MvtecDataset& data, const std::vect
 /// (io/synthetic_defect.hpp, docs/algorithm.md §9.6): 2 N images, image k of `indices` at rows 2k
 /// (label 0, an all-zero mask) and 2k + 1 (label 1, the defect's mask). The defect is drawn on the
 /// preprocessed image, before the ImageNet normalisation, from an Rng seeded with `seed` and the
-/// image's index in `data`, so an image gets the same defect whichever others are listed with it.
-/// The class of both rows is the image's; `paths` name the defective row `<path>#defect`.
+/// image's index in `data`, so an image gets the same defect whichever others are listed with it;
+/// `ranges` set its sizes (the default: the large defects). The class of both rows is the image's;
+/// `paths` name the defective row `<path>#defect`.
 template <class Scalar>
 ExtractedImages<Scalar> extract_with_synthetic_defects(
     const MvtecDataset& data, const std::vector<Index>& indices, const FeatureExtractor<Scalar>& fx,
     const FeatureSettings& settings, std::uint64_t seed, Index batch_size = 8,
-    const std::function<void(Index, Index)>& on_progress = {}) {
+    const std::function<void(Index, Index)>& on_progress = {},
+    const SyntheticDefectRanges& ranges = {}) {
   check(batch_size >= 1, "extract_with_synthetic_defects: batch_size must be >= 1");
   const Index N = static_cast<Index>(indices.size());
   const Preprocess raw = preprocess_for(settings, false);
@@ -223,7 +225,7 @@ ExtractedImages<Scalar> extract_with_synthetic_defects(
       const Index index = chunk[static_cast<std::size_t>(b)];
       const Tensor<Scalar> image = batch.images.slice(b, b + 1).reshape({3, P, P});
       Rng rng(seed * 0x9E3779B97F4A7C15ull + static_cast<std::uint64_t>(index));
-      const SyntheticDefect defect = draw_synthetic_defect(P, rng);
+      const SyntheticDefect defect = draw_synthetic_defect(P, rng, ranges);
       const Tensor<Scalar> normal = normalize_imagenet(image);
       const Tensor<Scalar> defective = normalize_imagenet(apply_synthetic_defect(image, defect));
       std::copy(normal.data(), normal.data() + normal.numel(), pair.data() + 2 * b * 3 * P * P);
