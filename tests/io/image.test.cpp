@@ -318,6 +318,47 @@ TEST_CASE("JPEGs with an oversized Huffman table are rejected before stb_image r
   REQUIRE(hgad::detail::image::oversized_jpeg_huffman_table(before.data(), before.size()) == 272);
 }
 
+TEST_CASE("PNGs with a chunk longer than the file are rejected before stb_image allocates for it",
+          "[io]") {
+  const Bytes png = encode("png", 5, 4, 3, test_pixels(5, 4, 3));
+  const std::size_t after_ihdr = 8 + 25;  // signature, then the 25-byte IHDR chunk stb writes first
+  const auto with_chunk = [&](const char* type, std::uint32_t length) {
+    Bytes chunk = {std::uint8_t(length >> 24), std::uint8_t(length >> 16),
+                   std::uint8_t(length >> 8), std::uint8_t(length)};
+    chunk.insert(chunk.end(), type, type + 4);
+    chunk.insert(chunk.end(), {1, 2, 3});
+    Bytes out = png;
+    out.insert(out.begin() + static_cast<std::ptrdiff_t>(after_ihdr), chunk.begin(), chunk.end());
+    return out;
+  };
+  // An IDAT declaring 2 GiB - 1: stb_image would grow its data buffer to 2 GiB before reading it.
+  const Bytes idat = with_chunk("IDAT", 0x7fffffff);
+  const std::size_t remaining = png.size() - after_ihdr + 3;
+  REQUIRE_THROWS_WITH(
+      hgad::decode_image<float>(idat.data(), idat.size(), "bomb.png"),
+      Catch::Contains("'bomb.png': truncated PNG: chunk 'IDAT' declares 2147483647 bytes where " +
+                      std::to_string(remaining) + " remain"));
+  REQUIRE_THROWS_WITH(hgad::image_info_from_memory(idat.data(), idat.size(), "bomb.png"),
+                      Catch::Contains("truncated PNG"));
+  const Bytes ancillary = with_chunk("tEXt", std::uint32_t(remaining + 1));
+  REQUIRE(hgad::detail::image::overlong_png_chunk(ancillary.data(), ancillary.size()).type ==
+          "tEXt");
+  REQUIRE_THROWS_AS(hgad::decode_image<float>(ancillary.data(), ancillary.size(), "a.png"),
+                    hgad::Error);
+  // A chunk that ends exactly at the end of the file is whole; IEND's length is never read.
+  REQUIRE(hgad::detail::image::overlong_png_chunk(png.data(), png.size()).type.empty());
+  Bytes iend = png;
+  const std::size_t iend_at = iend.size() - 12;
+  REQUIRE(std::string(iend.begin() + static_cast<std::ptrdiff_t>(iend_at + 4), iend.end() - 4) ==
+          "IEND");
+  iend[iend_at] = 0x7f;
+  REQUIRE(hgad::decode_image<float>(iend.data(), iend.size(), "iend.png").shape() ==
+          hgad::Shape({3, 4, 5}));
+  // Not a PNG: nothing to walk.
+  const Bytes bmp = encode("bmp", 5, 4, 3, test_pixels(5, 4, 3));
+  REQUIRE(hgad::detail::image::overlong_png_chunk(bmp.data(), bmp.size()).type.empty());
+}
+
 TEST_CASE("save_png writes 8-bit gray and RGB PNGs atomically that load back to the rounded values",
           "[io]") {
   hgad_test::TempDir dir("save_png");

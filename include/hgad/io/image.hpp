@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -397,12 +398,50 @@ inline long oversized_jpeg_huffman_table(const std::uint8_t* bytes, std::size_t 
   return 0;
 }
 
-/// Throws hgad::Error when `bytes` must not reach stb_image (see oversized_jpeg_huffman_table).
+/// A PNG chunk whose declared length runs past the end of the file.
+struct OverlongPngChunk {
+  std::string type;           ///< the chunk's four-letter type; empty when there is none
+  std::uint32_t length = 0;   ///< the length its header declares
+  std::size_t remaining = 0;  ///< the bytes after its header
+};
+
+/// stb_image grows its buffer for the compressed image data to an IDAT chunk's declared length
+/// before it reads the chunk, so a file of a few bytes that declares a 2 GiB chunk makes it
+/// allocate 2 GiB (and then fail for want of data). This walks the chunks from the signature to
+/// IEND as stb_image's stbi__parse_png_file does (every chunk it accepts occupies its declared
+/// length, then a CRC that it does not check) and returns the first chunk before IEND whose data
+/// runs past the end of `bytes`. stb_image rejects every such file anyway: a short IDAT for want of
+/// data, a short ancillary chunk at the zero-type chunk read past the end.
+inline OverlongPngChunk overlong_png_chunk(const std::uint8_t* bytes, std::size_t size) {
+  static constexpr std::uint8_t signature[8] = {137, 80, 78, 71, 13, 10, 26, 10};
+  if (size < 8 || !std::equal(signature, signature + 8, bytes)) return {};  // not a PNG
+  for (std::size_t pos = 8; size - pos >= 8;) {
+    const std::uint32_t length =
+        (std::uint32_t(bytes[pos]) << 24) | (std::uint32_t(bytes[pos + 1]) << 16) |
+        (std::uint32_t(bytes[pos + 2]) << 8) | std::uint32_t(bytes[pos + 3]);
+    std::string type(reinterpret_cast<const char*>(bytes + pos + 4), 4);
+    if (type == "IEND") break;
+    for (char& c : type)
+      if (!std::isalpha(static_cast<unsigned char>(c)))
+        c = '?';  // for the message  // stb_image stops here without reading the chunk's data
+    pos += 8;
+    if (length > size - pos) return {std::move(type), length, size - pos};
+    pos += length;
+    pos += std::min<std::size_t>(4, size - pos);  // the CRC
+  }
+  return {};
+}
+
+/// Throws hgad::Error when `bytes` must not reach stb_image (see oversized_jpeg_huffman_table and
+/// overlong_png_chunk).
 inline void check_safe_for_stb(const std::uint8_t* bytes, std::size_t size,
                                const std::string& name) {
   const long n = oversized_jpeg_huffman_table(bytes, size);
   check(n == 0, "image: '", name, "': corrupt JPEG: a Huffman table declares ", n,
         " codes (at most 256)");
+  const OverlongPngChunk chunk = overlong_png_chunk(bytes, size);
+  check(chunk.type.empty(), "image: '", name, "': truncated PNG: chunk '", chunk.type,
+        "' declares ", chunk.length, " bytes where ", chunk.remaining, " remain");
 }
 
 }  // namespace detail::image
