@@ -914,9 +914,11 @@ int cmd_test(const Args& args) {
   std::vector<std::string> maskless;  // the synthetic defects of --validation bring their masks
   for (Index c = 0; c < test.n_classes() && validation_percent == 0; ++c)
     if (!test.has_masks(c)) maskless.push_back(test.class_names()[static_cast<std::size_t>(c)]);
-  // The thresholds hold for calibrated scores; transductive scores have another scale.
+  // The thresholds hold for calibrated scores of the product criterion's maps; transductive scores
+  // and other maps have another scale.
   const bool with_threshold = mode != hgad::ScoreMode::transductive && model.is_calibrated() &&
-                              model.calibration(0).has_threshold();
+                              model.calibration(0).has_threshold() &&
+                              model.thresholds_hold(criterion);
 
   std::vector<hgad::ClassReport> results;
   Json image_rows = Json::array();  // every test image's score, for --json
@@ -1024,6 +1026,11 @@ int cmd_test(const Args& args) {
   } else if (mode == hgad::ScoreMode::transductive) {
     std::fprintf(table, "note: F1@thr, prec@thr and rec@thr are absent (-): the thresholds hold for "
                  "calibrated scores, not transductive ones\n");
+  } else if (!model.thresholds_hold(criterion)) {
+    std::fprintf(table,
+                 "note: F1@thr, prec@thr and rec@thr are absent (-): the thresholds hold for "
+                 "the product criterion's scores, not the %s criterion's\n",
+                 hgad::to_string(criterion));
   } else {
     std::fprintf(table, "note: the model holds no decision threshold (written by an older hgad): F1@thr, "
                  "prec@thr and rec@thr are absent (-); train it again to get one\n");

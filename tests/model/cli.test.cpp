@@ -1481,6 +1481,19 @@ TEST_CASE("hgad decides with the threshold calibrated on the training normals: i
   CHECK(contains(text, "\"layers\": [\n"));
   CHECK_FALSE(contains(text, "# hgad model configuration"));
 
+  // The thresholds are of the product criterion's scores; another criterion's have another scale:
+  // no decisions, and a note that says why.
+  const std::string likelihood_json = dir.file("likelihood.json");
+  r = run(dir, "test --model '" + model + "' --data '" + data +
+                   "' --criterion likelihood --json '" + likelihood_json + "'");
+  CHECK(r.status == 0);
+  CHECK(contains(r.out,
+                 "thresholds hold for the product criterion's scores, not the likelihood "
+                 "criterion's"));
+  CHECK(contains(slurp(likelihood_json), "\"image_auroc\""));
+  CHECK_FALSE(contains(slurp(likelihood_json), "\"anomalous\": true"));
+  CHECK_FALSE(contains(slurp(likelihood_json), "\"anomalous\": false"));
+
   // A model file of an older hgad: no thresholds. It loads; info says they are missing, predict
   // scores with the decision '-' and a note, test reports the threshold metrics absent.
   hgad::Checkpoint old = trained.to_checkpoint();

@@ -629,6 +629,14 @@ TEST_CASE("HgadModel with the NF objective trains and scores with the likelihood
   const auto free = model.score_set(far.features, {}, hgad::ScoreMode::label_free);
   CHECK(free[0].scored_class == -1);
   CHECK(mean_class_auroc(free, far) >= 0.85);
+  // Its map is the likelihood map whatever the criterion, so its thresholds hold for every one.
+  const auto image = hgad::HgadModel<float>::image_view(far.features, 0);
+  for (const auto criterion : {hgad::ScoreCriterion::product, hgad::ScoreCriterion::likelihood,
+                               hgad::ScoreCriterion::entropy}) {
+    CHECK(model.thresholds_hold(criterion));
+    CHECK(model.score(image, far.classes[0], hgad::ScoreMode::calibrated, criterion).score ==
+          scored[0].score);
+  }
 }
 
 TEST_CASE("HgadModel finds between-class anomalies that the single-Gaussian NF baseline misses",
@@ -957,6 +965,7 @@ TEST_CASE("A model of one class scores with its likelihood map", "[model]") {
                                           hgad::ScoreCriterion::likelihood);
   REQUIRE(scored.size() == likelihood.size());
   for (std::size_t i = 0; i < scored.size(); ++i) CHECK(scored[i].score == likelihood[i].score);
+  CHECK(model.thresholds_hold(hgad::ScoreCriterion::likelihood));
   CHECK(auroc_of(scored, test.labels) > 0.7);  // an all-zero map gives 0.5
   CHECK_THROWS_WITH(model.score_set(test.features, test_labels, hgad::ScoreMode::calibrated, {},
                                     hgad::ScoreCriterion::entropy),

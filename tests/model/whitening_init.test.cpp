@@ -510,6 +510,10 @@ TEMPLATE_TEST_CASE(
       };
       const auto product = map(hgad::ScoreCriterion::product);
       const auto likelihood = map(hgad::ScoreCriterion::likelihood);
+      // The thresholds, of product scores, hold for another criterion when its map is the same.
+      CHECK(model.thresholds_hold(hgad::ScoreCriterion::product));
+      CHECK(model.thresholds_hold(hgad::ScoreCriterion::likelihood) == class_level);
+      CHECK_FALSE(model.thresholds_hold(hgad::ScoreCriterion::entropy));
       if (class_level) {
         // The product criterion of a class-level covariance model is its likelihood map (§9.7).
         CHECK(product == likelihood);

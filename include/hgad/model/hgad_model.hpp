@@ -144,6 +144,14 @@ class HgadModel {
     return m_calibration[static_cast<std::size_t>(c)];
   }
 
+  /// Whether the calibration's image-score scale (ClassCalibration::threshold, train_score_max),
+  /// computed from product-criterion scores, holds for scores under `criterion`: whether its
+  /// anomaly map is the product's (always for the NF objective, a model of one class and
+  /// class_covariance = class with the likelihood criterion; see ScoreCriterion).
+  bool thresholds_hold(ScoreCriterion criterion) const {
+    return ModelScoring<Scalar>::thresholds_hold(*this, criterion);
+  }
+
   /// (K × K) row a: the mean inter-class posterior p(b | z), with π, over the positions of class
   /// a's calibration images (its normal training images). Each row sums to 1. A class the model
   /// tells apart has nearly all of its row on the diagonal; classes whose normal images look

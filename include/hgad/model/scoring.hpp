@@ -7,6 +7,7 @@
 /// ModelScoring, which holds no state of its own: a model is scored from several threads at once.
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -255,6 +256,25 @@ class ModelScoring {
     return out;
   }
 
+  /// The maps that the anomaly map multiplies under `criterion`, {likelihood, entropy}, for raw
+  /// scores with or without an entropy map (see ScoreCriterion).
+  static std::array<bool, 2> map_terms(const HgadModel<Scalar>& model, bool has_entropy,
+                                       ScoreCriterion criterion) {
+    const bool class_level_covariance = model.config().class_covariance == ClassCovariance::class_;
+    const bool entropy = has_entropy && model.n_classes() > 1 &&
+                         (criterion == ScoreCriterion::entropy ||
+                          (criterion == ScoreCriterion::product && !class_level_covariance));
+    const bool likelihood = !entropy || criterion != ScoreCriterion::entropy;
+    return {likelihood, entropy};
+  }
+
+  /// The body of HgadModel::thresholds_hold.
+  static bool thresholds_hold(const HgadModel<Scalar>& model, ScoreCriterion criterion) {
+    const bool has_entropy = model.config().objective == Objective::hgad;
+    return map_terms(model, has_entropy, criterion) ==
+           map_terms(model, has_entropy, ScoreCriterion::product);
+  }
+
   /// The body of HgadModel::anomaly_map.
   static ScoredImage<Scalar> anomaly_map(const HgadModel<Scalar>& model,
                                          const RawScores<Scalar>& raw,
@@ -262,16 +282,11 @@ class ModelScoring {
                                          ScoreCriterion criterion) {
     ScoredImage<Scalar> out;
     const AnomalyMapOptions options = map_options(model);
-    const bool one_class = model.n_classes() == 1;
-    check(!(one_class && criterion == ScoreCriterion::entropy && !raw.neg_entropy.empty()),
+    check(!(model.n_classes() == 1 && criterion == ScoreCriterion::entropy &&
+            !raw.neg_entropy.empty()),
           "HgadModel::anomaly_map: a model of one class has no class entropy to score; use the "
-          "likelihood "
-          "(or product) criterion");
-    const bool class_level_covariance = model.config().class_covariance == ClassCovariance::class_;
-    const bool entropy = !raw.neg_entropy.empty() && !one_class &&
-                         (criterion == ScoreCriterion::entropy ||
-                          (criterion == ScoreCriterion::product && !class_level_covariance));
-    const bool likelihood = !entropy || criterion != ScoreCriterion::entropy;
+          "likelihood (or product) criterion");
+    const auto [likelihood, entropy] = map_terms(model, !raw.neg_entropy.empty(), criterion);
     out.map = Tensor<Scalar>::full({options.height, options.width}, Scalar(1));
     Scalar* a = out.map.data();
     const Index n = out.map.numel();
