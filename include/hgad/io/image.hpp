@@ -420,10 +420,9 @@ inline OverlongPngChunk overlong_png_chunk(const std::uint8_t* bytes, std::size_
         (std::uint32_t(bytes[pos]) << 24) | (std::uint32_t(bytes[pos + 1]) << 16) |
         (std::uint32_t(bytes[pos + 2]) << 8) | std::uint32_t(bytes[pos + 3]);
     std::string type(reinterpret_cast<const char*>(bytes + pos + 4), 4);
-    if (type == "IEND") break;
-    for (char& c : type)
-      if (!std::isalpha(static_cast<unsigned char>(c)))
-        c = '?';  // for the message  // stb_image stops here without reading the chunk's data
+    if (type == "IEND") break;  // stb_image stops here without reading the chunk's data
+    for (char& c : type)        // printable in the message
+      if (!std::isalpha(static_cast<unsigned char>(c))) c = '?';
     pos += 8;
     if (length > size - pos) return {std::move(type), length, size - pos};
     pos += length;
