@@ -916,9 +916,9 @@ int cmd_test(const Args& args) {
     if (!test.has_masks(c)) maskless.push_back(test.class_names()[static_cast<std::size_t>(c)]);
   // The thresholds hold for calibrated scores of the product criterion's maps; transductive scores
   // and other maps have another scale.
-  const bool with_threshold = mode != hgad::ScoreMode::transductive && model.is_calibrated() &&
-                              model.calibration(0).has_threshold() &&
-                              model.thresholds_hold(criterion);
+  const bool has_thresholds = model.is_calibrated() && model.calibration(0).has_threshold();
+  const bool with_threshold =
+      mode != hgad::ScoreMode::transductive && has_thresholds && model.thresholds_hold(criterion);
 
   std::vector<hgad::ClassReport> results;
   Json image_rows = Json::array();  // every test image's score, for --json
@@ -1026,14 +1026,15 @@ int cmd_test(const Args& args) {
   } else if (mode == hgad::ScoreMode::transductive) {
     std::fprintf(table, "note: F1@thr, prec@thr and rec@thr are absent (-): the thresholds hold for "
                  "calibrated scores, not transductive ones\n");
-  } else if (!model.thresholds_hold(criterion)) {
+  } else if (!has_thresholds) {
+    std::fprintf(table,
+                 "note: the model holds no decision threshold (written by an older hgad): F1@thr, "
+                 "prec@thr and rec@thr are absent (-); train it again to get one\n");
+  } else {
     std::fprintf(table,
                  "note: F1@thr, prec@thr and rec@thr are absent (-): the thresholds hold for "
                  "the product criterion's scores, not the %s criterion's\n",
                  hgad::to_string(criterion));
-  } else {
-    std::fprintf(table, "note: the model holds no decision threshold (written by an older hgad): F1@thr, "
-                 "prec@thr and rec@thr are absent (-); train it again to get one\n");
   }
 
   if (!json_path.empty()) {

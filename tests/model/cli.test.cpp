@@ -1490,9 +1490,10 @@ TEST_CASE("hgad decides with the threshold calibrated on the training normals: i
   CHECK(contains(r.out,
                  "thresholds hold for the product criterion's scores, not the likelihood "
                  "criterion's"));
-  CHECK(contains(slurp(likelihood_json), "\"image_auroc\""));
-  CHECK_FALSE(contains(slurp(likelihood_json), "\"anomalous\": true"));
-  CHECK_FALSE(contains(slurp(likelihood_json), "\"anomalous\": false"));
+  const std::string likelihood_text = slurp(likelihood_json);
+  CHECK(contains(likelihood_text, "\"image_auroc\""));
+  CHECK_FALSE(contains(likelihood_text, "\"anomalous\": true"));
+  CHECK_FALSE(contains(likelihood_text, "\"anomalous\": false"));
 
   // A model file of an older hgad: no thresholds. It loads; info says they are missing, predict
   // scores with the decision '-' and a note, test reports the threshold metrics absent.

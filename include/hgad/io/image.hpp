@@ -415,18 +415,16 @@ struct OverlongPngChunk {
 inline OverlongPngChunk overlong_png_chunk(const std::uint8_t* bytes, std::size_t size) {
   static constexpr std::uint8_t signature[8] = {137, 80, 78, 71, 13, 10, 26, 10};
   if (size < 8 || !std::equal(signature, signature + 8, bytes)) return {};  // not a PNG
-  for (std::size_t pos = 8; size - pos >= 8;) {
-    const std::uint32_t length =
-        (std::uint32_t(bytes[pos]) << 24) | (std::uint32_t(bytes[pos + 1]) << 16) |
-        (std::uint32_t(bytes[pos + 2]) << 8) | std::uint32_t(bytes[pos + 3]);
-    std::string type(reinterpret_cast<const char*>(bytes + pos + 4), 4);
+  for (StbByteReader r{bytes, size, 8}; size - r.pos >= 8;) {
+    const std::uint32_t high = static_cast<std::uint32_t>(r.get16());
+    const std::uint32_t length = (high << 16) | static_cast<std::uint32_t>(r.get16());
+    std::string type(reinterpret_cast<const char*>(bytes + r.pos), 4);
     if (type == "IEND") break;  // stb_image stops here without reading the chunk's data
     for (char& c : type)        // printable in the message
       if (!std::isalpha(static_cast<unsigned char>(c))) c = '?';
-    pos += 8;
-    if (length > size - pos) return {std::move(type), length, size - pos};
-    pos += length;
-    pos += std::min<std::size_t>(4, size - pos);  // the CRC
+    r.skip(4);
+    if (length > size - r.pos) return {std::move(type), length, size - r.pos};
+    r.skip(static_cast<long>(length) + 4);  // the data, then the CRC
   }
   return {};
 }
