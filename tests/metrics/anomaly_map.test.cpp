@@ -278,6 +278,30 @@ TEMPLATE_TEST_CASE("The calibrated anomaly map scores an image alone as inside a
   }
 }
 
+TEMPLATE_TEST_CASE("The image score is the map's maximum or the mean of its highest fraction",
+                   "[metrics]", float, double) {
+  // Two 10 x 10 maps holding 0 .. 99 in a shuffled order (the second reversed).
+  hgad::Tensor<TestType> maps({2, 10, 10});
+  for (hgad::Index p = 0; p < 100; ++p) {
+    maps.data()[p] = TestType((p * 37) % 100);
+    maps.data()[100 + p] = TestType(99 - (p * 37) % 100);
+  }
+  CHECK(hgad::image_scores(maps) == std::vector<TestType>{99, 99});
+  // ⌊0.05 · 100⌋ = 5 highest: 99, 98, 97, 96, 95.
+  CHECK(hgad::image_scores(maps, 0.05) == std::vector<TestType>{97, 97});
+  CHECK(hgad::image_scores(maps, 0.059) == std::vector<TestType>{97, 97});
+  // Fewer than one pixel is the maximum; all of them the mean.
+  CHECK(hgad::image_scores(maps, 0.001) == std::vector<TestType>{99, 99});
+  CHECK(hgad::image_scores(maps, 1.0) == std::vector<TestType>{TestType(49.5), TestType(49.5)});
+  // A single stray pixel (1099 in place of 11) sets the maximum; in the mean of the highest 10
+  // it counts a tenth: (1099 + 99 + 98 + ... + 91) / 10.
+  maps.data()[3] = 1099;
+  CHECK(hgad::image_score(maps.data(), 100, 0.0) == 1099);
+  CHECK(hgad::image_score(maps.data(), 100, 0.1) == Approx(195.4));
+  REQUIRE_THROWS_WITH(hgad::image_score(maps.data(), 100, 1.5), Catch::Contains("[0, 1]"));
+  REQUIRE_THROWS_WITH(hgad::image_score(maps.data(), 0, 0.0), Catch::Contains("no pixels"));
+}
+
 TEST_CASE("Anomaly map functions reject inconsistent levels and constants", "[metrics]") {
   std::vector<hgad::Tensor<float>> levels = {hgad::Tensor<float>({2, 4, 4}),
                                              hgad::Tensor<float>({3, 2, 2})};

@@ -56,6 +56,8 @@ TEST_CASE("ModelConfig defaults are HGAD's hyper-parameters", "[model]") {
   CHECK(c.total_epochs() == 200);
   CHECK(c.calibration_baseline == hgad::CalibrationBaseline::none);
   CHECK(c.map_scale == hgad::MapScale::exp);
+  CHECK(c.map_sigma == 4.0);
+  CHECK(c.image_score_fraction == 0);
   CHECK_NOTHROW(c.validate(false));
   CHECK_THROWS_AS(c.validate(true), hgad::Error);
 }
@@ -69,6 +71,8 @@ TEST_CASE("ModelConfig text form round-trips every field exactly", "[model]") {
   c.lr_decay_rate = 0.3;
   c.calibration_baseline = hgad::CalibrationBaseline::position;
   c.map_scale = hgad::MapScale::log;
+  c.map_sigma = 6.5;
+  c.image_score_fraction = 0.01;
   c.features.resize_mode = "shorter_side_crop";
   c.features.layers = {"layer3"};
   c.features.pyramid_levels = 2;
@@ -86,6 +90,8 @@ TEST_CASE("ModelConfig text form round-trips every field exactly", "[model]") {
   CHECK(back.objective == hgad::Objective::nf);
   CHECK(back.calibration_baseline == hgad::CalibrationBaseline::position);
   CHECK(back.map_scale == hgad::MapScale::log);
+  CHECK(back.map_sigma == 6.5);
+  CHECK(back.image_score_fraction == 0.01);
   CHECK(back == c);
 }
 
@@ -135,6 +141,7 @@ TEST_CASE("ModelConfig parse errors name the source, the line, the key and the v
   CHECK(parse("calibration_baseline = mean\n").find("none, position or position_std") !=
         std::string::npos);
   CHECK(parse("map_scale = linear\n").find("exp or log") != std::string::npos);
+  CHECK(parse("map_sigma = inf\n").find("'inf'") != std::string::npos);
 }
 
 TEST_CASE("ModelConfig validation names the key and the offending value", "[model]") {
@@ -173,6 +180,19 @@ TEST_CASE("ModelConfig validation names the key and the offending value", "[mode
           c.features.neighbourhood = 2;
         }).find("neighbourhood = 2: must be odd") != std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) { c.features.neighbourhood = 5; }).empty());
+  CHECK(validate([](hgad::ModelConfig& c) { c.map_sigma = 0; }).empty());
+  CHECK(validate([](hgad::ModelConfig& c) { c.map_sigma = -1; })
+            .find("map_sigma = -1: must be a finite number >= 0") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.map_sigma = INFINITY; }).find("map_sigma") !=
+        std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.image_score_fraction = 1; }).empty());
+  CHECK(validate([](hgad::ModelConfig& c) { c.image_score_fraction = 1.5; })
+            .find("image_score_fraction = 1.5: must be in [0, 1]") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) {
+          c.features.mask_size = 64;
+          c.map_sigma = 64.5;
+        }).find("map_sigma = 64.5: the blur would be wider than the 64-pixel maps") !=
+        std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) {
           c.levels = {{2, 1, 1}};
           c.features.backbone = "none";
@@ -289,7 +309,7 @@ TEST_CASE("ModelConfig key table: to_text writes each key once in table order, f
       "n_centers", "lambda1", "lambda2", "label_smoothing", "meta_epochs", "sub_epochs",
       "warmup_meta_epochs", "stage1_meta_epochs", "lr", "lr_decay_rate", "beta1", "beta2",
       "adam_eps", "weight_decay", "batch_size", "seed", "calibration_images",
-      "calibration_baseline", "map_scale", "threshold_quantile", "backbone", "layers",
+      "calibration_baseline", "map_scale", "map_sigma", "image_score_fraction", "threshold_quantile", "backbone", "layers",
       "pyramid_levels", "neighbourhood", "image_size", "resize_mode", "mask_size"};
   CHECK(table == keys);
 

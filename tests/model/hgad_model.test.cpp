@@ -162,7 +162,7 @@ std::vector<double> naive_blur(const std::vector<double>& x, Index S, double sig
 
 /// The paper's transductive map of every image of a set for one map type (raw[i][l] is (h, w)).
 std::vector<std::vector<double>> naive_transductive(
-    const std::vector<std::vector<hgad::Tensor<float>>>& raw, Index S) {
+    const std::vector<std::vector<hgad::Tensor<float>>>& raw, Index S, double sigma = 4.0) {
   const std::size_t N = raw.size(), L = raw[0].size();
   std::vector<std::vector<double>> sum(N,
                                        std::vector<double>(static_cast<std::size_t>(S * S), 0.0));
@@ -185,7 +185,7 @@ std::vector<std::vector<double>> naive_transductive(
   std::vector<std::vector<double>> out;
   for (auto& s : sum) {
     for (double& v : s) v = sum_max - v;
-    out.push_back(naive_blur(s, S, 4.0));
+    out.push_back(sigma > 0 ? naive_blur(s, S, sigma) : s);
   }
   return out;
 }
@@ -366,6 +366,49 @@ TEST_CASE("HgadModel scores anomalies in the three modes", "[model]") {
       }
       CHECK(auroc_of(scored, labels) >= 0.9);
     }
+  }
+}
+
+TEST_CASE("map_sigma sets the blur of the maps and nothing else", "[model]") {
+  // The paper blurs with σ = 4 (trained() keeps it); here the same training with σ = 1.5 and with
+  // no blur, each map against docs/algorithm.md §5.4 written out with that σ.
+  const Trained& paper = trained();
+  for (const double sigma : {1.5, 0.0}) {
+    CAPTURE(sigma);
+    hgad::ModelConfig config = paper.config;
+    config.map_sigma = sigma;
+    hgad::HgadModel<float> model(config);
+    model.fit(paper.train.features, paper.train.classes);
+    const std::int64_t k = 1;
+    std::vector<Index> rows;
+    for (Index i = 0; i < static_cast<Index>(paper.test.classes.size()); ++i)
+      if (paper.test.classes[static_cast<std::size_t>(i)] == k) rows.push_back(i);
+    const auto set = select(paper.test.features, rows);
+    std::vector<std::vector<hgad::Tensor<float>>> logp;
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      const auto raw = model.raw_scores(hgad::HgadModel<float>::image_view(set, Index(i)), k);
+      const auto raw_paper =
+          paper.model->raw_scores(hgad::HgadModel<float>::image_view(set, Index(i)), k);
+      // The training does not see σ (the same to 1e-6, the determinism of two threads).
+      for (std::size_t l = 0; l < raw.log_likelihood.size(); ++l)
+        for (Index p = 0; p < raw.log_likelihood[l].numel(); ++p)
+          REQUIRE(double(raw.log_likelihood[l].data()[p]) ==
+                  Approx(double(raw_paper.log_likelihood[l].data()[p])).margin(1e-5));
+      logp.push_back(raw.log_likelihood);
+    }
+    const auto expected = naive_transductive(logp, 8, sigma);
+    const auto scored =
+        model.score_set(set, std::vector<std::int64_t>(rows.size(), k),
+                        hgad::ScoreMode::transductive, {}, hgad::ScoreCriterion::likelihood);
+    for (std::size_t i = 0; i < rows.size(); ++i)
+      for (Index p = 0; p < 64; ++p)
+        REQUIRE(double(scored[i].map.data()[p]) ==
+                Approx(expected[i][static_cast<std::size_t>(p)]).margin(1e-6).epsilon(1e-4));
+    // And the paper's σ gives another map: the setting is not ignored.
+    const auto paper_scored = paper.model->score_set(
+        set, std::vector<std::int64_t>(rows.size(), k), hgad::ScoreMode::transductive, {},
+        hgad::ScoreCriterion::likelihood);
+    CHECK_FALSE(same_tensor(scored[0].map, paper_scored[0].map));
   }
 }
 

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <vector>
 
@@ -420,18 +421,36 @@ Tensor<Scalar> transductive_anomaly_map(const std::vector<Tensor<Scalar>>& level
   return calibrated_anomaly_map(levels, anomaly_map_constants(levels, options), options);
 }
 
-/// The image score of §5.6: the maximum of each image's map, for maps of shape (N, H, W).
+/// The image score of one map of n pixels: with top_fraction = 0 its maximum (§5.6, the paper's);
+/// with top_fraction f in (0, 1] the mean of its ⌊f · n⌋ highest pixels, at least one
+/// (ModelConfig::image_score_fraction; not in the paper). The maximum of a map is one pixel, so a
+/// single stray peak of a normal image ranks it as a defect would; the mean of the highest 1 %
+/// needs a peak of some extent.
+///   requires: n >= 1, 0 <= top_fraction <= 1.
 template <class Scalar>
-std::vector<Scalar> image_scores(const Tensor<Scalar>& maps) {
+double image_score(const Scalar* map, Index n, double top_fraction = 0) {
+  check(n >= 1, "image_score: the map has no pixels");
+  check(top_fraction >= 0 && top_fraction <= 1, "image_score: top_fraction must be in [0, 1], got ",
+        top_fraction);
+  const auto top = std::max<Index>(1, static_cast<Index>(top_fraction * double(n)));
+  if (top == 1) return double(*std::max_element(map, map + n));
+  std::vector<Scalar> sorted(map, map + n);
+  std::nth_element(sorted.begin(), sorted.begin() + (top - 1), sorted.end(), std::greater<Scalar>());
+  double sum = 0;
+  for (Index i = 0; i < top; ++i) sum += double(sorted[std::size_t(i)]);
+  return sum / double(top);
+}
+
+/// The image score (image_score) of each image's map, for maps of shape (N, H, W).
+template <class Scalar>
+std::vector<Scalar> image_scores(const Tensor<Scalar>& maps, double top_fraction = 0) {
   check(maps.rank() == 3 && maps.dim(1) * maps.dim(2) > 0,
         "image_scores: expected non-empty maps of shape (N, H, W), got ", maps.shape().to_string());
   const Tensor<Scalar> host = maps.cpu();
   const Index n_pixels = host.dim(1) * host.dim(2);
   std::vector<Scalar> scores(static_cast<std::size_t>(host.dim(0)));
-  for (Index n = 0; n < host.dim(0); ++n) {
-    const Scalar* m = host.data() + n * n_pixels;
-    scores[std::size_t(n)] = *std::max_element(m, m + n_pixels);
-  }
+  for (Index n = 0; n < host.dim(0); ++n)
+    scores[std::size_t(n)] = Scalar(image_score(host.data() + n * n_pixels, n_pixels, top_fraction));
   return scores;
 }
 

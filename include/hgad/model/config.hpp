@@ -27,6 +27,7 @@
 /// weight decay 1e-4 on the flows, batch size 8, seed 0, P = 256.
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -262,6 +263,19 @@ struct ModelConfig {
   /// Applies to both maps, in every mode.
   MapScale map_scale = MapScale::exp;
 
+  /// σ of the Gaussian blur of each anomaly map (docs/algorithm.md §5.4, §9.2), in pixels of the
+  /// mask_size map: 4, the paper's (its maps are 256 pixels a side), or 0 for no blur. A wider blur
+  /// spreads a defect's peak over its neighbourhood, which helps to cover large defects at the
+  /// price of blurring small ones. Applies to both maps, in every mode; it does not enter the
+  /// training, nor the calibration constants but the decision thresholds (quantiles of blurred
+  /// maps' maxima).
+  double map_sigma = 4.0;
+
+  /// The image score (docs/algorithm.md §5.6, §9.2): 0, the maximum of the image's anomaly map
+  /// (the paper's), or f in (0, 1], the mean of the map's highest f of pixels (image_score). Applies
+  /// in every mode, and to the decision thresholds (quantiles of the training images' scores).
+  double image_score_fraction = 0;
+
   /// The decision threshold of each class: this quantile of the image scores of its calibration
   /// images (its normal training images); an image scoring above it is anomalous. Not in the paper,
   /// which reports threshold-free metrics only. 0.99 lets about 1 normal image in 100 be flagged:
@@ -434,6 +448,11 @@ void for_each_config_key(Config& c, Key&& key) {
       KeyRule<Index>{[](const Index& n) { return n >= 0; }, "must be >= 0 (0: all)"});
   key("calibration_baseline", c.calibration_baseline, calibration_baseline_names);
   key("map_scale", c.map_scale, map_scale_names);
+  key("map_sigma", c.map_sigma,
+      KeyRule<double>{[](const double& x) { return x >= 0 && std::isfinite(x); },
+                      "must be a finite number >= 0"});
+  key("image_score_fraction", c.image_score_fraction,
+      KeyRule<double>{[](const double& x) { return x >= 0 && x <= 1; }, "must be in [0, 1]"});
   key("threshold_quantile", c.threshold_quantile,
       KeyRule<double>{[](const double& q) { return q > 0 && q <= 1; }, "must be in (0, 1]"});
   key("backbone", c.features.backbone,
@@ -493,6 +512,9 @@ inline constexpr KeyMeaning config_key_meanings[] = {
      "none; position: subtract each position's mean normal score; position_std: and divide by its "
      "standard deviation"},
     {"map_scale", "exp (the paper's maps) or log: the levels' log-likelihoods summed, no exp"},
+    {"map_sigma", "sigma in pixels of the anomaly maps' Gaussian blur (the paper's 4; 0: none)"},
+    {"image_score_fraction",
+     "0: an image's score is its map's maximum (the paper's); f: the mean of its highest f of pixels"},
     {"threshold_quantile",
      "decision threshold: this quantile of the training images' scores, per class"},
     {"backbone", "feature network: resnet18, resnet34, resnet50, wide_resnet50_2 (or none)"},
@@ -697,6 +719,10 @@ inline void ModelConfig::validate(bool require_data) const {
                          detail::name_of(class_covariance_names, class_covariance),
                          "the NF objective has no classes; use objective = hgad");
   const FeatureSettings& f = features;
+  if (map_sigma > double(f.mask_size))
+    detail::config_error("map_sigma", detail::format_double(map_sigma),
+                         "the blur would be wider than the " + std::to_string(f.mask_size) +
+                             "-pixel maps (mask_size)");
   if (f.backbone != "none") {
     if (f.layers.empty())
       detail::config_error("layers", "", "at least one backbone layer is needed");

@@ -305,7 +305,7 @@ class ModelScoring {
           constants.neg_entropy, options);
       for (Index i = 0; i < n; ++i) a[i] *= std::max(ent.data()[i], Scalar(0));
     }
-    out.score = double(*std::max_element(a, a + n));
+    out.score = image_score(a, n, model.config().image_score_fraction);
     out.predicted_class = raw.predicted_class;
     out.scored_class = raw.scored_class;
     return out;
@@ -602,6 +602,7 @@ class ModelScoring {
     AnomalyMapOptions o;
     o.height = o.width = model.config().features.mask_size;
     o.log_scale = model.config().map_scale == MapScale::log;
+    o.sigma = model.config().map_sigma;
     return o;
   }
 
