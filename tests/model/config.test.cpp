@@ -181,18 +181,21 @@ TEST_CASE("ModelConfig validation names the key and the offending value", "[mode
         }).find("neighbourhood = 2: must be odd") != std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) { c.features.neighbourhood = 5; }).empty());
   CHECK(validate([](hgad::ModelConfig& c) { c.map_sigma = 0; }).empty());
+  CHECK(validate([](hgad::ModelConfig& c) { c.map_sigma = 1000; }).empty());
   CHECK(validate([](hgad::ModelConfig& c) { c.map_sigma = -1; })
-            .find("map_sigma = -1: must be a finite number >= 0") != std::string::npos);
-  CHECK(validate([](hgad::ModelConfig& c) { c.map_sigma = INFINITY; }).find("map_sigma") !=
+            .find("map_sigma = -1: must be in [0, 1000]") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.map_sigma = 1001; })
+            .find("map_sigma = 1001: must be in [0, 1000]") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.map_sigma = INFINITY; }).find("map_sigma = inf") !=
         std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) { c.image_score_fraction = 1; }).empty());
   CHECK(validate([](hgad::ModelConfig& c) { c.image_score_fraction = 1.5; })
             .find("image_score_fraction = 1.5: must be in [0, 1]") != std::string::npos);
+  // A blur wider than the map is allowed (the embeddings' maps are 1 pixel, σ the paper's 4).
   CHECK(validate([](hgad::ModelConfig& c) {
-          c.features.mask_size = 64;
-          c.map_sigma = 64.5;
-        }).find("map_sigma = 64.5: the blur would be wider than the 64-pixel maps") !=
-        std::string::npos);
+          c.features.mask_size = 1;
+          c.map_sigma = 4;
+        }).empty());
   CHECK(validate([](hgad::ModelConfig& c) {
           c.levels = {{2, 1, 1}};
           c.features.backbone = "none";

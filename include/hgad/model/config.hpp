@@ -112,6 +112,11 @@ enum class MapScale {
 inline constexpr detail::NamedValue<MapScale> map_scale_names[] = {{"exp", MapScale::exp},
                                                                    {"log", MapScale::log}};
 
+/// The largest σ of the anomaly maps' blur (ModelConfig::map_sigma), in pixels. The kernel has
+/// 8σ + 1 taps, and σ = 1000 already blurs a 4096-pixel map to nearly its mean, so a larger value is
+/// a mistake, refused before the kernel is allocated.
+inline constexpr double max_map_sigma = 1000;
+
 /// How fit() starts a model (ModelConfig::init).
 enum class ModelInit {
   identity,  ///< the paper's: raw features into the flow, the centres of docs/algorithm.md §3.1
@@ -266,9 +271,9 @@ struct ModelConfig {
   /// σ of the Gaussian blur of each anomaly map (docs/algorithm.md §5.4, §9.2), in pixels of the
   /// mask_size map: 4, the paper's (its maps are 256 pixels a side), or 0 for no blur. A wider blur
   /// spreads a defect's peak over its neighbourhood, which helps to cover large defects at the
-  /// price of blurring small ones. Applies to both maps, in every mode; it does not enter the
-  /// training, nor the calibration constants but the decision thresholds (quantiles of blurred
-  /// maps' maxima).
+  /// price of blurring small ones. Applies to both maps, in every mode. It enters neither the
+  /// training nor the calibration constants, only the decision thresholds (quantiles of the
+  /// calibration images' scores, which are read off blurred maps). At most max_map_sigma.
   double map_sigma = 4.0;
 
   /// The image score (docs/algorithm.md §5.6, §9.2): 0, the maximum of the image's anomaly map
@@ -449,8 +454,8 @@ void for_each_config_key(Config& c, Key&& key) {
   key("calibration_baseline", c.calibration_baseline, calibration_baseline_names);
   key("map_scale", c.map_scale, map_scale_names);
   key("map_sigma", c.map_sigma,
-      KeyRule<double>{[](const double& x) { return x >= 0 && std::isfinite(x); },
-                      "must be a finite number >= 0"});
+      KeyRule<double>{[](const double& x) { return x >= 0 && x <= max_map_sigma; },
+                      "must be in [0, " + format_double(max_map_sigma) + "]"});
   key("image_score_fraction", c.image_score_fraction,
       KeyRule<double>{[](const double& x) { return x >= 0 && x <= 1; }, "must be in [0, 1]"});
   key("threshold_quantile", c.threshold_quantile,
@@ -719,10 +724,6 @@ inline void ModelConfig::validate(bool require_data) const {
                          detail::name_of(class_covariance_names, class_covariance),
                          "the NF objective has no classes; use objective = hgad");
   const FeatureSettings& f = features;
-  if (map_sigma > double(f.mask_size))
-    detail::config_error("map_sigma", detail::format_double(map_sigma),
-                         "the blur would be wider than the " + std::to_string(f.mask_size) +
-                             "-pixel maps (mask_size)");
   if (f.backbone != "none") {
     if (f.layers.empty())
       detail::config_error("layers", "", "at least one backbone layer is needed");
