@@ -280,7 +280,7 @@ class HgadModel {
   /// level_max_l))), clipped at 0 — a no-op with the image's own transductive constants, and with
   /// frozen constants it keeps the product of two negative maps of a very normal image from turning
   /// positive. The HGAD map is A_logp ⊙ A_ent (or one of them, by `criterion`), the NF map A_logp
-  /// alone; the score is the map's maximum.
+  /// alone; the score is the map's maximum (or the mean of its highest pixels, image_score).
   /// With per-position baselines in `constants`, each raw map is first taken relative to them
   /// (ModelConfig::calibration_baseline).
   ScoredImage<Scalar> anomaly_map(const RawScores<Scalar>& raw, const ClassCalibration& constants,

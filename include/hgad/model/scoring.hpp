@@ -107,7 +107,8 @@ struct HeldOut {
   Index images = 0;
 };
 
-/// One scored image: its anomaly map at mask size and the image score, the map's maximum.
+/// One scored image: its anomaly map at mask size and the image score (image_score: the map's
+/// maximum, or the mean of its highest ModelConfig::image_score_fraction of pixels).
 template <class Scalar>
 struct ScoredImage {
   Tensor<Scalar> map;  ///< (mask_size, mask_size)
