@@ -4,8 +4,10 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <hgad/metrics/ranking.hpp>
 #include <hgad/model/hgad_model.hpp>
+#include <numeric>
 #include <thread>
 #include <vector>
 
@@ -410,6 +412,42 @@ TEST_CASE("map_sigma sets the blur of the maps and nothing else", "[model]") {
         hgad::ScoreCriterion::likelihood);
     CHECK_FALSE(same_tensor(scored[0].map, paper_scored[0].map));
   }
+}
+
+TEST_CASE("image_score_fraction scores an image by the mean of its map's highest pixels",
+          "[model]") {
+  // The same training as trained() (the setting does not enter it), the image score the mean of
+  // the highest quarter of the 8 x 8 map: 16 pixels, summed here after a full sort.
+  const Trained& paper = trained();
+  hgad::ModelConfig config = paper.config;
+  config.image_score_fraction = 0.25;
+  hgad::HgadModel<float> model(config);
+  model.fit(paper.train.features, paper.train.classes);
+  model.calibrate(paper.train.features, paper.train.classes);
+  auto top_quarter_mean = [](const hgad::Tensor<float>& map) {
+    std::vector<double> v(map.data(), map.data() + map.numel());
+    std::sort(v.begin(), v.end(), std::greater<double>());
+    return std::accumulate(v.begin(), v.begin() + 16, 0.0) / 16.0;
+  };
+  for (const auto mode : {hgad::ScoreMode::calibrated, hgad::ScoreMode::label_free}) {
+    const auto scored = model.score_set(paper.test.features, paper.test.classes, mode);
+    const auto scored_paper = paper.model->score_set(paper.test.features, paper.test.classes, mode);
+    double below_max = 0;
+    for (std::size_t i = 0; i < scored.size(); ++i) {
+      // The maps are the paper model's (to the two threads' 1e-6); only the score differs.
+      for (Index p = 0; p < 64; ++p)
+        REQUIRE(double(scored[i].map.data()[p]) ==
+                Approx(double(scored_paper[i].map.data()[p])).margin(1e-5).epsilon(1e-4));
+      REQUIRE(scored[i].score == Approx(top_quarter_mean(scored[i].map)).epsilon(1e-9));
+      below_max += scored_paper[i].score - scored[i].score;
+    }
+    CHECK(below_max > 0);
+    CHECK(mean_class_auroc(scored, paper.test) >= 0.85);
+  }
+  // The thresholds are quantiles of the scores the model gives, so a mean below the maximum
+  // lowers them.
+  for (Index k = 0; k < 3; ++k)
+    CHECK(model.calibration(k).threshold < paper.model->calibration(k).threshold);
 }
 
 TEST_CASE("HgadModel calibrated scores are the same alone and inside a batch", "[model]") {
