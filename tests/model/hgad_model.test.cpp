@@ -37,6 +37,14 @@ std::vector<hgad::Tensor<Scalar>> select(const std::vector<hgad::Tensor<Scalar>>
   return out;
 }
 
+/// The indices of the images of class k.
+std::vector<Index> rows_of_class(const std::vector<std::int64_t>& classes, std::int64_t k) {
+  std::vector<Index> rows;
+  for (Index i = 0; i < static_cast<Index>(classes.size()); ++i)
+    if (classes[static_cast<std::size_t>(i)] == k) rows.push_back(i);
+  return rows;
+}
+
 template <class Scalar>
 std::vector<hgad::Tensor<Scalar>> cast(const std::vector<hgad::Tensor<float>>& in) {
   std::vector<hgad::Tensor<Scalar>> out;
@@ -326,9 +334,7 @@ TEST_CASE("HgadModel scores anomalies in the three modes", "[model]") {
       "transductive: the paper's normalisation over a class's test set, as written in "
       "docs/algorithm.md") {
     for (std::int64_t k = 0; k < 3; ++k) {
-      std::vector<Index> rows;
-      for (Index i = 0; i < static_cast<Index>(classes.size()); ++i)
-        if (classes[static_cast<std::size_t>(i)] == k) rows.push_back(i);
+      const std::vector<Index> rows = rows_of_class(classes, k);
       const auto set = select(t.test.features, rows);
       const auto scored = model.score_set(set, std::vector<std::int64_t>(rows.size(), k),
                                           hgad::ScoreMode::transductive);
@@ -382,9 +388,7 @@ TEST_CASE("map_sigma sets the blur of the maps and nothing else", "[model]") {
     hgad::HgadModel<float> model(config);
     model.fit(paper.train.features, paper.train.classes);
     const std::int64_t k = 1;
-    std::vector<Index> rows;
-    for (Index i = 0; i < static_cast<Index>(paper.test.classes.size()); ++i)
-      if (paper.test.classes[static_cast<std::size_t>(i)] == k) rows.push_back(i);
+    const std::vector<Index> rows = rows_of_class(paper.test.classes, k);
     const auto set = select(paper.test.features, rows);
     std::vector<std::vector<hgad::Tensor<float>>> logp;
     for (std::size_t i = 0; i < rows.size(); ++i) {
