@@ -16,6 +16,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <numeric>
 #include <set>
 #include <sstream>
 #include <string>
@@ -246,6 +247,11 @@ Json config_value_json(const std::string& value) { return Json::string(value); }
 Json config_value_json(const std::vector<std::string>& names) {
   Json list = Json::array();
   for (const std::string& name : names) list.push(Json::string(name));
+  return list;
+}
+Json config_value_json(const std::vector<double>& values) {
+  Json list = Json::array();
+  for (double v : values) list.push(Json::number(v));
   return list;
 }
 Json config_value_json(const std::vector<hgad::LevelSpec>& levels) {
@@ -487,6 +493,15 @@ std::vector<bool> validation_rows(const std::vector<std::int64_t>& folder_of_ima
   return out;
 }
 
+/// The number of images HgadModel::calibrate scores of a set with these labels.
+Index calibration_image_count(const hgad::ModelConfig& cfg, const std::vector<std::int64_t>& labels) {
+  std::vector<Index> per_class(static_cast<std::size_t>(cfg.n_classes()), 0);
+  for (std::int64_t c : labels) ++per_class[static_cast<std::size_t>(c)];
+  Index used = 0;
+  for (Index n : per_class) used += cfg.calibration_count(n);
+  return used;
+}
+
 /// The held-out measurements of a fit() with validation, on one line: the start, then each pass;
 /// " kept" marks the one keep_best ended on.
 std::string validation_curve(const hgad::FitReport<Scalar>& report) {
@@ -724,11 +739,7 @@ int cmd_train(const Args& args) {
       if (writer && validation_percent > 0 && !start_only)
         held_figure = final_held_out(report, model, held.features, held_labels);
     }
-    std::vector<Index> per_class(static_cast<std::size_t>(cfg.n_classes()), 0);
-    for (std::int64_t c : labels) ++per_class[static_cast<std::size_t>(c)];
-    Index used = 0;
-    for (Index n : per_class)
-      used += cfg.calibration_images > 0 ? std::min(n, cfg.calibration_images) : n;
+    const Index used = calibration_image_count(cfg, labels);
     // Under mpirun each rank scores its part of the calibration images and every rank ends with
     // the whole calibration (--auto-group's decision is then every rank's alike).
     {
@@ -1062,6 +1073,103 @@ int cmd_test(const Args& args) {
     j.set("config", config_json(config));
     write_text_output(json_path, j.dump(2));
   }
+  return 0;
+}
+
+// ------------------------------------------------------------------------------------------------
+// calibrate
+
+const std::vector<OptionSpec> calibrate_options = {
+    {"model", "MODEL", "model written by hgad train"},
+    {"data", "DIR", "the dataset root the model was trained on (<class>/train/good/...)"},
+    {"config", "FILE",
+     "key = value lines of the scoring settings to change (calibration_images, "
+     "calibration_baseline, map_scale, level_weights, map_sigma, image_score_fraction, "
+     "threshold_quantile)"},
+    {"out", "MODEL", "model file to write (may be MODEL itself)"},
+    {"backbone", "DIR", "ResNet weights folder (default: the one recorded at training)"},
+    {"cache", "DIR", "keep the backbone features in DIR and reuse them when nothing changed"},
+    {"threads", "N", "worker threads (default: all cores)"},
+    {"device", "cpu|cuda", "where the backbone and the scores run (default cpu)"},
+};
+
+int cmd_calibrate(const Args& args) {
+  if (args.help()) {
+    std::cout
+        << "usage: hgad calibrate --model MODEL --data DIR --out MODEL [options]\n\n"
+           "Computes the calibrated-mode constants of a trained model again from its training\n"
+           "images, after changing the settings of --config that enter the scoring alone (not the\n"
+           "training): the maps and scores of a trained model can be tried another way without\n"
+           "training it again. The images are those it was trained on, in the same classes and\n"
+           "groups; the images `hgad train --validation` held out stay out, so that `hgad test\n"
+           "--validation` still scores images the model has not seen.\n\noptions:\n"
+        << hgad_cli::describe_options(calibrate_options);
+    return 0;
+  }
+  const std::string model_path = args.required("model");
+  const std::string data = args.required("data");
+  const std::string out = args.required("out");
+  require_output_file(out, "--out");
+  apply_threads(args);
+  require_directory(data, "--data");
+  const hgad::Device device = device_of(args);
+  Model model = load_model(model_path);
+  model.set_device(device);
+  hgad::ModelConfig config = model.config();
+  if (args.has("config")) {
+    const std::string file = args.get("config", "");
+    require_file(file, "--config");
+    config = hgad::ModelConfig::from_text(read_text_file(file, "config file", max_config_bytes),
+                                          file, config);
+  }
+  model.change_scoring(config);
+  // The images of the training: its folders in its order (the calibration takes the first
+  // calibration_images of each class), less the images --validation held out.
+  const std::string folders = model.metadata("train_folders");
+  hgad::MvtecOptions options;
+  options.classes = folders.empty() ? config.folder_names()
+                                    : split_names(folders, "the model's class folders");
+  const hgad::MvtecDataset train(data, hgad::Split::train, options);
+  Index validation_percent = 0;
+  const std::string recorded = model.metadata("validation_percent", "0");
+  if (!hgad::detail::parse_number(recorded, validation_percent) || validation_percent < 0 ||
+      validation_percent > 90)
+    throw hgad::Error("the model '" + model_path + "' records the validation share '" + recorded +
+                      "', not a percentage in [0, 90]");
+  const std::string backbone = backbone_dir_for(args, model);
+  auto fx = hgad::make_extractor<Scalar>(config.features, backbone, device);
+  hgad::check_backbone_matches(config, *fx);
+  std::vector<Index> rows(static_cast<std::size_t>(train.size()));
+  std::iota(rows.begin(), rows.end(), Index(0));
+  hgad::ExtractedImages<Scalar> set;
+  {
+    Progress bar("features", train.size(), "img");
+    set = hgad::extract_images_cached(args.get("cache", ""), "train", backbone, train, rows, *fx,
+                                      config.features, false, 8,
+                                      [&](Index done, Index) { bar.update(done); });
+    bar.finish();
+  }
+  if (validation_percent > 0) {
+    const std::vector<bool> hold = validation_rows(set.classes, train.class_names(), validation_percent);
+    std::vector<Index> kept;
+    for (Index i = 0; i < set.size(); ++i)
+      if (!hold[static_cast<std::size_t>(i)]) kept.push_back(i);
+    set = select_images(set, kept);
+  }
+  std::vector<std::int64_t> labels;
+  for (std::int64_t folder : set.classes)
+    labels.push_back(config.class_of(train.class_names()[static_cast<std::size_t>(folder)]));
+  {
+    Progress bar("calibration", calibration_image_count(config, labels), "img");
+    model.calibrate(set.features, labels, [&](Index done, Index) { bar.update(done); });
+    bar.finish();
+  }
+  model.save(out);
+  std::printf("wrote %s: calibrated on %lld training images of %lld classes%s\n", out.c_str(),
+              static_cast<long long>(set.size()), static_cast<long long>(model.n_classes()),
+              validation_percent > 0
+                  ? (" (" + std::to_string(validation_percent) + " % held out)").c_str()
+                  : "");
   return 0;
 }
 
@@ -1661,6 +1769,7 @@ const char* const general_usage =
     "commands:\n"
     "  train       train one model on the classes of a folder in MVTec layout\n"
     "  test        score the test images and print per-class metrics\n"
+    "  calibrate   change a trained model's scoring settings and calibrate it again\n"
     "  predict     score images and write heat maps\n"
     "  info        print a model's configuration\n"
     "  embeddings  the image-level unified protocol on precomputed embeddings\n\n"
@@ -1682,6 +1791,8 @@ int main(int argc, char** argv) {
   try {
     if (command == "train") return cmd_train(Args(command, argc, argv, 2, train_options, false));
     if (command == "test") return cmd_test(Args(command, argc, argv, 2, test_options, false));
+    if (command == "calibrate")
+      return cmd_calibrate(Args(command, argc, argv, 2, calibrate_options, false));
     if (command == "predict")
       return cmd_predict(Args(command, argc, argv, 2, predict_options, true));
     if (command == "info") return cmd_info(Args(command, argc, argv, 2, info_options, true));

@@ -170,49 +170,56 @@ TEMPLATE_TEST_CASE("The transductive anomaly map follows docs/algorithm.md 5.4 s
   std::vector<hgad::Tensor<TestType>> levels = {
       hgad::Tensor<TestType>::randn({n, 6, 5}, rng, -2, 1),
       hgad::Tensor<TestType>::randn({n, 3, 3}, rng, -1, 2)};
-  for (const bool log_scale : {false, true}) {
-    INFO("log_scale " << log_scale);
-    hgad::AnomalyMapOptions options;
-    options.height = out_h;
-    options.width = out_w;
-    options.sigma = 1.5;
-    options.log_scale = log_scale;
-    const auto a = hgad::transductive_anomaly_map(levels, options);
-    REQUIRE(a.shape() == hgad::Shape{n, out_h, out_w});
+  // Without weights (the paper's sum) and with a weight per level (level_weights).
+  for (const auto& weights : {std::vector<double>{}, std::vector<double>{0.5, 3.0}}) {
+    for (const bool log_scale : {false, true}) {
+      INFO("log_scale " << log_scale << ", " << weights.size() << " weights");
+      hgad::AnomalyMapOptions options;
+      options.height = out_h;
+      options.width = out_w;
+      options.sigma = 1.5;
+      options.log_scale = log_scale;
+      options.level_weights = weights;
+      const auto a = hgad::transductive_anomaly_map(levels, options);
+      REQUIRE(a.shape() == hgad::Shape{n, out_h, out_w});
 
-    // Composed from the separately tested blocks, in double: max subtraction, exp (not on the log
-    // scale), upsample, sum, max - S, blur.
-    hgad::Tensor<double> s({n, out_h, out_w});
-    for (const auto& level : levels) {
-      double m = -INFINITY;
-      for (hgad::Index i = 0; i < level.numel(); ++i) m = std::max(m, double(level.data()[i]));
-      hgad::Tensor<double> q(level.shape());
-      for (hgad::Index i = 0; i < level.numel(); ++i) {
-        const double relative = double(level.data()[i]) - m;
-        q.data()[i] = log_scale ? relative : std::exp(relative);
+      // Composed from the separately tested blocks, in double: max subtraction, exp (not on the log
+      // scale), upsample, weighted sum, max - S, blur.
+      hgad::Tensor<double> s({n, out_h, out_w});
+      for (std::size_t l = 0; l < levels.size(); ++l) {
+        const auto& level = levels[l];
+        const double weight = weights.empty() ? 1.0 : weights[l];
+        double m = -INFINITY;
+        for (hgad::Index i = 0; i < level.numel(); ++i) m = std::max(m, double(level.data()[i]));
+        hgad::Tensor<double> q(level.shape());
+        for (hgad::Index i = 0; i < level.numel(); ++i) {
+          const double relative = double(level.data()[i]) - m;
+          q.data()[i] = log_scale ? relative : std::exp(relative);
+        }
+        const auto up = hgad::upsample_bilinear(q, out_h, out_w, true);
+        for (hgad::Index i = 0; i < s.numel(); ++i) s.data()[i] += weight * up.data()[i];
       }
-      const auto up = hgad::upsample_bilinear(q, out_h, out_w, true);
-      for (hgad::Index i = 0; i < s.numel(); ++i) s.data()[i] += up.data()[i];
+      double s_max = -INFINITY;
+      for (hgad::Index i = 0; i < s.numel(); ++i) s_max = std::max(s_max, s.data()[i]);
+      for (hgad::Index i = 0; i < s.numel(); ++i) s.data()[i] = s_max - s.data()[i];
+      const auto blurred = hgad::gaussian_filter(s, 1.5);
+      // Absolute tolerances: the log scale's maps reach about 10 (30 weighted), the exp scale's
+      // about 2.
+      const double scale = log_scale ? 30 : 1;
+      require_close(a, blurred.to_vector(), scale * (sizeof(TestType) == 4 ? 1e-6 : 1e-13));
+
+      const auto constants = hgad::anomaly_map_constants(levels, options);
+      REQUIRE(constants.level_max.size() == 2);
+      REQUIRE_THAT(constants.sum_max, WithinAbs(s_max, scale * 1e-13));
+
+      // Unblurred: the pixel holding max S is exactly 0 and no pixel is negative.
+      options.sigma = 0;
+      const auto raw = hgad::transductive_anomaly_map(levels, options);
+      double raw_min = INFINITY;
+      for (hgad::Index i = 0; i < raw.numel(); ++i)
+        raw_min = std::min(raw_min, double(raw.data()[i]));
+      REQUIRE(raw_min == 0.0);
     }
-    double s_max = -INFINITY;
-    for (hgad::Index i = 0; i < s.numel(); ++i) s_max = std::max(s_max, s.data()[i]);
-    for (hgad::Index i = 0; i < s.numel(); ++i) s.data()[i] = s_max - s.data()[i];
-    const auto blurred = hgad::gaussian_filter(s, 1.5);
-    // Absolute tolerances: the log scale's maps reach about 10, the exp scale's about 2.
-    const double scale = log_scale ? 10 : 1;
-    require_close(a, blurred.to_vector(), scale * (sizeof(TestType) == 4 ? 1e-6 : 1e-13));
-
-    const auto constants = hgad::anomaly_map_constants(levels, options);
-    REQUIRE(constants.level_max.size() == 2);
-    REQUIRE_THAT(constants.sum_max, WithinAbs(s_max, scale * 1e-13));
-
-    // Unblurred: the pixel holding max S is exactly 0 and no pixel is negative.
-    options.sigma = 0;
-    const auto raw = hgad::transductive_anomaly_map(levels, options);
-    double raw_min = INFINITY;
-    for (hgad::Index i = 0; i < raw.numel(); ++i)
-      raw_min = std::min(raw_min, double(raw.data()[i]));
-    REQUIRE(raw_min == 0.0);
   }
 }
 
@@ -322,4 +329,14 @@ TEST_CASE("Anomaly map functions reject inconsistent levels and constants", "[me
   REQUIRE_THROWS_WITH(hgad::calibrated_anomaly_map(levels, constants),
                       Catch::Contains("1 level constants for 2 levels"));
   REQUIRE_THROWS_WITH(hgad::image_scores(hgad::Tensor<float>({2, 3})), Catch::Contains("(2, 3)"));
+  hgad::AnomalyMapOptions weighted;
+  weighted.level_weights = {1.0};
+  REQUIRE_THROWS_WITH(hgad::transductive_anomaly_map(levels, weighted),
+                      Catch::Contains("1 level weights for 2 levels"));
+  weighted.level_weights = {1.0, -0.5};
+  REQUIRE_THROWS_WITH(hgad::anomaly_map_constants(levels, weighted),
+                      Catch::Contains("weight of level 1") && Catch::Contains("-0.5"));
+  weighted.level_weights = {1.0, NAN};
+  REQUIRE_THROWS_WITH(hgad::transductive_anomaly_map(levels, weighted),
+                      Catch::Contains("weight of level 1"));
 }

@@ -166,7 +166,7 @@ TEST_CASE("hgad program answers --help on every command and rejects bad command 
   r = run(dir, "frobnicate");
   CHECK(r.status == 2);
   CHECK(contains(r.err, "unknown command 'frobnicate'"));
-  for (const std::string command : {"train", "test", "predict", "info", "embeddings"}) {
+  for (const std::string command : {"train", "test", "calibrate", "predict", "info", "embeddings"}) {
     r = run(dir, command + " --help");
     CHECK(r.status == 0);
     CHECK(contains(r.out, "usage: hgad " + command));
@@ -647,6 +647,72 @@ TEST_CASE("hgad train --validation holds out a share of each folder's images fro
                    "' --backbone '" + weights_dir() + "' --out '" + dir.file("never.hgad") + "'");
   CHECK(r.status == 2);
   CHECK(contains(r.err, "drop --validation"));
+}
+
+TEST_CASE("hgad calibrate gives a trained model new scoring settings: the model a training with "
+          "them writes",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  hgad_test::TempDir dir("cli_calibrate");
+  write_dataset(dir.path() / "data");
+  const std::string scoring = "map_scale = log\nlevel_weights = 2\nmap_sigma = 1.5\n"
+                              "image_score_fraction = 0.1\nthreshold_quantile = 0.5\n";
+  std::ofstream(dir.file("tiny.cfg")) << tiny_config;
+  std::ofstream(dir.file("scoring.cfg")) << scoring;
+  std::ofstream(dir.file("both.cfg")) << tiny_config << scoring;
+  const std::string train = "train --threads 1 --backbone '" + weights_dir() + "' --data '" +
+                            dir.file("data") + "' --validation 25 --config ";
+  Run r = run(dir, train + "'" + dir.file("tiny.cfg") + "' --out '" + dir.file("paper.hgad") + "'");
+  INFO(r.out << r.err);
+  REQUIRE(r.status == 0);
+  r = run(dir, train + "'" + dir.file("both.cfg") + "' --out '" + dir.file("direct.hgad") + "'");
+  REQUIRE(r.status == 0);
+  // The model trained with the paper's scoring, calibrated again with the new settings on its own
+  // training images (--validation's held-out images left out, as the training left them out).
+  r = run(dir, "calibrate --threads 1 --model '" + dir.file("paper.hgad") + "' --data '" +
+                   dir.file("data") + "' --config '" + dir.file("scoring.cfg") + "' --out '" +
+                   dir.file("again.hgad") + "'");
+  REQUIRE(r.status == 0);
+  CHECK(contains(r.out, "wrote " + dir.file("again.hgad") +
+                            ": calibrated on 6 training images of 2 classes (25 % held out)"));
+  const auto direct = hgad::HgadModel<float>::load(dir.file("direct.hgad"));
+  const auto again = hgad::HgadModel<float>::load(dir.file("again.hgad"));
+  const auto paper = hgad::HgadModel<float>::load(dir.file("paper.hgad"));
+  CHECK(again.config() == direct.config());
+  CHECK(again.metadata("validation_percent") == "25");
+  for (hgad::Index k = 0; k <= 2; ++k) {
+    CHECK(again.calibration(k).train_score_max == direct.calibration(k).train_score_max);
+    CHECK(again.calibration(k).threshold == direct.calibration(k).threshold);
+    CHECK(again.calibration(k).train_score_max != paper.calibration(k).train_score_max);
+  }
+  // hgad test --validation scores the held-out images with the new settings.
+  r = run(dir, "test --threads 1 --model '" + dir.file("again.hgad") + "' --data '" +
+                   dir.file("data") + "' --validation 25 --json '" + dir.file("again.json") + "'");
+  REQUIRE(r.status == 0);
+  r = run(dir, "test --threads 1 --model '" + dir.file("direct.hgad") + "' --data '" +
+                   dir.file("data") + "' --validation 25 --json '" + dir.file("direct.json") + "'");
+  REQUIRE(r.status == 0);
+  // Every metric, score and decision alike (the JSON from its "objective" on, before the model's
+  // path and after it the configuration, which is the same).
+  const auto figures = [](const std::string& json) { return json.substr(json.find("\"objective\"")); };
+  CHECK(figures(slurp(dir.file("again.json"))) == figures(slurp(dir.file("direct.json"))));
+
+  // A setting of the training is refused, naming it, and nothing is written.
+  std::ofstream(dir.file("lr.cfg")) << "lr = 0.1\n";
+  r = run(dir, "calibrate --model '" + dir.file("paper.hgad") + "' --data '" + dir.file("data") +
+                   "' --config '" + dir.file("lr.cfg") + "' --out '" + dir.file("never.hgad") + "'");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "'lr' enters the start or the training"));
+  std::ofstream(dir.file("three.cfg")) << "level_weights = 1, 2, 3\n";
+  r = run(dir, "calibrate --model '" + dir.file("paper.hgad") + "' --data '" + dir.file("data") +
+                   "' --config '" + dir.file("three.cfg") + "' --out '" + dir.file("never.hgad") + "'");
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "level_weights = 1, 2, 3: needs as many weights as levels (1)"));
+  r = run(dir, "calibrate --model '" + dir.file("paper.hgad") + "' --data '" + dir.file("data") + "'");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "missing required option --out"));
+  CHECK_FALSE(fs::exists(dir.file("never.hgad")));
 }
 
 TEST_CASE("hgad train --auto-group keeps the first model when the groups would leave one class",

@@ -58,6 +58,12 @@ TEST_CASE("ModelConfig defaults are HGAD's hyper-parameters", "[model]") {
   CHECK(c.map_scale == hgad::MapScale::exp);
   CHECK(c.map_sigma == 4.0);
   CHECK(c.image_score_fraction == 0);
+  CHECK(c.level_weights.empty());
+  CHECK(c.calibration_count(700) == 700);  // calibration_images = 0: every image
+  hgad::ModelConfig capped;
+  capped.calibration_images = 64;
+  CHECK(capped.calibration_count(700) == 64);
+  CHECK(capped.calibration_count(40) == 40);
   CHECK_NOTHROW(c.validate(false));
   CHECK_THROWS_AS(c.validate(true), hgad::Error);
 }
@@ -73,6 +79,7 @@ TEST_CASE("ModelConfig text form round-trips every field exactly", "[model]") {
   c.map_scale = hgad::MapScale::log;
   c.map_sigma = 6.5;
   c.image_score_fraction = 0.01;
+  c.level_weights = {0.25, 1.0 / 3.0};
   c.features.resize_mode = "shorter_side_crop";
   c.features.layers = {"layer3"};
   c.features.pyramid_levels = 2;
@@ -92,7 +99,39 @@ TEST_CASE("ModelConfig text form round-trips every field exactly", "[model]") {
   CHECK(back.map_scale == hgad::MapScale::log);
   CHECK(back.map_sigma == 6.5);
   CHECK(back.image_score_fraction == 0.01);
+  CHECK(back.level_weights == c.level_weights);
+  CHECK(back.level_weights[1] == 1.0 / 3.0);  // exactly, as every double
   CHECK(back == c);
+}
+
+TEST_CASE("first_training_difference ignores the scoring settings and names any other change",
+          "[model]") {
+  const hgad::ModelConfig a = small_config();
+  hgad::ModelConfig b = a;
+  b.calibration_images = 3;
+  b.calibration_baseline = hgad::CalibrationBaseline::position_std;
+  b.map_scale = hgad::MapScale::log;
+  b.level_weights = {1, 2};
+  b.map_sigma = 6;
+  b.image_score_fraction = 0.01;
+  b.threshold_quantile = 0.9;
+  CHECK(hgad::first_training_difference(a, b).empty());
+  CHECK(hgad::first_training_difference(a, a).empty());
+  // Every scoring key is a key of the table.
+  for (const char* key : hgad::scoring_config_keys)
+    CHECK(std::string(hgad::detail::config_key_meaning(key)) != "");
+  hgad::ModelConfig c = b;
+  c.lr = 1e-3;
+  CHECK(hgad::first_training_difference(a, c) == "lr");
+  c = b;
+  c.features.neighbourhood = 3;
+  CHECK(hgad::first_training_difference(a, c) == "neighbourhood");
+  c = b;
+  c.class_groups = {{"pcb", {"pcb2", "pcb3"}}};
+  CHECK(hgad::first_training_difference(a, c) == "group");
+  c = b;
+  c.levels[1].dim = 64;
+  CHECK(hgad::first_training_difference(a, c) == "levels");
 }
 
 TEST_CASE("ModelConfig parser accepts comments, blank lines and partial files", "[model]") {
@@ -132,6 +171,9 @@ TEST_CASE("ModelConfig parse errors name the source, the line, the key and the v
 
   CHECK(parse("just words\n").find("expected 'key = value'") != std::string::npos);
   CHECK(parse("n_blocks = 4.5\n").find("'4.5' is not an integer") != std::string::npos);
+  CHECK(parse("level_weights = 1, two\n").find("'1, two' is not a list of finite numbers") !=
+        std::string::npos);
+  CHECK(parse("level_weights = 1,\n").find("is not a list of finite numbers") != std::string::npos);
   CHECK(parse("lr = nan\n").find("'nan'") != std::string::npos);
   CHECK(parse("lr = 1e-3x\n").find("'1e-3x'") != std::string::npos);
   CHECK(parse("objective = cflow\n").find("hgad or nf") != std::string::npos);
@@ -188,6 +230,17 @@ TEST_CASE("ModelConfig validation names the key and the offending value", "[mode
             .find("map_sigma = 1001: must be in [0, 1000]") != std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) { c.map_sigma = INFINITY; }).find("map_sigma = inf") !=
         std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.level_weights = {0, 2.5}; }).empty());
+  CHECK(validate([](hgad::ModelConfig& c) { c.level_weights = {1, 2, 4}; })
+            .find("level_weights = 1, 2, 4: needs as many weights as levels (2)") !=
+        std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.level_weights = {1, -1}; })
+            .find("level_weights = 1, -1: each weight must be in [0, 1e+06]") !=
+        std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.level_weights = {1, NAN}; })
+            .find("level_weights = 1, nan") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.level_weights = {0, 0}; })
+            .find("at least one level must weigh more than 0") != std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) { c.image_score_fraction = 1; }).empty());
   CHECK(validate([](hgad::ModelConfig& c) { c.image_score_fraction = 1.5; })
             .find("image_score_fraction = 1.5: must be in [0, 1]") != std::string::npos);
@@ -312,7 +365,7 @@ TEST_CASE("ModelConfig key table: to_text writes each key once in table order, f
       "n_centers", "lambda1", "lambda2", "label_smoothing", "meta_epochs", "sub_epochs",
       "warmup_meta_epochs", "stage1_meta_epochs", "lr", "lr_decay_rate", "beta1", "beta2",
       "adam_eps", "weight_decay", "batch_size", "seed", "calibration_images",
-      "calibration_baseline", "map_scale", "map_sigma", "image_score_fraction",
+      "calibration_baseline", "map_scale", "level_weights", "map_sigma", "image_score_fraction",
       "threshold_quantile", "backbone", "layers", "pyramid_levels", "neighbourhood", "image_size",
       "resize_mode", "mask_size"};
   CHECK(table == keys);

@@ -172,7 +172,8 @@ std::vector<double> naive_blur(const std::vector<double>& x, Index S, double sig
 
 /// The paper's transductive map of every image of a set for one map type (raw[i][l] is (h, w)).
 std::vector<std::vector<double>> naive_transductive(
-    const std::vector<std::vector<hgad::Tensor<float>>>& raw, Index S, double sigma = 4.0) {
+    const std::vector<std::vector<hgad::Tensor<float>>>& raw, Index S, double sigma = 4.0,
+    const std::vector<double>& weights = {}) {
   const std::size_t N = raw.size(), L = raw[0].size();
   std::vector<std::vector<double>> sum(N,
                                        std::vector<double>(static_cast<std::size_t>(S * S), 0.0));
@@ -187,7 +188,8 @@ std::vector<std::vector<double>> naive_transductive(
       for (Index p = 0; p < h * w; ++p)
         q[static_cast<std::size_t>(p)] = std::exp(double(raw[i][l].data()[p]) - level_max);
       const auto up = naive_upsample(q, h, w, S);
-      for (std::size_t p = 0; p < up.size(); ++p) sum[i][p] += up[p];
+      const double weight = weights.empty() ? 1.0 : weights[l];
+      for (std::size_t p = 0; p < up.size(); ++p) sum[i][p] += weight * up[p];
     }
   }
   double sum_max = -1e300;
@@ -416,6 +418,61 @@ TEST_CASE("map_sigma sets the blur of the maps and nothing else", "[model]") {
         hgad::ScoreCriterion::likelihood);
     CHECK_FALSE(same_tensor(scored[0].map, paper_scored[0].map));
   }
+}
+
+TEST_CASE("change_scoring gives a trained model new scoring settings and nothing else",
+          "[model]") {
+  // The paper's settings (trained()) changed to level weights 2 and 0.5: the model's maps are
+  // docs/algorithm.md §5.4 written out with the weights, and calibrated again it scores as a model
+  // trained with the weights from the start (the training does not see them).
+  const Trained& paper = trained();
+  hgad::HgadModel<float> model = *paper.model;
+  hgad::ModelConfig config = paper.config;
+  config.level_weights = {2.0, 0.5};
+  config.image_score_fraction = 0.25;
+  model.change_scoring(config);
+  CHECK(model.config() == config);
+  CHECK_FALSE(model.is_calibrated());  // the constants depend on the settings
+  const std::int64_t k = 2;
+  const std::vector<Index> rows = rows_of_class(paper.test.classes, k);
+  const auto set = select(paper.test.features, rows);
+  std::vector<std::vector<hgad::Tensor<float>>> logp;
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    logp.push_back(model.raw_scores(hgad::HgadModel<float>::image_view(set, Index(i)), k).log_likelihood);
+  const auto expected = naive_transductive(logp, 8, 4.0, {2.0, 0.5});
+  const auto scored = model.score_set(set, std::vector<std::int64_t>(rows.size(), k),
+                                      hgad::ScoreMode::transductive, {},
+                                      hgad::ScoreCriterion::likelihood);
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    for (Index p = 0; p < 64; ++p)
+      REQUIRE(double(scored[i].map.data()[p]) ==
+              Approx(expected[i][static_cast<std::size_t>(p)]).margin(1e-6).epsilon(1e-4));
+
+  model.calibrate(paper.train.features, paper.train.classes);
+  hgad::HgadModel<float> trained_so(config);
+  trained_so.fit(paper.train.features, paper.train.classes);
+  trained_so.calibrate(paper.train.features, paper.train.classes);
+  for (const auto mode : {hgad::ScoreMode::calibrated, hgad::ScoreMode::label_free}) {
+    const auto a = model.score_set(paper.test.features, paper.test.classes, mode);
+    const auto b = trained_so.score_set(paper.test.features, paper.test.classes, mode);
+    for (std::size_t i = 0; i < a.size(); ++i)
+      REQUIRE(a[i].score == Approx(b[i].score).margin(1e-5).epsilon(1e-4));
+  }
+  for (Index c = 0; c < 3; ++c)
+    CHECK(model.calibration(c).threshold ==
+          Approx(trained_so.calibration(c).threshold).margin(1e-5).epsilon(1e-4));
+
+  // A setting that enters the training cannot change, and the model is left as it was.
+  hgad::ModelConfig other = config;
+  other.lr *= 2;
+  CHECK_THAT(error_of([&] { model.change_scoring(other); }),
+             Catch::Contains("'lr' enters the start or the training"));
+  other = config;
+  other.level_weights = {1.0, 2.0, 3.0};
+  CHECK_THAT(error_of([&] { model.change_scoring(other); }),
+             Catch::Contains("as many weights as levels (2)"));
+  CHECK(model.config() == config);
+  CHECK(model.is_calibrated());
 }
 
 TEST_CASE("image_score_fraction scores an image by the mean of its map's highest pixels",
@@ -754,15 +811,16 @@ TEST_CASE(
     c.meta_epochs = 2;
     c.calibration_images = 3;
     c.calibration_baseline = baseline;
-    const Synthetic train = make_synthetic(4, 0, 6);
+    const Synthetic train = make_synthetic(5, 0, 6);
     const Synthetic test = make_synthetic(2, 2, 7);
     hgad::HgadModel<float> model(c);
     model.fit(train.features, train.classes);
     model.calibrate(train.features, train.classes);
 
-    // The baselines, recomputed here from raw_scores: per class the mean over its first three
-    // training images, and for the class-agnostic entry K = 3 the mean over all nine; the scales,
-    // the standard deviation over the same images (none of them is near the floor here).
+    // The baselines, recomputed here from raw_scores: per class the mean over three of its five
+    // training images spread over them (its first, second and fourth: floor(j 5 / 3)), and for the
+    // class-agnostic entry K = 3 the mean over all nine; the scales, the standard deviation over
+    // the same images (none of them is near the floor here).
     const Index K = 3, N = train.features[0].dim(0);
     for (Index k = 0; k <= K; ++k) {
       std::vector<std::vector<std::vector<double>>> lik(2), ent(2);  // [level][position][image]
@@ -770,7 +828,8 @@ TEST_CASE(
       std::vector<Index> count(static_cast<std::size_t>(K), 0);
       for (Index i = 0; i < N; ++i) {
         const std::int64_t y = train.classes[static_cast<std::size_t>(i)];
-        if (count[static_cast<std::size_t>(y)]++ >= 3 || (k < K && y != k)) continue;
+        const Index within = count[static_cast<std::size_t>(y)]++;  // its place in its class
+        if (within == 2 || within == 4 || (k < K && y != k)) continue;
         ++used;
         const auto raw = model.raw_scores(hgad::HgadModel<float>::image_view(train.features, i), y);
         for (std::size_t l = 0; l < 2; ++l) {

@@ -263,10 +263,13 @@ struct AnomalyMapOptions {
   /// itself, so that positions far below the level's maximum do not all count as about 0 and every
   /// position keeps its order (ModelConfig::map_scale = log; not in the paper).
   bool log_scale = false;
+  /// The weight of each level's term in S (ModelConfig::level_weights; not in the paper): empty
+  /// weighs every level 1, else one finite weight >= 0 per level.
+  std::vector<double> level_weights;
 };
 
 /// The constants of the §5.4 normalisation: the maximum of each level's map, and the maximum of
-/// the upsampled sum S = Σ_l up(exp(X_l - level_max[l])) over all images and pixels.
+/// the upsampled sum S = Σ_l w_l · up(exp(X_l - level_max[l])) over all images and pixels.
 struct AnomalyMapConstants {
   std::vector<double> level_max;  // (L,) max over images and positions of X_l
   double sum_max = 0;             // max over images and pixels of S
@@ -274,11 +277,11 @@ struct AnomalyMapConstants {
 
 namespace detail::anomaly_map_impl {
 
-/// S for image n: Σ_l up(exp(X_l[n] - level_max[l])) into sum (height * width doubles); with
-/// log_scale, Σ_l up(X_l[n] - level_max[l]).
+/// S for image n: Σ_l w_l · up(exp(X_l[n] - level_max[l])) into sum (height * width doubles);
+/// with log_scale, Σ_l w_l · up(X_l[n] - level_max[l]); w_l = options.level_weights[l], or 1.
 template <class Scalar>
 void level_sum(const std::vector<Tensor<Scalar>>& levels, const std::vector<double>& level_max,
-               bool log_scale, const std::vector<std::vector<MapLinearTap>>& rows,
+               const AnomalyMapOptions& options, const std::vector<std::vector<MapLinearTap>>& rows,
                const std::vector<std::vector<MapLinearTap>>& cols, Index n, std::vector<double>& q,
                std::vector<double>& rows_x, std::vector<double>& sum) {
   std::fill(sum.begin(), sum.end(), 0.0);
@@ -286,10 +289,11 @@ void level_sum(const std::vector<Tensor<Scalar>>& levels, const std::vector<doub
     const Index h = levels[l].dim(1);
     const Index w = levels[l].dim(2);
     const Scalar* x = levels[l].data() + n * h * w;
+    const double weight = options.level_weights.empty() ? 1.0 : options.level_weights[l];
     q.resize(static_cast<std::size_t>(h * w));
     for (Index i = 0; i < h * w; ++i) {
       const double relative = double(x[i]) - level_max[l];
-      q[std::size_t(i)] = log_scale ? relative : std::exp(relative);
+      q[std::size_t(i)] = weight * (options.log_scale ? relative : std::exp(relative));
     }
     upsample_bilinear_plane(q.data(), h, w, rows[l], cols[l], sum.data(), true, rows_x);
   }
@@ -311,18 +315,26 @@ std::vector<Tensor<Scalar>> host_levels(const char* where,
   return host;
 }
 
-inline void check_options(const char* where, const AnomalyMapOptions& options) {
+inline void check_options(const char* where, const AnomalyMapOptions& options,
+                          std::size_t n_levels) {
   check(options.height > 0 && options.width > 0, where, ": output size ", options.height, " x ",
         options.width, " must be positive");
   check(options.sigma >= 0 && std::isfinite(options.sigma), where, ": sigma must be >= 0, got ",
         options.sigma);
+  const std::vector<double>& w = options.level_weights;
+  check(w.empty() || w.size() == n_levels, where, ": ", w.size(), " level weights for ", n_levels,
+        " levels");
+  for (std::size_t l = 0; l < w.size(); ++l)
+    check(w[l] >= 0 && std::isfinite(w[l]), where, ": the weight of level ", l,
+          " must be finite and >= 0, got ", w[l]);
 }
 
 }  // namespace detail::anomaly_map_impl
 
 /// The §5.4 normalisation constants of a set of per-level maps: level_max[l] = max X_l over all
 /// images and positions, sum_max = max over all images and output pixels of
-/// S = Σ_l bilinear(exp(X_l - level_max[l])) (X_l - level_max[l] with options.log_scale). On the
+/// S = Σ_l w_l · bilinear(exp(X_l - level_max[l])) (X_l - level_max[l] with options.log_scale;
+/// w_l = options.level_weights[l], 1 without weights). On the
 /// test maps of a class these are the paper's transductive constants; on training (normal) maps
 /// they are the calibration that calibrated_anomaly_map needs to score images one at a time.
 /// Streams image by image: memory is one output plane per thread, not N of them.
@@ -331,7 +343,7 @@ template <class Scalar>
 AnomalyMapConstants anomaly_map_constants(const std::vector<Tensor<Scalar>>& levels,
                                           const AnomalyMapOptions& options = {}) {
   const auto host = detail::anomaly_map_impl::host_levels("anomaly_map_constants", levels);
-  detail::anomaly_map_impl::check_options("anomaly_map_constants", options);
+  detail::anomaly_map_impl::check_options("anomaly_map_constants", options, host.size());
   const Index n_images = host[0].dim(0);
   check(n_images > 0, "anomaly_map_constants: no images");
   AnomalyMapConstants constants;
@@ -348,7 +360,7 @@ AnomalyMapConstants anomaly_map_constants(const std::vector<Tensor<Scalar>>& lev
   const Index n_out = options.height * options.width;
   detail::parallel_for(n_images, n_images * n_out * Index(host.size()) * 6, [&](std::int64_t n) {
     std::vector<double> q, rows_x, sum(static_cast<std::size_t>(n_out));
-    detail::anomaly_map_impl::level_sum(host, constants.level_max, options.log_scale, rows, cols, n,
+    detail::anomaly_map_impl::level_sum(host, constants.level_max, options, rows, cols, n,
                                         q, rows_x, sum);
     image_max[std::size_t(n)] = *std::max_element(sum.begin(), sum.end());
   });
@@ -357,9 +369,10 @@ AnomalyMapConstants anomaly_map_constants(const std::vector<Tensor<Scalar>>& lev
 }
 
 /// The §5.4 anomaly map with given constants, image by image:
-///     S = Σ_l bilinear(exp(X_l - level_max[l]), height x width, align_corners)
+///     S = Σ_l w_l · bilinear(exp(X_l - level_max[l]), height x width, align_corners)
 ///     A = gaussian_filter(sum_max - S, sigma, truncate)
-/// (with options.log_scale, X_l - level_max[l] in place of its exp)
+/// (with options.log_scale, X_l - level_max[l] in place of its exp; w_l = 1 without
+/// options.level_weights)
 /// computed in double and rounded to Scalar. Each image depends only on itself and the constants,
 /// so an image gets the same map alone or in any batch. With constants from training maps a test
 /// image more normal than all of them can have S > sum_max and slightly negative A.
@@ -372,7 +385,7 @@ Tensor<Scalar> calibrated_anomaly_map(const std::vector<Tensor<Scalar>>& levels,
                                       const AnomalyMapConstants& constants,
                                       const AnomalyMapOptions& options = {}) {
   const auto host = detail::anomaly_map_impl::host_levels("calibrated_anomaly_map", levels);
-  detail::anomaly_map_impl::check_options("calibrated_anomaly_map", options);
+  detail::anomaly_map_impl::check_options("calibrated_anomaly_map", options, host.size());
   check(constants.level_max.size() == host.size(),
         "calibrated_anomaly_map: ", constants.level_max.size(), " level constants for ",
         host.size(), " levels");
@@ -399,7 +412,7 @@ Tensor<Scalar> calibrated_anomaly_map(const std::vector<Tensor<Scalar>>& levels,
       n_images, n_images * n_out * (Index(host.size()) * 6 + 2 * Index(kernel.size())),
       [&](std::int64_t n) {
         std::vector<double> q, rows_x, a(static_cast<std::size_t>(n_out)), scratch, line;
-        detail::anomaly_map_impl::level_sum(host, constants.level_max, options.log_scale, rows,
+        detail::anomaly_map_impl::level_sum(host, constants.level_max, options, rows,
                                             cols, n, q, rows_x, a);
         for (double& v : a) v = constants.sum_max - v;
         if (!kernel.empty()) {

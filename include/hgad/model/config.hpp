@@ -31,9 +31,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <ostream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../detail/check.hpp"
@@ -116,6 +118,9 @@ inline constexpr detail::NamedValue<MapScale> map_scale_names[] = {{"exp", MapSc
 /// 8σ + 1 taps, and σ = 1000 already blurs a 4096-pixel map to nearly its mean, so a larger value is
 /// a mistake, refused before the kernel is allocated.
 inline constexpr double max_map_sigma = 1000;
+/// The largest weight of a level in the anomaly maps (ModelConfig::level_weights): weights only
+/// weigh the levels against each other, and a bound keeps a mistyped one from swamping the sums.
+inline constexpr double max_level_weight = 1e6;
 
 /// How fit() starts a model (ModelConfig::init).
 enum class ModelInit {
@@ -244,8 +249,10 @@ struct ModelConfig {
   std::uint64_t seed = 0;
 
   /// Training images per class used to compute the calibrated-mode normalisation constants after
-  /// training (0: all of them). Not in the paper (docs/algorithm.md §9.2 asks for a replacement of the
-  /// transductive normalisation); the constants are maxima, so a subset is a cheap estimate.
+  /// training (0: all of them), spread evenly over the class's images in the data set's order, so
+  /// that each folder of a class group and each part of a sorted folder counts. Not in the paper
+  /// (docs/algorithm.md §9.2 asks for a replacement of the transductive normalisation); a subset
+  /// is a cheaper estimate.
   Index calibration_images = 0;
 
   /// Calibrated and label-free modes: subtract from each raw map, position by position, its mean
@@ -267,6 +274,14 @@ struct ModelConfig {
   /// about 0 beside 1), so the map cannot rank them; `log` keeps the order of every position.
   /// Applies to both maps, in every mode.
   MapScale map_scale = MapScale::exp;
+
+  /// The weight of each level in the anomaly maps (docs/algorithm.md §5.4, §9.2): each level's
+  /// term of the sum S is multiplied by its weight, in both maps and every mode. Empty (the paper's
+  /// maps) weighs every level 1; else one finite weight >= 0 per level, not all 0. With map_scale =
+  /// log the levels' per-dimension log-likelihoods are summed, so weights proportional to the
+  /// levels' dimensions make the likelihood map the joint log-density of the levels' vectors. It
+  /// enters the calibration constants and the thresholds, not the training.
+  std::vector<double> level_weights;
 
   /// σ of the Gaussian blur of each anomaly map (docs/algorithm.md §5.4, §9.2), in pixels of the
   /// mask_size map: 4, the paper's (its maps are 256 pixels a side), or 0 for no blur. A wider blur
@@ -296,6 +311,11 @@ struct ModelConfig {
   Index n_classes() const { return static_cast<Index>(class_names.size()); }
   /// Passes over the training data: meta_epochs · sub_epochs.
   Index total_epochs() const { return meta_epochs * sub_epochs; }
+  /// The number of calibration images of a class of n training images: calibration_images, or n
+  /// when there are no more (or calibration_images is 0).
+  Index calibration_count(Index n) const {
+    return calibration_images == 0 || n <= calibration_images ? n : calibration_images;
+  }
 
   /// The class of the model that scores folder (or class) `name`: its group's class when a group
   /// lists it, else the class of that name; -1 when the model has neither.
@@ -453,6 +473,9 @@ void for_each_config_key(Config& c, Key&& key) {
       KeyRule<Index>{[](const Index& n) { return n >= 0; }, "must be >= 0 (0: all)"});
   key("calibration_baseline", c.calibration_baseline, calibration_baseline_names);
   key("map_scale", c.map_scale, map_scale_names);
+  key("level_weights", c.level_weights,
+      KeyRule<double>{[](const double& w) { return w >= 0 && w <= max_level_weight; },
+                      "each weight must be in [0, " + format_double(max_level_weight) + "]"});
   key("map_sigma", c.map_sigma,
       KeyRule<double>{[](const double& x) { return x >= 0 && x <= max_map_sigma; },
                       "must be in [0, " + format_double(max_map_sigma) + "]"});
@@ -512,11 +535,14 @@ inline constexpr KeyMeaning config_key_meanings[] = {
     {"weight_decay", "L2 weight decay of the flow parameters"},
     {"batch_size", "images per optimiser step (memory grows with it)"},
     {"seed", "random seed of the initialisation and the batch order"},
-    {"calibration_images", "training images per class used to calibrate the scores (0: all)"},
+    {"calibration_images",
+     "training images per class, spread over its images, used to calibrate the scores (0: all)"},
     {"calibration_baseline",
      "none; position: subtract each position's mean normal score; position_std: and divide by its "
      "standard deviation"},
     {"map_scale", "exp (the paper's maps) or log: the levels' log-likelihoods summed, no exp"},
+    {"level_weights",
+     "the weight of each level in the anomaly maps, one per level (empty: all 1, the paper's)"},
     {"map_sigma", "sigma in pixels of the anomaly maps' Gaussian blur (the paper's 4; 0: none)"},
     {"image_score_fraction",
      "0: an image's score is its map's maximum (the paper's); f: the mean of its highest f of pixels"},
@@ -554,6 +580,11 @@ inline std::string value_text(std::uint64_t value) { return std::to_string(value
 inline std::string value_text(double value) { return format_double(value); }
 inline std::string value_text(const std::string& value) { return value; }
 inline std::string value_text(const std::vector<std::string>& names) { return join(names); }
+inline std::string value_text(const std::vector<double>& values) {
+  std::vector<std::string> items;
+  for (double v : values) items.push_back(format_double(v));
+  return join(items);
+}
 inline std::string value_text(const LevelSpec& s) {
   return std::to_string(s.dim) + "x" + std::to_string(s.height) + "x" + std::to_string(s.width);
 }
@@ -605,6 +636,17 @@ std::string read_value(const std::string&, const std::string& text, Enum& value,
   return value_named(names, text, value) ? "" : alternatives(names);
 }
 inline std::string read_value(const std::string&, const std::string& text,
+                              std::vector<double>& values, const KeyRule<double>&) {
+  std::vector<double> read;
+  for (const std::string& item : split_list(text)) {
+    double v = 0;
+    if (!parse_number(item, v)) return "a list of finite numbers such as 1, 2, 4";
+    read.push_back(v);
+  }
+  values = std::move(read);
+  return "";
+}
+inline std::string read_value(const std::string&, const std::string& text,
                               std::vector<std::string>& names, const NameListRule&) {
   names = split_list(text);
   return "";
@@ -649,6 +691,11 @@ inline void check_value(const ModelConfig&, const char* name, const std::vector<
   for (std::size_t l = 0; l < levels.size(); ++l)
     if (!rule.allows(levels[l]))
       config_error(name, value_text(levels[l]), "level " + std::to_string(l) + " " + rule.why);
+}
+inline void check_value(const ModelConfig&, const char* name, const std::vector<double>& values,
+                        const KeyRule<double>& rule) {
+  for (double v : values)
+    if (!rule.allows(v)) config_error(name, value_text(values), rule.why);
 }
 inline void check_value(const ModelConfig&, const char* name, const std::vector<std::string>& names,
                         const NameListRule& rule) {
@@ -711,6 +758,15 @@ inline void ModelConfig::validate(bool require_data) const {
             "classes", std::to_string(n_classes()) + " classes",
             "the class-centre initialisation needs K <= 2 D, and a level has D = " +
                 std::to_string(s.dim));
+  if (!level_weights.empty()) {
+    if (!levels.empty() && level_weights.size() != levels.size())
+      detail::config_error("level_weights", detail::value_text(level_weights),
+                           "needs as many weights as levels (" +
+                               std::to_string(levels.size()) + ")");
+    if (std::all_of(level_weights.begin(), level_weights.end(), [](double w) { return w == 0; }))
+      detail::config_error("level_weights", detail::value_text(level_weights),
+                           "at least one level must weigh more than 0");
+  }
   if (has_class_covariance(class_covariance) && init != ModelInit::whiten)
     detail::config_error("class_covariance",
                          detail::name_of(class_covariance_names, class_covariance),
@@ -788,6 +844,36 @@ inline ModelConfig ModelConfig::from_text(const std::string& text, const std::st
     if (!known) throw Error(where + ": unknown key '" + key + "'");
   }
   return c;
+}
+
+/// The keys that enter the scoring of a trained model and nothing before it (neither the start
+/// nor the training): a trained model may change them and be calibrated again
+/// (HgadModel::change_scoring, `hgad calibrate`).
+inline constexpr const char* scoring_config_keys[] = {
+    "calibration_images", "calibration_baseline", "map_scale",         "level_weights",
+    "map_sigma",          "image_score_fraction", "threshold_quantile"};
+
+/// The first key outside scoring_config_keys whose value differs between `a` and `b` (as to_text
+/// writes it), or "" when they differ in scoring keys at most.
+inline std::string first_training_difference(const ModelConfig& a, const ModelConfig& b) {
+  auto lines = [](const ModelConfig& c) {
+    std::vector<std::pair<std::string, std::string>> out;
+    detail::for_each_config_key(c, [&out](const char* name, const auto& field, const auto&... rule) {
+      std::ostringstream line;
+      detail::write_value(line, name, field, rule...);
+      out.emplace_back(name, line.str());
+    });
+    return out;
+  };
+  const auto la = lines(a), lb = lines(b);
+  for (std::size_t i = 0; i < la.size(); ++i) {
+    const std::string& name = la[i].first;
+    if (std::find_if(std::begin(scoring_config_keys), std::end(scoring_config_keys),
+                     [&](const char* k) { return name == k; }) != std::end(scoring_config_keys))
+      continue;
+    if (la[i].second != lb[i].second) return name == detail::group_key_prefix ? "group" : name;
+  }
+  return "";
 }
 
 }  // namespace hgad

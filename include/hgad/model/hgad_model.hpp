@@ -316,9 +316,10 @@ class HgadModel {
   }
 
   /// Computes and stores the calibrated-mode constants from training (normal) images: for each
-  /// class the per-position baselines (when configured) and the constants of fit_constants over its training images (at most
-  /// config.calibration_images of them, the first in order, 0 meaning all), and over the union of
-  /// those images for the class-agnostic entry K (used by the NF objective in label-free mode).
+  /// class the per-position baselines (when configured) and the constants of fit_constants over
+  /// its training images (at most config.calibration_images of them, spread evenly over the
+  /// class's images in order, 0 meaning all: ModelScoring::calibration_sample), and over the union
+  /// of those images for the class-agnostic entry K (used by the NF objective in label-free mode).
   /// on_image(done, n) counts this process's images. With a `communicator` of R ranks (every rank
   /// calling with the same model and data), each rank scores its part of the images and every
   /// rank stores the calibration of one process, bit for bit.
@@ -327,6 +328,22 @@ class HgadModel {
                  const std::function<void(Index, Index)>& on_image = {},
                  Communicator* communicator = nullptr) {
     m_calibration = ModelScoring<Scalar>::calibrate(*this, features, labels, on_image, communicator);
+  }
+
+  /// Changes the settings that enter the scoring alone (scoring_config_keys: the map's scale,
+  /// level weights, blur, image score, calibration baseline and images, threshold quantile) to
+  /// those of `config`, and drops the calibration, which depends on them: calibrate() again before
+  /// scoring in calibrated or label-free mode. The flows, priors and whitening are kept.
+  ///   throws: hgad::Error when `config` is invalid for this model or differs from config() in
+  ///   another key (naming it).
+  void change_scoring(const ModelConfig& config) {
+    const std::string other = first_training_difference(m_config, config);
+    check(other.empty(), "HgadModel::change_scoring: '", other,
+          "' enters the start or the training; only the scoring settings of a trained model "
+          "can change");
+    config.validate(true);
+    m_config = config;
+    m_calibration.clear();
   }
 
   /// Writes config, every parameter (flows with their fixed rotations, priors), the calibration

@@ -376,6 +376,19 @@ class ModelScoring {
     return out;
   }
 
+  /// The calibration images of one class, from its n images `all` (in the data set's order):
+  /// m = config.calibration_count(n) of them spread evenly over them (the j-th is
+  /// all[floor(j n / m)]), so that every folder of a class group and every part of a sorted folder
+  /// is represented; all of them when m = n.
+  static std::vector<Index> calibration_sample(const ModelConfig& config,
+                                               const std::vector<Index>& all) {
+    const Index n = static_cast<Index>(all.size());
+    const Index m = config.calibration_count(n);
+    std::vector<Index> out;
+    for (Index j = 0; j < m; ++j) out.push_back(all[static_cast<std::size_t>(j * n / m)]);
+    return out;
+  }
+
   /// The calibration HgadModel::calibrate stores: K per-class entries and the entry K of all
   /// classes. With a communicator of R > 1 ranks, each rank scores its contiguous part
   /// (shard_rows) of the calibration images and the ranks exchange the raw scores, so every rank
@@ -393,11 +406,9 @@ class ModelScoring {
       const std::int64_t y = labels[static_cast<std::size_t>(i)];
       check(y >= 0 && y < K, "HgadModel::calibrate: label ", y, " of image ", i, " is outside [0, ",
             K, ")");
-      auto& list = chosen[static_cast<std::size_t>(y)];
-      if (model.config().calibration_images == 0 ||
-          static_cast<Index>(list.size()) < model.config().calibration_images)
-        list.push_back(i);
+      chosen[static_cast<std::size_t>(y)].push_back(i);
     }
+    for (auto& list : chosen) list = calibration_sample(model.config(), list);
     // The calibration images class by class: (class, image).
     std::vector<std::pair<Index, Index>> order;
     for (Index y = 0; y < K; ++y) {
@@ -604,6 +615,7 @@ class ModelScoring {
     o.height = o.width = model.config().features.mask_size;
     o.log_scale = model.config().map_scale == MapScale::log;
     o.sigma = model.config().map_sigma;
+    o.level_weights = model.config().level_weights;
     return o;
   }
 
