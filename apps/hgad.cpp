@@ -14,6 +14,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <numeric>
@@ -1079,13 +1080,17 @@ int cmd_test(const Args& args) {
 // ------------------------------------------------------------------------------------------------
 // calibrate
 
+/// "a, b, c": the keys a trained model's scoring may change (hgad::scoring_config_keys).
+std::string scoring_keys_text() {
+  return hgad::detail::join(std::vector<std::string>(std::begin(hgad::scoring_config_keys),
+                                                     std::end(hgad::scoring_config_keys)));
+}
+
 const std::vector<OptionSpec> calibrate_options = {
     {"model", "MODEL", "model written by hgad train"},
     {"data", "DIR", "the dataset root the model was trained on (<class>/train/good/...)"},
     {"config", "FILE",
-     "key = value lines of the scoring settings to change (calibration_images, "
-     "calibration_baseline, map_scale, level_weights, map_sigma, image_score_fraction, "
-     "threshold_quantile)"},
+     "key = value lines of the scoring settings to change (" + scoring_keys_text() + ")"},
     {"out", "MODEL", "model file to write (may be MODEL itself)"},
     {"backbone", "DIR", "ResNet weights folder (default: the one recorded at training)"},
     {"cache", "DIR", "keep the backbone features in DIR and reuse them when nothing changed"},

@@ -698,6 +698,16 @@ TEST_CASE("hgad calibrate gives a trained model new scoring settings: the model 
   const auto figures = [](const std::string& json) { return json.substr(json.find("\"objective\"")); };
   CHECK(figures(slurp(dir.file("again.json"))) == figures(slurp(dir.file("direct.json"))));
 
+  // In place: --out may be the model it reads.
+  fs::copy_file(dir.file("paper.hgad"), dir.file("inplace.hgad"));
+  r = run(dir, "calibrate --threads 1 --model '" + dir.file("inplace.hgad") + "' --data '" +
+                   dir.file("data") + "' --config '" + dir.file("scoring.cfg") + "' --out '" +
+                   dir.file("inplace.hgad") + "'");
+  REQUIRE(r.status == 0);
+  const auto inplace = hgad::HgadModel<float>::load(dir.file("inplace.hgad"));
+  CHECK(inplace.config() == direct.config());
+  CHECK(inplace.calibration(0).threshold == direct.calibration(0).threshold);
+
   // A setting of the training is refused, naming it, and nothing is written.
   std::ofstream(dir.file("lr.cfg")) << "lr = 0.1\n";
   r = run(dir, "calibrate --model '" + dir.file("paper.hgad") + "' --data '" + dir.file("data") +
