@@ -1128,8 +1128,8 @@ int cmd_calibrate(const Args& args) {
                                           file, config);
   }
   model.change_scoring(config);
-  // The images of the training: its folders in its order (the calibration takes the first
-  // calibration_images of each class), less the images --validation held out.
+  // The images of the training: its folders in its order (a class's calibration images are
+  // spread over its images in that order), less the images --validation held out.
   const std::string folders = model.metadata("train_folders");
   hgad::MvtecOptions options;
   options.classes = folders.empty() ? config.folder_names()
