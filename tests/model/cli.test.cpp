@@ -698,6 +698,35 @@ TEST_CASE("hgad calibrate gives a trained model new scoring settings: the model 
   const auto figures = [](const std::string& json) { return json.substr(json.find("\"objective\"")); };
   CHECK(figures(slurp(dir.file("again.json"))) == figures(slurp(dir.file("direct.json"))));
 
+  // A model with a class group (a and b as one class, beside c) and a cap on the calibration
+  // images: the calibration's classes are the model's, its images spread over the group's folders
+  // in the training's order, as the training's own calibration takes them.
+  fs::copy(dir.path() / "data", dir.path() / "three", fs::copy_options::recursive);
+  for (unsigned i = 0; i < 4; ++i)
+    write_image((dir.path() / "three/c/train/good" / ("t" + std::to_string(i) + ".png")).string(),
+                i + 3, false);
+  const std::string grouped = std::string(tiny_config) + "calibration_images = 3\ngroup.ab = a, b\n";
+  std::ofstream(dir.file("grouped.cfg")) << grouped;
+  std::ofstream(dir.file("grouped_both.cfg")) << grouped << scoring;
+  const std::string train_three = "train --threads 1 --backbone '" + weights_dir() + "' --data '" +
+                                  dir.file("three") + "' --config ";
+  REQUIRE(run(dir, train_three + "'" + dir.file("grouped.cfg") + "' --out '" +
+                       dir.file("grouped.hgad") + "'").status == 0);
+  REQUIRE(run(dir, train_three + "'" + dir.file("grouped_both.cfg") + "' --out '" +
+                       dir.file("grouped_direct.hgad") + "'").status == 0);
+  r = run(dir, "calibrate --threads 1 --model '" + dir.file("grouped.hgad") + "' --data '" +
+                   dir.file("three") + "' --config '" + dir.file("scoring.cfg") + "' --out '" +
+                   dir.file("grouped_again.hgad") + "'");
+  REQUIRE(r.status == 0);
+  CHECK(contains(r.out, "calibrated on 12 training images of 2 classes"));
+  const auto grouped_direct = hgad::HgadModel<float>::load(dir.file("grouped_direct.hgad"));
+  const auto grouped_again = hgad::HgadModel<float>::load(dir.file("grouped_again.hgad"));
+  CHECK(grouped_again.config() == grouped_direct.config());
+  for (hgad::Index k = 0; k <= 2; ++k) {
+    CHECK(grouped_again.calibration(k).train_score_max == grouped_direct.calibration(k).train_score_max);
+    CHECK(grouped_again.calibration(k).threshold == grouped_direct.calibration(k).threshold);
+  }
+
   // In place: --out may be the model it reads.
   fs::copy_file(dir.file("paper.hgad"), dir.file("inplace.hgad"));
   r = run(dir, "calibrate --threads 1 --model '" + dir.file("inplace.hgad") + "' --data '" +
