@@ -494,6 +494,32 @@ std::vector<bool> validation_rows(const std::vector<std::int64_t>& folder_of_ima
   return out;
 }
 
+/// Splits `set` by --validation PERCENT (validation_rows over its images' folders): the images
+/// trained on, returned, and those held out, moved to `held` when it is given.
+hgad::ExtractedImages<Scalar> without_held_out(const hgad::ExtractedImages<Scalar>& set,
+                                               const std::vector<std::string>& folder_names,
+                                               Index percent,
+                                               hgad::ExtractedImages<Scalar>* held = nullptr) {
+  const std::vector<bool> hold = validation_rows(set.classes, folder_names, percent);
+  std::vector<Index> kept, out_rows;
+  for (Index i = 0; i < set.size(); ++i) (hold[static_cast<std::size_t>(i)] ? out_rows : kept).push_back(i);
+  if (held != nullptr) *held = select_images(set, out_rows);
+  return select_images(set, kept);
+}
+
+/// Each image's class in `cfg` (its group's, when a group lists its folder), from its folder
+/// index into `folder_names`.
+std::vector<std::int64_t> class_labels(const hgad::ModelConfig& cfg,
+                                       const std::vector<std::int64_t>& folder_of_image,
+                                       const std::vector<std::string>& folder_names) {
+  std::vector<std::int64_t> class_of_folder;  // folder index -> the class of `cfg`
+  for (const std::string& folder : folder_names) class_of_folder.push_back(cfg.class_of(folder));
+  std::vector<std::int64_t> labels;
+  for (std::int64_t folder : folder_of_image)
+    labels.push_back(class_of_folder[static_cast<std::size_t>(folder)]);
+  return labels;
+}
+
 /// The number of images HgadModel::calibrate scores of a set with these labels.
 Index calibration_image_count(const hgad::ModelConfig& cfg, const std::vector<std::int64_t>& labels) {
   std::vector<Index> per_class(static_cast<std::size_t>(cfg.n_classes()), 0);
@@ -676,11 +702,7 @@ int cmd_train(const Args& args) {
   // --validation: the held-out images leave the training (and the calibration) here.
   hgad::ExtractedImages<Scalar> held;
   if (validation_percent > 0) {
-    const std::vector<bool> hold = validation_rows(set.classes, train.class_names(), validation_percent);
-    std::vector<Index> kept, out_rows;
-    for (Index i = 0; i < set.size(); ++i) (hold[static_cast<std::size_t>(i)] ? out_rows : kept).push_back(i);
-    held = select_images(set, out_rows);
-    set = select_images(set, kept);
+    set = without_held_out(set, train.class_names(), validation_percent, &held);
     if (ranks > set.size())
       throw UsageError(std::to_string(ranks) + " processes for " + std::to_string(set.size()) +
                        " training images after --validation: every process needs at least one");
@@ -692,14 +714,9 @@ int cmd_train(const Args& args) {
   // --epochs says; the choice of --auto-group's groups, below).
   hgad::HeldOut held_figure;
   auto train_model = [&](const hgad::ModelConfig& cfg, bool start_only) {
-    std::vector<std::int64_t> class_of_folder;  // folder index -> the class of `cfg`
-    for (const std::string& folder : train.class_names())
-      class_of_folder.push_back(cfg.class_of(folder));
-    std::vector<std::int64_t> labels, held_labels;
-    for (std::int64_t folder : set.classes)
-      labels.push_back(class_of_folder[static_cast<std::size_t>(folder)]);
-    for (std::int64_t folder : held.classes)
-      held_labels.push_back(class_of_folder[static_cast<std::size_t>(folder)]);
+    const std::vector<std::int64_t> labels = class_labels(cfg, set.classes, train.class_names());
+    const std::vector<std::int64_t> held_labels =
+        class_labels(cfg, held.classes, train.class_names());
     // The run stored by --resume continues (once); any other training starts anew.
     const bool resume =
         !start_only && resumed && cfg.to_text() == resumed->first.config().to_text();
@@ -1154,16 +1171,8 @@ int cmd_calibrate(const Args& args) {
                                       [&](Index done, Index) { bar.update(done); });
     bar.finish();
   }
-  if (validation_percent > 0) {
-    const std::vector<bool> hold = validation_rows(set.classes, train.class_names(), validation_percent);
-    std::vector<Index> kept;
-    for (Index i = 0; i < set.size(); ++i)
-      if (!hold[static_cast<std::size_t>(i)]) kept.push_back(i);
-    set = select_images(set, kept);
-  }
-  std::vector<std::int64_t> labels;
-  for (std::int64_t folder : set.classes)
-    labels.push_back(config.class_of(train.class_names()[static_cast<std::size_t>(folder)]));
+  if (validation_percent > 0) set = without_held_out(set, train.class_names(), validation_percent);
+  const std::vector<std::int64_t> labels = class_labels(config, set.classes, train.class_names());
   {
     Progress bar("calibration", calibration_image_count(config, labels), "img");
     model.calibrate(set.features, labels, [&](Index done, Index) { bar.update(done); });

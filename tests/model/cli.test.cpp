@@ -676,16 +676,22 @@ TEST_CASE("hgad calibrate gives a trained model new scoring settings: the model 
   REQUIRE(r.status == 0);
   CHECK(contains(r.out, "wrote " + dir.file("again.hgad") +
                             ": calibrated on 6 training images of 2 classes (25 % held out)"));
+  // The configuration and the calibration of the two classes and of all together (entry 2).
+  const auto check_same_calibration = [](const hgad::HgadModel<float>& a,
+                                         const hgad::HgadModel<float>& b) {
+    CHECK(a.config() == b.config());
+    for (hgad::Index k = 0; k <= 2; ++k) {
+      CHECK(a.calibration(k).train_score_max == b.calibration(k).train_score_max);
+      CHECK(a.calibration(k).threshold == b.calibration(k).threshold);
+    }
+  };
   const auto direct = hgad::HgadModel<float>::load(dir.file("direct.hgad"));
   const auto again = hgad::HgadModel<float>::load(dir.file("again.hgad"));
   const auto paper = hgad::HgadModel<float>::load(dir.file("paper.hgad"));
-  CHECK(again.config() == direct.config());
+  check_same_calibration(again, direct);
   CHECK(again.metadata("validation_percent") == "25");
-  for (hgad::Index k = 0; k <= 2; ++k) {
-    CHECK(again.calibration(k).train_score_max == direct.calibration(k).train_score_max);
-    CHECK(again.calibration(k).threshold == direct.calibration(k).threshold);
+  for (hgad::Index k = 0; k <= 2; ++k)
     CHECK(again.calibration(k).train_score_max != paper.calibration(k).train_score_max);
-  }
   // hgad test --validation scores the held-out images with the new settings.
   r = run(dir, "test --threads 1 --model '" + dir.file("again.hgad") + "' --data '" +
                    dir.file("data") + "' --validation 25 --json '" + dir.file("again.json") + "'");
@@ -719,13 +725,8 @@ TEST_CASE("hgad calibrate gives a trained model new scoring settings: the model 
                    dir.file("grouped_again.hgad") + "'");
   REQUIRE(r.status == 0);
   CHECK(contains(r.out, "calibrated on 12 training images of 2 classes"));
-  const auto grouped_direct = hgad::HgadModel<float>::load(dir.file("grouped_direct.hgad"));
-  const auto grouped_again = hgad::HgadModel<float>::load(dir.file("grouped_again.hgad"));
-  CHECK(grouped_again.config() == grouped_direct.config());
-  for (hgad::Index k = 0; k <= 2; ++k) {
-    CHECK(grouped_again.calibration(k).train_score_max == grouped_direct.calibration(k).train_score_max);
-    CHECK(grouped_again.calibration(k).threshold == grouped_direct.calibration(k).threshold);
-  }
+  check_same_calibration(hgad::HgadModel<float>::load(dir.file("grouped_again.hgad")),
+                         hgad::HgadModel<float>::load(dir.file("grouped_direct.hgad")));
 
   // In place: --out may be the model it reads.
   fs::copy_file(dir.file("paper.hgad"), dir.file("inplace.hgad"));

@@ -27,7 +27,6 @@
 /// weight decay 1e-4 on the flows, batch size 8, seed 0, P = 256.
 
 #include <algorithm>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
