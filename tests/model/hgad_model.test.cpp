@@ -562,6 +562,45 @@ TEST_CASE("HgadModel scoring from four threads at once gives the sequential resu
     }
 }
 
+TEST_CASE("HgadModel calibration and scoring give the one-thread results with the images shared over "
+          "two threads",
+          "[model]") {
+  // On two threads calibrate, score_set and held_out give each thread whole images
+  // (detail::parallel_items); each image's arithmetic is then that of the one-thread loop.
+  const Trained& t = trained();
+  const int threads_before = hgad::max_threads();
+  hgad_test::TempDir dir("model_items");
+  auto run = [&](int threads, const std::string& name) {
+    hgad::set_num_threads(threads);
+    hgad::HgadModel<float> model = *t.model;
+    model.calibrate(t.train.features, t.train.classes);
+    model.save(dir.file(name));
+    std::vector<hgad::ScoredImage<float>> scored =
+        model.score_set(t.test.features, t.test.classes, hgad::ScoreMode::calibrated);
+    for (auto& s : model.score_set(t.test.features, {}, hgad::ScoreMode::label_free))
+      scored.push_back(std::move(s));
+    for (auto& s : model.score_set(t.test.features, t.test.classes, hgad::ScoreMode::transductive))
+      scored.push_back(std::move(s));
+    return std::make_pair(scored, model.held_out(t.test.features, t.test.classes));
+  };
+  const auto [one, held_one] = run(1, "one.hgad");
+  const auto [two, held_two] = run(2, "two.hgad");
+  hgad::set_num_threads(threads_before);
+  const auto bytes = hgad_test::read_bytes(dir.file("one.hgad"));
+  REQUIRE(bytes.size() > 1000);
+  CHECK(bytes == hgad_test::read_bytes(dir.file("two.hgad")));
+  REQUIRE(one.size() == 3 * static_cast<std::size_t>(t.test.features[0].dim(0)));
+  REQUIRE(two.size() == one.size());
+  for (std::size_t i = 0; i < one.size(); ++i) {
+    REQUIRE(std::isfinite(one[i].score));
+    CHECK(two[i].score == one[i].score);
+    CHECK(same_tensor(two[i].map, one[i].map));
+    CHECK(two[i].predicted_class == one[i].predicted_class);
+  }
+  CHECK(held_two.log_likelihood == held_one.log_likelihood);
+  CHECK(held_two.class_accuracy == held_one.class_accuracy);
+}
+
 TEST_CASE("HgadModel is deterministic: byte-identical checkpoints on one thread, scores to 1e-6 on two",
           "[model]") {
   // Large enough that the flow, the losses and the scores take their multi-threaded paths (a

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../detail/check.hpp"
+#include "../detail/parallel.hpp"
 #include "../flow/sequence_flow.hpp"
 #include "../parallel/communicator.hpp"
 #include "../prior/scores.hpp"
@@ -223,21 +224,36 @@ class ModelScoring {
     check(N >= 1 && static_cast<Index>(labels.size()) == N, "HgadModel::held_out: ", labels.size(),
           " labels for ", N, " images (at least one image is needed)");
     const Index K = model.n_classes(), L = model.n_levels();
+    for (Index i = 0; i < N; ++i) {
+      const std::int64_t y = labels[static_cast<std::size_t>(i)];
+      check(y >= 0 && y < K, "HgadModel::held_out: label ", y, " of image ", i, " is outside [0, ", K, ")");
+    }
+    // Per image: the mean of each level's likelihood map, and its predicted class.
+    std::vector<double> image_means(static_cast<std::size_t>(N * L));
+    std::vector<std::int64_t> predicted(static_cast<std::size_t>(N));
+    detail::parallel_items(
+        N,
+        [&](Index i) {
+          const RawScores<Scalar> raw = raw_scores(model, HgadModel<Scalar>::image_view(features, i),
+                                                   labels[static_cast<std::size_t>(i)]);
+          for (Index l = 0; l < L; ++l) {
+            const Tensor<Scalar>& map = raw.log_likelihood[static_cast<std::size_t>(l)];
+            double sum = 0;
+            for (Index p = 0; p < map.numel(); ++p) sum += double(map.data()[p]);
+            image_means[static_cast<std::size_t>(i * L + l)] = sum / double(map.numel());
+          }
+          predicted[static_cast<std::size_t>(i)] = raw.predicted_class;
+        },
+        [](Index) {});
     std::vector<double> sums(static_cast<std::size_t>(K * L), 0.0);
     std::vector<Index> images(static_cast<std::size_t>(K), 0);
     Index correct = 0;
     for (Index i = 0; i < N; ++i) {
       const std::int64_t y = labels[static_cast<std::size_t>(i)];
-      check(y >= 0 && y < K, "HgadModel::held_out: label ", y, " of image ", i, " is outside [0, ", K, ")");
-      const RawScores<Scalar> raw = raw_scores(model, HgadModel<Scalar>::image_view(features, i), y);
-      for (Index l = 0; l < L; ++l) {
-        const Tensor<Scalar>& map = raw.log_likelihood[static_cast<std::size_t>(l)];
-        double sum = 0;
-        for (Index p = 0; p < map.numel(); ++p) sum += double(map.data()[p]);
-        sums[static_cast<std::size_t>(y * L + l)] += sum / double(map.numel());
-      }
+      for (Index l = 0; l < L; ++l)
+        sums[static_cast<std::size_t>(y * L + l)] += image_means[static_cast<std::size_t>(i * L + l)];
       ++images[static_cast<std::size_t>(y)];
-      correct += raw.predicted_class == y ? 1 : 0;
+      correct += predicted[static_cast<std::size_t>(i)] == y ? 1 : 0;
     }
     HeldOut out;
     out.images = N;
@@ -355,24 +371,38 @@ class ModelScoring {
     if (mode != ScoreMode::label_free)
       check(static_cast<Index>(classes.size()) == N, "HgadModel::score_set: ", classes.size(),
             " classes for ", N, " images");
-    std::vector<ScoredImage<Scalar>> out;
+    std::vector<ScoredImage<Scalar>> out(static_cast<std::size_t>(N));
+    const auto progress = [&](Index i) {
+      if (on_image) on_image(i);
+    };
     if (mode == ScoreMode::transductive) {
-      std::vector<RawScores<Scalar>> raws;
-      for (Index i = 0; i < N; ++i) {
-        raws.push_back(raw_scores(model, HgadModel<Scalar>::image_view(features, i),
-                                  classes[static_cast<std::size_t>(i)]));
-        if (on_image) on_image(i);
-      }
+      std::vector<RawScores<Scalar>> raws(static_cast<std::size_t>(N));
+      detail::parallel_items(
+          N,
+          [&](Index i) {
+            raws[static_cast<std::size_t>(i)] = raw_scores(
+                model, HgadModel<Scalar>::image_view(features, i), classes[static_cast<std::size_t>(i)]);
+          },
+          progress);
       const ClassCalibration constants = fit_constants(model, raws);
-      for (const auto& raw : raws) out.push_back(anomaly_map(model, raw, constants, criterion));
+      detail::parallel_items(
+          N,
+          [&](Index i) {
+            out[static_cast<std::size_t>(i)] =
+                anomaly_map(model, raws[static_cast<std::size_t>(i)], constants, criterion);
+          },
+          [](Index) {});
       return out;
     }
-    for (Index i = 0; i < N; ++i) {
-      out.push_back(score(model, HgadModel<Scalar>::image_view(features, i),
-                          mode == ScoreMode::label_free ? -1 : classes[static_cast<std::size_t>(i)],
-                          mode, criterion));
-      if (on_image) on_image(i);
-    }
+    detail::parallel_items(
+        N,
+        [&](Index i) {
+          out[static_cast<std::size_t>(i)] =
+              score(model, HgadModel<Scalar>::image_view(features, i),
+                    mode == ScoreMode::label_free ? -1 : classes[static_cast<std::size_t>(i)], mode,
+                    criterion);
+        },
+        progress);
     return out;
   }
 
@@ -422,12 +452,16 @@ class ModelScoring {
     const RowRange mine = shard_rows(total, R, comm != nullptr ? comm->rank() : 0);
     std::vector<RawScores<Scalar>> raws(static_cast<std::size_t>(total));
     try {
-      for (Index j = mine.begin; j < mine.end; ++j) {
-        const auto [y, i] = order[static_cast<std::size_t>(j)];
-        raws[static_cast<std::size_t>(j)] =
-            raw_scores(model, HgadModel<Scalar>::image_view(features, i), y);
-        if (on_image) on_image(j - mine.begin + 1, mine.size());
-      }
+      detail::parallel_items(
+          mine.size(),
+          [&](Index j) {
+            const auto [y, i] = order[static_cast<std::size_t>(mine.begin + j)];
+            raws[static_cast<std::size_t>(mine.begin + j)] =
+                raw_scores(model, HgadModel<Scalar>::image_view(features, i), y);
+          },
+          [&](Index j) {
+            if (on_image) on_image(j + 1, mine.size());
+          });
       if (R > 1) share_raw_scores(model, *comm, raws);
     } catch (const std::exception& e) {
       if (R > 1) comm->fail(e.what());  // the other ranks' exchange throws instead of waiting
@@ -496,8 +530,15 @@ class ModelScoring {
   static std::vector<double> image_scores(const HgadModel<Scalar>& model,
                                           const std::vector<RawScores<Scalar>>& raws,
                                           const ClassCalibration& constants) {
-    std::vector<double> scores;
-    for (const auto& raw : raws) scores.push_back(anomaly_map(model, raw, constants, ScoreCriterion::product).score);
+    std::vector<double> scores(raws.size());
+    detail::parallel_items(
+        static_cast<Index>(raws.size()),
+        [&](Index i) {
+          scores[static_cast<std::size_t>(i)] =
+              anomaly_map(model, raws[static_cast<std::size_t>(i)], constants, ScoreCriterion::product)
+                  .score;
+        },
+        [](Index) {});
     return scores;
   }
 
