@@ -307,7 +307,10 @@ class HgadModel {
   /// Scores every image of a set (features: per level (N, H, W, D)). Transductive: the constants
   /// come from this very set and `classes` gives each image's class (the paper's protocol runs it
   /// once per class); calibrated: each image alone with its class's frozen constants; label-free:
-  /// each image alone with its predicted class (`classes` is ignored and may be empty).
+  /// each image alone with its predicted class (`classes` is ignored and may be empty). The
+  /// images are shared over the threads, whole (detail::parallel_items), and scored as score()
+  /// scores them one by one; on_image(i) is called for i = 0, 1, ... in order, one call at a time
+  /// (possibly from another thread), once image i and those before it are scored.
   std::vector<ScoredImage<Scalar>> score_set(
       const std::vector<Tensor<Scalar>>& features, const std::vector<std::int64_t>& classes,
       ScoreMode mode, const std::function<void(Index)>& on_image = {},
@@ -320,9 +323,10 @@ class HgadModel {
   /// its training images (at most config.calibration_images of them, spread evenly over the
   /// class's images in order, 0 meaning all: ModelScoring::calibration_sample), and over the union
   /// of those images for the class-agnostic entry K (used by the NF objective in label-free mode).
-  /// on_image(done, n) counts this process's images. With a `communicator` of R ranks (every rank
-  /// calling with the same model and data), each rank scores its part of the images and every
-  /// rank stores the calibration of one process, bit for bit.
+  /// The images are shared over the threads, whole; on_image(done, n) counts this process's
+  /// images, in order, one call at a time (possibly from another thread). With a `communicator` of
+  /// R ranks (every rank calling with the same model and data), each rank scores its part of the
+  /// images and every rank stores the calibration of one process, bit for bit.
   void calibrate(const std::vector<Tensor<Scalar>>& features,
                  const std::vector<std::int64_t>& labels,
                  const std::function<void(Index, Index)>& on_image = {},
