@@ -522,10 +522,9 @@ std::vector<std::int64_t> class_labels(const hgad::ModelConfig& cfg,
 
 /// The number of images HgadModel::calibrate scores of a set with these labels.
 Index calibration_image_count(const hgad::ModelConfig& cfg, const std::vector<std::int64_t>& labels) {
-  std::vector<Index> per_class(static_cast<std::size_t>(cfg.n_classes()), 0);
-  for (std::int64_t c : labels) ++per_class[static_cast<std::size_t>(c)];
   Index used = 0;
-  for (Index n : per_class) used += cfg.calibration_count(n);
+  for (const auto& set : hgad::ModelScoring<Scalar>::calibration_sets(cfg, labels))
+    used += static_cast<Index>(set.size());
   return used;
 }
 

@@ -68,19 +68,23 @@ TEST_CASE("parallel_items runs each item on one thread, nested loops serially", 
 #ifdef _OPENMP
   for (int v : team) CHECK(v == 2);  // the items shared over the two threads
 #endif
-  // Inside a parallel region parallel_items is the plain loop.
+  // Inside a parallel region parallel_items is the plain loop: it opens no region of its own.
   std::vector<std::int64_t> order;
+  std::vector<int> levels;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(2)
   {
 #pragma omp single
     {
-      hgad::detail::parallel_items(
-          5, [&](std::int64_t i) { order.push_back(i); }, [](std::int64_t) {});
+      hgad::detail::parallel_items(5, [&](std::int64_t i) {
+        order.push_back(i);
+        levels.push_back(omp_get_level());
+      });
     }
   }
+  CHECK(levels == std::vector<int>(5, 1));
 #else
-  hgad::detail::parallel_items(5, [&](std::int64_t i) { order.push_back(i); }, [](std::int64_t) {});
+  hgad::detail::parallel_items(5, [&](std::int64_t i) { order.push_back(i); });
 #endif
   CHECK(order == std::vector<std::int64_t>{0, 1, 2, 3, 4});
 }

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <exception>
+#include <utility>
 #include <vector>
 
 #ifdef _OPENMP
@@ -105,6 +106,12 @@ void parallel_items(std::int64_t n, Body&& body, Done&& done) {
     body(i);
     done(i);
   }
+}
+
+/// parallel_items with nothing to call after each item.
+template <class Body>
+void parallel_items(std::int64_t n, Body&& body) {
+  parallel_items(n, std::forward<Body>(body), [](std::int64_t) {});
 }
 
 }  // namespace detail

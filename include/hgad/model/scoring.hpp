@@ -243,8 +243,7 @@ class ModelScoring {
             image_means[static_cast<std::size_t>(i * L + l)] = sum / double(map.numel());
           }
           predicted[static_cast<std::size_t>(i)] = raw.predicted_class;
-        },
-        [](Index) {});
+        });
     std::vector<double> sums(static_cast<std::size_t>(K * L), 0.0);
     std::vector<Index> images(static_cast<std::size_t>(K), 0);
     Index correct = 0;
@@ -390,8 +389,7 @@ class ModelScoring {
           [&](Index i) {
             out[static_cast<std::size_t>(i)] =
                 anomaly_map(model, raws[static_cast<std::size_t>(i)], constants, criterion);
-          },
-          [](Index) {});
+          });
       return out;
     }
     detail::parallel_items(
@@ -419,6 +417,22 @@ class ModelScoring {
     return out;
   }
 
+  /// The images HgadModel::calibrate scores among images with these labels (classes of
+  /// `config`): per class, calibration_sample of the class's images in order.
+  static std::vector<std::vector<Index>> calibration_sets(const ModelConfig& config,
+                                                          const std::vector<std::int64_t>& labels) {
+    const Index K = config.n_classes();
+    std::vector<std::vector<Index>> sets(static_cast<std::size_t>(K));
+    for (std::size_t i = 0; i < labels.size(); ++i) {
+      const std::int64_t y = labels[i];
+      check(y >= 0 && y < K, "HgadModel::calibrate: label ", y, " of image ", i, " is outside [0, ",
+            K, ")");
+      sets[static_cast<std::size_t>(y)].push_back(static_cast<Index>(i));
+    }
+    for (auto& list : sets) list = calibration_sample(config, list);
+    return sets;
+  }
+
   /// The calibration HgadModel::calibrate stores: K per-class entries and the entry K of all
   /// classes. With a communicator of R > 1 ranks, each rank scores its contiguous part
   /// (shard_rows) of the calibration images and the ranks exchange the raw scores, so every rank
@@ -431,14 +445,7 @@ class ModelScoring {
     check(static_cast<Index>(labels.size()) == N, "HgadModel::calibrate: ", labels.size(),
           " labels for ", N, " images");
     const Index K = model.n_classes();
-    std::vector<std::vector<Index>> chosen(static_cast<std::size_t>(K));
-    for (Index i = 0; i < N; ++i) {
-      const std::int64_t y = labels[static_cast<std::size_t>(i)];
-      check(y >= 0 && y < K, "HgadModel::calibrate: label ", y, " of image ", i, " is outside [0, ",
-            K, ")");
-      chosen[static_cast<std::size_t>(y)].push_back(i);
-    }
-    for (auto& list : chosen) list = calibration_sample(model.config(), list);
+    const std::vector<std::vector<Index>> chosen = calibration_sets(model.config(), labels);
     // The calibration images class by class: (class, image).
     std::vector<std::pair<Index, Index>> order;
     for (Index y = 0; y < K; ++y) {
@@ -537,8 +544,7 @@ class ModelScoring {
           scores[static_cast<std::size_t>(i)] =
               anomaly_map(model, raws[static_cast<std::size_t>(i)], constants, ScoreCriterion::product)
                   .score;
-        },
-        [](Index) {});
+        });
     return scores;
   }
 
