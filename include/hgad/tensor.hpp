@@ -17,6 +17,7 @@
 #include <array>
 #include <initializer_list>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -39,7 +40,7 @@ class Shape {
 
   int rank() const { return m_rank; }
   Index operator[](int axis) const {
-    check(axis >= 0 && axis < m_rank, "Shape: axis ", axis, " out of range for ", to_string());
+    check(axis >= 0 && axis < m_rank, "Shape: axis ", axis, " out of range for ", *this);
     return m_dims[static_cast<std::size_t>(axis)];
   }
   /// Number of elements (1 for rank 0).
@@ -64,6 +65,8 @@ class Shape {
     }
     return s + ")";
   }
+  /// Writes to_string(); so a check can take the shape itself and build its message only when it fails.
+  friend std::ostream& operator<<(std::ostream& out, const Shape& shape) { return out << shape.to_string(); }
 
  private:
   template <class It>
@@ -152,7 +155,7 @@ class Tensor {
   /// A CPU tensor holding `values` (row-major), which must have shape.numel() elements.
   static Tensor from_vector(Shape shape, const std::vector<Scalar>& values) {
     check(static_cast<Index>(values.size()) == shape.numel(), "Tensor::from_vector: ",
-          values.size(), " values for shape ", shape.to_string());
+          values.size(), " values for shape ", shape);
     Tensor t(shape);
     std::copy(values.begin(), values.end(), t.m_storage->data);
     return t;
@@ -173,7 +176,7 @@ class Tensor {
   /// Elements between consecutive indices along `axis` (row-major, contiguous).
   Index stride(int axis) const {
     check(axis >= 0 && axis < rank(), "Tensor::stride: axis ", axis, " out of range for shape ",
-          m_shape.to_string());
+          m_shape);
     Index s = 1;
     for (int i = rank() - 1; i > axis; --i) s *= m_shape[i];
     return s;
@@ -201,8 +204,8 @@ class Tensor {
 
   /// A view with another shape of the same number of elements.
   Tensor reshape(Shape shape) const {
-    check(shape.numel() == numel(), "Tensor::reshape: cannot view shape ", m_shape.to_string(),
-          " as ", shape.to_string());
+    check(shape.numel() == numel(), "Tensor::reshape: cannot view shape ", m_shape,
+          " as ", shape);
     Tensor t = *this;
     t.m_shape = shape;
     return t;
@@ -212,7 +215,7 @@ class Tensor {
   Tensor slice(Index begin, Index end) const {
     check(rank() >= 1, "Tensor::slice: a scalar has no first axis");
     check(0 <= begin && begin <= end && end <= m_shape[0], "Tensor::slice: range [", begin, ", ",
-          end, ") out of range for shape ", m_shape.to_string());
+          end, ") out of range for shape ", m_shape);
     Tensor t = *this;
     std::vector<Index> dims = m_shape.dims();
     dims[0] = end - begin;
@@ -277,7 +280,7 @@ class Tensor {
 
   /// The single element of a one-element tensor, copied to the host.
   Scalar item() const {
-    check(numel() == 1, "Tensor::item: shape ", m_shape.to_string(), " has ", numel(), " elements, not 1");
+    check(numel() == 1, "Tensor::item: shape ", m_shape, " has ", numel(), " elements, not 1");
     Scalar v;
     backend().copy_to_host(data(), &v, 1);
     return v;
@@ -297,12 +300,12 @@ class Tensor {
   Index offset_of(std::initializer_list<Index> indices) const {
     require_cpu("operator()");
     check(static_cast<int>(indices.size()) == rank(), "Tensor::operator(): ", indices.size(),
-          " indices for shape ", m_shape.to_string());
+          " indices for shape ", m_shape);
     Index offset = 0;
     int axis = 0;
     for (Index i : indices) {
       check(i >= 0 && i < m_shape[axis], "Tensor::operator(): index ", i, " out of range along axis ",
-            axis, " of shape ", m_shape.to_string());
+            axis, " of shape ", m_shape);
       offset = offset * m_shape[axis] + i;
       ++axis;
     }

@@ -89,7 +89,7 @@ inline GradcheckResult gradcheck(std::function<Var<double>(const std::vector<Var
   }
   const auto projection = [&](const Var<double>& y) {
     check(y.shape() == out_shape, "gradcheck: the function's output shape changed from ",
-          out_shape.to_string(), " to ", y.shape().to_string());
+          out_shape, " to ", y.shape());
     const std::vector<double> values = y.value().to_vector();
     double total = 0;
     for (std::size_t i = 0; i < values.size(); ++i) total += weights[i] * values[i];

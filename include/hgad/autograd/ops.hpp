@@ -54,14 +54,14 @@ const Tensor<Scalar>& checked_value(const char* op, const Var<Scalar>& a) {
 template <class Scalar>
 void require_same_device(const char* op, const Tensor<Scalar>& a, const Tensor<Scalar>& b) {
   check(a.device() == b.device(), op, ": operands live on different devices (",
-        to_string(a.device()), " ", a.shape().to_string(), " and ", to_string(b.device()), " ",
-        b.shape().to_string(), ")");
+        to_string(a.device()), " ", a.shape(), " and ", to_string(b.device()), " ",
+        b.shape(), ")");
 }
 
 template <class Scalar>
 void require_rank2(const char* op, const Tensor<Scalar>& a) {
   check(a.rank() == 2, op, ": needs a rank-2 (rows, cols) input, got shape ",
-        a.shape().to_string());
+        a.shape());
 }
 
 /// How the second operand of add/sub/mul/div lines up with the first.
@@ -80,8 +80,8 @@ template <class Scalar>
 Layout checked_layout(const char* op, const Tensor<Scalar>& a, const Tensor<Scalar>& b) {
   require_same_device(op, a, b);
   const Layout layout = broadcast_layout(a.shape(), b.shape());
-  check(layout != Layout::invalid, op, ": cannot broadcast shapes ", a.shape().to_string(), " and ",
-        b.shape().to_string(),
+  check(layout != Layout::invalid, op, ": cannot broadcast shapes ", a.shape(), " and ",
+        b.shape(),
         "; b must have a's shape, or a must be (R, C) and b (C,), (1, C) or (R, 1)");
   return layout;
 }
@@ -174,13 +174,13 @@ Var<Scalar> matmul(const Var<Scalar>& a, const Var<Scalar>& b, Transpose trans_a
   const Tensor<Scalar>& A = detail::checked_value("matmul", a);
   const Tensor<Scalar>& B = detail::checked_value("matmul", b);
   check(A.rank() == 2 && B.rank() == 2, "matmul: needs rank-2 operands, got a ",
-        A.shape().to_string(), " and b ", B.shape().to_string());
+        A.shape(), " and b ", B.shape());
   detail::require_same_device("matmul", A, B);
   const bool ta = trans_a == Transpose::yes, tb = trans_b == Transpose::yes;
   const Index m = ta ? A.dim(1) : A.dim(0), k = ta ? A.dim(0) : A.dim(1);
   const Index kb = tb ? B.dim(1) : B.dim(0), n = tb ? B.dim(0) : B.dim(1);
-  check(k == kb, "matmul: inner dimensions differ: a ", A.shape().to_string(),
-        ta ? " transposed" : "", " and b ", B.shape().to_string(), tb ? " transposed" : "");
+  check(k == kb, "matmul: inner dimensions differ: a ", A.shape(),
+        ta ? " transposed" : "", " and b ", B.shape(), tb ? " transposed" : "");
   Tensor<Scalar> C = Tensor<Scalar>::empty({m, n}, A.backend_ptr());
   A.backend().gemm(trans_a, trans_b, m, n, k, Scalar(1), A.data(), A.dim(1), B.data(), B.dim(1),
                    Scalar(0), C.data(), n);
@@ -230,11 +230,11 @@ Var<Scalar> linear(const Var<Scalar>& x, const Var<Scalar>& w, const Var<Scalar>
   const Tensor<Scalar>& X = detail::checked_value("linear", x);
   const Tensor<Scalar>& W = detail::checked_value("linear", w);
   const Tensor<Scalar>& B = detail::checked_value("linear", b);
-  check(X.rank() == 2 && W.rank() == 2 && X.dim(1) == W.dim(0), "linear: x ", X.shape().to_string(),
-        " and W ", W.shape().to_string(), " do not multiply");
+  check(X.rank() == 2 && W.rank() == 2 && X.dim(1) == W.dim(0), "linear: x ", X.shape(),
+        " and W ", W.shape(), " do not multiply");
   const Index n = X.dim(0), d = X.dim(1), k = W.dim(1);
   check((B.rank() == 1 && B.dim(0) == k) || (B.rank() == 2 && B.dim(0) == 1 && B.dim(1) == k),
-        "linear: bias ", B.shape().to_string(), " does not match the output (", n, ", ", k, ")");
+        "linear: bias ", B.shape(), " does not match the output (", n, ", ", k, ")");
   detail::require_same_device("linear", X, W);
   detail::require_same_device("linear", X, B);
   Backend<Scalar>& backend = X.backend();
@@ -476,7 +476,7 @@ template <class Scalar>
 Var<Scalar> softplus(const Var<Scalar>& a, detail::NonDeduced<Scalar> beta = Scalar(1)) {
   const Tensor<Scalar>& A = detail::checked_value("softplus", a);
   check(beta > Scalar(0), "softplus: beta must be positive, got ", beta, " for input ",
-        A.shape().to_string());
+        A.shape());
   Tensor<Scalar> Y = detail::map(UnaryOp::softplus, A, Scalar(beta));
   // d softplus_beta(a)/da = sigmoid(beta a), and 1 on the linear branch beta a > 20.
   return detail::Graph<Scalar>::make(
@@ -559,7 +559,7 @@ Var<Scalar> sum(const Var<Scalar>& a) {
 template <class Scalar>
 Var<Scalar> mean(const Var<Scalar>& a) {
   const Index n = detail::checked_value("mean", a).numel();
-  check(n > 0, "mean: the input of shape ", a.shape().to_string(), " is empty");
+  check(n > 0, "mean: the input of shape ", a.shape(), " is empty");
   return detail::reduce_to_scalar("mean", a, Scalar(1) / Scalar(n));
 }
 
@@ -574,7 +574,7 @@ template <class Scalar>
 Var<Scalar> mean_rows(const Var<Scalar>& a) {
   const Tensor<Scalar>& A = detail::checked_value("mean_rows", a);
   detail::require_rank2("mean_rows", A);
-  check(A.cols() > 0, "mean_rows: the input of shape ", A.shape().to_string(), " has no columns");
+  check(A.cols() > 0, "mean_rows: the input of shape ", A.shape(), " has no columns");
   return detail::reduce_rows("mean_rows", a, Scalar(1) / Scalar(A.cols()));
 }
 
@@ -648,7 +648,7 @@ Var<Scalar> concat_cols(const std::vector<Var<Scalar>>& parts) {
   for (std::size_t i = 0; i < parts.size(); ++i) {
     const Tensor<Scalar>& part = detail::checked_value("concat_cols", parts[i]);
     check(part.rank() == 2 && part.dim(0) == rows, "concat_cols: input ", i, " has shape ",
-          part.shape().to_string(), ", input 0 has shape ", first.shape().to_string(),
+          part.shape(), ", input 0 has shape ", first.shape(),
           "; all must be rank 2 with equal rows");
     detail::require_same_device("concat_cols", first, part);
     widths.push_back(part.dim(1));
@@ -685,7 +685,7 @@ Var<Scalar> slice_cols(const Var<Scalar>& a, Index begin, Index end) {
   detail::require_rank2("slice_cols", A);
   const Index rows = A.dim(0), cols = A.dim(1), width = end - begin;
   check(0 <= begin && begin <= end && end <= cols, "slice_cols: columns [", begin, ", ", end,
-        ") out of range for shape ", A.shape().to_string());
+        ") out of range for shape ", A.shape());
   Tensor<Scalar> Y = Tensor<Scalar>::empty({rows, width}, A.backend_ptr());
   A.backend().copy2d(rows, width, A.data() + begin, cols, Y.data(), width, false);
   return detail::Graph<Scalar>::make(
@@ -703,11 +703,11 @@ std::vector<Var<Scalar>> split_cols(const Var<Scalar>& a, const std::vector<Inde
   detail::require_rank2("split_cols", A);
   Index total_cols = 0;
   for (Index w : widths) {
-    check(w >= 0, "split_cols: negative width ", w, " for shape ", A.shape().to_string());
+    check(w >= 0, "split_cols: negative width ", w, " for shape ", A.shape());
     total_cols += w;
   }
   check(total_cols == A.dim(1), "split_cols: widths add up to ", total_cols,
-        " but the input has shape ", A.shape().to_string());
+        " but the input has shape ", A.shape());
   std::vector<Var<Scalar>> parts;
   Index begin = 0;
   for (Index w : widths) {
@@ -725,7 +725,7 @@ Var<Scalar> gather_rows(const Var<Scalar>& a, std::vector<std::int64_t> index) {
   detail::require_rank2("gather_rows", A);
   for (std::size_t r = 0; r < index.size(); ++r) {
     check(index[r] >= 0 && index[r] < A.dim(0), "gather_rows: index ", index[r], " at position ", r,
-          " out of range for shape ", A.shape().to_string());
+          " out of range for shape ", A.shape());
   }
   const Index n_index = static_cast<Index>(index.size()), cols = A.dim(1);
   Tensor<Scalar> Y = Tensor<Scalar>::empty({n_index, cols}, A.backend_ptr());
@@ -750,8 +750,8 @@ Var<Scalar> detach(const Var<Scalar>& a) {
 template <class Scalar>
 Var<Scalar> reshape(const Var<Scalar>& a, Shape shape) {
   const Tensor<Scalar>& A = detail::checked_value("reshape", a);
-  check(A.numel() == shape.numel(), "reshape: cannot view shape ", A.shape().to_string(), " as ",
-        shape.to_string());
+  check(A.numel() == shape.numel(), "reshape: cannot view shape ", A.shape(), " as ",
+        shape);
   return detail::Graph<Scalar>::make("reshape", A.reshape(shape), {&a},
                                      [](detail::Node<Scalar>& self) {
                                        // The identity on the elements: dL/da = g viewed with a's

@@ -72,7 +72,7 @@ struct Node {
   /// node may keep it and later add into it in place; a borrowed t is copied before any write.
   void accumulate(Tensor<Scalar> t, bool owned, Scalar alpha = Scalar(1)) {
     check(t.numel() == shape.numel(), "autograd (", op, "): a gradient of shape ",
-          t.shape().to_string(), " reached a node of shape ", shape.to_string());
+          t.shape(), " reached a node of shape ", shape);
     if (!has_grad) {
       if (alpha != Scalar(1)) {
         Tensor<Scalar> out = owned ? t : Tensor<Scalar>::empty(t.shape(), backend);
@@ -238,11 +238,11 @@ class Var {
   /// The gradient, allocated as zeros of value()'s shape when absent, for code that adds its own
   /// gradient contributions (`ensure_grad() += ...`). requires: requires_grad().
   Tensor<Scalar>& ensure_grad() {
-    check(requires_grad(), "Var::ensure_grad: the Var of shape ", shape().to_string(),
+    check(requires_grad(), "Var::ensure_grad: the Var of shape ", shape(),
           " does not require a gradient");
     Node& node = *m_impl->node;
     check(node.shape == value().shape(), "Var::ensure_grad: the value's shape ",
-          value().shape().to_string(), " differs from the shape ", node.shape.to_string(),
+          value().shape(), " differs from the shape ", node.shape,
           " the Var was created with");
     node.zeroed_grad();
     return node.grad;
@@ -257,7 +257,7 @@ class Var {
   void backward() {
     check(value().numel() == 1,
           "Var::backward: backward() without a seed needs a one-element Var, not shape ",
-          shape().to_string(), "; pass a seed of that shape");
+          shape(), "; pass a seed of that shape");
     Tensor<Scalar> seed = Tensor<Scalar>::empty(value().shape(), value().backend_ptr());
     seed.fill(Scalar(1));
     run_backward(seed, true);
@@ -266,8 +266,8 @@ class Var {
   /// Back-propagates `seed` = dL/d(this), of this Var's shape: every leaf that requires a gradient
   /// and lies on a path to this Var gets dL/dleaf added to its gradient.
   void backward(const Tensor<Scalar>& seed) {
-    check(seed.shape() == shape(), "Var::backward: seed of shape ", seed.shape().to_string(),
-          " for a Var of shape ", shape().to_string());
+    check(seed.shape() == shape(), "Var::backward: seed of shape ", seed.shape(),
+          " for a Var of shape ", shape());
     run_backward(seed, false);
   }
 
@@ -296,14 +296,14 @@ class Var {
     return *m_impl;
   }
   Node& node_with_grad(const char* what) const {
-    check(has_grad(), "Var::", what, ": the Var of shape ", impl(what).value.shape().to_string(),
+    check(has_grad(), "Var::", what, ": the Var of shape ", impl(what).value.shape(),
           requires_grad() ? " has no gradient yet (call backward() first)"
                           : " does not require a gradient");
     return *m_impl->node;
   }
 
   void run_backward(const Tensor<Scalar>& seed, bool seed_owned) {
-    check(requires_grad(), "Var::backward: the Var of shape ", shape().to_string(),
+    check(requires_grad(), "Var::backward: the Var of shape ", shape(),
           " does not require a gradient (no input of its graph is a parameter, or it was made "
           "under NoGradGuard)");
     Node* root = m_impl->node.get();

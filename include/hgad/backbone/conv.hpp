@@ -338,20 +338,20 @@ template <class Scalar>
 Tensor<Scalar> conv2d(const Tensor<Scalar>& input, const Tensor<Scalar>& weight,
                       const Tensor<Scalar>& bias, const Conv2dOptions& options = {},
                       const Tensor<Scalar>* residual = nullptr) {
-  check(input.rank() == 4, "conv2d: input must be (N, C, H, W), got ", input.shape().to_string());
+  check(input.rank() == 4, "conv2d: input must be (N, C, H, W), got ", input.shape());
   check(weight.rank() == 4 && weight.dim(1) == input.dim(1), "conv2d: weight ",
-        weight.shape().to_string(), " does not match input ", input.shape().to_string(),
+        weight.shape(), " does not match input ", input.shape(),
         " (expected (O, ", input.dim(1), ", kh, kw))");
   check(bias.numel() == 0 || (bias.rank() == 1 && bias.dim(0) == weight.dim(0)), "conv2d: bias ",
-        bias.shape().to_string(), " does not match ", weight.dim(0), " output channels");
+        bias.shape(), " does not match ", weight.dim(0), " output channels");
   const Index n = input.dim(0), c = input.dim(1), h = input.dim(2), w = input.dim(3);
   const Index o = weight.dim(0), kh = weight.dim(2), kw = weight.dim(3);
   const Index oh = conv_output_size(h, kh, options.stride, options.padding);
   const Index ow = conv_output_size(w, kw, options.stride, options.padding);
   Tensor<Scalar> out({n, o, oh, ow});
   if (residual) {
-    check(residual->shape() == out.shape(), "conv2d: residual ", residual->shape().to_string(),
-          " does not match the output ", out.shape().to_string());
+    check(residual->shape() == out.shape(), "conv2d: residual ", residual->shape(),
+          " does not match the output ", out.shape());
   }
   const auto in_view = detail::nchw_view(input.data(), n, c, h, w);
   const auto out_view = detail::nchw_view(out.data(), n, o, oh, ow);
@@ -380,7 +380,7 @@ Tensor<Scalar> conv2d(const Tensor<Scalar>& input, const Tensor<Scalar>& weight,
 template <class Scalar>
 Tensor<Scalar> max_pool2d(const Tensor<Scalar>& input, Index kernel, Index stride, Index padding) {
   check(input.rank() == 4, "max_pool2d: input must be (N, C, H, W), got ",
-        input.shape().to_string());
+        input.shape());
   check(padding >= 0 && 2 * padding <= kernel, "max_pool2d: padding ", padding,
         " must be at most half the kernel ", kernel);
   const Index n = input.dim(0), c = input.dim(1), h = input.dim(2), w = input.dim(3);

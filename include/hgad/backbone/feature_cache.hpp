@@ -67,7 +67,7 @@ class FeatureCache {
     check(!m_shapes.empty(), "FeatureCache: no level given");
     for (const Shape& s : m_shapes) {
       check(s.rank() == 3 && s.numel() >= 1, "FeatureCache: a level shape must be (C, h, w), got ",
-            s.to_string());
+            s);
     }
     m_bytes = bytes_needed(n_images, m_shapes);
     Index offset = 0;
@@ -113,7 +113,7 @@ class FeatureCache {
       const Tensor<Scalar> images = load(first, count);
       check(images.rank() == 4 && images.dim(0) == count && images.dim(2) == height &&
                 images.dim(3) == width,
-            "FeatureCache::build: the loader returned ", images.shape().to_string(),
+            "FeatureCache::build: the loader returned ", images.shape(),
             " for images [", first, ", ", first + count, "), expected (", count, ", 3, ", height,
             ", ", width, ")");
       cache.store(first, extractor.extract(images));
@@ -139,7 +139,7 @@ class FeatureCache {
     for (std::size_t l = 0; l < m_shapes.size(); ++l) {
       const Shape& s = m_shapes[l];
       check(features[l].shape() == Shape{count, s[0], s[1], s[2]}, "FeatureCache::store: level ", l,
-            " has shape ", features[l].shape().to_string(), ", expected (", count, ", ", s[0], ", ",
+            " has shape ", features[l].shape(), ", expected (", count, ", ", s[0], ", ",
             s[1], ", ", s[2], ")");
       const Tensor<Scalar> host = features[l].cpu();
       std::memcpy(image_data(l, first), host.data(), sizeof(Scalar) * std::size_t(host.numel()));

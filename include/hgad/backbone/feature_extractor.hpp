@@ -71,11 +71,11 @@ template <class Scalar>
 Tensor<Scalar> resize_bilinear_batch(const Tensor<Scalar>& x, Index out_h, Index out_w,
                                      bool align_corners) {
   check(x.rank() == 4, "resize_bilinear_batch: input must be (N, C, H, W), got ",
-        x.shape().to_string());
+        x.shape());
   check(out_h >= 1 && out_w >= 1, "resize_bilinear_batch: output size ", out_h, "x", out_w,
         " is empty");
   const Index planes = x.dim(0) * x.dim(1), in_h = x.dim(2), in_w = x.dim(3);
-  check(in_h >= 1 && in_w >= 1, "resize_bilinear_batch: input ", x.shape().to_string(),
+  check(in_h >= 1 && in_w >= 1, "resize_bilinear_batch: input ", x.shape(),
         " is empty");
   struct Tap {
     Index i0, i1;
@@ -122,7 +122,7 @@ Tensor<Scalar> resize_bilinear_batch(const Tensor<Scalar>& x, Index out_h, Index
 template <class Scalar>
 Tensor<Scalar> flatten_features(const Tensor<Scalar>& maps) {
   check(maps.rank() == 4, "flatten_features: maps must be (B, C, h, w), got ",
-        maps.shape().to_string());
+        maps.shape());
   const Index b = maps.dim(0), c = maps.dim(1), hw = maps.dim(2) * maps.dim(3);
   Tensor<Scalar> rows({b * hw, c});
   const Scalar* src = maps.data();
@@ -142,7 +142,7 @@ template <class Scalar>
 Tensor<Scalar> unflatten_features(const Tensor<Scalar>& rows, Index batch, Index height,
                                   Index width) {
   check(rows.rank() == 2 && rows.dim(0) == batch * height * width, "unflatten_features: rows ",
-        rows.shape().to_string(), " do not hold ", batch, " x ", height, " x ", width,
+        rows.shape(), " do not hold ", batch, " x ", height, " x ", width,
         " positions");
   const Index c = rows.dim(1), hw = height * width;
   Tensor<Scalar> maps({batch, c, height, width});
@@ -248,7 +248,7 @@ class PyramidFeatureExtractor : public FeatureExtractor<Scalar> {
   }
   std::vector<Tensor<Scalar>> extract(const Tensor<Scalar>& images) const override {
     check(images.rank() == 4, "PyramidFeatureExtractor::extract: images must be (B, 3, H, W), got ",
-          images.shape().to_string());
+          images.shape());
     std::vector<Tensor<Scalar>> out;
     for (int s = 0; s < m_n_scales; ++s) {
       const Index h = scaled(images.dim(2), s), w = scaled(images.dim(3), s);
@@ -288,7 +288,7 @@ inline void check_neighbourhood_window(Index k, const char* where) {
 template <class Scalar>
 Tensor<Scalar> neighbourhood_mean(const Tensor<Scalar>& maps, Index k) {
   check(maps.rank() == 4, "neighbourhood_mean: maps must be (B, C, h, w), got ",
-        maps.shape().to_string());
+        maps.shape());
   detail::check_neighbourhood_window(k, "neighbourhood_mean");
   if (k == 1 || maps.numel() == 0) return maps.clone();
   Tensor<Scalar> out(maps.shape());  // every value written below

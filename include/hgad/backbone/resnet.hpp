@@ -255,9 +255,9 @@ const Tensor<Scalar>& resnet_weight(const std::map<std::string, Tensor<Scalar>>&
   const std::string where = dir.empty() ? "" : " (file '" + dir + "/" + key + ".npy')";
   const auto it = tensors.find(key);
   check(it != tensors.end(), "ResNet: missing weight tensor '", key, "'", where, ", expected shape ",
-        expected.to_string());
+        expected);
   check(it->second.shape() == expected, "ResNet: weight tensor '", key, "'", where, " has shape ",
-        it->second.shape().to_string(), ", expected ", expected.to_string());
+        it->second.shape(), ", expected ", expected);
   check(it->second.device() == Device::cpu, "ResNet: weight tensor '", key, "' must be a CPU tensor");
   return it->second;
 }
@@ -271,7 +271,7 @@ std::map<std::string, Tensor<Scalar>> load_resnet_weights(ResNetArch arch, const
   for (const auto& [name, shape] : resnet_weight_shapes(arch, last)) {
     const std::string path = dir + "/" + name + ".npy";
     check(std::ifstream(path).good(), "ResNet: missing weight file '", path, "' for tensor '", name,
-          "', expected shape ", shape.to_string());
+          "', expected shape ", shape);
     map.emplace(name, load_npy<Scalar>(path));
   }
   return map;
@@ -382,7 +382,7 @@ class ResNet {
   std::vector<Tensor<Scalar>> forward(const Tensor<Scalar>& images,
                                       const std::vector<ResNetStage>& stages) const {
     check(images.rank() == 4 && images.dim(1) == 3,
-          "ResNet::forward: images must be (B, 3, H, W), got ", images.shape().to_string());
+          "ResNet::forward: images must be (B, 3, H, W), got ", images.shape());
     check(images.device() == Device::cpu, "ResNet::forward: images must be a CPU tensor");
     check(!stages.empty(), "ResNet::forward: no stage requested");
     int deepest = 0;
@@ -392,7 +392,7 @@ class ResNet {
       deepest = std::max(deepest, static_cast<int>(s));
     }
     const Index n = images.dim(0), h = images.dim(2), w = images.dim(3);
-    check(h >= 1 && w >= 1 && n >= 1, "ResNet::forward: empty batch ", images.shape().to_string());
+    check(h >= 1 && w >= 1 && n >= 1, "ResNet::forward: empty batch ", images.shape());
     std::vector<Tensor<Scalar>> out(stages.size());
     auto emit = [&](ResNetStage stage, const Activation& a) {
       for (std::size_t i = 0; i < stages.size(); ++i) {

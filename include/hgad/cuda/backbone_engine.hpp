@@ -72,7 +72,7 @@ class BackboneEngine {
   /// (B, C, h, w) on the executor's device, in the order of `stages`.
   std::vector<Tensor<Scalar>> forward(const Tensor<Scalar>& images, const std::vector<ResNetStage>& stages) {
     check(images.rank() == 4 && images.dim(1) == 3, "BackboneEngine::forward: images must be (B, 3, H, W), got ",
-          images.shape().to_string());
+          images.shape());
     check(!stages.empty(), "BackboneEngine::forward: no stage requested");
     int deepest = 0;
     for (ResNetStage s : stages) {
@@ -81,7 +81,7 @@ class BackboneEngine {
       deepest = std::max(deepest, static_cast<int>(s));
     }
     const Index n = images.dim(0), h = images.dim(2), w = images.dim(3);
-    check(n >= 1 && h >= 1 && w >= 1, "BackboneEngine::forward: empty batch ", images.shape().to_string());
+    check(n >= 1 && h >= 1 && w >= 1, "BackboneEngine::forward: empty batch ", images.shape());
     const BackendPtr<Scalar>& bp = m_exec.backend_ptr();
     const Tensor<Scalar> input = images.to(bp);
 

@@ -426,8 +426,8 @@ class LevelEngine {
       steps[e.segment] = s.step;
       if (s.step == 0) continue;
       check(s.exp_avg.shape() == e.shape && s.exp_avg_sq.shape() == e.shape, "LevelEngine::set_optimizer_state: ",
-            "the moments of ", e.name, " have shape ", s.exp_avg.shape().to_string(), ", expected ",
-            e.shape.to_string());
+            "the moments of ", e.name, " have shape ", s.exp_avg.shape(), ", expected ",
+            e.shape);
       const Tensor<Scalar> avg = s.exp_avg.cpu(), avg_sq = s.exp_avg_sq.cpu();
       std::copy(avg.data(), avg.data() + avg.numel(), m.data() + e.offset);
       std::copy(avg_sq.data(), avg_sq.data() + avg_sq.numel(), v.data() + e.offset);
@@ -506,12 +506,12 @@ class LevelEngine {
     const CouplingDims& d = m_dims;
     Batch batch;
     check(x.rank() == 2 && x.dim(1) == d.D && x.dim(0) >= 1, "LevelEngine::", what,
-          ": x must be (N, ", d.D, "), got ", x.shape().to_string());
+          ": x must be (N, ", d.D, "), got ", x.shape());
     batch.N = x.dim(0);
     if (d.P > 0) {
       check(cond.rank() == 2 && cond.dim(1) == d.P && cond.dim(0) >= 1 && batch.N % cond.dim(0) == 0,
             "LevelEngine::", what, ": cond must be (N, ", d.P, ") or (Nc, ", d.P, ") with N = ", batch.N,
-            " a multiple of Nc, got ", cond.shape().to_string());
+            " a multiple of Nc, got ", cond.shape());
       batch.Nc = cond.dim(0);
       batch.cond_hold = cond.to(m_exec.backend_ptr());
       batch.cond = batch.cond_hold.data();

@@ -34,7 +34,9 @@ std::string concat(Parts&&... parts) {
 
 }  // namespace detail
 
-/// Throws hgad::Error with the concatenated message when `condition` is false.
+/// Throws hgad::Error with the concatenated message when `condition` is false. The parts are
+/// streamed only then: pass values (a Shape, a number), not strings built for the message, since
+/// checks run on every call, some of them once per element.
 template <class... Parts>
 void check(bool condition, Parts&&... parts) {
   if (!condition) throw Error(detail::concat(std::forward<Parts>(parts)...));

@@ -145,8 +145,8 @@ class AllInOneBlock {
       if (param_name != name) continue;
       Tensor<Scalar>& target = var.value();
       check(value.numel() == target.numel() && (value.shape() == target.shape() || target.rank() == 1),
-            "AllInOneBlock::set_parameter: ", name, " has shape ", target.shape().to_string(), ", got ",
-            value.shape().to_string());
+            "AllInOneBlock::set_parameter: ", name, " has shape ", target.shape(), ", got ",
+            value.shape());
       const Tensor<Scalar> host = value.cpu();
       std::copy(host.data(), host.data() + host.numel(), target.data());
       return;
@@ -166,7 +166,7 @@ class AllInOneBlock {
   void set_rotation(const Tensor<Scalar>& rotation) {
     check(rotation.rank() == 2 && rotation.dim(0) == m_dims.D && rotation.dim(1) == m_dims.D,
           "AllInOneBlock::set_rotation: expected (", m_dims.D, ", ", m_dims.D, "), got ",
-          rotation.shape().to_string());
+          rotation.shape());
     m_rotation = rotation.cpu().clone();
     m_permutation = permutation_of_matrix(m_rotation);
   }
@@ -288,8 +288,8 @@ class AllInOneBlock {
     check_input("forward_train", x, cond, false);
     const Index N = x.rows();
     check(out.shape() == Shape({N, m_dims.D}) && log_jac_det.numel() == N && !out.shares_storage(x),
-          "AllInOneBlock::forward_train: output buffers of shape ", out.shape().to_string(), " and ",
-          log_jac_det.shape().to_string(), " for ", N, " rows (the output must not alias the input)");
+          "AllInOneBlock::forward_train: output buffers of shape ", out.shape(), " and ",
+          log_jac_det.shape(), " for ", N, " rows (the output must not alias the input)");
     cache.x = x;
     cache.cond = cond;
     cache.rows = N;
@@ -307,16 +307,16 @@ class AllInOneBlock {
     check(cache.hidden.shape() == Shape({N, m_dims.H}) && cache.x.shape() == Shape({N, m_dims.D}),
           "AllInOneBlock::backward: the cache does not hold a training forward of this block for ", N, " rows");
     check(grad_out.shape() == Shape({N, m_dims.D}) && grad_out.device() == Device::cpu,
-          "AllInOneBlock::backward: grad_out has shape ", grad_out.shape().to_string(), ", expected (", N, ", ",
+          "AllInOneBlock::backward: grad_out has shape ", grad_out.shape(), ", expected (", N, ", ",
           m_dims.D, ") on the CPU");
     check(grad_log_jac_det.numel() == 0 || grad_log_jac_det.numel() == N,
-          "AllInOneBlock::backward: grad_log_jac_det has shape ", grad_log_jac_det.shape().to_string(),
+          "AllInOneBlock::backward: grad_log_jac_det has shape ", grad_log_jac_det.shape(),
           ", expected (", N, ",) or empty");
     check(grad_x.shape() == Shape({N, m_dims.D}), "AllInOneBlock::backward: grad_x has shape ",
-          grad_x.shape().to_string());
+          grad_x.shape());
     if (grad_cond && m_dims.P > 0) {
       check(grad_cond->shape() == cache.cond.shape(), "AllInOneBlock::backward: grad_cond has shape ",
-            grad_cond->shape().to_string(), ", expected the condition's ", cache.cond.shape().to_string());
+            grad_cond->shape(), ", expected the condition's ", cache.cond.shape());
     }
     CouplingGradients<Scalar> grads{&m_fc1_weight.ensure_grad(), &m_fc1_bias.ensure_grad(),
                                     &m_fc2_weight.ensure_grad(), &m_fc2_bias.ensure_grad(),
@@ -370,7 +370,7 @@ class AllInOneBlock {
   template <class CondT>
   void check_input(const char* what, const Tensor<Scalar>& x, const CondT& cond, bool autograd) const {
     check(x.rank() == 2 && x.dim(1) == m_dims.D, "AllInOneBlock::", what, ": input of shape ",
-          x.shape().to_string(), ", expected (N, ", m_dims.D, ")");
+          x.shape(), ", expected (N, ", m_dims.D, ")");
     if (!autograd) {
       check(x.device() == Device::cpu, "AllInOneBlock::", what, ": the fused path needs CPU tensors");
     }
@@ -387,7 +387,7 @@ class AllInOneBlock {
     } else {
       if (m_dims.P == 0) {
         check(cond.numel() == 0, "AllInOneBlock::", what, ": an unconditional block (P = 0) got a condition of shape ",
-              cond.shape().to_string());
+              cond.shape());
         return;
       }
       check_cond(what, x, cond);
@@ -396,7 +396,7 @@ class AllInOneBlock {
   }
   void check_cond(const char* what, const Tensor<Scalar>& x, const Tensor<Scalar>& cond) const {
     check(condition_fits(x.dim(0), cond, m_dims.P), "AllInOneBlock::", what, ": condition of shape ",
-          cond.shape().to_string(), ", expected (", x.dim(0), ", ", m_dims.P, "), or (M, ", m_dims.P, ") with ",
+          cond.shape(), ", expected (", x.dim(0), ", ", m_dims.P, "), or (M, ", m_dims.P, ") with ",
           x.dim(0), " a multiple of M");
   }
 

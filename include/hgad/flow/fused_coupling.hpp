@@ -353,7 +353,7 @@ class FusedCoupling {
 
   static void add_into(Tensor<Scalar>* target, const Scalar* values, Index n) {
     if (!target) return;
-    check(target->numel() == n, "FusedCoupling::backward: gradient buffer of shape ", target->shape().to_string(),
+    check(target->numel() == n, "FusedCoupling::backward: gradient buffer of shape ", target->shape(),
           " for ", n, " values");
     Scalar* p = target->data();
     for (Index i = 0; i < n; ++i) p[i] += values[i];

@@ -118,7 +118,7 @@ Tensor<Scalar> permutation_matrix(const std::vector<Index>& perm) {
 /// (every entry 0 or 1, one 1 per row and column); an empty vector otherwise.
 template <class Scalar>
 std::vector<Index> permutation_of_matrix(const Tensor<Scalar>& w) {
-  check(w.rank() == 2 && w.dim(0) == w.dim(1), "permutation_of_matrix: shape ", w.shape().to_string(),
+  check(w.rank() == 2 && w.dim(0) == w.dim(1), "permutation_of_matrix: shape ", w.shape(),
         " is not square");
   const Index D = w.dim(0);
   std::vector<Index> perm(static_cast<std::size_t>(D), -1);

@@ -193,7 +193,7 @@ class SequenceFlow {
           "SequenceFlow::backward: the cache holds ", cache.blocks.size(), " blocks, the flow has ", n_blocks(),
           "; call forward_train first");
     check(grad_z.shape() == Shape({cache.rows, m_dim}), "SequenceFlow::backward: grad_z has shape ",
-          grad_z.shape().to_string(), ", expected (", cache.rows, ", ", m_dim, ")");
+          grad_z.shape(), ", expected (", cache.rows, ", ", m_dim, ")");
     Tensor<Scalar> grad = grad_z.clone();
     for (std::size_t k = m_blocks.size(); k-- > 0;) {
       m_blocks[k].backward_into(cache.blocks[k], grad, grad_log_jac_det, grad, grad_cond);
@@ -205,7 +205,7 @@ class SequenceFlow {
   void check_fused(const char* what, const Tensor<Scalar>& x) const {
     check(!m_blocks.empty(), "SequenceFlow::", what, ": the flow has no blocks");
     check(x.rank() == 2 && x.dim(1) == m_dim && x.device() == Device::cpu, "SequenceFlow::", what,
-          ": input of shape ", x.shape().to_string(), " on ", to_string(x.device()), ", expected (N, ", m_dim,
+          ": input of shape ", x.shape(), " on ", to_string(x.device()), ", expected (N, ", m_dim,
           ") on the CPU");
   }
 

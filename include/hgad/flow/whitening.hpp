@@ -59,7 +59,7 @@ template <class Scalar>
 ShrunkCovariance ledoit_wolf_covariance(const Tensor<Scalar>& x,
                                         const std::string& what = "features") {
   check(x.rank() >= 2 && x.device() == Device::cpu, "ledoit_wolf_covariance: ", what,
-        " must be a CPU tensor of rank >= 2 read as (N, D), got ", x.shape().to_string());
+        " must be a CPU tensor of rank >= 2 read as (N, D), got ", x.shape());
   const Index N = x.rows(), D = x.cols();
   check(N >= 2, "ledoit_wolf_covariance: ", what, " hold ", N,
         " vectors; a covariance needs at least 2");
@@ -123,10 +123,10 @@ class AffineWhitening {
   AffineWhitening(Tensor<Scalar> mean, Tensor<Scalar> matrix)
       : m_mean(std::move(mean)), m_matrix(std::move(matrix)) {
     check((m_mean.rank() == 1 || m_mean.rank() == 2) && m_mean.numel() >= 1,
-          "AffineWhitening: the mean must be (D,) or (positions, D), got ", m_mean.shape().to_string());
+          "AffineWhitening: the mean must be (D,) or (positions, D), got ", m_mean.shape());
     const Index D = m_mean.dim(m_mean.rank() - 1);
     check(m_matrix.shape() == Shape({D, D}), "AffineWhitening: the matrix must be (D, D) = (", D,
-          ", ", D, "), got ", m_matrix.shape().to_string());
+          ", ", D, "), got ", m_matrix.shape());
     m_mean = m_mean.cpu();
     m_matrix = m_matrix.cpu();
     for (Index i = 0; i < m_mean.numel(); ++i)
@@ -166,7 +166,7 @@ class AffineWhitening {
     check(x.rank() >= 2 && x.device() == Device::cpu && positions >= 1 && x.rows() % positions == 0 &&
               x.rows() / positions >= 2,
           "AffineWhitening::fit_per_position: ", what, " must be a CPU tensor of at least two images of ",
-          positions, " positions, got ", x.shape().to_string());
+          positions, " positions, got ", x.shape());
     const Index P = positions, N = x.rows() / P, D = x.cols();
     const auto X = x.as_matrix();
     Eigen::MatrixXd means = Eigen::MatrixXd::Zero(P, D);
@@ -224,7 +224,7 @@ class AffineWhitening {
     if (is_identity()) return x;
     check(positions() == 0 || (x.rank() == 2 && x.rows() % positions() == 0),
           "AffineWhitening::forward: a mean per position needs whole images of ", positions(),
-          " rows, got ", x.shape().to_string());
+          " rows, got ", x.shape());
     return whiten(x, [P = positions()](Index r) { return P == 0 ? Index(0) : r % P; });
   }
 
@@ -235,7 +235,7 @@ class AffineWhitening {
     if (is_identity()) return x;
     check(x.rank() == 2 && static_cast<Index>(row_index.size()) == x.rows(),
           "AffineWhitening::forward_rows: ", row_index.size(), " row indices for x of shape ",
-          x.shape().to_string());
+          x.shape());
     return whiten(x, [&row_index, P = positions()](Index r) {
       return P == 0 ? Index(0) : row_index[static_cast<std::size_t>(r)] % P;
     });
@@ -254,7 +254,7 @@ class AffineWhitening {
   Tensor<Scalar> whiten(const Tensor<Scalar>& x, const MeanRow& mean_row) const {
     check(x.rank() == 2 && x.cols() == dim() && x.device() == Device::cpu,
           "AffineWhitening::forward: x must be a CPU tensor (N, ", dim(), "), got ",
-          x.shape().to_string());
+          x.shape());
     const Index D = dim();
     Tensor<Scalar> out = Tensor<Scalar>::empty(x.shape());
     auto Y = out.as_matrix();

@@ -155,7 +155,7 @@ EmbeddingDataset<Scalar> load_embedding_dataset(const std::string& directory) {
     const Tensor<Scalar> x = load_npy<Scalar>(x_path.string());
     const std::vector<std::int64_t> labels = load_npy_int64(y_path.string());
     check(x.rank() == 2 && x.dim(0) >= 1 && x.dim(1) >= 1, "embeddings: '", x_path.string(),
-          "' must hold an (N, D) matrix, got shape ", x.shape().to_string());
+          "' must hold an (N, D) matrix, got shape ", x.shape());
     const Index n = x.dim(0), dim = x.dim(1);
     check(static_cast<Index>(labels.size()) == n, "embeddings: '", y_path.string(), "' holds ", labels.size(),
           " labels for the ", n, " rows of '", x_path.string(), "'");

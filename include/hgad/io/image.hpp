@@ -140,7 +140,7 @@ Planes planes_of(const Tensor<Scalar>& x, const char* what) {
         "; copy it with .cpu() first");
   check(x.rank() >= 2, what,
         ": expected a tensor of rank 2 to 4 whose last two axes are (H, W), got shape ",
-        x.shape().to_string());
+        x.shape());
   const Index h = x.dim(x.rank() - 2), w = x.dim(x.rank() - 1);
   return {h * w == 0 ? 0 : x.numel() / (h * w), h, w};
 }
@@ -686,7 +686,7 @@ Tensor<Scalar> normalize(const Tensor<Scalar>& x, const std::vector<double>& mea
                          const std::vector<double>& stddev) {
   const detail::image::Planes p = detail::image::planes_of(x, "normalize");
   check(x.rank() == 3 || x.rank() == 4, "normalize: expected (C, H, W) or (N, C, H, W), got ",
-        x.shape().to_string());
+        x.shape());
   const Index c = x.dim(x.rank() - 3);
   check(static_cast<Index>(mean.size()) == c && static_cast<Index>(stddev.size()) == c,
         "normalize: ", mean.size(), " means and ", stddev.size(), " standard deviations for ", c,
@@ -718,7 +718,7 @@ template <class Scalar>
 std::vector<std::uint8_t> encode_png(const Tensor<Scalar>& image) {
   const Tensor<Scalar> x = image.cpu();
   check(x.rank() == 2 || (x.rank() == 3 && (x.dim(0) == 1 || x.dim(0) == 3)),
-        "encode_png: expected (H, W), (1, H, W) or (3, H, W), got ", x.shape().to_string());
+        "encode_png: expected (H, W), (1, H, W) or (3, H, W), got ", x.shape());
   const Index c = x.rank() == 2 ? 1 : x.dim(0);
   const Index h = x.dim(x.rank() - 2), w = x.dim(x.rank() - 1);
   check(h > 0 && w > 0 && h <= (1 << 24) && w <= (1 << 24) &&
@@ -755,7 +755,7 @@ template <class Scalar>
 Tensor<Scalar> colormap_jet(const Tensor<Scalar>& heat, Scalar lo, Scalar hi) {
   const Tensor<Scalar> x = heat.cpu();
   check(x.rank() == 2 || (x.rank() == 3 && x.dim(0) == 1),
-        "colormap_jet: expected (H, W) or (1, H, W), got ", x.shape().to_string());
+        "colormap_jet: expected (H, W) or (1, H, W), got ", x.shape());
   const Index h = x.dim(x.rank() - 2), w = x.dim(x.rank() - 1);
   Tensor<Scalar> out = Tensor<Scalar>::empty({3, h, w});
   const double range = double(hi) - double(lo);
@@ -794,7 +794,7 @@ Tensor<Scalar> blend(const Tensor<Scalar>& base, const Tensor<Scalar>& overlay, 
   check(a.rank() == 3 && (a.dim(0) == 1 || a.dim(0) == 3) && b.rank() == 3 && b.dim(0) == 3 &&
             a.dim(1) == b.dim(1) && a.dim(2) == b.dim(2),
         "blend: expected base (1|3, H, W) and overlay (3, H, W) of one size, got ",
-        a.shape().to_string(), " and ", b.shape().to_string());
+        a.shape(), " and ", b.shape());
   check(alpha >= Scalar(0) && alpha <= Scalar(1), "blend: alpha ", alpha, " outside [0, 1]");
   const Index plane = a.dim(1) * a.dim(2);
   Tensor<Scalar> out = Tensor<Scalar>::empty(b.shape());

@@ -124,7 +124,7 @@ template <class Scalar>
 Tensor<Scalar> apply_synthetic_defect(const Tensor<Scalar>& image, const SyntheticDefect& d) {
   check(image.rank() == 3 && image.dim(1) == d.image_size && image.dim(2) == d.image_size,
         "apply_synthetic_defect: expected an image (C, ", d.image_size, ", ", d.image_size,
-        "), got ", image.shape().to_string());
+        "), got ", image.shape());
   Tensor<Scalar> out = image.clone();
   const Index S = d.image_size;
   for (Index c = 0; c < image.dim(0); ++c)

@@ -52,9 +52,9 @@ void check_fused_inputs(const Tensor<Scalar>& z, const Tensor<Scalar>& log_jac_d
   check(z.device() == Device::cpu && log_jac_det.device() == Device::cpu, where,
         ": the fused path needs CPU tensors; use the autograd path (objective_loss) on other devices");
   check(z.rank() == 2 && z.rows() >= 1 && z.cols() >= 1, where, ": z must be (N, D), got ",
-        z.shape().to_string());
+        z.shape());
   check(log_jac_det.shape() == Shape{z.rows()}, where, ": log_jac_det must be (N,) = (", z.rows(),
-        ",), got ", log_jac_det.shape().to_string());
+        ",), got ", log_jac_det.shape());
 }
 
 /// The fixed row chunks of the fused objective: about 64 chunks of at least 128 rows, a function

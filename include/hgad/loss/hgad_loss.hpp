@@ -30,9 +30,9 @@ namespace detail {
 template <class Scalar>
 void check_latents(const Var<Scalar>& z, const Var<Scalar>& log_jac_det, const char* where) {
   check(z.value().rank() == 2 && z.rows() >= 1 && z.cols() >= 1, where, ": z must be (N, D), got ",
-        z.shape().to_string());
+        z.shape());
   check(log_jac_det.shape() == Shape{z.rows()}, where, ": log_jac_det must be (N,) = (", z.rows(),
-        ",), got ", log_jac_det.shape().to_string());
+        ",), got ", log_jac_det.shape());
 }
 
 /// The label-smoothed one-hot q_n = onehot(y_n) (1 - eps) + eps / K (docs/algorithm.md §3.2), (N, K).

@@ -96,11 +96,11 @@ struct ImageProHistograms {
 template <class MaskScalar, class Scalar>
 ProCurve pro_curve(const Tensor<MaskScalar>& masks, const Tensor<Scalar>& maps,
                    Index n_thresholds = aupro_default_n_thresholds) {
-  check(masks.shape() == maps.shape(), "pro_curve: masks have shape ", masks.shape().to_string(),
-        " but the anomaly maps have shape ", maps.shape().to_string());
+  check(masks.shape() == maps.shape(), "pro_curve: masks have shape ", masks.shape(),
+        " but the anomaly maps have shape ", maps.shape());
   check(maps.rank() == 2 || maps.rank() == 3,
-        "pro_curve: expected maps of shape (N, H, W) or (H, W), got ", maps.shape().to_string());
-  check(maps.numel() > 0, "pro_curve: empty maps of shape ", maps.shape().to_string());
+        "pro_curve: expected maps of shape (N, H, W) or (H, W), got ", maps.shape());
+  check(maps.numel() > 0, "pro_curve: empty maps of shape ", maps.shape());
   const Tensor<MaskScalar> mask_host = masks.cpu();
   const Tensor<Scalar> map_host = maps.cpu();
   const Index n_images = maps.rank() == 3 ? maps.dim(0) : 1;

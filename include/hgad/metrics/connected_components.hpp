@@ -89,7 +89,7 @@ ComponentLabels label_connected_components(const Tensor<Scalar>& mask,
                                            Connectivity connectivity = Connectivity::eight) {
   check(mask.rank() == 2,
         "label_connected_components: the mask must be (height, width), got shape ",
-        mask.shape().to_string());
+        mask.shape());
   const Tensor<Scalar> host = mask.cpu();
   return label_connected_components(host.data(), host.dim(0), host.dim(1), connectivity);
 }

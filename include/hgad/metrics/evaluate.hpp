@@ -50,9 +50,9 @@ ClassMetrics evaluate_class(const std::vector<Label>& image_labels,
                             double max_fpr = aupro_default_max_fpr,
                             Index n_thresholds = aupro_default_n_thresholds) {
   check(maps.rank() == 3, "evaluate_class: expected maps of shape (N, H, W), got ",
-        maps.shape().to_string());
+        maps.shape());
   check(masks.shape() == maps.shape(), "evaluate_class: masks have shape ",
-        masks.shape().to_string(), " but the anomaly maps have shape ", maps.shape().to_string());
+        masks.shape(), " but the anomaly maps have shape ", maps.shape());
   check(static_cast<Index>(image_labels.size()) == maps.dim(0) &&
             image_scores.size() == image_labels.size(),
         "evaluate_class: ", image_labels.size(), " image labels and ", image_scores.size(),

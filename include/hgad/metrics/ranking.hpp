@@ -238,8 +238,8 @@ auto with_vectors(const char* where, const std::vector<Label>& y_true,
 template <class Scalar, class LabelScalar, class Compute>
 auto with_tensors(const char* where, const Tensor<LabelScalar>& y_true,
                   const Tensor<Scalar>& y_score, Compute&& compute) {
-  check(y_true.numel() == y_score.numel(), where, ": y_true has shape ", y_true.shape().to_string(),
-        " but y_score has shape ", y_score.shape().to_string());
+  check(y_true.numel() == y_score.numel(), where, ": y_true has shape ", y_true.shape(),
+        " but y_score has shape ", y_score.shape());
   const Tensor<LabelScalar> labels = y_true.cpu();
   const Tensor<Scalar> scores = y_score.cpu();
   const LabelScalar* l = labels.data();

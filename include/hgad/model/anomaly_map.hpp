@@ -148,11 +148,11 @@ void check_level_maps(const char* where, const std::vector<Tensor<Scalar>>& leve
   check(!levels.empty(), where, ": no level maps");
   for (std::size_t l = 0; l < levels.size(); ++l) {
     check(levels[l].rank() == 3, where, ": level ", l, " must be (N, h, w), got shape ",
-          levels[l].shape().to_string());
+          levels[l].shape());
     check(levels[l].dim(0) == levels[0].dim(0), where, ": level ", l, " holds ", levels[l].dim(0),
           " images but level 0 holds ", levels[0].dim(0));
     check(levels[l].dim(1) > 0 && levels[l].dim(2) > 0, where, ": level ", l,
-          " has an empty map of shape ", levels[l].shape().to_string());
+          " has an empty map of shape ", levels[l].shape());
   }
 }
 
@@ -172,11 +172,11 @@ template <class Scalar>
 Tensor<Scalar> upsample_bilinear(const Tensor<Scalar>& input, Index out_height, Index out_width,
                                  bool align_corners = true) {
   check(input.rank() >= 2, "upsample_bilinear: expected (..., h, w) with rank 2 to 4, got shape ",
-        input.shape().to_string());
+        input.shape());
   const Index height = input.dim(input.rank() - 2);
   const Index width = input.dim(input.rank() - 1);
   check(height > 0 && width > 0, "upsample_bilinear: empty spatial size in shape ",
-        input.shape().to_string());
+        input.shape());
   check(out_height > 0 && out_width > 0, "upsample_bilinear: output size ", out_height, " x ",
         out_width, " must be positive");
   std::vector<Index> dims = input.shape().dims();
@@ -230,7 +230,7 @@ template <class Scalar>
 Tensor<Scalar> gaussian_filter(const Tensor<Scalar>& input, double sigma = 4.0,
                                double truncate = 4.0) {
   check(input.rank() >= 2, "gaussian_filter: expected (..., h, w) with rank 2 to 4, got shape ",
-        input.shape().to_string());
+        input.shape());
   check(sigma >= 0 && std::isfinite(sigma), "gaussian_filter: sigma must be >= 0, got ", sigma);
   Tensor<Scalar> out = input.cpu().clone();
   if (sigma == 0 || out.numel() == 0) return out;
@@ -458,7 +458,7 @@ double image_score(const Scalar* map, Index n, double top_fraction = 0) {
 template <class Scalar>
 std::vector<Scalar> image_scores(const Tensor<Scalar>& maps, double top_fraction = 0) {
   check(maps.rank() == 3 && maps.dim(1) * maps.dim(2) > 0,
-        "image_scores: expected non-empty maps of shape (N, H, W), got ", maps.shape().to_string());
+        "image_scores: expected non-empty maps of shape (N, H, W), got ", maps.shape());
   const Tensor<Scalar> host = maps.cpu();
   const Index n_pixels = host.dim(1) * host.dim(2);
   std::vector<Scalar> scores(static_cast<std::size_t>(host.dim(0)));

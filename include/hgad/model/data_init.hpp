@@ -51,7 +51,7 @@ AffineWhitening<Scalar> initialise_level_from_data(Index level, const Tensor<Sca
   check(features.rank() == 4 && features.dim(0) == static_cast<Index>(labels.size()),
         "initialise_level_from_data: level ", level,
         " features must be (N, H, W, D) with N = ", labels.size(), " labels, got ",
-        features.shape().to_string());
+        features.shape());
   const Index N = features.dim(0), D = features.dim(3), hw = features.dim(1) * features.dim(2);
   const Tensor<Scalar> rows = features.reshape({N * hw, D});
   const std::string level_features = "the features of level " + std::to_string(level);

@@ -103,7 +103,7 @@ class Detector {
   Detection<Scalar> score_image(const Tensor<Scalar>& rgb,
                                 const std::string& class_name = "") const {
     check(rgb.rank() == 3 && rgb.dim(0) == 3, "Detector::score_image: expected (3, H, W), got ",
-          rgb.shape().to_string());
+          rgb.shape());
     const ModelConfig& config = m_model.config();
     std::int64_t class_index = -1;
     if (!class_name.empty()) {

@@ -217,7 +217,7 @@ class HgadModel {
       const Tensor<Scalar>& f = features[static_cast<std::size_t>(l)];
       const LevelSpec& s = m_config.levels[static_cast<std::size_t>(l)];
       check(f.rank() == 4 && f.dim(1) == s.height && f.dim(2) == s.width && f.dim(3) == s.dim,
-            where, ": level ", l, " features have shape ", f.shape().to_string(),
+            where, ": level ", l, " features have shape ", f.shape(),
             ", the model expects (N, ", s.height, ", ", s.width, ", ", s.dim, ") (channels last)");
       check(f.device() == Device::cpu, where, ": level ", l, " features must be CPU tensors");
       if (n < 0) n = f.dim(0);

@@ -178,7 +178,7 @@ class ModelFile {
       check(ckpt.has(key), "'", name, "' lacks the parameter '", key, "'");
       Tensor<Scalar> t = ckpt.tensor<Scalar>(key);
       check(t.shape() == shape, "'", name, "': parameter '", key, "' has shape ",
-            t.shape().to_string(), ", expected ", shape.to_string());
+            t.shape(), ", expected ", shape);
       return t;
     };
     for (Index l = 0; l < model.n_levels(); ++l) {
@@ -250,11 +250,11 @@ class ModelFile {
             "' lacks the entry 'calibration.train_score_max'");
       const Tensor<double> train_score_max = ckpt.tensor<double>("calibration.train_score_max");
       check(train_score_max.shape() == Shape({K + 1}), "'", name,
-            "': calibration.train_score_max has shape ", train_score_max.shape().to_string(),
+            "': calibration.train_score_max has shape ", train_score_max.shape(),
             ", expected (", K + 1, ")");
       check(level_max.shape() == Shape({2, K + 1, L}) && sum_max.shape() == Shape({2, K + 1}), "'",
-            name, "': calibration constants of shape ", level_max.shape().to_string(), " and ",
-            sum_max.shape().to_string(), ", expected (2, ", K + 1, ", ", L, ") and (2, ", K + 1,
+            name, "': calibration constants of shape ", level_max.shape(), " and ",
+            sum_max.shape(), ", expected (2, ", K + 1, ", ", L, ") and (2, ", K + 1,
             ")");
       model.m_calibration.resize(static_cast<std::size_t>(K + 1));
       for (Index k = 0; k <= K; ++k) {
@@ -270,7 +270,7 @@ class ModelFile {
       if (ckpt.has("calibration.threshold")) {  // absent in files of older versions: NaN
         const Tensor<double> threshold = ckpt.tensor<double>("calibration.threshold");
         check(threshold.shape() == Shape({K + 1}), "'", name, "': calibration.threshold has shape ",
-              threshold.shape().to_string(), ", expected (", K + 1, ")");
+              threshold.shape(), ", expected (", K + 1, ")");
         for (Index k = 0; k <= K; ++k) {
           check(std::isfinite(threshold(k)), "'", name,
                 "': calibration.threshold holds a non-finite value at ", k);
@@ -280,7 +280,7 @@ class ModelFile {
       if (ckpt.has("calibration.class_posterior")) {  // absent in files of older versions
         const Tensor<double> posterior = ckpt.tensor<double>("calibration.class_posterior");
         check(posterior.shape() == Shape({K + 1, K}), "'", name,
-              "': calibration.class_posterior has shape ", posterior.shape().to_string(),
+              "': calibration.class_posterior has shape ", posterior.shape(),
               ", expected (", K + 1, ", ", K, ")");
         for (Index k = 0; k <= K; ++k)
           for (Index y = 0; y < K; ++y) {
@@ -304,7 +304,7 @@ class ModelFile {
                   ") needs");
             const Tensor<double> stored = ckpt.tensor<double>(key);
             check(stored.shape() == Shape({2, K + 1, hw}), "'", name, "': ", key, " has shape ",
-                  stored.shape().to_string(), ", expected (2, ", K + 1, ", ", hw, ")");
+                  stored.shape(), ", expected (2, ", K + 1, ", ", hw, ")");
             for (Index k = 0; k <= K; ++k) {
               ClassCalibration& cal = model.m_calibration[static_cast<std::size_t>(k)];
               std::vector<std::vector<double>>* parts[2] = {

@@ -109,7 +109,7 @@ void check_backbone_matches(const ModelConfig& config, const FeatureExtractor<Sc
 /// (B, C, h, w) → (B, h, w, C), the channels-last layout HgadModel reads.
 template <class Scalar>
 Tensor<Scalar> channels_last(const Tensor<Scalar>& maps) {
-  check(maps.rank() == 4, "channels_last: expected (B, C, h, w), got ", maps.shape().to_string());
+  check(maps.rank() == 4, "channels_last: expected (B, C, h, w), got ", maps.shape());
   const Index B = maps.dim(0), C = maps.dim(1), h = maps.dim(2), w = maps.dim(3);
   return flatten_features(maps).reshape({B, h, w, C});
 }
@@ -393,8 +393,8 @@ ClassReport evaluate_class(const std::string& name, const std::vector<double>& s
     m.image_f1_max = r.f1_max;
   }
   if (masks.numel() > 0 && maps.numel() > 0) {
-    check(maps.numel() == masks.numel(), "evaluate_class: maps ", maps.shape().to_string(),
-          " and masks ", masks.shape().to_string(), " differ in size");
+    check(maps.numel() == masks.numel(), "evaluate_class: maps ", maps.shape(),
+          " and masks ", masks.shape(), " differ in size");
     Index positives = 0;
     for (Index i = 0; i < masks.numel(); ++i) positives += masks.data()[i] > 0.5f ? 1 : 0;
     if (positives > 0 && positives < masks.numel()) {

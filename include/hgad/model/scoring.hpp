@@ -645,7 +645,7 @@ class ModelScoring {
       check(static_cast<Index>(b.size()) == m.numel() &&
                 (scale.empty() || static_cast<Index>(scale[l].size()) == m.numel()),
             "HgadModel: a baseline of ", b.size(), " positions for a map of shape ",
-            m.shape().to_string());
+            m.shape());
       Tensor<Scalar> r = Tensor<Scalar>::empty(m.shape());
       for (Index j = 0; j < m.numel(); ++j) {
         const double relative = double(m.data()[j]) - b[static_cast<std::size_t>(j)];

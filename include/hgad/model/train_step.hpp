@@ -84,12 +84,12 @@ void check_step_inputs(const SequenceFlow<Scalar>& flow, const Tensor<Scalar>& f
                        const std::vector<std::int64_t>& labels, int stage, const char* where) {
   check_stage(stage, where);
   check(features.rank() == 2 && features.cols() == flow.dim() && features.rows() >= 1, where,
-        ": features must be (N, D) with D = ", flow.dim(), ", got ", features.shape().to_string());
+        ": features must be (N, D) with D = ", flow.dim(), ", got ", features.shape());
   // (N, P), or (M, P) shared by the N / M maps of the batch (row n reads row n mod M).
   const bool cond_ok =
       flow.cond_dim() == 0 ? cond.numel() == 0 : condition_fits(features.rows(), cond, flow.cond_dim());
   check(cond_ok, where, ": positional encodings must be (N, P) = (", features.rows(), ", ", flow.cond_dim(),
-        ") or (M, P) with N a multiple of M, got ", cond.shape().to_string());
+        ") or (M, P) with N a multiple of M, got ", cond.shape());
   check(static_cast<Index>(labels.size()) == features.rows(), where, ": ", labels.size(), " labels for ",
         features.rows(), " feature vectors");
 }

@@ -143,7 +143,7 @@ class Adam {
         const Shape& shape = group.params[i].value().shape();
         check(s.step >= 0 && (s.step == 0 || (s.exp_avg.shape() == shape && s.exp_avg_sq.shape() == shape)),
               "Adam::load_state_dict: the state of ", group.names[i], " (step ", s.step, ", moments ",
-              s.exp_avg.shape().to_string(), ") does not fit its shape ", shape.to_string());
+              s.exp_avg.shape(), ") does not fit its shape ", shape);
       }
     for (auto& group : m_groups)
       for (std::size_t i = 0; i < group.params.size(); ++i) {
@@ -171,7 +171,7 @@ class Adam {
     check(param.device() == Device::cpu && grad.device() == Device::cpu, "Adam::step: parameter ", name,
           " is not on the CPU");
     check(grad.shape() == param.shape(), "Adam::step: gradient of ", name, " has shape ",
-          grad.shape().to_string(), ", the parameter ", param.shape().to_string());
+          grad.shape(), ", the parameter ", param.shape());
     if (state.step == 0) {
       state.exp_avg = Tensor<Scalar>(param.shape());
       state.exp_avg_sq = Tensor<Scalar>(param.shape());

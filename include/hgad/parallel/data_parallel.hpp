@@ -125,7 +125,7 @@ void broadcast_parameters(Communicator& comm, std::vector<Var<Scalar>> parameter
   for (Var<Scalar>& p : parameters) {  // handles: a copy shares the parameter's value
     Tensor<Scalar>& value = p.value();
     check(value.device() == Device::cpu, "broadcast_parameters: a parameter of shape ",
-          value.shape().to_string(), " is not on the CPU");
+          value.shape(), " is not on the CPU");
     comm.broadcast(value.data(), value.numel(), root);
   }
 }

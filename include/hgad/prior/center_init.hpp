@@ -111,7 +111,7 @@ template <class Scalar>
 DataCenters<Scalar> data_centers(const Tensor<Scalar>& x, const std::vector<std::int64_t>& labels,
                                  Index K, Index M, IntraCenterInit how, Rng& rng) {
   check(x.rank() == 2 && x.device() == Device::cpu,
-        "data_centers: x must be a CPU tensor (N, D), got ", x.shape().to_string());
+        "data_centers: x must be a CPU tensor (N, D), got ", x.shape());
   const Index N = x.rows(), D = x.cols();
   check(static_cast<Index>(labels.size()) == N, "data_centers: ", labels.size(), " labels for ", N,
         " vectors");

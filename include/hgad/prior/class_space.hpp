@@ -44,7 +44,7 @@ class ClassSpace {
         m_class_level(prior.class_level_factors()),
         m_offset(static_cast<std::size_t>(m_K), Scalar(0)) {
     check(z.device() == Device::cpu && z.rank() == 2 && z.cols() == m_D,
-          "ClassSpace: z must be a CPU (N, ", m_D, ") tensor, got ", z.shape().to_string());
+          "ClassSpace: z must be a CPU (N, ", m_D, ") tensor, got ", z.shape());
     const Tensor<Scalar>& mu = prior.mu().value();
     Tensor<Scalar> centers = intra_centers ? prior.intra_center_values() : Tensor<Scalar>();
     m_z = z;

@@ -71,16 +71,16 @@ class GaussianMixturePrior {
   GaussianMixturePrior(Tensor<Scalar> mu, Tensor<Scalar> delta, Tensor<Scalar> phi_intra,
                        Tensor<Scalar> phi_inter) {
     check(mu.rank() == 2 && mu.dim(0) >= 1 && mu.dim(1) >= 1,
-          "GaussianMixturePrior: mu must be (K, D) with K, D >= 1, got ", mu.shape().to_string());
+          "GaussianMixturePrior: mu must be (K, D) with K, D >= 1, got ", mu.shape());
     const Index K = mu.dim(0), D = mu.dim(1);
     check(phi_intra.rank() == 2 && phi_intra.dim(0) == K && phi_intra.dim(1) >= 1,
           "GaussianMixturePrior: phi_intra must be (K, M) = (", K, ", M >= 1), got ",
-          phi_intra.shape().to_string());
+          phi_intra.shape());
     const Index M = phi_intra.dim(1);
     check(delta.shape() == Shape{K, M - 1, D}, "GaussianMixturePrior: delta must be (K, M-1, D) = (", K,
-          ", ", M - 1, ", ", D, "), got ", delta.shape().to_string());
+          ", ", M - 1, ", ", D, "), got ", delta.shape());
     check(phi_inter.shape() == Shape{K}, "GaussianMixturePrior: phi_inter must be (K,) = (", K,
-          ",), got ", phi_inter.shape().to_string());
+          ",), got ", phi_inter.shape());
     m_mu = Var<Scalar>::parameter(std::move(mu));
     m_delta = Var<Scalar>::parameter(std::move(delta));
     m_phi_intra = Var<Scalar>::parameter(std::move(phi_intra));
@@ -142,7 +142,7 @@ class GaussianMixturePrior {
     const Index K = n_classes(), D = dim();
     check(factors.shape() == Shape({K, D, D}),
           "GaussianMixturePrior: the class factors must be (K, D, D) = (", K, ", ", D, ", ", D,
-          "), got ", factors.shape().to_string());
+          "), got ", factors.shape());
     factors = factors.cpu();
     std::vector<Scalar> log_dets;  // set with the factors once every class has passed
     for (Index y = 0; y < K; ++y) {
@@ -286,7 +286,7 @@ template <class Scalar>
 void check_class_factors(const Tensor<Scalar>& factors, Index n_classes, Index dim, const char* where) {
   check(factors.numel() == 0 || factors.shape() == Shape({n_classes, dim, dim}), where,
         ": the class factors must be empty or (K, D, D) = (", n_classes, ", ", dim, ", ", dim,
-        "), got ", factors.shape().to_string());
+        "), got ", factors.shape());
 }
 
 }  // namespace detail
@@ -300,8 +300,8 @@ template <class Scalar>
 Var<Scalar> inter_class_sqdist(const Var<Scalar>& z, const Var<Scalar>& mu,
                                const Tensor<Scalar>& class_factors = Tensor<Scalar>()) {
   check(z.value().rank() == 2 && mu.value().rank() == 2 && z.cols() == mu.cols(),
-        "inter_class_sqdist: z must be (N, D) and mu (K, D), got ", z.shape().to_string(), " and ",
-        mu.shape().to_string());
+        "inter_class_sqdist: z must be (N, D) and mu (K, D), got ", z.shape(), " and ",
+        mu.shape());
   detail::check_class_factors(class_factors, mu.rows(), mu.cols(), "inter_class_sqdist");
   std::vector<Var<Scalar>> columns;
   columns.reserve(static_cast<std::size_t>(mu.rows()));
@@ -327,8 +327,8 @@ Var<Scalar> intra_class_sqdist(const Var<Scalar>& z, const Var<Scalar>& mu, cons
                                const Tensor<Scalar>& class_factors = Tensor<Scalar>()) {
   check(z.value().rank() == 2 && mu.value().rank() == 2 && delta.value().rank() == 3 &&
             z.cols() == mu.cols() && delta.value().dim(0) == mu.rows() && delta.value().dim(2) == mu.cols(),
-        "intra_class_sqdist: need z (N, D), mu (K, D), delta (K, M-1, D), got ", z.shape().to_string(), ", ",
-        mu.shape().to_string(), ", ", delta.shape().to_string());
+        "intra_class_sqdist: need z (N, D), mu (K, D), delta (K, M-1, D), got ", z.shape(), ", ",
+        mu.shape(), ", ", delta.shape());
   detail::check_labels(classes, z.rows(), mu.rows(), "intra_class_sqdist");
   detail::check_class_factors(class_factors, mu.rows(), mu.cols(), "intra_class_sqdist");
   const Index D = z.cols(), K = mu.rows(), n_deltas = delta.value().dim(1);
@@ -364,7 +364,7 @@ Var<Scalar> intra_class_sqdist(const Var<Scalar>& z, const Var<Scalar>& mu, cons
 template <class Scalar>
 Var<Scalar> log_class_weights(const Var<Scalar>& phi_inter) {
   check(phi_inter.value().rank() == 1, "log_class_weights: phi_inter must be (K,), got ",
-        phi_inter.shape().to_string());
+        phi_inter.shape());
   return log_softmax_rows(reshape(phi_inter, Shape{1, phi_inter.value().dim(0)}));
 }
 
@@ -372,7 +372,7 @@ Var<Scalar> log_class_weights(const Var<Scalar>& phi_inter) {
 template <class Scalar>
 Var<Scalar> log_intra_weights(const Var<Scalar>& phi_intra, const std::vector<std::int64_t>& classes) {
   check(phi_intra.value().rank() == 2, "log_intra_weights: phi_intra must be (K, M), got ",
-        phi_intra.shape().to_string());
+        phi_intra.shape());
   detail::check_labels(classes, static_cast<Index>(classes.size()), phi_intra.rows(), "log_intra_weights");
   return gather_rows(log_softmax_rows(phi_intra), classes);
 }

@@ -29,7 +29,7 @@ template <class Scalar>
 void check_score_inputs(const Tensor<Scalar>& z, Index dim, const char* where) {
   check(z.device() == Device::cpu, where, ": needs a CPU tensor z");
   check(z.rank() == 2 && z.cols() == dim, where, ": z must be (N, D) with D = ", dim, ", got ",
-        z.shape().to_string());
+        z.shape());
 }
 
 /// A row of n distances: on the stack for up to 64 classes or centres, on the heap beyond.
@@ -60,7 +60,7 @@ Tensor<Scalar> score_log_likelihood(const GaussianMixturePrior<Scalar>& prior, c
   const Index N = z.rows(), D = z.cols(), M = prior.n_centers();
   check(log_jac_det.device() == Device::cpu && log_jac_det.shape() == Shape{N},
         "score_log_likelihood: log_jac_det must be a CPU (N,) = (", N, ",) tensor, got ",
-        log_jac_det.shape().to_string());
+        log_jac_det.shape());
   detail::check_labels(classes, N, prior.n_classes(), "score_log_likelihood");
   const ClassSpace<Scalar> space(prior, z, true);
   const Tensor<Scalar> log_w = prior.log_w_values();  // (K, M)
@@ -87,11 +87,11 @@ Tensor<Scalar> score_log_likelihood(const GaussianMixturePrior<Scalar>& prior, c
 template <class Scalar>
 Tensor<Scalar> score_log_likelihood_nf(const Tensor<Scalar>& z, const Tensor<Scalar>& log_jac_det) {
   check(z.device() == Device::cpu && z.rank() == 2, "score_log_likelihood_nf: z must be a CPU (N, D) tensor, got ",
-        z.shape().to_string());
+        z.shape());
   const Index N = z.rows(), D = z.cols();
   check(log_jac_det.device() == Device::cpu && log_jac_det.shape() == Shape{N},
         "score_log_likelihood_nf: log_jac_det must be a CPU (N,) = (", N, ",) tensor, got ",
-        log_jac_det.shape().to_string());
+        log_jac_det.shape());
   Tensor<Scalar> out({N});
   detail::parallel_for(N, N * D * 2, [&](Index n) {
     const Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> zn(z.data() + n * D, D);
