@@ -292,6 +292,35 @@ TEMPLATE_TEST_CASE("A shared condition of M rows acts as the condition repeated 
   }
 }
 
+TEMPLATE_TEST_CASE("A projected condition gives the forward of the condition itself", "[flow]", float, double) {
+  using Scalar = TestType;
+  const double tol = agreement_tolerance<Scalar>();
+  for (const BlockCase& c : block_cases()) {
+    SECTION(c.name) {
+      Rng rng(41);
+      SequenceFlow<Scalar> flow(c.D, c.P, 3, options_of(c), rng);
+      perturb(flow, rng, 2.0);
+      const Index M = 13;
+      const auto cond = c.P > 0 ? Tensor<Scalar>::randn({M, c.P}, rng) : Tensor<Scalar>();
+      const auto projected = flow.project_condition(cond);
+      CHECK(projected.blocks.size() == (c.P > 0 ? 3u : 0u));
+      for (Index N : {M, 4 * M}) {  // one input of M rows (the scores' case), and four sharing it
+        const auto x = Tensor<Scalar>::randn({N, c.D}, rng);
+        const auto ref = flow.forward(x, cond);
+        const auto fwd = flow.forward(x, projected);
+        CHECK(rel_diff(fwd.out, ref.out) < tol);
+        CHECK(rel_diff(fwd.log_jac_det, ref.log_jac_det) < tol);
+      }
+      if (c.P > 0) {
+        const auto x = Tensor<Scalar>::randn({M + 1, c.D}, rng);
+        CHECK_THROWS_WITH(flow.forward(x, projected), Catch::Contains("for 14 rows"));
+        perturb(flow, rng, 2.0);  // a projection holds for the parameters it was made from
+        CHECK(rel_diff(flow.forward(x.slice(0, M), projected).out, flow.forward(x.slice(0, M), cond).out) > tol);
+      }
+    }
+  }
+}
+
 TEST_CASE("Gradients with a shared condition pass gradcheck", "[flow]") {
   Rng rng(38);
   hgad::AllInOneBlock<double> block(5, 3, AllInOneOptions::hgad(), rng);

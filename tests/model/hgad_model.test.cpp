@@ -562,6 +562,28 @@ TEST_CASE("HgadModel scoring from four threads at once gives the sequential resu
     }
 }
 
+TEST_CASE("HgadModel scores follow a change of the flow's parameters made after scoring", "[model]") {
+  // The scores keep each level's projected positional encoding, made from the parameters on first
+  // use; a change through flow() must drop it, so the next score is the new parameters'.
+  const Trained& t = trained();
+  // Through a checkpoint: a copy of the model would share the fixture's parameters.
+  auto model = hgad::HgadModel<float>::from_checkpoint(t.model->to_checkpoint(), "m.hgad");
+  const auto image = hgad::HgadModel<float>::image_view(t.test.features, 0);
+  const auto before = model.score(image, 0, hgad::ScoreMode::calibrated);
+  for (const auto& [name, p] : model.flow(0).named_parameters()) {
+    if (name.find("fc1.bias") == std::string::npos) continue;
+    hgad::Tensor<float> value = p.value().clone();
+    for (Index i = 0; i < value.numel(); ++i) value.data()[i] += 0.5f;
+    model.flow(0).set_parameter(name, value);
+  }
+  const auto after = model.score(image, 0, hgad::ScoreMode::calibrated);
+  const auto fresh = hgad::HgadModel<float>::from_checkpoint(model.to_checkpoint(), "m.hgad");  // no projection kept
+  const auto expected = fresh.score(image, 0, hgad::ScoreMode::calibrated);
+  CHECK(after.score == expected.score);
+  CHECK(same_tensor(after.map, expected.map));
+  CHECK(after.score != before.score);
+}
+
 TEST_CASE("HgadModel calibration and scoring give the one-thread results with the images shared over "
           "two threads",
           "[model]") {

@@ -77,6 +77,9 @@ struct FlowResult {
 template <class Scalar>
 class AllInOneBlock {
  public:
+  /// A condition's share of the first layer, W1c c + b1 (M, H): see condition_projection.
+  using ConditionProjection = typename detail::FusedCoupling<Scalar>::RowMatrix;
+
   /// A block for D channels and a P-channel condition (P = 0: unconditional).
   /// requires: D >= 2, P >= 0, options.affine_clamping > 0.
   AllInOneBlock(Index D, Index P, const AllInOneOptions& options, Rng& rng)
@@ -334,6 +337,24 @@ class AllInOneBlock {
     const auto weights = fused_weights();
     kernel(weights).forward(x.rows(), x.data(), cond_data(cond), cond_rows(cond, x.rows()), out.data(), log_jac_det.data(), accumulate,
                             nullptr, nullptr);
+  }
+  /// This block's W1c c + b1 for a condition cond (M, P): (M, H), for forward_projected_into
+  /// (detail::FusedCoupling::condition_projection). It holds for the parameters it was made from.
+  ConditionProjection condition_projection(const Tensor<Scalar>& cond) const {
+    check(m_dims.P > 0 && cond.rank() == 2 && cond.dim(1) == m_dims.P && cond.rows() > 0 &&
+              cond.device() == Device::cpu,
+          "AllInOneBlock::condition_projection: expected a CPU condition (M, ", m_dims.P, "), got ", cond.shape());
+    const auto weights = fused_weights();
+    return kernel(weights).condition_projection(cond.data(), cond.rows());
+  }
+  /// forward_into under a condition given by this block's condition_projection (M, H) of it: the
+  /// same values without the condition's share of the first layer (N a multiple of M).
+  void forward_projected_into(const Tensor<Scalar>& x, const ConditionProjection& cond_proj, Tensor<Scalar>& out,
+                              Tensor<Scalar>& log_jac_det, bool accumulate) const {
+    check(x.rank() == 2 && x.dim(1) == m_dims.D && x.device() == Device::cpu,
+          "AllInOneBlock::forward_projected_into: input of shape ", x.shape(), ", expected a CPU (N, ", m_dims.D, ")");
+    const auto weights = fused_weights();
+    kernel(weights).forward_projected(x.rows(), x.data(), cond_proj, out.data(), log_jac_det.data(), accumulate);
   }
   void inverse_into(const Tensor<Scalar>& z, const Tensor<Scalar>& cond, Tensor<Scalar>& out,
                     Tensor<Scalar>& log_jac_det, bool accumulate) const {

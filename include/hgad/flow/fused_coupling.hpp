@@ -16,7 +16,9 @@
 ///
 /// A condition of M < N rows is shared periodically (row n reads c_{n mod M}): W1c c + b1 is then
 /// computed once per condition row before the tiles, and the backward gathers S_m = Σ_{n ≡ m} dh_n
-/// so that dW1c = Sᵀ c costs one (H, M, P) GEMM instead of an (H, N, P) one.
+/// so that dW1c = Sᵀ c costs one (H, M, P) GEMM instead of an (H, N, P) one. A caller that maps many
+/// inputs under one condition keeps that projection for all of them (condition_projection,
+/// forward_projected).
 ///
 /// Rows are processed in tiles of at most `fused_tile_rows` rows, each tile by one thread from its
 /// GEMMs to its element-wise pass, so a tile's intermediates stay in cache. The GEMMs are Eigen's
@@ -197,12 +199,41 @@ class FusedCoupling {
   /// With `hidden` (N, H) and `s_t` (N, 2 n2) non-null the activations are kept there (training).
   void forward(Index N, const Scalar* x, const Scalar* cond, Index cond_rows, Scalar* out, Scalar* log_jac_det,
                bool accumulate, Scalar* hidden, Scalar* s_t) const {
+    const RowMatrix cond_proj = project_condition(N, cond, cond_rows);
+    forward_rows(N, x, cond_proj.size() ? nullptr : cond, cond_proj, out, log_jac_det, accumulate, hidden, s_t);
+  }
+
+  /// W1c c + b1 for the M rows of a condition (M, P): (M, H), the start of each row's hidden layer.
+  /// A caller that maps many inputs under one condition (the scores: every image of a level has the
+  /// same positional encoding) makes it once and passes it to forward_projected.
+  RowMatrix condition_projection(const Scalar* cond, Index cond_rows) const {
+    check(m_dims.P > 0 && cond != nullptr && cond_rows > 0,
+          "FusedCoupling::condition_projection: needs a condition of at least one row (P = ", m_dims.P, ")");
+    RowMatrix cond_proj(cond_rows, m_dims.H);
+    cond_proj.rowwise() = ConstRow(m_w.fc1_bias.data(), m_dims.H);
+    cond_proj.noalias() += ConstMap(cond, cond_rows, m_dims.P, Stride(m_dims.P)) * w1c().transpose();
+    return cond_proj;
+  }
+
+  /// The inference forward of rows [0, N) under a condition given by its condition_projection
+  /// (M, H), N a multiple of M (row n reads projection row n mod M); as forward() otherwise.
+  void forward_projected(Index N, const Scalar* x, const RowMatrix& cond_proj, Scalar* out, Scalar* log_jac_det,
+                         bool accumulate) const {
+    check(cond_proj.rows() > 0 && cond_proj.cols() == m_dims.H && N % cond_proj.rows() == 0,
+          "FusedCoupling::forward_projected: a projection of ", cond_proj.rows(), " x ", cond_proj.cols(),
+          " for ", N, " rows of hidden width ", m_dims.H);
+    forward_rows(N, x, nullptr, cond_proj, out, log_jac_det, accumulate, nullptr, nullptr);
+  }
+
+ private:
+  /// The body of forward and forward_projected: each tile's rows start from cond_proj when it is
+  /// non-empty, else from b1 plus their rows of tile_cond times W1cᵀ.
+  void forward_rows(Index N, const Scalar* x, const Scalar* tile_cond, const RowMatrix& cond_proj, Scalar* out,
+                    Scalar* log_jac_det, bool accumulate, Scalar* hidden, Scalar* s_t) const {
     const CouplingDims& d = m_dims;
     const int n_threads = fused_threads(N);
     const Index tile = fused_tile_height(N, n_threads);
     const bool keep = hidden != nullptr;
-    const RowMatrix cond_proj = project_condition(N, cond, cond_rows);
-    const Scalar* tile_cond = cond_proj.size() ? nullptr : cond;
     std::vector<Workspace> ws(static_cast<std::size_t>(n_threads));
     for_each_tile(
         N, tile, n_threads,
@@ -217,6 +248,7 @@ class FusedCoupling {
         });
   }
 
+ public:
   /// Inverse of rows [0, N): x = f⁻¹(z); out (N, D) may be z itself; log_jac_det (N,) receives
   /// −(Σ s + Σ log g), set or added when `accumulate`.
   void inverse(Index N, const Scalar* z, const Scalar* cond, Index cond_rows, Scalar* out, Scalar* log_jac_det,
@@ -345,10 +377,7 @@ class FusedCoupling {
     if (!shares_condition(N, cond, cond_rows)) return cond_proj;
     check(cond_rows > 0 && N % cond_rows == 0, "FusedCoupling: ", N, " rows cannot share a condition of ",
           cond_rows, " rows");
-    cond_proj.resize(cond_rows, m_dims.H);
-    cond_proj.rowwise() = ConstRow(m_w.fc1_bias.data(), m_dims.H);
-    cond_proj.noalias() += ConstMap(cond, cond_rows, m_dims.P, Stride(m_dims.P)) * w1c().transpose();
-    return cond_proj;
+    return condition_projection(cond, cond_rows);
   }
 
   static void add_into(Tensor<Scalar>* target, const Scalar* values, Index n) {

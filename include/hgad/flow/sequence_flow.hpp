@@ -148,6 +148,33 @@ class SequenceFlow {
     return r;
   }
 
+  /// A condition with each block's share of the first layer computed once
+  /// (AllInOneBlock::condition_projection), for mapping many inputs under one condition: the
+  /// scores map every image of a level under the same positional encoding. It holds for the
+  /// parameters it was made from; make it again after they change. Empty for P = 0.
+  struct ProjectedCondition {
+    std::vector<typename AllInOneBlock<Scalar>::ConditionProjection> blocks;
+  };
+  ProjectedCondition project_condition(const Tensor<Scalar>& cond) const {
+    ProjectedCondition p;
+    if (m_cond_dim == 0) return p;
+    for (const AllInOneBlock<Scalar>& block : m_blocks) p.blocks.push_back(block.condition_projection(cond));
+    return p;
+  }
+
+  /// forward(x, cond) with cond given by its project_condition: the same values, without each
+  /// block's product of the condition.
+  FlowResult<Scalar> forward(const Tensor<Scalar>& x, const ProjectedCondition& cond) const {
+    if (m_cond_dim == 0) return forward(x);
+    check_fused("forward", x);
+    check(cond.blocks.size() == m_blocks.size(), "SequenceFlow::forward: a projected condition of ",
+          cond.blocks.size(), " blocks for a flow of ", m_blocks.size());
+    FlowResult<Scalar> r{x.clone(), Tensor<Scalar>::empty({x.rows()})};
+    for (std::size_t k = 0; k < m_blocks.size(); ++k)
+      m_blocks[k].forward_projected_into(r.out, cond.blocks[k], r.out, r.log_jac_det, k > 0);
+    return r;
+  }
+
   /// The inverse map without a graph: {x, −Σ_k log|det J_k|}.
   FlowResult<Scalar> inverse(const Tensor<Scalar>& z, const Tensor<Scalar>& cond = Tensor<Scalar>()) const {
     check_fused("inverse", z);

@@ -82,6 +82,10 @@ class HgadModel {
     for (const LevelSpec& level : m_config.levels)
       m_flows.emplace_back(level.dim, m_config.pos_dim, m_config.n_blocks, flow_options(), rng);
     m_whitening.resize(m_flows.size());  // the identity until fit() (init = whiten)
+    if (m_config.pos_dim > 0) {
+      for (const LevelSpec& level : m_config.levels)
+        m_encodings.push_back(positional_encoding_2d<Scalar>(m_config.pos_dim, level.height, level.width));
+    }
     if (m_config.objective == Objective::hgad) {
       for (const LevelSpec& level : m_config.levels)
         m_priors.emplace_back(m_config.n_classes(), m_config.n_centers, level.dim, rng);
@@ -400,11 +404,10 @@ class HgadModel {
   }
 
   /// The positional encoding of level l, (H·W, P), rows in the feature map's row-major order;
-  /// empty for P = 0.
-  Tensor<Scalar> level_encoding(Index l) const {
-    if (m_config.pos_dim == 0) return Tensor<Scalar>();
-    const LevelSpec& s = m_config.levels[static_cast<std::size_t>(l)];
-    return positional_encoding_2d<Scalar>(m_config.pos_dim, s.height, s.width);
+  /// empty for P = 0. Made once, with the model: every image of a level has the same one.
+  const Tensor<Scalar>& level_encoding(Index l) const {
+    static const Tensor<Scalar> none;
+    return m_config.pos_dim == 0 ? none : m_encodings[static_cast<std::size_t>(l)];
   }
 
   GaussianMixturePrior<Scalar>* prior_or_null(Index l) {
@@ -421,7 +424,7 @@ class HgadModel {
   }
 
   FlowResult<Scalar> level_flow_forward(Index l, const Tensor<Scalar>& x) const {
-    if (m_device == Device::cpu) return flow(l).forward(x, level_encoding(l));
+    if (m_device == Device::cpu) return flow(l).forward(x, projected_encoding(l));
     std::lock_guard<std::mutex> lock(m_scoring.mutex);
     if (m_scoring.levels.empty()) {
       auto& self = const_cast<HgadModel&>(*this);  // the devices only read the parameters here
@@ -432,29 +435,46 @@ class HgadModel {
     return m_scoring.levels[static_cast<std::size_t>(l)]->forward(x, level_encoding(l));
   }
 
-  /// The level devices that run the flows of the scores off the CPU, made on first use and
-  /// dropped whenever the parameters may change. A copy or move of the model starts without.
-  struct ScoringDevices {
+  /// Level l's positional encoding with each block's share of the first layer computed once
+  /// (SequenceFlow::project_condition), made on first use for all levels.
+  const typename SequenceFlow<Scalar>::ProjectedCondition& projected_encoding(Index l) const {
+    std::lock_guard<std::mutex> lock(m_scoring.mutex);
+    if (m_scoring.encodings.empty()) {
+      for (Index k = 0; k < n_levels(); ++k) m_scoring.encodings.push_back(flow(k).project_condition(level_encoding(k)));
+    }
+    return m_scoring.encodings[static_cast<std::size_t>(l)];
+  }
+
+  /// What the scores make once from the parameters and keep: the level devices that run the flows
+  /// off the CPU, and on the CPU the projected positional encodings. Made on first use and
+  /// dropped whenever the parameters may change (the scores read them without the lock then: no
+  /// scoring runs while they change). A copy or move of the model starts without.
+  struct ScoringCache {
     std::vector<std::unique_ptr<LevelDevice<Scalar>>> levels;
+    std::vector<typename SequenceFlow<Scalar>::ProjectedCondition> encodings;
     std::mutex mutex;
-    ScoringDevices() = default;
-    ScoringDevices(const ScoringDevices&) {}
-    ScoringDevices& operator=(const ScoringDevices&) {
+    ScoringCache() = default;
+    ScoringCache(const ScoringCache&) {}
+    ScoringCache& operator=(const ScoringCache&) {
       clear();
       return *this;
     }
-    void clear() { levels.clear(); }
+    void clear() {
+      levels.clear();
+      encodings.clear();
+    }
   };
 
   ModelConfig m_config;
   std::vector<SequenceFlow<Scalar>> m_flows;
   std::vector<GaussianMixturePrior<Scalar>> m_priors;
   std::vector<AffineWhitening<Scalar>> m_whitening;  // per level; the identity unless init = whiten
+  std::vector<Tensor<Scalar>> m_encodings;            // per level, (H·W, P); none for P = 0
   std::vector<ClassCalibration> m_calibration;  // K + 1 entries once calibrated
   std::map<std::string, std::string> m_metadata;
   Index m_epochs_trained = 0;
   Device m_device = Device::cpu;
-  mutable ScoringDevices m_scoring;
+  mutable ScoringCache m_scoring;
 };
 
 }  // namespace hgad
