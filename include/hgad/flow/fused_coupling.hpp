@@ -225,30 +225,6 @@ class FusedCoupling {
     forward_rows(N, x, nullptr, cond_proj, out, log_jac_det, accumulate, nullptr, nullptr);
   }
 
- private:
-  /// The body of forward and forward_projected: each tile's rows start from cond_proj when it is
-  /// non-empty, else from b1 plus their rows of tile_cond times W1cᵀ.
-  void forward_rows(Index N, const Scalar* x, const Scalar* tile_cond, const RowMatrix& cond_proj, Scalar* out,
-                    Scalar* log_jac_det, bool accumulate, Scalar* hidden, Scalar* s_t) const {
-    const CouplingDims& d = m_dims;
-    const int n_threads = fused_threads(N);
-    const Index tile = fused_tile_height(N, n_threads);
-    const bool keep = hidden != nullptr;
-    std::vector<Workspace> ws(static_cast<std::size_t>(n_threads));
-    for_each_tile(
-        N, tile, n_threads,
-        [&](int t) { ws[static_cast<std::size_t>(t)].forward(d, tile, keep); },
-        [&](int t, Index r0, Index r1) {
-          Workspace& w = ws[static_cast<std::size_t>(t)];
-          const Index T = r1 - r0;
-          Scalar* h = keep ? hidden + r0 * d.H : w.hidden.data();
-          Scalar* a = keep ? s_t + r0 * 2 * d.n2 : w.a.data();
-          forward_tile(T, r0, x + r0 * d.D, tile_cond ? tile_cond + r0 * d.P : nullptr, cond_proj, h, a, w.u.data(),
-                       out + r0 * d.D, log_jac_det + r0, accumulate);
-        });
-  }
-
- public:
   /// Inverse of rows [0, N): x = f⁻¹(z); out (N, D) may be z itself; log_jac_det (N,) receives
   /// −(Σ s + Σ log g), set or added when `accumulate`.
   void inverse(Index N, const Scalar* z, const Scalar* cond, Index cond_rows, Scalar* out, Scalar* log_jac_det,
@@ -365,6 +341,28 @@ class FusedCoupling {
       du_sum = RowVector::Zero(d.D);
     }
   };
+
+  /// The body of forward and forward_projected: each tile's rows start from cond_proj when it is
+  /// non-empty, else from b1 plus their rows of tile_cond times W1cᵀ.
+  void forward_rows(Index N, const Scalar* x, const Scalar* tile_cond, const RowMatrix& cond_proj, Scalar* out,
+                    Scalar* log_jac_det, bool accumulate, Scalar* hidden, Scalar* s_t) const {
+    const CouplingDims& d = m_dims;
+    const int n_threads = fused_threads(N);
+    const Index tile = fused_tile_height(N, n_threads);
+    const bool keep = hidden != nullptr;
+    std::vector<Workspace> ws(static_cast<std::size_t>(n_threads));
+    for_each_tile(
+        N, tile, n_threads,
+        [&](int t) { ws[static_cast<std::size_t>(t)].forward(d, tile, keep); },
+        [&](int t, Index r0, Index r1) {
+          Workspace& w = ws[static_cast<std::size_t>(t)];
+          const Index T = r1 - r0;
+          Scalar* h = keep ? hidden + r0 * d.H : w.hidden.data();
+          Scalar* a = keep ? s_t + r0 * 2 * d.n2 : w.a.data();
+          forward_tile(T, r0, x + r0 * d.D, tile_cond ? tile_cond + r0 * d.P : nullptr, cond_proj, h, a, w.u.data(),
+                       out + r0 * d.D, log_jac_det + r0, accumulate);
+        });
+  }
 
   bool shares_condition(Index N, const Scalar* cond, Index cond_rows) const {
     return m_dims.P > 0 && cond != nullptr && cond_rows < N;

@@ -446,9 +446,10 @@ class HgadModel {
   }
 
   /// What the scores make once from the parameters and keep: the level devices that run the flows
-  /// off the CPU, and on the CPU the projected positional encodings. Made on first use and
-  /// dropped whenever the parameters may change (the scores read them without the lock then: no
-  /// scoring runs while they change). A copy or move of the model starts without.
+  /// off the CPU, and on the CPU the projected positional encodings. Made on first use, under the
+  /// mutex, and dropped whenever the parameters may change, which no scoring overlaps; the
+  /// projections are only read once made, so a score uses them after releasing the mutex. A copy
+  /// or move of the model starts without.
   struct ScoringCache {
     std::vector<std::unique_ptr<LevelDevice<Scalar>>> levels;
     std::vector<typename SequenceFlow<Scalar>::ProjectedCondition> encodings;
