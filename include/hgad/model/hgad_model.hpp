@@ -82,10 +82,10 @@ class HgadModel {
     for (const LevelSpec& level : m_config.levels)
       m_flows.emplace_back(level.dim, m_config.pos_dim, m_config.n_blocks, flow_options(), rng);
     m_whitening.resize(m_flows.size());  // the identity until fit() (init = whiten)
-    if (m_config.pos_dim > 0) {
-      for (const LevelSpec& level : m_config.levels)
-        m_encodings.push_back(positional_encoding_2d<Scalar>(m_config.pos_dim, level.height, level.width));
-    }
+    for (const LevelSpec& level : m_config.levels)
+      m_encodings.push_back(m_config.pos_dim == 0
+                                ? Tensor<Scalar>()
+                                : positional_encoding_2d<Scalar>(m_config.pos_dim, level.height, level.width));
     if (m_config.objective == Objective::hgad) {
       for (const LevelSpec& level : m_config.levels)
         m_priors.emplace_back(m_config.n_classes(), m_config.n_centers, level.dim, rng);
@@ -405,10 +405,7 @@ class HgadModel {
 
   /// The positional encoding of level l, (H·W, P), rows in the feature map's row-major order;
   /// empty for P = 0. Made once, with the model: every image of a level has the same one.
-  const Tensor<Scalar>& level_encoding(Index l) const {
-    static const Tensor<Scalar> none;
-    return m_config.pos_dim == 0 ? none : m_encodings[static_cast<std::size_t>(l)];
-  }
+  const Tensor<Scalar>& level_encoding(Index l) const { return m_encodings[static_cast<std::size_t>(l)]; }
 
   GaussianMixturePrior<Scalar>* prior_or_null(Index l) {
     return m_config.objective == Objective::hgad ? &m_priors[static_cast<std::size_t>(l)] : nullptr;
@@ -470,7 +467,7 @@ class HgadModel {
   std::vector<SequenceFlow<Scalar>> m_flows;
   std::vector<GaussianMixturePrior<Scalar>> m_priors;
   std::vector<AffineWhitening<Scalar>> m_whitening;  // per level; the identity unless init = whiten
-  std::vector<Tensor<Scalar>> m_encodings;            // per level, (H·W, P); none for P = 0
+  std::vector<Tensor<Scalar>> m_encodings;            // per level, (H·W, P); empty for P = 0
   std::vector<ClassCalibration> m_calibration;  // K + 1 entries once calibrated
   std::map<std::string, std::string> m_metadata;
   Index m_epochs_trained = 0;
