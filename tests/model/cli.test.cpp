@@ -657,7 +657,8 @@ TEST_CASE("hgad calibrate gives a trained model new scoring settings: the model 
   hgad_test::TempDir dir("cli_calibrate");
   write_dataset(dir.path() / "data");
   const std::string scoring = "map_scale = log\nlevel_weights = 2\nmap_sigma = 1.5\n"
-                              "image_score_fraction = 0.1\nthreshold_quantile = 0.5\n";
+                              "pixel_map_sigma = 2\nimage_score_fraction = 0.1\n"
+                              "threshold_quantile = 0.5\n";
   std::ofstream(dir.file("tiny.cfg")) << tiny_config;
   std::ofstream(dir.file("scoring.cfg")) << scoring;
   std::ofstream(dir.file("both.cfg")) << tiny_config << scoring;

@@ -57,6 +57,7 @@ TEST_CASE("ModelConfig defaults are HGAD's hyper-parameters", "[model]") {
   CHECK(c.calibration_baseline == hgad::CalibrationBaseline::none);
   CHECK(c.map_scale == hgad::MapScale::exp);
   CHECK(c.map_sigma == 4.0);
+  CHECK(c.pixel_map_sigma == 0);
   CHECK(c.image_score_fraction == 0);
   CHECK(c.level_weights.empty());
   CHECK(c.calibration_count(700) == 700);  // calibration_images = 0: every image
@@ -78,6 +79,7 @@ TEST_CASE("ModelConfig text form round-trips every field exactly", "[model]") {
   c.calibration_baseline = hgad::CalibrationBaseline::position;
   c.map_scale = hgad::MapScale::log;
   c.map_sigma = 6.5;
+  c.pixel_map_sigma = 2.25;
   c.image_score_fraction = 0.01;
   c.level_weights = {0.25, 1.0 / 3.0};
   c.features.resize_mode = "shorter_side_crop";
@@ -98,6 +100,7 @@ TEST_CASE("ModelConfig text form round-trips every field exactly", "[model]") {
   CHECK(back.calibration_baseline == hgad::CalibrationBaseline::position);
   CHECK(back.map_scale == hgad::MapScale::log);
   CHECK(back.map_sigma == 6.5);
+  CHECK(back.pixel_map_sigma == 2.25);
   CHECK(back.image_score_fraction == 0.01);
   CHECK(back.level_weights == c.level_weights);
   CHECK(back.level_weights[1] == 1.0 / 3.0);  // exactly, as every double
@@ -113,6 +116,7 @@ TEST_CASE("first_training_difference ignores the scoring settings and names any 
   b.map_scale = hgad::MapScale::log;
   b.level_weights = {1, 2};
   b.map_sigma = 6;
+  b.pixel_map_sigma = 8;
   b.image_score_fraction = 0.01;
   b.threshold_quantile = 0.9;
   CHECK(hgad::first_training_difference(a, b).empty());
@@ -230,6 +234,11 @@ TEST_CASE("ModelConfig validation names the key and the offending value", "[mode
             .find("map_sigma = 1001: must be in [0, 1000]") != std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) { c.map_sigma = INFINITY; }).find("map_sigma = inf") !=
         std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.pixel_map_sigma = 12; }).empty());
+  CHECK(validate([](hgad::ModelConfig& c) { c.pixel_map_sigma = -0.5; })
+            .find("pixel_map_sigma = -0.5: must be in [0, 1000]") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.pixel_map_sigma = NAN; })
+            .find("pixel_map_sigma = nan") != std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) { c.level_weights = {0, 2.5}; }).empty());
   CHECK(validate([](hgad::ModelConfig& c) { c.level_weights = {1, 2, 4}; })
             .find("level_weights = 1, 2, 4: needs as many weights as levels (2)") !=
@@ -365,9 +374,9 @@ TEST_CASE("ModelConfig key table: to_text writes each key once in table order, f
       "n_centers", "lambda1", "lambda2", "label_smoothing", "meta_epochs", "sub_epochs",
       "warmup_meta_epochs", "stage1_meta_epochs", "lr", "lr_decay_rate", "beta1", "beta2",
       "adam_eps", "weight_decay", "batch_size", "seed", "calibration_images",
-      "calibration_baseline", "map_scale", "level_weights", "map_sigma", "image_score_fraction",
-      "threshold_quantile", "backbone", "layers", "pyramid_levels", "neighbourhood", "image_size",
-      "resize_mode", "mask_size"};
+      "calibration_baseline", "map_scale", "level_weights", "map_sigma", "pixel_map_sigma",
+      "image_score_fraction", "threshold_quantile", "backbone", "layers", "pyramid_levels",
+      "neighbourhood", "image_size", "resize_mode", "mask_size"};
   CHECK(table == keys);
 
   auto lines_of = [](const std::string& text) {

@@ -511,6 +511,51 @@ TEST_CASE("image_score_fraction scores an image by the mean of its map's highest
     CHECK(model.calibration(k).threshold < paper.model->calibration(k).threshold);
 }
 
+TEST_CASE("pixel_map_sigma blurs the map an image is given after its score is read, and nothing else",
+          "[model]") {
+  // The trained paper model with pixel_map_sigma = 1.5, calibrated again: its scores and
+  // calibration are the paper model's, its maps the paper model's blurred once more with σ = 1.5
+  // (docs/algorithm.md §9.2), in every mode and under every criterion.
+  const Trained& paper = trained();
+  hgad::HgadModel<float> model = hgad::HgadModel<float>::from_checkpoint(paper.model->to_checkpoint(), "m.hgad");
+  hgad::ModelConfig config = paper.config;
+  config.pixel_map_sigma = 1.5;
+  model.change_scoring(config);
+  model.calibrate(paper.train.features, paper.train.classes);
+  for (Index c = 0; c <= 3; ++c) {
+    CHECK(model.calibration(c).threshold ==
+          Approx(paper.model->calibration(c).threshold).margin(1e-6).epsilon(1e-5));
+    CHECK(model.calibration(c).train_score_max ==
+          Approx(paper.model->calibration(c).train_score_max).margin(1e-6).epsilon(1e-5));
+  }
+  for (const auto mode : {hgad::ScoreMode::calibrated, hgad::ScoreMode::label_free,
+                          hgad::ScoreMode::transductive})
+    for (const auto criterion : {hgad::ScoreCriterion::product, hgad::ScoreCriterion::likelihood,
+                                 hgad::ScoreCriterion::entropy}) {
+      CAPTURE(int(mode), int(criterion));
+      const auto classes = paper.test.classes;
+      const auto scored = model.score_set(paper.test.features, classes, mode, {}, criterion);
+      const auto unblurred =
+          paper.model->score_set(paper.test.features, classes, mode, {}, criterion);
+      double moved = 0;
+      for (std::size_t i = 0; i < scored.size(); ++i) {
+        REQUIRE(scored[i].score == Approx(unblurred[i].score).margin(1e-6).epsilon(1e-5));
+        const hgad::Tensor<float>& a = unblurred[i].map;
+        const std::vector<double> expected =
+            naive_blur(std::vector<double>(a.data(), a.data() + a.numel()), 8, 1.5);
+        for (Index p = 0; p < 64; ++p) {
+          REQUIRE(double(scored[i].map.data()[p]) ==
+                  Approx(expected[static_cast<std::size_t>(p)]).margin(1e-6).epsilon(1e-4));
+          moved = std::max(moved, std::abs(double(scored[i].map.data()[p] - a.data()[p])));
+        }
+      }
+      CHECK(moved > 1e-3);  // the blur is not a no-op on these maps
+    }
+  // One threshold for σ, as map_sigma's.
+  config.pixel_map_sigma = -1;
+  CHECK_THAT(error_of([&] { model.change_scoring(config); }), Catch::Contains("pixel_map_sigma"));
+}
+
 TEST_CASE("HgadModel calibrated scores are the same alone and inside a batch", "[model]") {
   const Trained& t = trained();
   const auto& model = *t.model;

@@ -113,9 +113,9 @@ enum class MapScale {
 inline constexpr detail::NamedValue<MapScale> map_scale_names[] = {{"exp", MapScale::exp},
                                                                    {"log", MapScale::log}};
 
-/// The largest σ of the anomaly maps' blur (ModelConfig::map_sigma), in pixels. The kernel has
-/// 8σ + 1 taps, and σ = 1000 already blurs a 4096-pixel map to nearly its mean, so a larger value is
-/// a mistake, refused before the kernel is allocated.
+/// The largest σ of the anomaly maps' blurs (ModelConfig::map_sigma, pixel_map_sigma), in pixels.
+/// The kernel has 8σ + 1 taps, and σ = 1000 already blurs a 4096-pixel map to nearly its mean, so a
+/// larger value is a mistake, refused before the kernel is allocated.
 inline constexpr double max_map_sigma = 1000;
 /// The largest weight of a level in the anomaly maps (ModelConfig::level_weights): weights only
 /// weigh the levels against each other, and a bound keeps a mistyped one from swamping the sums.
@@ -290,6 +290,14 @@ struct ModelConfig {
   /// calibration images' scores, which are read off blurred maps). At most max_map_sigma.
   double map_sigma = 4.0;
 
+  /// σ of a further Gaussian blur of the map an image is given per pixel (docs/algorithm.md §9.2;
+  /// not in the paper), in pixels of the mask_size map: the image score is read off the anomaly
+  /// map first (map_sigma, image_score_fraction), then the map is blurred again by this σ for the
+  /// pixel metrics and the heat maps. 0 (the default): the map the score is read off. It enters
+  /// neither the training, nor the calibration constants, nor the decision thresholds. At most
+  /// max_map_sigma.
+  double pixel_map_sigma = 0;
+
   /// The image score (docs/algorithm.md §5.6, §9.2): 0, the maximum of the image's anomaly map
   /// (the paper's), or f in (0, 1], the mean of the map's highest f of pixels (image_score). Applies
   /// in every mode, and to the decision thresholds (quantiles of the training images' scores).
@@ -431,6 +439,8 @@ void for_each_config_key(Config& c, Key&& key) {
   const KeyRule<double> non_negative{[](const double& x) { return x >= 0; }, "must be >= 0"};
   const KeyRule<double> in_0_1{[](const double& x) { return x >= 0 && x < 1; },
                                "must be in [0, 1)"};
+  const KeyRule<double> blur_sigma{[](const double& x) { return x >= 0 && x <= max_map_sigma; },
+                                   "must be in [0, " + format_double(max_map_sigma) + "]"};
 
   key("objective", c.objective, objective_names);
   key("levels", c.levels,
@@ -475,9 +485,8 @@ void for_each_config_key(Config& c, Key&& key) {
   key("level_weights", c.level_weights,
       KeyRule<double>{[](const double& w) { return w >= 0 && w <= max_level_weight; },
                       "each weight must be in [0, " + format_double(max_level_weight) + "]"});
-  key("map_sigma", c.map_sigma,
-      KeyRule<double>{[](const double& x) { return x >= 0 && x <= max_map_sigma; },
-                      "must be in [0, " + format_double(max_map_sigma) + "]"});
+  key("map_sigma", c.map_sigma, blur_sigma);
+  key("pixel_map_sigma", c.pixel_map_sigma, blur_sigma);
   key("image_score_fraction", c.image_score_fraction,
       KeyRule<double>{[](const double& x) { return x >= 0 && x <= 1; }, "must be in [0, 1]"});
   key("threshold_quantile", c.threshold_quantile,
@@ -543,6 +552,8 @@ inline constexpr KeyMeaning config_key_meanings[] = {
     {"level_weights",
      "the weight of each level in the anomaly maps, one per level (empty: all 1, the paper's)"},
     {"map_sigma", "sigma in pixels of the anomaly maps' Gaussian blur (the paper's 4; 0: none)"},
+    {"pixel_map_sigma",
+     "sigma in pixels of a further blur of the pixel maps, after the image score (0: none)"},
     {"image_score_fraction",
      "0: an image's score is its map's maximum (the paper's); f: the mean of its highest f of pixels"},
     {"threshold_quantile",
@@ -850,7 +861,8 @@ inline ModelConfig ModelConfig::from_text(const std::string& text, const std::st
 /// (HgadModel::change_scoring, `hgad calibrate`).
 inline constexpr const char* scoring_config_keys[] = {
     "calibration_images", "calibration_baseline", "map_scale",         "level_weights",
-    "map_sigma",          "image_score_fraction", "threshold_quantile"};
+    "map_sigma",          "pixel_map_sigma",      "image_score_fraction",
+    "threshold_quantile"};
 
 /// The first key outside scoring_config_keys whose value differs between `a` and `b` (as to_text
 /// writes it), or "" when they differ in scoring keys at most.

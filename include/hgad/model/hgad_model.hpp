@@ -284,9 +284,10 @@ class HgadModel {
   /// level_max_l))), clipped at 0 — a no-op with the image's own transductive constants, and with
   /// frozen constants it keeps the product of two negative maps of a very normal image from turning
   /// positive. The HGAD map is A_logp ⊙ A_ent (or one of them, by `criterion`), the NF map A_logp
-  /// alone; the score is the map's maximum (or the mean of its highest pixels, image_score).
-  /// With per-position baselines in `constants`, each raw map is first taken relative to them
-  /// (ModelConfig::calibration_baseline).
+  /// alone; the score is the map's maximum (or the mean of its highest pixels, image_score). The
+  /// map returned is then blurred again by ModelConfig::pixel_map_sigma (when not 0), after the
+  /// score is read. With per-position baselines in `constants`, each raw map is first taken
+  /// relative to them (ModelConfig::calibration_baseline).
   ScoredImage<Scalar> anomaly_map(const RawScores<Scalar>& raw, const ClassCalibration& constants,
                                   ScoreCriterion criterion = ScoreCriterion::product) const {
     return ModelScoring<Scalar>::anomaly_map(*this, raw, constants, criterion);

@@ -291,39 +291,15 @@ class ModelScoring {
            map_terms(model, has_entropy, ScoreCriterion::product);
   }
 
-  /// The body of HgadModel::anomaly_map.
+  /// The body of HgadModel::anomaly_map: the map the image score is read off, then blurred again
+  /// by ModelConfig::pixel_map_sigma when that is not 0.
   static ScoredImage<Scalar> anomaly_map(const HgadModel<Scalar>& model,
                                          const RawScores<Scalar>& raw,
                                          const ClassCalibration& constants,
                                          ScoreCriterion criterion) {
-    ScoredImage<Scalar> out;
-    const AnomalyMapOptions options = map_options(model);
-    check(!(model.n_classes() == 1 && criterion == ScoreCriterion::entropy &&
-            !raw.neg_entropy.empty()),
-          "HgadModel::anomaly_map: a model of one class has no class entropy to score; use the "
-          "likelihood (or product) criterion");
-    const auto [likelihood, entropy] = map_terms(model, !raw.neg_entropy.empty(), criterion);
-    out.map = Tensor<Scalar>::full({options.height, options.width}, Scalar(1));
-    Scalar* a = out.map.data();
-    const Index n = out.map.numel();
-    if (likelihood) {
-      const Tensor<Scalar> lik =
-          calibrated_anomaly_map(one_image_levels(relative_to_baseline(
-                                     raw.log_likelihood, constants.log_likelihood_baseline,
-                                     constants.log_likelihood_scale)),
-                                 constants.log_likelihood, options);
-      for (Index i = 0; i < n; ++i) a[i] = std::max(lik.data()[i], Scalar(0));
-    }
-    if (entropy) {
-      const Tensor<Scalar> ent = calibrated_anomaly_map(
-          one_image_levels(relative_to_baseline(raw.neg_entropy, constants.neg_entropy_baseline,
-                                                constants.neg_entropy_scale)),
-          constants.neg_entropy, options);
-      for (Index i = 0; i < n; ++i) a[i] *= std::max(ent.data()[i], Scalar(0));
-    }
-    out.score = image_score(a, n, model.config().image_score_fraction);
-    out.predicted_class = raw.predicted_class;
-    out.scored_class = raw.scored_class;
+    ScoredImage<Scalar> out = scored_map(model, raw, constants, criterion);
+    const double sigma = model.config().pixel_map_sigma;
+    if (sigma > 0) out.map = gaussian_filter(out.map, sigma, map_options(model).truncate);
     return out;
   }
 
@@ -489,6 +465,43 @@ class ModelScoring {
   }
 
  private:
+  /// The §5.5 map of one image under `criterion` and its §5.6 image score (the score is read off
+  /// this map, before any pixel_map_sigma blur).
+  static ScoredImage<Scalar> scored_map(const HgadModel<Scalar>& model,
+                                        const RawScores<Scalar>& raw,
+                                        const ClassCalibration& constants,
+                                        ScoreCriterion criterion) {
+    ScoredImage<Scalar> out;
+    const AnomalyMapOptions options = map_options(model);
+    check(!(model.n_classes() == 1 && criterion == ScoreCriterion::entropy &&
+            !raw.neg_entropy.empty()),
+          "HgadModel::anomaly_map: a model of one class has no class entropy to score; use the "
+          "likelihood (or product) criterion");
+    const auto [likelihood, entropy] = map_terms(model, !raw.neg_entropy.empty(), criterion);
+    out.map = Tensor<Scalar>::full({options.height, options.width}, Scalar(1));
+    Scalar* a = out.map.data();
+    const Index n = out.map.numel();
+    if (likelihood) {
+      const Tensor<Scalar> lik =
+          calibrated_anomaly_map(one_image_levels(relative_to_baseline(
+                                     raw.log_likelihood, constants.log_likelihood_baseline,
+                                     constants.log_likelihood_scale)),
+                                 constants.log_likelihood, options);
+      for (Index i = 0; i < n; ++i) a[i] = std::max(lik.data()[i], Scalar(0));
+    }
+    if (entropy) {
+      const Tensor<Scalar> ent = calibrated_anomaly_map(
+          one_image_levels(relative_to_baseline(raw.neg_entropy, constants.neg_entropy_baseline,
+                                                constants.neg_entropy_scale)),
+          constants.neg_entropy, options);
+      for (Index i = 0; i < n; ++i) a[i] *= std::max(ent.data()[i], Scalar(0));
+    }
+    out.score = image_score(a, n, model.config().image_score_fraction);
+    out.predicted_class = raw.predicted_class;
+    out.scored_class = raw.scored_class;
+    return out;
+  }
+
   /// Every rank's part of `raws` (shard_rows of raws.size() over the ranks; the others' entries
   /// empty on entry) copied to every rank: per image its maps, class posterior and classes as one
   /// row of doubles (float maps convert exactly), through Communicator::all_gather_rows.
@@ -542,7 +555,7 @@ class ModelScoring {
         static_cast<Index>(raws.size()),
         [&](Index i) {
           scores[static_cast<std::size_t>(i)] =
-              anomaly_map(model, raws[static_cast<std::size_t>(i)], constants, ScoreCriterion::product)
+              scored_map(model, raws[static_cast<std::size_t>(i)], constants, ScoreCriterion::product)
                   .score;
         });
     return scores;
