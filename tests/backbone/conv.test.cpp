@@ -94,6 +94,44 @@ TEST_CASE("conv2d splits large outputs over several blocks and threads correctly
   hgad::set_num_threads(2);
 }
 
+TEMPLATE_TEST_CASE("conv2d on channel-major batches: an image's output does not depend on the "
+                   "images beside it, on one thread",
+                   "[backbone]", float, double) {
+  // The backbone's (C, N, H, W) layout through the im2col + Eigen path: a 3 x 3 convolution over
+  // 64 channels of three 10 x 13 images (390 positions, more than one im2col block of 341 floats'
+  // or 170 doubles' positions), each image's output computed inside the batch and alone, bit for
+  // bit, and against naive loops.
+  hgad::Rng rng(21);
+  const Index n = 3, c = 64, h = 10, w = 13, o = 5;
+  const auto x = hgad::Tensor<TestType>::randn({c, n, h, w}, rng);  // channel-major
+  const auto k = hgad::Tensor<TestType>::randn({o, c, 3, 3}, rng, 0, 0.1);
+  const auto b = hgad::Tensor<TestType>::randn({o}, rng);
+  const auto conv = [&](const TestType* in, Index batch) {
+    hgad::Tensor<TestType> y({o, batch, h, w});
+    const hgad::detail::PlaneView<const TestType> in_view{in, c, batch, h, w, batch * h * w, h * w};
+    hgad::detail::conv2d_views<TestType>(in_view, k.data(), b.data(), 3, 3, 1, 1, true, nullptr,
+                                         hgad::detail::cnhw_view(y.data(), o, batch, h, w));
+    return y;
+  };
+  hgad::set_num_threads(1);
+  const auto batch = conv(x.data(), n);
+  for (Index i = 0; i < n; ++i) {
+    CAPTURE(i);
+    hgad::Tensor<TestType> alone_in({c, 1, h, w});
+    for (Index ch = 0; ch < c; ++ch)
+      std::copy_n(x.data() + (ch * n + i) * h * w, h * w, alone_in.data() + ch * h * w);
+    const auto alone = conv(alone_in.data(), 1);
+    bool same = true;
+    for (Index oc = 0; oc < o; ++oc)
+      same = same && std::equal(alone.data() + oc * h * w, alone.data() + (oc + 1) * h * w,
+                                batch.data() + (oc * n + i) * h * w);
+    CHECK(same);
+    const auto ref = naive_conv2d(alone_in.reshape({1, c, h, w}), k, b, 1, 1, true, nullptr);
+    CHECK(max_abs_diff(alone.reshape({1, o, h, w}), ref) <= tolerance<TestType>() * 10);
+  }
+  hgad::set_num_threads(2);
+}
+
 TEMPLATE_TEST_CASE("max_pool2d matches naive loops with -inf padding", "[backbone]", float,
                    double) {
   hgad::Rng rng(7);

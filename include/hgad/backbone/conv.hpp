@@ -11,7 +11,9 @@
 /// where col holds, for each output position p, the input patch it sees (zero outside the image).
 /// The GEMM is Eigen's; the positions are cut into blocks whose im2col buffer stays in the cache,
 /// and the blocks are spread over the OpenMP threads. Tensors are NCHW; the networks keep their
-/// activations channel-major (C, N, H, W) instead, so that the whole batch is one GEMM per block.
+/// activations channel-major (C, N, H, W) instead, so that the packed kernel's blocks run over the
+/// whole batch. The Eigen path cuts each image on its own, so that on one thread an image's result
+/// does not depend on the other images of its batch.
 ///
 ///     auto y = hgad::conv2d(x, w, b, {/*stride=*/2, /*padding=*/3, /*relu=*/true});   // (N, O,
 ///     H', W') auto z = hgad::max_pool2d(y, 3, 2, 1);
@@ -235,13 +237,12 @@ void conv2d_views(const PlaneView<const Scalar>& in, const Scalar* weight, const
   const Index out_h = out.height, out_w = out.width, out_hw = out_h * out_w;
   const bool direct = kh == 1 && kw == 1 && stride == 1 && pad == 0;
 
-  // Blocks never straddle two images unless every view keeps a channel's images in one run.
-  const bool contiguous = out.batch_contiguous() && (!direct || in.batch_contiguous()) &&
-                          (residual == nullptr || residual->batch_contiguous());
+  // Blocks never straddle two images: Eigen's order of summation for an output column depends on
+  // where the column falls in its tiles, so with blocks over the whole batch an image's features
+  // would depend on the images beside it (the packed kernel's order does not).
   const Index block =
       std::max<Index>(64, Index(conv_block_bytes / sizeof(Scalar)) / std::max<Index>(K, 1));
-  const ConvBlocking blocks = conv_blocking(contiguous ? out.batch * out_hw : out_hw,
-                                            contiguous ? 1 : out.batch, block, 16);
+  const ConvBlocking blocks = conv_blocking(out_hw, out.batch, block, 16);
   const Index n_blocks = blocks.n_blocks();
   const Index flops = 2 * n_out * K * out.batch * out_hw;
 
