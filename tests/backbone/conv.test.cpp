@@ -108,8 +108,8 @@ TEMPLATE_TEST_CASE("conv2d on channel-major batches: an image's output does not 
   const auto b = hgad::Tensor<TestType>::randn({o}, rng);
   const auto conv = [&](const TestType* in, Index batch) {
     hgad::Tensor<TestType> y({o, batch, h, w});
-    const hgad::detail::PlaneView<const TestType> in_view{in, c, batch, h, w, batch * h * w, h * w};
-    hgad::detail::conv2d_views<TestType>(in_view, k.data(), b.data(), 3, 3, 1, 1, true, nullptr,
+    hgad::detail::conv2d_views<TestType>(hgad::detail::cnhw_view(in, c, batch, h, w), k.data(),
+                                         b.data(), 3, 3, 1, 1, true, nullptr,
                                          hgad::detail::cnhw_view(y.data(), o, batch, h, w));
     return y;
   };

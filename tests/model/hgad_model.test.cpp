@@ -511,13 +511,15 @@ TEST_CASE("image_score_fraction scores an image by the mean of its map's highest
     CHECK(model.calibration(k).threshold < paper.model->calibration(k).threshold);
 }
 
-TEST_CASE("pixel_map_sigma blurs the map an image is given after its score is read, and nothing else",
+TEST_CASE("pixel_map_sigma blurs the map an image is given after its score is read, and nothing "
+          "else",
           "[model]") {
   // The trained paper model with pixel_map_sigma = 1.5, calibrated again: its scores and
   // calibration are the paper model's, its maps the paper model's blurred once more with σ = 1.5
   // (docs/algorithm.md §9.2), in every mode and under every criterion.
   const Trained& paper = trained();
-  hgad::HgadModel<float> model = hgad::HgadModel<float>::from_checkpoint(paper.model->to_checkpoint(), "m.hgad");
+  hgad::HgadModel<float> model =
+      hgad::HgadModel<float>::from_checkpoint(paper.model->to_checkpoint(), "m.hgad");
   hgad::ModelConfig config = paper.config;
   config.pixel_map_sigma = 1.5;
   model.change_scoring(config);

@@ -83,9 +83,10 @@ class HgadModel {
       m_flows.emplace_back(level.dim, m_config.pos_dim, m_config.n_blocks, flow_options(), rng);
     m_whitening.resize(m_flows.size());  // the identity until fit() (init = whiten)
     for (const LevelSpec& level : m_config.levels)
-      m_encodings.push_back(m_config.pos_dim == 0
-                                ? Tensor<Scalar>()
-                                : positional_encoding_2d<Scalar>(m_config.pos_dim, level.height, level.width));
+      m_encodings.push_back(
+          m_config.pos_dim == 0
+              ? Tensor<Scalar>()
+              : positional_encoding_2d<Scalar>(m_config.pos_dim, level.height, level.width));
     if (m_config.objective == Objective::hgad) {
       for (const LevelSpec& level : m_config.levels)
         m_priors.emplace_back(m_config.n_classes(), m_config.n_centers, level.dim, rng);
@@ -406,7 +407,9 @@ class HgadModel {
 
   /// The positional encoding of level l, (H·W, P), rows in the feature map's row-major order;
   /// empty for P = 0. Made once, with the model: every image of a level has the same one.
-  const Tensor<Scalar>& level_encoding(Index l) const { return m_encodings[static_cast<std::size_t>(l)]; }
+  const Tensor<Scalar>& level_encoding(Index l) const {
+    return m_encodings[static_cast<std::size_t>(l)];
+  }
 
   GaussianMixturePrior<Scalar>* prior_or_null(Index l) {
     return m_config.objective == Objective::hgad ? &m_priors[static_cast<std::size_t>(l)] : nullptr;

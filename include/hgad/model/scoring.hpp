@@ -555,7 +555,8 @@ class ModelScoring {
         static_cast<Index>(raws.size()),
         [&](Index i) {
           scores[static_cast<std::size_t>(i)] =
-              scored_map(model, raws[static_cast<std::size_t>(i)], constants, ScoreCriterion::product)
+              scored_map(model, raws[static_cast<std::size_t>(i)], constants,
+                         ScoreCriterion::product)
                   .score;
         });
     return scores;
