@@ -1302,6 +1302,14 @@ TEST_CASE("The training memory estimate counts parameters, one step and the feat
   CHECK(small.activations == Approx(4.0 * std::max(step0, step1)));
   CHECK(small.features == Approx(4.0 * 10 * (16 * 4 + 4 * 6)));
   CHECK(small.total() == Approx(small.parameters + small.activations + small.features));
+  // A step on a quarter of the positions (docs/algorithm.md §4.1) holds a quarter of the rows: 4 of
+  // the 16 level-0 positions and 1 of the 4 level-1 ones.
+  hgad::ModelConfig quarter = c;
+  quarter.position_fraction = 0.25;
+  const auto share = hgad::training_memory<float>(quarter, 10);
+  CHECK(share.activations == Approx(small.activations / 4));
+  CHECK(share.parameters == small.parameters);
+  CHECK(share.features == small.features);
 
   c.n_blocks = 1000000000;  // about 10^11 parameter values
   CHECK(hgad::training_memory<float>(c).total() > 1e12);

@@ -127,7 +127,10 @@ TEMPLATE_TEST_CASE(
   using Scalar = TestType;
   const hgad_test::Synthetic data = hgad_test::make_synthetic(5, 0, 31);
   const auto features = hgad_test::as_scalar<Scalar>(data.features);
-  const hgad::ModelConfig c = parallel_config();
+  hgad::ModelConfig c = parallel_config();
+  // Every position, or a share drawn per step (docs/algorithm.md §4.1), the same on every rank.
+  c.position_fraction = GENERATE(1.0, 0.5);
+  INFO("position_fraction = " << c.position_fraction);
 
   std::vector<Scalar> reference;
   std::vector<hgad::LossTerms<Scalar>> reference_terms;
@@ -145,7 +148,7 @@ TEMPLATE_TEST_CASE(
   const double tolerance = std::is_same_v<Scalar, float> ? 1e-5 : 1e-12;
   for (int R : {2, 3}) {
     INFO("R = " << R);
-    const auto results = fit_on_ranks<Scalar>(R, features, data.classes);
+    const auto results = fit_on_ranks<Scalar>(R, features, data.classes, nullptr, c);
     for (int r = 0; r < R; ++r) {
       INFO("rank " << r);
       const RankResult<Scalar>& got = results[std::size_t(r)];

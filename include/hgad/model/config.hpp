@@ -245,6 +245,11 @@ struct ModelConfig {
   double adam_eps = 1e-8;
   double weight_decay = 1e-4;  ///< coupled L2 on the flow parameters only
   Index batch_size = 8;        ///< images per optimiser step
+  /// The share of each feature map's positions a training step uses (docs/algorithm.md §4.1; not
+  /// in the paper, whose steps use every position; CFLOW-AD trains on random subsets of
+  /// positions): each step draws round(f · H · W) of a level's positions, the same for the
+  /// batch's images, and trains on those rows alone. 1 (the default): every position. In (0, 1].
+  double position_fraction = 1;
   std::uint64_t seed = 0;
 
   /// Training images per class used to compute the calibrated-mode normalisation constants after
@@ -439,6 +444,8 @@ void for_each_config_key(Config& c, Key&& key) {
   const KeyRule<double> non_negative{[](const double& x) { return x >= 0; }, "must be >= 0"};
   const KeyRule<double> in_0_1{[](const double& x) { return x >= 0 && x < 1; },
                                "must be in [0, 1)"};
+  const KeyRule<double> share{[](const double& x) { return x > 0 && x <= 1; },
+                              "must be in (0, 1]"};
   const KeyRule<double> blur_sigma{[](const double& x) { return x >= 0 && x <= max_map_sigma; },
                                    "must be in [0, " + format_double(max_map_sigma) + "]"};
 
@@ -470,13 +477,13 @@ void for_each_config_key(Config& c, Key&& key) {
   key("warmup_meta_epochs", c.warmup_meta_epochs, at_least_0);
   key("stage1_meta_epochs", c.stage1_meta_epochs, at_least_0);
   key("lr", c.lr, positive);
-  key("lr_decay_rate", c.lr_decay_rate,
-      KeyRule<double>{[](const double& r) { return r > 0 && r <= 1; }, "must be in (0, 1]"});
+  key("lr_decay_rate", c.lr_decay_rate, share);
   key("beta1", c.beta1, in_0_1);
   key("beta2", c.beta2, in_0_1);
   key("adam_eps", c.adam_eps, positive);
   key("weight_decay", c.weight_decay, non_negative);
   key("batch_size", c.batch_size, at_least_1);
+  key("position_fraction", c.position_fraction, share);
   key("seed", c.seed);
   key("calibration_images", c.calibration_images,
       KeyRule<Index>{[](const Index& n) { return n >= 0; }, "must be >= 0 (0: all)"});
@@ -542,6 +549,8 @@ inline constexpr KeyMeaning config_key_meanings[] = {
     {"adam_eps", "Adam epsilon"},
     {"weight_decay", "L2 weight decay of the flow parameters"},
     {"batch_size", "images per optimiser step (memory grows with it)"},
+    {"position_fraction",
+     "share of each feature map's positions a training step draws and uses (1: all, the paper's)"},
     {"seed", "random seed of the initialisation and the batch order"},
     {"calibration_images",
      "training images per class, spread over its images, used to calibrate the scores (0: all)"},

@@ -131,6 +131,12 @@ inline double parameter_count(const ModelConfig& c) {
   return n;
 }
 
+/// How many of a map's `positions` a training step uses at position_fraction f (docs/algorithm.md
+/// §4.1): round(f · positions), at least one.
+inline Index step_positions(Index positions, double fraction) {
+  return std::clamp<Index>(Index(std::lround(fraction * double(positions))), 1, positions);
+}
+
 /// What training a model of `c` on `n_images` images holds in memory, in bytes (training_memory).
 struct TrainingMemory {
   double parameters = 0;   ///< 4 copies of parameter_count: value, gradient, Adam's moments
@@ -141,7 +147,8 @@ struct TrainingMemory {
 
 /// The memory estimate of training `c`: 4 copies (value, gradient, two Adam moments) of every
 /// parameter_count value, the fixed rotations and biases included (a slight overcount); per level
-/// with N = batch_size H W rows the step keeps n_blocks N (H_s + 2 n2 + D) for the backward and N
+/// with N = batch_size · n rows (n = H W, or step_positions of them with position_fraction < 1)
+/// the step keeps n_blocks N (H_s + 2 n2 + D) for the backward and N
 /// (H_s + 6 D + 2 K + K M + 8) of scratch (H_s = 2 (n1 + P) the subnet's hidden width;
 /// cuda/level_engine.hpp), plus 2 K N D with class covariances (the class-space rows and their
 /// gradients, prior/class_space.hpp), the largest level counted, as levels train one after
@@ -156,7 +163,8 @@ TrainingMemory training_memory(const ModelConfig& c, Index n_images = 0) {
   for (const LevelSpec& s : c.levels) {
     const double D = double(s.dim), n2 = std::floor(D / 2), n1 = D - n2;
     const double hidden = 2 * (n1 + double(c.pos_dim));
-    const double N = double(c.batch_size) * double(s.height) * double(s.width);
+    const double N =
+        double(c.batch_size) * double(step_positions(s.height * s.width, c.position_fraction));
     const double class_space = has_class_covariance(c.class_covariance) ? 2 * K * N * D : 0;
     const double step = double(c.n_blocks) * N * (hidden + 2 * n2 + D) +
                         N * (hidden + 6 * D + 2 * K + K * M + 8) + class_space;
@@ -192,6 +200,30 @@ inline LevelTraining level_training(const ModelConfig& c) {
   t.adam.eps = c.adam_eps;
   t.adam.flow_weight_decay = c.weight_decay;
   return t;
+}
+
+/// The positions of a level's map that training step `step` uses when
+/// ModelConfig::position_fraction is f < 1 (docs/algorithm.md §4.1): round(f · positions) of them
+/// (at least one), distinct, in increasing order. They are drawn from a stream of their own, seeded
+/// by (seed, step, level) alone, so the shuffles do not move with f, and a resumed run, or every
+/// rank of a data-parallel one, draws the same positions for a step.
+///   requires: positions >= 1, f in (0, 1].
+inline std::vector<Index> training_positions(std::uint64_t seed, std::int64_t step, Index level,
+                                             Index positions, double fraction) {
+  check(positions >= 1 && fraction > 0 && fraction <= 1, "training_positions: ", positions,
+        " positions and a fraction ", fraction, " (expected at least 1 and (0, 1])");
+  const Index count = step_positions(positions, fraction);
+  Rng rng(seed ^ 0xC2B2AE3D27D4EB4FULL ^ (std::uint64_t(step) * 0x9E3779B97F4A7C15ULL) ^
+          (std::uint64_t(level) << 56));
+  std::vector<Index> all(static_cast<std::size_t>(positions));
+  std::iota(all.begin(), all.end(), Index(0));
+  for (Index i = 0; i < count; ++i) {  // the first `count` of a Fisher-Yates shuffle
+    const Index j = i + Index(rng.uniform_int(std::uint64_t(positions - i)));
+    std::swap(all[static_cast<std::size_t>(i)], all[static_cast<std::size_t>(j)]);
+  }
+  all.resize(static_cast<std::size_t>(count));
+  std::sort(all.begin(), all.end());
+  return all;
 }
 
 /// The training job of HgadModel (model/hgad_model.hpp).
@@ -319,6 +351,8 @@ class ModelTraining {
     std::vector<Index> order(static_cast<std::size_t>(N));
     std::vector<Tensor<Scalar>> batch(static_cast<std::size_t>(L));
     std::vector<std::vector<std::int64_t>> batch_labels(static_cast<std::size_t>(L));
+    std::vector<Index> rows;        // with position_fraction < 1: the rows a step gathered,
+    Tensor<Scalar> step_condition;  // and their positional encodings
 
     FitReport<Scalar> report;
     report.final_terms.resize(static_cast<std::size_t>(L));
@@ -384,17 +418,24 @@ class ModelTraining {
             for (Index l = 0; l < L; ++l) {
               const auto li = static_cast<std::size_t>(l);
               const Index first = it * B + part.begin;
-              gather_batch(features[li], order, first, part.size(), batch[li]);
-              if (!model.m_whitening[li].is_identity())
-                batch[li] = model.m_whitening[li].forward(batch[li]);
-              batch_labels[li].resize(static_cast<std::size_t>(batch[li].rows()));
               const Index hw = model.level_positions(l);
-              for (Index b = 0; b < part.size(); ++b)
-                std::fill_n(
-                    batch_labels[li].begin() + b * hw, hw,
-                    labels[static_cast<std::size_t>(order[static_cast<std::size_t>(first + b)])]);
+              const Tensor<Scalar>* condition = &conditions[li];
+              if (c.position_fraction < 1) {  // §4.1: the step's positions alone
+                const std::vector<Index> at = training_positions(
+                    c.seed, static_cast<std::int64_t>(step), l, hw, c.position_fraction);
+                gather_positions(features[li], order, first, part.size(), at, batch[li], rows);
+                batch[li] = model.m_whitening[li].forward_rows(batch[li], rows);
+                gather_rows(conditions[li], at, step_condition);
+                condition = &step_condition;
+                fill_labels(labels, order, first, part.size(), Index(at.size()), batch_labels[li]);
+              } else {
+                gather_batch(features[li], order, first, part.size(), batch[li]);
+                if (!model.m_whitening[li].is_identity())
+                  batch[li] = model.m_whitening[li].forward(batch[li]);
+                fill_labels(labels, order, first, part.size(), hw, batch_labels[li]);
+              }
               report.final_terms[li] =
-                  devices[li]->train_step(batch[li], conditions[li], batch_labels[li], stage, lr,
+                  devices[li]->train_step(batch[li], *condition, batch_labels[li], stage, lr,
                                           TrainStepContext{l, static_cast<std::int64_t>(step)});
             }
             ++step;
@@ -469,6 +510,47 @@ class ModelTraining {
       for (Index i = 0; i < f.numel(); ++i) sum += double(f.data()[i]);
     for (std::size_t i = 0; i < labels.size(); ++i) sum += double(labels[i]) * double(i + 1);
     return sum;
+  }
+
+  /// Each of images order[first .. first + B) repeats its label `per_image` times, (B·per_image,).
+  static void fill_labels(const std::vector<std::int64_t>& labels, const std::vector<Index>& order,
+                          Index first, Index B, Index per_image, std::vector<std::int64_t>& out) {
+    out.resize(static_cast<std::size_t>(B * per_image));
+    for (Index b = 0; b < B; ++b)
+      std::fill_n(out.begin() + b * per_image, per_image,
+                  labels[static_cast<std::size_t>(order[static_cast<std::size_t>(first + b)])]);
+  }
+
+  /// Positions `at` of images order[first .. first + B) of one level, image-major, (B·|at|, D);
+  /// `rows` gets each row's index in the whole batch's rows (b·H·W + position).
+  static void gather_positions(const Tensor<Scalar>& level, const std::vector<Index>& order,
+                               Index first, Index B, const std::vector<Index>& at,
+                               Tensor<Scalar>& out, std::vector<Index>& rows) {
+    const Index D = level.dim(3), hw = level.dim(1) * level.dim(2);
+    const Index n = static_cast<Index>(at.size());
+    if (out.shape() != Shape({B * n, D})) out = Tensor<Scalar>::empty({B * n, D});
+    rows.resize(static_cast<std::size_t>(B * n));
+    for (Index b = 0; b < B; ++b) {
+      const Scalar* image = level.data() + order[static_cast<std::size_t>(first + b)] * hw * D;
+      for (Index i = 0; i < n; ++i) {
+        const Index p = at[static_cast<std::size_t>(i)];
+        std::copy(image + p * D, image + (p + 1) * D, out.data() + (b * n + i) * D);
+        rows[static_cast<std::size_t>(b * n + i)] = b * hw + p;
+      }
+    }
+  }
+
+  /// Rows `at` of a (rows, P) table, (|at|, P); an empty table (no positional encoding) stays empty.
+  static void gather_rows(const Tensor<Scalar>& table, const std::vector<Index>& at, Tensor<Scalar>& out) {
+    if (table.numel() == 0) {
+      out = table;
+      return;
+    }
+    const Index P = table.cols(), n = static_cast<Index>(at.size());
+    if (out.shape() != Shape({n, P})) out = Tensor<Scalar>::empty({n, P});
+    for (Index i = 0; i < n; ++i)
+      std::copy(table.data() + at[static_cast<std::size_t>(i)] * P,
+                table.data() + (at[static_cast<std::size_t>(i)] + 1) * P, out.data() + i * P);
   }
 
   /// Rows of images order[first .. first + B) of one level, (B·H·W, D).
