@@ -841,6 +841,9 @@ const std::vector<OptionSpec> test_options = {
      "each as it is and with a synthetic defect (a pasted patch) whose mask is known"},
     {"defects", "SIZES",
      "with --validation: large (2-8 % of the image, default) | small (0.2-2 %) | spread (0.2-8 %)"},
+    {"defect-kinds", "",
+     "below each class, a row per kind of defect (its test/<kind>/ folder): the class's good "
+     "images with that kind's alone"},
     {"json", "FILE",
      "every metric per class and the mean, each image's score and decision, and the config as JSON "
      "(-: stdout, table to stderr)"},
@@ -876,6 +879,10 @@ int cmd_test(const Args& args) {
            "The same figures then measure detection on training data alone, to choose settings\n"
            "without a test image. --defects sets their sizes: large, an area uniform in 2-8 % of\n"
            "the image; small, log-uniform in 0.2-2 %; spread, log-uniform in 0.2-8 %.\n\n"
+           "--defect-kinds adds below each class a row per kind of defect (the folders under\n"
+           "<class>/test/ other than good): the class's good images with that kind's images\n"
+           "alone. A class's pixel metrics pool every pixel, so a kind with large masks weighs\n"
+           "most in them; these rows show which kind sets them.\n\n"
            "options:\n"
         << hgad_cli::describe_options(test_options);
     return 0;
@@ -896,6 +903,10 @@ int cmd_test(const Args& args) {
   if (args.has("defects") && !args.has("validation"))
     throw UsageError(
         "--defects sizes the synthetic defects of --validation: it needs --validation");
+  const bool per_kind = args.has("defect-kinds");
+  if (per_kind && args.has("validation"))
+    throw UsageError("--defect-kinds splits the test images by their folders; the synthetic "
+                     "defects of --validation are of one kind");
   apply_threads(args);
   require_directory(data, "--data");
 
@@ -949,6 +960,7 @@ int cmd_test(const Args& args) {
       mode != hgad::ScoreMode::transductive && has_thresholds && model.thresholds_hold(criterion);
 
   std::vector<hgad::ClassReport> results;
+  std::vector<std::vector<hgad::ClassReport>> kind_results;  // per class, with --defect-kinds
   Json image_rows = Json::array();  // every test image's score, for --json
   for (Index c = 0; c < test.n_classes(); ++c) {
     const std::string& name = test.class_names()[static_cast<std::size_t>(c)];
@@ -1002,6 +1014,14 @@ int cmd_test(const Args& args) {
       if (mode == hgad::ScoreMode::calibrated) m.threshold = model.calibration(model_class).threshold;
     }
     results.push_back(m);
+    if (per_kind) {
+      std::vector<std::string> kinds;
+      for (Index i : indices) kinds.push_back(test[i].defect_type);
+      kind_results.push_back(hgad::evaluate_defect_kinds(
+          kinds, scores, set.labels, maps, set.has_masks ? set.masks : hgad::Tensor<float>(),
+          flagged));
+      for (hgad::ClassReport& k : kind_results.back()) k.threshold = m.threshold;
+    }
     for (Index i = 0; i < set.size(); ++i) {
       const auto& s = scored[static_cast<std::size_t>(i)];
       Json row = Json::object();
@@ -1042,7 +1062,14 @@ int cmd_test(const Args& args) {
     if (with_accuracy) std::fprintf(table, " %8s", format_metric(m.class_accuracy).c_str());
     std::fprintf(table, "\n");
   };
-  for (const auto& m : results) row(m);
+  for (std::size_t c = 0; c < results.size(); ++c) {
+    row(results[c]);
+    if (!per_kind) continue;
+    for (hgad::ClassReport k : kind_results[c]) {
+      k.name = "  " + k.name;
+      row(k);
+    }
+  }
   row(mean);
   // Below the table, so that a script reading the rows keeps its columns.
   if (!maskless.empty())
@@ -1083,7 +1110,15 @@ int cmd_test(const Args& args) {
     for (const std::string& name : maskless) no_masks.push(Json::string(name));
     j.set("classes_without_masks", no_masks);
     Json per_class = Json::object();
-    for (const auto& m : results) per_class.set(m.name, metrics_json(m));
+    for (std::size_t c = 0; c < results.size(); ++c) {
+      Json m = metrics_json(results[c]);
+      if (per_kind) {
+        Json kinds = Json::object();
+        for (const hgad::ClassReport& k : kind_results[c]) kinds.set(k.name, metrics_json(k));
+        m.set("defect_kinds", std::move(kinds));
+      }
+      per_class.set(results[c].name, std::move(m));
+    }
     j.set("classes", per_class);
     j.set("mean", metrics_json(mean));
     j.set("images", std::move(image_rows));

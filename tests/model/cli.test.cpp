@@ -929,6 +929,53 @@ TEST_CASE("hgad embeddings scores a Gaussian per class and a shared Gaussian bes
   CHECK(contains(r.out, "given-logp"));
 }
 
+TEST_CASE("hgad test --defect-kinds adds a row per kind of defect and leaves the class's own",
+          "[model][cli]") {
+  REQUIRE_CLI();
+  REQUIRE_WEIGHTS();
+  hgad_test::TempDir dir("cli_defect_kinds");
+  const fs::path root = dir.path() / "data";
+  write_dataset(root);
+  // A second kind of defect in class a: one image.
+  write_image((root / "a/test/scratch/s0.png").string(), 3, true);
+  write_mask((root / "a/ground_truth/scratch/s0_mask.png").string());
+  std::ofstream(dir.file("tiny.cfg")) << tiny_config;
+  const std::string data = root.string(), model = dir.file("model.hgad");
+  Run r = run(dir, "train --data '" + data + "' --backbone '" + weights_dir() + "' --out '" +
+                       model + "' --config '" + dir.file("tiny.cfg") + "' --threads 2");
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+
+  const std::string test = "test --model '" + model + "' --data '" + data + "' --threads 2 --json ";
+  r = run(dir, test + "'" + dir.file("plain.json") + "'");
+  REQUIRE(r.status == 0);
+  CHECK_FALSE(contains(r.out, "  dent"));
+  r = run(dir, test + "'" + dir.file("kinds.json") + "' --defect-kinds");
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  CHECK(contains(r.out, "\n  dent "));
+  CHECK(contains(r.out, "\n  scratch "));
+  const std::string plain = slurp(dir.file("plain.json")), kinds = slurp(dir.file("kinds.json"));
+  CHECK(contains(kinds, "\"defect_kinds\""));
+  CHECK_FALSE(contains(plain, "\"defect_kinds\""));
+  // Class a: 2 good, 2 dents and a scratch; each kind row holds the good images and its own.
+  CHECK(json_number(kinds, "a", "images") == 5);
+  CHECK(json_number(kinds, "dent", "images") == 4);
+  CHECK(json_number(kinds, "dent", "anomalous") == 2);
+  CHECK(json_number(kinds, "scratch", "images") == 3);
+  CHECK(json_number(kinds, "scratch", "anomalous") == 1);
+  for (const std::string key : {"image_auroc", "pixel_auroc", "aupro"}) {
+    INFO(key);
+    CHECK(json_number(kinds, "a", key) == json_number(plain, "a", key));
+    CHECK(json_number(kinds, "mean", key) == json_number(plain, "mean", key));
+  }
+
+  r = run(dir, test + "'" + dir.file("never.json") + "' --defect-kinds --validation 25");
+  CHECK(r.status == 2);
+  CHECK(contains(r.err, "--defect-kinds"));
+  CHECK_FALSE(fs::exists(dir.file("never.json")));
+}
+
 TEST_CASE("hgad train killed after a checkpoint and resumed with --resume ends on the same model",
           "[model][cli]") {
   REQUIRE_CLI();

@@ -408,6 +408,73 @@ ClassReport evaluate_class(const std::string& name, const std::vector<double>& s
   return m;
 }
 
+/// The metrics of each kind of defect of one class (the folders under `<class>/test/`): for each
+/// kind, evaluate_class on the class's normal images together with that kind's images alone, the
+/// report named by the kind. A class's pixel metrics pool every pixel, so they weigh each kind by
+/// the area of its masks; these reports show which kind sets them. `kinds[i]` names image i's kind;
+/// an image labelled 0 is a normal one whatever its kind, and a kind with no image labelled 1 gets
+/// no report. Reports in sorted order of the kinds; `scores`, `labels`, `maps` (N, S, S) and
+/// `masks` (N, S, S, or empty) as for evaluate_class; with `flagged` (N decisions, as for
+/// decision_metrics) each report also holds the decision's precision, recall and F1.
+template <class Scalar>
+std::vector<ClassReport> evaluate_defect_kinds(const std::vector<std::string>& kinds,
+                                               const std::vector<double>& scores,
+                                               const std::vector<int>& labels,
+                                               const Tensor<Scalar>& maps,
+                                               const Tensor<float>& masks,
+                                               const std::vector<bool>& flagged = {}) {
+  const Index n = static_cast<Index>(labels.size());
+  check(static_cast<Index>(kinds.size()) == n && static_cast<Index>(scores.size()) == n,
+        "evaluate_defect_kinds: ", kinds.size(), " kinds and ", scores.size(), " scores for ", n,
+        " labels");
+  check(flagged.empty() || static_cast<Index>(flagged.size()) == n, "evaluate_defect_kinds: ",
+        flagged.size(), " decisions for ", n, " labels");
+  check(maps.numel() == 0 || (maps.rank() == 3 && maps.dim(0) == n),
+        "evaluate_defect_kinds: expected maps of shape (", n, ", S, S), got ", maps.shape());
+  const bool pixels = masks.numel() > 0 && maps.numel() > 0;
+  if (pixels)
+    check(masks.shape() == maps.shape(), "evaluate_defect_kinds: masks have shape ",
+          masks.shape(), " but the maps have shape ", maps.shape());
+  std::vector<std::string> defect_kinds;
+  for (Index i = 0; i < n; ++i)
+    if (labels[static_cast<std::size_t>(i)] == 1) defect_kinds.push_back(kinds[static_cast<std::size_t>(i)]);
+  std::sort(defect_kinds.begin(), defect_kinds.end());
+  defect_kinds.erase(std::unique(defect_kinds.begin(), defect_kinds.end()), defect_kinds.end());
+
+  const Index pixels_per_map = pixels ? maps.numel() / std::max<Index>(n, 1) : 0;
+  std::vector<ClassReport> out;
+  for (const std::string& kind : defect_kinds) {
+    std::vector<Index> rows;
+    for (Index i = 0; i < n; ++i)
+      if (labels[static_cast<std::size_t>(i)] == 0 || kinds[static_cast<std::size_t>(i)] == kind)
+        rows.push_back(i);
+    const Index m = static_cast<Index>(rows.size());
+    std::vector<double> kind_scores;
+    std::vector<int> kind_labels;
+    std::vector<bool> kind_flagged;
+    Tensor<Scalar> kind_maps;
+    Tensor<float> kind_masks;
+    if (pixels) {
+      kind_maps = Tensor<Scalar>::empty({m, maps.dim(1), maps.dim(2)});
+      kind_masks = Tensor<float>::empty({m, maps.dim(1), maps.dim(2)});
+    }
+    for (Index r = 0; r < m; ++r) {
+      const Index i = rows[static_cast<std::size_t>(r)];
+      kind_scores.push_back(scores[static_cast<std::size_t>(i)]);
+      kind_labels.push_back(labels[static_cast<std::size_t>(i)]);
+      if (!flagged.empty()) kind_flagged.push_back(flagged[static_cast<std::size_t>(i)]);
+      if (!pixels) continue;
+      std::copy(maps.data() + i * pixels_per_map, maps.data() + (i + 1) * pixels_per_map,
+                kind_maps.data() + r * pixels_per_map);
+      std::copy(masks.data() + i * pixels_per_map, masks.data() + (i + 1) * pixels_per_map,
+                kind_masks.data() + r * pixels_per_map);
+    }
+    out.push_back(evaluate_class(kind, kind_scores, kind_labels, kind_maps, kind_masks));
+    if (!flagged.empty()) decision_metrics(kind_labels, kind_flagged, out.back());
+  }
+  return out;
+}
+
 /// The unweighted mean over classes of every metric, NaN entries skipped (NaN when all are).
 inline ClassReport mean_metrics(const std::vector<ClassReport>& classes) {
   ClassReport mean;
