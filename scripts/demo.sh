@@ -2,8 +2,9 @@
 # The demo: builds the hgad program (Release), trains ONE HGAD model on all five classes of
 # ../shared/datasets/industrial-mini with the ResNet-18 weights in ../shared/weights/resnet18-imagenet,
 # prints the per-class table (calibrated mode: every image scored on its own; below each class a row
-# per kind of defect, --defect-kinds) and writes heat maps of a few test images per class under demo-out/. With --auto-group, classes that the untrained start
-# confuses on their own normal training images are trained as one class (the three circuit boards).
+# per kind of defect, --defect-kinds) and writes heat maps of a few test images per class under
+# demo-out/. With --auto-group, classes that the untrained start confuses on their own normal
+# training images are trained as one class (the three circuit boards).
 #
 #   scripts/demo.sh                 settings of scripts/demo.cfg (15 minutes on a slow 2-core
 #                                   machine, 2/3 of the previous setting's time; docs/results.md §1.2)

@@ -48,10 +48,12 @@ struct SixImages {
 
   template <class Scalar>
   hgad::Tensor<Scalar> maps() const {
-    return hgad::Tensor<Scalar>::from_vector({6, 2, 3},
-                                             std::vector<Scalar>(map_values.begin(), map_values.end()));
+    return hgad::Tensor<Scalar>::from_vector(
+        {6, 2, 3}, std::vector<Scalar>(map_values.begin(), map_values.end()));
   }
-  hgad::Tensor<float> masks() const { return hgad::Tensor<float>::from_vector({6, 2, 3}, mask_values); }
+  hgad::Tensor<float> masks() const {
+    return hgad::Tensor<float>::from_vector({6, 2, 3}, mask_values);
+  }
 
   /// The images of the good ones and one kind, as evaluate_defect_kinds should select them.
   std::vector<std::size_t> rows_of(const std::string& kind) const {
@@ -149,8 +151,8 @@ TEST_CASE("evaluate_defect_kinds gives each kind the decision's precision and re
 TEST_CASE("evaluate_defect_kinds without masks, without defects and with bad sizes",
           "[metrics][pipeline]") {
   const SixImages c;
-  const auto image_only =
-      hgad::evaluate_defect_kinds(c.kinds, c.scores, c.labels, c.maps<double>(), hgad::Tensor<float>());
+  const auto image_only = hgad::evaluate_defect_kinds(c.kinds, c.scores, c.labels, c.maps<double>(),
+                                                      hgad::Tensor<float>());
   REQUIRE(image_only.size() == 2);
   CHECK(std::isnan(image_only[1].pixel_auroc));
   CHECK(std::isnan(image_only[1].aupro));
@@ -158,7 +160,8 @@ TEST_CASE("evaluate_defect_kinds without masks, without defects and with bad siz
 
   // A folder of normal images under another name is no kind; a class without defects has none.
   std::vector<int> normal(6, 0);
-  CHECK(hgad::evaluate_defect_kinds(c.kinds, c.scores, normal, c.maps<double>(), c.masks()).empty());
+  CHECK(
+      hgad::evaluate_defect_kinds(c.kinds, c.scores, normal, c.maps<double>(), c.masks()).empty());
 
   std::vector<std::string> short_kinds(c.kinds.begin(), c.kinds.end() - 1);
   CHECK_THROWS_WITH(

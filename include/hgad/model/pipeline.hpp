@@ -427,17 +427,17 @@ std::vector<ClassReport> evaluate_defect_kinds(const std::vector<std::string>& k
   check(static_cast<Index>(kinds.size()) == n && static_cast<Index>(scores.size()) == n,
         "evaluate_defect_kinds: ", kinds.size(), " kinds and ", scores.size(), " scores for ", n,
         " labels");
-  check(flagged.empty() || static_cast<Index>(flagged.size()) == n, "evaluate_defect_kinds: ",
-        flagged.size(), " decisions for ", n, " labels");
+  check(flagged.empty() || static_cast<Index>(flagged.size()) == n,
+        "evaluate_defect_kinds: ", flagged.size(), " decisions for ", n, " labels");
   check(maps.numel() == 0 || (maps.rank() == 3 && maps.dim(0) == n),
         "evaluate_defect_kinds: expected maps of shape (", n, ", S, S), got ", maps.shape());
   const bool pixels = masks.numel() > 0 && maps.numel() > 0;
   if (pixels)
-    check(masks.shape() == maps.shape(), "evaluate_defect_kinds: masks have shape ",
-          masks.shape(), " but the maps have shape ", maps.shape());
+    check(masks.shape() == maps.shape(), "evaluate_defect_kinds: masks have shape ", masks.shape(),
+          " but the maps have shape ", maps.shape());
   std::vector<std::string> defect_kinds;
-  for (Index i = 0; i < n; ++i)
-    if (labels[static_cast<std::size_t>(i)] == 1) defect_kinds.push_back(kinds[static_cast<std::size_t>(i)]);
+  for (std::size_t i = 0; i < kinds.size(); ++i)
+    if (labels[i] == 1) defect_kinds.push_back(kinds[i]);
   std::sort(defect_kinds.begin(), defect_kinds.end());
   defect_kinds.erase(std::unique(defect_kinds.begin(), defect_kinds.end()), defect_kinds.end());
 
