@@ -441,7 +441,6 @@ std::vector<ClassReport> evaluate_defect_kinds(const std::vector<std::string>& k
   std::sort(defect_kinds.begin(), defect_kinds.end());
   defect_kinds.erase(std::unique(defect_kinds.begin(), defect_kinds.end()), defect_kinds.end());
 
-  const Index pixels_per_map = pixels ? maps.numel() / std::max<Index>(n, 1) : 0;
   std::vector<ClassReport> out;
   for (const std::string& kind : defect_kinds) {
     std::vector<Index> rows;
@@ -452,22 +451,20 @@ std::vector<ClassReport> evaluate_defect_kinds(const std::vector<std::string>& k
     std::vector<double> kind_scores;
     std::vector<int> kind_labels;
     std::vector<bool> kind_flagged;
-    Tensor<Scalar> kind_maps;
-    Tensor<float> kind_masks;
-    if (pixels) {
-      kind_maps = Tensor<Scalar>::empty({m, maps.dim(1), maps.dim(2)});
-      kind_masks = Tensor<float>::empty({m, maps.dim(1), maps.dim(2)});
-    }
-    for (Index r = 0; r < m; ++r) {
-      const Index i = rows[static_cast<std::size_t>(r)];
+    for (Index i : rows) {
       kind_scores.push_back(scores[static_cast<std::size_t>(i)]);
       kind_labels.push_back(labels[static_cast<std::size_t>(i)]);
       if (!flagged.empty()) kind_flagged.push_back(flagged[static_cast<std::size_t>(i)]);
-      if (!pixels) continue;
-      std::copy(maps.data() + i * pixels_per_map, maps.data() + (i + 1) * pixels_per_map,
-                kind_maps.data() + r * pixels_per_map);
-      std::copy(masks.data() + i * pixels_per_map, masks.data() + (i + 1) * pixels_per_map,
-                kind_masks.data() + r * pixels_per_map);
+    }
+    Tensor<Scalar> kind_maps;  // empty without pixel metrics
+    Tensor<float> kind_masks;
+    if (pixels) {
+      const Shape shape{m, maps.dim(1), maps.dim(2)};
+      const Index per_map = maps.dim(1) * maps.dim(2);
+      kind_maps = Tensor<Scalar>::empty(shape);
+      kind_masks = Tensor<float>::empty(shape);
+      maps.backend().gather_rows(rows.data(), m, per_map, maps.data(), kind_maps.data());
+      masks.backend().gather_rows(rows.data(), m, per_map, masks.data(), kind_masks.data());
     }
     out.push_back(evaluate_class(kind, kind_scores, kind_labels, kind_maps, kind_masks));
     if (!flagged.empty()) decision_metrics(kind_labels, kind_flagged, out.back());

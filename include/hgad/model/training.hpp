@@ -531,26 +531,25 @@ class ModelTraining {
     if (out.shape() != Shape({B * n, D})) out = Tensor<Scalar>::empty({B * n, D});
     rows.resize(static_cast<std::size_t>(B * n));
     for (Index b = 0; b < B; ++b) {
-      const Scalar* image = level.data() + order[static_cast<std::size_t>(first + b)] * hw * D;
-      for (Index i = 0; i < n; ++i) {
-        const Index p = at[static_cast<std::size_t>(i)];
-        std::copy(image + p * D, image + (p + 1) * D, out.data() + (b * n + i) * D);
-        rows[static_cast<std::size_t>(b * n + i)] = b * hw + p;
-      }
+      const Index image = order[static_cast<std::size_t>(first + b)];
+      level.backend().gather_rows(at.data(), n, D, level.data() + image * hw * D,
+                                  out.data() + b * n * D);
+      for (Index i = 0; i < n; ++i)
+        rows[static_cast<std::size_t>(b * n + i)] = b * hw + at[static_cast<std::size_t>(i)];
     }
   }
 
-  /// Rows `at` of a (rows, P) table, (|at|, P); an empty table (no positional encoding) stays empty.
-  static void gather_rows(const Tensor<Scalar>& table, const std::vector<Index>& at, Tensor<Scalar>& out) {
+  /// Rows `at` of a (rows, P) table, (|at|, P); an empty table (no positional encoding) stays
+  /// empty.
+  static void gather_rows(const Tensor<Scalar>& table, const std::vector<Index>& at,
+                          Tensor<Scalar>& out) {
     if (table.numel() == 0) {
       out = table;
       return;
     }
     const Index P = table.cols(), n = static_cast<Index>(at.size());
     if (out.shape() != Shape({n, P})) out = Tensor<Scalar>::empty({n, P});
-    for (Index i = 0; i < n; ++i)
-      std::copy(table.data() + at[static_cast<std::size_t>(i)] * P,
-                table.data() + (at[static_cast<std::size_t>(i)] + 1) * P, out.data() + i * P);
+    table.backend().gather_rows(at.data(), n, P, table.data(), out.data());
   }
 
   /// Rows of images order[first .. first + B) of one level, (B·H·W, D).
