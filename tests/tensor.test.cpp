@@ -125,7 +125,7 @@ TEMPLATE_TEST_CASE("Tensor copies values in and out and reads single elements", 
   REQUIRE_THROWS_WITH(hgad::Tensor<TestType>({-1}), Catch::Contains("negative"));
 }
 
-TEMPLATE_TEST_CASE("Tensor to and cpu copy only across backends; clone always copies", "[tensor]", float, double) {
+TEMPLATE_TEST_CASE("Tensor to and cpu copy only across backends, and clone always copies", "[tensor]", float, double) {
   auto t = hgad::Tensor<TestType>::from_vector({3}, {1, 2, 3});
   REQUIRE(t.device() == hgad::Device::cpu);
   REQUIRE(t.cpu().shares_storage(t));

@@ -72,7 +72,7 @@ TEST_CASE("draw_synthetic_defect stays within its ranges and the image, and a se
 }
 
 TEST_CASE(
-    "synthetic_defect_ranges names three sizes; small and spread draw their areas "
+    "synthetic_defect_ranges names three sizes, and small and spread draw their areas "
     "log-uniformly",
     "[io][synthetic]") {
   const hgad::SyntheticDefectRanges defaults;

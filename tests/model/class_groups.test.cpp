@@ -73,8 +73,9 @@ TEST_CASE("suggest_class_groups names a group by a free stem of its folders, els
                                                 {"wood", {"wood-x", "wood-y"}}});
 }
 
-TEST_CASE("suggest_class_groups expands a class that is a group; regrouped trains the new groups",
-          "[model]") {
+TEST_CASE(
+    "suggest_class_groups expands a class that is a group, and regrouped trains the new groups",
+    "[model]") {
   hgad::ModelConfig c = config_of({});
   c.class_groups = {{"pcb", {"pcb1", "pcb2"}}, {"tiles", {"tile1", "tile2"}}};
   const std::vector<std::string> folders = {"kolektor", "pcb1", "pcb2", "pcb4", "tile1", "tile2"};

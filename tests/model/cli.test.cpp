@@ -1036,8 +1036,8 @@ std::string mpirun_np2() {
 }
 
 TEST_CASE(
-    "hgad train under mpirun -np 2 trains the model of one process; a dying rank ends the job and "
-    "leaves the last checkpoint",
+    "hgad train under mpirun -np 2 trains the model of one process, and a dying rank ends the job "
+    "and leaves the last checkpoint",
     "[model][cli][mpi]") {
   REQUIRE_CLI();
   REQUIRE_WEIGHTS();

@@ -426,7 +426,8 @@ TEST_CASE("ModelConfig key meanings name exactly the key table's keys, in its or
   CHECK(described == table);
 }
 
-TEST_CASE("ModelConfig threshold_quantile defaults to 0.99 and must be in (0, 1]", "[model]") {
+TEST_CASE("ModelConfig threshold_quantile defaults to 0.99 and must be above 0 and at most 1",
+          "[model]") {
   CHECK(hgad::ModelConfig{}.threshold_quantile == 0.99);
   for (const char* bad : {"0", "-0.5", "1.5"}) {
     const hgad::ModelConfig c =

@@ -290,8 +290,8 @@ TEMPLATE_TEST_CASE(
 }
 
 TEMPLATE_TEST_CASE(
-    "A whitened model trains, saves and loads with bit-identical scores; a file without whitening "
-    "loads as the identity",
+    "A whitened model trains, saves and loads with bit-identical scores, and a file without "
+    "whitening loads as the identity",
     "[model]", float, double) {
   const Index N = 16, h = 2, w = 2, D = 6, K = 2;
   std::vector<std::int64_t> labels;
@@ -472,8 +472,8 @@ TEMPLATE_TEST_CASE(
 }
 
 TEMPLATE_TEST_CASE(
-    "A model with class covariances trains, saves and loads with bit-identical scores; a trained "
-    "file without its factors, or factors in a model of unit covariances, is refused",
+    "A model with class covariances trains, saves and loads with bit-identical scores, and a "
+    "trained file without its factors, or factors in a model of unit covariances, is refused",
     "[model]", float, double) {
   const Index N = 16, h = 2, w = 2, D = 6, K = 2;
   std::vector<std::int64_t> labels;
@@ -693,8 +693,12 @@ TEMPLATE_TEST_CASE(
   for (std::size_t i = 0; i < index.size(); ++i)
     for (Index j = 0; j < D; ++j) picked(Index(i), j) = rows(index[i], j);
   const hgad::Tensor<TestType> some = white.forward_rows(picked, index);
+  // Equal up to rounding: Eigen picks its product kernel by size, so 3 rows and 48 rows may sum
+  // in another order (at -O0 they do). A row whitened at another position is off by O(1).
   for (std::size_t i = 0; i < index.size(); ++i)
-    for (Index j = 0; j < D; ++j) CHECK(some(Index(i), j) == all(index[i], j));
+    for (Index j = 0; j < D; ++j)
+      CHECK(double(some(Index(i), j)) ==
+            Approx(double(all(index[i], j))).epsilon(0).margin(tolerance<TestType>()));
   CHECK_THROWS_WITH(white.forward(rows.slice(0, 6)), Catch::Contains("whole images of 4 rows"));
   CHECK_THROWS_WITH(white.forward_rows(picked, {1, 2}), Catch::Contains("2 row indices"));
   CHECK_THROWS_WITH(hgad::AffineWhitening<TestType>::fit_per_position(rows.slice(0, 4), P, "x"),
