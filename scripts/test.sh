@@ -34,7 +34,9 @@ fi
 export OMP_WAIT_POLICY=PASSIVE
 jobs=$(nproc 2>/dev/null || echo 2)
 
-args=(-DCMAKE_BUILD_TYPE=Release -DHGAD_BUILD_TESTS=ON -DHGAD_BUILD_EXAMPLES=ON)
+# The test program's files are compiled eight to a translation unit (HGAD_UNITY_TESTS): the suite
+# builds about four times faster under the sanitizers (tests/CMakeLists.txt).
+args=(-DCMAKE_BUILD_TYPE=Release -DHGAD_BUILD_TESTS=ON -DHGAD_BUILD_EXAMPLES=ON -DHGAD_UNITY_TESTS=ON)
 # The CUDA code is compiled for one architecture here: the check is that it compiles; a user's build
 # gets the default pair (see cmake/hgadCuda.cmake).
 cuda_arch=(-DCMAKE_CUDA_ARCHITECTURES=90)

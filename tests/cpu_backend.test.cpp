@@ -9,6 +9,8 @@
 #include <memory>
 #include <vector>
 
+namespace cpu_backend_test {
+
 namespace {
 
 /// 10,007 elements: not a multiple of any chunk or vector width, and large enough to run in
@@ -217,3 +219,5 @@ TEMPLATE_TEST_CASE("CpuBackend sum_cols sums every column, with and without accu
     REQUIRE(worst.value() <= 64 * tolerance<TestType>());
   }
 }
+
+}  // namespace cpu_backend_test

@@ -2,6 +2,8 @@
 
 #include "golden.hpp"
 
+namespace golden_test {
+
 TEST_CASE("The golden loader reads tensors, scalars and the configuration", "[golden]") {
   auto golden = hgad::test::open_golden("hgad_golden_small.json");
   if (!golden) return;
@@ -26,3 +28,5 @@ TEST_CASE("The golden loader reads tensors, scalars and the configuration", "[go
   CHECK_THROWS_AS(golden->tensor("no.such.tensor"), hgad::Error);
   CHECK(golden->tensor_as<float>("input.x").shape() == x.shape());
 }
+
+}  // namespace golden_test

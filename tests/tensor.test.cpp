@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+namespace tensor_test {
+
 TEMPLATE_TEST_CASE("Tensor stores row-major elements and reports its shape", "[tensor]", float, double) {
   hgad::Tensor<TestType> t({2, 3, 4});
   REQUIRE(t.rank() == 3);
@@ -141,3 +143,5 @@ TEMPLATE_TEST_CASE("Tensor to and cpu copy only across backends, and clone alway
   REQUIRE_FALSE(t.clone().shares_storage(t));
   REQUIRE(t.slice(1, 3).clone().to_vector() == std::vector<TestType>{2, 3});
 }
+
+}  // namespace tensor_test

@@ -8,6 +8,8 @@
 #include <type_traits>
 #include <vector>
 
+namespace graph_test {
+
 namespace {
 
 template <class T>
@@ -288,3 +290,5 @@ TEST_CASE("gradcheck reports a wrong gradient with the worst entries", "[autogra
               {hgad::Tensor<double>::randn({2}, rng), hgad::Tensor<double>::randn({2}, rng)})
               .ok);
 }
+
+}  // namespace graph_test

@@ -9,6 +9,8 @@
 #include <type_traits>
 #include <vector>
 
+namespace ops_test {
+
 namespace {
 
 using hgad::Index;
@@ -569,3 +571,5 @@ TEST_CASE("A small network passes gradcheck end to end", "[autograd]") {
       },
       {input({9, 5}, 97), input({5, 11}, 98), input({11}, 99), input({11, 3}, 100)});
 }
+
+}  // namespace ops_test

@@ -8,6 +8,8 @@
 #include <cmath>
 #include <limits>
 
+namespace conv_test {
+
 namespace {
 
 using hgad::Index;
@@ -172,3 +174,5 @@ TEST_CASE("conv2d and max_pool2d reject mismatched shapes", "[backbone]") {
                                {1, 1, false, hgad::ConvAlgorithm::packed}),
                   hgad::Error);
 }
+
+}  // namespace conv_test

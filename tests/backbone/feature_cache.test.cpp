@@ -7,6 +7,8 @@
 #include "backbone/naive.hpp"
 #include "io/temp_dir.hpp"
 
+namespace feature_cache_test {
+
 namespace {
 
 using hgad::Index;
@@ -128,3 +130,5 @@ TEST_CASE("FeatureCache::build caches exactly what the extractor returns", "[bac
           *fx, n, h, w, 2, [&](Index, Index count) { return synthetic_images(0, count, h, h); }),
       hgad::Error);
 }
+
+}  // namespace feature_cache_test

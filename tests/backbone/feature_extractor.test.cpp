@@ -7,6 +7,8 @@
 
 #include "backbone/naive.hpp"
 
+namespace feature_extractor_test {
+
 namespace {
 
 using hgad::Index;
@@ -235,3 +237,5 @@ TEST_CASE("FeatureConfig::neighbourhood averages every level the network and pyr
   config.neighbourhood = 4;
   CHECK_THROWS_AS(hgad::make_feature_extractor<float>(config, net), hgad::Error);
 }
+
+}  // namespace feature_extractor_test

@@ -10,6 +10,8 @@
 #include "backbone/naive.hpp"
 #include "io/temp_dir.hpp"
 
+namespace resnet_test {
+
 namespace {
 
 using hgad::Index;
@@ -231,3 +233,5 @@ TEST_CASE("ResNet names the missing weight file and the expected and found shape
   CHECK(hgad::resnet_arch_from_string("wide_resnet50_2") == hgad::ResNetArch::wide_resnet50_2);
   CHECK(hgad::resnet_stage_from_string("layer3") == ResNetStage::layer3);
 }
+
+}  // namespace resnet_test

@@ -10,6 +10,8 @@
 
 #include "io/temp_dir.hpp"
 
+namespace torch_export_test {
+
 namespace {
 
 using hgad::Index;
@@ -76,3 +78,5 @@ TEST_CASE("Exported torchvision ResNet-50 (random weights and BN statistics) mat
   }
 #endif
 }
+
+}  // namespace torch_export_test

@@ -10,6 +10,8 @@
 #include <hgad/backbone/resnet.hpp>
 #include <hgad/cuda/backbone_engine.hpp>
 
+namespace backbone_engine_test {
+
 namespace {
 
 using hgad::Index;
@@ -91,3 +93,5 @@ TEST_CASE("HostResNet rejects a stage beyond its weights and images without thre
   CHECK_THROWS_WITH(net.forward(hgad::Tensor<float>({1, 1, 16, 16}), {ResNetStage::layer1}),
                     Catch::Contains("(1, 1, 16, 16)"));
 }
+
+}  // namespace backbone_engine_test

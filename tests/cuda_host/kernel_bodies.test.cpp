@@ -16,6 +16,8 @@
 #include <hgad/prior/prior_row.hpp>
 #include <hgad/rng.hpp>
 
+namespace kernel_bodies_test {
+
 namespace {
 
 template <class Scalar>
@@ -484,3 +486,5 @@ TEMPLATE_TEST_CASE("CUDA Adam body follows torch 1.13's update with coupled weig
     }
   }
 }
+
+}  // namespace kernel_bodies_test

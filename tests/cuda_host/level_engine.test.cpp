@@ -8,6 +8,8 @@
 
 #include "cuda_host/level_parity.hpp"
 
+namespace level_engine_test {
+
 namespace {
 
 template <class Scalar>
@@ -62,3 +64,5 @@ TEST_CASE("HostLevel matches the fused CPU path at the paper's level sizes in fl
     }
   }
 }
+
+}  // namespace level_engine_test

@@ -11,6 +11,8 @@
 #include <omp.h>
 #endif
 
+namespace parallel_test {
+
 namespace {
 
 /// Restores the thread count a test changed.
@@ -132,3 +134,5 @@ TEST_CASE("parallel_items rethrows the exception the sequential loop throws", "[
     CHECK(reported == std::vector<std::int64_t>{0, 1, 2, 3, 4, 5, 6});
   }
 }
+
+}  // namespace parallel_test

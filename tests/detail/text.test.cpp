@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+namespace text_test {
+
 namespace {
 
 enum class Colour { red, green, blue };
@@ -88,3 +90,5 @@ TEST_CASE("NamedValue tables spell an enumeration's values both ways", "[detail]
   CHECK(is_one_of(two, "stretch"));
   CHECK_FALSE(is_one_of(two, "crop"));
 }
+
+}  // namespace text_test

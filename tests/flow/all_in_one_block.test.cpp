@@ -6,6 +6,8 @@
 #include "flow_test_util.hpp"
 #include "hgad/autograd/gradcheck.hpp"
 
+namespace all_in_one_block_test {
+
 using hgad::AllInOneBlock;
 using hgad::AllInOneOptions;
 using hgad::Index;
@@ -374,3 +376,5 @@ TEST_CASE("set_parameter copies into the existing parameter storage", "[flow]") 
   CHECK(rel_diff(handle.value(), value) == 0);
   CHECK(handle.value().shares_storage(block.fc2_bias().value()));
 }
+
+}  // namespace all_in_one_block_test

@@ -7,6 +7,8 @@
 #include "flow_test_util.hpp"
 #include "golden.hpp"
 
+namespace golden_flow_test {
+
 using hgad::AllInOneOptions;
 using hgad::Index;
 using hgad::SequenceFlow;
@@ -216,3 +218,5 @@ TEST_CASE("The fused flow backward reproduces the golden flow gradients of both 
     }
   }
 }
+
+}  // namespace golden_flow_test

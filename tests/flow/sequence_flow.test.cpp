@@ -8,6 +8,8 @@
 #include "hgad/autograd/gradcheck.hpp"
 #include "hgad/detail/parallel.hpp"
 
+namespace sequence_flow_test {
+
 using hgad::AllInOneOptions;
 using hgad::Index;
 using hgad::Rng;
@@ -351,3 +353,5 @@ TEST_CASE("The fused flow accepts an empty batch", "[flow]") {
     CHECK(rel_diff(p.grad(), Tensor<float>::zeros(p.shape())) == 0);
   }
 }
+
+}  // namespace sequence_flow_test

@@ -7,6 +7,8 @@
 #include <fstream>
 #include <unistd.h>
 
+namespace checkpoint_test {
+
 namespace {
 
 std::filesystem::path scratch_dir(const std::string& name) {
@@ -129,3 +131,5 @@ TEST_CASE("A failed checkpoint write keeps the existing file intact", "[io]") {
   REQUIRE(hgad::Checkpoint::load(path.string()).text("config") == "first");
   std::filesystem::remove_all(dir);
 }
+
+}  // namespace checkpoint_test

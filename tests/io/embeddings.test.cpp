@@ -9,6 +9,8 @@
 
 #include "io/temp_dir.hpp"
 
+namespace embeddings_test {
+
 namespace {
 
 /// Two classes "a" (4 rows) and "b" (3 rows) in 2-D; row r of class c holds (10 c + r, -r).
@@ -134,3 +136,5 @@ TEST_CASE("Embedding dataset reader reads the shared MVTec embeddings", "[io]") 
   CHECK(data.classes[0].train.dim(0) == 183);
   CHECK(data.classes[0].test.dim(0) == 109);
 }
+
+}  // namespace embeddings_test

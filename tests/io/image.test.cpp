@@ -10,6 +10,8 @@
 
 #include "io/temp_dir.hpp"
 
+namespace image_test {
+
 using Bytes = std::vector<std::uint8_t>;
 
 namespace {
@@ -429,3 +431,5 @@ TEST_CASE("The cat.bmp crop normalised with ImageNet statistics equals the golde
   CAPTURE(max_error);
   REQUIRE(max_error < 2e-6);
 }
+
+}  // namespace image_test

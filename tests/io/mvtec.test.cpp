@@ -13,6 +13,8 @@
 
 #include "io/temp_dir.hpp"
 
+namespace mvtec_test {
+
 namespace fs = std::filesystem;
 
 namespace {
@@ -418,3 +420,5 @@ TEST_CASE("The industrial-mini dataset lists the counts of its README and its ma
   test.validate();
 #endif
 }
+
+}  // namespace mvtec_test

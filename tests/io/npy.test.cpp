@@ -10,6 +10,8 @@
 
 #include "io/temp_dir.hpp"
 
+namespace npy_test {
+
 using Bytes = std::vector<std::uint8_t>;
 
 namespace {
@@ -368,3 +370,5 @@ TEST_CASE("The shared ResNet-18 weights and golden input parse as documented", "
   const auto x = hgad::load_npy<double>(dir + "/golden/cat_crop224_input_chw.npy");
   for (double v : x.to_vector()) REQUIRE(std::isfinite(v));
 }
+
+}  // namespace npy_test

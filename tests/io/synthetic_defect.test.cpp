@@ -14,6 +14,8 @@
 
 #include "io/temp_dir.hpp"
 
+namespace synthetic_defect_test {
+
 namespace {
 
 bool overlap(const hgad::SyntheticDefect& d) {
@@ -227,3 +229,5 @@ TEST_CASE("extract_with_synthetic_defects gives each image's features as it is a
   CHECK_FALSE(std::equal(set.features[0].data(), set.features[0].data() + row,
                          set.features[0].data() + row));
 }
+
+}  // namespace synthetic_defect_test

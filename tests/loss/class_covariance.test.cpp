@@ -28,6 +28,8 @@
 #include <type_traits>
 #include <vector>
 
+namespace class_covariance_test {
+
 namespace {
 
 using hgad::Index;
@@ -375,3 +377,5 @@ TEST_CASE("set_class_factors refuses factors that are not a valid covariance fac
   CHECK_FALSE(prior.has_class_factors());
   CHECK_FALSE(prior.class_level_factors());
 }
+
+}  // namespace class_covariance_test

@@ -9,6 +9,8 @@
 
 #include "golden.hpp"
 
+namespace golden_loss_test {
+
 namespace {
 
 hgad::GaussianMixturePrior<double> golden_prior(const hgad::test::GoldenFile& golden) {
@@ -76,3 +78,5 @@ TEST_CASE("Golden: every loss term, the total and the prior's gradients match in
     }
   }
 }
+
+}  // namespace golden_loss_test

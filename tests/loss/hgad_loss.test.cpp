@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <vector>
 
+namespace hgad_loss_test {
+
 namespace {
 
 // The test problem: K = 3 classes, M = 4 intra centres, D = 5, N = 9 vectors.
@@ -339,3 +341,5 @@ TEMPLATE_TEST_CASE("Far centres whose responsibilities underflow give the same v
   CHECK(hgad::test::max_rel_error(fused.phi_intra().grad(), reference.phi_intra().grad()) < tol);
   for (TestType v : got.grad_z.to_vector()) REQUIRE(std::isfinite(double(v)));
 }
+
+}  // namespace hgad_loss_test

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <vector>
 
+namespace anomaly_map_test {
+
 namespace {
 
 using Catch::Matchers::WithinAbs;
@@ -340,3 +342,5 @@ TEST_CASE("Anomaly map functions reject inconsistent levels and constants", "[me
   REQUIRE_THROWS_WITH(hgad::transductive_anomaly_map(levels, weighted),
                       Catch::Contains("weight of level 1"));
 }
+
+}  // namespace anomaly_map_test

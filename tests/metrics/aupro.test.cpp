@@ -8,6 +8,8 @@
 #include <functional>
 #include <vector>
 
+namespace aupro_test {
+
 namespace {
 
 using Catch::Matchers::WithinAbs;
@@ -314,3 +316,5 @@ TEST_CASE("AUPRO reports bad inputs and degenerate maps", "[metrics]") {
   const auto no_point = hgad::Tensor<float>::from_vector({1, 2, 2}, {0.05f, 0.3f, 0.3f, 0.3f});
   REQUIRE(std::isnan(hgad::aupro(masks_4, no_point)));
 }
+
+}  // namespace aupro_test

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+namespace defect_kinds_test {
+
 namespace {
 
 using Catch::Matchers::WithinAbs;
@@ -174,3 +176,5 @@ TEST_CASE("evaluate_defect_kinds without masks, without defects and with bad siz
                                                 hgad::Tensor<float>({6, 3, 2})),
                     Catch::Contains("masks have shape"));
 }
+
+}  // namespace defect_kinds_test

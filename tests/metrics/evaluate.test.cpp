@@ -5,6 +5,8 @@
 #include <cmath>
 #include <vector>
 
+namespace evaluate_test {
+
 namespace {
 
 using Catch::Matchers::WithinAbs;
@@ -68,3 +70,5 @@ TEST_CASE("evaluate_class returns NaN for metrics a defect-free class leaves und
                                            hgad::Tensor<float>({2, 4}), maps),
                       Catch::Contains("(2, 4)"));
 }
+
+}  // namespace evaluate_test

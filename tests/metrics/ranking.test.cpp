@@ -8,6 +8,8 @@
 #include <limits>
 #include <vector>
 
+namespace ranking_test {
+
 namespace {
 
 using Catch::Matchers::WithinAbs;
@@ -254,3 +256,5 @@ TEMPLATE_TEST_CASE("Radix sort of order keys sorts finite values like std::sort"
     REQUIRE(hgad::detail::from_order_key<TestType>(keys[i]) == expected[i]);
   }
 }
+
+}  // namespace ranking_test

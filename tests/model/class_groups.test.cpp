@@ -12,6 +12,8 @@ struct StringMaker<hgad::ClassGroup> {
 };
 }  // namespace Catch
 
+namespace class_groups_test {
+
 namespace {
 
 using Confusion = std::vector<std::vector<double>>;
@@ -116,3 +118,5 @@ TEST_CASE("suggest_class_groups names the row, value or threshold it cannot use"
   CHECK_THROWS_WITH(hgad::suggest_class_groups(c, {{1.0, 0.0}, {0.0, 1.0}}, 0.0),
                     Contains("threshold 0 is outside (0, 1]"));
 }
+
+}  // namespace class_groups_test

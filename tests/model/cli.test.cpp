@@ -36,6 +36,8 @@
 #include "../../apps/cli_support.hpp"
 #include "io/temp_dir.hpp"
 
+namespace cli_test {
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -1764,3 +1766,5 @@ TEST_CASE("hgad info --keys lists every config key with its default and meaning,
   CHECK(contains(readme, r.out));
   CHECK(run(dir, "info --keys x.hgad").status == 2);
 }
+
+}  // namespace cli_test

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+namespace config_test {
+
 namespace {
 
 hgad::ModelConfig small_config() {
@@ -437,3 +439,5 @@ TEST_CASE("ModelConfig threshold_quantile defaults to 0.99 and must be above 0 a
   }
   CHECK_NOTHROW(hgad::ModelConfig::from_text("threshold_quantile = 1", "t.cfg").validate(false));
 }
+
+}  // namespace config_test

@@ -11,6 +11,8 @@
 
 #include "io/temp_dir.hpp"
 
+namespace detector_test {
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -129,3 +131,5 @@ TEST_CASE("Detector scores a file and a pixel buffer as the model scores their f
   CHECK_THROWS_WITH(hgad::Detector<float>::load(dir.file("raw.hgad"), weights_dir()),
                     Catch::Contains("raw.hgad") && Catch::Contains("calibration"));
 }
+
+}  // namespace detector_test

@@ -14,6 +14,8 @@
 #include "io/temp_dir.hpp"
 #include "model/synthetic.hpp"
 
+namespace hgad_model_test {
+
 namespace {
 
 using hgad::Index;
@@ -1317,3 +1319,5 @@ TEST_CASE("The training memory estimate counts parameters, one step and the feat
     CHECK_THROWS_WITH(hgad::HgadModel<float>(c),
                       Catch::Contains("n_blocks = 1000000000") && Catch::Contains("GB"));
 }
+
+}  // namespace hgad_model_test

@@ -17,6 +17,8 @@
 #include "model/host_level_as_cuda.hpp"
 #include "model/synthetic.hpp"
 
+namespace level_device_test {
+
 namespace {
 
 using hgad::Device;
@@ -154,3 +156,5 @@ TEST_CASE("A model whose classes carry their own covariance is refused by the le
   CHECK_THROWS_WITH(device.fit(features, train.classes), Catch::Contains("class_covariance = class"));
   CHECK(device.epochs_trained() == 0);
 }
+
+}  // namespace level_device_test

@@ -17,6 +17,8 @@
 #include "model/parameters.hpp"
 #include "model/synthetic.hpp"
 
+namespace position_fraction_test {
+
 namespace {
 
 using hgad::Index;
@@ -146,3 +148,5 @@ TEMPLATE_TEST_CASE(
   whole.fit(features, data.classes);
   CHECK(largest_difference(all_parameters(whole), every_position) < tolerance);
 }
+
+}  // namespace position_fraction_test

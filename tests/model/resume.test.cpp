@@ -15,6 +15,8 @@
 #include "model/device_parity.hpp"
 #include "model/synthetic.hpp"
 
+namespace resume_test {
+
 namespace {
 
 /// Runs on one OpenMP thread while it lives (the order of every sum fixed).
@@ -167,3 +169,5 @@ TEST_CASE("Resuming checks that the checkpoint belongs to the run", "[model][res
   state.steps_done = 14;
   CHECK_THROWS_WITH(model.fit(data.features, data.classes, options), Catch::Contains("does not belong to a run"));
 }
+
+}  // namespace resume_test

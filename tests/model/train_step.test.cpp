@@ -12,6 +12,8 @@
 
 #include "golden.hpp"
 
+namespace train_step_test {
+
 namespace {
 
 const char* const golden_files[] = {"hgad_golden_small.json", "hgad_golden_small_head.json"};
@@ -390,3 +392,5 @@ TEST_CASE("End to end: three Gaussian clusters are classified by the posterior a
   CHECK(seconds < 10.0);
 #endif
 }
+
+}  // namespace train_step_test

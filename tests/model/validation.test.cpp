@@ -11,6 +11,8 @@
 #include "parameters.hpp"
 #include "synthetic.hpp"
 
+namespace validation_test {
+
 using hgad::Index;
 using hgad_test::all_parameters;
 using hgad_test::as_scalar;
@@ -92,3 +94,5 @@ TEST_CASE("fit refuses validation images without labels, labels of another count
                     Catch::Contains("2 validation labels for 6 validation images"));
   CHECK(model.epochs_trained() == 0);
 }
+
+}  // namespace validation_test

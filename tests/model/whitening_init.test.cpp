@@ -23,6 +23,8 @@
 
 #include "io/temp_dir.hpp"
 
+namespace whitening_init_test {
+
 namespace {
 
 using hgad::Index;
@@ -737,3 +739,5 @@ TEST_CASE("whiten_mean = position needs init = whiten", "[model]") {
         hgad::WhitenMean::position);
   CHECK_THROWS_WITH(hgad::ModelConfig::from_text("whiten_mean = pixel\n", "t"), Catch::Contains("whiten_mean"));
 }
+
+}  // namespace whitening_init_test

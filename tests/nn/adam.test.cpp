@@ -6,6 +6,8 @@
 #include <cmath>
 #include <vector>
 
+namespace adam_test {
+
 namespace {
 
 /// torch.optim.Adam 1.13's update of one element, written out in double.
@@ -116,3 +118,5 @@ TEST_CASE("The learning-rate schedule has the exact values of docs/algorithm.md 
   CHECK_THROWS_AS(schedule.lr_at(-1, 0, T), hgad::Error);
   CHECK_THROWS_AS(schedule.lr_at(0, 0, 0), hgad::Error);
 }
+
+}  // namespace adam_test

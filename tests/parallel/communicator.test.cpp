@@ -11,6 +11,8 @@
 
 #include "parallel/ranks.hpp"
 
+namespace communicator_test {
+
 using hgad::Index;
 using hgad_test::run_ranks;
 
@@ -242,3 +244,5 @@ TEST_CASE("Ranks whose collectives do not match stop at once with a message", "[
     CHECK_THAT(o.message, Catch::Contains("collectives out of step"));
   }
 }
+
+}  // namespace communicator_test

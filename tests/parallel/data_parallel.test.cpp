@@ -21,6 +21,8 @@
 #include "model/synthetic.hpp"
 #include "parallel/ranks.hpp"
 
+namespace data_parallel_test {
+
 using hgad::Index;
 
 namespace {
@@ -427,3 +429,5 @@ TEMPLATE_TEST_CASE(
     }
   }
 }
+
+}  // namespace data_parallel_test

@@ -9,6 +9,8 @@
 
 #include "golden.hpp"
 
+namespace gaussian_mixture_prior_test {
+
 TEST_CASE("The class-centre initialisation reproduces the table of docs/algorithm.md 3.1 at D = 200", "[prior]") {
   struct Row {
     hgad::Index K;
@@ -202,3 +204,5 @@ TEST_CASE("Golden: the prior's distances, the scores and init match the PyTorch 
     CHECK(hgad::test::max_rel_error(hgad::score_neg_entropy(prior, z), golden->tensor("score.negH")) < 1e-10);
   }
 }
+
+}  // namespace gaussian_mixture_prior_test
