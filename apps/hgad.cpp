@@ -840,7 +840,8 @@ const std::vector<OptionSpec> test_options = {
      "instead of the test images, the training images `hgad train --validation PERCENT` held out, "
      "each as it is and with a synthetic defect (a pasted patch) whose mask is known"},
     {"defects", "SIZES",
-     "with --validation: large (2-8 % of the image, default) | small (0.2-2 %) | spread (0.2-8 %)"},
+     "with --validation: large (2-8 % of the image, default) | small (0.2-2 %) | spread (0.2-8 %) "
+     "| wide (8-40 %)"},
     {"defect-kinds", "",
      "below each class, a row per kind of defect (its test/<kind>/ folder): the class's good "
      "images with that kind's alone"},
@@ -878,7 +879,8 @@ int cmd_test(const Args& args) {
            "and contrast changed, the rectangle being the defect's mask (docs/algorithm.md §9.6).\n"
            "The same figures then measure detection on training data alone, to choose settings\n"
            "without a test image. --defects sets their sizes: large, an area uniform in 2-8 % of\n"
-           "the image; small, log-uniform in 0.2-2 %; spread, log-uniform in 0.2-8 %.\n\n"
+           "the image; small, log-uniform in 0.2-2 %; spread, log-uniform in 0.2-8 %; wide,\n"
+           "log-uniform in 8-40 %, each side up to the whole image.\n\n"
            "--defect-kinds adds below each class a row per kind of defect (the folders under\n"
            "<class>/test/ other than good): the class's good images with that kind's images\n"
            "alone. A class's pixel metrics pool every pixel, so a kind with large masks weighs\n"

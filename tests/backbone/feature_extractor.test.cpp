@@ -134,6 +134,118 @@ TEST_CASE("PyramidFeatureExtractor runs the base on align_corners resizes, scale
   CHECK_THROWS_AS(deep.extract(hgad::Tensor<double>({1, 3, 8, 8})), hgad::Error);
 }
 
+TEST_CASE("PyramidFeatureExtractor with chosen levels returns them in their order, each base once "
+          "per scale",
+          "[backbone]") {
+  // Counts the base's runs, so that a scale used by two levels is seen to run once.
+  struct Counting : IdentityExtractor<double> {
+    mutable int runs = 0;
+    std::vector<hgad::Tensor<double>> extract(const hgad::Tensor<double>& x) const override {
+      ++runs;
+      return IdentityExtractor<double>::extract(x);
+    }
+  };
+  auto base = std::make_shared<Counting>();
+  // pool of the image, pixels of the image at a quarter of its size, pixels of the image, pool
+  // of the image at a quarter: scale 1 is skipped.
+  const std::vector<hgad::PyramidLevel> chosen{{0, 1}, {2, 0}, {0, 0}, {2, 1}};
+  hgad::PyramidFeatureExtractor<double> pyramid(base, chosen);
+  const auto levels = pyramid.levels();
+  REQUIRE(levels.size() == 4);
+  CHECK(levels[0].name == "pool");
+  CHECK(levels[1].name == "pixels@scale2");
+  CHECK(levels[2].name == "pixels");
+  CHECK(levels[3].name == "pool@scale2");
+  CHECK(levels[0].stride == 2);
+  CHECK(levels[1].stride == 4);
+  CHECK(levels[3].stride == 8);
+  CHECK(pyramid.n_scales() == 3);
+
+  hgad::Rng rng(4);
+  const Index H = 17, W = 12;
+  const auto x = hgad::Tensor<double>::randn({2, 3, H, W}, rng);
+  const auto out = pyramid.extract(x);
+  CHECK(base->runs == 2);
+  REQUIRE(out.size() == 4);
+  for (std::size_t l = 0; l < 4; ++l) {
+    const auto s = pyramid.feature_shape(l, H, W);
+    CHECK(out[l].shape() == hgad::Shape{2, s[0], s[1], s[2]});
+  }
+  // Against the full pyramid of three scales: the same maps, picked.
+  const auto all = hgad::PyramidFeatureExtractor<double>(base, 3).extract(x);
+  CHECK(hgad_test::max_abs_diff(out[0], all[1]) == 0.0);
+  CHECK(hgad_test::max_abs_diff(out[1], all[4]) == 0.0);
+  CHECK(hgad_test::max_abs_diff(out[2], all[0]) == 0.0);
+  CHECK(hgad_test::max_abs_diff(out[3], all[5]) == 0.0);
+  CHECK(hgad_test::max_abs_diff(out[2], x) == 0.0);
+
+  using Levels = std::vector<hgad::PyramidLevel>;
+  CHECK_THROWS_WITH(hgad::PyramidFeatureExtractor<double>(base, Levels{{0, 0}, {1, 1}, {0, 0}}),
+                    Catch::Contains("levels 0 and 2 are the same (pixels)"));
+  CHECK_THROWS_WITH(hgad::PyramidFeatureExtractor<double>(base, Levels{{0, 2}}),
+                    Catch::Contains("base level 2 of 2"));
+  CHECK_THROWS_WITH(hgad::PyramidFeatureExtractor<double>(base, Levels{{16, 0}}),
+                    Catch::Contains("scale 16"));
+  CHECK_THROWS_AS(hgad::PyramidFeatureExtractor<double>(base, Levels{}), hgad::Error);
+}
+
+TEST_CASE("FeatureConfig::scales puts a stage of the image at half its size beside the stages of "
+          "the image",
+          "[backbone]") {
+  hgad::Rng rng(8);
+  auto net = std::make_shared<const hgad::ResNet<float>>(
+      hgad::ResNetArch::resnet18,
+      hgad::ResNet<float>::random_weights(hgad::ResNetArch::resnet18, ResNetStage::layer3, rng));
+  const auto images = hgad::Tensor<float>::randn({2, 3, 64, 64}, rng);
+  hgad::FeatureConfig config = hgad::FeatureConfig::multi_stage(hgad::ResNetArch::resnet18);
+  config.stages.push_back(ResNetStage::layer3);
+  config.scales = {0, 0, 0, 1};
+  const auto fx = hgad::make_feature_extractor<float>(config, net);
+  const auto levels = fx->levels();
+  REQUIRE(levels.size() == 4);
+  CHECK(levels[2].name == "layer3");
+  CHECK(levels[3].name == "layer3@scale1");
+  CHECK(levels[3].stride == 32);
+  CHECK(fx->feature_shape(3, 64, 64) == hgad::Shape{256, 2, 2});
+  const auto maps = fx->extract(images);
+  REQUIRE(maps.size() == 4);
+  // The first three are the network's stages of the image, the fourth its layer3 of the
+  // align_corners=True half-size image.
+  const auto whole = net->forward(
+      images, {ResNetStage::layer1, ResNetStage::layer2, ResNetStage::layer3});
+  for (std::size_t l = 0; l < 3; ++l) CHECK(hgad_test::max_abs_diff(maps[l], whole[l]) == 0.0);
+  const auto half =
+      net->forward(hgad::resize_bilinear_batch(images, 32, 32, true), {ResNetStage::layer3});
+  CHECK(hgad_test::max_abs_diff(maps[3], half[0]) == 0.0);
+
+  // The network returns each stage once; the scales must match the stages and stand alone.
+  CHECK(hgad::detail::network_stages(config) ==
+        std::vector<ResNetStage>{ResNetStage::layer1, ResNetStage::layer2, ResNetStage::layer3});
+  config.scales = {0, 0, 1};
+  CHECK_THROWS_WITH(hgad::make_feature_extractor<float>(config, net),
+                    Catch::Contains("3 scales for 4 stages"));
+  config.scales = {0, 0, 0, 1};
+  config.n_scales = 2;
+  CHECK_THROWS_WITH(hgad::make_feature_extractor<float>(config, net),
+                    Catch::Contains("need n_scales = 1"));
+}
+
+TEST_CASE("stage_at_scale_from_string reads a stage and its pyramid scale", "[backbone]") {
+  const hgad::StageAtScale plain = hgad::stage_at_scale_from_string("layer2");
+  CHECK(plain.stage == ResNetStage::layer2);
+  CHECK(plain.scale == 0);
+  const hgad::StageAtScale half = hgad::stage_at_scale_from_string("layer3@scale1");
+  CHECK(half.stage == ResNetStage::layer3);
+  CHECK(half.scale == 1);
+  CHECK(hgad::stage_at_scale_from_string("layer1@scale15").scale == 15);
+  for (const char* bad : {"layer3@scale", "layer3@scale16", "layer3@scale-1", "layer3@scalex",
+                          "layer3@scale001"})
+    CHECK_THROWS_WITH(hgad::stage_at_scale_from_string(bad),
+                      Catch::Contains(std::string("layer '") + bad + "'"));
+  CHECK_THROWS_WITH(hgad::stage_at_scale_from_string("layer9@scale1"),
+                    Catch::Contains("unknown stage 'layer9'"));
+}
+
 TEST_CASE("FeatureConfig builds HGAD's pyramid and CFlow's multi-stage ResNet extractors",
           "[backbone]") {
   hgad::Rng rng(5);

@@ -71,10 +71,14 @@ TEST_CASE("draw_synthetic_defect stays within its ranges and the image, and a se
   bad.min_gain = 2;
   CHECK_THROWS_WITH(hgad::draw_synthetic_defect(S, rng, bad),
                     Catch::Contains("ranges out of order"));
+  hgad::SyntheticDefectRanges too_wide;  // 30 % of the image cannot fit in sides of half of it
+  too_wide.max_area = 0.3;
+  CHECK_THROWS_WITH(hgad::draw_synthetic_defect(S, rng, too_wide),
+                    Catch::Contains("ranges out of order"));
 }
 
 TEST_CASE(
-    "synthetic_defect_ranges names three sizes, and small and spread draw their areas "
+    "synthetic_defect_ranges names four sizes, and small and spread draw their areas "
     "log-uniformly",
     "[io][synthetic]") {
   const hgad::SyntheticDefectRanges defaults;
@@ -83,7 +87,7 @@ TEST_CASE(
   CHECK(large.max_area == defaults.max_area);
   CHECK(large.area_law == hgad::AreaLaw::uniform);
   CHECK_THROWS_WITH(hgad::synthetic_defect_ranges("tiny"),
-                    Catch::Contains("'tiny': expected large, small or spread"));
+                    Catch::Contains("'tiny': expected large, small, spread or wide"));
 
   const hgad::Index S = 256;
   struct Case {
@@ -124,6 +128,73 @@ TEST_CASE(
       CHECK(std::abs(counts[std::size_t(k)] - n / 4) < 150);
     }
   }
+}
+
+TEST_CASE(
+    "wide defects cover 8 to 40 percent of the image, with sides up to the whole image, and may "
+    "overlap their source",
+    "[io][synthetic]") {
+  const hgad::SyntheticDefectRanges r = hgad::synthetic_defect_ranges("wide");
+  const hgad::SyntheticDefectRanges defaults;
+  CHECK(r.area_law == hgad::AreaLaw::log_uniform);
+  CHECK(r.min_area == 0.08);
+  CHECK(r.max_area == 0.4);
+  CHECK(r.max_side == 1);
+  CHECK(r.max_aspect == defaults.max_aspect);
+  CHECK(r.min_gain == defaults.min_gain);
+  CHECK(r.max_gain == defaults.max_gain);
+  CHECK(r.min_offset == defaults.min_offset);
+  CHECK(r.max_offset == defaults.max_offset);
+
+  const hgad::Index S = 256;
+  int over_half = 0, overlapping = 0, below_mid = 0;
+  const int n = 2000;
+  for (std::uint64_t seed = 0; seed < std::uint64_t(n); ++seed) {
+    hgad::Rng rng(seed);
+    const hgad::SyntheticDefect d = hgad::draw_synthetic_defect(S, rng, r);
+    INFO("seed " << seed);
+    REQUIRE(d.height >= 1);
+    REQUIRE(d.width >= 1);
+    REQUIRE(d.height <= S);
+    REQUIRE(d.width <= S);
+    for (hgad::Index v : {d.top, d.source_top}) REQUIRE((v >= 0 && v + d.height <= S));
+    for (hgad::Index v : {d.left, d.source_left}) REQUIRE((v >= 0 && v + d.width <= S));
+    // A side longer than the image is cut to it, which can only lower the area below its draw.
+    const double h = double(d.height), w = double(d.width), image = double(S * S);
+    REQUIRE((h - 0.5) * (w - 0.5) <= r.max_area * image);
+    REQUIRE((h + 0.5) * (w + 0.5) >= r.min_area * image);
+    over_half += d.height > S / 2 || d.width > S / 2;
+    overlapping += overlap(d);
+    // The geometric middle of [0.08, 0.4] is sqrt(0.032) = 0.179: half the draws lie below it.
+    below_mid += h * w / image < std::sqrt(0.08 * 0.4);
+  }
+  // Sides beyond half the image (the other sizes' limit) and sources that cannot lie apart from
+  // a target this large both occur.
+  CHECK(over_half > n / 10);
+  CHECK(overlapping > 0);
+  // Binomial standard deviation 22 around 1000; the cut of long sides moves a few draws down.
+  CHECK(std::abs(below_mid - n / 2) < 150);
+}
+
+TEMPLATE_TEST_CASE("an overlapping defect copies its source as it was in the image",
+                   "[io][synthetic]", float, double) {
+  using T = TestType;
+  // By hand: a 6x6 one-channel image, the 4x4 block at (0, 0) copied to (2, 2), v -> v + 0.1;
+  // the two overlap on rows and columns 2-3, which the copy must read before it writes them.
+  hgad::Tensor<T> image({1, 6, 6});
+  for (hgad::Index i = 0; i < 36; ++i) image.data()[i] = T(double(i) / 64.0);
+  hgad::SyntheticDefect d;
+  d.image_size = 6;
+  d.top = 2, d.left = 2, d.source_top = 0, d.source_left = 0, d.height = 4, d.width = 4;
+  d.gain = 1, d.offset = 0.1;
+  const hgad::Tensor<T> out = hgad::apply_synthetic_defect(image, d);
+  for (hgad::Index i = 0; i < 6; ++i)
+    for (hgad::Index j = 0; j < 6; ++j) {
+      const bool inside = i >= 2 && j >= 2;
+      const double expected =
+          inside ? double((i - 2) * 6 + (j - 2)) / 64.0 + 0.1 : double(i * 6 + j) / 64.0;
+      CHECK(double(out.data()[i * 6 + j]) == Approx(expected).margin(1e-7));
+    }
 }
 
 TEMPLATE_TEST_CASE("apply_synthetic_defect writes its rectangle alone, and the mask marks it",

@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include <hgad/model/config.hpp>
+#include <hgad/model/pipeline.hpp>
 
 #include <algorithm>
 #include <functional>
@@ -236,6 +237,18 @@ TEST_CASE("ModelConfig validation names the key and the offending value", "[mode
   CHECK(validate([](hgad::ModelConfig& c) {
           c.features.pyramid_levels = 3;
         }).find("exactly one layer") != std::string::npos);
+  // A layer of the image at a smaller size: "<layer>@scale<digits>", not beside a pyramid.
+  CHECK(validate([](hgad::ModelConfig& c) { c.features.layers = {"layer2", "layer3@scale1"}; })
+            .empty());
+  CHECK(validate([](hgad::ModelConfig& c) { c.features.layers = {"layer2", "layer3@scale"}; })
+            .find("layers = layer3@scale: a layer name must be plain, or plain@scale and one") !=
+        std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.features.layers = {"layer2", "layer3@1"}; })
+            .find("layers = layer3@1") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) {
+          c.features.layers = {"layer3@scale1"};
+          c.features.pyramid_levels = 2;
+        }).find("cannot stand beside pyramid_levels") != std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) {
           c.features.neighbourhood = 2;
         }).find("neighbourhood = 2: must be odd") != std::string::npos);
@@ -438,6 +451,32 @@ TEST_CASE("ModelConfig threshold_quantile defaults to 0.99 and must be above 0 a
                                              Catch::Contains(bad) && Catch::Contains("(0, 1]"));
   }
   CHECK_NOTHROW(hgad::ModelConfig::from_text("threshold_quantile = 1", "t.cfg").validate(false));
+}
+
+TEST_CASE("backbone_config_for reads each layer's stage and scale, and refuses a level given twice",
+          "[model]") {
+  hgad::FeatureSettings f;
+  f.layers = {"layer1", "layer2", "layer3"};
+  hgad::FeatureConfig c = hgad::backbone_config_for(f);
+  CHECK(c.stages ==
+        std::vector<hgad::ResNetStage>{hgad::ResNetStage::layer1, hgad::ResNetStage::layer2,
+                                       hgad::ResNetStage::layer3});
+  CHECK(c.scales.empty());  // one image: the network's extractor as it is
+  f.layers.push_back("layer3@scale1");
+  c = hgad::backbone_config_for(f);
+  CHECK(c.stages.size() == 4);
+  CHECK(c.stages[3] == hgad::ResNetStage::layer3);
+  CHECK(c.scales == std::vector<int>{0, 0, 0, 1});
+  CHECK(c.n_scales == 1);
+  f.layers = {"layer3", "layer3@scale0"};
+  CHECK(error_of([&] { hgad::backbone_config_for(f); })
+            .find("'layer3' and 'layer3@scale0' are the same level") != std::string::npos);
+  f.layers = {"layer3", "layer3@scale2", "layer3@scale2"};
+  CHECK(error_of([&] { hgad::backbone_config_for(f); }).find("same level") != std::string::npos);
+  f.layers = {"layer3@scale1"};
+  f.pyramid_levels = 2;
+  CHECK(error_of([&] { hgad::backbone_config_for(f); })
+            .find("cannot stand beside pyramid_levels = 2") != std::string::npos);
 }
 
 }  // namespace config_test

@@ -31,6 +31,7 @@
 
 #include "../detail/check.hpp"
 #include "../detail/parallel.hpp"
+#include "../detail/text.hpp"
 #include "../tensor.hpp"
 #include "resnet.hpp"
 
@@ -212,48 +213,88 @@ class ResNetFeatureExtractor : public FeatureExtractor<Scalar> {
   std::vector<ResNetStage> m_stages;
 };
 
+/// One level of a PyramidFeatureExtractor: level `base_level` of its base extractor, run on the
+/// image resized to 1 / 2^scale.
+struct PyramidLevel {
+  int scale = 0;
+  std::size_t base_level = 0;
+};
+
 /// Runs a base extractor on an image pyramid (HGAD, docs/algorithm.md §1.2): for s = 0 .. n_scales - 1,
 /// x_s = bilinear resize (align_corners=True, no antialiasing) of the normalised images to
-/// (floor(H / 2^s), floor(W / 2^s)), x_0 = the images themselves, and the levels are the base
-/// levels of x_0, then those of x_1, and so on (scale-major), named "<base name>@scale<s>".
+/// (floor(H / 2^s), floor(W / 2^s)), x_0 = the images themselves. Two ways to choose the levels:
+/// - every base level on every scale, scale-major (the levels of x_0, then those of x_1, ...),
+///   named "<base name>@scale<s>" (HGAD: one stage on three scales);
+/// - a list of (scale, base level) pairs, in that order, each named "<base name>@scale<s>" for
+///   s > 0 and "<base name>" for s = 0 (e.g. layer1, layer2, layer3 of the image beside
+///   "layer3@scale1", layer3 of the image at half its size). The base runs once per scale used.
 template <class Scalar>
 class PyramidFeatureExtractor : public FeatureExtractor<Scalar> {
  public:
+  /// Every level of `base` on each of n_scales scales.
   PyramidFeatureExtractor(std::shared_ptr<const FeatureExtractor<Scalar>> base, int n_scales)
-      : m_base(std::move(base)), m_n_scales(n_scales) {
+      : m_base(std::move(base)), m_name_scale0(true) {
     check(m_base != nullptr, "PyramidFeatureExtractor: null base extractor");
     check(n_scales >= 1 && n_scales <= 16, "PyramidFeatureExtractor: n_scales ", n_scales,
           " must be in [1, 16]");
+    for (int s = 0; s < n_scales; ++s)
+      for (std::size_t l = 0; l < m_base->n_levels(); ++l) m_levels.push_back({s, l});
+  }
+  /// The levels `levels` of `base`, in that order; no pair twice.
+  PyramidFeatureExtractor(std::shared_ptr<const FeatureExtractor<Scalar>> base,
+                          std::vector<PyramidLevel> levels)
+      : m_base(std::move(base)), m_levels(std::move(levels)), m_name_scale0(false) {
+    check(m_base != nullptr, "PyramidFeatureExtractor: null base extractor");
+    check(!m_levels.empty(), "PyramidFeatureExtractor: no level given");
+    const std::size_t n_base = m_base->n_levels();
+    for (std::size_t i = 0; i < m_levels.size(); ++i) {
+      const PyramidLevel& l = m_levels[i];
+      check(l.scale >= 0 && l.scale <= 15, "PyramidFeatureExtractor: level ", i, " has scale ",
+            l.scale, ", expected 0 .. 15");
+      check(l.base_level < n_base, "PyramidFeatureExtractor: level ", i, " names base level ",
+            l.base_level, " of ", n_base);
+      for (std::size_t j = 0; j < i; ++j)
+        check(m_levels[j].scale != l.scale || m_levels[j].base_level != l.base_level,
+              "PyramidFeatureExtractor: levels ", j, " and ", i, " are the same (",
+              level_name(l), ")");
+    }
   }
 
-  int n_scales() const { return m_n_scales; }
+  /// The number of scales the levels reach (the largest scale + 1).
+  int n_scales() const {
+    int n = 0;
+    for (const PyramidLevel& l : m_levels) n = std::max(n, l.scale + 1);
+    return n;
+  }
 
   std::vector<FeatureLevel> levels() const override {
     const std::vector<FeatureLevel> base = m_base->levels();
     std::vector<FeatureLevel> out;
-    for (int s = 0; s < m_n_scales; ++s) {
-      for (const FeatureLevel& l : base) {
-        out.push_back({l.name + "@scale" + std::to_string(s), l.channels, l.stride << s});
-      }
+    for (const PyramidLevel& l : m_levels) {
+      const FeatureLevel& b = base[l.base_level];
+      out.push_back({level_name(l), b.channels, b.stride << l.scale});
     }
     return out;
   }
   Shape feature_shape(std::size_t level, Index height, Index width) const override {
-    const std::size_t n_base = m_base->n_levels();
-    check(level < n_base * std::size_t(m_n_scales),
-          "PyramidFeatureExtractor::feature_shape: level ", level, " of ",
-          n_base * std::size_t(m_n_scales));
-    const int s = static_cast<int>(level / n_base);
-    return m_base->feature_shape(level % n_base, scaled(height, s), scaled(width, s));
+    check(level < m_levels.size(), "PyramidFeatureExtractor::feature_shape: level ", level, " of ",
+          m_levels.size());
+    const PyramidLevel& l = m_levels[level];
+    return m_base->feature_shape(l.base_level, scaled(height, l.scale), scaled(width, l.scale));
   }
   std::vector<Tensor<Scalar>> extract(const Tensor<Scalar>& images) const override {
     check(images.rank() == 4, "PyramidFeatureExtractor::extract: images must be (B, 3, H, W), got ",
           images.shape());
-    std::vector<Tensor<Scalar>> out;
-    for (int s = 0; s < m_n_scales; ++s) {
+    std::vector<Tensor<Scalar>> out(m_levels.size());
+    for (int s = 0; s < n_scales(); ++s) {
+      const bool used = std::any_of(m_levels.begin(), m_levels.end(),
+                                    [s](const PyramidLevel& l) { return l.scale == s; });
+      if (!used) continue;
       const Index h = scaled(images.dim(2), s), w = scaled(images.dim(3), s);
       const Tensor<Scalar> x = s == 0 ? images : resize_bilinear_batch(images, h, w, true);
-      for (Tensor<Scalar>& f : m_base->extract(x)) out.push_back(std::move(f));
+      std::vector<Tensor<Scalar>> maps = m_base->extract(x);
+      for (std::size_t i = 0; i < m_levels.size(); ++i)
+        if (m_levels[i].scale == s) out[i] = maps[m_levels[i].base_level];
     }
     return out;
   }
@@ -266,8 +307,14 @@ class PyramidFeatureExtractor : public FeatureExtractor<Scalar> {
   }
 
  private:
+  std::string level_name(const PyramidLevel& l) const {
+    const std::string base = m_base->levels()[l.base_level].name;
+    return m_name_scale0 || l.scale > 0 ? base + "@scale" + std::to_string(l.scale) : base;
+  }
+
   std::shared_ptr<const FeatureExtractor<Scalar>> m_base;
-  int m_n_scales;
+  std::vector<PyramidLevel> m_levels;
+  bool m_name_scale0;
 };
 
 namespace detail {
@@ -354,17 +401,29 @@ struct FeatureConfig {
   std::vector<ResNetStage> stages{ResNetStage::layer3};
   int n_scales = 1;
   Index neighbourhood = 1;
+  /// The pyramid scale each entry of `stages` is read at instead (the image at 1 / 2^scale of its
+  /// size), so that stages of several sizes of the image stand beside each other, e.g. stages
+  /// {layer1, layer2, layer3, layer3} at scales {0, 0, 0, 1}; needs n_scales = 1. Empty: every
+  /// stage on every one of the n_scales scales.
+  std::vector<int> scales;
 
   /// HGAD's scheme: one stage of an image pyramid of n_scales (docs/algorithm.md §1.2 uses 3).
   static FeatureConfig pyramid(ResNetArch arch, ResNetStage stage = ResNetStage::layer3,
                                int n_scales = 3) {
-    return {arch, {stage}, n_scales};
+    FeatureConfig c;
+    c.arch = arch;
+    c.stages = {stage};
+    c.n_scales = n_scales;
+    return c;
   }
   /// CFlow's scheme: several stages of one image.
   static FeatureConfig multi_stage(ResNetArch arch, std::vector<ResNetStage> stages = {
                                                         ResNetStage::layer1, ResNetStage::layer2,
                                                         ResNetStage::layer3}) {
-    return {arch, std::move(stages), 1};
+    FeatureConfig c;
+    c.arch = arch;
+    c.stages = std::move(stages);
+    return c;
   }
 };
 
@@ -374,7 +433,55 @@ template <class Scalar>
 using BackboneDeviceMaker = std::function<std::shared_ptr<FeatureExtractor<Scalar>>(
     ResNetArch arch, const std::string& weights_dir, std::vector<ResNetStage> stages)>;
 
+/// A stage read at a pyramid scale, as a layer is named in a model's settings: "layer3" (scale 0)
+/// or "layer3@scale1" (layer3 of the image at half its size).
+struct StageAtScale {
+  ResNetStage stage = ResNetStage::layer3;
+  int scale = 0;
+};
+
+/// Parses "<stage>" or "<stage>@scale<s>", s in 0 .. 15 (detail::split_layer_name).
+///   throws: hgad::Error naming the text, for an unknown stage or scale.
+inline StageAtScale stage_at_scale_from_string(const std::string& name) {
+  const detail::LayerName parts = detail::split_layer_name(name);
+  check(parts.ok && parts.scale <= 15, "layer '", name,
+        "': expected <stage> or <stage>@scale<s> with s in 0 .. 15 (e.g. layer3@scale1)");
+  return {resnet_stage_from_string(parts.base), parts.scale};
+}
+
 namespace detail {
+
+/// Refuses a FeatureConfig whose `scales` do not fit its `stages` and `n_scales`.
+inline void check_feature_scales(const FeatureConfig& config) {
+  if (config.scales.empty()) return;
+  check(config.n_scales == 1, "FeatureConfig: stages at their own scales need n_scales = 1, got ",
+        config.n_scales);
+  check(config.scales.size() == config.stages.size(), "FeatureConfig: ", config.scales.size(),
+        " scales for ", config.stages.size(), " stages");
+}
+
+/// The stages the network itself returns: config.stages, or, with per-stage scales, each stage
+/// once, in the order of its first appearance.
+inline std::vector<ResNetStage> network_stages(const FeatureConfig& config) {
+  check_feature_scales(config);
+  if (config.scales.empty()) return config.stages;
+  std::vector<ResNetStage> out;
+  for (ResNetStage s : config.stages)
+    if (std::find(out.begin(), out.end(), s) == out.end()) out.push_back(s);
+  return out;
+}
+
+/// config.stages at config.scales as levels of a pyramid over the network's stages
+/// (network_stages).
+inline std::vector<PyramidLevel> pyramid_levels_of(const FeatureConfig& config) {
+  const std::vector<ResNetStage> net = network_stages(config);
+  std::vector<PyramidLevel> out;
+  for (std::size_t i = 0; i < config.stages.size(); ++i) {
+    const auto at = std::find(net.begin(), net.end(), config.stages[i]);
+    out.push_back({config.scales[i], static_cast<std::size_t>(at - net.begin())});
+  }
+  return out;
+}
 
 template <class Scalar>
 BackboneDeviceMaker<Scalar>& cuda_backbone_maker() {
@@ -382,12 +489,16 @@ BackboneDeviceMaker<Scalar>& cuda_backbone_maker() {
   return maker;
 }
 
-/// The extractor `config` describes around the network's extractor `base`: the pyramid, then the
-/// neighbourhood mean.
+/// The extractor `config` describes around the network's extractor `base` (which returns
+/// network_stages(config)): the pyramid, then the neighbourhood mean.
 template <class Scalar>
 std::shared_ptr<FeatureExtractor<Scalar>> around_network(
     const FeatureConfig& config, std::shared_ptr<FeatureExtractor<Scalar>> base) {
-  if (config.n_scales != 1)
+  check_feature_scales(config);
+  if (!config.scales.empty())
+    base = std::make_shared<PyramidFeatureExtractor<Scalar>>(std::move(base),
+                                                             pyramid_levels_of(config));
+  else if (config.n_scales != 1)
     base = std::make_shared<PyramidFeatureExtractor<Scalar>>(std::move(base), config.n_scales);
   if (config.neighbourhood != 1)
     base =
@@ -410,8 +521,9 @@ BackboneDeviceMaker<Scalar> register_backbone_device(Device device, BackboneDevi
 template <class Scalar>
 std::shared_ptr<FeatureExtractor<Scalar>> make_feature_extractor(const FeatureConfig& config,
                                                                  const std::string& weights_dir) {
-  return detail::around_network<Scalar>(config, std::make_shared<ResNetFeatureExtractor<Scalar>>(
-                                                    config.arch, weights_dir, config.stages));
+  return detail::around_network<Scalar>(
+      config, std::make_shared<ResNetFeatureExtractor<Scalar>>(config.arch, weights_dir,
+                                                               detail::network_stages(config)));
 }
 
 /// The extractor a FeatureConfig describes, on an already loaded network of architecture
@@ -422,7 +534,8 @@ std::shared_ptr<FeatureExtractor<Scalar>> make_feature_extractor(
   check(net != nullptr && net->arch() == config.arch,
         "make_feature_extractor: the network is not a ", to_string(config.arch));
   return detail::around_network<Scalar>(
-      config, std::make_shared<ResNetFeatureExtractor<Scalar>>(std::move(net), config.stages));
+      config, std::make_shared<ResNetFeatureExtractor<Scalar>>(std::move(net),
+                                                               detail::network_stages(config)));
 }
 
 /// The extractor a FeatureConfig describes, with the weights loaded from `weights_dir`, its
@@ -436,7 +549,8 @@ std::shared_ptr<FeatureExtractor<Scalar>> make_feature_extractor(const FeatureCo
   check(static_cast<bool>(maker),
         "the CUDA device was asked for the backbone, but this program was built without hgad's CUDA part "
         "(configure with -DHGAD_ENABLE_CUDA=ON where nvcc is installed)");
-  return detail::around_network<Scalar>(config, maker(config.arch, weights_dir, config.stages));
+  return detail::around_network<Scalar>(
+      config, maker(config.arch, weights_dir, detail::network_stages(config)));
 }
 
 }  // namespace hgad

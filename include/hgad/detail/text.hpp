@@ -4,6 +4,7 @@
 /// lists of class names): trimming, comma-separated lists, numbers read from a whole text, the
 /// shortest exact text of a double, plain names, and the spellings of an enumeration's values.
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstddef>
@@ -79,6 +80,37 @@ inline bool is_plain_name(const std::string& name) {
   }
   return true;
 }
+
+/// A layer's name split into its base name and pyramid scale: "layer3" is {"layer3", 0},
+/// "layer3@scale1" {"layer3", 1} (the layer of the image at 1 / 2^1 of its size). The scale has at
+/// most two digits; `ok` is false for any other text after "@scale" or a base that is not plain.
+struct LayerName {
+  bool ok = false;
+  std::string base;
+  int scale = 0;
+};
+
+inline LayerName split_layer_name(const std::string& name) {
+  const std::string::size_type at = name.find("@scale");
+  LayerName out;
+  out.base = name.substr(0, at);
+  if (!is_plain_name(out.base)) return out;
+  if (at == std::string::npos) {
+    out.ok = true;
+    return out;
+  }
+  const std::string digits = name.substr(at + 6);
+  if (digits.empty() || digits.size() > 2 ||
+      !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return out;
+  out.scale = std::stoi(digits);
+  out.ok = true;
+  return out;
+}
+
+/// A layer of a model's feature settings: a plain name, or a plain name, "@scale" and one or two
+/// digits (split_layer_name).
+inline bool is_layer_name(const std::string& name) { return split_layer_name(name).ok; }
 
 /// The spelling of one value of an enumeration in a text format. An array of them is the one
 /// place that value's text lives; name_of writes it and value_named reads it.

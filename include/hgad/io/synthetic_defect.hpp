@@ -47,6 +47,7 @@ struct SyntheticDefectRanges {
   double min_area = 0.02, max_area = 0.08;     ///< of the image's area
   AreaLaw area_law = AreaLaw::uniform;
   double max_aspect = 3;                       ///< height / width in [1 / max_aspect, max_aspect]
+  double max_side = 0.5;                       ///< each side at most this share of the image's
   double min_gain = 0.75, max_gain = 1.25;     ///< the contrast change
   double min_offset = 0.08, max_offset = 0.2;  ///< |offset|, in units of the [0, 1] pixel range
 };
@@ -56,46 +57,56 @@ struct SyntheticDefectRanges {
 ///   small   area log-uniform in [0.002, 0.02]
 ///   spread  area log-uniform in [0.002, 0.08]: every size from an 11 × 11 pixel square at 256²
 ///           to the large ones, each factor of two in area equally likely
-/// The other ranges are the defaults in all three.
+///   wide    area log-uniform in [0.08, 0.4], each side up to the whole image: defects as large
+///           as a band of another texture across a quarter of the image
+/// The other ranges are the defaults in all four.
 ///   throws: hgad::Error naming the unknown name and the known ones.
 inline SyntheticDefectRanges synthetic_defect_ranges(const std::string& name) {
   SyntheticDefectRanges r;
   if (name == "large") return r;
   r.area_law = AreaLaw::log_uniform;
+  if (name == "wide") {
+    r.min_area = 0.08;
+    r.max_area = 0.4;
+    r.max_side = 1;
+    return r;
+  }
   r.min_area = 0.002;
   if (name == "small") {
     r.max_area = 0.02;
     return r;
   }
-  check(name == "spread", "synthetic defects '", name, "': expected large, small or spread");
+  check(name == "spread", "synthetic defects '", name,
+        "': expected large, small, spread or wide");
   return r;
 }
 
 /// Draws a defect for a square image of `image_size` pixels (≥ 8): an area in [min_area, max_area]
 /// of the image, uniform or log-uniform (`area_law`); an aspect ratio log-uniform in
-/// [1 / max_aspect, max_aspect] (each side at most half the image); both places uniform over the
-/// image, the source drawn again (up to 64 times) until it does not overlap the target; a gain
+/// [1 / max_aspect, max_aspect] (each side at most max_side of the image's); both places uniform
+/// over the image, the source drawn again (up to 64 times) until it does not overlap the target
+/// (a large defect may overlap it: the copy reads the image as it was); a gain
 /// uniform in [min_gain, max_gain] and an offset of either sign with |offset| uniform in
 /// [min_offset, max_offset].
 ///   throws: hgad::Error for image_size < 8 or ranges out of order.
 inline SyntheticDefect draw_synthetic_defect(Index image_size, Rng& rng,
                                              const SyntheticDefectRanges& r = {}) {
   check(image_size >= 8, "draw_synthetic_defect: image_size ", image_size, " must be at least 8");
-  check(0 < r.min_area && r.min_area <= r.max_area && r.max_area <= 0.25 && r.max_aspect >= 1 &&
-            0 < r.min_gain && r.min_gain <= r.max_gain && 0 <= r.min_offset &&
-            r.min_offset <= r.max_offset,
-        "draw_synthetic_defect: ranges out of order (area [", r.min_area, ", ", r.max_area,
-        "] within (0, 0.25], aspect ", r.max_aspect, " >= 1, gain [", r.min_gain, ", ", r.max_gain,
-        "], offset [", r.min_offset, ", ", r.max_offset, "])");
+  check(0 < r.max_side && r.max_side <= 1 && 0 < r.min_area && r.min_area <= r.max_area &&
+            r.max_area <= r.max_side * r.max_side && r.max_aspect >= 1 && 0 < r.min_gain &&
+            r.min_gain <= r.max_gain && 0 <= r.min_offset && r.min_offset <= r.max_offset,
+        "draw_synthetic_defect: ranges out of order (side at most ", r.max_side,
+        " in (0, 1], area [", r.min_area, ", ", r.max_area, "] within (0, side²], aspect ",
+        r.max_aspect, " >= 1, gain [", r.min_gain, ", ", r.max_gain, "], offset [", r.min_offset,
+        ", ", r.max_offset, "])");
   const double S = double(image_size);
   const double fraction = r.area_law == AreaLaw::uniform
                               ? rng.uniform(r.min_area, r.max_area)
                               : std::exp(rng.uniform(std::log(r.min_area), std::log(r.max_area)));
   const double area = fraction * S * S;
   const double aspect = std::exp(rng.uniform(-std::log(r.max_aspect), std::log(r.max_aspect)));
-  const auto side = [&](double v) {
-    return std::clamp<Index>(Index(std::lround(v)), 1, image_size / 2);
-  };
+  const Index longest = std::max<Index>(1, Index(std::floor(r.max_side * S)));
+  const auto side = [&](double v) { return std::clamp<Index>(Index(std::lround(v)), 1, longest); };
   SyntheticDefect d;
   d.image_size = image_size;
   d.height = side(std::sqrt(area * aspect));

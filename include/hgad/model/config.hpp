@@ -63,7 +63,8 @@ struct FeatureSettings {
   std::string backbone = "resnet18";  ///< architecture name; "none" for precomputed features
   /// CFlow's scheme: several stages of one image, one level each (pyramid_levels = 0); HGAD's
   /// scheme: one stage (layers[0]) on an image pyramid of pyramid_levels resolutions, each half the
-  /// previous (docs/algorithm.md §1.2).
+  /// previous (docs/algorithm.md §1.2). In the first, a layer named "<stage>@scale<s>" is the
+  /// stage of the image at 1 / 2^s of its size (e.g. layer1, layer2, layer3, layer3@scale1).
   std::vector<std::string> layers = {"layer2", "layer3"};
   Index pyramid_levels = 0;
   /// Each feature vector replaced by the mean of its neighbourhood x neighbourhood window on its
@@ -502,7 +503,9 @@ void for_each_config_key(Config& c, Key&& key) {
       KeyRule<std::string>{is_plain_name,
                            "must be a name such as resnet18, or none for precomputed features"});
   key("layers", c.features.layers,
-      NameListRule{{is_plain_name, "a layer name must be non-empty and plain"}, nullptr});
+      NameListRule{{is_layer_name, "a layer name must be plain, or plain@scale and one or two "
+                                   "digits"},
+                    nullptr});
   key("pyramid_levels", c.features.pyramid_levels, at_least_0);
   key("neighbourhood", c.features.neighbourhood,
       KeyRule<Index>{[](const Index& k) { return k >= 1 && k % 2 == 1; },
@@ -568,7 +571,8 @@ inline constexpr KeyMeaning config_key_meanings[] = {
     {"threshold_quantile",
      "decision threshold: this quantile of the training images' scores, per class"},
     {"backbone", "feature network: resnet18, resnet34, resnet50, wide_resnet50_2 (or none)"},
-    {"layers", "backbone stages whose features are modelled, one level each"},
+    {"layers", "backbone stages whose features are modelled, one level each (layer3@scale1: "
+               "layer3 of the image at half its size)"},
     {"pyramid_levels", "0: one image, one level per layer; n: one layer on n image scales"},
     {"neighbourhood", "k: each feature vector averaged over its k x k window (odd; 1: none)"},
     {"image_size", "network input side in pixels"},
@@ -805,6 +809,9 @@ inline void ModelConfig::validate(bool require_data) const {
     if (f.pyramid_levels > 0 && f.layers.size() != 1)
       detail::config_error("layers", std::to_string(f.layers.size()) + " layers",
                            "an image pyramid uses exactly one layer");
+    if (f.pyramid_levels > 0 && f.layers[0].find('@') != std::string::npos)
+      detail::config_error("layers", f.layers[0],
+                           "a layer at its own scale cannot stand beside pyramid_levels");
     const std::size_t expected =
         f.pyramid_levels > 0 ? static_cast<std::size_t>(f.pyramid_levels) : f.layers.size();
     if (!levels.empty() && levels.size() != expected)

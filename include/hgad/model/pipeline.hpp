@@ -52,9 +52,12 @@ inline Preprocess preprocess_for(const FeatureSettings& f, bool normalize = true
 }
 
 /// The backbone configuration of a model's feature settings: the architecture named by
-/// f.backbone (torchvision's names, e.g. resnet18, wide_resnet50_2), the stages f.layers, and
+/// f.backbone (torchvision's names, e.g. resnet18, wide_resnet50_2), the stages f.layers (each
+/// "<stage>" or "<stage>@scale<s>", the stage of the image at 1 / 2^s of its size), and
 /// f.pyramid_levels scales of an image pyramid (0 or 1: the image alone), f.neighbourhood the
 /// window of the neighbourhood mean.
+///   throws: hgad::Error naming a layer that is unknown or given twice, or a scale beside
+///           pyramid_levels.
 inline FeatureConfig backbone_config_for(const FeatureSettings& f) {
   check(f.backbone != "none",
         "the model was trained on precomputed features (backbone = none); it cannot "
@@ -62,8 +65,22 @@ inline FeatureConfig backbone_config_for(const FeatureSettings& f) {
   FeatureConfig c;
   c.arch = resnet_arch_from_string(f.backbone);
   c.stages.clear();
-  for (const std::string& layer : f.layers) c.stages.push_back(resnet_stage_from_string(layer));
+  std::string scaled;  // the first layer named with a scale
+  for (std::size_t i = 0; i < f.layers.size(); ++i) {
+    const StageAtScale at = stage_at_scale_from_string(f.layers[i]);
+    for (std::size_t j = 0; j < i; ++j) {
+      const StageAtScale other = stage_at_scale_from_string(f.layers[j]);
+      check(other.stage != at.stage || other.scale != at.scale, "layers: '", f.layers[j],
+            "' and '", f.layers[i], "' are the same level");
+    }
+    c.stages.push_back(at.stage);
+    c.scales.push_back(at.scale);
+    if (scaled.empty() && f.layers[i].find('@') != std::string::npos) scaled = f.layers[i];
+  }
+  if (scaled.empty()) c.scales.clear();
   c.n_scales = f.pyramid_levels > 1 ? static_cast<int>(f.pyramid_levels) : 1;
+  check(scaled.empty() || f.pyramid_levels == 0, "layers: a layer at its own scale (", scaled,
+        ") cannot stand beside pyramid_levels = ", f.pyramid_levels);
   c.neighbourhood = f.neighbourhood;
   return c;
 }
