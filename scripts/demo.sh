@@ -7,7 +7,7 @@
 # training images are trained as one class (the three circuit boards).
 #
 #   scripts/demo.sh                 settings of scripts/demo.cfg (15 minutes on a slow 2-core
-#                                   machine, 2/3 of the previous setting's time; docs/results.md §1.2)
+#                                   machine with the build; docs/results.md §1.2)
 #   HGAD_DEMO_EPOCHS=8 scripts/demo.sh   another number of training passes
 #
 # Installs the Debian packages it needs when they are missing (like scripts/test.sh).
