@@ -98,9 +98,8 @@ TEST_CASE("FeatureCache::build caches exactly what the extractor returns", "[bac
       hgad::ResNetArch::resnet18,
       hgad::ResNet<float>::random_weights(hgad::ResNetArch::resnet18, ResNetStage::layer2, rng),
       ResNetStage::layer2);
-  hgad::FeatureConfig config =
-      hgad::FeatureConfig::multi_stage(hgad::ResNetArch::resnet18,
-                                       {ResNetStage::layer1, ResNetStage::layer2});
+  hgad::FeatureConfig config = hgad::FeatureConfig::multi_stage(
+      hgad::ResNetArch::resnet18, {ResNetStage::layer1, ResNetStage::layer2});
   config.n_scales = 2;
   auto fx = hgad::make_feature_extractor<float>(config, net);
   const Index n = 5, h = 40, w = 48;

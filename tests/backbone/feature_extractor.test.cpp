@@ -211,8 +211,8 @@ TEST_CASE("FeatureConfig::scales puts a stage of the image at half its size besi
   REQUIRE(maps.size() == 4);
   // The first three are the network's stages of the image, the fourth its layer3 of the
   // align_corners=True half-size image.
-  const auto whole = net->forward(
-      images, {ResNetStage::layer1, ResNetStage::layer2, ResNetStage::layer3});
+  const auto whole =
+      net->forward(images, {ResNetStage::layer1, ResNetStage::layer2, ResNetStage::layer3});
   for (std::size_t l = 0; l < 3; ++l) CHECK(hgad_test::max_abs_diff(maps[l], whole[l]) == 0.0);
   const auto half =
       net->forward(hgad::resize_bilinear_batch(images, 32, 32, true), {ResNetStage::layer3});
@@ -238,8 +238,8 @@ TEST_CASE("stage_at_scale_from_string reads a stage and its pyramid scale", "[ba
   CHECK(half.stage == ResNetStage::layer3);
   CHECK(half.scale == 1);
   CHECK(hgad::stage_at_scale_from_string("layer1@scale15").scale == 15);
-  for (const char* bad : {"layer3@scale", "layer3@scale16", "layer3@scale-1", "layer3@scalex",
-                          "layer3@scale001"})
+  for (const char* bad :
+       {"layer3@scale", "layer3@scale16", "layer3@scale-1", "layer3@scalex", "layer3@scale001"})
     CHECK_THROWS_WITH(hgad::stage_at_scale_from_string(bad),
                       Catch::Contains(std::string("layer '") + bad + "'"));
   CHECK_THROWS_WITH(hgad::stage_at_scale_from_string("layer9@scale1"),

@@ -608,7 +608,8 @@ TEST_CASE("hgad train --validation holds out a share of each folder's images fro
   r = run(dir, "test --model '" + dir.file("held.hgad") + "' --data '" + dir.file("data") +
                    "' --validation 25 --defects huge");
   CHECK(r.status == 2);
-  CHECK(contains(r.err, "--defects: synthetic defects 'huge': expected large, small or spread"));
+  CHECK(contains(r.err,
+                 "--defects: synthetic defects 'huge': expected large, small, spread or wide"));
   r = run(dir, "test --model '" + dir.file("held.hgad") + "' --data '" + dir.file("data") +
                    "' --defects small");
   CHECK(r.status == 2);

@@ -255,8 +255,8 @@ class PyramidFeatureExtractor : public FeatureExtractor<Scalar> {
             l.base_level, " of ", n_base);
       for (std::size_t j = 0; j < i; ++j)
         check(m_levels[j].scale != l.scale || m_levels[j].base_level != l.base_level,
-              "PyramidFeatureExtractor: levels ", j, " and ", i, " are the same (",
-              level_name(l), ")");
+              "PyramidFeatureExtractor: levels ", j, " and ", i, " are the same (", level_name(l),
+              ")");
     }
   }
 

@@ -76,8 +76,7 @@ inline SyntheticDefectRanges synthetic_defect_ranges(const std::string& name) {
     r.max_area = 0.02;
     return r;
   }
-  check(name == "spread", "synthetic defects '", name,
-        "': expected large, small, spread or wide");
+  check(name == "spread", "synthetic defects '", name, "': expected large, small, spread or wide");
   return r;
 }
 

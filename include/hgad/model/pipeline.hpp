@@ -70,8 +70,8 @@ inline FeatureConfig backbone_config_for(const FeatureSettings& f) {
     const StageAtScale at = stage_at_scale_from_string(f.layers[i]);
     for (std::size_t j = 0; j < i; ++j) {
       const StageAtScale other = stage_at_scale_from_string(f.layers[j]);
-      check(other.stage != at.stage || other.scale != at.scale, "layers: '", f.layers[j],
-            "' and '", f.layers[i], "' are the same level");
+      check(other.stage != at.stage || other.scale != at.scale, "layers: '", f.layers[j], "' and '",
+            f.layers[i], "' are the same level");
     }
     c.stages.push_back(at.stage);
     c.scales.push_back(at.scale);
