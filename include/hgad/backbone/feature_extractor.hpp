@@ -246,7 +246,8 @@ class PyramidFeatureExtractor : public FeatureExtractor<Scalar> {
       : m_base(std::move(base)), m_levels(std::move(levels)), m_name_scale0(false) {
     check(m_base != nullptr, "PyramidFeatureExtractor: null base extractor");
     check(!m_levels.empty(), "PyramidFeatureExtractor: no level given");
-    const std::size_t n_base = m_base->n_levels();
+    const std::vector<FeatureLevel> base_levels = m_base->levels();
+    const std::size_t n_base = base_levels.size();
     for (std::size_t i = 0; i < m_levels.size(); ++i) {
       const PyramidLevel& l = m_levels[i];
       check(l.scale >= 0 && l.scale <= 15, "PyramidFeatureExtractor: level ", i, " has scale ",
@@ -255,8 +256,8 @@ class PyramidFeatureExtractor : public FeatureExtractor<Scalar> {
             l.base_level, " of ", n_base);
       for (std::size_t j = 0; j < i; ++j)
         check(m_levels[j].scale != l.scale || m_levels[j].base_level != l.base_level,
-              "PyramidFeatureExtractor: levels ", j, " and ", i, " are the same (", level_name(l),
-              ")");
+              "PyramidFeatureExtractor: levels ", j, " and ", i, " are the same (",
+              level_name(l, base_levels), ")");
     }
   }
 
@@ -272,7 +273,7 @@ class PyramidFeatureExtractor : public FeatureExtractor<Scalar> {
     std::vector<FeatureLevel> out;
     for (const PyramidLevel& l : m_levels) {
       const FeatureLevel& b = base[l.base_level];
-      out.push_back({level_name(l), b.channels, b.stride << l.scale});
+      out.push_back({level_name(l, base), b.channels, b.stride << l.scale});
     }
     return out;
   }
@@ -307,9 +308,10 @@ class PyramidFeatureExtractor : public FeatureExtractor<Scalar> {
   }
 
  private:
-  std::string level_name(const PyramidLevel& l) const {
-    const std::string base = m_base->levels()[l.base_level].name;
-    return m_name_scale0 || l.scale > 0 ? base + "@scale" + std::to_string(l.scale) : base;
+  /// "<base name>@scale<s>", or the base name alone at scale 0 for chosen levels.
+  std::string level_name(const PyramidLevel& l, const std::vector<FeatureLevel>& base) const {
+    const std::string& name = base[l.base_level].name;
+    return m_name_scale0 || l.scale > 0 ? name + "@scale" + std::to_string(l.scale) : name;
   }
 
   std::shared_ptr<const FeatureExtractor<Scalar>> m_base;

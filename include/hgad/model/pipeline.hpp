@@ -68,11 +68,9 @@ inline FeatureConfig backbone_config_for(const FeatureSettings& f) {
   std::string scaled;  // the first layer named with a scale
   for (std::size_t i = 0; i < f.layers.size(); ++i) {
     const StageAtScale at = stage_at_scale_from_string(f.layers[i]);
-    for (std::size_t j = 0; j < i; ++j) {
-      const StageAtScale other = stage_at_scale_from_string(f.layers[j]);
-      check(other.stage != at.stage || other.scale != at.scale, "layers: '", f.layers[j], "' and '",
+    for (std::size_t j = 0; j < i; ++j)
+      check(c.stages[j] != at.stage || c.scales[j] != at.scale, "layers: '", f.layers[j], "' and '",
             f.layers[i], "' are the same level");
-    }
     c.stages.push_back(at.stage);
     c.scales.push_back(at.scale);
     if (scaled.empty() && f.layers[i].find('@') != std::string::npos) scaled = f.layers[i];
