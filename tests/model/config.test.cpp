@@ -58,6 +58,7 @@ TEST_CASE("ModelConfig defaults are HGAD's hyper-parameters", "[model]") {
   CHECK(c.weight_decay == 1e-4);
   CHECK(c.batch_size == 8);
   CHECK(c.position_fraction == 1);
+  CHECK(c.feature_noise == 0);
   CHECK(c.total_epochs() == 200);
   CHECK(c.calibration_baseline == hgad::CalibrationBaseline::none);
   CHECK(c.map_scale == hgad::MapScale::exp);
@@ -86,6 +87,7 @@ TEST_CASE("ModelConfig text form round-trips every field exactly", "[model]") {
   c.map_sigma = 6.5;
   c.pixel_map_sigma = 2.25;
   c.position_fraction = 0.375;
+  c.feature_noise = 0.125;
   c.image_score_fraction = 0.01;
   c.level_weights = {0.25, 1.0 / 3.0};
   c.features.resize_mode = "shorter_side_crop";
@@ -99,6 +101,7 @@ TEST_CASE("ModelConfig text form round-trips every field exactly", "[model]") {
   CHECK(back.to_text() == text);
   CHECK(back.clamp == c.clamp);  // shortest exact representation, not rounded
   CHECK(back.position_fraction == 0.375);
+  CHECK(back.feature_noise == 0.125);
   CHECK(back.seed == c.seed);
   CHECK(back.levels == c.levels);
   CHECK(back.class_names == c.class_names);
@@ -223,6 +226,15 @@ TEST_CASE("ModelConfig validation names the key and the offending value", "[mode
           c.position_fraction = std::numeric_limits<double>::quiet_NaN();
         }).find("position_fraction") != std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) { c.position_fraction = 0.25; }).empty());
+  CHECK(validate([](hgad::ModelConfig& c) { c.feature_noise = -0.5; })
+            .find("feature_noise = -0.5: must be in [0, 1000]") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) {
+          c.feature_noise = std::numeric_limits<double>::infinity();
+        }).find("feature_noise") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) {
+          c.feature_noise = std::numeric_limits<double>::quiet_NaN();
+        }).find("feature_noise") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.feature_noise = 0.3; }).empty());
   CHECK(validate([](hgad::ModelConfig& c) { c.levels[1].dim = 1; }).find("levels = 1x16x16") !=
         std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) { c.class_names[2] = "a,b"; }).find("classes = a,b") !=
@@ -400,7 +412,8 @@ TEST_CASE("ModelConfig key table: to_text writes each key once in table order, f
       "class_covariance", "whiten_mean", "pos_dim", "n_blocks", "clamp", "clamp_variant",
       "n_centers", "lambda1", "lambda2", "label_smoothing", "meta_epochs", "sub_epochs",
       "warmup_meta_epochs", "stage1_meta_epochs", "lr", "lr_decay_rate", "beta1", "beta2",
-      "adam_eps", "weight_decay", "batch_size", "position_fraction", "seed", "calibration_images",
+      "adam_eps", "weight_decay", "batch_size", "position_fraction", "feature_noise", "seed",
+      "calibration_images",
       "calibration_baseline", "map_scale", "level_weights", "map_sigma", "pixel_map_sigma",
       "image_score_fraction", "threshold_quantile", "backbone", "layers", "pyramid_levels",
       "neighbourhood", "image_size", "resize_mode", "mask_size"};

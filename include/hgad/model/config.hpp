@@ -122,6 +122,11 @@ inline constexpr double max_map_sigma = 1000;
 /// weigh the levels against each other, and a bound keeps a mistyped one from swamping the sums.
 inline constexpr double max_level_weight = 1e6;
 
+/// The largest σ of the training noise (ModelConfig::feature_noise): with init = whiten the
+/// features have unit variance in every direction, and noise a thousand times larger leaves
+/// nothing of them to learn, so a larger value is a mistake (and a bound keeps infinity out).
+inline constexpr double max_feature_noise = 1000;
+
 /// How fit() starts a model (ModelConfig::init).
 enum class ModelInit {
   identity,  ///< the paper's: raw features into the flow, the centres of docs/algorithm.md §3.1
@@ -251,6 +256,13 @@ struct ModelConfig {
   /// positions): each step draws round(f · H · W) of a level's positions, the same for the
   /// batch's images, and trains on those rows alone. 1 (the default): every position. In (0, 1].
   double position_fraction = 1;
+  /// σ of the noise on the flow's input in training (docs/algorithm.md §4.2; not in the paper):
+  /// every training step adds N(0, σ² I) to each of its rows after the whitening, so that with
+  /// init = whiten σ is in units of the whitened features (every direction of unit variance), with
+  /// init = identity in those of the features. The flow then fits the training density smoothed by
+  /// that Gaussian rather than the training vectors themselves. 0 (the default): no noise. Scoring,
+  /// calibration and the held-out figures never add it. Finite and >= 0.
+  double feature_noise = 0;
   std::uint64_t seed = 0;
 
   /// Training images per class used to compute the calibrated-mode normalisation constants after
@@ -485,6 +497,9 @@ void for_each_config_key(Config& c, Key&& key) {
   key("weight_decay", c.weight_decay, non_negative);
   key("batch_size", c.batch_size, at_least_1);
   key("position_fraction", c.position_fraction, share);
+  key("feature_noise", c.feature_noise,
+      KeyRule<double>{[](const double& x) { return x >= 0 && x <= max_feature_noise; },
+                      "must be in [0, " + format_double(max_feature_noise) + "]"});
   key("seed", c.seed);
   key("calibration_images", c.calibration_images,
       KeyRule<Index>{[](const Index& n) { return n >= 0; }, "must be >= 0 (0: all)"});
@@ -554,6 +569,9 @@ inline constexpr KeyMeaning config_key_meanings[] = {
     {"batch_size", "images per optimiser step (memory grows with it)"},
     {"position_fraction",
      "share of each feature map's positions a training step draws and uses (1: all, the paper's)"},
+    {"feature_noise",
+     "sigma of the Gaussian noise added to the flow's input in training, after the whitening (0: "
+     "none, the paper's)"},
     {"seed", "random seed of the initialisation and the batch order"},
     {"calibration_images",
      "training images per class, spread over its images, used to calibrate the scores (0: all)"},

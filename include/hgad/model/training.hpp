@@ -226,6 +226,34 @@ inline std::vector<Index> training_positions(std::uint64_t seed, std::int64_t st
   return all;
 }
 
+/// The noise of a training step on the flow's input (ModelConfig::feature_noise,
+/// docs/algorithm.md §4.2): adds σ · g to every element of `batch`, g drawn from N(0, 1). The
+/// batch holds `rows_per_image` rows of each of its images in turn, the first of them at place
+/// `first_image` of the step's batch. Each image draws from a stream of its own, seeded by (seed,
+/// step, level, place), so the noise does not depend on the threads, and a data-parallel rank
+/// holding images first_image, first_image + 1, ... of a batch adds to them what one process
+/// would. σ = 0 leaves the batch as it is.
+///   requires: σ >= 0 and finite; batch (n · rows_per_image, D), rows_per_image >= 1.
+template <class Scalar>
+void add_training_noise(Tensor<Scalar>& batch, double sigma, std::uint64_t seed,
+                        std::int64_t step, Index level, Index first_image, Index rows_per_image) {
+  check(std::isfinite(sigma) && sigma >= 0, "add_training_noise: sigma must be finite and >= 0, got ",
+        sigma);
+  check(batch.rank() == 2 && rows_per_image >= 1 && batch.dim(0) % rows_per_image == 0,
+        "add_training_noise: a batch of shape ", batch.shape().to_string(),
+        " is not whole images of ", rows_per_image, " rows");
+  if (sigma == 0) return;
+  const Index per_image = rows_per_image * batch.dim(1);
+  const Index images = batch.dim(0) / rows_per_image;
+  Scalar* const x = batch.data();
+  detail::parallel_for(images, images * per_image * 16, [&](Index b) {
+    Rng rng(seed ^ 0x94D049BB133111EBULL ^ (std::uint64_t(step) * 0x9E3779B97F4A7C15ULL) ^
+            (std::uint64_t(level) << 56) ^ (std::uint64_t(first_image + b) << 40));
+    Scalar* const row = x + b * per_image;
+    for (Index i = 0; i < per_image; ++i) row[i] += static_cast<Scalar>(sigma * rng.normal());
+  });
+}
+
 /// The training job of HgadModel (model/hgad_model.hpp).
 template <class Scalar>
 class ModelTraining {
@@ -434,6 +462,10 @@ class ModelTraining {
                   batch[li] = model.m_whitening[li].forward(batch[li]);
                 fill_labels(labels, order, first, part.size(), hw, batch_labels[li]);
               }
+              if (c.feature_noise > 0)  // §4.2: after the whitening, before the flow
+                add_training_noise(batch[li], c.feature_noise, c.seed,
+                                   static_cast<std::int64_t>(step), l, part.begin,
+                                   batch[li].dim(0) / part.size());
               report.final_terms[li] =
                   devices[li]->train_step(batch[li], *condition, batch_labels[li], stage, lr,
                                           TrainStepContext{l, static_cast<std::int64_t>(step)});
