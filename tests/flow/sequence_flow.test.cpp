@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -319,6 +320,50 @@ TEMPLATE_TEST_CASE("A projected condition gives the forward of the condition its
         perturb(flow, rng, 2.0);  // a projection holds for the parameters it was made from
         CHECK(rel_diff(flow.forward(x.slice(0, M), projected).out, flow.forward(x.slice(0, M), cond).out) > tol);
       }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE(
+    "A flow whose couplings' last layers are zero (the start of init = whiten) maps in inference "
+    "as its training forward, which computes the subnets, does: bit for bit",
+    "[flow]", float, double) {
+  using Scalar = TestType;
+  const double tol = agreement_tolerance<Scalar>();
+  for (const BlockCase& c : block_cases()) {
+    SECTION(c.name) {
+      Rng rng(43);
+      SequenceFlow<Scalar> flow(c.D, c.P, 3, options_of(c), rng);
+      perturb(flow, rng, 2.0);  // W1, b1, the global scale and offset away from their start
+      const auto silence = [&flow] {
+        for (Index k = 0; k < flow.n_blocks(); ++k)
+          for (Tensor<Scalar>* t : {&flow.block(k).fc2_weight().value(), &flow.block(k).fc2_bias().value()})
+            std::fill(t->data(), t->data() + t->numel(), Scalar(0));
+      };
+      silence();
+      const Index N = 37;
+      const auto x = Tensor<Scalar>::randn({N, c.D}, rng);
+      const auto cond = c.P > 0 ? Tensor<Scalar>::randn({N, c.P}, rng) : Tensor<Scalar>();
+      const auto fwd = flow.forward(x, cond);  // the subnets skipped
+      hgad::SequenceFlowCache<Scalar> cache;
+      const auto train = flow.forward_train(x, cond, cache);  // the subnets computed
+      REQUIRE(all_finite(fwd.out));
+      CHECK(fwd.out.to_vector() == train.out.to_vector());
+      CHECK(fwd.log_jac_det.to_vector() == train.log_jac_det.to_vector());
+      // The autograd composition agrees, and the inverse (its subnets skipped too) recovers x.
+      const Var<Scalar> cv = c.P > 0 ? Var<Scalar>(cond) : Var<Scalar>();
+      const auto ref = flow.forward(Var<Scalar>(x), cv);
+      CHECK(rel_diff(fwd.out, ref.out.value()) < tol);
+      CHECK(rel_diff(fwd.log_jac_det, ref.log_jac_det.value()) < tol);
+      const auto inv = flow.inverse(fwd.out, cond);
+      CHECK(rel_diff(inv.out, x) < tol);
+      for (Index n = 0; n < N; ++n)
+        CHECK(std::abs(double(fwd.log_jac_det(n)) + double(inv.log_jac_det(n))) <
+              tol * std::max(1.0, std::abs(double(fwd.log_jac_det(n)))));
+      // One non-zero value of b2 in the last block: its subnet acts again, and the maps change.
+      flow.block(flow.n_blocks() - 1).fc2_bias().value().data()[0] = Scalar(5);
+      CHECK(rel_diff(flow.forward(x, cond).out, fwd.out) > 0.01);
+      CHECK(rel_diff(flow.forward(x, cond).out, flow.forward(Var<Scalar>(x), cv).out.value()) < tol);
     }
   }
 }

@@ -20,6 +20,12 @@
 /// inputs under one condition keeps that projection for all of them (condition_projection,
 /// forward_projected).
 ///
+/// A block whose W2 and b2 are all zero (every coupling at the start of init = whiten,
+/// docs/algorithm.md §2.5) has a = 0 for every row, so that s = t = 0 and the block is u' = g ⊙ v + b
+/// followed by R: its inference forward and inverse then skip the subnet, and give the values the
+/// subnet would (its products with W2 are all +0). The training forward always computes h, which the
+/// backward needs for dW2.
+///
 /// Rows are processed in tiles of at most `fused_tile_rows` rows, each tile by one thread from its
 /// GEMMs to its element-wise pass, so a tile's intermediates stay in cache. The GEMMs are Eigen's
 /// (single-threaded inside the tile loop); the element-wise work is Eigen array expressions, which
@@ -190,6 +196,10 @@ class FusedCoupling {
       m_g_derivative[j] = global_affine_scale_derivative(gamma, affine_type);
       m_sum_log_g += std::log(m_g[j]);
     }
+    const auto zero = [](const Tensor<Scalar>& t) {
+      return std::all_of(t.data(), t.data() + t.numel(), [](Scalar v) { return v == Scalar(0); });
+    };
+    m_silent_subnet = zero(w.fc2_weight) && zero(w.fc2_bias);
   }
 
   /// Inference or training forward of rows [0, N).
@@ -360,7 +370,7 @@ class FusedCoupling {
           Scalar* h = keep ? hidden + r0 * d.H : w.hidden.data();
           Scalar* a = keep ? s_t + r0 * 2 * d.n2 : w.a.data();
           forward_tile(T, r0, x + r0 * d.D, tile_cond ? tile_cond + r0 * d.P : nullptr, cond_proj, h, a, w.u.data(),
-                       out + r0 * d.D, log_jac_det + r0, accumulate);
+                       out + r0 * d.D, log_jac_det + r0, accumulate, keep);
         });
   }
 
@@ -428,11 +438,20 @@ class FusedCoupling {
     as = coupling_log_scale(as, m_alpha, m_clamp);
   }
 
+  /// The subnet output a of T rows (subnet_tile), or zeros when W2 and b2 are and h is not kept.
+  void subnet_output(Index T, Index r0, const Scalar* x1, const Scalar* c, const RowMatrix& cond_proj,
+                     Scalar* h, Scalar* a, bool keep_hidden) const {
+    if (m_silent_subnet && !keep_hidden)
+      std::fill(a, a + T * 2 * m_dims.n2, Scalar(0));
+    else
+      subnet_tile(T, r0, x1, m_dims.D, c, cond_proj, h, a);
+  }
+
   void forward_tile(Index T, Index r0, const Scalar* x, const Scalar* c, const RowMatrix& cond_proj, Scalar* h,
-                    Scalar* a, Scalar* u, Scalar* y, Scalar* ld, bool accumulate) const {
+                    Scalar* a, Scalar* u, Scalar* y, Scalar* ld, bool accumulate, bool keep_hidden) const {
     const CouplingDims& d = m_dims;
     const Index n1 = d.n1, n2 = d.n2, D = d.D;
-    subnet_tile(T, r0, x, D, c, cond_proj, h, a);
+    subnet_output(T, r0, x, c, cond_proj, h, a, keep_hidden);
     const ConstRowArrayMap g1(m_g.data(), n1), g2(m_g.data() + n1, n2);
     const ConstRowArrayMap b1(m_w.offset.data(), n1), b2(m_w.offset.data() + n1, n2);
     for (Index r = 0; r < T; ++r) {
@@ -488,7 +507,7 @@ class FusedCoupling {
       ur = (ur - b) / g;
       RowArrayMap(x + r * D, n1) = ur.head(n1);
     }
-    subnet_tile(T, r0, x, D, c, cond_proj, h, a);
+    subnet_output(T, r0, x, c, cond_proj, h, a, false);
     for (Index r = 0; r < T; ++r) {
       Scalar* ar = a + r * 2 * n2;
       clamp_row(ar);
@@ -563,6 +582,7 @@ class FusedCoupling {
   const CouplingWeights<Scalar>& m_w;
   RowVector m_g, m_g_derivative;
   Scalar m_sum_log_g = 0;
+  bool m_silent_subnet = false;  ///< W2 and b2 all zero: a = 0 for every row
 };
 
 }  // namespace detail
