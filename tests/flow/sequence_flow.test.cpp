@@ -335,12 +335,10 @@ TEMPLATE_TEST_CASE(
       Rng rng(43);
       SequenceFlow<Scalar> flow(c.D, c.P, 3, options_of(c), rng);
       perturb(flow, rng, 2.0);  // W1, b1, the global scale and offset away from their start
-      const auto silence = [&flow] {
-        for (Index k = 0; k < flow.n_blocks(); ++k)
-          for (Tensor<Scalar>* t : {&flow.block(k).fc2_weight().value(), &flow.block(k).fc2_bias().value()})
-            std::fill(t->data(), t->data() + t->numel(), Scalar(0));
-      };
-      silence();
+      for (Index k = 0; k < flow.n_blocks(); ++k)  // W2 and b2 zero, as at the start
+        for (Tensor<Scalar>* t :
+             {&flow.block(k).fc2_weight().value(), &flow.block(k).fc2_bias().value()})
+          std::fill(t->data(), t->data() + t->numel(), Scalar(0));
       const Index N = 37;
       const auto x = Tensor<Scalar>::randn({N, c.D}, rng);
       const auto cond = c.P > 0 ? Tensor<Scalar>::randn({N, c.P}, rng) : Tensor<Scalar>();
@@ -363,7 +361,8 @@ TEMPLATE_TEST_CASE(
       // One non-zero value of b2 in the last block: its subnet acts again, and the maps change.
       flow.block(flow.n_blocks() - 1).fc2_bias().value().data()[0] = Scalar(5);
       CHECK(rel_diff(flow.forward(x, cond).out, fwd.out) > 0.01);
-      CHECK(rel_diff(flow.forward(x, cond).out, flow.forward(Var<Scalar>(x), cv).out.value()) < tol);
+      CHECK(rel_diff(flow.forward(x, cond).out, flow.forward(Var<Scalar>(x), cv).out.value()) <
+            tol);
     }
   }
 }

@@ -413,10 +413,9 @@ TEST_CASE("ModelConfig key table: to_text writes each key once in table order, f
       "n_centers", "lambda1", "lambda2", "label_smoothing", "meta_epochs", "sub_epochs",
       "warmup_meta_epochs", "stage1_meta_epochs", "lr", "lr_decay_rate", "beta1", "beta2",
       "adam_eps", "weight_decay", "batch_size", "position_fraction", "feature_noise", "seed",
-      "calibration_images",
-      "calibration_baseline", "map_scale", "level_weights", "map_sigma", "pixel_map_sigma",
-      "image_score_fraction", "threshold_quantile", "backbone", "layers", "pyramid_levels",
-      "neighbourhood", "image_size", "resize_mode", "mask_size"};
+      "calibration_images", "calibration_baseline", "map_scale", "level_weights", "map_sigma",
+      "pixel_map_sigma", "image_score_fraction", "threshold_quantile", "backbone", "layers",
+      "pyramid_levels", "neighbourhood", "image_size", "resize_mode", "mask_size"};
   CHECK(table == keys);
 
   auto lines_of = [](const std::string& text) {

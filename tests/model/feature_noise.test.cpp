@@ -3,6 +3,7 @@
 // the public pieces (the whitening, add_training_noise, train_step).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -23,8 +24,8 @@ using hgad::Index;
 using hgad_test::all_parameters;
 using hgad_test::largest_difference;
 
-// A batch of `images` images of `rows` rows of D values, each value its own index (so that what
-// the noise added can be read back exactly in double).
+// A batch of `images` images of `rows` rows of D values, small integers (exact in float, so that
+// what the noise added reads back to the rounding of the sums).
 template <class Scalar>
 hgad::Tensor<Scalar> indexed_batch(Index images, Index rows, Index D) {
   hgad::Tensor<Scalar> x({images * rows, D});
@@ -81,7 +82,8 @@ TEMPLATE_TEST_CASE(
   hgad::Tensor<Scalar> part({2 * rows, D});
   std::copy(clean.data() + 2 * rows * D, clean.data() + clean.numel(), part.data());
   hgad::add_training_noise(part, sigma, 5, 11, 1, 2, rows);
-  for (Index i = 0; i < part.numel(); ++i) REQUIRE(part.data()[i] == noisy.data()[2 * rows * D + i]);
+  for (Index i = 0; i < part.numel(); ++i)
+    REQUIRE(part.data()[i] == noisy.data()[2 * rows * D + i]);
 
   // sigma = 0 adds nothing; bad arguments name themselves.
   hgad::Tensor<Scalar> untouched = clean.clone();
@@ -95,9 +97,8 @@ TEMPLATE_TEST_CASE(
                     Catch::Contains("is not whole images of 3 rows"));
 }
 
-TEMPLATE_TEST_CASE(
-    "fit with feature_noise trains on the whitened features plus the step's noise",
-    "[model]", float, double) {
+TEMPLATE_TEST_CASE("fit with feature_noise trains on the whitened features plus the step's noise",
+                   "[model]", float, double) {
   using Scalar = TestType;
   // One image, so that every step's batch is that image at place 0 whatever the shuffle.
   const hgad_test::Synthetic data = hgad_test::make_synthetic(1, 0, 23);

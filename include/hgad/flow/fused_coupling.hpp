@@ -21,10 +21,10 @@
 /// forward_projected).
 ///
 /// A block whose W2 and b2 are all zero (every coupling at the start of init = whiten,
-/// docs/algorithm.md §2.5) has a = 0 for every row, so that s = t = 0 and the block is u' = g ⊙ v + b
-/// followed by R: its inference forward and inverse then skip the subnet, and give the values the
-/// subnet would (its products with W2 are all +0). The training forward always computes h, which the
-/// backward needs for dW2.
+/// docs/algorithm.md §2.5) has a = 0 for every row, so that s = t = 0 and the block is
+/// y = R (g ⊙ v + b): its inference forward and inverse then skip the subnet, and give the values
+/// the subnet would (its products with W2 are all +0). The training forward always computes h,
+/// which the backward needs for dW2.
 ///
 /// Rows are processed in tiles of at most `fused_tile_rows` rows, each tile by one thread from its
 /// GEMMs to its element-wise pass, so a tile's intermediates stay in cache. The GEMMs are Eigen's
@@ -369,8 +369,8 @@ class FusedCoupling {
           const Index T = r1 - r0;
           Scalar* h = keep ? hidden + r0 * d.H : w.hidden.data();
           Scalar* a = keep ? s_t + r0 * 2 * d.n2 : w.a.data();
-          forward_tile(T, r0, x + r0 * d.D, tile_cond ? tile_cond + r0 * d.P : nullptr, cond_proj, h, a, w.u.data(),
-                       out + r0 * d.D, log_jac_det + r0, accumulate, keep);
+          forward_tile(T, r0, x + r0 * d.D, tile_cond ? tile_cond + r0 * d.P : nullptr, cond_proj,
+                       h, a, w.u.data(), out + r0 * d.D, log_jac_det + r0, accumulate, keep);
         });
   }
 
@@ -439,16 +439,17 @@ class FusedCoupling {
   }
 
   /// The subnet output a of T rows (subnet_tile), or zeros when W2 and b2 are and h is not kept.
-  void subnet_output(Index T, Index r0, const Scalar* x1, const Scalar* c, const RowMatrix& cond_proj,
-                     Scalar* h, Scalar* a, bool keep_hidden) const {
+  void subnet_output(Index T, Index r0, const Scalar* x1, const Scalar* c,
+                     const RowMatrix& cond_proj, Scalar* h, Scalar* a, bool keep_hidden) const {
     if (m_silent_subnet && !keep_hidden)
       std::fill(a, a + T * 2 * m_dims.n2, Scalar(0));
     else
       subnet_tile(T, r0, x1, m_dims.D, c, cond_proj, h, a);
   }
 
-  void forward_tile(Index T, Index r0, const Scalar* x, const Scalar* c, const RowMatrix& cond_proj, Scalar* h,
-                    Scalar* a, Scalar* u, Scalar* y, Scalar* ld, bool accumulate, bool keep_hidden) const {
+  void forward_tile(Index T, Index r0, const Scalar* x, const Scalar* c, const RowMatrix& cond_proj,
+                    Scalar* h, Scalar* a, Scalar* u, Scalar* y, Scalar* ld, bool accumulate,
+                    bool keep_hidden) const {
     const CouplingDims& d = m_dims;
     const Index n1 = d.n1, n2 = d.n2, D = d.D;
     subnet_output(T, r0, x, c, cond_proj, h, a, keep_hidden);

@@ -235,10 +235,10 @@ inline std::vector<Index> training_positions(std::uint64_t seed, std::int64_t st
 /// would. σ = 0 leaves the batch as it is.
 ///   requires: σ >= 0 and finite; batch (n · rows_per_image, D), rows_per_image >= 1.
 template <class Scalar>
-void add_training_noise(Tensor<Scalar>& batch, double sigma, std::uint64_t seed,
-                        std::int64_t step, Index level, Index first_image, Index rows_per_image) {
-  check(std::isfinite(sigma) && sigma >= 0, "add_training_noise: sigma must be finite and >= 0, got ",
-        sigma);
+void add_training_noise(Tensor<Scalar>& batch, double sigma, std::uint64_t seed, std::int64_t step,
+                        Index level, Index first_image, Index rows_per_image) {
+  check(std::isfinite(sigma) && sigma >= 0,
+        "add_training_noise: sigma must be finite and >= 0, got ", sigma);
   check(batch.rank() == 2 && rows_per_image >= 1 && batch.dim(0) % rows_per_image == 0,
         "add_training_noise: a batch of shape ", batch.shape().to_string(),
         " is not whole images of ", rows_per_image, " rows");
