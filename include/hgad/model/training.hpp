@@ -202,6 +202,14 @@ inline LevelTraining level_training(const ModelConfig& c) {
   return t;
 }
 
+/// The seed of a random stream of training step `step` on level `level` (the positions it draws,
+/// the noise it adds), apart from the model's other streams by `salt`: a function of (seed, step,
+/// level) alone, so a resumed run, or every rank of a data-parallel one, draws the same.
+inline std::uint64_t step_stream_seed(std::uint64_t salt, std::uint64_t seed, std::int64_t step,
+                                      Index level) {
+  return seed ^ salt ^ (std::uint64_t(step) * 0x9E3779B97F4A7C15ULL) ^ (std::uint64_t(level) << 56);
+}
+
 /// The positions of a level's map that training step `step` uses when
 /// ModelConfig::position_fraction is f < 1 (docs/algorithm.md §4.1): round(f · positions) of them
 /// (at least one), distinct, in increasing order. They are drawn from a stream of their own, seeded
@@ -213,8 +221,7 @@ inline std::vector<Index> training_positions(std::uint64_t seed, std::int64_t st
   check(positions >= 1 && fraction > 0 && fraction <= 1, "training_positions: ", positions,
         " positions and a fraction ", fraction, " (expected at least 1 and (0, 1])");
   const Index count = step_positions(positions, fraction);
-  Rng rng(seed ^ 0xC2B2AE3D27D4EB4FULL ^ (std::uint64_t(step) * 0x9E3779B97F4A7C15ULL) ^
-          (std::uint64_t(level) << 56));
+  Rng rng(step_stream_seed(0xC2B2AE3D27D4EB4FULL, seed, step, level));
   std::vector<Index> all(static_cast<std::size_t>(positions));
   std::iota(all.begin(), all.end(), Index(0));
   for (Index i = 0; i < count; ++i) {  // the first `count` of a Fisher-Yates shuffle
@@ -246,9 +253,9 @@ void add_training_noise(Tensor<Scalar>& batch, double sigma, std::uint64_t seed,
   const Index per_image = rows_per_image * batch.dim(1);
   const Index images = batch.dim(0) / rows_per_image;
   Scalar* const x = batch.data();
+  const std::uint64_t step_seed = step_stream_seed(0x94D049BB133111EBULL, seed, step, level);
   detail::parallel_for(images, images * per_image * 16, [&](Index b) {
-    Rng rng(seed ^ 0x94D049BB133111EBULL ^ (std::uint64_t(step) * 0x9E3779B97F4A7C15ULL) ^
-            (std::uint64_t(level) << 56) ^ (std::uint64_t(first_image + b) << 40));
+    Rng rng(step_seed ^ (std::uint64_t(first_image + b) << 40));
     Scalar* const row = x + b * per_image;
     for (Index i = 0; i < per_image; ++i) row[i] += static_cast<Scalar>(sigma * rng.normal());
   });
@@ -462,10 +469,10 @@ class ModelTraining {
                   batch[li] = model.m_whitening[li].forward(batch[li]);
                 fill_labels(labels, order, first, part.size(), hw, batch_labels[li]);
               }
-              if (c.feature_noise > 0)  // §4.2: after the whitening, before the flow
-                add_training_noise(batch[li], c.feature_noise, c.seed,
-                                   static_cast<std::int64_t>(step), l, part.begin,
-                                   batch[li].dim(0) / part.size());
+              // §4.2: after the whitening, before the flow (nothing when feature_noise = 0)
+              add_training_noise(batch[li], c.feature_noise, c.seed,
+                                 static_cast<std::int64_t>(step), l, part.begin,
+                                 batch[li].dim(0) / part.size());
               report.final_terms[li] =
                   devices[li]->train_step(batch[li], *condition, batch_labels[li], stage, lr,
                                           TrainStepContext{l, static_cast<std::int64_t>(step)});
