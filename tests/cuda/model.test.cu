@@ -36,7 +36,8 @@ TEST_CASE("HgadModel trains and scores on the GPU as on the CPU (double)", "[cud
   cpu.fit(train_features, train.classes);
   gpu.set_device(hgad::Device::cuda);
   gpu.fit(train_features, train.classes);
-  const hgad::HgadModel<Scalar> untrained(c);
+  hgad::HgadModel<Scalar> untrained(c);  // the start of the first step (init = whiten's)
+  untrained.initialise_from_data(train_features, train.classes);
   CHECK(hgad_test::max_parameter_difference(gpu, untrained) > 1e-3);
   const double params = hgad_test::max_parameter_difference(gpu, cpu);
   const double scores = hgad_test::max_score_difference(gpu, cpu, test_features, test.classes);

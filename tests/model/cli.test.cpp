@@ -182,7 +182,9 @@ TEST_CASE("hgad program answers --help on every command and rejects bad command 
   r = run(dir, "train --data x --backbone y --out m --epochs many");
   CHECK(r.status == 2);
   CHECK(contains(r.err, "--epochs must be an integer, got 'many'"));
-  r = run(dir, "train --data x --backbone y --out m --epochs 0");
+  std::ofstream(dir.file("paper_start.cfg")) << "init = identity\n";
+  r = run(dir, "train --data x --backbone y --out m --epochs 0 --config '" +
+                   dir.file("paper_start.cfg") + "'");
   CHECK(r.status == 2);
   CHECK(contains(r.err, "--epochs 0 takes the data-dependent start of init = whiten, untrained"));
   r = run(dir, "train --data x --backbone y --out m --objective cflow");
@@ -428,11 +430,13 @@ TEST_CASE(
       for (hgad::Index col = 0; col < 64; ++col) image(r, col) = (col + i) % 6 < 2 ? 1.0f : 0.0f;
     hgad::save_png(path.string(), image);
   }
-  // The tiny model, trained long enough (40 passes of 3 steps) to tell the stripes apart.
-  std::ofstream(dir.file("tiny.cfg"))
-      << "image_size = 64\nmask_size = 32\nlayers = layer2\npos_dim = 8\nn_blocks = 1\n"
-         "n_centers = 2\nmeta_epochs = 40\nsub_epochs = 1\nwarmup_meta_epochs = 1\n"
-         "stage1_meta_epochs = 2\nbatch_size = 4\nlr = 0.002\n";
+  // The tiny model, trained long enough (40 passes of 3 steps) to tell the stripes apart; with the
+  // paper's start the groups come from a first trained model, and the model is trained again.
+  const std::string tiny =
+      "image_size = 64\nmask_size = 32\nlayers = layer2\npos_dim = 8\nn_blocks = 1\n"
+      "n_centers = 2\nmeta_epochs = 40\nsub_epochs = 1\nwarmup_meta_epochs = 1\n"
+      "stage1_meta_epochs = 2\nbatch_size = 4\nlr = 0.002\n";
+  std::ofstream(dir.file("tiny.cfg")) << tiny << "init = identity\n";
   const std::string data = dir.file("data"), model = dir.file("model.hgad");
   Run r = run(dir, "train --data '" + data + "' --backbone '" + weights_dir() + "' --out '" +
                        model + "' --config '" + dir.file("tiny.cfg") + "' --auto-group");
@@ -457,9 +461,8 @@ TEST_CASE(
 
   // With init = whiten the groups come from the untrained start, and the model is trained once:
   // the same model as one trained with the group in its configuration.
-  const std::string tiny = slurp(dir.file("tiny.cfg")) + "init = whiten\n";
-  std::ofstream(dir.file("whiten.cfg")) << tiny;
-  std::ofstream(dir.file("grouped.cfg")) << tiny << "group.group1 = a, b\n";
+  std::ofstream(dir.file("whiten.cfg")) << tiny << "init = whiten\n";
+  std::ofstream(dir.file("grouped.cfg")) << tiny << "init = whiten\ngroup.group1 = a, b\n";
   r = run(dir, "train --data '" + data + "' --backbone '" + weights_dir() + "' --out '" +
                    dir.file("once.hgad") + "' --config '" + dir.file("whiten.cfg") +
                    "' --auto-group --threads 1");
@@ -916,8 +919,9 @@ TEST_CASE("hgad embeddings scores a Gaussian per class and a shared Gaussian bes
           json_number(r.out, name, "image_auroc_gaussian_shared"));
   }
 
-  // --no-baselines leaves them out; a covariance that cannot be fitted (two rows per class in
-  // three dimensions) is said, and the model's figures stand.
+  // --no-baselines leaves them out; a covariance that cannot be fitted (four rows, two of them
+  // distinct, in three dimensions) is said, and the figures of a model of the paper's start, which
+  // fits none, stand; the default start, which whitens, names the level and the way out.
   r = run(dir, data + " --epochs 1 --no-baselines --json -");
   REQUIRE(r.status == 0);
   CHECK_FALSE(contains(r.out, "gaussian_per_class"));
@@ -925,11 +929,18 @@ TEST_CASE("hgad embeddings scores a Gaussian per class and a shared Gaussian bes
   CHECK_FALSE(contains(r.err, "gauss-class"));
   hgad_test::TempDir tiny("cli_embeddings_baselines_tiny");
   write_embeddings(tiny, false);
-  r = run(tiny, "embeddings --data '" + tiny.path().string() + "' --epochs 1 --threads 1");
+  std::ofstream(tiny.file("paper_start.cfg")) << "init = identity\n";
+  const std::string tiny_run =
+      "embeddings --data '" + tiny.path().string() + "' --epochs 1 --threads 1";
+  r = run(tiny, tiny_run + " --config '" + tiny.file("paper_start.cfg") + "'");
   REQUIRE(r.status == 0);
   CHECK(contains(r.out, "the Gaussian baselines were not fitted: "));
   CHECK(contains(r.out, "not positive definite"));
   CHECK(contains(r.out, "given-logp"));
+  r = run(tiny, tiny_run);
+  CHECK(r.status == 1);
+  CHECK(contains(r.err, "the features of level 0 is not positive definite"));
+  CHECK(contains(r.err, "init = identity"));
 }
 
 TEST_CASE("hgad test --defect-kinds adds a row per kind of defect and leaves the class's own",
@@ -1051,39 +1062,53 @@ TEST_CASE(
   }
   hgad_test::TempDir dir("cli_mpi");
   write_dataset(dir.path() / "data");
-  std::ofstream(dir.file("tiny.cfg")) << tiny_config;  // batches of 4 images: 2 per rank
-  const std::string common = "train --threads 1 --data '" + dir.file("data") + "' --backbone '" +
-                             weights_dir() + "' --config '" + dir.file("tiny.cfg") + "'";
-  Run r = run(dir, common + " --out '" + dir.file("one.hgad") + "'");
-  INFO(r.out << r.err);
-  REQUIRE(r.status == 0);
-  r = run(dir, common + " --out '" + dir.file("two.hgad") + "'", mpirun);
-  INFO(r.out << r.err);
-  REQUIRE(r.status == 0);
-  CHECK(contains(r.err, "2 processes"));
+  // Batches of 4 images: 2 per rank. Both starts: the paper's gives one process's parameters up to
+  // rounding. The default start is the maximum-likelihood Gaussian of the features, where the first
+  // gradients of the couplings' last layers (zero at the start) and offsets are small sums of large
+  // terms: rounding decides much of them, and Adam makes that a step of the learning rate's size
+  // (such parameters differ by up to 1e-4 between one and two processes), so there the check is
+  // the start (its whitening bit for bit: every rank holds every image's features) and the
+  // calibration.
+  for (const bool paper_start : {true, false}) {
+    INFO("paper's start " << paper_start);
+    std::ofstream(dir.file("tiny.cfg")) << tiny_config << (paper_start ? "init = identity\n" : "");
+    const std::string common = "train --threads 1 --data '" + dir.file("data") + "' --backbone '" +
+                               weights_dir() + "' --config '" + dir.file("tiny.cfg") + "'";
+    Run r = run(dir, common + " --out '" + dir.file("one.hgad") + "'");
+    INFO(r.out << r.err);
+    REQUIRE(r.status == 0);
+    r = run(dir, common + " --out '" + dir.file("two.hgad") + "'", mpirun);
+    INFO(r.out << r.err);
+    REQUIRE(r.status == 0);
+    CHECK(contains(r.err, "2 processes"));
 
-  const auto one = hgad::HgadModel<float>::load(dir.file("one.hgad"));
-  const auto two = hgad::HgadModel<float>::load(dir.file("two.hgad"));
-  CHECK(two.epochs_trained() == one.epochs_trained());
-  double worst = 0;
-  for (hgad::Index l = 0; l < one.n_levels(); ++l) {
-    auto pa = one.flow(l).parameters(), pb = two.flow(l).parameters();
-    for (const auto& p : one.prior(l).parameters()) pa.push_back(p);
-    for (const auto& p : two.prior(l).parameters()) pb.push_back(p);
-    REQUIRE(pa.size() == pb.size());
-    for (std::size_t i = 0; i < pa.size(); ++i) {
-      const auto a = pa[i].value().to_vector(), b = pb[i].value().to_vector();
-      REQUIRE(a.size() == b.size());
-      for (std::size_t k = 0; k < a.size(); ++k) {
-        REQUIRE(std::isfinite(b[k]));
-        worst =
-            std::max(worst, std::abs(double(a[k]) - double(b[k])) / (1 + std::abs(double(a[k]))));
+    const auto one = hgad::HgadModel<float>::load(dir.file("one.hgad"));
+    const auto two = hgad::HgadModel<float>::load(dir.file("two.hgad"));
+    CHECK(two.epochs_trained() == one.epochs_trained());
+    CHECK(one.whitening(0).is_identity() == paper_start);
+    CHECK(two.whitening(0).mean().to_vector() == one.whitening(0).mean().to_vector());
+    CHECK(two.whitening(0).matrix().to_vector() == one.whitening(0).matrix().to_vector());
+    double worst = 0;
+    for (hgad::Index l = 0; l < one.n_levels(); ++l) {
+      auto pa = one.flow(l).parameters(), pb = two.flow(l).parameters();
+      for (const auto& p : one.prior(l).parameters()) pa.push_back(p);
+      for (const auto& p : two.prior(l).parameters()) pb.push_back(p);
+      REQUIRE(pa.size() == pb.size());
+      for (std::size_t i = 0; i < pa.size(); ++i) {
+        const auto a = pa[i].value().to_vector(), b = pb[i].value().to_vector();
+        REQUIRE(a.size() == b.size());
+        for (std::size_t k = 0; k < a.size(); ++k) {
+          REQUIRE(std::isfinite(b[k]));
+          worst = std::max(worst,
+                           std::abs(double(a[k]) - double(b[k])) / (1 + std::abs(double(a[k]))));
+        }
       }
     }
+    // The sums of two half batches round differently from the one batch's.
+    if (paper_start) CHECK(worst <= 1e-5);
+    const double t1 = one.calibration(0).train_score_max, t2 = two.calibration(0).train_score_max;
+    CHECK(std::abs(t1 - t2) <= 1e-3 * (1 + std::abs(t1)));
   }
-  CHECK(worst <= 1e-5);  // the sums of two half batches round differently from the one batch's
-  const double t1 = one.calibration(0).train_score_max, t2 = two.calibration(0).train_score_max;
-  CHECK(std::abs(t1 - t2) <= 1e-3 * (1 + std::abs(t1)));
 
   // A long run checkpointing every pass; one of its two processes is killed (SIGKILL) once the
   // first checkpoint exists. The job ends with an error that says so, and the checkpoint loads.
@@ -1151,7 +1176,7 @@ TEST_CASE("hgad program writes --json - to standard output and a FIFO or a link 
           "[model][cli]") {
   REQUIRE_CLI();
   hgad_test::TempDir dir("cli_json_targets");
-  write_embeddings(dir, false);
+  write_gaussian_embeddings(dir);
   const std::string embeddings =
       "embeddings --data '" + dir.path().string() + "' --epochs 2 --threads 1 --json ";
 

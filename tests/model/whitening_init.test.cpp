@@ -300,6 +300,7 @@ TEMPLATE_TEST_CASE(
   const hgad::Tensor<TestType> train = correlated_features<TestType>(N, h, w, D, K, 5, labels);
   hgad::ModelConfig c = whiten_config(hgad::Objective::hgad, D, h, w, K);
   c.n_centers = 3;
+  hgad::Checkpoint whitened;  // the last trained model of the loop, for the refusals below
   for (const hgad::IntraCenterInit how :
        {hgad::IntraCenterInit::kmeans, hgad::IntraCenterInit::noise}) {
     c.intra_center_init = how;
@@ -310,6 +311,7 @@ TEMPLATE_TEST_CASE(
     model.calibrate({train}, labels);
     hgad_test::TempDir dir("whiten_roundtrip");
     model.save(dir.file("m.hgad"));
+    whitened = model.to_checkpoint();
     const auto loaded = hgad::HgadModel<TestType>::load(dir.file("m.hgad"));
     CHECK(loaded.config() == model.config());
     CHECK(loaded.whitening(0).mean().to_vector() == model.whitening(0).mean().to_vector());
@@ -334,6 +336,35 @@ TEMPLATE_TEST_CASE(
   const auto loaded = hgad::HgadModel<TestType>::load(dir.file("p.hgad"));
   CHECK(loaded.whitening(0).is_identity());
   CHECK(loaded.config().init == hgad::ModelInit::identity);
+
+  // A file of a version before the init key (its configuration lacks the line) had the paper's
+  // start, the default then: it loads as init = identity, trained or not.
+  for (const bool trained : {true, false}) {
+    INFO("trained " << trained);
+    hgad::Checkpoint old =
+        trained ? plain.to_checkpoint() : hgad::HgadModel<TestType>(c).to_checkpoint();
+    std::string text = old.text("config");
+    const std::string line = "init = identity\n";
+    const auto at = text.find("\n" + line);
+    REQUIRE(at != std::string::npos);
+    text.erase(at + 1, line.size());
+    old.set_text("config", text);
+    CHECK(hgad::ModelConfig::from_text(text).init == hgad::ModelInit::whiten);  // the default now
+    CHECK(hgad::HgadModel<TestType>::from_checkpoint(old, "old.hgad").config().init ==
+          hgad::ModelInit::identity);
+  }
+  // A whitening and a configuration that disagree are refused.
+  hgad::Checkpoint stray = plain.to_checkpoint();
+  stray.set_tensor("level0.whitening.mean", whitened.tensor<TestType>("level0.whitening.mean"));
+  CHECK_THROWS_WITH(
+      hgad::HgadModel<TestType>::from_checkpoint(stray, "stray.hgad"),
+      Catch::Contains("'stray.hgad' holds a whitening but its configuration has init = identity"));
+  hgad::Checkpoint lacking = whitened;
+  REQUIRE(lacking.erase("level0.whitening.mean"));
+  REQUIRE(lacking.erase("level0.whitening.matrix"));
+  CHECK_THROWS_WITH(hgad::HgadModel<TestType>::from_checkpoint(lacking, "lacking.hgad"),
+                    Catch::Contains("'lacking.hgad' is a trained model of init = whiten but lacks "
+                                    "'level0.whitening.mean'"));
 }
 
 namespace {

@@ -248,13 +248,18 @@ TEST_CASE("A data-parallel fit stops on every rank, naming the cause, when one r
           "[parallel]") {
   const hgad_test::Synthetic data = hgad_test::make_synthetic(5, 0, 33);
 
+  std::vector<hgad::Tensor<float>> with_nan;  // Tensor copies share their values: clone
+  for (const auto& f : data.features) with_nan.push_back(f.clone());
+  with_nan[0].data()[0] = std::numeric_limits<float>::quiet_NaN();  // image 0, level 0
+
   SECTION("a NaN in one image stops the rank that trains it, and the others hear of it") {
-    std::vector<hgad::Tensor<float>> features;  // Tensor copies share their values: clone
-    for (const auto& f : data.features) features.push_back(f.clone());
-    features[0].data()[0] = std::numeric_limits<float>::quiet_NaN();  // image 0, level 0
+    // The paper's start, which reads no feature before the steps: the NaN reaches the training
+    // step of the rank whose share of the batch holds image 0.
+    hgad::ModelConfig c = parallel_config();
+    c.init = hgad::ModelInit::identity;
     std::vector<hgad_test::RankOutcome> outcomes;
     const auto start = std::chrono::steady_clock::now();
-    fit_on_ranks<float>(2, features, data.classes, &outcomes);
+    fit_on_ranks<float>(2, with_nan, data.classes, &outcomes, c);
     CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(30));
     int non_finite = 0, peers = 0;
     for (const auto& o : outcomes) {
@@ -270,6 +275,19 @@ TEST_CASE("A data-parallel fit stops on every rank, naming the cause, when one r
     }
     CHECK(non_finite == 1);
     CHECK(peers == 1);
+  }
+
+  SECTION("with the data-dependent start every rank refuses a NaN before the first step") {
+    // init = whiten estimates the whitening from all N images on every rank alike.
+    std::vector<hgad_test::RankOutcome> outcomes;
+    const auto results = fit_on_ranks<float>(2, with_nan, data.classes, &outcomes);
+    for (std::size_t r = 0; r < outcomes.size(); ++r) {
+      INFO(outcomes[r].message);
+      REQUIRE(outcomes[r].threw);
+      CHECK_THAT(outcomes[r].message, Catch::Contains("level 0") &&
+                                          Catch::Contains("non-finite value (nan) at vector 0"));
+      CHECK(results[r].on_step_calls == 0);
+    }
   }
 
   SECTION("ranks with different training data refuse to start") {
@@ -314,7 +332,7 @@ TEST_CASE(
   // The same run, its state kept at the checkpoint after pass 2 (rank 0's callback), then stopped.
   struct Stop {};  // not a std::exception: fit() tells the other rank all the same
   hgad::TrainingState<float> saved;
-  std::vector<float> saved_parameters;
+  hgad::Checkpoint saved_model;
   std::vector<int> stopped(2, 0);
   {
     hgad::InProcessGroup group(2, std::chrono::seconds(60));
@@ -327,7 +345,7 @@ TEST_CASE(
       options.on_checkpoint = [&](const hgad::HgadModel<float>& m,
                                   const hgad::TrainingState<float>& state) {
         saved = state;
-        saved_parameters = hgad_test::all_parameters(m);
+        saved_model = m.to_checkpoint();
         throw Stop{};
       };
       try {
@@ -343,20 +361,14 @@ TEST_CASE(
   }
   REQUIRE(saved.passes_done == 2);
 
-  // Both ranks continue from rank 0's state and parameters, as hgad train --resume loads one file.
+  // Both ranks continue from rank 0's state and model (its parameters and the whitening of the
+  // start), as hgad train --resume loads one file.
   hgad::InProcessGroup group(2, std::chrono::seconds(60));
   std::vector<std::vector<float>> resumed(2);
   const auto outcomes = hgad_test::run_ranks(group, [&](hgad::Communicator& comm, int r) {
     hgad::set_num_threads(1);
-    hgad::HgadModel<float> model(parallel_config());
-    std::size_t at = 0;
-    for (hgad::Index l = 0; l < model.n_levels(); ++l) {
-      auto params = model.flow(l).parameters();
-      for (const auto& p : model.prior(l).parameters()) params.push_back(p);
-      for (auto& p : params)
-        for (hgad::Index i = 0; i < p.value().numel(); ++i)
-          p.value().data()[i] = saved_parameters[at++];
-    }
+    hgad::HgadModel<float> model =
+        hgad::HgadModel<float>::from_checkpoint(saved_model, "rank 0's checkpoint");
     hgad::FitOptions<float> options;
     options.communicator = &comm;
     options.resume = &saved;

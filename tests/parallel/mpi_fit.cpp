@@ -75,7 +75,8 @@ bool compare(hgad::MpiCommunicator& world, const hgad_test::Synthetic& data, dou
   if (world.rank() == 0) {
     const std::vector<Scalar> alone = fit_parameters<Scalar>(c, data, nullptr);
     double worst = 0, moved = 0;
-    const hgad::HgadModel<Scalar> initial(c);
+    hgad::HgadModel<Scalar> initial(c);  // the start before the first step (init = whiten's)
+    initial.initialise_from_data(hgad_test::as_scalar<Scalar>(data.features), data.classes);
     const std::vector<Scalar> start = hgad_test::all_parameters(initial);
     for (std::size_t i = 0; i < alone.size(); ++i) {
       worst = std::max(worst, hgad_test::scaled_difference(double(first[i]), double(alone[i])));

@@ -216,9 +216,10 @@ struct ModelConfig {
   /// Classes that stand for several folders (`group.NAME = folder, folder, ...` in the text form).
   std::vector<ClassGroup> class_groups;
 
-  /// How fit() initialises an untrained model: `identity` (the paper's) or `whiten`
-  /// (docs/algorithm.md §2.5: at step 0 the NF model is the Gaussian of the training features).
-  ModelInit init = ModelInit::identity;
+  /// How fit() initialises an untrained model: `whiten` (the default; docs/algorithm.md §2.5: at
+  /// step 0 the NF model is the shared Gaussian of the training features and the HGAD model one
+  /// Gaussian per class) or `identity` (the paper's start, for study and the golden files).
+  ModelInit init = ModelInit::whiten;
   /// With init = whiten: where the intra-class centres start (docs/algorithm.md §3.1.1).
   IntraCenterInit intra_center_init = IntraCenterInit::kmeans;
   /// The covariance of the prior's components: `unit` (the paper's) or `class` (each class the
@@ -542,7 +543,9 @@ inline constexpr KeyMeaning config_key_meanings[] = {
     {"levels", "feature levels, dim x height x width each (filled in from the backbone)"},
     {"classes", "the classes, in index order (filled in from the class folders)"},
     {"group.", "group.NAME = folder, folder, ...: several class folders trained as one class"},
-    {"init", "identity (the paper's) or whiten: Ledoit-Wolf whitening and data-based centres"},
+    {"init",
+     "whiten (default: Ledoit-Wolf whitening, centres at the class statistics) or "
+     "identity (the paper's start)"},
     {"intra_center_init", "with init = whiten: kmeans or noise (the class mean plus noise)"},
     {"class_covariance",
      "unit (the paper's), class: each class's components carry its covariance, or intra: its "

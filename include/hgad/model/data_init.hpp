@@ -55,10 +55,15 @@ AffineWhitening<Scalar> initialise_level_from_data(Index level, const Tensor<Sca
   const Index N = features.dim(0), D = features.dim(3), hw = features.dim(1) * features.dim(2);
   const Tensor<Scalar> rows = features.reshape({N * hw, D});
   const std::string level_features = "the features of level " + std::to_string(level);
-  AffineWhitening<Scalar> whitening =
-      whiten_mean == WhitenMean::position
-          ? AffineWhitening<Scalar>::fit_per_position(rows, hw, level_features)
-          : AffineWhitening<Scalar>::fit(rows, level_features);
+  AffineWhitening<Scalar> whitening;
+  try {
+    whitening = whiten_mean == WhitenMean::position
+                    ? AffineWhitening<Scalar>::fit_per_position(rows, hw, level_features)
+                    : AffineWhitening<Scalar>::fit(rows, level_features);
+  } catch (const Error& e) {
+    throw Error(std::string(e.what()) +
+                " (the whitening of init = whiten; init = identity, the paper's start, has none)");
+  }
   start_flow_as_rotation(flow);
   if (prior == nullptr) return whitening;
 

@@ -152,19 +152,25 @@ class ModelFile {
           " entry)");
     check(ckpt.text("format") == format, "'", name, "' holds '", ckpt.text("format"),
           "', expected '", format, "'");
+    // The text is read over the defaults but for init: a file without the key was written before
+    // it existed, when every model had the paper's start.
     ModelConfig config;
     try {
-      config = ModelConfig::from_text(ckpt.text("config"), name);
+      ModelConfig before_init_key;
+      before_init_key.init = ModelInit::identity;
+      config = ModelConfig::from_text(ckpt.text("config"), name, before_init_key);
       config.validate(true);
     } catch (const Error& e) {
       throw Error("'" + name + "' has an invalid model configuration: " + e.what());
     }
-    // A trained model without whitening entries was trained without it (files of older versions
-    // hold no init key, which reads as the default).
+    // The whitening is set at the start of training: a trained model of init = whiten holds it.
     const bool whitened = ckpt.has("level0.whitening.mean");
     const bool trained = ckpt.has("training.epochs") && !ckpt.int64("training.epochs").empty() &&
                          ckpt.int64("training.epochs")[0] > 0;
-    if (!whitened && trained) config.init = ModelInit::identity;
+    check(!whitened || config.init == ModelInit::whiten, "'", name,
+          "' holds a whitening but its configuration has init = identity");
+    check(whitened || config.init == ModelInit::identity || !trained, "'", name,
+          "' is a trained model of init = whiten but lacks 'level0.whitening.mean'");
     // Building the model allocates its parameters before any is read: refuse a configuration that
     // needs far more parameter values than the file holds, so a small corrupt file cannot demand
     // a huge model. (Within the slack of 2^20 values the per-parameter checks below name the
