@@ -845,7 +845,7 @@ TEST_CASE("HgadModel fit stops on a non-finite loss and keeps the last good para
   c.meta_epochs = 1;
   c.batch_size = 3;
   // The paper's start reads no feature before the steps, so the NaN reaches one (the start of
-  // init = whiten refuses it first: whitening_init.test.cpp).
+  // init = whiten refuses it before any step: data_parallel.test.cpp).
   c.init = hgad::ModelInit::identity;
   hgad::HgadModel<float> model(c);
   Synthetic data = make_synthetic(2, 0, 8);

@@ -24,7 +24,8 @@
 /// Defaults are HGAD's (docs/algorithm.md §2–§4): 12 blocks, clamp 1.9 with the pinned FrEIA soft clamp,
 /// M = 10 intra-class centres, λ1 = 1, λ2 = 100, label smoothing 0.02, 25 meta-epochs of 8
 /// sub-epochs, 2 warm-up and 2 stage-1 meta-epochs, lr 2e-4, Adam betas (0.95, 0.99), coupled
-/// weight decay 1e-4 on the flows, batch size 8, seed 0, P = 256.
+/// weight decay 1e-4 on the flows, batch size 8, seed 0, P = 256. The start is not the paper's:
+/// init = whiten (docs/algorithm.md §2.5; docs/results.md §2.5 says why); init = identity is.
 
 #include <algorithm>
 #include <cstddef>
@@ -205,8 +206,9 @@ inline std::string to_config_line(const ClassGroup& g) {
   return g.members.empty() ? line : line + " " + detail::join(g.members);
 }
 
-/// Every setting of an HgadModel. A default-constructed config has HGAD's hyper-parameters and
-/// no levels or classes; fill those from the data before constructing a model.
+/// Every setting of an HgadModel. A default-constructed config has HGAD's hyper-parameters, the
+/// data-dependent start (init = whiten) in place of the paper's, and no levels or classes; fill
+/// those from the data before constructing a model.
 struct ModelConfig {
   Objective objective = Objective::hgad;
 
