@@ -316,8 +316,65 @@ TEST_CASE("JPEGs with an oversized Huffman table are rejected before stb_image r
   // The same table inside an APP1 payload is data stb_image skips, not a table.
   Bytes app = {0xff, 0xd8, 0xff, 0xe1, 0x01, 0x25};  // length 2 + 291
   app.insert(app.end(), dht.begin(), dht.end());
-  REQUIRE(hgad::detail::image::oversized_jpeg_huffman_table(app.data(), app.size()) == 0);
-  REQUIRE(hgad::detail::image::oversized_jpeg_huffman_table(before.data(), before.size()) == 272);
+  REQUIRE(hgad::detail::image::jpeg_huffman_problem(app.data(), app.size()).oversized == 0);
+  REQUIRE(hgad::detail::image::jpeg_huffman_problem(before.data(), before.size()).oversized == 272);
+}
+
+TEST_CASE(
+    "JPEGs whose scan uses a Huffman table no DHT defined are rejected before stb_image "
+    "decodes them",
+    "[io]") {
+  const Bytes valid = encode("jpg", 16, 16, 3, test_pixels(16, 16, 3));
+  REQUIRE(hgad::detail::image::jpeg_huffman_problem(valid.data(), valid.size()).undefined.empty());
+  REQUIRE(hgad::decode_image<float>(valid.data(), valid.size(), "good.jpg").shape() ==
+          hgad::Shape({3, 16, 16}));
+  // The byte that names a table in a DHT segment (class << 4 | id), for each table the segments
+  // define, in file order.
+  std::vector<std::size_t> table_bytes;
+  for (std::size_t i = 2; i + 4 < valid.size(); ++i) {
+    if (valid[i] != 0xff || valid[i + 1] != 0xc4) continue;
+    const std::size_t end = i + 2 + (std::size_t(valid[i + 2]) << 8 | valid[i + 3]);
+    for (std::size_t at = i + 4; at + 17 <= end;) {
+      table_bytes.push_back(at);
+      std::size_t codes = 0;
+      for (std::size_t k = 1; k <= 16; ++k) codes += valid[at + k];
+      at += 17 + codes;
+    }
+  }
+  REQUIRE(table_bytes.size() == 4);  // DC 0, AC 0, DC 1, AC 1: luma and chroma
+  // Each table renamed to id 3, which no scan of this file uses: the scan's table is undefined
+  // (the fuzzer's case: stb_image would decode with memory no DHT wrote).
+  for (const std::size_t at : table_bytes) {
+    Bytes bad = valid;
+    const int table_class = valid[at] >> 4, id = valid[at] & 15;
+    CAPTURE(table_class, id);
+    bad[at] = std::uint8_t(table_class << 4 | 3);
+    const std::string expected =
+        std::string(table_class == 0 ? "DC" : "AC") + " table " + std::to_string(id);
+    CHECK(hgad::detail::image::jpeg_huffman_problem(bad.data(), bad.size()).undefined == expected);
+    CHECK_THROWS_WITH(hgad::decode_image<float>(bad.data(), bad.size(), "bad.jpg"),
+                      Catch::Contains("'bad.jpg': corrupt JPEG: a scan uses the Huffman " +
+                                      expected + ", which no DHT segment before it defines"));
+  }
+  // A table defined only after the scan that uses it is undefined for that scan: the DHT segment
+  // moved behind the scan header.
+  std::size_t dht = 0, sos = 0;
+  for (std::size_t i = 2; i + 1 < valid.size(); ++i) {
+    if (valid[i] == 0xff && valid[i + 1] == 0xc4 && dht == 0) dht = i;
+    if (valid[i] == 0xff && valid[i + 1] == 0xda && sos == 0) sos = i;
+  }
+  REQUIRE((dht != 0 && sos > dht));
+  const std::size_t dht_end = dht + 2 + (std::size_t(valid[dht + 2]) << 8 | valid[dht + 3]);
+  REQUIRE(dht_end <= sos);
+  const std::size_t sos_end = sos + 2 + (std::size_t(valid[sos + 2]) << 8 | valid[sos + 3]);
+  Bytes late(valid.begin(), valid.begin() + std::ptrdiff_t(dht));
+  late.insert(late.end(), valid.begin() + std::ptrdiff_t(dht_end),
+              valid.begin() + std::ptrdiff_t(sos_end));
+  late.insert(late.end(), valid.begin() + std::ptrdiff_t(dht),
+              valid.begin() + std::ptrdiff_t(dht_end));
+  late.insert(late.end(), valid.begin() + std::ptrdiff_t(sos_end), valid.end());
+  CHECK(hgad::detail::image::jpeg_huffman_problem(late.data(), late.size()).undefined ==
+        "DC table 0");
 }
 
 TEST_CASE("PNGs with a chunk longer than the file are rejected before stb_image allocates for it",

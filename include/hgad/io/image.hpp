@@ -331,8 +331,9 @@ struct StbByteReader {
 
 /// Reads a DHT segment body the way stb_image's stbi__process_marker does. Returns the code count
 /// of the first table with more than 256 codes (0 if none) and the segment length left over
-/// (stb_image accepts the segment only when it is 0).
-inline std::array<long, 2> jpeg_dht_overflow(StbByteReader& r) {
+/// (stb_image accepts the segment only when it is 0); marks in `defined[class][id]` each table it
+/// builds (class 0 DC, 1 AC).
+inline std::array<long, 2> jpeg_dht_overflow(StbByteReader& r, bool (&defined)[2][4]) {
   long left = r.get16() - 2;
   while (left > 0) {
     const int q = r.get8();
@@ -340,28 +341,64 @@ inline std::array<long, 2> jpeg_dht_overflow(StbByteReader& r) {
     long n = 0;
     for (int i = 0; i < 16; ++i) n += r.get8();
     if (n > 256) return {n, left};
+    defined[q >> 4][q & 15] = true;
     r.skip(n);
     left -= 17 + n;
   }
   return {0, left};
 }
 
-/// Debian's stb_image (libstb-dev 0.0~git20220908) builds a JPEG Huffman table without checking
-/// that its 16 code counts sum to at most 256 (ITU-T T.81, B.2.4.2), and then writes past the
-/// table's arrays. This walks the marker segments before the frame header exactly as stb_image's
-/// stbi__decode_jpeg_header does, and after it (where stb_image's position depends on entropy
-/// decoding) checks every 0xFF 0xC4 pair, which cannot occur inside valid entropy-coded data.
-/// Returns the code count of the first oversized table, or 0 when stb_image can safely see the
-/// bytes.
-inline long oversized_jpeg_huffman_table(const std::uint8_t* bytes, std::size_t size) {
+/// The Huffman tables of a JPEG that Debian's stb_image (libstb-dev 0.0~git20220908) must not
+/// see: it builds a table without checking that its 16 code counts sum to at most 256 (ITU-T T.81,
+/// B.2.4.2), and then writes past the table's arrays; and it decodes a scan with the tables the
+/// scan header names whether or not a DHT segment built them, reading whatever its uncleared
+/// memory holds (and past the table's arrays when that is small).
+struct JpegHuffmanProblem {
+  long oversized = 0;     ///< the code count of the first table with more than 256 codes, or 0
+  std::string undefined;  ///< the first table a scan uses before a DHT defines it ("AC table 1")
+};
+
+/// Walks the marker segments up to the first scan exactly as stb_image's stbi__decode_jpeg_header
+/// does, and after it (where stb_image's position depends on entropy decoding) takes every 0xFF
+/// 0xC4 pair as a DHT segment and every 0xFF 0xDA pair as a scan header, neither of which can occur
+/// inside valid entropy-coded data (so there a table counts as defined by a pair stb_image might
+/// not reach; up to the first scan the walk is exact). A sequential scan uses its components' DC
+/// and AC tables; a progressive one its DC tables in a first DC scan (Ss = 0, Ah = 0), none in a
+/// DC refinement, its AC tables in an AC scan (stb_image's stbi__parse_entropy_coded_data).
+inline JpegHuffmanProblem jpeg_huffman_problem(const std::uint8_t* bytes, std::size_t size) {
   StbByteReader r{bytes, size};
-  if (r.marker() != 0xd8) return 0;  // not a JPEG to stb_image
+  if (r.marker() != 0xd8) return {};  // not a JPEG to stb_image
+  bool defined[2][4] = {};
+  bool progressive = false, scan_seen = false;
+  // A scan header at r's position (after its marker): the first table it uses undefined, or "".
+  const auto undefined_in_scan = [&](StbByteReader& scan) -> std::string {
+    const long length = scan.get16();
+    const int n = scan.get8();
+    if (n < 1 || n > 4 || length != 6 + 2 * n) return "";  // stb_image rejects the header
+    int tables[4][2] = {};
+    for (int i = 0; i < n; ++i) {
+      scan.get8();  // the component's id
+      const int q = scan.get8();
+      tables[i][0] = q >> 4;
+      tables[i][1] = q & 15;
+    }
+    const int spectral_start = scan.get8();
+    scan.get8();
+    const int high = scan.get8() >> 4;
+    const bool uses[2] = {!progressive || (spectral_start == 0 && high == 0),
+                          !progressive || spectral_start != 0};
+    for (int i = 0; i < n; ++i)
+      for (int c = 0; c < 2; ++c)
+        if (uses[c] && tables[i][c] <= 3 && !defined[c][tables[i][c]])
+          return std::string(c == 0 ? "DC" : "AC") + " table " + std::to_string(tables[i][c]);
+    return "";
+  };
   int m = r.marker();
   bool header_ok = true;
-  while (header_ok && !(m == 0xc0 || m == 0xc1 || m == 0xc2)) {
+  while (header_ok && !scan_seen) {
     if (m == 0xc4) {
-      const auto dht = jpeg_dht_overflow(r);
-      if (dht[0] != 0) return dht[0];
+      const auto dht = jpeg_dht_overflow(r, defined);
+      if (dht[0] != 0) return {dht[0], ""};
       header_ok = dht[1] == 0;
     } else if (m == 0xdd) {
       header_ok = r.get16() == 4;
@@ -375,27 +412,38 @@ inline long oversized_jpeg_huffman_table(const std::uint8_t* bytes, std::size_t 
         left -= (q >> 4) ? 129 : 65;
       }
       header_ok = header_ok && left == 0;
-    } else if ((m >= 0xe0 && m <= 0xef) || m == 0xfe) {
+    } else if ((m >= 0xe0 && m <= 0xef) || m == 0xfe || m == 0xc0 || m == 0xc1 || m == 0xc2) {
+      progressive = progressive || m == 0xc2;  // a second frame header is stb_image's error
       const long length = r.get16();
       header_ok = length >= 2;
       r.skip(length - 2);
+    } else if (m == 0xda) {
+      std::string undefined = undefined_in_scan(r);
+      if (!undefined.empty()) return {0, std::move(undefined)};
+      scan_seen = true;
     } else {
       header_ok = false;  // stb_image stops at an unknown or missing marker
     }
-    if (!header_ok) return 0;
+    if (!header_ok) return {};
+    if (scan_seen) break;
     m = r.marker();
     while (m == 0xff) {
-      if (r.at_end()) return 0;
+      if (r.at_end()) return {};
       m = r.marker();
     }
   }
-  for (std::size_t i = r.pos; i + 1 < size; ++i)
-    if (bytes[i] == 0xff && bytes[i + 1] == 0xc4) {
-      StbByteReader tail{bytes, size, i + 2};
-      const long n = jpeg_dht_overflow(tail)[0];
-      if (n != 0) return n;
+  for (std::size_t i = r.pos; i + 1 < size; ++i) {
+    if (bytes[i] != 0xff || (bytes[i + 1] != 0xc4 && bytes[i + 1] != 0xda)) continue;
+    StbByteReader tail{bytes, size, i + 2};
+    if (bytes[i + 1] == 0xc4) {
+      const long n = jpeg_dht_overflow(tail, defined)[0];
+      if (n != 0) return {n, ""};
+    } else {
+      std::string undefined = undefined_in_scan(tail);
+      if (!undefined.empty()) return {0, std::move(undefined)};
     }
-  return 0;
+  }
+  return {};
 }
 
 /// A PNG chunk whose declared length runs past the end of the file.
@@ -429,13 +477,15 @@ inline OverlongPngChunk overlong_png_chunk(const std::uint8_t* bytes, std::size_
   return {};
 }
 
-/// Throws hgad::Error when `bytes` must not reach stb_image (see oversized_jpeg_huffman_table and
+/// Throws hgad::Error when `bytes` must not reach stb_image (see jpeg_huffman_problem and
 /// overlong_png_chunk).
 inline void check_safe_for_stb(const std::uint8_t* bytes, std::size_t size,
                                const std::string& name) {
-  const long n = oversized_jpeg_huffman_table(bytes, size);
-  check(n == 0, "image: '", name, "': corrupt JPEG: a Huffman table declares ", n,
-        " codes (at most 256)");
+  const JpegHuffmanProblem huffman = jpeg_huffman_problem(bytes, size);
+  check(huffman.oversized == 0, "image: '", name, "': corrupt JPEG: a Huffman table declares ",
+        huffman.oversized, " codes (at most 256)");
+  check(huffman.undefined.empty(), "image: '", name, "': corrupt JPEG: a scan uses the Huffman ",
+        huffman.undefined, ", which no DHT segment before it defines");
   const OverlongPngChunk chunk = overlong_png_chunk(bytes, size);
   check(chunk.type.empty(), "image: '", name, "': truncated PNG: chunk '", chunk.type,
         "' declares ", chunk.length, " bytes where ", chunk.remaining, " remain");
