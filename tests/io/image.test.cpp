@@ -336,12 +336,14 @@ Bytes grey_jpeg() {
   return j;
 }
 
-TEST_CASE("JPEGs whose scan uses a Huffman table no DHT defined are rejected before stb_image "
-          "decodes them",
-          "[io]") {
+TEST_CASE(
+    "JPEGs whose scan uses a Huffman table no DHT defined are rejected before stb_image "
+    "decodes them",
+    "[io]") {
   const Bytes valid = grey_jpeg();
   REQUIRE(hgad::detail::image::jpeg_huffman_problem(valid.data(), valid.size()).undefined.empty());
-  const hgad::Tensor<float> grey = hgad::decode_image<float>(valid.data(), valid.size(), "grey.jpg");
+  const hgad::Tensor<float> grey =
+      hgad::decode_image<float>(valid.data(), valid.size(), "grey.jpg");
   REQUIRE(grey.shape() == hgad::Shape({3, 8, 8}));
   for (const float v : grey.to_vector()) REQUIRE(v == 128.0f / 255.0f);
   // Either table renamed to id 3, which the scan does not use: the scan's own table is undefined
