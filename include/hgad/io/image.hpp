@@ -369,7 +369,7 @@ inline JpegHuffmanProblem jpeg_huffman_problem(const std::uint8_t* bytes, std::s
   StbByteReader r{bytes, size};
   if (r.marker() != 0xd8) return {};  // not a JPEG to stb_image
   bool defined[2][4] = {};
-  bool progressive = false, scan_seen = false;
+  bool progressive = false;
   // A scan header at r's position (after its marker): the first table it uses undefined, or "".
   const auto undefined_in_scan = [&](StbByteReader& scan) -> std::string {
     const long length = scan.get16();
@@ -393,9 +393,9 @@ inline JpegHuffmanProblem jpeg_huffman_problem(const std::uint8_t* bytes, std::s
           return std::string(c == 0 ? "DC" : "AC") + " table " + std::to_string(tables[i][c]);
     return "";
   };
-  int m = r.marker();
-  bool header_ok = true;
-  while (header_ok && !scan_seen) {
+  // Each segment up to the first scan header as stb_image reads it.
+  for (int m = r.marker(); m != 0xda;) {
+    bool header_ok = true;
     if (m == 0xc4) {
       const auto dht = jpeg_dht_overflow(r, defined);
       if (dht[0] != 0) return {dht[0], ""};
@@ -417,21 +417,18 @@ inline JpegHuffmanProblem jpeg_huffman_problem(const std::uint8_t* bytes, std::s
       const long length = r.get16();
       header_ok = length >= 2;
       r.skip(length - 2);
-    } else if (m == 0xda) {
-      std::string undefined = undefined_in_scan(r);
-      if (!undefined.empty()) return {0, std::move(undefined)};
-      scan_seen = true;
     } else {
       header_ok = false;  // stb_image stops at an unknown or missing marker
     }
     if (!header_ok) return {};
-    if (scan_seen) break;
     m = r.marker();
     while (m == 0xff) {
       if (r.at_end()) return {};
       m = r.marker();
     }
   }
+  std::string undefined = undefined_in_scan(r);
+  if (!undefined.empty()) return {0, std::move(undefined)};
   for (std::size_t i = r.pos; i + 1 < size; ++i) {
     if (bytes[i] != 0xff || (bytes[i + 1] != 0xc4 && bytes[i + 1] != 0xda)) continue;
     StbByteReader tail{bytes, size, i + 2};
@@ -439,7 +436,7 @@ inline JpegHuffmanProblem jpeg_huffman_problem(const std::uint8_t* bytes, std::s
       const long n = jpeg_dht_overflow(tail, defined)[0];
       if (n != 0) return {n, ""};
     } else {
-      std::string undefined = undefined_in_scan(tail);
+      undefined = undefined_in_scan(tail);
       if (!undefined.empty()) return {0, std::move(undefined)};
     }
   }
