@@ -57,7 +57,8 @@ TEST_CASE("ModelConfig defaults are HGAD's hyper-parameters", "[model]") {
   CHECK(c.beta2 == 0.99);
   CHECK(c.weight_decay == 1e-4);
   CHECK(c.batch_size == 8);
-  CHECK(c.position_fraction == 1);
+  CHECK(c.position_fraction == std::vector<double>{1});
+  CHECK(c.level_position_fraction(0) == 1);
   CHECK(c.feature_noise == 0);
   CHECK(c.total_epochs() == 200);
   CHECK(c.calibration_baseline == hgad::CalibrationBaseline::none);
@@ -86,7 +87,7 @@ TEST_CASE("ModelConfig text form round-trips every field exactly", "[model]") {
   c.map_scale = hgad::MapScale::log;
   c.map_sigma = 6.5;
   c.pixel_map_sigma = 2.25;
-  c.position_fraction = 0.375;
+  c.position_fraction = {0.375, 0.125};
   c.feature_noise = 0.125;
   c.image_score_fraction = 0.01;
   c.level_weights = {0.25, 1.0 / 3.0};
@@ -100,7 +101,8 @@ TEST_CASE("ModelConfig text form round-trips every field exactly", "[model]") {
   const hgad::ModelConfig back = hgad::ModelConfig::from_text(text, "roundtrip");
   CHECK(back.to_text() == text);
   CHECK(back.clamp == c.clamp);  // shortest exact representation, not rounded
-  CHECK(back.position_fraction == 0.375);
+  CHECK(back.position_fraction == std::vector<double>{0.375, 0.125});
+  CHECK(back.level_position_fraction(1) == 0.125);
   CHECK(back.feature_noise == 0.125);
   CHECK(back.seed == c.seed);
   CHECK(back.levels == c.levels);
@@ -218,14 +220,25 @@ TEST_CASE("ModelConfig validation names the key and the offending value", "[mode
   CHECK(validate([](hgad::ModelConfig& c) { c.beta2 = 1; }).find("beta2 = 1") != std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) { c.batch_size = 0; }).find("batch_size = 0") !=
         std::string::npos);
-  CHECK(validate([](hgad::ModelConfig& c) { c.position_fraction = 0; })
-            .find("position_fraction = 0") != std::string::npos);
-  CHECK(validate([](hgad::ModelConfig& c) { c.position_fraction = 1.5; })
-            .find("position_fraction = 1.5") != std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) {
-          c.position_fraction = std::numeric_limits<double>::quiet_NaN();
+          c.position_fraction = {0};
+        }).find("position_fraction = 0") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) {
+          c.position_fraction = {0.5, 1.5};
+        }).find("position_fraction = 0.5, 1.5") != std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) {
+          c.position_fraction = {std::numeric_limits<double>::quiet_NaN()};
         }).find("position_fraction") != std::string::npos);
-  CHECK(validate([](hgad::ModelConfig& c) { c.position_fraction = 0.25; }).empty());
+  CHECK(validate([](hgad::ModelConfig& c) {
+          c.position_fraction = {};
+        }).find("position_fraction = : needs one value, or one per level (2)") !=
+        std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) {
+          c.position_fraction = {0.25, 0.5, 1};
+        }).find("position_fraction = 0.25, 0.5, 1: needs one value, or one per level (2)") !=
+        std::string::npos);
+  CHECK(validate([](hgad::ModelConfig& c) { c.position_fraction = {0.25}; }).empty());
+  CHECK(validate([](hgad::ModelConfig& c) { c.position_fraction = {0.125, 0.25}; }).empty());
   CHECK(validate([](hgad::ModelConfig& c) { c.feature_noise = -0.5; })
             .find("feature_noise = -0.5: must be in [0, 1000]") != std::string::npos);
   CHECK(validate([](hgad::ModelConfig& c) {

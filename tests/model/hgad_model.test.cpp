@@ -1311,7 +1311,7 @@ TEST_CASE("The training memory estimate counts parameters, one step and the feat
   // A step on a quarter of the positions (docs/algorithm.md §4.1) holds a quarter of the rows: 4 of
   // the 16 level-0 positions and 1 of the 4 level-1 ones.
   hgad::ModelConfig quarter = c;
-  quarter.position_fraction = 0.25;
+  quarter.position_fraction = {0.25};
   const auto share = hgad::training_memory<float>(quarter, 10);
   CHECK(share.activations == Approx(small.activations / 4));
   CHECK(share.parameters == small.parameters);

@@ -44,8 +44,9 @@ TEST_CASE("HgadModel trained and scored through a registered level device equals
   c.meta_epochs = 4;  // stage 1 for one meta-epoch, then stage 2 (delta and phi_intra train too)
   c.stage1_meta_epochs = 1;
   // Every position, or half of them per step: the device gets the gathered rows and encodings.
-  c.position_fraction = GENERATE(1.0, 0.5);
-  INFO("position_fraction = " << c.position_fraction);
+  const double fraction = GENERATE(1.0, 0.5);
+  c.position_fraction = {fraction};
+  INFO("position_fraction = " << fraction);
   const hgad_test::Synthetic train = hgad_test::make_synthetic(4, 0, 11);
   const hgad_test::Synthetic test = hgad_test::make_synthetic(1, 1, 12);
   const auto train_features = hgad_test::as_scalar<Scalar>(train.features), test_features = hgad_test::as_scalar<Scalar>(test.features);

@@ -1,6 +1,7 @@
 // A share of the positions per training step (ModelConfig::position_fraction, docs/algorithm.md
-// §4.1): the positions a step draws, and a fit() with a share against the same steps taken by hand
-// through the public pieces (the whitening's forward_rows, the positional encoding, train_step).
+// §4.1): the positions a step draws, and a fit() with a share (one for every level, or one per
+// level) against the same steps taken by hand through the public pieces (the whitening's
+// forward_rows, the positional encoding, train_step).
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -73,7 +74,7 @@ TEMPLATE_TEST_CASE(
   hgad::ModelConfig c = hgad_test::synthetic_config();
   c.init = hgad::ModelInit::whiten;
   c.whiten_mean = hgad::WhitenMean::position;  // the whitening reads each row's position
-  c.position_fraction = 0.4;                   // 6 of the 16 level-0 positions, 2 of the 4 level-1
+  c.position_fraction = {0.4};                 // 6 of the 16 level-0 positions, 2 of the 4 level-1
   c.batch_size = N;                            // one step per pass over every image
   c.meta_epochs = 4;
   c.stage1_meta_epochs = 2;  // two steps in each stage
@@ -85,8 +86,8 @@ TEMPLATE_TEST_CASE(
   fitted.fit(features, data.classes);
 
   // The same steps by hand: every image at the step's positions, image-major, whitened by row
-  // index, with the encodings of those positions and the images' labels.
-  const auto by_hand = [&](double fraction) {
+  // index, with the encodings of those positions and the images' labels; fraction[l] of level l's.
+  const auto by_hand = [&](const std::vector<double>& fraction) {
     hgad::HgadModel<Scalar> model(c);
     model.initialise_from_data(features, data.classes);
     const hgad::LevelTraining training = hgad::level_training(c);
@@ -98,7 +99,8 @@ TEMPLATE_TEST_CASE(
       for (Index l = 0; l < model.n_levels(); ++l) {
         const hgad::LevelSpec& s = c.levels[static_cast<std::size_t>(l)];
         const Index hw = s.height * s.width, D = s.dim;
-        const auto at = hgad::training_positions(c.seed, step, l, hw, fraction);
+        const auto at =
+            hgad::training_positions(c.seed, step, l, hw, fraction[static_cast<std::size_t>(l)]);
         const Index n = Index(at.size());
         hgad::Tensor<Scalar> x({N * n, D});
         std::vector<Index> rows;
@@ -137,16 +139,25 @@ TEMPLATE_TEST_CASE(
   const double tolerance = std::is_same<Scalar, float>::value ? 1e-5 : 1e-12;
   const std::vector<Scalar> trained = all_parameters(fitted);
   for (Scalar v : trained) REQUIRE(std::isfinite(v));
-  CHECK(largest_difference(trained, by_hand(c.position_fraction)) < tolerance);
+  const std::vector<Scalar> shared_share = by_hand({0.4, 0.4});
+  CHECK(largest_difference(trained, shared_share) < tolerance);
   // Not the steps on every position, nor on another share.
-  const std::vector<Scalar> every_position = by_hand(1.0);
+  const std::vector<Scalar> every_position = by_hand({1.0, 1.0});
   CHECK(largest_difference(trained, every_position) > 100 * tolerance);
-  CHECK(largest_difference(trained, by_hand(0.6)) > 100 * tolerance);
+  CHECK(largest_difference(trained, by_hand({0.6, 0.6})) > 100 * tolerance);
   // And position_fraction = 1, the paper's step on whole images, is those steps on every position.
-  c.position_fraction = 1;
+  c.position_fraction = {1.0};
   hgad::HgadModel<Scalar> whole(c);
   whole.fit(features, data.classes);
   CHECK(largest_difference(all_parameters(whole), every_position) < tolerance);
+  // One share per level: level 0 on 0.4 of its positions, level 1 on every position.
+  c.position_fraction = {0.4, 1.0};
+  hgad::HgadModel<Scalar> per_level(c);
+  per_level.fit(features, data.classes);
+  const std::vector<Scalar> per_level_by_hand = by_hand({0.4, 1.0});
+  CHECK(largest_difference(all_parameters(per_level), per_level_by_hand) < tolerance);
+  CHECK(largest_difference(per_level_by_hand, shared_share) > 100 * tolerance);
+  CHECK(largest_difference(per_level_by_hand, every_position) > 100 * tolerance);
 }
 
 }  // namespace position_fraction_test

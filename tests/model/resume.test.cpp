@@ -50,8 +50,9 @@ TEST_CASE("A training stopped after a checkpoint and resumed from it ends on the
   hgad::ModelConfig c = resume_config();
   // Every position, or a share of them drawn per step (docs/algorithm.md §4.1): the resumed run
   // draws the positions of the steps it takes, not those of the first steps again.
-  c.position_fraction = GENERATE(1.0, 0.5);
-  INFO("position_fraction = " << c.position_fraction);
+  const double fraction = GENERATE(1.0, 0.5);
+  c.position_fraction = {fraction};
+  INFO("position_fraction = " << fraction);
   const hgad_test::Synthetic data = hgad_test::make_synthetic(4, 0, 21);
   hgad_test::TempDir dir("resume");
   const std::string file = dir.file("run.checkpoint");

@@ -131,11 +131,12 @@ TEMPLATE_TEST_CASE(
   const auto features = hgad_test::as_scalar<Scalar>(data.features);
   hgad::ModelConfig c = parallel_config();
   // Every position, or a share drawn per step (docs/algorithm.md §4.1), the same on every rank.
-  c.position_fraction = GENERATE(1.0, 0.5);
+  const double fraction = GENERATE(1.0, 0.5);
+  c.position_fraction = {fraction};
   // Noise on the flow's input (§4.2), drawn per image's place in the batch: every rank adds to its
   // images what one process adds to them.
   c.feature_noise = GENERATE(0.0, 0.2);
-  INFO("position_fraction = " << c.position_fraction << ", feature_noise = " << c.feature_noise);
+  INFO("position_fraction = " << fraction << ", feature_noise = " << c.feature_noise);
 
   std::vector<Scalar> reference;
   std::vector<hgad::LossTerms<Scalar>> reference_terms;

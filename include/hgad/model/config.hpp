@@ -257,8 +257,9 @@ struct ModelConfig {
   /// The share of each feature map's positions a training step uses (docs/algorithm.md §4.1; not
   /// in the paper, whose steps use every position; CFLOW-AD trains on random subsets of
   /// positions): each step draws round(f · H · W) of a level's positions, the same for the
-  /// batch's images, and trains on those rows alone. 1 (the default): every position. In (0, 1].
-  double position_fraction = 1;
+  /// batch's images, and trains on those rows alone. One value for every level, or one per level
+  /// (level_position_fraction reads it). {1} (the default): every position. Each in (0, 1].
+  std::vector<double> position_fraction{1.0};
   /// σ of the noise on the flow's input in training (docs/algorithm.md §4.2; not in the paper):
   /// every training step adds N(0, σ² I) to each of its rows after the whitening, so that with
   /// init = whiten σ is in units of the whitened features (every direction of unit variance), with
@@ -339,6 +340,16 @@ struct ModelConfig {
   Index n_classes() const { return static_cast<Index>(class_names.size()); }
   /// Passes over the training data: meta_epochs · sub_epochs.
   Index total_epochs() const { return meta_epochs * sub_epochs; }
+  /// The share of level `level`'s positions a training step uses: position_fraction's one value,
+  /// or its value for that level.
+  ///   requires: a valid configuration, and level in [0, n_levels()) when it has one per level.
+  double level_position_fraction(Index level) const {
+    if (position_fraction.size() == 1) return position_fraction.front();
+    check(level >= 0 && level < static_cast<Index>(position_fraction.size()),
+          "ModelConfig::level_position_fraction: level ", level, " of ", position_fraction.size(),
+          " position_fraction values");
+    return position_fraction[static_cast<std::size_t>(level)];
+  }
   /// The number of calibration images of a class of n training images: calibration_images, or n
   /// when there are no more (or calibration_images is 0).
   Index calibration_count(Index n) const {
@@ -499,7 +510,7 @@ void for_each_config_key(Config& c, Key&& key) {
   key("adam_eps", c.adam_eps, positive);
   key("weight_decay", c.weight_decay, non_negative);
   key("batch_size", c.batch_size, at_least_1);
-  key("position_fraction", c.position_fraction, share);
+  key("position_fraction", c.position_fraction, share);  // each value
   key("feature_noise", c.feature_noise,
       KeyRule<double>{[](const double& x) { return x >= 0 && x <= max_feature_noise; },
                       "must be in [0, " + format_double(max_feature_noise) + "]"});
@@ -573,7 +584,8 @@ inline constexpr KeyMeaning config_key_meanings[] = {
     {"weight_decay", "L2 weight decay of the flow parameters"},
     {"batch_size", "images per optimiser step (memory grows with it)"},
     {"position_fraction",
-     "share of each feature map's positions a training step draws and uses (1: all, the paper's)"},
+     "share of each feature map's positions a training step draws and uses, one value or one per "
+     "level (1: all, the paper's)"},
     {"feature_noise",
      "sigma of the Gaussian noise added to the flow's input in training, after the whitening (0: "
      "none, the paper's)"},
@@ -813,6 +825,11 @@ inline void ModelConfig::validate(bool require_data) const {
       detail::config_error("level_weights", detail::value_text(level_weights),
                            "at least one level must weigh more than 0");
   }
+  if (position_fraction.empty() || (position_fraction.size() > 1 && !levels.empty() &&
+                                    position_fraction.size() != levels.size()))
+    detail::config_error(
+        "position_fraction", detail::value_text(position_fraction),
+        "needs one value, or one per level (" + std::to_string(levels.size()) + ")");
   if (has_class_covariance(class_covariance) && init != ModelInit::whiten)
     detail::config_error("class_covariance",
                          detail::name_of(class_covariance_names, class_covariance),

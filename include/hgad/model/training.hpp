@@ -160,11 +160,12 @@ TrainingMemory training_memory(const ModelConfig& c, Index n_images = 0) {
   const double bytes = double(sizeof(Scalar));
   m.parameters = 4 * parameter_count(c) * bytes;
   const double K = double(c.class_names.size()), M = double(c.n_centers);
-  for (const LevelSpec& s : c.levels) {
+  for (Index l = 0; l < c.n_levels(); ++l) {
+    const LevelSpec& s = c.levels[static_cast<std::size_t>(l)];
     const double D = double(s.dim), n2 = std::floor(D / 2), n1 = D - n2;
     const double hidden = 2 * (n1 + double(c.pos_dim));
-    const double N =
-        double(c.batch_size) * double(step_positions(s.height * s.width, c.position_fraction));
+    const double N = double(c.batch_size) *
+                     double(step_positions(s.height * s.width, c.level_position_fraction(l)));
     const double class_space = has_class_covariance(c.class_covariance) ? 2 * K * N * D : 0;
     const double step = double(c.n_blocks) * N * (hidden + 2 * n2 + D) +
                         N * (hidden + 6 * D + 2 * K + K * M + 8) + class_space;
@@ -210,11 +211,11 @@ inline std::uint64_t step_stream_seed(std::uint64_t salt, std::uint64_t seed, st
   return seed ^ salt ^ (std::uint64_t(step) * 0x9E3779B97F4A7C15ULL) ^ (std::uint64_t(level) << 56);
 }
 
-/// The positions of a level's map that training step `step` uses when
-/// ModelConfig::position_fraction is f < 1 (docs/algorithm.md §4.1): round(f · positions) of them
-/// (at least one), distinct, in increasing order. They are drawn from a stream of their own, seeded
-/// by (seed, step, level) alone, so the shuffles do not move with f, and a resumed run, or every
-/// rank of a data-parallel one, draws the same positions for a step.
+/// The positions of a level's map that training step `step` uses when the level's share of
+/// positions (ModelConfig::level_position_fraction) is f < 1 (docs/algorithm.md §4.1):
+/// round(f · positions) of them (at least one), distinct, in increasing order. They are drawn from
+/// a stream of their own, seeded by (seed, step, level) alone, so the shuffles do not move with f,
+/// and a resumed run, or every rank of a data-parallel one, draws the same positions for a step.
 ///   requires: positions >= 1, f in (0, 1].
 inline std::vector<Index> training_positions(std::uint64_t seed, std::int64_t step, Index level,
                                              Index positions, double fraction) {
@@ -455,9 +456,10 @@ class ModelTraining {
               const Index first = it * B + part.begin;
               const Index hw = model.level_positions(l);
               const Tensor<Scalar>* condition = &conditions[li];
-              if (c.position_fraction < 1) {  // §4.1: the step's positions alone
-                const std::vector<Index> at = training_positions(
-                    c.seed, static_cast<std::int64_t>(step), l, hw, c.position_fraction);
+              const double fraction = c.level_position_fraction(l);
+              if (fraction < 1) {  // §4.1: the step's positions alone
+                const std::vector<Index> at =
+                    training_positions(c.seed, static_cast<std::int64_t>(step), l, hw, fraction);
                 gather_positions(features[li], order, first, part.size(), at, batch[li], rows);
                 batch[li] = model.m_whitening[li].forward_rows(batch[li], rows);
                 gather_rows(conditions[li], at, step_condition);
