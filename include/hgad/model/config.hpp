@@ -827,9 +827,9 @@ inline void ModelConfig::validate(bool require_data) const {
   }
   if (position_fraction.empty() || (position_fraction.size() > 1 && !levels.empty() &&
                                     position_fraction.size() != levels.size()))
-    detail::config_error(
-        "position_fraction", detail::value_text(position_fraction),
-        "needs one value, or one per level (" + std::to_string(levels.size()) + ")");
+    detail::config_error("position_fraction", detail::value_text(position_fraction),
+                         "needs one value, or one per level" +
+                             (levels.empty() ? "" : " (" + std::to_string(levels.size()) + ")"));
   if (has_class_covariance(class_covariance) && init != ModelInit::whiten)
     detail::config_error("class_covariance",
                          detail::name_of(class_covariance_names, class_covariance),
