@@ -5,7 +5,8 @@
 ///   (b) D = 200, P = 256, 12 blocks, N = 8192 (the HGAD paper configuration),
 /// each with an (N, P) condition (config 0, 1) and with the (h·w, P) = (1024, P) encoding shared
 /// over 8 maps of 32 x 32 (config 2, 3; the condition's GEMMs run on 1024 rows, so GFLOP/s counts
-/// the flops actually executed and vectors/s is the figure to compare),
+/// the flops actually executed and vectors/s is the figure to compare), and the four levels of the
+/// demo (config 4 to 7: D = 64, 128, 256, 256, P = 64, 8 blocks, N = 8192, 2048, 512, 128),
 /// on 1 and 2 threads, against the raw Eigen SGEMM rate (8192 x 512 x 1024) on the same thread count,
 /// measured between the timed passes for as long as they ran (InterleavedSgemm). Counters:
 /// items_per_second = vectors/s; GFLOP/s counts the GEMM flops only; sgemm_GFLOP/s = the
@@ -45,6 +46,13 @@ const FlowConfig configs[] = {
     {200, 256, 12, 8192, 8192},  // (b), per-row (N, P) condition
     {256, 128, 8, 8192, 1024},   // (a) with the (h·w, P) encoding of 8 maps of 32 x 32 shared
     {200, 256, 12, 8192, 1024},  // (b) likewise: HGAD's second level, batch 8 (docs/algorithm.md §4)
+    // The four levels of scripts/demo.cfg before its thirty-second round (docs/results.md §1.1): 8
+    // blocks, P = 64, a quarter of the positions of 8 maps of 64², 32², 16² and 8² (each row with
+    // its own condition, where the demo shares one per position over the batch).
+    {64, 64, 8, 8192, 8192},
+    {128, 64, 8, 2048, 2048},
+    {256, 64, 8, 512, 512},
+    {256, 64, 8, 128, 128},
 };
 
 /// GEMM flops per vector of one block: forward, and backward without dL/dcond. With a shared
@@ -205,12 +213,12 @@ void BM_FlowForwardBackward(benchmark::State& state) {
 BENCHMARK(BM_RawSgemm)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_FlowForward)
     ->ArgNames({"config", "threads"})
-    ->ArgsProduct({{0, 1, 2, 3}, {1, 2}})
+    ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6, 7}, {1, 2}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(BM_FlowForwardBackward)
     ->ArgNames({"config", "threads"})
-    ->ArgsProduct({{0, 1, 2, 3}, {1, 2}})
+    ->ArgsProduct({{0, 1, 2, 3, 4, 5, 6, 7}, {1, 2}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
