@@ -6,8 +6,8 @@
 # demo-out/. With --auto-group, classes that the untrained start confuses on their own normal
 # training images are trained as one class (the three circuit boards).
 #
-#   scripts/demo.sh                 settings of scripts/demo.cfg (11 to 15 minutes on the 2-core
-#                                   machines measured, with the build; docs/results.md §1.2)
+#   scripts/demo.sh                 settings of scripts/demo.cfg (about 10 minutes with the build on
+#                                   the 2-core AVX-512 machine measured; docs/results.md §1.2)
 #   HGAD_DEMO_EPOCHS=8 scripts/demo.sh   another number of training passes
 #
 # Installs the Debian packages it needs when they are missing (like scripts/test.sh).
