@@ -59,6 +59,7 @@ TEST_CASE("ModelConfig defaults are HGAD's hyper-parameters", "[model]") {
   CHECK(c.batch_size == 8);
   CHECK(c.position_fraction == std::vector<double>{1});
   CHECK(c.level_position_fraction(0) == 1);
+  CHECK(c.level_position_fraction(3) == 1);  // one value: every level's
   CHECK(c.feature_noise == 0);
   CHECK(c.total_epochs() == 200);
   CHECK(c.calibration_baseline == hgad::CalibrationBaseline::none);
@@ -103,6 +104,7 @@ TEST_CASE("ModelConfig text form round-trips every field exactly", "[model]") {
   CHECK(back.clamp == c.clamp);  // shortest exact representation, not rounded
   CHECK(back.position_fraction == std::vector<double>{0.375, 0.125});
   CHECK(back.level_position_fraction(1) == 0.125);
+  CHECK_THROWS_AS(back.level_position_fraction(2), hgad::Error);  // one per level, and 2 levels
   CHECK(back.feature_noise == 0.125);
   CHECK(back.seed == c.seed);
   CHECK(back.levels == c.levels);
