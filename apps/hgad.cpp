@@ -33,7 +33,7 @@
 #include <hgad/model/config.hpp>
 #include <hgad/model/detector.hpp>
 #include <hgad/model/hgad_model.hpp>
-#include "instances.hpp"
+#include <hgad/model/pipeline.hpp>
 
 #include <hgad/parallel/communicator.hpp>
 #ifdef HGAD_CLI_CUDA  // built with hgad's CUDA part: the GPUs of a data-parallel training
