@@ -29,6 +29,7 @@
 #include "../backbone/feature_extractor.hpp"
 #include "../detail/atomic_file.hpp"
 #include "../detail/check.hpp"
+#include "../detail/parallel.hpp"
 #include "../io/mvtec.hpp"
 #include "../io/npy.hpp"
 #include "../io/synthetic_defect.hpp"
@@ -167,8 +168,11 @@ void store_features(const std::vector<Tensor<Scalar>>& maps, Index first,
 
 }  // namespace detail::pipeline
 
-/// Loads, preprocesses and runs the backbone on dataset images `indices`, `batch_size` at a time
-/// (images decoded in parallel). `on_progress(done, total)` after every batch.
+/// Loads, preprocesses and runs the backbone on dataset images `indices`, `batch_size` at a time,
+/// each batch whole on one thread (detail::parallel_items: its decoding, the backbone's layers,
+/// whose own loops then stay on that thread, and the copy of its features), which keeps two threads
+/// busier than parallel loops inside each layer; the features do not depend on the threads.
+/// `on_progress(done, total)` after every batch, in order.
 template <class Scalar>
 ExtractedImages<Scalar> extract_images(const MvtecDataset& data, const std::vector<Index>& indices,
                                        const FeatureExtractor<Scalar>& fx,
@@ -185,26 +189,35 @@ ExtractedImages<Scalar> extract_images(const MvtecDataset& data, const std::vect
   const Index S = settings.mask_size;
   if (with_masks) out.masks = Tensor<float>({N, S, S});
   out.has_masks = with_masks;
-  for (Index first = 0; first < N; first += batch_size) {
-    const Index count = std::min(batch_size, N - first);
-    const std::vector<Index> chunk(indices.begin() + first, indices.begin() + first + count);
-    const LoadedBatch<Scalar> batch = data.load_batch<Scalar>(chunk, pre);
-    const std::vector<Tensor<Scalar>> maps = fx.extract(batch.images);
-    detail::pipeline::store_features(maps, first, out.features);
-    for (Index b = 0; b < count; ++b) {
-      const MvtecSample& s = data[chunk[static_cast<std::size_t>(b)]];
-      out.classes.push_back(s.class_index);
-      out.labels.push_back(s.label);
-      out.paths.push_back(s.image_path);
-      if (with_masks) {
-        if (!batch.has_mask[static_cast<std::size_t>(b)]) out.has_masks = false;
-        const Scalar* m = batch.masks.data() + b * S * S;
-        std::transform(m, m + S * S, out.masks.data() + (first + b) * S * S,
-                       [](Scalar v) { return float(v); });
-      }
-    }
-    if (on_progress) on_progress(first + count, N);
-  }
+  std::vector<char> has_mask(static_cast<std::size_t>(N), 0);
+  const Index batches = (N + batch_size - 1) / batch_size;
+  detail::parallel_items(
+      batches,
+      [&](Index k) {  // batch k: rows [first, first + count) of every output, its own
+        const Index first = k * batch_size, count = std::min(batch_size, N - first);
+        const std::vector<Index> chunk(indices.begin() + first, indices.begin() + first + count);
+        const LoadedBatch<Scalar> batch = data.load_batch<Scalar>(chunk, pre);
+        detail::pipeline::store_features(fx.extract(batch.images), first, out.features);
+        if (!with_masks) return;
+        for (Index b = 0; b < count; ++b) {
+          has_mask[static_cast<std::size_t>(first + b)] =
+              batch.has_mask[static_cast<std::size_t>(b)];
+          const Scalar* m = batch.masks.data() + b * S * S;
+          std::transform(m, m + S * S, out.masks.data() + (first + b) * S * S,
+                         [](Scalar v) { return float(v); });
+        }
+      },
+      [&](Index k) {
+        const Index first = k * batch_size, count = std::min(batch_size, N - first);
+        for (Index i = first; i < first + count; ++i) {
+          const MvtecSample& s = data[indices[static_cast<std::size_t>(i)]];
+          out.classes.push_back(s.class_index);
+          out.labels.push_back(s.label);
+          out.paths.push_back(s.image_path);
+          if (with_masks && !has_mask[static_cast<std::size_t>(i)]) out.has_masks = false;
+        }
+        if (on_progress) on_progress(first + count, N);
+      });
   return out;
 }
 
