@@ -780,9 +780,9 @@ int cmd_train(const Args& args) {
   const bool group_at_start = regroup && !untrained && config.init == hgad::ModelInit::whiten;
   // The class confusion reads the class posterior, which the class centres alone set: the start
   // that only chooses the groups places its intra-class centres by the noise rule, not by k-means.
-  hgad::ModelConfig first = config;
-  if (group_at_start) first.intra_center_init = hgad::IntraCenterInit::noise;
-  Model model = train_model(first, group_at_start);
+  hgad::ModelConfig first_config = config;
+  if (group_at_start) first_config.intra_center_init = hgad::IntraCenterInit::noise;
+  Model model = train_model(first_config, group_at_start);
   if (writer)
     std::printf("%s%s", group_at_start ? "the untrained start (init = whiten):\n" : "",
                 class_confusion_report(model, "").c_str());
