@@ -6,7 +6,7 @@
 # demo-out/. With --auto-group, classes that the untrained start confuses on their own normal
 # training images are trained as one class (the three circuit boards).
 #
-#   scripts/demo.sh                 settings of scripts/demo.cfg (about 10 minutes with the build on
+#   scripts/demo.sh                 settings of scripts/demo.cfg (about 7 minutes with the build on
 #                                   the 2-core AVX-512 machine measured; docs/results.md §1.2)
 #   HGAD_DEMO_EPOCHS=8 scripts/demo.sh   another number of training passes
 #
