@@ -7,22 +7,15 @@
 
 #include "hgad/detail/parallel.hpp"
 
+#include "detail/thread_count.hpp"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 namespace parallel_test {
 
-namespace {
-
-/// Restores the thread count a test changed.
-struct ThreadCount {
-  int saved = hgad::max_threads();
-  explicit ThreadCount(int n) { hgad::set_num_threads(n); }
-  ~ThreadCount() { hgad::set_num_threads(saved); }
-};
-
-}  // namespace
+using hgad_test::ThreadCount;
 
 TEST_CASE("parallel_items runs every item once and reports them in order", "[detail]") {
   for (const int threads : {1, 2, 4}) {

@@ -8,21 +8,13 @@
 #include <string>
 #include <vector>
 
-#include <hgad/detail/parallel.hpp>
 #include <hgad/io/image.hpp>
 #include <hgad/model/pipeline.hpp>
 
+#include "detail/thread_count.hpp"
 #include "io/temp_dir.hpp"
 
-namespace {
-
-struct ThreadCount {  // restores the thread count a test changed
-  int saved = hgad::max_threads();
-  explicit ThreadCount(int n) { hgad::set_num_threads(n); }
-  ~ThreadCount() { hgad::set_num_threads(saved); }
-};
-
-}  // namespace
+using hgad_test::ThreadCount;
 
 TEST_CASE(
     "extract_images gives the same features, masks and order on any number of threads and "

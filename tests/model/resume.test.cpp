@@ -11,6 +11,7 @@
 #include <hgad/detail/parallel.hpp>
 #include <hgad/model/hgad_model.hpp>
 
+#include "detail/thread_count.hpp"
 #include "io/temp_dir.hpp"
 #include "model/device_parity.hpp"
 #include "model/synthetic.hpp"
@@ -18,16 +19,6 @@
 namespace resume_test {
 
 namespace {
-
-/// Runs on one OpenMP thread while it lives (the order of every sum fixed).
-class OneThread {
- public:
-  OneThread() : m_threads(hgad::max_threads()) { hgad::set_num_threads(1); }
-  ~OneThread() { hgad::set_num_threads(m_threads); }
-
- private:
-  int m_threads;
-};
 
 struct Stop : std::runtime_error {
   Stop() : std::runtime_error("stopped") {}
@@ -46,7 +37,7 @@ hgad::ModelConfig resume_config() {
 
 TEST_CASE("A training stopped after a checkpoint and resumed from it ends on the same model, bit for bit",
           "[model][resume]") {
-  const OneThread one_thread;
+  const hgad_test::ThreadCount one_thread(1);  // the order of every sum fixed
   hgad::ModelConfig c = resume_config();
   // Every position, or a share of them drawn per step (docs/algorithm.md §4.1): the resumed run
   // draws the positions of the steps it takes, not those of the first steps again.

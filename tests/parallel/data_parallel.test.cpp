@@ -16,6 +16,7 @@
 #include <hgad/model/hgad_model.hpp>
 #include <hgad/parallel/communicator.hpp>
 
+#include "detail/thread_count.hpp"
 #include "model/host_level_as_cuda.hpp"
 #include "model/parameters.hpp"
 #include "model/synthetic.hpp"
@@ -112,15 +113,6 @@ std::vector<RankResult<Scalar>> fit_on_ranks(
   return results;
 }
 
-class OneThread {
- public:
-  OneThread() : m_threads(hgad::max_threads()) { hgad::set_num_threads(1); }
-  ~OneThread() { hgad::set_num_threads(m_threads); }
-
- private:
-  int m_threads;
-};
-
 }  // namespace
 
 TEMPLATE_TEST_CASE(
@@ -141,7 +133,7 @@ TEMPLATE_TEST_CASE(
   std::vector<Scalar> reference;
   std::vector<hgad::LossTerms<Scalar>> reference_terms;
   {
-    const OneThread one_thread;
+    const hgad_test::ThreadCount one_thread(1);
     hgad::HgadModel<Scalar> model(c);
     const std::vector<Scalar> initial = hgad_test::all_parameters(model);
     reference_terms = model.fit(features, data.classes).final_terms;
@@ -193,7 +185,7 @@ TEMPLATE_TEST_CASE(
 
   std::vector<Scalar> reference, initial;
   {
-    const OneThread one_thread;
+    const hgad_test::ThreadCount one_thread(1);
     hgad::HgadModel<Scalar> model(c);
     model.set_device(hgad::Device::cuda);
     initial = hgad_test::all_parameters(model);
@@ -402,7 +394,7 @@ TEMPLATE_TEST_CASE(
     INFO("variant " << variant);
     std::vector<hgad::ClassCalibration> reference;
     {
-      const OneThread one_thread;
+      const hgad_test::ThreadCount one_thread(1);
       hgad::HgadModel<Scalar> model(c);
       model.calibrate(features, data.classes);
       for (Index k = 0; k <= model.n_classes(); ++k) reference.push_back(model.calibration(k));

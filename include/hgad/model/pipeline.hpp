@@ -191,10 +191,11 @@ ExtractedImages<Scalar> extract_images(const MvtecDataset& data, const std::vect
   out.has_masks = with_masks;
   std::vector<char> has_mask(static_cast<std::size_t>(N), 0);
   const Index batches = (N + batch_size - 1) / batch_size;
+  const auto count_of = [&](Index first) { return std::min(batch_size, N - first); };
   detail::parallel_items(
       batches,
       [&](Index k) {  // batch k: rows [first, first + count) of every output, its own
-        const Index first = k * batch_size, count = std::min(batch_size, N - first);
+        const Index first = k * batch_size, count = count_of(first);
         const std::vector<Index> chunk(indices.begin() + first, indices.begin() + first + count);
         const LoadedBatch<Scalar> batch = data.load_batch<Scalar>(chunk, pre);
         detail::pipeline::store_features(fx.extract(batch.images), first, out.features);
@@ -208,7 +209,7 @@ ExtractedImages<Scalar> extract_images(const MvtecDataset& data, const std::vect
         }
       },
       [&](Index k) {
-        const Index first = k * batch_size, count = std::min(batch_size, N - first);
+        const Index first = k * batch_size, count = count_of(first);
         for (Index i = first; i < first + count; ++i) {
           const MvtecSample& s = data[indices[static_cast<std::size_t>(i)]];
           out.classes.push_back(s.class_index);
