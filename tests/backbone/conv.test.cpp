@@ -3,6 +3,7 @@
 #include <hgad/backbone/conv.hpp>
 
 #include "backbone/naive.hpp"
+#include "detail/thread_count.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -15,6 +16,7 @@ namespace {
 using hgad::Index;
 using hgad_test::max_abs_diff;
 using hgad_test::naive_conv2d;
+using hgad_test::ThreadCount;
 
 /// (relu, algorithm) pairs to test: im2col always, the packed kernel for float when built in.
 template <class T>
@@ -85,7 +87,7 @@ TEST_CASE("conv2d splits large outputs over several blocks and threads correctly
   auto r80 = hgad::Tensor<float>::randn({1, 19, 13, 50}, rng);
   const auto ref80 = naive_conv2d(x80, k80, b80, 1, 1, true, &r80);
   for (int threads : {1, 2, 3}) {
-    hgad::set_num_threads(threads);
+    const ThreadCount count(threads);
     for (auto algorithm : {hgad::ConvAlgorithm::automatic, hgad::ConvAlgorithm::im2col}) {
       CAPTURE(threads, int(algorithm));
       CHECK(max_abs_diff(hgad::conv2d(x, k, b, {2, 1, true, algorithm}), ref) <= 1e-4);
@@ -93,16 +95,16 @@ TEST_CASE("conv2d splits large outputs over several blocks and threads correctly
             1e-4);
     }
   }
-  hgad::set_num_threads(2);
 }
 
-TEMPLATE_TEST_CASE("conv2d on channel-major batches: an image's output does not depend on the "
-                   "images beside it, on one thread",
-                   "[backbone]", float, double) {
+TEMPLATE_TEST_CASE(
+    "conv2d on channel-major batches: an image's output depends neither on the "
+    "images beside it nor on the thread count",
+    "[backbone]", float, double) {
   // The backbone's (C, N, H, W) layout through the im2col + Eigen path: a 3 x 3 convolution over
   // 64 channels of three 10 x 13 images (390 positions, more than one im2col block of 341 floats'
-  // or 170 doubles' positions), each image's output computed inside the batch and alone, bit for
-  // bit, and against naive loops.
+  // or 170 doubles' positions), each image's output computed inside the batch on 1, 2 and 3
+  // threads and alone on one, bit for bit, and against naive loops.
   hgad::Rng rng(21);
   const Index n = 3, c = 64, h = 10, w = 13, o = 5;
   const auto x = hgad::Tensor<TestType>::randn({c, n, h, w}, rng);  // channel-major
@@ -115,23 +117,29 @@ TEMPLATE_TEST_CASE("conv2d on channel-major batches: an image's output does not 
                                          hgad::detail::cnhw_view(y.data(), o, batch, h, w));
     return y;
   };
-  hgad::set_num_threads(1);
-  const auto batch = conv(x.data(), n);
   for (Index i = 0; i < n; ++i) {
     CAPTURE(i);
     hgad::Tensor<TestType> alone_in({c, 1, h, w});
     for (Index ch = 0; ch < c; ++ch)
       std::copy_n(x.data() + (ch * n + i) * h * w, h * w, alone_in.data() + ch * h * w);
-    const auto alone = conv(alone_in.data(), 1);
-    bool same = true;
-    for (Index oc = 0; oc < o; ++oc)
-      same = same && std::equal(alone.data() + oc * h * w, alone.data() + (oc + 1) * h * w,
-                                batch.data() + (oc * n + i) * h * w);
-    CHECK(same);
+    hgad::Tensor<TestType> alone;
+    {
+      const ThreadCount one(1);
+      alone = conv(alone_in.data(), 1);
+    }
+    for (const int threads : {1, 2, 3}) {
+      CAPTURE(threads);
+      const ThreadCount count(threads);
+      const auto batch = conv(x.data(), n);
+      bool same = true;
+      for (Index oc = 0; oc < o; ++oc)
+        same = same && std::equal(alone.data() + oc * h * w, alone.data() + (oc + 1) * h * w,
+                                  batch.data() + (oc * n + i) * h * w);
+      CHECK(same);
+    }
     const auto ref = naive_conv2d(alone_in.reshape({1, c, h, w}), k, b, 1, 1, true, nullptr);
     CHECK(max_abs_diff(alone.reshape({1, o, h, w}), ref) <= tolerance<TestType>() * 10);
   }
-  hgad::set_num_threads(2);
 }
 
 TEMPLATE_TEST_CASE("max_pool2d matches naive loops with -inf padding", "[backbone]", float,

@@ -12,8 +12,8 @@
 /// The GEMM is Eigen's; the positions are cut into blocks whose im2col buffer stays in the cache,
 /// and the blocks are spread over the OpenMP threads. Tensors are NCHW; the networks keep their
 /// activations channel-major (C, N, H, W) instead, so that the packed kernel's blocks run over the
-/// whole batch. The Eigen path cuts each image on its own, so that on one thread an image's result
-/// does not depend on the other images of its batch.
+/// whole batch. The Eigen path cuts each image on its own into blocks that the sizes alone set, so
+/// that an image's result depends neither on the other images of its batch nor on the thread count.
 ///
 ///     auto y = hgad::conv2d(x, w, b, {/*stride=*/2, /*padding=*/3, /*relu=*/true});   // (N, O,
 ///     H', W') auto z = hgad::max_pool2d(y, 3, 2, 1);
@@ -168,8 +168,9 @@ Scalar* conv_scratch(std::size_t n) {
 
 /// The blocks of output positions of a convolution: `n_spans` spans of `span` positions (one
 /// per image, or one for the whole batch when every view keeps a channel's images in one run),
-/// each cut into `per_span` blocks; the total is a multiple of the thread count where possible,
-/// so that the static schedule is balanced. `unit` is the granularity of a block boundary.
+/// each cut into `per_span` blocks. With `balance_threads` the total is a multiple of the thread
+/// count where possible, so that the static schedule is balanced; without it the blocks depend on
+/// the sizes alone. `unit` is the granularity of a block boundary.
 struct ConvBlocking {
   Index span, n_spans, per_span, unit;
   Index n_blocks() const { return n_spans * per_span; }
@@ -183,11 +184,12 @@ struct ConvBlocking {
   }
 };
 
-inline ConvBlocking conv_blocking(Index span, Index n_spans, Index target_block, Index unit) {
+inline ConvBlocking conv_blocking(Index span, Index n_spans, Index target_block, Index unit,
+                                  bool balance_threads) {
   const Index n_units = (span + unit - 1) / unit;
   const Index units_per_block = std::max<Index>(1, target_block / unit);
   Index per_span = (n_units + units_per_block - 1) / units_per_block;
-  const Index threads = max_threads();
+  const Index threads = balance_threads ? max_threads() : 1;
   if (threads > 1) {
     const Index wanted = (n_spans * per_span + threads - 1) / threads * threads;
     per_span = (wanted + n_spans - 1) / n_spans;
@@ -212,8 +214,9 @@ void conv2d_views(const PlaneView<const Scalar>& in, const Scalar* weight, const
       const bool contiguous = out.batch_contiguous() && in.batch_contiguous() &&
                               (residual == nullptr || residual->batch_contiguous());
       const Index out_hw = out.height * out.width;
-      const ConvBlocking blocks = conv_blocking(contiguous ? out.batch * out_hw : out_hw,
-                                                contiguous ? 1 : out.batch, packed_nc, packed_nr);
+      const ConvBlocking blocks =
+          conv_blocking(contiguous ? out.batch * out_hw : out_hw, contiguous ? 1 : out.batch,
+                        packed_nc, packed_nr, true);
       const PackedInput packed_in{in.data,  in.channels,       in.height,
                                   in.width, in.channel_stride, in.batch_stride};
       const Index flops = 2 * out.channels * in.channels * kh * kw * out.batch * out_hw;
@@ -237,12 +240,13 @@ void conv2d_views(const PlaneView<const Scalar>& in, const Scalar* weight, const
   const Index out_h = out.height, out_w = out.width, out_hw = out_h * out_w;
   const bool direct = kh == 1 && kw == 1 && stride == 1 && pad == 0;
 
-  // Blocks never straddle two images: Eigen's order of summation for an output column depends on
-  // where the column falls in its tiles, so with blocks over the whole batch an image's features
-  // would depend on the images beside it (the packed kernel's order does not).
+  // Eigen's order of summation for an output column depends on where the column falls in its
+  // tiles (the packed kernel's order does not), so the blocks are cut from the sizes alone: they
+  // never straddle two images, and they are the same on any number of threads. An image's
+  // features then depend neither on the images beside it nor on the thread count.
   const Index block =
       std::max<Index>(64, Index(conv_block_bytes / sizeof(Scalar)) / std::max<Index>(K, 1));
-  const ConvBlocking blocks = conv_blocking(out_hw, out.batch, block, 16);
+  const ConvBlocking blocks = conv_blocking(out_hw, out.batch, block, 16, false);
   const Index n_blocks = blocks.n_blocks();
   const Index flops = 2 * n_out * K * out.batch * out_hw;
 
