@@ -4,10 +4,10 @@
 #include <cmath>
 #include <vector>
 
+#include "detail/thread_count.hpp"
 #include "flow_test_util.hpp"
 #include "golden.hpp"
 #include "hgad/autograd/gradcheck.hpp"
-#include "hgad/detail/parallel.hpp"
 
 namespace sequence_flow_test {
 
@@ -20,15 +20,7 @@ using hgad::Tensor;
 using hgad::Var;
 using namespace hgad::test;
 
-namespace {
-
-/// Restores hgad's thread count when a test changed it.
-struct ThreadCountGuard {
-  int saved = hgad::max_threads();
-  ~ThreadCountGuard() { hgad::set_num_threads(saved); }
-};
-
-}  // namespace
+using hgad_test::ThreadCount;
 
 TEMPLATE_TEST_CASE("SequenceFlow inverse recovers the input and the log-dets cancel", "[flow]", float, double) {
   using Scalar = TestType;
@@ -152,7 +144,6 @@ TEST_CASE("SequenceFlow gradients pass gradcheck", "[flow]") {
 }
 
 TEST_CASE("The fused flow gives the same result on one thread and on several", "[flow]") {
-  ThreadCountGuard guard;
   Rng rng(35);
   SequenceFlow<double> flow(10, 4, 2, AllInOneOptions::hgad(), rng);
   perturb(flow, rng);
@@ -164,7 +155,7 @@ TEST_CASE("The fused flow gives the same result on one thread and on several", "
   std::vector<std::vector<Tensor<double>>> grads;
   std::vector<Tensor<double>> outs, dxs;
   for (int threads : {1, 2, 3}) {
-    hgad::set_num_threads(threads);
+    const ThreadCount count(threads);
     for (auto& p : flow.parameters()) p.zero_grad();
     hgad::SequenceFlowCache<double> cache;
     outs.push_back(flow.forward_train(x, cond, cache).out);

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "detail/thread_count.hpp"
 #include "io/temp_dir.hpp"
 #include "model/synthetic.hpp"
 
@@ -639,10 +640,9 @@ TEST_CASE("HgadModel calibration and scoring give the one-thread results with th
   // On two threads calibrate, score_set and held_out give each thread whole images
   // (detail::parallel_items); each image's arithmetic is then that of the one-thread loop.
   const Trained& t = trained();
-  const int threads_before = hgad::max_threads();
   hgad_test::TempDir dir("model_items");
   auto run = [&](int threads, const std::string& name) {
-    hgad::set_num_threads(threads);
+    const hgad_test::ThreadCount count(threads);
     hgad::HgadModel<float> model = *t.model;
     model.calibrate(t.train.features, t.train.classes);
     model.save(dir.file(name));
@@ -656,7 +656,6 @@ TEST_CASE("HgadModel calibration and scoring give the one-thread results with th
   };
   const auto [one, held_one] = run(1, "one.hgad");
   const auto [two, held_two] = run(2, "two.hgad");
-  hgad::set_num_threads(threads_before);
   const auto bytes = hgad_test::read_bytes(dir.file("one.hgad"));
   REQUIRE(bytes.size() > 1000);
   CHECK(bytes == hgad_test::read_bytes(dir.file("two.hgad")));
@@ -698,17 +697,17 @@ TEST_CASE("HgadModel is deterministic: byte-identical checkpoints on one thread,
     classes.push_back(i % 2);
     for (Index r = 0; r < 256; ++r) features[0].data()[(i * 256 + r) * 16 + i % 2] += 2.0f;
   }
-  const int threads_before = hgad::max_threads();
   hgad_test::TempDir dir("model_determinism");
   auto train = [&](int threads, std::uint64_t seed, const std::string& name) {
-    hgad::set_num_threads(threads);
+    const hgad_test::ThreadCount count(threads);
     c.seed = seed;
     hgad::HgadModel<float> model(c);
     model.fit(features, classes);
     model.calibrate(features, classes);
     model.save(dir.file(name));
     std::vector<double> scores;
-    for (const auto& s : model.score_set(features, classes, hgad::ScoreMode::calibrated)) scores.push_back(s.score);
+    for (const auto& s : model.score_set(features, classes, hgad::ScoreMode::calibrated))
+      scores.push_back(s.score);
     return scores;
   };
   const auto a = train(1, 5, "a.hgad");
@@ -716,7 +715,6 @@ TEST_CASE("HgadModel is deterministic: byte-identical checkpoints on one thread,
   const auto other = train(1, 6, "other.hgad");
   const auto two_a = train(2, 5, "two_a.hgad");
   const auto two_b = train(2, 5, "two_b.hgad");
-  hgad::set_num_threads(threads_before);
 
   const auto bytes_a = hgad_test::read_bytes(dir.file("a.hgad"));
   REQUIRE(bytes_a.size() > 1000);
