@@ -142,6 +142,41 @@ TEMPLATE_TEST_CASE(
   }
 }
 
+TEMPLATE_TEST_CASE(
+    "conv2d of one image in a single block gives the same bits on any number of "
+    "threads",
+    "[backbone]", float, double) {
+  // One 8 x 8 image through the im2col + Eigen path: its 64 positions are one block, so no
+  // parallel region is opened around the product, which Eigen would then share over the threads
+  // itself, with blocking sizes (and an order of summation) that depend on their number.
+  hgad::Rng rng(22);
+  const Index c = 100, o = 37, h = 8, w = 8;
+  const auto x = hgad::Tensor<TestType>::randn({c, 1, h, w}, rng);
+  const auto k = hgad::Tensor<TestType>::randn({o, c, 3, 3}, rng, 0, 0.1);
+  const auto b = hgad::Tensor<TestType>::randn({o}, rng);
+  const auto conv = [&] {
+    hgad::Tensor<TestType> y({o, 1, h, w});
+    hgad::detail::conv2d_views<TestType>(
+        hgad::detail::cnhw_view(static_cast<const TestType*>(x.data()), c, 1, h, w), k.data(),
+        b.data(), 3, 3, 1, 1, false, nullptr, hgad::detail::cnhw_view(y.data(), o, 1, h, w));
+    return y;
+  };
+  hgad::Tensor<TestType> one;
+  {
+    const ThreadCount count(1);
+    one = conv();
+  }
+  for (const int threads : {2, 3}) {
+    CAPTURE(threads);
+    const ThreadCount count(threads);
+    const auto y = conv();
+    CHECK(std::equal(one.data(), one.data() + one.numel(), y.data()));
+    CHECK(hgad::max_threads() == threads);  // and the thread count is as it was
+  }
+  const auto ref = naive_conv2d(x.reshape({1, c, h, w}), k, b, 1, 1, false, nullptr);
+  CHECK(max_abs_diff(one.reshape({1, o, h, w}), ref) <= tolerance<TestType>() * 10);
+}
+
 TEMPLATE_TEST_CASE("max_pool2d matches naive loops with -inf padding", "[backbone]", float,
                    double) {
   hgad::Rng rng(7);

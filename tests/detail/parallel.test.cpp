@@ -128,4 +128,35 @@ TEST_CASE("parallel_items rethrows the exception the sequential loop throws", "[
   }
 }
 
+TEST_CASE("on_one_thread holds OpenMP to the calling thread outside a parallel region",
+          "[detail]") {
+  for (const int threads : {1, 3}) {
+    CAPTURE(threads);
+    const ThreadCount count(threads);
+    int inside = 0;
+    hgad::detail::on_one_thread([&] { inside = hgad::max_threads(); });
+    CHECK(inside == 1);
+    CHECK(hgad::max_threads() == threads);
+    CHECK_THROWS_AS(hgad::detail::on_one_thread([] { throw std::runtime_error("body"); }),
+                    std::runtime_error);
+    CHECK(hgad::max_threads() == threads);  // restored when the body throws
+  }
+#ifdef _OPENMP
+  // Inside a parallel region the body runs as it is (Eigen stays on its thread there already):
+  // the region's threads keep the count they inherited.
+  const ThreadCount count(2);
+  int team = 0, inherited = 0;
+#pragma omp parallel num_threads(2)
+  {
+#pragma omp single
+    hgad::detail::on_one_thread([&] {
+      team = omp_get_num_threads();
+      inherited = hgad::max_threads();
+    });
+  }
+  CHECK(team == 2);
+  CHECK(inherited == 2);
+#endif
+}
+
 }  // namespace parallel_test

@@ -202,7 +202,7 @@ inline ConvBlocking conv_blocking(Index span, Index n_spans, Index target_block,
 /// weight: (O, C, kh, kw) contiguous; bias: O values or null; residual: a view shaped like out, or
 /// null; packed_weights: pack_conv_weights(weight) to use the packed float kernel, or null for
 /// im2col + Eigen. out must not alias in. Runs on all OpenMP threads, one block of positions per
-/// task (Eigen's own threading is off inside the parallel region).
+/// task (Eigen's own threading is off: detail::on_one_thread).
 template <class Scalar>
 void conv2d_views(const PlaneView<const Scalar>& in, const Scalar* weight, const Scalar* bias,
                   Index kh, Index kw, Index stride, Index pad, bool relu,
@@ -242,8 +242,10 @@ void conv2d_views(const PlaneView<const Scalar>& in, const Scalar* weight, const
 
   // Eigen's order of summation for an output column depends on where the column falls in its
   // tiles (the packed kernel's order does not), so the blocks are cut from the sizes alone: they
-  // never straddle two images, and they are the same on any number of threads. An image's
-  // features then depend neither on the images beside it nor on the thread count.
+  // never straddle two images, and they are the same on any number of threads. Each block's
+  // product runs on its own thread, also when a single block leaves the loop serial (Eigen's own
+  // threading would change its blocking sizes). An image's features then depend neither on the
+  // images beside it nor on the thread count.
   const Index block =
       std::max<Index>(64, Index(conv_block_bytes / sizeof(Scalar)) / std::max<Index>(K, 1));
   const ConvBlocking blocks = conv_blocking(out_hw, out.batch, block, 16, false);
@@ -261,14 +263,14 @@ void conv2d_views(const PlaneView<const Scalar>& in, const Scalar* weight, const
     if (direct) {
       Eigen::Map<const RowMatrix, Eigen::Unaligned, Stride> x(in.plane(0, b0) + rem, K, n_cols,
                                                               Stride(in.channel_stride));
-      y.noalias() = w * x;
+      on_one_thread([&] { y.noalias() = w * x; });
     } else {
       thread_local std::vector<OutputRun> runs;
       output_runs(p0, n_cols, out_h, out_w, runs);
       Scalar* col = conv_scratch<Scalar>(std::size_t(K * n_cols));
       im2col(in, kh, kw, stride, pad, runs, n_cols, col);
       Eigen::Map<const RowMatrix> x(col, K, n_cols);
-      y.noalias() = w * x;
+      on_one_thread([&] { y.noalias() = w * x; });
     }
     const Scalar* res = residual ? residual->plane(0, b0) + rem : nullptr;
     for (Index o = 0; o < n_out; ++o) {

@@ -53,6 +53,27 @@ void parallel_for(std::int64_t n, std::int64_t work, Body&& body) {
   for (std::int64_t i = 0; i < n; ++i) body(i);
 }
 
+/// Calls body() with OpenMP held to the calling thread, and so Eigen's products in it, which would
+/// otherwise share a large product over the threads when called outside a parallel region, with
+/// blocking sizes (and so an order of summation) that depend on their number. Inside a parallel
+/// region Eigen stays on its thread already, and body() runs as it is.
+template <class Body>
+void on_one_thread(Body&& body) {
+#ifdef _OPENMP
+  const int threads = omp_get_max_threads();
+  if (threads > 1 && !omp_in_parallel()) {
+    struct Restore {  // the calling thread's count, also when body() throws
+      int threads;
+      ~Restore() { omp_set_num_threads(threads); }
+    } restore{threads};
+    omp_set_num_threads(1);
+    body();
+    return;
+  }
+#endif
+  body();
+}
+
 /// Calls body(i) for i in [0, n), whole items shared dynamically over the threads: each item runs
 /// on one thread, its own parallel loops and Eigen's products serially (parallel_for and Eigen
 /// stay on one thread inside a parallel region). For many small items, such as the images of a
