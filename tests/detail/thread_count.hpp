@@ -7,13 +7,13 @@ namespace hgad_test {
 
 class ThreadCount {
  public:
-  explicit ThreadCount(int n) { hgad::set_num_threads(n); }
+  explicit ThreadCount(int n) : m_saved(hgad::max_threads()) { hgad::set_num_threads(n); }
   ~ThreadCount() { hgad::set_num_threads(m_saved); }
   ThreadCount(const ThreadCount&) = delete;
   ThreadCount& operator=(const ThreadCount&) = delete;
 
  private:
-  int m_saved = hgad::max_threads();
+  int m_saved;
 };
 
 }  // namespace hgad_test
